@@ -1,0 +1,225 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+
+	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/proxy"
+)
+
+// Config is pqtunnel's whole configuration, read from the environment.
+// The help tags are what 'pqtunnel help' prints, so the two cannot drift.
+type Config struct {
+	Mode      string `env:"PQT_MODE" help:"listen or dial (required). Only says who opens the tunnel connection."`
+	Tunnel    string `env:"PQT_TUNNEL" help:"listen: the address to accept tunnel connections on (UDP and TCP); dial: the peer's host:port, or several comma-separated."`
+	Forward   string `env:"PQT_FORWARD" help:"Where this side accepts plain TCP to send through the tunnel: host:port, or name=host:port,... for named routes."`
+	Target    string `env:"PQT_TARGET" help:"Where streams from the tunnel are delivered: host:port, or name=host:port,... Only these addresses are ever dialled."`
+	Transport string `env:"PQT_TRANSPORT" envDefault:"auto" help:"quic, tcp (TLS 1.3 over TCP with yamux) or auto: a listen side serves both on one port; a dial side tries QUIC and falls back to TCP."`
+
+	Connections int `env:"PQT_CONNECTIONS" envDefault:"2" help:"Tunnel connections a dial side keeps, spread over the PQT_TUNNEL peers; two survive the loss of one."`
+
+	PQ     string `env:"PQT_PQ" envDefault:"strict" help:"strict: only hybrid post-quantum key exchange; prefer: hybrid first, classical X25519 accepted and logged at WARN."`
+	Groups string `env:"PQT_GROUPS" envDefault:"X25519MLKEM768,SecP256r1MLKEM768,SecP384r1MLKEM1024" help:"Key-exchange groups in order of preference, the same on both transports."`
+
+	Identity    string `env:"PQT_IDENTITY" help:"Path of this side's identity file (from 'pqtunnel keygen'); mode 0600."`
+	IdentityPEM string `env:"PQT_IDENTITY_PEM" help:"This side's identity as PEM text, instead of PQT_IDENTITY."`
+	Peers       string `env:"PQT_PEERS" help:"Comma-separated pins of the peers this side accepts (from 'pqtunnel pin FILE')."`
+	Cert        string `env:"PQT_CERT" help:"CA mode: this side's certificate chain (PEM file)."`
+	Key         string `env:"PQT_KEY" help:"CA mode: this side's private key (PEM file)."`
+	CA          string `env:"PQT_CA" help:"CA mode: the CA bundle that signs peer certificates (PEM file)."`
+	Allow       string `env:"PQT_ALLOW" help:"CA mode: peers accepted by certificate name: dns:NAME, uri:URI, cn:NAME, comma-separated; empty accepts any the CA signed."`
+	ServerName  string `env:"PQT_SERVER_NAME" help:"CA mode: the name a dial side verifies in the peer's certificate; default the host of PQT_TUNNEL."`
+
+	HandshakeTimeout time.Duration `env:"PQT_HANDSHAKE_TIMEOUT" envDefault:"10s" help:"Bound on a tunnel handshake including the ML-DSA proof."`
+	DialTimeout      time.Duration `env:"PQT_DIAL_TIMEOUT" envDefault:"5s" help:"Bound on dialling an origin."`
+	IdleTimeout      time.Duration `env:"PQT_IDLE_TIMEOUT" envDefault:"15s" help:"A tunnel connection whose peer is silent this long is dead."`
+	KeepAlive        time.Duration `env:"PQT_KEEPALIVE" envDefault:"5s" help:"Interval of tunnel keep-alives."`
+	MaxStreams       int           `env:"PQT_MAX_STREAMS" envDefault:"4096" help:"Streams the peer may have open at once on one tunnel connection."`
+	MaxConnections   int           `env:"PQT_MAX_CONNECTIONS" envDefault:"256" help:"Tunnel connections a listen side accepts at once."`
+	DrainTimeout     time.Duration `env:"PQT_DRAIN_TIMEOUT" envDefault:"30s" help:"On SIGTERM/SIGINT, how long open streams may finish before they are closed."`
+
+	LogLevel  string `env:"PQT_LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error."`
+	LogFormat string `env:"PQT_LOG_FORMAT" envDefault:"text" help:"text (coloured on a terminal) or json."`
+}
+
+// parseConfig reads the environment into a Config and validates it.
+func parseConfig(environ map[string]string) (*Config, error) {
+	var c Config
+	if err := env.ParseWithOptions(&c, env.Options{Environment: environ}); err != nil {
+		return nil, envError(err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// envError rewrites the env library's errors to name the variable.
+func envError(err error) error {
+	var pe env.ParseError
+	if errors.As(err, &pe) {
+		if f, ok := reflect.TypeOf(Config{}).FieldByName(pe.Name); ok {
+			return fmt.Errorf("%s: %w", f.Tag.Get("env"), pe.Err)
+		}
+	}
+	return err
+}
+
+// Validate checks every setting and names the variable in each error.
+func (c *Config) Validate() error {
+	switch c.Mode {
+	case string(proxy.ModeListen), string(proxy.ModeDial):
+	case "":
+		return errors.New("PQT_MODE: not set (want listen or dial)")
+	default:
+		return fmt.Errorf("PQT_MODE: %q is not listen or dial", c.Mode)
+	}
+	tunnels := c.tunnels()
+	if len(tunnels) == 0 {
+		return fmt.Errorf("PQT_TUNNEL: not set (a %s side needs %s)", c.Mode, map[string]string{"listen": "the address to listen on, e.g. :8443", "dial": "the peer's host:port"}[c.Mode])
+	}
+	if c.Mode == string(proxy.ModeListen) && len(tunnels) > 1 {
+		return errors.New("PQT_TUNNEL: a listen side takes one address")
+	}
+	for _, t := range tunnels {
+		if err := proxy.CheckHostPort(t); err != nil {
+			return fmt.Errorf("PQT_TUNNEL: %q: %w", t, err)
+		}
+	}
+	fwd, err := proxy.ParseRoutes(c.Forward)
+	if err != nil {
+		return fmt.Errorf("PQT_FORWARD: %w", err)
+	}
+	tgt, err := proxy.ParseRoutes(c.Target)
+	if err != nil {
+		return fmt.Errorf("PQT_TARGET: %w", err)
+	}
+	if len(fwd) == 0 && len(tgt) == 0 {
+		return errors.New("PQT_FORWARD and PQT_TARGET: neither is set, so nothing would be carried (a forward dial side sets PQT_FORWARD, its listen side PQT_TARGET)")
+	}
+	switch c.Transport {
+	case proxy.TransportQUIC, proxy.TransportTCP, proxy.TransportAuto:
+	default:
+		return fmt.Errorf("PQT_TRANSPORT: %q is not quic, tcp or auto", c.Transport)
+	}
+	mode, err := hybridtls.ParsePQMode(c.PQ)
+	if err != nil {
+		return fmt.Errorf("PQT_PQ: %w", err)
+	}
+	if _, err := hybridtls.ParseGroups(c.Groups, mode); err != nil {
+		return fmt.Errorf("PQT_GROUPS: %w", err)
+	}
+	positive := []struct {
+		name string
+		ok   bool
+	}{
+		{"PQT_CONNECTIONS", c.Connections >= 1},
+		{"PQT_HANDSHAKE_TIMEOUT", c.HandshakeTimeout > 0},
+		{"PQT_DIAL_TIMEOUT", c.DialTimeout > 0},
+		{"PQT_IDLE_TIMEOUT", c.IdleTimeout > 0},
+		{"PQT_KEEPALIVE", c.KeepAlive > 0},
+		{"PQT_MAX_STREAMS", c.MaxStreams >= 1},
+		{"PQT_MAX_CONNECTIONS", c.MaxConnections >= 1},
+		{"PQT_DRAIN_TIMEOUT", c.DrainTimeout >= 0},
+	}
+	for _, p := range positive {
+		if !p.ok {
+			return fmt.Errorf("%s: must be positive", p.name)
+		}
+	}
+	if c.KeepAlive >= c.IdleTimeout {
+		return fmt.Errorf("PQT_KEEPALIVE: %s must be shorter than PQT_IDLE_TIMEOUT (%s)", c.KeepAlive, c.IdleTimeout)
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		return fmt.Errorf("PQT_LOG_LEVEL: %w", err)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return fmt.Errorf("PQT_LOG_FORMAT: %q is not text or json", c.LogFormat)
+	}
+	_, err = c.material()
+	return err
+}
+
+func (c *Config) tunnels() []string {
+	var out []string
+	for _, t := range strings.Split(c.Tunnel, ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// material loads identity, certificates and pins from the environment's
+// files; it runs at start and again on SIGHUP.
+func (c *Config) material() (*hybridtls.Material, error) {
+	pinned := c.Identity != "" || c.IdentityPEM != ""
+	ca := c.Cert != "" || c.Key != "" || c.CA != ""
+	switch {
+	case pinned && ca:
+		return nil, errors.New("PQT_IDENTITY and PQT_CERT: both a pinned identity and CA mode are configured; use one")
+	case c.Identity != "" && c.IdentityPEM != "":
+		return nil, errors.New("PQT_IDENTITY and PQT_IDENTITY_PEM: both are set; use one")
+	case !pinned && !ca:
+		return nil, errors.New("PQT_IDENTITY: no identity configured: create one with 'pqtunnel keygen -o FILE' and set PQT_IDENTITY and PQT_PEERS, or use CA mode with PQT_CERT, PQT_KEY and PQT_CA")
+	}
+	m := &hybridtls.Material{}
+	if pinned {
+		var err error
+		if c.Identity != "" {
+			m.Identity, err = hybridtls.LoadIdentityFile(c.Identity)
+		} else {
+			m.Identity, err = hybridtls.ParseIdentityPEM([]byte(c.IdentityPEM))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", map[bool]string{true: "PQT_IDENTITY", false: "PQT_IDENTITY_PEM"}[c.Identity != ""], err)
+		}
+		if m.Peers, err = hybridtls.ParsePins(c.Peers); err != nil {
+			return nil, fmt.Errorf("PQT_PEERS: %w", err)
+		}
+		if len(m.Peers) == 0 {
+			return nil, errors.New("PQT_PEERS: not set: list the pin of each peer this side accepts (print it with 'pqtunnel pin FILE' on the peer)")
+		}
+		if c.Allow != "" {
+			return nil, errors.New("PQT_ALLOW: applies to CA mode only; with pinned identities PQT_PEERS says who is allowed")
+		}
+		return m, nil
+	}
+	if c.Peers != "" {
+		return nil, errors.New("PQT_PEERS: applies to pinned identities only; in CA mode use PQT_ALLOW")
+	}
+	for _, v := range []struct{ name, val string }{{"PQT_CERT", c.Cert}, {"PQT_KEY", c.Key}, {"PQT_CA", c.CA}} {
+		if v.val == "" {
+			return nil, fmt.Errorf("%s: not set: CA mode needs PQT_CERT, PQT_KEY and PQT_CA", v.name)
+		}
+	}
+	if st, err := os.Stat(c.Key); err == nil && st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("PQT_KEY: %s has mode %#o: other users can read the private key (fix: chmod 600 %s)", c.Key, st.Mode().Perm(), c.Key)
+	}
+	cert, err := tls.LoadX509KeyPair(c.Cert, c.Key)
+	if err != nil {
+		return nil, fmt.Errorf("PQT_CERT/PQT_KEY: %w", err)
+	}
+	m.Certificate = &cert
+	caPEM, err := os.ReadFile(c.CA)
+	if err != nil {
+		return nil, fmt.Errorf("PQT_CA: %w", err)
+	}
+	m.CAs = x509.NewCertPool()
+	if !m.CAs.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("PQT_CA: %s holds no PEM certificate", c.CA)
+	}
+	if m.Allow, err = hybridtls.ParseAllow(c.Allow); err != nil {
+		return nil, fmt.Errorf("PQT_ALLOW: %w", err)
+	}
+	return m, nil
+}

@@ -1,0 +1,251 @@
+// Command pqtunnel wraps an unmodified TCP service in a post-quantum tunnel:
+// TLS 1.3 with a hybrid X25519+ML-KEM-768 key exchange over QUIC or TCP,
+// both sides authenticated. It is configured by PQT_* environment variables;
+// 'pqtunnel help' lists them.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"reflect"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/lmittmann/tint"
+
+	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/mux"
+	"github.com/pqtunnel/pqtunnel/proxy"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+func main() {
+	os.Exit(run(os.Args[1:], environ(), os.Stdout, os.Stderr))
+}
+
+func environ() map[string]string {
+	m := map[string]string{}
+	for _, kv := range os.Environ() {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+func run(args []string, environ map[string]string, stdout, stderr io.Writer) int {
+	cmd := "run"
+	if len(args) > 0 {
+		cmd, args = args[0], args[1:]
+	}
+	var err error
+	switch cmd {
+	case "run":
+		err = runTunnel(environ, stderr)
+	case "help", "-h", "--help":
+		printHelp(stdout)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "pqtunnel", buildVersion())
+	case "keygen":
+		err = keygen(args, stdout, stderr)
+	case "pin":
+		err = printPin(args, stdout)
+	case "demo":
+		err = demo(stdout, stderr)
+	default:
+		err = fmt.Errorf("unknown command %q (try 'pqtunnel help')", cmd)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "pqtunnel:", err)
+		return 1
+	}
+	return 0
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "devel"
+}
+
+func printHelp(w io.Writer) {
+	fmt.Fprint(w, `pqtunnel wraps a TCP service in a post-quantum tunnel (hybrid X25519+ML-KEM-768 TLS 1.3 over QUIC or TCP).
+
+Usage:
+  pqtunnel [run]           run as configured by the environment below
+  pqtunnel keygen -o FILE  write a new hybrid identity (Ed25519 + ML-DSA-65) and print its pin
+  pqtunnel pin FILE        print the pin of an identity
+  pqtunnel demo            run an origin, a listen side and a dial side locally and push traffic
+  pqtunnel version         print the version
+  pqtunnel help            this text
+
+Environment:
+`)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	t := reflect.TypeOf(Config{})
+	for i := range t.NumField() {
+		f := t.Field(i)
+		def := f.Tag.Get("envDefault")
+		if def == "" {
+			def = "-"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", f.Tag.Get("env"), def, f.Tag.Get("help"))
+	}
+	_ = tw.Flush() // a failed write to the terminal has nowhere to go
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("%q is not debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+func newLogger(c *Config, w io.Writer) *slog.Logger {
+	level, _ := parseLevel(c.LogLevel) // validated
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
+	}
+	return slog.New(tint.NewHandler(w, &tint.Options{Level: level, NoColor: !isTerminal(w)}))
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// engineConfig turns the validated environment into the engine's typed options.
+func engineConfig(c *Config, log *slog.Logger) (proxy.Config, error) {
+	mode, _ := hybridtls.ParsePQMode(c.PQ)             // validated
+	groups, _ := hybridtls.ParseGroups(c.Groups, mode) // validated
+	fwd, _ := proxy.ParseRoutes(c.Forward)             // validated
+	tgt, _ := proxy.ParseRoutes(c.Target)              // validated
+	m, err := c.material()
+	if err != nil {
+		return proxy.Config{}, err
+	}
+	serverName := c.ServerName
+	if serverName == "" {
+		serverName = hostOf(c.tunnels()[0])
+	}
+	store, err := hybridtls.NewStore(hybridtls.Policy{
+		Mode: mode, Groups: groups, ServerName: serverName, ALPN: proxy.ALPN, Logger: log,
+	}, m)
+	if err != nil {
+		return proxy.Config{}, fmt.Errorf("PQT_IDENTITY: %w", err)
+	}
+	return proxy.Config{
+		Mode:           proxy.Mode(c.Mode),
+		Tunnel:         c.tunnels(),
+		Transport:      c.Transport,
+		Connections:    c.Connections,
+		MaxConnections: c.MaxConnections,
+		Forward:        fwd,
+		Target:         tgt,
+		TLS:            store,
+		Mux: mux.Config{
+			HandshakeTimeout: c.HandshakeTimeout,
+			KeepAlive:        c.KeepAlive,
+			IdleTimeout:      c.IdleTimeout,
+			MaxStreams:       c.MaxStreams,
+		},
+		DialTimeout:  c.DialTimeout,
+		DrainTimeout: c.DrainTimeout,
+		Logger:       log,
+	}, nil
+}
+
+func hostOf(hostport string) string {
+	i := strings.LastIndexByte(hostport, ':')
+	if i < 0 {
+		return hostport
+	}
+	return strings.Trim(hostport[:i], "[]")
+}
+
+func runTunnel(environ map[string]string, stderr io.Writer) error {
+	c, err := parseConfig(environ)
+	if err != nil {
+		return err
+	}
+	log := newLogger(c, stderr)
+	pc, err := engineConfig(c, log)
+	if err != nil {
+		return err
+	}
+	e, err := proxy.New(pc)
+	if err != nil {
+		return err
+	}
+	log.Info("pqtunnel starting", "version", buildVersion(), "mode", c.Mode, "transport", c.Transport,
+		"pq", c.PQ, "groups", hybridtls.GroupNames(pc.TLS.Policy().Groups), "identity", identityName(pc.TLS.Material()))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	stopping := false
+	for {
+		select {
+		case err := <-done:
+			return err
+		case s := <-sigs:
+			switch {
+			case s == syscall.SIGHUP:
+				reload(c, pc.TLS, log)
+			case stopping:
+				log.Warn("second signal: exiting now", "signal", s.String())
+				return errors.New("interrupted")
+			default:
+				stopping = true
+				log.Info("shutting down", "signal", s.String(), "drain_timeout", c.DrainTimeout)
+				cancel()
+			}
+		}
+	}
+}
+
+// reload re-reads identity, certificates and pins; on any error the
+// material in force stays.
+func reload(c *Config, store *hybridtls.Store, log *slog.Logger) {
+	m, err := c.material()
+	if err == nil {
+		err = store.Swap(m)
+	}
+	if err != nil {
+		log.Error("reload failed: keeping the identity and pins in force", "err", err)
+		return
+	}
+	log.Info("reloaded identity and pins", "identity", identityName(m), "peers", len(m.Peers))
+}
+
+func identityName(m *hybridtls.Material) string {
+	if m.Pinned() {
+		return m.Identity.Pin.String()
+	}
+	if m.Certificate.Leaf != nil {
+		return m.Certificate.Leaf.Subject.CommonName
+	}
+	return "ca"
+}

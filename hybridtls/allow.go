@@ -1,0 +1,65 @@
+package hybridtls
+
+import (
+	"crypto/x509"
+	"fmt"
+	"strings"
+)
+
+// AllowRule accepts a CA-issued peer certificate by one of its names.
+type AllowRule struct {
+	// Kind is "dns", "uri" or "cn".
+	Kind string
+	// Value is the name; for dns a leading "*." matches one label.
+	Value string
+}
+
+// ParseAllow parses a PQT_ALLOW list: comma-separated dns:NAME, uri:URI, cn:NAME.
+func ParseAllow(s string) ([]AllowRule, error) {
+	var out []AllowRule
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		kind, value, ok := strings.Cut(f, ":")
+		kind = strings.ToLower(kind)
+		if !ok || value == "" || (kind != "dns" && kind != "uri" && kind != "cn") {
+			return nil, fmt.Errorf("rule %q: want dns:NAME, uri:URI or cn:NAME", f)
+		}
+		out = append(out, AllowRule{Kind: kind, Value: value})
+	}
+	return out, nil
+}
+
+func (r AllowRule) String() string { return r.Kind + ":" + r.Value }
+
+// Match reports whether the certificate carries the rule's name.
+func (r AllowRule) Match(c *x509.Certificate) bool {
+	switch r.Kind {
+	case "cn":
+		return c.Subject.CommonName == r.Value
+	case "uri":
+		for _, u := range c.URIs {
+			if u.String() == r.Value {
+				return true
+			}
+		}
+	case "dns":
+		for _, n := range c.DNSNames {
+			if matchDNS(r.Value, n) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func matchDNS(pattern, name string) bool {
+	pattern, name = strings.ToLower(pattern), strings.ToLower(name)
+	if suffix, ok := strings.CutPrefix(pattern, "*."); ok {
+		label, rest, found := strings.Cut(name, ".")
+		return found && label != "" && rest == suffix
+	}
+	return pattern == name
+}

@@ -1,0 +1,328 @@
+package hybridtls
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
+)
+
+// Material is everything one side needs to authenticate itself and its peer.
+// It is immutable once handed to a Store; a reload builds a new one.
+type Material struct {
+	// Identity is this side's hybrid identity (pinned mode).
+	Identity *Identity
+	// Peers are the pins this side accepts (pinned mode).
+	Peers []Pin
+
+	// Certificate, CAs and Allow configure CA-based mTLS instead of pins.
+	Certificate *tls.Certificate
+	CAs         *x509.CertPool
+	Allow       []AllowRule
+}
+
+// Pinned reports whether the material uses pinned identities rather than a CA.
+func (m *Material) Pinned() bool { return m.Identity != nil }
+
+// Validate checks that the material configures exactly one way to authenticate.
+func (m *Material) Validate() error {
+	switch {
+	case m.Identity != nil && m.Certificate != nil:
+		return errors.New("both a pinned identity and a CA certificate are configured; use one")
+	case m.Identity != nil:
+		if len(m.Peers) == 0 {
+			return errors.New("no peer pins: a pinned identity needs the pins it accepts")
+		}
+	case m.Certificate != nil:
+		if m.CAs == nil {
+			return errors.New("a CA certificate needs the CA that signs the peer's certificate")
+		}
+	default:
+		return errors.New("no identity: configure a pinned identity or CA certificates")
+	}
+	return nil
+}
+
+// Policy is the key-exchange and naming policy, fixed for the process.
+type Policy struct {
+	Mode   PQMode
+	Groups []tls.CurveID
+	// ServerName is the name a client verifies in CA mode.
+	ServerName string
+	// ALPN is the application protocol both sides must agree on.
+	ALPN string
+	// Logger receives refusals that happen inside the TLS stack, where no
+	// caller sees the error (QUIC handshakes rejected by the server).
+	Logger *slog.Logger
+}
+
+// curves is the list offered and accepted: in prefer mode X25519 is added
+// last so a classical-only peer can still connect.
+func (p *Policy) curves() []tls.CurveID {
+	cs := slices.Clone(p.Groups)
+	if p.Mode == Prefer && !slices.Contains(cs, tls.X25519) {
+		cs = append(cs, tls.X25519)
+	}
+	return cs
+}
+
+// Store holds the current Material and hands out TLS configurations that
+// read it, so a reload takes effect for new connections only.
+type Store struct {
+	policy   Policy
+	material atomic.Pointer[Material]
+}
+
+// NewStore validates m and returns a Store serving it.
+func NewStore(p Policy, m *Material) (*Store, error) {
+	if len(p.Groups) == 0 {
+		return nil, errors.New("no key-exchange groups configured")
+	}
+	if p.Logger == nil {
+		p.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Store{policy: p}
+	if err := s.Swap(m); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Swap replaces the material after validating it; on error the old material stays.
+func (s *Store) Swap(m *Material) error {
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	s.material.Store(m)
+	return nil
+}
+
+// Material returns the material in force.
+func (s *Store) Material() *Material { return s.material.Load() }
+
+// Policy returns the fixed policy.
+func (s *Store) Policy() Policy { return s.policy }
+
+func (s *Store) baseConfig(m *Material) *tls.Config {
+	c := &tls.Config{
+		MinVersion:       tls.VersionTLS13,
+		MaxVersion:       tls.VersionTLS13,
+		CurvePreferences: s.policy.curves(),
+		NextProtos:       []string{s.policy.ALPN},
+		// Resumption would skip the certificate exchange; tunnels are
+		// long-lived, so every connection does a full handshake instead.
+		SessionTicketsDisabled: true,
+	}
+	if m.Pinned() {
+		c.Certificates = []tls.Certificate{m.Identity.Certificate}
+	} else {
+		c.Certificates = []tls.Certificate{*m.Certificate}
+	}
+	return c
+}
+
+// ServerConfig returns the TLS configuration for accepting tunnel connections.
+func (s *Store) ServerConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		NextProtos: []string{s.policy.ALPN},
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			m := s.material.Load()
+			if err := s.checkOffered(hello); err != nil {
+				s.policy.Logger.Warn("tunnel handshake refused", "remote", helloRemote(hello), "reason", "no common group", "err", err)
+				return nil, err
+			}
+			c := s.baseConfig(m)
+			if m.Pinned() {
+				c.ClientAuth = tls.RequireAnyClientCert
+			} else {
+				c.ClientAuth = tls.RequireAndVerifyClientCert
+				c.ClientCAs = m.CAs
+			}
+			c.VerifyConnection = func(cs tls.ConnectionState) error {
+				err := s.verifyPeer(m, &cs)
+				if err != nil {
+					s.policy.Logger.Warn("tunnel handshake refused", "remote", helloRemote(hello), "reason", reasonOf(err), "err", err)
+				}
+				return err
+			}
+			return c, nil
+		},
+	}
+}
+
+// ClientConfig returns the TLS configuration for dialling a tunnel peer.
+func (s *Store) ClientConfig() *tls.Config {
+	m := s.material.Load()
+	c := s.baseConfig(m)
+	if m.Pinned() {
+		// The pin, checked in VerifyConnection, replaces chain validation.
+		c.InsecureSkipVerify = true
+		c.ServerName = "pqtunnel"
+	} else {
+		c.RootCAs = m.CAs
+		c.ServerName = s.policy.ServerName
+	}
+	c.VerifyConnection = func(cs tls.ConnectionState) error { return s.verifyPeer(m, &cs) }
+	return c
+}
+
+// checkOffered refuses a ClientHello that shares no group with the policy,
+// with an error that names both lists.
+func (s *Store) checkOffered(hello *tls.ClientHelloInfo) error {
+	ours := s.policy.curves()
+	for _, g := range hello.SupportedCurves {
+		if slices.Contains(ours, g) {
+			return nil
+		}
+	}
+	if slices.ContainsFunc(hello.SupportedCurves, IsHybrid) {
+		return fmt.Errorf("%w: peer offered %s, PQT_GROUPS accepts %s", ErrNoCommonGroup, GroupNames(hello.SupportedCurves), GroupNames(ours))
+	}
+	return fmt.Errorf("%w: peer offered only %s, PQT_PQ=%s accepts %s", ErrNotPostQuantum, GroupNames(hello.SupportedCurves), s.policy.Mode, GroupNames(ours))
+}
+
+// ErrNoCommonGroup is wrapped when both sides are post-quantum but their
+// PQT_GROUPS lists share no group.
+var ErrNoCommonGroup = errors.New("no common key-exchange group")
+
+// IsPolicyRefusal reports whether err is a refusal that the Store has
+// already logged on the server side (group or peer policy).
+func IsPolicyRefusal(err error) bool {
+	return errors.Is(err, ErrNotPostQuantum) || errors.Is(err, ErrNoCommonGroup) || errors.Is(err, ErrPeerNotAllowed)
+}
+
+// ErrPeerNotAllowed is wrapped when a peer authenticated correctly but is not
+// one this side accepts (pin not in PQT_PEERS, certificate outside PQT_ALLOW).
+var ErrPeerNotAllowed = errors.New("peer not allowed")
+
+func (s *Store) verifyPeer(m *Material, cs *tls.ConnectionState) error {
+	if err := CheckGroup(cs.CurveID, s.policy.Mode, s.policy.curves()); err != nil {
+		return err
+	}
+	if len(cs.PeerCertificates) == 0 {
+		return fmt.Errorf("%w: peer presented no certificate", ErrPeerNotAllowed)
+	}
+	leaf := cs.PeerCertificates[0]
+	if m.Pinned() {
+		pin, err := PinOf(leaf)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrPeerNotAllowed, err)
+		}
+		if !slices.Contains(m.Peers, pin) {
+			return fmt.Errorf("%w: pin %s is not in PQT_PEERS", ErrPeerNotAllowed, pin)
+		}
+		return nil
+	}
+	if len(m.Allow) == 0 {
+		return nil
+	}
+	for _, r := range m.Allow {
+		if r.Match(leaf) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: certificate %q matches no PQT_ALLOW rule", ErrPeerNotAllowed, certName(leaf))
+}
+
+// Peer describes an authenticated peer.
+type Peer struct {
+	// Name is the pin in pinned mode, else the certificate's name.
+	Name string
+	// PQAuth is true when the peer proved an ML-DSA-65 key bound to the session.
+	PQAuth bool
+}
+
+// Authenticate runs the post-handshake step on an established TLS session:
+// it checks the negotiated group again, sends this side's ML-DSA-65 proof over
+// rw, and reads and verifies the peer's. The caller bounds it with a deadline.
+func (s *Store) Authenticate(cs *tls.ConnectionState, rw io.ReadWriter, role Role) (Peer, error) {
+	m := s.material.Load()
+	if cs.Version != tls.VersionTLS13 {
+		return Peer{}, fmt.Errorf("negotiated TLS version %#x, want TLS 1.3", cs.Version)
+	}
+	if err := CheckGroup(cs.CurveID, s.policy.Mode, s.policy.curves()); err != nil {
+		return Peer{}, err
+	}
+	var key = m.Identity
+	msg, err := AppendProof(nil, cs, identityMLDSA(key), role)
+	if err != nil {
+		return Peer{}, err
+	}
+	if _, err := rw.Write(msg); err != nil {
+		return Peer{}, fmt.Errorf("send proof: %w", err)
+	}
+	sig, err := ReadProof(rw)
+	if err != nil {
+		return Peer{}, err
+	}
+	pq, err := VerifyProof(cs, sig, !role, m.Pinned())
+	if err != nil {
+		return Peer{}, err
+	}
+	leaf := cs.PeerCertificates[0]
+	p := Peer{Name: certName(leaf), PQAuth: pq}
+	if m.Pinned() {
+		pin, _ := PinOf(leaf) // checked in VerifyConnection and VerifyProof
+		p.Name = pin.String()
+	}
+	return p, nil
+}
+
+func identityMLDSA(id *Identity) *mldsa65.PrivateKey {
+	if id == nil {
+		return nil
+	}
+	return id.MLDSA
+}
+
+func certName(c *x509.Certificate) string {
+	switch {
+	case len(c.URIs) > 0:
+		return c.URIs[0].String()
+	case len(c.DNSNames) > 0:
+		return c.DNSNames[0]
+	}
+	return c.Subject.CommonName
+}
+
+func helloRemote(h *tls.ClientHelloInfo) string {
+	if h.Conn == nil || h.Conn.RemoteAddr() == nil {
+		return ""
+	}
+	return h.Conn.RemoteAddr().String()
+}
+
+// Reason classifies a handshake or authentication failure for logs and
+// metrics: not_post_quantum, peer_not_allowed, proof_failed, timeout or tls.
+func Reason(err error) string { return reasonOf(err) }
+
+func reasonOf(err error) string {
+	var nerr interface{ Timeout() bool }
+	switch {
+	case errors.Is(err, ErrNotPostQuantum):
+		return "not_post_quantum"
+	case errors.Is(err, ErrNoCommonGroup):
+		return "no_common_group"
+	case errors.Is(err, ErrPeerNotAllowed):
+		return "peer_not_allowed"
+	case errors.Is(err, ErrProof):
+		return "proof_failed"
+	case errors.As(err, &nerr) && nerr.Timeout():
+		return "timeout"
+	case strings.Contains(err.Error(), "no ECDHE curve") || strings.Contains(err.Error(), "handshake failure"):
+		return "no_common_group"
+	}
+	return "tls"
+}
+
+// HandshakeTimeout is the default bound on the TLS handshake plus the proof.
+const HandshakeTimeout = 10 * time.Second

@@ -1,0 +1,148 @@
+// Package hybridtls holds pqtunnel's TLS 1.3 policy: which key-exchange
+// groups are offered and accepted, how peers are identified (pinned hybrid
+// identities or CA-issued certificates), and the ML-DSA-65 proof that binds a
+// peer's post-quantum key to the TLS session. It opens no sockets and runs no
+// loops: callers hand it a tls.ConnectionState and an io.ReadWriter.
+package hybridtls
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// PQMode says whether a classical key exchange may ever be used.
+type PQMode string
+
+const (
+	// Strict offers and accepts only hybrid post-quantum groups.
+	Strict PQMode = "strict"
+	// Prefer offers hybrid groups first but accepts classical X25519,
+	// reporting every such connection.
+	Prefer PQMode = "prefer"
+)
+
+// ParsePQMode parses the PQT_PQ value; the empty string is Strict.
+func ParsePQMode(s string) (PQMode, error) {
+	switch PQMode(strings.ToLower(strings.TrimSpace(s))) {
+	case "", Strict:
+		return Strict, nil
+	case Prefer:
+		return Prefer, nil
+	}
+	return "", fmt.Errorf("unknown mode %q (want strict or prefer)", s)
+}
+
+// DefaultGroups is the default PQT_GROUPS: every hybrid Go supports, fastest first.
+var DefaultGroups = []tls.CurveID{tls.X25519MLKEM768, tls.SecP256r1MLKEM768, tls.SecP384r1MLKEM1024}
+
+var groupByName = map[string]tls.CurveID{
+	"x25519mlkem768":     tls.X25519MLKEM768,
+	"secp256r1mlkem768":  tls.SecP256r1MLKEM768,
+	"secp384r1mlkem1024": tls.SecP384r1MLKEM1024,
+	"x25519":             tls.X25519,
+	"p-256":              tls.CurveP256,
+	"secp256r1":          tls.CurveP256,
+	"p256":               tls.CurveP256,
+	"p-384":              tls.CurveP384,
+	"secp384r1":          tls.CurveP384,
+	"p384":               tls.CurveP384,
+	"p-521":              tls.CurveP521,
+	"secp521r1":          tls.CurveP521,
+	"p521":               tls.CurveP521,
+}
+
+// IsHybrid reports whether g combines a classical and a post-quantum KEM.
+func IsHybrid(g tls.CurveID) bool {
+	switch g {
+	case tls.X25519MLKEM768, tls.SecP256r1MLKEM768, tls.SecP384r1MLKEM1024:
+		return true
+	}
+	return false
+}
+
+// GroupName is the standard name of g, as it appears in logs and metrics.
+func GroupName(g tls.CurveID) string {
+	switch g {
+	case 0:
+		return "none"
+	case tls.CurveP256:
+		return "P-256"
+	case tls.CurveP384:
+		return "P-384"
+	case tls.CurveP521:
+		return "P-521"
+	}
+	return g.String()
+}
+
+// GroupNames joins the names of gs with commas.
+func GroupNames(gs []tls.CurveID) string {
+	names := make([]string, len(gs))
+	for i, g := range gs {
+		names[i] = GroupName(g)
+	}
+	return strings.Join(names, ",")
+}
+
+// ParseGroups parses a PQT_GROUPS value: comma-separated standard names,
+// case-insensitive, in order of preference. An empty string yields the
+// default list. In strict mode a classical group is an error; in prefer mode
+// classical groups must come after every hybrid one.
+func ParseGroups(s string, mode PQMode) ([]tls.CurveID, error) {
+	if strings.TrimSpace(s) == "" {
+		return append([]tls.CurveID(nil), DefaultGroups...), nil
+	}
+	var out []tls.CurveID
+	seen := map[tls.CurveID]bool{}
+	sawClassical := false
+	for _, f := range strings.Split(s, ",") {
+		name := strings.TrimSpace(f)
+		if name == "" {
+			return nil, errors.New("empty group name in list")
+		}
+		g, ok := groupByName[strings.ToLower(name)]
+		if !ok {
+			return nil, fmt.Errorf("unknown group %q (valid: X25519MLKEM768, SecP256r1MLKEM768, SecP384r1MLKEM1024; classical X25519, P-256, P-384, P-521 only with PQT_PQ=prefer)", name)
+		}
+		if seen[g] {
+			return nil, fmt.Errorf("group %s listed twice", GroupName(g))
+		}
+		seen[g] = true
+		if !IsHybrid(g) {
+			if mode == Strict {
+				return nil, fmt.Errorf("classical group %s is not allowed with PQT_PQ=strict: it has no post-quantum protection (remove it, or set PQT_PQ=prefer)", GroupName(g))
+			}
+			sawClassical = true
+		} else if sawClassical {
+			return nil, fmt.Errorf("hybrid group %s listed after a classical one: list hybrid groups first", GroupName(g))
+		}
+		out = append(out, g)
+	}
+	return out, nil
+}
+
+// ErrNotPostQuantum reports a handshake refused because the peer could not
+// agree on a hybrid post-quantum key exchange.
+var ErrNotPostQuantum = errors.New("peer offered no post-quantum key exchange")
+
+// CheckGroup enforces the policy on a negotiated group: defence in depth after
+// the handshake, in case the TLS stack ever negotiated something it should not.
+func CheckGroup(g tls.CurveID, mode PQMode, allowed []tls.CurveID) error {
+	for _, a := range allowed {
+		if a == g {
+			if !IsHybrid(g) && mode == Strict {
+				break
+			}
+			return nil
+		}
+	}
+	if mode == Prefer && g == tls.X25519 {
+		return nil
+	}
+	if !IsHybrid(g) {
+		return fmt.Errorf("%w: negotiated %s", ErrNotPostQuantum, GroupName(g))
+	}
+	return fmt.Errorf("negotiated group %s is not in PQT_GROUPS (%s)", GroupName(g), GroupNames(allowed))
+}

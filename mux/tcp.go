@@ -1,0 +1,226 @@
+package mux
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// TransportTCP names TLS 1.3 over TCP with yamux.
+const TransportTCP = "tcp"
+
+func (c *Config) yamuxConfig() *yamux.Config {
+	y := yamux.DefaultConfig()
+	y.AcceptBacklog = 256
+	y.EnableKeepAlive = true
+	y.KeepAliveInterval = c.keepAlive()
+	y.ConnectionWriteTimeout = c.idleTimeout()
+	y.MaxStreamWindowSize = uint32(c.streamWindow())
+	y.StreamOpenTimeout = c.handshakeTimeout()
+	// A stream closed locally whose peer never finishes is reset after this;
+	// it must outlast legitimate half-closed transfers.
+	y.StreamCloseTimeout = 5 * time.Minute
+	y.LogOutput = io.Discard
+	return y
+}
+
+// DialTCP connects to addr over TCP, runs the TLS handshake and the
+// authenticator, and starts a yamux client session.
+func DialTCP(ctx context.Context, addr string, c *Config) (Session, error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, c.handshakeTimeout())
+	defer cancel()
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial tcp %s: %w", addr, err)
+	}
+	s, err := handshakeTCP(ctx, tls.Client(raw, c.TLS), c, true, start)
+	if err != nil {
+		_ = raw.Close() // the handshake error is what matters
+		return nil, err
+	}
+	return s, nil
+}
+
+func handshakeTCP(ctx context.Context, tc *tls.Conn, c *Config, client bool, start time.Time) (Session, error) {
+	deadline, _ := ctx.Deadline()
+	_ = tc.SetDeadline(deadline) // a failing deadline shows up as a failing handshake
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("tls handshake: %w", err)
+	}
+	cs := tc.ConnectionState()
+	peer, err := c.authenticate(&cs, tc, client)
+	if err != nil {
+		return nil, fmt.Errorf("authenticate peer: %w", err)
+	}
+	_ = tc.SetDeadline(time.Time{}) // yamux keep-alives take over liveness
+	var ys *yamux.Session
+	if client {
+		ys, err = yamux.Client(tc, c.yamuxConfig())
+	} else {
+		ys, err = yamux.Server(tc, c.yamuxConfig())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("start yamux: %w", err)
+	}
+	s := &tcpSession{ys: ys, info: Info{
+		Transport: TransportTCP,
+		TLS:       cs,
+		Peer:      peer,
+		Local:     tc.LocalAddr(),
+		Remote:    tc.RemoteAddr(),
+		Handshake: time.Since(start),
+	}, maxStreams: c.maxStreams()}
+	return s, nil
+}
+
+type tcpSession struct {
+	ys         *yamux.Session
+	info       Info
+	maxStreams int
+}
+
+func (s *tcpSession) OpenStream(ctx context.Context) (Stream, error) {
+	st, err := s.ys.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("open yamux stream: %w", err)
+	}
+	return &tcpStream{st}, nil
+}
+
+func (s *tcpSession) AcceptStream(ctx context.Context) (Stream, error) {
+	for {
+		st, err := s.ys.AcceptStreamWithContext(ctx)
+		if err != nil {
+			if errors.Is(err, yamux.ErrSessionShutdown) {
+				return nil, net.ErrClosed
+			}
+			return nil, fmt.Errorf("accept yamux stream: %w", err)
+		}
+		// yamux has no stream limit of its own: refuse past MaxStreams.
+		if s.ys.NumStreams() > s.maxStreams {
+			(&tcpStream{st}).Reset()
+			continue
+		}
+		return &tcpStream{st}, nil
+	}
+}
+
+func (s *tcpSession) Close() error          { return s.ys.Close() }
+func (s *tcpSession) Done() <-chan struct{} { return s.ys.CloseChan() }
+func (s *tcpSession) Info() Info            { return s.info }
+
+type tcpStream struct{ *yamux.Stream }
+
+// CloseWrite sends FIN: yamux's Close is a half-close.
+func (t *tcpStream) CloseWrite() error { return t.Stream.Close() }
+
+// Close sends FIN if not yet sent and stops local reads; yamux frees the
+// stream once the peer's FIN arrives.
+func (t *tcpStream) Close() error {
+	err := t.Stream.Close()
+	_ = t.Stream.SetReadDeadline(time.Now()) // unblock local readers
+	return err
+}
+
+// Reset is the closest yamux offers: FIN plus failing local I/O; the peer's
+// reads end at once and its writes fail when yamux's close timer fires.
+func (t *tcpStream) Reset() {
+	_ = t.Stream.Close()
+	_ = t.Stream.SetDeadline(time.Now())
+}
+
+// tcpListener accepts TLS over TCP and runs handshakes concurrently, at most
+// MaxHandshakes at a time, so a slow peer cannot stall the others.
+type tcpListener struct {
+	ln     net.Listener
+	c      *Config
+	ctx    context.Context
+	cancel context.CancelFunc
+	q      *acceptQueue
+	sem    chan struct{}
+	once   sync.Once
+	wg     sync.WaitGroup
+}
+
+// ListenTCP serves tunnel connections on ln, which the listener owns.
+func ListenTCP(ln net.Listener, c *Config) Listener {
+	l := &tcpListener{ln: ln, c: c, q: newAcceptQueue(), sem: make(chan struct{}, c.maxHandshakes())}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
+	l.wg.Add(1)
+	go l.routineAccept()
+	return l
+}
+
+func (l *tcpListener) routineAccept() {
+	defer l.wg.Done()
+	backoff := 5 * time.Millisecond
+	for {
+		raw, err := l.ln.Accept()
+		if err != nil {
+			select {
+			case <-l.q.closed:
+				return
+			default:
+			}
+			l.c.logger().Warn("tunnel accept failed", "transport", TransportTCP, "err", err)
+			time.Sleep(backoff)
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 5 * time.Millisecond
+		select {
+		case l.sem <- struct{}{}:
+		default:
+			l.c.handshakeFailed(raw.RemoteAddr(), errors.New("too many handshakes in progress"))
+			_ = raw.Close() // shed load
+			continue
+		}
+		l.wg.Add(1)
+		go l.routineHandshake(raw)
+	}
+}
+
+func (l *tcpListener) routineHandshake(raw net.Conn) {
+	defer l.wg.Done()
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(l.ctx, l.c.handshakeTimeout())
+	// Closing the socket is what unblocks a stalled peer, at the timeout or
+	// when the listener closes.
+	stop := context.AfterFunc(ctx, func() { _ = raw.Close() })
+	s, err := handshakeTCP(ctx, tls.Server(raw, l.c.TLS), l.c, false, start)
+	if !stop() && err == nil {
+		_ = s.Close()
+		err = fmt.Errorf("handshake: %w", ctx.Err())
+	}
+	cancel()
+	<-l.sem
+	if err != nil {
+		l.c.handshakeFailed(raw.RemoteAddr(), err)
+		_ = raw.Close()
+		return
+	}
+	l.q.deliver(s)
+}
+
+func (l *tcpListener) Accept(ctx context.Context) (Session, error) { return l.q.accept(ctx) }
+func (l *tcpListener) Addr() net.Addr                              { return l.ln.Addr() }
+
+func (l *tcpListener) Close() error {
+	var err error
+	l.once.Do(func() {
+		close(l.q.closed)
+		l.cancel()
+		err = l.ln.Close()
+	})
+	l.wg.Wait()
+	return err
+}

@@ -1,0 +1,385 @@
+// Package proxy is pqtunnel's engine: it accepts plain TCP on forward routes,
+// carries each connection as a stream through a tunnel session, and delivers
+// streams that arrive from the tunnel to target routes. Which side opens the
+// tunnel connection (listen or dial) is independent of which way streams go,
+// so forward and reverse tunnels are the same code.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/mux"
+)
+
+// Mode says who opens the tunnel connection.
+type Mode string
+
+const (
+	ModeListen Mode = "listen"
+	ModeDial   Mode = "dial"
+)
+
+// Transport values for Config.Transport.
+const (
+	TransportQUIC = mux.TransportQUIC
+	TransportTCP  = mux.TransportTCP
+	// TransportAuto: a listen side serves both; a dial side tries QUIC and
+	// falls back to TCP when the QUIC handshake times out.
+	TransportAuto = "auto"
+)
+
+// Config is the engine's whole policy. It must not change once New returns.
+type Config struct {
+	Mode Mode
+	// Tunnel is the address to listen on (listen) or the peers to dial (dial).
+	Tunnel    []string
+	Transport string
+	// Connections is how many tunnel connections a dial side keeps. Zero means 1.
+	Connections int
+	// MaxConnections bounds the tunnel connections a listen side serves at
+	// once. Zero means no bound.
+	MaxConnections int
+	Forward     []Route
+	Target      []Route
+	TLS         *hybridtls.Store
+	// Mux holds transport timeouts and limits; TLS and Authenticate are set by the engine.
+	Mux mux.Config
+	// DialTimeout bounds dialling an origin. Zero means 5s.
+	DialTimeout time.Duration
+	// DrainTimeout bounds how long open streams may finish after shutdown begins. Zero means 30s.
+	DrainTimeout time.Duration
+	// FallbackTimeout bounds the QUIC attempt before an auto dial side
+	// tries TCP. Zero means 3s.
+	FallbackTimeout time.Duration
+	Logger          *slog.Logger
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+// Engine runs one side of a tunnel.
+type Engine struct {
+	cfg     Config
+	log     *slog.Logger
+	tunnels tunnelSet
+
+	forwardLns []net.Listener
+	tunnelLns  []mux.Listener
+
+	draining atomic.Bool
+	streams  sync.WaitGroup // client and inbound stream handlers
+	loops    sync.WaitGroup // accept loops, session servers, dialers
+	nextID   atomic.Uint64
+}
+
+// New checks cfg and binds every listening socket, so that an address in
+// use is reported before Run.
+func New(cfg Config) (*Engine, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.TLS == nil {
+		return nil, errors.New("proxy: no TLS store")
+	}
+	e := &Engine{cfg: cfg, log: cfg.Logger}
+	e.tunnels.init()
+	if err := e.bind(); err != nil {
+		e.closeListeners()
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *Engine) bind() error {
+	for _, r := range e.cfg.Forward {
+		ln, err := net.Listen("tcp", r.Addr)
+		if err != nil {
+			return fmt.Errorf("PQT_FORWARD: route %s: %w", routeName(r.Name), err)
+		}
+		e.forwardLns = append(e.forwardLns, ln)
+	}
+	if e.cfg.Mode != ModeListen {
+		return nil
+	}
+	addr := e.cfg.Tunnel[0]
+	mc := e.muxConfig(e.cfg.TLS.ServerConfig())
+	mc.OnHandshakeError = e.handshakeFailed
+	if e.cfg.Transport == TransportTCP || e.cfg.Transport == TransportAuto {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("PQT_TUNNEL: listen tcp %s: %w", addr, err)
+		}
+		e.tunnelLns = append(e.tunnelLns, mux.ListenTCP(ln, mc))
+		// QUIC shares the port number, which matters when addr says port 0.
+		addr = ln.Addr().String()
+	}
+	if e.cfg.Transport == TransportQUIC || e.cfg.Transport == TransportAuto {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return fmt.Errorf("PQT_TUNNEL: listen udp %s: %w", addr, err)
+		}
+		ln, err := mux.ListenQUIC(pc, mc)
+		if err != nil {
+			_ = pc.Close() // the listen error is what matters
+			return fmt.Errorf("PQT_TUNNEL: %w", err)
+		}
+		e.tunnelLns = append(e.tunnelLns, ln)
+	}
+	return nil
+}
+
+// ForwardAddrs returns the bound forward listeners' addresses, in route order.
+func (e *Engine) ForwardAddrs() []net.Addr {
+	out := make([]net.Addr, len(e.forwardLns))
+	for i, ln := range e.forwardLns {
+		out[i] = ln.Addr()
+	}
+	return out
+}
+
+// TunnelAddr returns the tunnel listener's address, or nil on a dial side.
+func (e *Engine) TunnelAddr() net.Addr {
+	if len(e.tunnelLns) == 0 {
+		return nil
+	}
+	return e.tunnelLns[0].Addr()
+}
+
+// Tunnels describes the tunnel connections that are up.
+func (e *Engine) Tunnels() []mux.Info { return e.tunnels.infos() }
+
+// TunnelsChanged returns a channel closed at the next change of Tunnels.
+func (e *Engine) TunnelsChanged() <-chan struct{} { return e.tunnels.changedChan() }
+
+func (e *Engine) muxConfig(tc *tls.Config) *mux.Config {
+	mc := e.cfg.Mux
+	mc.TLS = tc
+	mc.Logger = e.log
+	mc.Authenticate = func(cs *tls.ConnectionState, rw io.ReadWriter, client bool) (mux.Peer, error) {
+		role := hybridtls.RoleServer
+		if client {
+			role = hybridtls.RoleClient
+		}
+		p, err := e.cfg.TLS.Authenticate(cs, rw, role)
+		return mux.Peer{Name: p.Name, PQAuth: p.PQAuth}, err
+	}
+	return &mc
+}
+
+func (e *Engine) handshakeFailed(remote net.Addr, err error) {
+	if hybridtls.IsPolicyRefusal(err) {
+		return // the TLS policy logged it with its reason already
+	}
+	e.log.Warn("tunnel handshake failed", "remote", remote.String(), "reason", hybridtls.Reason(err), "err", err)
+}
+
+// Run serves until ctx ends, then drains: it stops accepting, lets open
+// streams finish for up to DrainTimeout, and closes every tunnel connection.
+func (e *Engine) Run(ctx context.Context) error {
+	for i, ln := range e.forwardLns {
+		e.loops.Add(1)
+		go e.routineForward(ln, e.cfg.Forward[i])
+		e.log.Info("forwarding", "route", routeName(e.cfg.Forward[i].Name), "listen", ln.Addr().String())
+	}
+	for _, ln := range e.tunnelLns {
+		e.loops.Add(1)
+		go e.routineAcceptSessions(ln)
+		e.log.Info("tunnel listening", "addr", ln.Addr().String())
+	}
+	dialCtx, stopDialing := context.WithCancel(context.Background())
+	if e.cfg.Mode == ModeDial {
+		n := max(e.cfg.Connections, 1)
+		for i := range n {
+			peer := e.cfg.Tunnel[i%len(e.cfg.Tunnel)]
+			e.loops.Add(1)
+			go e.routineMaintain(dialCtx, peer)
+		}
+	}
+	<-ctx.Done()
+	e.draining.Store(true)
+	stopDialing()
+	e.closeListeners()
+	e.drain()
+	e.tunnels.closeAll()
+	e.loops.Wait()
+	e.streams.Wait()
+	return nil
+}
+
+func (e *Engine) closeListeners() {
+	for _, ln := range e.forwardLns {
+		_ = ln.Close() // errors on close change nothing
+	}
+	for _, ln := range e.tunnelLns {
+		_ = ln.Close()
+	}
+}
+
+// drain waits for open streams up to DrainTimeout.
+func (e *Engine) drain() {
+	done := make(chan struct{})
+	go func() { e.streams.Wait(); close(done) }()
+	timeout := orDefault(e.cfg.DrainTimeout, 30*time.Second)
+	e.log.Info("draining", "streams", e.tunnels.active(), "timeout", timeout)
+	select {
+	case <-done:
+		e.log.Info("drained")
+	case <-time.After(timeout):
+		e.log.Warn("drain timeout: closing open streams", "streams", e.tunnels.active())
+	}
+}
+
+// routineMaintain keeps one tunnel connection to peer up until ctx ends,
+// redialling with capped exponential backoff and jitter.
+func (e *Engine) routineMaintain(ctx context.Context, peer string) {
+	defer e.loops.Done()
+	b := backoff{Min: 200 * time.Millisecond, Max: 5 * time.Second}
+	for ctx.Err() == nil {
+		s, err := e.dial(ctx, peer)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			wait := b.Next()
+			e.log.Warn("tunnel dial failed", "peer", peer, "transport", e.cfg.Transport,
+				"groups", hybridtls.GroupNames(e.cfg.TLS.Policy().Groups), "reason", hybridtls.Reason(err),
+				"retry_in", wait.Round(time.Millisecond), "err", err)
+			sleepCtx(ctx, wait)
+			continue
+		}
+		b.Reset()
+		e.serveSession(s)
+		if ctx.Err() == nil {
+			sleepCtx(ctx, b.Next())
+		}
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+func (e *Engine) dial(ctx context.Context, peer string) (mux.Session, error) {
+	mc := e.muxConfig(e.cfg.TLS.ClientConfig())
+	switch e.cfg.Transport {
+	case TransportQUIC:
+		return mux.DialQUIC(ctx, peer, mc)
+	case TransportTCP:
+		return mux.DialTCP(ctx, peer, mc)
+	}
+	qc := *mc
+	qc.HandshakeTimeout = orDefault(e.cfg.FallbackTimeout, 3*time.Second)
+	s, err := mux.DialQUIC(ctx, peer, &qc)
+	if err == nil || !isTimeout(err) || ctx.Err() != nil {
+		return s, err
+	}
+	e.log.Warn("quic handshake timed out, falling back to tcp", "peer", peer, "after", qc.HandshakeTimeout, "err", err)
+	return mux.DialTCP(ctx, peer, mc)
+}
+
+func isTimeout(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+func (e *Engine) routineAcceptSessions(ln mux.Listener) {
+	defer e.loops.Done()
+	for {
+		s, err := ln.Accept(context.Background())
+		if err != nil {
+			return // only ErrClosed: Accept has no other failure
+		}
+		if n := len(e.tunnels.infos()); e.cfg.MaxConnections > 0 && n >= e.cfg.MaxConnections {
+			e.log.Warn("tunnel refused", "reason", "PQT_MAX_CONNECTIONS reached", "limit", e.cfg.MaxConnections, "remote", s.Info().Remote.String(), "peer", s.Info().Peer.Name)
+			_ = s.Close() // refused
+			continue
+		}
+		e.loops.Add(1)
+		go func() {
+			defer e.loops.Done()
+			e.serveSession(s)
+		}()
+	}
+}
+
+// serveSession registers s for outgoing streams and serves its incoming
+// streams until it goes away.
+func (e *Engine) serveSession(s mux.Session) {
+	info := s.Info()
+	t := &tunnel{s: s, id: e.nextID.Add(1)}
+	log := e.log.With("tunnel", t.id, "transport", info.Transport, "group", hybridtls.GroupName(info.TLS.CurveID), "peer", info.Peer.Name)
+	if hybridtls.IsHybrid(info.TLS.CurveID) {
+		log.Info("tunnel connected", "tls", "1.3", "pq_auth", info.Peer.PQAuth, "remote", info.Remote.String(), "handshake", info.Handshake.Round(10*time.Microsecond))
+	} else {
+		log.Warn("tunnel connected WITHOUT post-quantum key exchange (PQT_PQ=prefer)", "tls", "1.3", "pq_auth", info.Peer.PQAuth, "remote", info.Remote.String(), "handshake", info.Handshake.Round(10*time.Microsecond))
+	}
+	if !info.Peer.PQAuth {
+		log.Warn("peer authenticated classically only: its certificate carries no ML-DSA-65 key")
+	}
+	e.tunnels.add(t)
+	defer func() {
+		e.tunnels.remove(t)
+		_ = s.Close() // already gone, or being torn down
+		log.Info("tunnel disconnected")
+	}()
+	for {
+		st, err := s.AcceptStream(context.Background())
+		if err != nil {
+			return
+		}
+		e.streams.Add(1)
+		t.active.Add(1)
+		go func() {
+			defer e.streams.Done()
+			defer t.active.Add(-1)
+			e.handleInbound(st, log)
+		}()
+	}
+}
+
+// routineForward accepts plain TCP clients on one forward route.
+func (e *Engine) routineForward(ln net.Listener, r Route) {
+	defer e.loops.Done()
+	backoff := 5 * time.Millisecond
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			e.log.Warn("accept failed", "route", routeName(r.Name), "err", err)
+			time.Sleep(backoff)
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 5 * time.Millisecond
+		e.streams.Add(1)
+		go func() {
+			defer e.streams.Done()
+			e.handleClient(c.(*net.TCPConn), r)
+		}()
+	}
+}
+
+// ALPN is the application protocol of pqtunnel tunnel connections; the
+// version suffix changes only with the stream wire format.
+const ALPN = "pqtunnel/1"

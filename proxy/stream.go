@@ -1,0 +1,181 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/pqtunnel/pqtunnel/mux"
+)
+
+// handleClient carries one plain TCP client through a tunnel stream.
+func (e *Engine) handleClient(c *net.TCPConn, r Route) {
+	start := time.Now()
+	client := tcpEnd{c}
+	log := e.log.With("route", routeName(r.Name), "client", c.RemoteAddr().String())
+	t := e.tunnels.pick()
+	if t == nil {
+		log.Warn("client refused", "reason", "no tunnel connection up")
+		client.abort()
+		return
+	}
+	t.active.Add(1)
+	defer t.active.Add(-1)
+	ctx, cancel := context.WithTimeout(context.Background(), e.dialTimeout()+orDefault(e.cfg.Mux.HandshakeTimeout, 10*time.Second))
+	st, err := t.s.OpenStream(ctx)
+	cancel()
+	if err != nil {
+		log.Warn("client refused", "reason", "open stream failed", "tunnel", t.id, "err", err)
+		client.abort()
+		return
+	}
+	hdr, err := AppendRequest(nil, Request{Route: r.Name, Client: c.RemoteAddr().String()})
+	if err == nil {
+		_, err = st.Write(hdr)
+	}
+	if err != nil {
+		log.Warn("client refused", "reason", "send preamble failed", "tunnel", t.id, "err", err)
+		st.Reset()
+		client.abort()
+		return
+	}
+	// The client's bytes flow at once; the peer's answer gates the other direction.
+	opened := &openedStream{Stream: st, timeout: e.dialTimeout() + 5*time.Second}
+	up, down, err := join(client, streamEnd{opened})
+	var refused *refusedError
+	switch {
+	case errors.As(err, &refused):
+		log.Warn("stream refused by peer", "tunnel", t.id, "reason", refused.resp.Status.String(), "err", refused.resp.Message)
+	case err != nil && !benign(err):
+		log.Info("stream aborted", "tunnel", t.id, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond), "err", err)
+	default:
+		log.Debug("stream closed", "tunnel", t.id, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// openedStream reads the peer's response before the first payload byte.
+type openedStream struct {
+	mux.Stream
+	timeout time.Duration
+	read    bool
+}
+
+type refusedError struct{ resp Response }
+
+func (r *refusedError) Error() string {
+	return fmt.Sprintf("peer refused stream: %s: %s", r.resp.Status, r.resp.Message)
+}
+
+func (o *openedStream) Read(p []byte) (int, error) {
+	if !o.read {
+		o.read = true
+		_ = o.SetReadDeadline(time.Now().Add(o.timeout)) // failure shows as a read error
+		resp, err := ReadResponse(o.Stream)
+		if err != nil {
+			return 0, fmt.Errorf("read stream response: %w", err)
+		}
+		_ = o.SetReadDeadline(time.Time{})
+		if resp.Status != StatusOK {
+			return 0, &refusedError{resp}
+		}
+	}
+	return o.Stream.Read(p)
+}
+
+func (e *Engine) dialTimeout() time.Duration { return orDefault(e.cfg.DialTimeout, 5*time.Second) }
+
+// handleInbound serves one stream the peer opened: read the preamble, dial
+// the route's target, answer, and copy.
+func (e *Engine) handleInbound(st mux.Stream, log *slog.Logger) {
+	start := time.Now()
+	_ = st.SetReadDeadline(time.Now().Add(orDefault(e.cfg.Mux.HandshakeTimeout, 10*time.Second)))
+	req, err := ReadRequest(st)
+	if err != nil {
+		log.Warn("stream rejected", "reason", "bad preamble", "err", err)
+		st.Reset()
+		return
+	}
+	_ = st.SetReadDeadline(time.Time{})
+	log = log.With("route", routeName(req.Route), "client", req.Client)
+	refuse := func(s Status, msg string, err error) {
+		log.Warn("stream refused", "reason", s.String(), "err", errOr(err, msg))
+		_, _ = st.Write(AppendResponse(nil, Response{Status: s, Message: msg})) // best effort: we close next
+		_ = st.Close()
+	}
+	if e.draining.Load() {
+		refuse(StatusDraining, "peer is shutting down", nil)
+		return
+	}
+	target, ok := e.target(req.Route)
+	if !ok {
+		refuse(StatusUnknownRoute, fmt.Sprintf("route %q is not in the peer's PQT_TARGET (it has: %s)", routeName(req.Route), e.targetNames()), nil)
+		return
+	}
+	d := net.Dialer{Timeout: e.dialTimeout()}
+	oc, err := d.Dial("tcp", target)
+	if err != nil {
+		status := StatusOriginError
+		switch {
+		case isTimeout(err):
+			status = StatusOriginTimeout
+		case isRefused(err):
+			status = StatusOriginRefused
+		}
+		refuse(status, fmt.Sprintf("dial origin %s: %v", target, err), err)
+		return
+	}
+	if _, err := st.Write(AppendResponse(nil, Response{Status: StatusOK})); err != nil {
+		log.Info("stream aborted before reply", "err", err)
+		st.Reset()
+		_ = oc.Close()
+		return
+	}
+	down, up, err := join(streamEnd{st}, tcpEnd{oc.(*net.TCPConn)})
+	if err != nil && !benign(err) {
+		log.Info("stream aborted", "origin", target, "bytes_to_origin", down, "bytes_from_origin", up, "duration", time.Since(start).Round(time.Millisecond), "err", err)
+		return
+	}
+	log.Debug("stream closed", "origin", target, "bytes_to_origin", down, "bytes_from_origin", up, "duration", time.Since(start).Round(time.Millisecond))
+}
+
+func (e *Engine) target(name string) (string, bool) {
+	for _, r := range e.cfg.Target {
+		if r.Name == name {
+			return r.Addr, true
+		}
+	}
+	return "", false
+}
+
+func (e *Engine) targetNames() string {
+	if len(e.cfg.Target) == 0 {
+		return "no targets"
+	}
+	names := make([]string, len(e.cfg.Target))
+	for i, r := range e.cfg.Target {
+		names[i] = routeName(r.Name)
+	}
+	return strings.Join(names, ", ")
+}
+
+func errOr(err error, msg string) any {
+	if err != nil {
+		return err
+	}
+	return msg
+}
+
+func isRefused(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// benign reports errors that mean "the other end went away", which are
+// normal endings for a proxied connection, not failures worth a log line.
+func benign(err error) bool {
+	return errors.Is(err, net.ErrClosed)
+}

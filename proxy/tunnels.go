@@ -1,0 +1,101 @@
+package proxy
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"github.com/pqtunnel/pqtunnel/mux"
+)
+
+// tunnel is one live tunnel connection and the streams it carries now.
+type tunnel struct {
+	s      mux.Session
+	id     uint64
+	active atomic.Int64
+}
+
+// tunnelSet is the pool of live tunnel connections new streams are spread over.
+type tunnelSet struct {
+	mu      sync.Mutex
+	list    []*tunnel
+	changed chan struct{}
+}
+
+func (ts *tunnelSet) init() { ts.changed = make(chan struct{}) }
+
+func (ts *tunnelSet) notifyLocked() {
+	close(ts.changed)
+	ts.changed = make(chan struct{})
+}
+
+func (ts *tunnelSet) add(t *tunnel) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	ts.list = append(ts.list, t)
+	ts.notifyLocked()
+}
+
+func (ts *tunnelSet) remove(t *tunnel) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	for i, x := range ts.list {
+		if x == t {
+			ts.list = append(ts.list[:i], ts.list[i+1:]...)
+			ts.notifyLocked()
+			return
+		}
+	}
+}
+
+// pick returns the least-loaded live tunnel, or nil if none is up.
+func (ts *tunnelSet) pick() *tunnel {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	var best *tunnel
+	for _, t := range ts.list {
+		select {
+		case <-t.s.Done():
+			continue // dead, not yet removed
+		default:
+		}
+		if best == nil || t.active.Load() < best.active.Load() {
+			best = t
+		}
+	}
+	return best
+}
+
+func (ts *tunnelSet) infos() []mux.Info {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	out := make([]mux.Info, len(ts.list))
+	for i, t := range ts.list {
+		out[i] = t.s.Info()
+	}
+	return out
+}
+
+func (ts *tunnelSet) active() int64 {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	var n int64
+	for _, t := range ts.list {
+		n += t.active.Load()
+	}
+	return n
+}
+
+func (ts *tunnelSet) changedChan() <-chan struct{} {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return ts.changed
+}
+
+func (ts *tunnelSet) closeAll() {
+	ts.mu.Lock()
+	list := append([]*tunnel(nil), ts.list...)
+	ts.mu.Unlock()
+	for _, t := range list {
+		_ = t.s.Close() // shutting down; nothing to do with the error
+	}
+}
