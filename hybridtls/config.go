@@ -136,9 +136,10 @@ func (s *Store) ServerConfig() *tls.Config {
 		NextProtos: []string{s.policy.ALPN},
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 			m := s.material.Load()
+			// crypto/tls refuses a hello with no common group itself, with
+			// the proper alert; this only says why, in words, with both lists.
 			if err := s.checkOffered(hello); err != nil {
-				s.policy.Logger.Warn("tunnel handshake refused", "remote", helloRemote(hello), "reason", "no common group", "err", err)
-				return nil, err
+				s.policy.Logger.Warn("tunnel handshake refused", "remote", helloRemote(hello), "reason", reasonOf(err), "err", err)
 			}
 			c := s.baseConfig(m)
 			if m.Pinned() {
@@ -194,10 +195,11 @@ func (s *Store) checkOffered(hello *tls.ClientHelloInfo) error {
 // PQT_GROUPS lists share no group.
 var ErrNoCommonGroup = errors.New("no common key-exchange group")
 
-// IsPolicyRefusal reports whether err is a refusal that the Store has
-// already logged on the server side (group or peer policy).
+// IsPolicyRefusal reports whether err is a server-side refusal that the
+// Store has already logged with its reason (group or peer policy).
 func IsPolicyRefusal(err error) bool {
-	return errors.Is(err, ErrNotPostQuantum) || errors.Is(err, ErrNoCommonGroup) || errors.Is(err, ErrPeerNotAllowed)
+	r := reasonOf(err)
+	return r == "not_post_quantum" || r == "no_common_group" || r == "peer_not_allowed"
 }
 
 // ErrPeerNotAllowed is wrapped when a peer authenticated correctly but is not
@@ -318,7 +320,7 @@ func reasonOf(err error) string {
 		return "proof_failed"
 	case errors.As(err, &nerr) && nerr.Timeout():
 		return "timeout"
-	case strings.Contains(err.Error(), "no ECDHE curve") || strings.Contains(err.Error(), "handshake failure"):
+	case strings.Contains(err.Error(), "no key exchanges supported"), strings.Contains(err.Error(), "handshake failure"):
 		return "no_common_group"
 	}
 	return "tls"

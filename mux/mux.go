@@ -102,6 +102,10 @@ type Config struct {
 	MaxHandshakes int
 	// StreamWindow is the per-stream receive window in bytes. Zero means 4 MiB.
 	StreamWindow int
+	// WrapConn, if set, wraps each dialled TCP connection (to measure it).
+	WrapConn func(net.Conn) net.Conn
+	// WrapPacketConn, if set, wraps each dialled QUIC connection's UDP socket.
+	WrapPacketConn func(net.PacketConn) net.PacketConn
 	// OnHandshakeError is told of each failed incoming handshake; may be nil.
 	OnHandshakeError func(remote net.Addr, err error)
 	// Logger receives transport-level debug events; nil discards them.

@@ -44,21 +44,40 @@ func DialQUIC(ctx context.Context, addr string, c *Config) (Session, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, c.handshakeTimeout())
 	defer cancel()
-	conn, err := quic.DialAddr(ctx, addr, c.TLS, c.quicConfig())
+	raddr, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", addr, err)
+	}
+	var pc net.PacketConn
+	// The local socket's family follows the peer's, so ::1 works.
+	pc, err = net.ListenUDP("udp", nil)
+	if err != nil {
+		return nil, fmt.Errorf("open udp socket: %w", err)
+	}
+	if c.WrapPacketConn != nil {
+		pc = c.WrapPacketConn(pc)
+	}
+	tr := &quic.Transport{Conn: pc}
+	conn, err := tr.Dial(ctx, raddr, c.TLS, c.quicConfig())
+	if err != nil {
+		_ = tr.Close() // the handshake error is what matters
+		_ = pc.Close()
 		return nil, fmt.Errorf("quic handshake with %s: %w", addr, err)
 	}
 	s, err := authenticateQUIC(ctx, conn, c, true, start)
 	if err != nil {
 		_ = conn.CloseWithError(codeAuth, "authentication failed")
+		_ = tr.Close()
+		_ = pc.Close()
 		return nil, err
 	}
+	s.tr, s.pc = tr, pc
 	return s, nil
 }
 
 // authenticateQUIC runs the authenticator on the first bidirectional
 // stream, which the client opens; no other stream is accepted before it.
-func authenticateQUIC(ctx context.Context, conn *quic.Conn, c *Config, client bool, start time.Time) (Session, error) {
+func authenticateQUIC(ctx context.Context, conn *quic.Conn, c *Config, client bool, start time.Time) (*quicSession, error) {
 	var st *quic.Stream
 	var err error
 	if client {
@@ -93,6 +112,10 @@ func authenticateQUIC(ctx context.Context, conn *quic.Conn, c *Config, client bo
 type quicSession struct {
 	conn *quic.Conn
 	info Info
+	// tr and pc are the dialler's own socket, closed with the session;
+	// nil on the listening side, where the listener owns them.
+	tr *quic.Transport
+	pc net.PacketConn
 }
 
 func (s *quicSession) OpenStream(ctx context.Context) (Stream, error) {
@@ -114,7 +137,14 @@ func (s *quicSession) AcceptStream(ctx context.Context) (Stream, error) {
 	return &quicStream{st}, nil
 }
 
-func (s *quicSession) Close() error          { return s.conn.CloseWithError(codeNormal, "closed") }
+func (s *quicSession) Close() error {
+	err := s.conn.CloseWithError(codeNormal, "closed")
+	if s.tr != nil {
+		err = errors.Join(err, s.tr.Close())
+		_ = s.pc.Close() // the transport may have closed it already
+	}
+	return err
+}
 func (s *quicSession) Done() <-chan struct{} { return s.conn.Context().Done() }
 func (s *quicSession) Info() Info            { return s.info }
 

@@ -42,7 +42,11 @@ func DialTCP(ctx context.Context, addr string, c *Config) (Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial tcp %s: %w", addr, err)
 	}
-	s, err := handshakeTCP(ctx, tls.Client(raw, c.TLS), c, true, start)
+	conn := raw
+	if c.WrapConn != nil {
+		conn = c.WrapConn(raw)
+	}
+	s, err := handshakeTCP(ctx, tls.Client(conn, c.TLS), c, true, start)
 	if err != nil {
 		_ = raw.Close() // the handshake error is what matters
 		return nil, err

@@ -49,9 +49,9 @@ type Config struct {
 	// MaxConnections bounds the tunnel connections a listen side serves at
 	// once. Zero means no bound.
 	MaxConnections int
-	Forward     []Route
-	Target      []Route
-	TLS         *hybridtls.Store
+	Forward        []Route
+	Target         []Route
+	TLS            *hybridtls.Store
 	// Mux holds transport timeouts and limits; TLS and Authenticate are set by the engine.
 	Mux mux.Config
 	// DialTimeout bounds dialling an origin. Zero means 5s.

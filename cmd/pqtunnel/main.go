@@ -61,6 +61,8 @@ func run(args []string, environ map[string]string, stdout, stderr io.Writer) int
 		err = printPin(args, stdout)
 	case "demo":
 		err = demo(stdout, stderr)
+	case "check":
+		err = check(environ, stdout)
 	default:
 		err = fmt.Errorf("unknown command %q (try 'pqtunnel help')", cmd)
 	}
@@ -88,6 +90,7 @@ Usage:
   pqtunnel [run]           run as configured by the environment below
   pqtunnel keygen -o FILE  write a new hybrid identity (Ed25519 + ML-DSA-65) and print its pin
   pqtunnel pin FILE        print the pin of an identity
+  pqtunnel check           probe the PQT_TUNNEL peers over each transport and group, and say what would connect
   pqtunnel demo            run an origin, a listen side and a dial side locally and push traffic
   pqtunnel version         print the version
   pqtunnel help            this text

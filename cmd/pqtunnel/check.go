@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/proxy"
+)
+
+// check probes each configured peer over each transport, with the whole
+// group list and each group alone, and says what would connect and why not.
+// It fails unless the configured transport and policy would connect to every peer.
+func check(environ map[string]string, stdout io.Writer) error {
+	c, err := parseConfig(environ)
+	if err != nil {
+		return err
+	}
+	if c.Mode != string(proxy.ModeDial) {
+		return errors.New("check: PQT_MODE must be dial: check probes the peers in PQT_TUNNEL")
+	}
+	pc, err := engineConfig(c, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	mode := pc.TLS.Policy().Mode
+	groups := pc.TLS.Policy().Groups
+	pin := identityName(pc.TLS.Material())
+	transports := []string{proxy.TransportQUIC, proxy.TransportTCP}
+	failed := 0
+	for _, peer := range pc.Tunnel {
+		fmt.Fprintf(stdout, "peer %s  (PQT_TRANSPORT=%s PQT_PQ=%s PQT_GROUPS=%s)\n", peer, c.Transport, mode, hybridtls.GroupNames(groups))
+		works := map[string]bool{}
+		var advice []string
+		for _, tr := range transports {
+			full := probe(stdout, pc, peer, tr, mode, groups)
+			works[tr] = full.Err == nil
+			if full.Err != nil {
+				advice = append(advice, fmt.Sprintf("%s: %s", tr, full.Verdict(pin)))
+			}
+			if full.Err != nil && isUnreachable(full) {
+				continue // per-group probes would say the same
+			}
+			var accepted []string
+			for _, g := range groups {
+				if len(groups) == 1 {
+					break
+				}
+				if p := probe(stdout, pc, peer, tr, mode, []tls.CurveID{g}); p.Err == nil {
+					accepted = append(accepted, hybridtls.GroupName(g))
+				}
+			}
+			if full.Err != nil && mode == hybridtls.Strict {
+				if p := probe(stdout, pc, peer, tr, hybridtls.Prefer, []tls.CurveID{tls.X25519}); p.Err == nil || !strings.Contains(p.Verdict(pin), "accepts none") {
+					advice = append(advice, fmt.Sprintf("%s: the peer is not post-quantum: it completes a handshake only with classical X25519, so PQT_PQ=strict will not connect; upgrade the peer", tr))
+				} else if len(accepted) == 0 {
+					advice = append(advice, fmt.Sprintf("%s: the peer accepts none of %s: find which groups its PQT_GROUPS lists and add one of them to ours", tr, hybridtls.GroupNames(groups)))
+				}
+			}
+		}
+		ok := works[proxy.TransportQUIC] || works[proxy.TransportTCP]
+		if c.Transport != proxy.TransportAuto {
+			ok = works[c.Transport]
+		}
+		for _, a := range advice {
+			fmt.Fprintln(stdout, "  advice:", a)
+		}
+		if ok {
+			fmt.Fprintf(stdout, "  verdict: would connect (quic: %s, tcp: %s)\n", yesNo(works[proxy.TransportQUIC]), yesNo(works[proxy.TransportTCP]))
+		} else {
+			failed++
+			fmt.Fprintf(stdout, "  verdict: would NOT connect with PQT_TRANSPORT=%s\n", c.Transport)
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("check: %d of %d peers would not connect", failed, len(pc.Tunnel))
+	}
+	return nil
+}
+
+func probe(w io.Writer, pc proxy.Config, peer, tr string, mode hybridtls.PQMode, groups []tls.CurveID) proxy.Probe {
+	ctx, cancel := context.WithTimeout(context.Background(), pc.Mux.HandshakeTimeout)
+	defer cancel()
+	p := proxy.ProbeTunnel(ctx, pc, peer, tr, mode, groups)
+	var sizes string
+	if tr == proxy.TransportTCP && p.ClientHello > 0 {
+		sizes = fmt.Sprintf(" ClientHello=%dB", p.ClientHello)
+		if p.ServerHello > 0 {
+			sizes += fmt.Sprintf(" ServerHello=%dB key_share=%#04x", p.ServerHello, uint16(p.WireGroup))
+		}
+	}
+	if tr == proxy.TransportQUIC && p.FirstFlight > 0 {
+		sizes = fmt.Sprintf(" first_flight=%dB/%d packets", p.FirstFlight, p.FirstFlightPackets)
+	}
+	offered := hybridtls.GroupNames(groups)
+	if p.Err != nil {
+		fmt.Fprintf(w, "  %-4s offer %-52s FAIL%s  %s\n", tr, offered, sizes, p.Verdict(""))
+		return p
+	}
+	fmt.Fprintf(w, "  %-4s offer %-52s ok   group=%s handshake=%s%s peer=%s pq_auth=%t\n", tr, offered,
+		hybridtls.GroupName(p.Group), p.Handshake.Round(10*time.Microsecond), sizes, p.PeerName, p.PQAuth)
+	return p
+}
+
+func isUnreachable(p proxy.Probe) bool {
+	v := p.Verdict("")
+	return strings.HasPrefix(v, "no answer") || strings.HasPrefix(v, "connection refused") || strings.HasPrefix(v, "timed out")
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}

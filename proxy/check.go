@@ -1,0 +1,240 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/mux"
+)
+
+// Probe is the outcome of one trial tunnel handshake, as 'pqtunnel check'
+// reports it.
+type Probe struct {
+	Peer      string
+	Transport string
+	Offered   []tls.CurveID
+	Err       error
+	Group     tls.CurveID
+	PeerName  string
+	PQAuth    bool
+	Handshake time.Duration
+	// ClientHello and ServerHello are TLS record sizes in bytes (TCP only).
+	ClientHello, ServerHello int
+	// WireGroup is the group the ServerHello's key_share selects, read off
+	// the wire (TCP only), independent of what the TLS stack reports.
+	WireGroup tls.CurveID
+	// FirstFlight is the bytes and datagrams the client sent before the
+	// server's first reply (QUIC only).
+	FirstFlight, FirstFlightPackets int
+}
+
+// ProbeTunnel runs one handshake plus authentication against peer over
+// transport, offering exactly groups, and closes it at once.
+func ProbeTunnel(ctx context.Context, cfg Config, peer, transport string, mode hybridtls.PQMode, groups []tls.CurveID) Probe {
+	p := Probe{Peer: peer, Transport: transport, Offered: groups}
+	pol := cfg.TLS.Policy()
+	pol.Mode, pol.Groups = mode, groups
+	store, err := hybridtls.NewStore(pol, cfg.TLS.Material())
+	if err != nil {
+		p.Err = err
+		return p
+	}
+	mc := cfg.Mux
+	mc.TLS = store.ClientConfig()
+	mc.Authenticate = func(cs *tls.ConnectionState, rw io.ReadWriter, client bool) (mux.Peer, error) {
+		pr, err := store.Authenticate(cs, rw, hybridtls.RoleClient)
+		return mux.Peer{Name: pr.Name, PQAuth: pr.PQAuth}, err
+	}
+	var tc *recordingConn
+	var pc *countingPacketConn
+	mc.WrapConn = func(c net.Conn) net.Conn { tc = &recordingConn{Conn: c}; return tc }
+	mc.WrapPacketConn = func(c net.PacketConn) net.PacketConn { pc = &countingPacketConn{PacketConn: c}; return pc }
+	var s mux.Session
+	if transport == TransportQUIC {
+		s, err = mux.DialQUIC(ctx, peer, &mc)
+	} else {
+		s, err = mux.DialTCP(ctx, peer, &mc)
+	}
+	if tc != nil {
+		p.ClientHello, p.ServerHello, p.WireGroup = tc.hellos()
+	}
+	if pc != nil {
+		p.FirstFlight, p.FirstFlightPackets = pc.firstFlight()
+	}
+	if err != nil {
+		p.Err = err
+		return p
+	}
+	info := s.Info()
+	_ = s.Close() // a probe only
+	p.Group, p.PeerName, p.PQAuth, p.Handshake = info.TLS.CurveID, info.Peer.Name, info.Peer.PQAuth, info.Handshake
+	return p
+}
+
+// recordingConn keeps what was written before the first read (the
+// ClientHello) and the first bytes read (the ServerHello record).
+type recordingConn struct {
+	net.Conn
+	mu      sync.Mutex
+	written int
+	readAny bool
+	read    []byte
+}
+
+const maxRecorded = 16 << 10
+
+func (r *recordingConn) Write(b []byte) (int, error) {
+	r.mu.Lock()
+	if !r.readAny {
+		r.written += len(b)
+	}
+	r.mu.Unlock()
+	return r.Conn.Write(b)
+}
+
+func (r *recordingConn) Read(b []byte) (int, error) {
+	n, err := r.Conn.Read(b)
+	r.mu.Lock()
+	r.readAny = true
+	if room := maxRecorded - len(r.read); room > 0 {
+		r.read = append(r.read, b[:min(n, room)]...)
+	}
+	r.mu.Unlock()
+	return n, err
+}
+
+// hellos parses the first server record as a ServerHello and returns the
+// sizes and the key_share group it selects.
+func (r *recordingConn) hellos() (clientHello, serverHello int, group tls.CurveID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rec := r.read
+	if len(rec) < 5 || rec[0] != 22 {
+		return r.written, 0, 0
+	}
+	n := int(binary.BigEndian.Uint16(rec[3:5]))
+	if len(rec) < 5+n {
+		return r.written, 0, 0
+	}
+	g, _ := ServerHelloKeyShare(rec[5 : 5+n])
+	return r.written, 5 + n, g
+}
+
+// ServerHelloKeyShare returns the group of the key_share extension in a TLS
+// 1.3 ServerHello handshake message (type 2), parsing only what it needs.
+func ServerHelloKeyShare(msg []byte) (tls.CurveID, error) {
+	errShort := errors.New("truncated ServerHello")
+	if len(msg) < 4 || msg[0] != 2 {
+		return 0, errors.New("not a ServerHello")
+	}
+	body := msg[4:]
+	// legacy_version(2) random(32) session_id(1+n) cipher(2) compression(1)
+	if len(body) < 35 {
+		return 0, errShort
+	}
+	sid := int(body[34])
+	off := 35 + sid + 3
+	if len(body) < off+2 {
+		return 0, errShort
+	}
+	extLen := int(binary.BigEndian.Uint16(body[off:]))
+	exts := body[off+2:]
+	if len(exts) < extLen {
+		return 0, errShort
+	}
+	exts = exts[:extLen]
+	for len(exts) >= 4 {
+		typ := binary.BigEndian.Uint16(exts)
+		l := int(binary.BigEndian.Uint16(exts[2:]))
+		if len(exts) < 4+l {
+			return 0, errShort
+		}
+		if typ == 51 && l >= 2 { // key_share
+			return tls.CurveID(binary.BigEndian.Uint16(exts[4:])), nil
+		}
+		exts = exts[4+l:]
+	}
+	return 0, errors.New("ServerHello has no key_share")
+}
+
+// countingPacketConn counts datagrams sent before the first one arrives.
+type countingPacketConn struct {
+	net.PacketConn
+	mu               sync.Mutex
+	received         bool
+	sentBytes, sentN int
+}
+
+func (c *countingPacketConn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	c.mu.Lock()
+	if !c.received {
+		c.sentBytes += len(b)
+		c.sentN++
+	}
+	c.mu.Unlock()
+	return c.PacketConn.WriteTo(b, addr)
+}
+
+func (c *countingPacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	n, addr, err := c.PacketConn.ReadFrom(b)
+	if err == nil {
+		c.mu.Lock()
+		c.received = true
+		c.mu.Unlock()
+	}
+	return n, addr, err
+}
+
+// SetReadBuffer, SetWriteBuffer and SyscallConn let quic-go size the
+// socket buffers as it does for a plain UDP socket.
+func (c *countingPacketConn) SetReadBuffer(n int) error {
+	return c.PacketConn.(*net.UDPConn).SetReadBuffer(n)
+}
+
+func (c *countingPacketConn) SetWriteBuffer(n int) error {
+	return c.PacketConn.(*net.UDPConn).SetWriteBuffer(n)
+}
+
+func (c *countingPacketConn) SyscallConn() (syscall.RawConn, error) {
+	return c.PacketConn.(*net.UDPConn).SyscallConn()
+}
+
+func (c *countingPacketConn) firstFlight() (int, int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sentBytes, c.sentN
+}
+
+// Verdict is a person-readable diagnosis of a failed probe.
+func (p Probe) Verdict(pin string) string {
+	if p.Err == nil {
+		return "ok"
+	}
+	msg := p.Err.Error()
+	switch {
+	case p.Transport == TransportQUIC && isTimeout(p.Err):
+		return "no answer over UDP: the UDP port is blocked or nothing listens there; open UDP on the peer's port or set PQT_TRANSPORT=tcp"
+	case isRefused(p.Err) || strings.Contains(msg, "connection refused"):
+		return "connection refused: nothing listens on that TCP port"
+	case isTimeout(p.Err):
+		return "timed out: the peer did not complete the handshake"
+	case errors.Is(p.Err, hybridtls.ErrPeerNotAllowed):
+		return "the peer's identity is not one we accept: " + msg + " (add its pin to PQT_PEERS if it is the right peer)"
+	case errors.Is(p.Err, hybridtls.ErrProof):
+		return "the peer failed the ML-DSA-65 proof: " + msg
+	case strings.Contains(msg, "bad certificate") || strings.Contains(msg, "certificate required") || strings.Contains(msg, "unknown certificate"):
+		return "the peer refused our identity: add our pin " + pin + " to the peer's PQT_PEERS"
+	case strings.Contains(msg, "handshake failure") || strings.Contains(msg, "internal error"):
+		return "the peer accepts none of " + hybridtls.GroupNames(p.Offered)
+	}
+	return msg
+}
