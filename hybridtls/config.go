@@ -62,6 +62,9 @@ type Policy struct {
 	// Logger receives refusals that happen inside the TLS stack, where no
 	// caller sees the error (QUIC handshakes rejected by the server).
 	Logger *slog.Logger
+	// OnRefused, if set, is told the reason of each refusal that Logger
+	// receives, for metrics.
+	OnRefused func(reason string)
 }
 
 // curves is the list offered and accepted: in prefer mode X25519 is added
@@ -88,6 +91,9 @@ func NewStore(p Policy, m *Material) (*Store, error) {
 	}
 	if p.Logger == nil {
 		p.Logger = slog.New(slog.DiscardHandler)
+	}
+	if p.OnRefused == nil {
+		p.OnRefused = func(string) {}
 	}
 	s := &Store{policy: p}
 	if err := s.Swap(m); err != nil {
@@ -140,6 +146,7 @@ func (s *Store) ServerConfig() *tls.Config {
 			// the proper alert; this only says why, in words, with both lists.
 			if err := s.checkOffered(hello); err != nil {
 				s.policy.Logger.Warn("tunnel handshake refused", "remote", helloRemote(hello), "reason", reasonOf(err), "err", err)
+				s.policy.OnRefused(reasonOf(err))
 			}
 			c := s.baseConfig(m)
 			if m.Pinned() {
@@ -152,6 +159,7 @@ func (s *Store) ServerConfig() *tls.Config {
 				err := s.verifyPeer(m, &cs)
 				if err != nil {
 					s.policy.Logger.Warn("tunnel handshake refused", "remote", helloRemote(hello), "reason", reasonOf(err), "err", err)
+					s.policy.OnRefused(reasonOf(err))
 				}
 				return err
 			}

@@ -64,6 +64,21 @@ type Peer struct {
 	PQAuth bool
 }
 
+// Stats are transport measurements of a live session.
+type Stats struct {
+	RTT         time.Duration
+	PacketsLost uint64
+}
+
+// SessionStats returns the session's transport measurements, where the
+// transport has them (QUIC).
+func SessionStats(s Session) (Stats, bool) {
+	if r, ok := s.(interface{ stats() Stats }); ok {
+		return r.stats(), true
+	}
+	return Stats{}, false
+}
+
 // Authenticator runs after the TLS handshake and before any stream: it may
 // exchange messages over rw and must return an error to refuse the peer.
 type Authenticator func(cs *tls.ConnectionState, rw io.ReadWriter, client bool) (Peer, error)

@@ -148,6 +148,11 @@ func (s *quicSession) Close() error {
 func (s *quicSession) Done() <-chan struct{} { return s.conn.Context().Done() }
 func (s *quicSession) Info() Info            { return s.info }
 
+func (s *quicSession) stats() Stats {
+	cs := s.conn.ConnectionStats()
+	return Stats{RTT: cs.SmoothedRTT, PacketsLost: cs.PacketsLost}
+}
+
 type quicStream struct{ *quic.Stream }
 
 // CloseWrite sends FIN: quic-go's Close ends the send direction only.

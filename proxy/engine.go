@@ -13,9 +13,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/mux"
@@ -62,6 +65,11 @@ type Config struct {
 	// tries TCP. Zero means 3s.
 	FallbackTimeout time.Duration
 	Logger          *slog.Logger
+	// ProxyProtocol, 1 or 2, makes this side send a PROXY protocol header of
+	// that version to each origin it dials; zero sends none.
+	ProxyProtocol byte
+	// Metrics receives the engine's measurements; nil means a private set.
+	Metrics *Metrics
 }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -75,6 +83,7 @@ func orDefault(d, def time.Duration) time.Duration {
 type Engine struct {
 	cfg     Config
 	log     *slog.Logger
+	metrics *Metrics
 	tunnels tunnelSet
 
 	forwardLns []net.Listener
@@ -95,8 +104,16 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.TLS == nil {
 		return nil, errors.New("proxy: no TLS store")
 	}
-	e := &Engine{cfg: cfg, log: cfg.Logger}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics()
+	}
+	e := &Engine{cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics}
 	e.tunnels.init()
+	e.metrics.reg.MustRegister(&quicCollector{
+		e:    e,
+		rtt:  prometheus.NewDesc("pqtunnel_quic_rtt_seconds", "Smoothed RTT of a QUIC tunnel connection.", []string{"tunnel"}, nil),
+		lost: prometheus.NewDesc("pqtunnel_quic_packets_lost_total", "Packets lost on a QUIC tunnel connection.", []string{"tunnel"}, nil),
+	})
 	if err := e.bind(); err != nil {
 		e.closeListeners()
 		return nil, err
@@ -182,9 +199,14 @@ func (e *Engine) muxConfig(tc *tls.Config) *mux.Config {
 
 func (e *Engine) handshakeFailed(remote net.Addr, err error) {
 	if hybridtls.IsPolicyRefusal(err) {
-		return // the TLS policy logged it with its reason already
+		return // the TLS policy logged and counted it with its reason already
 	}
-	e.log.Warn("tunnel handshake failed", "remote", remote.String(), "reason", hybridtls.Reason(err), "err", err)
+	reason := hybridtls.Reason(err)
+	if strings.Contains(err.Error(), "too many handshakes") {
+		reason = "busy"
+	}
+	e.metrics.HandshakeFailed(reason)
+	e.log.Warn("tunnel handshake failed", "remote", remote.String(), "reason", reason, "err", err)
 }
 
 // Run serves until ctx ends, then drains: it stops accepting, lets open
@@ -248,12 +270,14 @@ func (e *Engine) drain() {
 func (e *Engine) routineMaintain(ctx context.Context, peer string) {
 	defer e.loops.Done()
 	b := backoff{Min: 200 * time.Millisecond, Max: 5 * time.Second}
+	connectedBefore := false
 	for ctx.Err() == nil {
 		s, err := e.dial(ctx, peer)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
+			e.metrics.HandshakeFailed(hybridtls.Reason(err))
 			wait := b.Next()
 			e.log.Warn("tunnel dial failed", "peer", peer, "transport", e.cfg.Transport,
 				"groups", hybridtls.GroupNames(e.cfg.TLS.Policy().Groups), "reason", hybridtls.Reason(err),
@@ -262,6 +286,10 @@ func (e *Engine) routineMaintain(ctx context.Context, peer string) {
 			continue
 		}
 		b.Reset()
+		if connectedBefore {
+			e.metrics.reconnects.Inc()
+		}
+		connectedBefore = true
 		e.serveSession(s)
 		if ctx.Err() == nil {
 			sleepCtx(ctx, b.Next())
@@ -325,7 +353,7 @@ func (e *Engine) routineAcceptSessions(ln mux.Listener) {
 // streams until it goes away.
 func (e *Engine) serveSession(s mux.Session) {
 	info := s.Info()
-	t := &tunnel{s: s, id: e.nextID.Add(1)}
+	t := &tunnel{s: s, id: e.nextID.Add(1), since: time.Now()}
 	log := e.log.With("tunnel", t.id, "transport", info.Transport, "group", hybridtls.GroupName(info.TLS.CurveID), "peer", info.Peer.Name)
 	if hybridtls.IsHybrid(info.TLS.CurveID) {
 		log.Info("tunnel connected", "tls", "1.3", "pq_auth", info.Peer.PQAuth, "remote", info.Remote.String(), "handshake", info.Handshake.Round(10*time.Microsecond))
@@ -336,8 +364,10 @@ func (e *Engine) serveSession(s mux.Session) {
 		log.Warn("peer authenticated classically only: its certificate carries no ML-DSA-65 key")
 	}
 	e.tunnels.add(t)
+	e.metrics.tunnelUp(info)
 	defer func() {
 		e.tunnels.remove(t)
+		e.metrics.tunnelDown(info)
 		_ = s.Close() // already gone, or being torn down
 		log.Info("tunnel disconnected")
 	}()

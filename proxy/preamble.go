@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 )
 
 // Stream preamble, written by the side that opens a stream:
@@ -60,6 +61,9 @@ func (s Status) String() string {
 	}
 	return fmt.Sprintf("status(%d)", byte(s))
 }
+
+// label is the status as a metric label value.
+func (s Status) label() string { return strings.ReplaceAll(s.String(), " ", "_") }
 
 // Response is the acceptor's answer.
 type Response struct {

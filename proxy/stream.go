@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pires/go-proxyproto"
 
 	"github.com/pqtunnel/pqtunnel/mux"
 )
@@ -17,10 +20,17 @@ import (
 func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	start := time.Now()
 	client := tcpEnd{c}
-	log := e.log.With("route", routeName(r.Name), "client", c.RemoteAddr().String())
+	route := routeName(r.Name)
+	log := e.log.With("route", route, "client", c.RemoteAddr().String())
+	m := e.metrics
+	m.streamsOpened.WithLabelValues(route, "out").Inc()
+	active := m.streamsActive.WithLabelValues(route, "out")
+	active.Inc()
+	defer active.Dec()
 	t := e.tunnels.pick()
 	if t == nil {
 		log.Warn("client refused", "reason", "no tunnel connection up")
+		m.streamsFailed.WithLabelValues(route, "no_tunnel").Inc()
 		client.abort()
 		return
 	}
@@ -31,6 +41,7 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	cancel()
 	if err != nil {
 		log.Warn("client refused", "reason", "open stream failed", "tunnel", t.id, "err", err)
+		m.streamsFailed.WithLabelValues(route, "open_failed").Inc()
 		client.abort()
 		return
 	}
@@ -40,6 +51,7 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	}
 	if err != nil {
 		log.Warn("client refused", "reason", "send preamble failed", "tunnel", t.id, "err", err)
+		m.streamsFailed.WithLabelValues(route, "open_failed").Inc()
 		st.Reset()
 		client.abort()
 		return
@@ -47,11 +59,15 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	// The client's bytes flow at once; the peer's answer gates the other direction.
 	opened := &openedStream{Stream: st, timeout: e.dialTimeout() + 5*time.Second}
 	up, down, err := join(client, streamEnd{opened})
+	m.bytes.WithLabelValues(route, "up").Add(float64(up))
+	m.bytes.WithLabelValues(route, "down").Add(float64(down))
 	var refused *refusedError
 	switch {
 	case errors.As(err, &refused):
+		m.streamsFailed.WithLabelValues(route, refused.resp.Status.label()).Inc()
 		log.Warn("stream refused by peer", "tunnel", t.id, "reason", refused.resp.Status.String(), "err", refused.resp.Message)
 	case err != nil && !benign(err):
+		m.streamsFailed.WithLabelValues(route, "aborted").Inc()
 		log.Info("stream aborted", "tunnel", t.id, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond), "err", err)
 	default:
 		log.Debug("stream closed", "tunnel", t.id, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond))
@@ -101,8 +117,15 @@ func (e *Engine) handleInbound(st mux.Stream, log *slog.Logger) {
 		return
 	}
 	_ = st.SetReadDeadline(time.Time{})
-	log = log.With("route", routeName(req.Route), "client", req.Client)
+	route := routeName(req.Route)
+	log = log.With("route", route, "client", req.Client)
+	m := e.metrics
+	m.streamsOpened.WithLabelValues(route, "in").Inc()
+	active := m.streamsActive.WithLabelValues(route, "in")
+	active.Inc()
+	defer active.Dec()
 	refuse := func(s Status, msg string, err error) {
+		m.streamsFailed.WithLabelValues(route, s.label()).Inc()
 		log.Warn("stream refused", "reason", s.String(), "err", errOr(err, msg))
 		_, _ = st.Write(AppendResponse(nil, Response{Status: s, Message: msg})) // best effort: we close next
 		_ = st.Close()
@@ -117,7 +140,9 @@ func (e *Engine) handleInbound(st mux.Stream, log *slog.Logger) {
 		return
 	}
 	d := net.Dialer{Timeout: e.dialTimeout()}
+	dialStart := time.Now()
 	oc, err := d.Dial("tcp", target)
+	m.originDial.WithLabelValues(route).Observe(time.Since(dialStart).Seconds())
 	if err != nil {
 		status := StatusOriginError
 		switch {
@@ -129,18 +154,28 @@ func (e *Engine) handleInbound(st mux.Stream, log *slog.Logger) {
 		refuse(status, fmt.Sprintf("dial origin %s: %v", target, err), err)
 		return
 	}
+	if e.cfg.ProxyProtocol != 0 {
+		if err := writeProxyHeader(oc, e.cfg.ProxyProtocol, req.Client); err != nil {
+			_ = oc.Close()
+			refuse(StatusOriginError, fmt.Sprintf("send PROXY header to origin %s: %v", target, err), err)
+			return
+		}
+	}
 	if _, err := st.Write(AppendResponse(nil, Response{Status: StatusOK})); err != nil {
 		log.Info("stream aborted before reply", "err", err)
 		st.Reset()
 		_ = oc.Close()
 		return
 	}
-	down, up, err := join(streamEnd{st}, tcpEnd{oc.(*net.TCPConn)})
+	up, down, err := join(streamEnd{st}, tcpEnd{oc.(*net.TCPConn)})
+	m.bytes.WithLabelValues(route, "up").Add(float64(up))
+	m.bytes.WithLabelValues(route, "down").Add(float64(down))
 	if err != nil && !benign(err) {
-		log.Info("stream aborted", "origin", target, "bytes_to_origin", down, "bytes_from_origin", up, "duration", time.Since(start).Round(time.Millisecond), "err", err)
+		m.streamsFailed.WithLabelValues(route, "aborted").Inc()
+		log.Info("stream aborted", "origin", target, "bytes_to_origin", up, "bytes_from_origin", down, "duration", time.Since(start).Round(time.Millisecond), "err", err)
 		return
 	}
-	log.Debug("stream closed", "origin", target, "bytes_to_origin", down, "bytes_from_origin", up, "duration", time.Since(start).Round(time.Millisecond))
+	log.Debug("stream closed", "origin", target, "bytes_to_origin", up, "bytes_from_origin", down, "duration", time.Since(start).Round(time.Millisecond))
 }
 
 func (e *Engine) target(name string) (string, bool) {
@@ -178,4 +213,22 @@ func isRefused(err error) bool {
 // normal endings for a proxied connection, not failures worth a log line.
 func benign(err error) bool {
 	return errors.Is(err, net.ErrClosed)
+}
+
+// writeProxyHeader tells the origin the original client's address, carried
+// in the stream preamble, as a PROXY protocol v1 or v2 header.
+func writeProxyHeader(origin net.Conn, version byte, client string) error {
+	var src net.Addr
+	if ap, err := netip.ParseAddrPort(client); err == nil {
+		src = net.TCPAddrFromAddrPort(ap)
+	}
+	// An unknown source makes the header say UNKNOWN (v1) or LOCAL (v2).
+	h := proxyproto.HeaderProxyFromAddrs(version, src, origin.RemoteAddr())
+	if src == nil {
+		h.Command = proxyproto.LOCAL
+	}
+	if _, err := h.WriteTo(origin); err != nil {
+		return fmt.Errorf("write PROXY v%d header: %w", version, err)
+	}
+	return nil
 }

@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pqtunnel/pqtunnel/mux"
 )
@@ -11,8 +13,11 @@ import (
 type tunnel struct {
 	s      mux.Session
 	id     uint64
+	since  time.Time
 	active atomic.Int64
 }
+
+func (t *tunnel) label() string { return strconv.FormatUint(t.id, 10) }
 
 // tunnelSet is the pool of live tunnel connections new streams are spread over.
 type tunnelSet struct {
@@ -63,6 +68,12 @@ func (ts *tunnelSet) pick() *tunnel {
 		}
 	}
 	return best
+}
+
+func (ts *tunnelSet) snapshot() []*tunnel {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return append([]*tunnel(nil), ts.list...)
 }
 
 func (ts *tunnelSet) infos() []mux.Info {

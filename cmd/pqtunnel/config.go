@@ -47,6 +47,9 @@ type Config struct {
 	MaxConnections   int           `env:"PQT_MAX_CONNECTIONS" envDefault:"256" help:"Tunnel connections a listen side accepts at once."`
 	DrainTimeout     time.Duration `env:"PQT_DRAIN_TIMEOUT" envDefault:"30s" help:"On SIGTERM/SIGINT, how long open streams may finish before they are closed."`
 
+	Metrics       string `env:"PQT_METRICS" help:"Address of the HTTP server for /metrics, /healthz and /readyz; a bare port binds 127.0.0.1. Off when empty."`
+	ProxyProtocol string `env:"PQT_PROXY_PROTOCOL" help:"v1 or v2: send a PROXY protocol header with the original client address to each origin this side dials. Off when empty."`
+
 	LogLevel  string `env:"PQT_LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error."`
 	LogFormat string `env:"PQT_LOG_FORMAT" envDefault:"text" help:"text (coloured on a terminal) or json."`
 }
@@ -139,6 +142,14 @@ func (c *Config) Validate() error {
 	if c.KeepAlive >= c.IdleTimeout {
 		return fmt.Errorf("PQT_KEEPALIVE: %s must be shorter than PQT_IDLE_TIMEOUT (%s)", c.KeepAlive, c.IdleTimeout)
 	}
+	if c.Metrics != "" {
+		if err := proxy.CheckHostPort(c.metricsAddr()); err != nil {
+			return fmt.Errorf("PQT_METRICS: %q: %w", c.Metrics, err)
+		}
+	}
+	if _, err := c.proxyProtocol(); err != nil {
+		return err
+	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return fmt.Errorf("PQT_LOG_LEVEL: %w", err)
 	}
@@ -147,6 +158,26 @@ func (c *Config) Validate() error {
 	}
 	_, err = c.material()
 	return err
+}
+
+// metricsAddr is PQT_METRICS with a bare port bound to loopback.
+func (c *Config) metricsAddr() string {
+	if !strings.Contains(c.Metrics, ":") {
+		return "127.0.0.1:" + c.Metrics
+	}
+	return c.Metrics
+}
+
+func (c *Config) proxyProtocol() (byte, error) {
+	switch strings.ToLower(c.ProxyProtocol) {
+	case "":
+		return 0, nil
+	case "v1", "1":
+		return 1, nil
+	case "v2", "2":
+		return 2, nil
+	}
+	return 0, fmt.Errorf("PQT_PROXY_PROTOCOL: %q is not v1 or v2", c.ProxyProtocol)
 }
 
 func (c *Config) tunnels() []string {

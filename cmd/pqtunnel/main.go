@@ -10,13 +10,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"reflect"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/lmittmann/tint"
 
@@ -137,6 +141,8 @@ func isTerminal(w io.Writer) bool {
 
 // engineConfig turns the validated environment into the engine's typed options.
 func engineConfig(c *Config, log *slog.Logger) (proxy.Config, error) {
+	metrics := proxy.NewMetrics()
+	pp, _ := c.proxyProtocol()                         // validated
 	mode, _ := hybridtls.ParsePQMode(c.PQ)             // validated
 	groups, _ := hybridtls.ParseGroups(c.Groups, mode) // validated
 	fwd, _ := proxy.ParseRoutes(c.Forward)             // validated
@@ -151,6 +157,7 @@ func engineConfig(c *Config, log *slog.Logger) (proxy.Config, error) {
 	}
 	store, err := hybridtls.NewStore(hybridtls.Policy{
 		Mode: mode, Groups: groups, ServerName: serverName, ALPN: proxy.ALPN, Logger: log,
+		OnRefused: metrics.HandshakeFailed,
 	}, m)
 	if err != nil {
 		return proxy.Config{}, fmt.Errorf("PQT_IDENTITY: %w", err)
@@ -170,9 +177,11 @@ func engineConfig(c *Config, log *slog.Logger) (proxy.Config, error) {
 			IdleTimeout:      c.IdleTimeout,
 			MaxStreams:       c.MaxStreams,
 		},
-		DialTimeout:  c.DialTimeout,
-		DrainTimeout: c.DrainTimeout,
-		Logger:       log,
+		DialTimeout:   c.DialTimeout,
+		DrainTimeout:  c.DrainTimeout,
+		ProxyProtocol: pp,
+		Metrics:       metrics,
+		Logger:        log,
 	}, nil
 }
 
@@ -200,6 +209,17 @@ func runTunnel(environ map[string]string, stderr io.Writer) error {
 	}
 	log.Info("pqtunnel starting", "version", buildVersion(), "mode", c.Mode, "transport", c.Transport,
 		"pq", c.PQ, "groups", hybridtls.GroupNames(pc.TLS.Policy().Groups), "identity", identityName(pc.TLS.Material()))
+
+	if c.Transport != proxy.TransportTCP {
+		warnUDPBuffers(log)
+	}
+	if c.Metrics != "" {
+		stop, err := serveMetrics(c.metricsAddr(), e.Handler(), log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -251,4 +271,53 @@ func identityName(m *hybridtls.Material) string {
 		return m.Certificate.Leaf.Subject.CommonName
 	}
 	return "ca"
+}
+
+// serveMetrics starts the HTTP server for /metrics, /healthz and /readyz;
+// the returned function stops it.
+func serveMetrics(addr string, h http.Handler, log *slog.Logger) (func(), error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("PQT_METRICS: %w", err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	log.Info("metrics listening", "addr", ln.Addr().String())
+	return func() {
+		_ = srv.Close() // shutting down
+		<-done
+	}, nil
+}
+
+// quicBufferSize is the socket buffer quic-go asks for.
+const quicBufferSize = 7 << 20
+
+// warnUDPBuffers says once, with the fix, when the kernel caps UDP socket
+// buffers below what quic-go needs for full throughput; quic-go's own
+// warning goes to the standard logger, so it is silenced in favour of this.
+func warnUDPBuffers(log *slog.Logger) {
+	_ = os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true") // only read by quic-go
+	if os.Geteuid() == 0 {
+		return // quic-go forces the size past the limit with CAP_NET_ADMIN
+	}
+	var low []string
+	for _, name := range []string{"rmem_max", "wmem_max"} {
+		data, err := os.ReadFile("/proc/sys/net/core/" + name)
+		if err != nil {
+			return // not Linux, or no /proc: nothing to say
+		}
+		if n, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && n < quicBufferSize {
+			low = append(low, fmt.Sprintf("net.core.%s=%d", name, quicBufferSize))
+		}
+	}
+	if len(low) > 0 {
+		log.Warn("UDP socket buffers are capped below what QUIC needs for full throughput",
+			"fix", "sysctl -w "+strings.Join(low, " "), "want_bytes", quicBufferSize)
+	}
 }

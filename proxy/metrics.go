@@ -1,0 +1,177 @@
+package proxy
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/mux"
+)
+
+// Metrics are the engine's Prometheus collectors, on a registry of their own.
+type Metrics struct {
+	reg               *prometheus.Registry
+	tunnelsUp         *prometheus.GaugeVec
+	handshakes        *prometheus.CounterVec
+	handshakeFailures *prometheus.CounterVec
+	handshakeSeconds  *prometheus.HistogramVec
+	streamsOpened     *prometheus.CounterVec
+	streamsActive     *prometheus.GaugeVec
+	streamsFailed     *prometheus.CounterVec
+	bytes             *prometheus.CounterVec
+	originDial        *prometheus.HistogramVec
+	reconnects        prometheus.Counter
+}
+
+// NewMetrics creates the collectors and registers them, with the Go runtime
+// and process collectors, on a new registry.
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		tunnelsUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pqtunnel_tunnels_up", Help: "Tunnel connections up, by transport and negotiated key-exchange group.",
+		}, []string{"transport", "group"}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pqtunnel_handshakes_total", Help: "Tunnel handshakes completed (TLS and ML-DSA proof), by transport and group.",
+		}, []string{"transport", "group"}),
+		handshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pqtunnel_handshake_failures_total", Help: "Tunnel handshakes that failed or were refused, by reason (not_post_quantum, no_common_group, peer_not_allowed, proof_failed, timeout, busy, tls, dial).",
+		}, []string{"reason"}),
+		handshakeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "pqtunnel_handshake_duration_seconds", Help: "Time to a verified tunnel connection.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}, []string{"transport"}),
+		streamsOpened: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pqtunnel_streams_opened_total", Help: "Streams opened, by route and direction (out: a local client sent through the tunnel; in: delivered to a target).",
+		}, []string{"route", "direction"}),
+		streamsActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pqtunnel_streams_active", Help: "Streams open now, by route and direction.",
+		}, []string{"route", "direction"}),
+		streamsFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pqtunnel_streams_failed_total", Help: "Streams refused or aborted, by route and reason.",
+		}, []string{"route", "reason"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pqtunnel_bytes_total", Help: "Payload bytes carried, by route and direction (up: client to origin; down: origin to client).",
+		}, []string{"route", "direction"}),
+		originDial: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "pqtunnel_origin_dial_duration_seconds", Help: "Time to connect to an origin.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 3, 12),
+		}, []string{"route"}),
+		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pqtunnel_reconnects_total", Help: "Tunnel connections re-established by a dial side after one was lost.",
+		}),
+	}
+	m.reg.MustRegister(m.tunnelsUp, m.handshakes, m.handshakeFailures, m.handshakeSeconds,
+		m.streamsOpened, m.streamsActive, m.streamsFailed, m.bytes, m.originDial, m.reconnects,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Registry is where the collectors are registered.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// HandshakeFailed counts a failed or refused tunnel handshake.
+func (m *Metrics) HandshakeFailed(reason string) { m.handshakeFailures.WithLabelValues(reason).Inc() }
+
+func (m *Metrics) tunnelUp(info mux.Info) {
+	g := hybridtls.GroupName(info.TLS.CurveID)
+	m.tunnelsUp.WithLabelValues(info.Transport, g).Inc()
+	m.handshakes.WithLabelValues(info.Transport, g).Inc()
+	m.handshakeSeconds.WithLabelValues(info.Transport).Observe(info.Handshake.Seconds())
+}
+
+func (m *Metrics) tunnelDown(info mux.Info) {
+	m.tunnelsUp.WithLabelValues(info.Transport, hybridtls.GroupName(info.TLS.CurveID)).Dec()
+}
+
+// quicCollector reports RTT and loss of live QUIC tunnel connections.
+type quicCollector struct {
+	e         *Engine
+	rtt, lost *prometheus.Desc
+}
+
+func (c *quicCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.rtt; ch <- c.lost }
+
+func (c *quicCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, t := range c.e.tunnels.snapshot() {
+		st, ok := mux.SessionStats(t.s)
+		if !ok {
+			continue
+		}
+		id := t.label()
+		ch <- prometheus.MustNewConstMetric(c.rtt, prometheus.GaugeValue, st.RTT.Seconds(), id)
+		ch <- prometheus.MustNewConstMetric(c.lost, prometheus.CounterValue, float64(st.PacketsLost), id)
+	}
+}
+
+// TunnelStatus is one tunnel connection as /readyz shows it.
+type TunnelStatus struct {
+	ID        uint64    `json:"id"`
+	Transport string    `json:"transport"`
+	Group     string    `json:"group"`
+	PQ        bool      `json:"post_quantum"`
+	TLS       string    `json:"tls"`
+	Peer      string    `json:"peer"`
+	PQAuth    bool      `json:"pq_auth"`
+	Remote    string    `json:"remote"`
+	Since     time.Time `json:"since"`
+	Streams   int64     `json:"streams"`
+}
+
+// Readiness is the /readyz body.
+type Readiness struct {
+	Ready   bool           `json:"ready"`
+	Mode    Mode           `json:"mode"`
+	State   string         `json:"state"`
+	Tunnels []TunnelStatus `json:"tunnels"`
+}
+
+// Readiness reports readiness: a dial side is ready with at least one tunnel
+// connection up; a listen side once its listeners are up. Neither is ready
+// while draining.
+func (e *Engine) Readiness() Readiness {
+	st := Readiness{Mode: e.cfg.Mode, State: "serving", Tunnels: []TunnelStatus{}}
+	for _, t := range e.tunnels.snapshot() {
+		info := t.s.Info()
+		st.Tunnels = append(st.Tunnels, TunnelStatus{
+			ID: t.id, Transport: info.Transport, Group: hybridtls.GroupName(info.TLS.CurveID),
+			PQ: hybridtls.IsHybrid(info.TLS.CurveID), TLS: "1.3", Peer: info.Peer.Name, PQAuth: info.Peer.PQAuth,
+			Remote: info.Remote.String(), Since: t.since, Streams: t.active.Load(),
+		})
+	}
+	switch {
+	case e.draining.Load():
+		st.State = "draining"
+	case e.cfg.Mode == ModeListen:
+		st.Ready = true
+	default:
+		st.Ready = len(st.Tunnels) > 0
+	}
+	return st
+}
+
+// Handler serves /metrics, /healthz and /readyz.
+func (e *Engine) Handler() http.Handler {
+	h := http.NewServeMux()
+	h.Handle("GET /metrics", promhttp.HandlerFor(e.metrics.reg, promhttp.HandlerOpts{}))
+	h.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte("ok\n")) // the client went away
+	})
+	h.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		st := e.Readiness()
+		w.Header().Set("Content-Type", "application/json")
+		if !st.Ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(st) // the client went away
+	})
+	return h
+}
