@@ -3,10 +3,12 @@ package integration
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -624,11 +626,13 @@ func echoExact(ctx context.Context, addr string, payload []byte) error {
 		werr <- err
 	}()
 	got, rerr := io.ReadAll(c)
+	if rerr != nil {
+		_ = c.Close() // unblocks the writer
+		<-werr
+		return fmt.Errorf("read after %d of %d bytes: %w", len(got), len(payload), rerr)
+	}
 	if err := <-werr; err != nil {
 		return fmt.Errorf("write: %w", err)
-	}
-	if rerr != nil {
-		return fmt.Errorf("read after %d of %d bytes: %w", len(got), len(payload), rerr)
 	}
 	return sameBytes(got, payload)
 }
@@ -651,7 +655,6 @@ func sameBytes(got, want []byte) error {
 func expectClosedPromptly(ctx context.Context, addr string, limit time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	start := time.Now()
 	c, err := dialClient(ctx, addr)
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", addr, err)
@@ -666,25 +669,16 @@ func expectClosedPromptly(ctx context.Context, addr string, limit time.Duration)
 	case n > 0:
 		return fmt.Errorf("connection to %s delivered %d bytes, want none", addr, n)
 	}
-	_ = start
 	return nil
 }
 
-// randomBytes returns n bytes from a generator seeded with seed, so that
-// each stream carries distinct data.
+// randomBytes returns n pseudo-random bytes from seed, so that each stream
+// carries its own distinct data.
 func randomBytes(seed uint64, n int) []byte {
+	var key [32]byte
+	binary.LittleEndian.PutUint64(key[:], seed)
 	b := make([]byte, n)
-	s := seed*0x9e3779b97f4a7c15 + 1
-	for i := 0; i+8 <= n; i += 8 {
-		// xorshift64*: fast, and distinct per seed.
-		s ^= s >> 12
-		s ^= s << 25
-		s ^= s >> 27
-		v := s * 0x2545f4914f6cdd1d
-		for j := range 8 {
-			b[i+j] = byte(v >> (8 * j))
-		}
-	}
+	_, _ = rand.NewChaCha8(key).Read(b) // ChaCha8.Read never fails
 	return b
 }
 

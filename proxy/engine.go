@@ -64,7 +64,10 @@ type Config struct {
 	// FallbackTimeout bounds the QUIC attempt before an auto dial side
 	// tries TCP. Zero means 3s.
 	FallbackTimeout time.Duration
-	Logger          *slog.Logger
+	// QUICRetry is how often an auto dial side that fell back to TCP tries
+	// QUIC again. Zero means 30s.
+	QUICRetry time.Duration
+	Logger    *slog.Logger
 	// ProxyProtocol, 1 or 2, makes this side send a PROXY protocol header of
 	// that version to each origin it dials; zero sends none.
 	ProxyProtocol byte
@@ -290,11 +293,75 @@ func (e *Engine) routineMaintain(ctx context.Context, peer string) {
 			e.metrics.reconnects.Inc()
 		}
 		connectedBefore = true
-		e.serveSession(s)
+		for s != nil {
+			s = e.hold(ctx, peer, s)
+		}
 		if ctx.Err() == nil {
 			sleepCtx(ctx, b.Next())
 		}
 	}
+}
+
+// hold serves s until it goes away and returns nil, or, for an auto dial
+// side that fell back to TCP, until QUIC works again: then s is retired
+// (no new streams; closed once its streams finish) and the new QUIC
+// session is returned to be held instead.
+func (e *Engine) hold(ctx context.Context, peer string, s mux.Session) mux.Session {
+	t := e.newTunnel(s)
+	done := make(chan struct{})
+	e.loops.Add(1)
+	go func() {
+		defer e.loops.Done()
+		defer close(done)
+		e.serveTunnel(t)
+	}()
+	if e.cfg.Transport != TransportAuto || s.Info().Transport == TransportQUIC {
+		<-done
+		return nil
+	}
+	retry := time.NewTicker(orDefault(e.cfg.QUICRetry, 30*time.Second))
+	defer retry.Stop()
+	for {
+		select {
+		case <-done:
+			return nil
+		case <-ctx.Done():
+			<-done
+			return nil
+		case <-retry.C:
+			qc := *e.muxConfig(e.cfg.TLS.ClientConfig())
+			qc.HandshakeTimeout = orDefault(e.cfg.FallbackTimeout, 3*time.Second)
+			qs, err := mux.DialQUIC(ctx, peer, &qc)
+			if err != nil {
+				e.log.Debug("quic still unavailable, staying on tcp", "peer", peer, "err", err)
+				continue
+			}
+			e.log.Info("quic works again: moving tunnel back from tcp", "peer", peer, "tunnel", t.id)
+			e.retire(t)
+			return qs
+		}
+	}
+}
+
+// retire takes t out of the pool for new streams and closes it once the
+// streams it carries have finished, or after DrainTimeout.
+func (e *Engine) retire(t *tunnel) {
+	e.tunnels.remove(t)
+	e.loops.Add(1)
+	go func() {
+		defer e.loops.Done()
+		deadline := time.Now().Add(orDefault(e.cfg.DrainTimeout, 30*time.Second))
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for t.active.Load() > 0 && time.Now().Before(deadline) {
+			select {
+			case <-tick.C:
+			case <-t.s.Done():
+				return
+			}
+		}
+		_ = t.s.Close() // retired; its streams are done
+	}()
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {
@@ -351,9 +418,15 @@ func (e *Engine) routineAcceptSessions(ln mux.Listener) {
 
 // serveSession registers s for outgoing streams and serves its incoming
 // streams until it goes away.
-func (e *Engine) serveSession(s mux.Session) {
+func (e *Engine) serveSession(s mux.Session) { e.serveTunnel(e.newTunnel(s)) }
+
+func (e *Engine) newTunnel(s mux.Session) *tunnel {
+	return &tunnel{s: s, id: e.nextID.Add(1), since: time.Now()}
+}
+
+func (e *Engine) serveTunnel(t *tunnel) {
+	s := t.s
 	info := s.Info()
-	t := &tunnel{s: s, id: e.nextID.Add(1), since: time.Now()}
 	log := e.log.With("tunnel", t.id, "transport", info.Transport, "group", hybridtls.GroupName(info.TLS.CurveID), "peer", info.Peer.Name)
 	if hybridtls.IsHybrid(info.TLS.CurveID) {
 		log.Info("tunnel connected", "tls", "1.3", "pq_auth", info.Peer.PQAuth, "remote", info.Remote.String(), "handshake", info.Handshake.Round(10*time.Microsecond))

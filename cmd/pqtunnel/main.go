@@ -177,11 +177,13 @@ func engineConfig(c *Config, log *slog.Logger) (proxy.Config, error) {
 			IdleTimeout:      c.IdleTimeout,
 			MaxStreams:       c.MaxStreams,
 		},
-		DialTimeout:   c.DialTimeout,
-		DrainTimeout:  c.DrainTimeout,
-		ProxyProtocol: pp,
-		Metrics:       metrics,
-		Logger:        log,
+		DialTimeout:     c.DialTimeout,
+		FallbackTimeout: c.FallbackTimeout,
+		QUICRetry:       c.QUICRetry,
+		DrainTimeout:    c.DrainTimeout,
+		ProxyProtocol:   pp,
+		Metrics:         metrics,
+		Logger:          log,
 	}, nil
 }
 
