@@ -134,7 +134,7 @@ func (c *Config) Validate() error {
 		{"PQT_KEEPALIVE", c.KeepAlive > 0},
 		{"PQT_MAX_STREAMS", c.MaxStreams >= 1},
 		{"PQT_MAX_CONNECTIONS", c.MaxConnections >= 1},
-		{"PQT_DRAIN_TIMEOUT", c.DrainTimeout >= 0},
+		{"PQT_DRAIN_TIMEOUT", c.DrainTimeout > 0},
 		{"PQT_FALLBACK_TIMEOUT", c.FallbackTimeout > 0},
 		{"PQT_QUIC_RETRY", c.QUICRetry > 0},
 	}
