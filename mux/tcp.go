@@ -21,7 +21,9 @@ func (c *Config) yamuxConfig() *yamux.Config {
 	y.AcceptBacklog = 256
 	y.EnableKeepAlive = true
 	y.KeepAliveInterval = c.keepAlive()
-	y.ConnectionWriteTimeout = c.idleTimeout()
+	// A keep-alive ping waits this long for its answer, so a silent peer is
+	// declared dead about IdleTimeout after it went quiet.
+	y.ConnectionWriteTimeout = max(c.idleTimeout()-c.keepAlive(), c.keepAlive())
 	y.MaxStreamWindowSize = uint32(c.streamWindow())
 	y.StreamOpenTimeout = c.handshakeTimeout()
 	// A stream closed locally whose peer never finishes is reset after this;

@@ -68,6 +68,10 @@ type Config struct {
 	// QUIC again. Zero means 30s.
 	QUICRetry time.Duration
 	Logger    *slog.Logger
+	// MaxTotalStreams bounds the streams this process carries at once, in
+	// both directions; past it clients are refused and the peer's new streams
+	// get StatusBusy. Zero means no bound.
+	MaxTotalStreams int
 	// ProxyProtocol, 1 or 2, makes this side send a PROXY protocol header of
 	// that version to each origin it dials; zero sends none.
 	ProxyProtocol byte
@@ -93,9 +97,11 @@ type Engine struct {
 	tunnelLns  []mux.Listener
 
 	draining atomic.Bool
-	streams  sync.WaitGroup // client and inbound stream handlers
-	loops    sync.WaitGroup // accept loops, session servers, dialers
-	nextID   atomic.Uint64
+	// slots holds a token per stream in flight when MaxTotalStreams is set.
+	slots   chan struct{}
+	streams sync.WaitGroup // client and inbound stream handlers
+	loops   sync.WaitGroup // accept loops, session servers, dialers
+	nextID  atomic.Uint64
 }
 
 // New checks cfg and binds every listening socket, so that an address in
@@ -111,6 +117,9 @@ func New(cfg Config) (*Engine, error) {
 		cfg.Metrics = NewMetrics()
 	}
 	e := &Engine{cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics}
+	if cfg.MaxTotalStreams > 0 {
+		e.slots = make(chan struct{}, cfg.MaxTotalStreams)
+	}
 	e.tunnels.init()
 	e.metrics.reg.MustRegister(&quicCollector{
 		e:    e,
@@ -364,6 +373,25 @@ func (e *Engine) retire(t *tunnel) {
 	}()
 }
 
+// acquireSlot reserves room for one more stream under MaxTotalStreams.
+func (e *Engine) acquireSlot() bool {
+	if e.slots == nil {
+		return true
+	}
+	select {
+	case e.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (e *Engine) releaseSlot() {
+	if e.slots != nil {
+		<-e.slots
+	}
+}
+
 func sleepCtx(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -403,11 +431,6 @@ func (e *Engine) routineAcceptSessions(ln mux.Listener) {
 		if err != nil {
 			return // only ErrClosed: Accept has no other failure
 		}
-		if n := len(e.tunnels.infos()); e.cfg.MaxConnections > 0 && n >= e.cfg.MaxConnections {
-			e.log.Warn("tunnel refused", "reason", "PQT_MAX_CONNECTIONS reached", "limit", e.cfg.MaxConnections, "remote", s.Info().Remote.String(), "peer", s.Info().Peer.Name)
-			_ = s.Close() // refused
-			continue
-		}
 		e.loops.Add(1)
 		go func() {
 			defer e.loops.Done()
@@ -428,6 +451,16 @@ func (e *Engine) serveTunnel(t *tunnel) {
 	s := t.s
 	info := s.Info()
 	log := e.log.With("tunnel", t.id, "transport", info.Transport, "group", hybridtls.GroupName(info.TLS.CurveID), "peer", info.Peer.Name)
+	limit := 0
+	if e.cfg.Mode == ModeListen {
+		limit = e.cfg.MaxConnections
+	}
+	if !e.tunnels.add(t, limit) {
+		log.Warn("tunnel refused", "reason", "PQT_MAX_CONNECTIONS reached", "limit", limit, "remote", info.Remote.String())
+		e.metrics.HandshakeFailed("busy")
+		_ = s.Close() // refused
+		return
+	}
 	if hybridtls.IsHybrid(info.TLS.CurveID) {
 		log.Info("tunnel connected", "tls", "1.3", "pq_auth", info.Peer.PQAuth, "remote", info.Remote.String(), "handshake", info.Handshake.Round(10*time.Microsecond))
 	} else {
@@ -436,7 +469,6 @@ func (e *Engine) serveTunnel(t *tunnel) {
 	if !info.Peer.PQAuth {
 		log.Warn("peer authenticated classically only: its certificate carries no ML-DSA-65 key")
 	}
-	e.tunnels.add(t)
 	e.metrics.tunnelUp(info)
 	defer func() {
 		e.tunnels.remove(t)

@@ -27,6 +27,13 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	active := m.streamsActive.WithLabelValues(route, "out")
 	active.Inc()
 	defer active.Dec()
+	if !e.acquireSlot() {
+		log.Warn("client refused", "reason", "PQT_MAX_TOTAL_STREAMS reached", "limit", e.cfg.MaxTotalStreams)
+		m.streamsFailed.WithLabelValues(route, "busy").Inc()
+		client.abort()
+		return
+	}
+	defer e.releaseSlot()
 	t := e.tunnels.pick()
 	if t == nil {
 		log.Warn("client refused", "reason", "no tunnel connection up")
@@ -134,6 +141,11 @@ func (e *Engine) handleInbound(st mux.Stream, log *slog.Logger) {
 		refuse(StatusDraining, "peer is shutting down", nil)
 		return
 	}
+	if !e.acquireSlot() {
+		refuse(StatusBusy, fmt.Sprintf("peer carries PQT_MAX_TOTAL_STREAMS=%d streams already", e.cfg.MaxTotalStreams), nil)
+		return
+	}
+	defer e.releaseSlot()
 	target, ok := e.target(req.Route)
 	if !ok {
 		refuse(StatusUnknownRoute, fmt.Sprintf("route %q is not in the peer's PQT_TARGET (it has: %s)", routeName(req.Route), e.targetNames()), nil)

@@ -33,11 +33,16 @@ func (ts *tunnelSet) notifyLocked() {
 	ts.changed = make(chan struct{})
 }
 
-func (ts *tunnelSet) add(t *tunnel) {
+// add puts t in the pool unless limit (when positive) tunnels are there already.
+func (ts *tunnelSet) add(t *tunnel, limit int) bool {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
+	if limit > 0 && len(ts.list) >= limit {
+		return false
+	}
 	ts.list = append(ts.list, t)
 	ts.notifyLocked()
+	return true
 }
 
 func (ts *tunnelSet) remove(t *tunnel) {

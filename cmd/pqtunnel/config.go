@@ -41,11 +41,13 @@ type Config struct {
 
 	HandshakeTimeout time.Duration `env:"PQT_HANDSHAKE_TIMEOUT" envDefault:"10s" help:"Bound on a tunnel handshake including the ML-DSA proof."`
 	DialTimeout      time.Duration `env:"PQT_DIAL_TIMEOUT" envDefault:"5s" help:"Bound on dialling an origin."`
-	IdleTimeout      time.Duration `env:"PQT_IDLE_TIMEOUT" envDefault:"15s" help:"A tunnel connection whose peer is silent this long is dead."`
-	KeepAlive        time.Duration `env:"PQT_KEEPALIVE" envDefault:"5s" help:"Interval of tunnel keep-alives."`
+	IdleTimeout      time.Duration `env:"PQT_IDLE_TIMEOUT" envDefault:"8s" help:"A tunnel connection whose peer is silent this long is dead."`
+	KeepAlive        time.Duration `env:"PQT_KEEPALIVE" envDefault:"2s" help:"Interval of tunnel keep-alives."`
 	FallbackTimeout  time.Duration `env:"PQT_FALLBACK_TIMEOUT" envDefault:"3s" help:"With PQT_TRANSPORT=auto: how long a dial side waits for a QUIC handshake before it uses TCP."`
 	QUICRetry        time.Duration `env:"PQT_QUIC_RETRY" envDefault:"30s" help:"With PQT_TRANSPORT=auto: how often a dial side that fell back to TCP tries QUIC again, moving back when it works."`
 	MaxStreams       int           `env:"PQT_MAX_STREAMS" envDefault:"4096" help:"Streams the peer may have open at once on one tunnel connection."`
+	MaxTotalStreams  int           `env:"PQT_MAX_TOTAL_STREAMS" envDefault:"65536" help:"Streams this process carries at once over all tunnel connections; past it new clients and streams are refused."`
+	MaxHandshakes    int           `env:"PQT_MAX_HANDSHAKES" envDefault:"64" help:"Tunnel handshakes a listen side runs at once; more are refused until one finishes."`
 	MaxConnections   int           `env:"PQT_MAX_CONNECTIONS" envDefault:"256" help:"Tunnel connections a listen side accepts at once."`
 	DrainTimeout     time.Duration `env:"PQT_DRAIN_TIMEOUT" envDefault:"30s" help:"On SIGTERM/SIGINT, how long open streams may finish before they are closed."`
 
@@ -134,6 +136,8 @@ func (c *Config) Validate() error {
 		{"PQT_KEEPALIVE", c.KeepAlive > 0},
 		{"PQT_MAX_STREAMS", c.MaxStreams >= 1},
 		{"PQT_MAX_CONNECTIONS", c.MaxConnections >= 1},
+		{"PQT_MAX_TOTAL_STREAMS", c.MaxTotalStreams >= 1},
+		{"PQT_MAX_HANDSHAKES", c.MaxHandshakes >= 1},
 		{"PQT_DRAIN_TIMEOUT", c.DrainTimeout > 0},
 		{"PQT_FALLBACK_TIMEOUT", c.FallbackTimeout > 0},
 		{"PQT_QUIC_RETRY", c.QUICRetry > 0},
