@@ -40,7 +40,13 @@ type end interface {
 	abort()
 }
 
-const copyBufferSize = 32 << 10
+// An idle connection must not pin a large buffer: each direction waits in a
+// small buffer of its own and takes a large one from the pool only while
+// reads keep filling the buffer, that is, during bulk transfer.
+const (
+	smallBufferSize = 1 << 10
+	copyBufferSize  = 32 << 10
+)
 
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
 
@@ -74,10 +80,7 @@ func join(a, b end) (aToB, bToA int64, err error) {
 
 // proxyCopy copies src to dst; on EOF it half-closes dst, on error it aborts.
 func proxyCopy(dst, src end, abort func(error)) int64 {
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
-	// The wrappers hide ReadFrom/WriteTo so the pooled buffer is used.
-	n, err := io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
+	n, err := copyAdaptive(dst, src)
 	if err != nil {
 		abort(err)
 		return n
@@ -86,4 +89,45 @@ func proxyCopy(dst, src end, abort func(error)) int64 {
 		abort(err)
 	}
 	return n
+}
+
+// copyAdaptive is io.Copy that reads into a small buffer while the source
+// trickles and into a pooled large one while reads fill the buffer.
+func copyAdaptive(dst io.Writer, src io.Reader) (int64, error) {
+	small := make([]byte, smallBufferSize)
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			copyBuffers.Put(big)
+		}
+	}()
+	buf := small
+	var total int64
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			w, werr := dst.Write(buf[:n])
+			total += int64(w)
+			if werr != nil {
+				return total, werr
+			}
+			if w != n {
+				return total, io.ErrShortWrite
+			}
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				return total, nil
+			}
+			return total, rerr
+		}
+		switch {
+		case n == len(buf) && big == nil:
+			big = copyBuffers.Get().(*[]byte)
+			buf = *big
+		case n < len(buf)/2 && big != nil:
+			copyBuffers.Put(big)
+			big, buf = nil, small
+		}
+	}
 }

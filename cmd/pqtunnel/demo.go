@@ -100,7 +100,8 @@ func demo(stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "dial side %d: transport=%s group=%s peer=%s handshake=%s\n", i+1, info.Transport,
 			hybridtls.GroupName(info.TLS.CurveID), info.Peer.Name, info.Handshake.Round(10*time.Microsecond))
 		fmt.Fprintf(stdout, "  pushed %d MiB through the echo route and back, byte-exact, in %s\n", n>>20, elapsed.Round(time.Millisecond))
-		fmt.Fprintf(stdout, "  try:  curl http://%s/     or     nc %s   (echo)\n", addrs[1], addrs[0])
+		echo := addrs[0].(*net.TCPAddr)
+		fmt.Fprintf(stdout, "  try:  curl http://%s/     or     nc %s %d   (echo)\n", addrs[1], echo.IP, echo.Port)
 	}
 	fmt.Fprintln(stdout, "running; press Ctrl-C to stop")
 	<-ctx.Done()
