@@ -262,8 +262,7 @@ func (s *Store) Authenticate(cs *tls.ConnectionState, rw io.ReadWriter, role Rol
 	if err := CheckGroup(cs.CurveID, s.policy.Mode, s.policy.curves()); err != nil {
 		return Peer{}, err
 	}
-	var key = m.Identity
-	msg, err := AppendProof(nil, cs, identityMLDSA(key), role)
+	msg, err := AppendProof(nil, cs, identityMLDSA(m.Identity), role)
 	if err != nil {
 		return Peer{}, err
 	}

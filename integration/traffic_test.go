@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -197,14 +196,4 @@ func TestHalfClose(t *testing.T) {
 			}
 		})
 	})
-}
-
-// waitDone waits for ch or fails the test when ctx ends.
-func waitDone(t *testing.T, ctx context.Context, ch <-chan struct{}, what string) {
-	t.Helper()
-	select {
-	case <-ch:
-	case <-ctx.Done():
-		t.Fatalf("%s: %v", what, ctx.Err())
-	}
 }
