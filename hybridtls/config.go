@@ -168,8 +168,13 @@ func (s *Store) ServerConfig() *tls.Config {
 	}
 }
 
-// ClientConfig returns the TLS configuration for dialling a tunnel peer.
-func (s *Store) ClientConfig() *tls.Config {
+// ClientConfig returns the TLS configuration for dialling a tunnel peer
+// whose name is Policy.ServerName.
+func (s *Store) ClientConfig() *tls.Config { return s.ClientConfigFor("") }
+
+// ClientConfigFor is ClientConfig for a peer at host: in CA mode the
+// certificate must name Policy.ServerName, or host when that is empty.
+func (s *Store) ClientConfigFor(host string) *tls.Config {
 	m := s.material.Load()
 	c := s.baseConfig(m)
 	if m.Pinned() {
@@ -179,6 +184,9 @@ func (s *Store) ClientConfig() *tls.Config {
 	} else {
 		c.RootCAs = m.CAs
 		c.ServerName = s.policy.ServerName
+		if c.ServerName == "" {
+			c.ServerName = host
+		}
 	}
 	c.VerifyConnection = func(cs tls.ConnectionState) error { return s.verifyPeer(m, &cs) }
 	return c

@@ -49,7 +49,7 @@ func ProbeTunnel(ctx context.Context, cfg Config, peer, transport string, mode h
 		return p
 	}
 	mc := cfg.Mux
-	mc.TLS = store.ClientConfig()
+	mc.TLS = store.ClientConfigFor(hostOf(peer))
 	mc.Authenticate = func(cs *tls.ConnectionState, rw io.ReadWriter, client bool) (mux.Peer, error) {
 		pr, err := store.Authenticate(cs, rw, hybridtls.RoleClient)
 		return mux.Peer{Name: pr.Name, PQAuth: pr.PQAuth}, err

@@ -338,7 +338,7 @@ func (e *Engine) hold(ctx context.Context, peer string, s mux.Session) mux.Sessi
 			<-done
 			return nil
 		case <-retry.C:
-			qc := *e.muxConfig(e.cfg.TLS.ClientConfig())
+			qc := *e.muxConfig(e.cfg.TLS.ClientConfigFor(hostOf(peer)))
 			qc.HandshakeTimeout = orDefault(e.cfg.FallbackTimeout, 3*time.Second)
 			qs, err := mux.DialQUIC(ctx, peer, &qc)
 			if err != nil {
@@ -392,6 +392,14 @@ func (e *Engine) releaseSlot() {
 	}
 }
 
+// hostOf is the host part of a host:port peer address.
+func hostOf(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		return h
+	}
+	return hostport
+}
+
 func sleepCtx(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -402,7 +410,7 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 }
 
 func (e *Engine) dial(ctx context.Context, peer string) (mux.Session, error) {
-	mc := e.muxConfig(e.cfg.TLS.ClientConfig())
+	mc := e.muxConfig(e.cfg.TLS.ClientConfigFor(hostOf(peer)))
 	switch e.cfg.Transport {
 	case TransportQUIC:
 		return mux.DialQUIC(ctx, peer, mc)

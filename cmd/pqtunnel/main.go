@@ -151,12 +151,8 @@ func engineConfig(c *Config, log *slog.Logger) (proxy.Config, error) {
 	if err != nil {
 		return proxy.Config{}, err
 	}
-	serverName := c.ServerName
-	if serverName == "" {
-		serverName = hostOf(c.tunnels()[0])
-	}
 	store, err := hybridtls.NewStore(hybridtls.Policy{
-		Mode: mode, Groups: groups, ServerName: serverName, ALPN: proxy.ALPN, Logger: log,
+		Mode: mode, Groups: groups, ServerName: c.ServerName, ALPN: proxy.ALPN, Logger: log,
 		OnRefused: metrics.HandshakeFailed,
 	}, m)
 	if err != nil {
@@ -187,14 +183,6 @@ func engineConfig(c *Config, log *slog.Logger) (proxy.Config, error) {
 		Metrics:         metrics,
 		Logger:          log,
 	}, nil
-}
-
-func hostOf(hostport string) string {
-	i := strings.LastIndexByte(hostport, ':')
-	if i < 0 {
-		return hostport
-	}
-	return strings.Trim(hostport[:i], "[]")
 }
 
 func runTunnel(environ map[string]string, stderr io.Writer) error {
