@@ -319,7 +319,8 @@ func helloRemote(h *tls.ClientHelloInfo) string {
 }
 
 // Reason classifies a handshake or authentication failure for logs and
-// metrics: not_post_quantum, peer_not_allowed, proof_failed, timeout or tls.
+// metrics: not_post_quantum, no_common_group, peer_not_allowed,
+// rejected_by_peer, proof_failed, timeout or tls.
 func Reason(err error) string { return reasonOf(err) }
 
 func reasonOf(err error) string {
@@ -331,6 +332,10 @@ func reasonOf(err error) string {
 		return "no_common_group"
 	case errors.Is(err, ErrPeerNotAllowed):
 		return "peer_not_allowed"
+	case strings.Contains(err.Error(), "bad certificate"), strings.Contains(err.Error(), "certificate required"), strings.Contains(err.Error(), "unknown certificate"):
+		// The peer's TLS alert: it refused our identity. Over QUIC it can
+		// arrive while we already wait for the proof.
+		return "rejected_by_peer"
 	case errors.Is(err, ErrProof):
 		return "proof_failed"
 	case errors.As(err, &nerr) && nerr.Timeout():

@@ -92,6 +92,8 @@ type Listener interface {
 	// and waits for in-flight handshakes to stop.
 	Close() error
 	Addr() net.Addr
+	// Transport is TransportQUIC or TransportTCP.
+	Transport() string
 }
 
 // ErrClosed is returned by Accept after Close.

@@ -240,6 +240,7 @@ func (l *quicListener) routineAuthenticate(conn *quic.Conn) {
 }
 
 func (l *quicListener) Accept(ctx context.Context) (Session, error) { return l.q.accept(ctx) }
+func (l *quicListener) Transport() string                           { return TransportQUIC }
 func (l *quicListener) Addr() net.Addr                              { return l.ln.Addr() }
 
 func (l *quicListener) Close() error {

@@ -218,6 +218,7 @@ func (l *tcpListener) routineHandshake(raw net.Conn) {
 }
 
 func (l *tcpListener) Accept(ctx context.Context) (Session, error) { return l.q.accept(ctx) }
+func (l *tcpListener) Transport() string                           { return TransportTCP }
 func (l *tcpListener) Addr() net.Addr                              { return l.ln.Addr() }
 
 func (l *tcpListener) Close() error {

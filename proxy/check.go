@@ -214,27 +214,32 @@ func (c *countingPacketConn) firstFlight() (int, int) {
 	return c.sentBytes, c.sentN
 }
 
-// Verdict is a person-readable diagnosis of a failed probe.
+// Verdict is a person-readable diagnosis of a failed probe; pin is ours.
 func (p Probe) Verdict(pin string) string {
 	if p.Err == nil {
 		return "ok"
 	}
-	msg := p.Err.Error()
+	return diagnose(p.Err, p.Transport, p.Offered, pin)
+}
+
+// diagnose says in words a person can act on why a tunnel handshake failed.
+func diagnose(err error, transport string, offered []tls.CurveID, pin string) string {
+	msg := err.Error()
 	switch {
-	case p.Transport == TransportQUIC && isTimeout(p.Err):
+	case transport == TransportQUIC && isTimeout(err):
 		return "no answer over UDP: the UDP port is blocked or nothing listens there; open UDP on the peer's port or set PQT_TRANSPORT=tcp"
-	case isRefused(p.Err) || strings.Contains(msg, "connection refused"):
+	case isRefused(err) || strings.Contains(msg, "connection refused"):
 		return "connection refused: nothing listens on that TCP port"
-	case isTimeout(p.Err):
+	case isTimeout(err):
 		return "timed out: the peer did not complete the handshake"
-	case errors.Is(p.Err, hybridtls.ErrPeerNotAllowed):
+	case errors.Is(err, hybridtls.ErrPeerNotAllowed):
 		return "the peer's identity is not one we accept: " + msg + " (add its pin to PQT_PEERS if it is the right peer)"
-	case errors.Is(p.Err, hybridtls.ErrProof):
+	case hybridtls.Reason(err) == "rejected_by_peer":
+		return "the peer refused our identity: add our pin " + pin + " to the peer's PQT_PEERS (or, in CA mode, check its PQT_CA and PQT_ALLOW)"
+	case errors.Is(err, hybridtls.ErrProof):
 		return "the peer failed the ML-DSA-65 proof: " + msg
-	case strings.Contains(msg, "bad certificate") || strings.Contains(msg, "certificate required") || strings.Contains(msg, "unknown certificate"):
-		return "the peer refused our identity: add our pin " + pin + " to the peer's PQT_PEERS"
 	case strings.Contains(msg, "handshake failure") || strings.Contains(msg, "internal error"):
-		return "the peer accepts none of " + hybridtls.GroupNames(p.Offered)
+		return "the peer accepts none of " + hybridtls.GroupNames(offered)
 	}
 	return msg
 }

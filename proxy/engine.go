@@ -232,7 +232,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	for _, ln := range e.tunnelLns {
 		e.loops.Add(1)
 		go e.routineAcceptSessions(ln)
-		e.log.Info("tunnel listening", "addr", ln.Addr().String())
+		e.log.Info("tunnel listening", "transport", ln.Transport(), "addr", ln.Addr().String())
 	}
 	dialCtx, stopDialing := context.WithCancel(context.Background())
 	if e.cfg.Mode == ModeDial {
@@ -293,7 +293,8 @@ func (e *Engine) routineMaintain(ctx context.Context, peer string) {
 			wait := b.Next()
 			e.log.Warn("tunnel dial failed", "peer", peer, "transport", e.cfg.Transport,
 				"groups", hybridtls.GroupNames(e.cfg.TLS.Policy().Groups), "reason", hybridtls.Reason(err),
-				"retry_in", wait.Round(time.Millisecond), "err", err)
+				"hint", diagnose(err, e.cfg.Transport, e.cfg.TLS.Policy().Groups, e.ownName()),
+				"retry_in", wait.Round(time.Millisecond), "version", ALPN, "err", err)
 			sleepCtx(ctx, wait)
 			continue
 		}
@@ -390,6 +391,18 @@ func (e *Engine) releaseSlot() {
 	if e.slots != nil {
 		<-e.slots
 	}
+}
+
+// ownName is this side's pin, or its certificate's name in CA mode.
+func (e *Engine) ownName() string {
+	m := e.cfg.TLS.Material()
+	if m.Pinned() {
+		return m.Identity.Pin.String()
+	}
+	if m.Certificate.Leaf != nil {
+		return m.Certificate.Leaf.Subject.CommonName
+	}
+	return "(our certificate)"
 }
 
 // hostOf is the host part of a host:port peer address.

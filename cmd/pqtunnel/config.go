@@ -32,7 +32,7 @@ type Config struct {
 
 	Identity    string `env:"PQT_IDENTITY" help:"Path of this side's identity file (from 'pqtunnel keygen'); mode 0600."`
 	IdentityPEM string `env:"PQT_IDENTITY_PEM" help:"This side's identity as PEM text, instead of PQT_IDENTITY."`
-	Peers       string `env:"PQT_PEERS" help:"Comma-separated pins of the peers this side accepts (from 'pqtunnel pin FILE')."`
+	Peers       string `env:"PQT_PEERS" help:"Pins of the peers this side accepts (from 'pqtunnel pin FILE'), comma-separated; an entry starting with / or . is a file of pins, one per line, re-read on SIGHUP."`
 	Cert        string `env:"PQT_CERT" help:"CA mode: this side's certificate chain (PEM file)."`
 	Key         string `env:"PQT_KEY" help:"CA mode: this side's private key (PEM file)."`
 	CA          string `env:"PQT_CA" help:"CA mode: the CA bundle that signs peer certificates (PEM file)."`
@@ -222,7 +222,7 @@ func (c *Config) material() (*hybridtls.Material, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", map[bool]string{true: "PQT_IDENTITY", false: "PQT_IDENTITY_PEM"}[c.Identity != ""], err)
 		}
-		if m.Peers, err = hybridtls.ParsePins(c.Peers); err != nil {
+		if m.Peers, err = readPeers(c.Peers); err != nil {
 			return nil, fmt.Errorf("PQT_PEERS: %w", err)
 		}
 		if len(m.Peers) == 0 {
@@ -241,8 +241,8 @@ func (c *Config) material() (*hybridtls.Material, error) {
 			return nil, fmt.Errorf("%s: not set: CA mode needs PQT_CERT, PQT_KEY and PQT_CA", v.name)
 		}
 	}
-	if st, err := os.Stat(c.Key); err == nil && st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("PQT_KEY: %s has mode %#o: other users can read the private key (fix: chmod 600 %s)", c.Key, st.Mode().Perm(), c.Key)
+	if err := hybridtls.CheckKeyFileMode(c.Key); err != nil {
+		return nil, fmt.Errorf("PQT_KEY: %w", err)
 	}
 	cert, err := tls.LoadX509KeyPair(c.Cert, c.Key)
 	if err != nil {
@@ -261,4 +261,27 @@ func (c *Config) material() (*hybridtls.Material, error) {
 		return nil, fmt.Errorf("PQT_ALLOW: %w", err)
 	}
 	return m, nil
+}
+
+// readPeers parses PQT_PEERS: pins, and files of pins (one per line, '#'
+// comments) named by entries that start with '/' or '.'.
+func readPeers(s string) ([]hybridtls.Pin, error) {
+	var pins []string
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if !strings.HasPrefix(f, "/") && !strings.HasPrefix(f, ".") {
+			pins = append(pins, f)
+			continue
+		}
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("pins file: %w", err)
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if line, _, _ = strings.Cut(line, "#"); strings.TrimSpace(line) != "" {
+				pins = append(pins, line)
+			}
+		}
+	}
+	return hybridtls.ParsePins(strings.Join(pins, ","))
 }
