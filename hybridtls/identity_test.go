@@ -120,25 +120,39 @@ func TestLoadIdentityFile(t *testing.T) {
 	}
 	dir := t.TempDir()
 
-	t.Run("mode 0600 accepted", func(t *testing.T) {
-		path := filepath.Join(dir, "ok.id")
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(path, 0o600); err != nil { // umask-proof
-			t.Fatal(err)
-		}
-		got, err := LoadIdentityFile(path)
-		if err != nil {
-			t.Fatalf("LoadIdentityFile: %v", err)
-		}
-		if got.Pin != id.Pin {
-			t.Errorf("pin = %s, want %s", got.Pin, id.Pin)
-		}
-	})
-	for _, mode := range []os.FileMode{0o644, 0o640, 0o604} {
+	accepted := []os.FileMode{0o600, 0o400}
+	if os.Getuid() == 0 {
+		accepted = append(accepted, 0o640) // root-owned, group-readable
+	}
+	for _, mode := range accepted {
+		t.Run("mode "+mode.String()+" accepted", func(t *testing.T) {
+			path := filepath.Join(dir, "ok.id")
+			_ = os.Remove(path)
+			if err := os.WriteFile(path, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(path, mode); err != nil { // umask-proof
+				t.Fatal(err)
+			}
+			got, err := LoadIdentityFile(path)
+			if err != nil {
+				t.Fatalf("LoadIdentityFile: %v", err)
+			}
+			if got.Pin != id.Pin {
+				t.Errorf("pin = %s, want %s", got.Pin, id.Pin)
+			}
+		})
+	}
+	// Group-readable is accepted only for root-owned files (systemd
+	// credentials, Kubernetes fsGroup); the file here is owned by the test's user.
+	refused := []os.FileMode{0o644, 0o604, 0o606, 0o660, 0o620, 0o666}
+	if os.Getuid() != 0 {
+		refused = append(refused, 0o640)
+	}
+	for _, mode := range refused {
 		t.Run("mode "+mode.String()+" refused", func(t *testing.T) {
 			path := filepath.Join(dir, "open.id")
+			_ = os.Remove(path)
 			if err := os.WriteFile(path, data, 0o600); err != nil {
 				t.Fatal(err)
 			}

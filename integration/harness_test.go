@@ -76,7 +76,6 @@ func (b *textBuffer) String() string {
 // proc is one child process started by a test. It is killed and waited for
 // when the test ends, or earlier if the test's context ends.
 type proc struct {
-	t      *testing.T
 	name   string
 	cmd    *exec.Cmd
 	stdout *textBuffer
@@ -102,7 +101,7 @@ func childEnv(env map[string]string) []string {
 // startProc starts path with args and the environment childEnv(env).
 func startProc(t *testing.T, ctx context.Context, name string, env map[string]string, path string, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, name: name, stdout: newTextBuffer(), stderr: newTextBuffer(), done: make(chan struct{})}
+	p := &proc{name: name, stdout: newTextBuffer(), stderr: newTextBuffer(), done: make(chan struct{})}
 	p.cmd = exec.Command(path, args...)
 	p.cmd.Env = childEnv(env)
 	p.cmd.Stdout = p.stdout
@@ -155,25 +154,25 @@ func (p *proc) exited() bool {
 }
 
 // signal sends sig to the process.
-func (p *proc) signal(sig os.Signal) {
-	p.t.Helper()
+func (p *proc) signal(t *testing.T, sig os.Signal) {
+	t.Helper()
 	if err := p.cmd.Process.Signal(sig); err != nil {
-		p.t.Fatalf("signal %s to %s: %v", sig, p.name, err)
+		t.Fatalf("signal %s to %s: %v", sig, p.name, err)
 	}
 }
 
 // wait waits for the process to exit and returns its exit code; it fails
 // the test if ctx ends first.
-func (p *proc) wait(ctx context.Context) int {
-	p.t.Helper()
+func (p *proc) wait(t *testing.T, ctx context.Context) int {
+	t.Helper()
 	select {
 	case <-p.done:
 	case <-ctx.Done():
-		p.t.Fatalf("%s did not exit: %v", p.name, ctx.Err())
+		t.Fatalf("%s did not exit: %v", p.name, ctx.Err())
 	}
 	var ee *exec.ExitError
 	if p.err != nil && !errors.As(p.err, &ee) {
-		p.t.Fatalf("wait for %s: %v", p.name, p.err)
+		t.Fatalf("wait for %s: %v", p.name, p.err)
 	}
 	return p.cmd.ProcessState.ExitCode()
 }
@@ -276,21 +275,21 @@ func (p *proc) awaitLogs(ctx context.Context, n int, m logMatch) ([]logLine, err
 }
 
 // waitLog waits for one log line matching m and returns it.
-func (p *proc) waitLog(ctx context.Context, m logMatch) logLine {
-	p.t.Helper()
+func (p *proc) waitLog(t *testing.T, ctx context.Context, m logMatch) logLine {
+	t.Helper()
 	got, err := p.awaitLogs(ctx, 1, m)
 	if err != nil {
-		p.t.Fatal(err)
+		t.Fatal(err)
 	}
 	return got[0]
 }
 
 // waitLogs waits for n log lines matching m and returns them.
-func (p *proc) waitLogs(ctx context.Context, n int, m logMatch) []logLine {
-	p.t.Helper()
+func (p *proc) waitLogs(t *testing.T, ctx context.Context, n int, m logMatch) []logLine {
+	t.Helper()
 	got, err := p.awaitLogs(ctx, n, m)
 	if err != nil {
-		p.t.Fatal(err)
+		t.Fatal(err)
 	}
 	return got
 }
@@ -600,8 +599,8 @@ func startPair(t *testing.T, ctx context.Context, o pairOptions) *pair {
 	}
 	connected := msgIs("tunnel connected", "transport", o.transport, "group", "X25519MLKEM768")
 	wctx := within(t, ctx, 20*time.Second)
-	d.waitLogs(wctx, n, connected)
-	l.waitLogs(wctx, n, connected)
+	d.waitLogs(t, wctx, n, connected)
+	l.waitLogs(t, wctx, n, connected)
 	return &pair{listen: l, dial: d}
 }
 

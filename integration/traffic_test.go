@@ -197,3 +197,66 @@ func TestHalfClose(t *testing.T) {
 		})
 	})
 }
+
+// TestResetPropagatesPromptly checks that an abort on one end ends the
+// other end's connection promptly: an origin that resets closes the client,
+// and a client that resets closes the origin's connection.
+func TestResetPropagatesPromptly(t *testing.T) {
+	transports(t, func(t *testing.T, transport string) {
+		ctx := testContext(t, 30*time.Second)
+		resetting := startOrigin(t, func(c *net.TCPConn) {
+			buf := make([]byte, 5)
+			_, _ = io.ReadFull(c, buf) // then reset whatever happened
+			_ = c.SetLinger(0)         // the deferred Close sends RST
+		})
+		gotHello := make(chan struct{})
+		ended := make(chan time.Time, 1)
+		waiting := startOrigin(t, func(c *net.TCPConn) {
+			_ = c.SetDeadline(time.Now().Add(20 * time.Second)) // bounds a failing test
+			buf := make([]byte, 5)
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
+			}
+			close(gotHello)
+			_, _ = io.Copy(io.Discard, c) // until the client's reset arrives
+			ended <- time.Now()
+		})
+		p := startPair(t, ctx, pairOptions{
+			transport: transport,
+			target:    "reset=" + resetting.addr() + ",wait=" + waiting.addr(),
+			routes:    []string{"reset", "wait"},
+		})
+
+		t.Run("origin resets", func(t *testing.T) {
+			if err := expectClosedPromptly(ctx, p.dial.forward["reset"], time.Second); err != nil {
+				t.Fatal(err)
+			}
+		})
+
+		t.Run("client resets", func(t *testing.T) {
+			c, err := dialClient(within(t, ctx, 10*time.Second), p.dial.forward["wait"])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Write([]byte("hello")); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-gotHello:
+			case <-ctx.Done():
+				t.Fatal("origin never received the client's bytes")
+			}
+			_ = c.SetLinger(0) // Close sends RST
+			_ = c.Close()
+			reset := time.Now()
+			select {
+			case at := <-ended:
+				if d := at.Sub(reset); d > time.Second {
+					t.Errorf("origin's connection ended %s after the client's reset, want within 1s", d)
+				}
+			case <-within(t, ctx, 5*time.Second).Done():
+				t.Fatal("origin's connection still open 5s after the client's reset")
+			}
+		})
+	})
+}
