@@ -89,7 +89,8 @@ type Listener interface {
 	// succeeded; it returns ErrClosed after Close.
 	Accept(ctx context.Context) (Session, error)
 	// Close stops accepting, closes sessions not yet returned by Accept,
-	// and waits for in-flight handshakes to stop.
+	// and waits for in-flight handshakes to stop. Sessions already returned
+	// stay up, so that they can drain.
 	Close() error
 	Addr() net.Addr
 	// Transport is TransportQUIC or TransportTCP.

@@ -71,7 +71,10 @@ func DialQUIC(ctx context.Context, addr string, c *Config) (Session, error) {
 		_ = pc.Close()
 		return nil, err
 	}
-	s.tr, s.pc = tr, pc
+	s.release = func() {
+		_ = tr.Close() // the dialler's own socket goes with its session
+		_ = pc.Close()
+	}
 	return s, nil
 }
 
@@ -112,10 +115,10 @@ func authenticateQUIC(ctx context.Context, conn *quic.Conn, c *Config, client bo
 type quicSession struct {
 	conn *quic.Conn
 	info Info
-	// tr and pc are the dialler's own socket, closed with the session;
-	// nil on the listening side, where the listener owns them.
-	tr *quic.Transport
-	pc net.PacketConn
+	// release frees the UDP socket behind the session once: a dialler's
+	// own socket, or the session's reference to its listener's.
+	release   func()
+	closeOnce sync.Once
 }
 
 func (s *quicSession) OpenStream(ctx context.Context) (Stream, error) {
@@ -139,10 +142,11 @@ func (s *quicSession) AcceptStream(ctx context.Context) (Stream, error) {
 
 func (s *quicSession) Close() error {
 	err := s.conn.CloseWithError(codeNormal, "closed")
-	if s.tr != nil {
-		err = errors.Join(err, s.tr.Close())
-		_ = s.pc.Close() // the transport may have closed it already
-	}
+	s.closeOnce.Do(func() {
+		if s.release != nil {
+			s.release()
+		}
+	})
 	return err
 }
 func (s *quicSession) Done() <-chan struct{} { return s.conn.Context().Done() }
@@ -170,18 +174,23 @@ func (q *quicStream) Reset() {
 }
 
 // quicListener serves QUIC on one UDP socket; authentication of each new
-// connection runs concurrently, at most MaxHandshakes at a time.
+// connection runs concurrently, at most MaxHandshakes at a time. Closing it
+// stops accepting; the socket stays open for the sessions it returned until
+// the last of them is closed, so they can drain.
 type quicListener struct {
-	pc     net.PacketConn
-	tr     *quic.Transport
-	ln     *quic.Listener
-	c      *Config
-	q      *acceptQueue
-	sem    chan struct{}
-	ctx    context.Context
-	cancel context.CancelFunc
-	once   sync.Once
-	wg     sync.WaitGroup
+	refMu    sync.Mutex
+	refs     int // the listener itself plus each session handed out
+	pc       net.PacketConn
+	tr       *quic.Transport
+	ln       *quic.Listener
+	c        *Config
+	q        *acceptQueue
+	sem      chan struct{}
+	ctx      context.Context
+	cancel   context.CancelFunc
+	once     sync.Once
+	closeRef sync.Once
+	wg       sync.WaitGroup
 }
 
 // ListenQUIC serves tunnel connections on pc, which the listener owns.
@@ -192,7 +201,7 @@ func ListenQUIC(pc net.PacketConn, c *Config) (Listener, error) {
 		_ = tr.Close() // the listen error is what matters
 		return nil, fmt.Errorf("listen quic: %w", err)
 	}
-	l := &quicListener{pc: pc, tr: tr, ln: ln, c: c, q: newAcceptQueue(), sem: make(chan struct{}, c.maxHandshakes())}
+	l := &quicListener{pc: pc, tr: tr, ln: ln, c: c, q: newAcceptQueue(), sem: make(chan struct{}, c.maxHandshakes()), refs: 1}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.wg.Add(1)
 	go l.routineAccept()
@@ -236,7 +245,23 @@ func (l *quicListener) routineAuthenticate(conn *quic.Conn) {
 		_ = conn.CloseWithError(codeAuth, "authentication failed")
 		return
 	}
+	l.refMu.Lock()
+	l.refs++
+	l.refMu.Unlock()
+	s.release = l.unref
 	l.q.deliver(s)
+}
+
+// unref drops one reference to the socket and closes it with the last.
+func (l *quicListener) unref() {
+	l.refMu.Lock()
+	l.refs--
+	last := l.refs == 0
+	l.refMu.Unlock()
+	if last {
+		_ = l.tr.Close() // nothing uses the socket any more
+		_ = l.pc.Close()
+	}
 }
 
 func (l *quicListener) Accept(ctx context.Context) (Session, error) { return l.q.accept(ctx) }
@@ -248,9 +273,9 @@ func (l *quicListener) Close() error {
 	l.once.Do(func() {
 		close(l.q.closed)
 		l.cancel()
-		err = errors.Join(l.ln.Close(), l.tr.Close())
-		_ = l.pc.Close() // the transport may have closed it already
+		err = l.ln.Close()
 	})
 	l.wg.Wait()
+	l.closeRef.Do(l.unref)
 	return err
 }

@@ -99,7 +99,7 @@ type Engine struct {
 	draining atomic.Bool
 	// slots holds a token per stream in flight when MaxTotalStreams is set.
 	slots   chan struct{}
-	streams sync.WaitGroup // client and inbound stream handlers
+	streams *inflight      // client and inbound stream handlers
 	loops   sync.WaitGroup // accept loops, session servers, dialers
 	nextID  atomic.Uint64
 }
@@ -116,7 +116,7 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics()
 	}
-	e := &Engine{cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics}
+	e := &Engine{cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, streams: newInflight()}
 	if cfg.MaxTotalStreams > 0 {
 		e.slots = make(chan struct{}, cfg.MaxTotalStreams)
 	}
@@ -250,7 +250,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.drain()
 	e.tunnels.closeAll()
 	e.loops.Wait()
-	e.streams.Wait()
+	e.streams.wait(0)
 	return nil
 }
 
@@ -265,16 +265,13 @@ func (e *Engine) closeListeners() {
 
 // drain waits for open streams up to DrainTimeout.
 func (e *Engine) drain() {
-	done := make(chan struct{})
-	go func() { e.streams.Wait(); close(done) }()
 	timeout := orDefault(e.cfg.DrainTimeout, 30*time.Second)
 	e.log.Info("draining", "streams", e.tunnels.active(), "timeout", timeout)
-	select {
-	case <-done:
+	if e.streams.wait(timeout) {
 		e.log.Info("drained")
-	case <-time.After(timeout):
-		e.log.Warn("drain timeout: closing open streams", "streams", e.tunnels.active())
+		return
 	}
+	e.log.Warn("drain timeout: closing open streams", "streams", e.tunnels.active())
 }
 
 // routineMaintain keeps one tunnel connection to peer up until ctx ends,
@@ -502,10 +499,10 @@ func (e *Engine) serveTunnel(t *tunnel) {
 		if err != nil {
 			return
 		}
-		e.streams.Add(1)
+		e.streams.add()
 		t.active.Add(1)
 		go func() {
-			defer e.streams.Done()
+			defer e.streams.done()
 			defer t.active.Add(-1)
 			e.handleInbound(st, log)
 		}()
@@ -528,9 +525,9 @@ func (e *Engine) routineForward(ln net.Listener, r Route) {
 			continue
 		}
 		backoff = 5 * time.Millisecond
-		e.streams.Add(1)
+		e.streams.add()
 		go func() {
-			defer e.streams.Done()
+			defer e.streams.done()
 			e.handleClient(c.(*net.TCPConn), r)
 		}()
 	}
