@@ -25,7 +25,7 @@ import (
 // demo runs a complete local setup in one process: an echo and an HTTP
 // origin, a listen side in front of them, and one dial side per transport.
 func demo(stdout, stderr io.Writer) error {
-	log := slog.New(tint.NewHandler(stderr, &tint.Options{Level: slog.LevelInfo, NoColor: !isTerminal(stderr)}))
+	log := slog.New(tint.NewTextHandler(stderr, &tint.Options{Level: slog.LevelInfo, NoColor: !isTerminal(stderr)}))
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
 
