@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -60,7 +61,7 @@ func check(environ map[string]string, stdout io.Writer) error {
 				if p := probe(stdout, pc, peer, tr, hybridtls.Prefer, []tls.CurveID{tls.X25519}); p.Err == nil || !strings.Contains(p.Verdict(pin), "accepts none") {
 					advice = append(advice, fmt.Sprintf("%s: the peer is not post-quantum: it completes a handshake only with classical X25519, so PQT_PQ=strict will not connect; upgrade the peer", tr))
 				} else if len(accepted) == 0 {
-					advice = append(advice, fmt.Sprintf("%s: the peer accepts none of %s: find which groups its PQT_GROUPS lists and add one of them to ours", tr, hybridtls.GroupNames(groups)))
+					advice = append(advice, fmt.Sprintf("%s: %s", tr, otherGroupsAdvice(stdout, pc, peer, tr, groups)))
 				}
 			}
 		}
@@ -118,4 +119,22 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+// otherGroupsAdvice probes the hybrid groups missing from ours to tell the
+// user which one the peer would accept.
+func otherGroupsAdvice(w io.Writer, pc proxy.Config, peer, tr string, ours []tls.CurveID) string {
+	var theirs []tls.CurveID
+	for _, g := range hybridtls.DefaultGroups {
+		if slices.Contains(ours, g) {
+			continue
+		}
+		if p := probe(w, pc, peer, tr, hybridtls.Strict, []tls.CurveID{g}); p.Err == nil {
+			theirs = append(theirs, g)
+		}
+	}
+	if len(theirs) == 0 {
+		return fmt.Sprintf("the peer accepts none of %s, nor any other hybrid group: check its PQT_GROUPS and PQT_PQ", hybridtls.GroupNames(ours))
+	}
+	return fmt.Sprintf("the peer accepts only %s; add it to PQT_GROUPS", hybridtls.GroupNames(theirs))
 }
