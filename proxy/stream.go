@@ -13,6 +13,7 @@ import (
 
 	"github.com/pires/go-proxyproto"
 
+	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/mux"
 )
 
@@ -43,11 +44,13 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	}
 	t.active.Add(1)
 	defer t.active.Add(-1)
+	info := t.s.Info()
+	log = log.With("tunnel", t.id, "transport", info.Transport, "group", hybridtls.GroupName(info.TLS.CurveID), "peer", info.Peer.Name)
 	ctx, cancel := context.WithTimeout(context.Background(), e.dialTimeout()+orDefault(e.cfg.Mux.HandshakeTimeout, 10*time.Second))
 	st, err := t.s.OpenStream(ctx)
 	cancel()
 	if err != nil {
-		log.Warn("client refused", "reason", "open stream failed", "tunnel", t.id, "err", err)
+		log.Warn("client refused", "reason", "open stream failed", "err", err)
 		m.streamsFailed.WithLabelValues(route, "open_failed").Inc()
 		client.abort()
 		return
@@ -57,7 +60,7 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 		_, err = st.Write(hdr)
 	}
 	if err != nil {
-		log.Warn("client refused", "reason", "send preamble failed", "tunnel", t.id, "err", err)
+		log.Warn("client refused", "reason", "send preamble failed", "err", err)
 		m.streamsFailed.WithLabelValues(route, "open_failed").Inc()
 		st.Reset()
 		client.abort()
@@ -72,12 +75,12 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	switch {
 	case errors.As(err, &refused):
 		m.streamsFailed.WithLabelValues(route, refused.resp.Status.label()).Inc()
-		log.Warn("stream refused by peer", "tunnel", t.id, "reason", refused.resp.Status.String(), "err", refused.resp.Message)
+		log.Warn("stream refused by peer", "reason", refused.resp.Status.String(), "err", refused.resp.Message)
 	case err != nil && !benign(err):
 		m.streamsFailed.WithLabelValues(route, "aborted").Inc()
-		log.Info("stream aborted", "tunnel", t.id, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond), "err", err)
+		log.Info("stream aborted", "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond), "err", err)
 	default:
-		log.Debug("stream closed", "tunnel", t.id, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond))
+		log.Debug("stream closed", "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond))
 	}
 }
 
@@ -184,10 +187,10 @@ func (e *Engine) handleInbound(st mux.Stream, log *slog.Logger) {
 	m.bytes.WithLabelValues(route, "down").Add(float64(down))
 	if err != nil && !benign(err) {
 		m.streamsFailed.WithLabelValues(route, "aborted").Inc()
-		log.Info("stream aborted", "origin", target, "bytes_to_origin", up, "bytes_from_origin", down, "duration", time.Since(start).Round(time.Millisecond), "err", err)
+		log.Info("stream aborted", "origin", target, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond), "err", err)
 		return
 	}
-	log.Debug("stream closed", "origin", target, "bytes_to_origin", up, "bytes_from_origin", down, "duration", time.Since(start).Round(time.Millisecond))
+	log.Debug("stream closed", "origin", target, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond))
 }
 
 func (e *Engine) target(name string) (string, bool) {
