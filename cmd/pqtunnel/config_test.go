@@ -1,0 +1,274 @@
+package main
+
+import (
+	"bytes"
+	"maps"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pqtunnel/pqtunnel/hybridtls"
+)
+
+// testEnv is a valid listen-side environment with a keygen-written identity.
+type testEnv struct {
+	base     map[string]string
+	dir      string
+	identity string // path of the identity file
+	peerPin  string
+}
+
+func newTestEnv(t *testing.T) *testEnv {
+	t.Helper()
+	dir := t.TempDir()
+	identity := filepath.Join(dir, "listen.id")
+	keygenFile(t, identity)
+	peerPin := keygenFile(t, filepath.Join(dir, "dial.id"))
+	return &testEnv{
+		dir: dir, identity: identity, peerPin: peerPin,
+		base: map[string]string{
+			"PQT_MODE":     "listen",
+			"PQT_TUNNEL":   "127.0.0.1:8443",
+			"PQT_TARGET":   "127.0.0.1:6379",
+			"PQT_IDENTITY": identity,
+			"PQT_PEERS":    peerPin,
+		},
+	}
+}
+
+func TestParseConfigValid(t *testing.T) {
+	te := newTestEnv(t)
+	pem, err := os.ReadFile(te.identity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinsFile := filepath.Join(te.dir, "peers.txt")
+	if err := os.WriteFile(pinsFile, []byte("# the dial side\n"+te.peerPin+"\n\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		set   map[string]string
+		unset []string
+	}{
+		{name: "listen"},
+		{name: "dial with named forwards and two peers", set: map[string]string{
+			"PQT_MODE": "dial", "PQT_TUNNEL": "peer.example:8443, 10.0.0.2:8443",
+			"PQT_FORWARD": "redis=127.0.0.1:6379,pg=127.0.0.1:5432",
+		}, unset: []string{"PQT_TARGET"}},
+		{name: "identity as PEM text", set: map[string]string{"PQT_IDENTITY_PEM": string(pem)}, unset: []string{"PQT_IDENTITY"}},
+		{name: "peers from a file", set: map[string]string{"PQT_PEERS": pinsFile}},
+		{name: "prefer with classical group last", set: map[string]string{"PQT_PQ": "prefer", "PQT_GROUPS": "X25519MLKEM768,X25519"}},
+		{name: "durations and limits", set: map[string]string{
+			"PQT_HANDSHAKE_TIMEOUT": "2s", "PQT_KEEPALIVE": "1s", "PQT_IDLE_TIMEOUT": "3s", "PQT_MAX_STREAMS": "10",
+		}},
+		{name: "tcp transport, json logs", set: map[string]string{"PQT_TRANSPORT": "tcp", "PQT_LOG_FORMAT": "json", "PQT_LOG_LEVEL": "debug"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			environ := maps.Clone(te.base)
+			maps.Copy(environ, tt.set)
+			for _, k := range tt.unset {
+				delete(environ, k)
+			}
+			c, err := parseConfig(environ)
+			if err != nil {
+				t.Fatalf("parseConfig: %v", err)
+			}
+			m, err := c.material()
+			if err != nil {
+				t.Fatalf("material: %v", err)
+			}
+			if len(m.Peers) != 1 || m.Peers[0].String() != te.peerPin {
+				t.Errorf("peers = %v, want [%s]", m.Peers, te.peerPin)
+			}
+		})
+	}
+}
+
+func TestParseConfigDefaults(t *testing.T) {
+	te := newTestEnv(t)
+	c, err := parseConfig(te.base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every envDefault tag is what an unset variable becomes.
+	cv, ct := reflect.ValueOf(*c), reflect.TypeOf(*c)
+	for i := range ct.NumField() {
+		f := ct.Field(i)
+		def, ok := f.Tag.Lookup("envDefault")
+		if !ok {
+			continue
+		}
+		if got := cv.Field(i).Interface(); got != defaultValue(t, got, def) {
+			t.Errorf("%s defaults to %v, tag says %q", f.Tag.Get("env"), got, def)
+		}
+	}
+	if c.PQ != "strict" || c.Transport != "auto" {
+		t.Errorf("PQ %q, transport %q; want strict, auto", c.PQ, c.Transport)
+	}
+}
+
+// defaultValue parses an envDefault tag as the field's type.
+func defaultValue(t *testing.T, v any, tag string) any {
+	t.Helper()
+	switch v.(type) {
+	case time.Duration:
+		d, err := time.ParseDuration(tag)
+		if err != nil {
+			t.Fatalf("envDefault %q: %v", tag, err)
+		}
+		return d
+	case int:
+		n, err := strconv.Atoi(tag)
+		if err != nil {
+			t.Fatalf("envDefault %q: %v", tag, err)
+		}
+		return n
+	}
+	return tag
+}
+
+func TestParseConfigErrorsNameTheVariable(t *testing.T) {
+	te := newTestEnv(t)
+	open := filepath.Join(te.dir, "open.id")
+	keygenFile(t, open)
+	if err := os.Chmod(open, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		set   map[string]string
+		unset []string
+		want  string   // the error starts with this
+		also  []string // and contains these
+	}{
+		{name: "mode missing", unset: []string{"PQT_MODE"}, want: "PQT_MODE", also: []string{"listen or dial"}},
+		{name: "mode bad", set: map[string]string{"PQT_MODE": "server"}, want: "PQT_MODE", also: []string{`"server"`}},
+		{name: "tunnel missing", unset: []string{"PQT_TUNNEL"}, want: "PQT_TUNNEL"},
+		{name: "tunnel bad port", set: map[string]string{"PQT_TUNNEL": "127.0.0.1:70000"}, want: "PQT_TUNNEL", also: []string{"65535"}},
+		{name: "tunnel no port", set: map[string]string{"PQT_TUNNEL": "127.0.0.1"}, want: "PQT_TUNNEL"},
+		{name: "listen on two addresses", set: map[string]string{"PQT_TUNNEL": "127.0.0.1:1,127.0.0.1:2"}, want: "PQT_TUNNEL"},
+		{name: "forward bad", set: map[string]string{"PQT_FORWARD": "redis=127.0.0.1"}, want: "PQT_FORWARD", also: []string{"redis"}},
+		{name: "forward unnamed in list", set: map[string]string{"PQT_FORWARD": "a=127.0.0.1:1,127.0.0.1:2"}, want: "PQT_FORWARD"},
+		{name: "target bad", set: map[string]string{"PQT_TARGET": "db=db.internal:postgres"}, want: "PQT_TARGET"},
+		{name: "nothing to carry", unset: []string{"PQT_TARGET"}, want: "PQT_FORWARD and PQT_TARGET"},
+		{name: "transport bad", set: map[string]string{"PQT_TRANSPORT": "udp"}, want: "PQT_TRANSPORT", also: []string{`"udp"`}},
+		{name: "pq bad", set: map[string]string{"PQT_PQ": "maybe"}, want: "PQT_PQ", also: []string{"strict or prefer"}},
+		{name: "classical group in strict", set: map[string]string{"PQT_GROUPS": "X25519MLKEM768,X25519"}, want: "PQT_GROUPS", also: []string{"PQT_PQ=strict"}},
+		{name: "unknown group", set: map[string]string{"PQT_GROUPS": "kyber"}, want: "PQT_GROUPS"},
+		{name: "handshake timeout not a duration", set: map[string]string{"PQT_HANDSHAKE_TIMEOUT": "abc"}, want: "PQT_HANDSHAKE_TIMEOUT"},
+		{name: "handshake timeout zero", set: map[string]string{"PQT_HANDSHAKE_TIMEOUT": "0s"}, want: "PQT_HANDSHAKE_TIMEOUT"},
+		{name: "dial timeout negative", set: map[string]string{"PQT_DIAL_TIMEOUT": "-1s"}, want: "PQT_DIAL_TIMEOUT"},
+		{name: "drain timeout not a duration", set: map[string]string{"PQT_DRAIN_TIMEOUT": "soon"}, want: "PQT_DRAIN_TIMEOUT"},
+		{name: "connections not a number", set: map[string]string{"PQT_CONNECTIONS": "two"}, want: "PQT_CONNECTIONS"},
+		{name: "connections zero", set: map[string]string{"PQT_CONNECTIONS": "0"}, want: "PQT_CONNECTIONS"},
+		{name: "max streams negative", set: map[string]string{"PQT_MAX_STREAMS": "-1"}, want: "PQT_MAX_STREAMS"},
+		{name: "keepalive not below idle", set: map[string]string{"PQT_KEEPALIVE": "10s", "PQT_IDLE_TIMEOUT": "10s"}, want: "PQT_KEEPALIVE", also: []string{"PQT_IDLE_TIMEOUT"}},
+		{name: "metrics bad", set: map[string]string{"PQT_METRICS": "localhost:metrics"}, want: "PQT_METRICS"},
+		{name: "proxy protocol bad", set: map[string]string{"PQT_PROXY_PROTOCOL": "v3"}, want: "PQT_PROXY_PROTOCOL"},
+		{name: "log level bad", set: map[string]string{"PQT_LOG_LEVEL": "loud"}, want: "PQT_LOG_LEVEL"},
+		{name: "log format bad", set: map[string]string{"PQT_LOG_FORMAT": "xml"}, want: "PQT_LOG_FORMAT"},
+		{name: "identity missing", unset: []string{"PQT_IDENTITY"}, want: "PQT_IDENTITY", also: []string{"pqtunnel keygen"}},
+		{name: "identity file missing", set: map[string]string{"PQT_IDENTITY": filepath.Join(te.dir, "nope.id")}, want: "PQT_IDENTITY"},
+		{name: "identity mode 0644", set: map[string]string{"PQT_IDENTITY": open}, want: "PQT_IDENTITY", also: []string{"chmod 600"}},
+		{name: "identity file and PEM", set: map[string]string{"PQT_IDENTITY_PEM": "x"}, want: "PQT_IDENTITY"},
+		{name: "identity PEM garbage", set: map[string]string{"PQT_IDENTITY_PEM": "garbage"}, unset: []string{"PQT_IDENTITY"}, want: "PQT_IDENTITY_PEM"},
+		{name: "peers missing", unset: []string{"PQT_PEERS"}, want: "PQT_PEERS", also: []string{"pqtunnel pin"}},
+		{name: "peers bad", set: map[string]string{"PQT_PEERS": "pqt1_nope"}, want: "PQT_PEERS"},
+		{name: "peers file missing", set: map[string]string{"PQT_PEERS": filepath.Join(te.dir, "nope.txt")}, want: "PQT_PEERS"},
+		{name: "allow with pins", set: map[string]string{"PQT_ALLOW": "dns:x"}, want: "PQT_ALLOW"},
+		{name: "pins and CA mode", set: map[string]string{"PQT_CERT": "/x.pem"}, want: "PQT_IDENTITY and PQT_CERT"},
+		{name: "CA mode without key", set: map[string]string{"PQT_CERT": "/x.pem", "PQT_CA": "/ca.pem"}, unset: []string{"PQT_IDENTITY", "PQT_PEERS"}, want: "PQT_KEY"},
+		{name: "CA mode with peers", set: map[string]string{"PQT_CERT": "/x.pem"}, unset: []string{"PQT_IDENTITY"}, want: "PQT_PEERS"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			environ := maps.Clone(te.base)
+			maps.Copy(environ, tt.set)
+			for _, k := range tt.unset {
+				delete(environ, k)
+			}
+			c, err := parseConfig(environ)
+			if err == nil {
+				t.Fatalf("parseConfig succeeded: %+v", c)
+			}
+			if !strings.HasPrefix(err.Error(), tt.want) {
+				t.Errorf("error %q does not start with %q", err, tt.want)
+			}
+			for _, a := range tt.also {
+				if !strings.Contains(err.Error(), a) {
+					t.Errorf("error %q does not contain %q", err, a)
+				}
+			}
+		})
+	}
+}
+
+func TestHelpListsEveryVariableAndDefault(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"help"}, nil, &stdout, &stderr); code != 0 {
+		t.Fatalf("help exited %d: %s", code, stderr.String())
+	}
+	lines := strings.Split(stdout.String(), "\n")
+	ty := reflect.TypeOf(Config{})
+	if ty.NumField() == 0 {
+		t.Fatal("Config has no fields")
+	}
+	for i := range ty.NumField() {
+		f := ty.Field(i)
+		name := f.Tag.Get("env")
+		if name == "" {
+			t.Errorf("Config.%s has no env tag", f.Name)
+			continue
+		}
+		if f.Tag.Get("help") == "" {
+			t.Errorf("Config.%s (%s) has no help tag", f.Name, name)
+		}
+		var line string
+		for _, l := range lines {
+			if fields := strings.Fields(l); len(fields) > 0 && fields[0] == name {
+				line = l
+				break
+			}
+		}
+		if line == "" {
+			t.Errorf("help does not list %s", name)
+			continue
+		}
+		if def := f.Tag.Get("envDefault"); def != "" && !strings.Contains(line, def) {
+			t.Errorf("help line for %s does not show its default %q: %q", name, def, line)
+		}
+	}
+	for _, cmd := range []string{"keygen", "pin", "demo", "version"} {
+		if !strings.Contains(stdout.String(), "pqtunnel "+cmd) {
+			t.Errorf("help does not mention 'pqtunnel %s'", cmd)
+		}
+	}
+}
+
+func TestMaterialLoadsIdentityAndPins(t *testing.T) {
+	te := newTestEnv(t)
+	c, err := parseConfig(te.base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := c.material()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := hybridtls.LoadIdentityFile(te.identity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.Pinned() || m.Identity.Pin != want.Pin {
+		t.Errorf("material identity %v, want pin %s", m.Identity, want.Pin)
+	}
+	if err := m.Validate(); err != nil {
+		t.Errorf("material does not validate: %v", err)
+	}
+}

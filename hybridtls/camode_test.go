@@ -1,0 +1,218 @@
+package hybridtls
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"math/big"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+)
+
+// testCA is a throwaway certificate authority for CA-mode tests.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pool *x509.CertPool
+}
+
+func newTestCA(t *testing.T, name string) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: name},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &testCA{cert: cert, key: key, pool: pool}
+}
+
+// leaf issues a certificate for both client and server use.
+func (ca *testCA) leaf(t *testing.T, cn string, dns []string, uris ...string) *tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn, err := rand.Int(rand.Reader, big.NewInt(1<<62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: sn,
+		Subject:      pkix.Name{CommonName: cn},
+		DNSNames:     dns,
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	for _, u := range uris {
+		tmpl.URIs = append(tmpl.URIs, mustURL(t, u))
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+}
+
+func caSide(t *testing.T, ca *testCA, cert *tls.Certificate, serverName, allow string) side {
+	t.Helper()
+	rules, err := ParseAllow(allow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return side{store: newStore(t, Policy{Mode: Strict, Groups: DefaultGroups, ServerName: serverName},
+		&Material{Certificate: cert, CAs: ca.pool, Allow: rules})}
+}
+
+func TestCAModeAllowRules(t *testing.T) {
+	ca := newTestCA(t, "test CA")
+	serverCert := ca.leaf(t, "tunnel server", []string{"server.tunnel.test"})
+	clientA := ca.leaf(t, "client a", []string{"a.clients.test"}, "spiffe://test/ns/a")
+	clientB := ca.leaf(t, "client b", []string{"b.other.test"})
+	clientDeep := ca.leaf(t, "client deep", []string{"x.a.clients.test"})
+
+	tests := []struct {
+		name      string
+		client    *tls.Certificate
+		allow     string // the server's PQT_ALLOW
+		ok        bool
+		wantName  string // the name the server reports for the client
+		clientSee string // the name the client reports for the server
+	}{
+		{name: "any CA-signed peer when no rules", client: clientB, allow: "", ok: true, wantName: "b.other.test"},
+		{name: "dns wildcard", client: clientA, allow: "dns:*.clients.test", ok: true, wantName: "spiffe://test/ns/a"},
+		{name: "dns wildcard one label only", client: clientDeep, allow: "dns:*.clients.test"},
+		{name: "dns exact", client: clientB, allow: "dns:a.clients.test,dns:b.other.test", ok: true, wantName: "b.other.test"},
+		{name: "dns denied", client: clientB, allow: "dns:*.clients.test"},
+		{name: "uri", client: clientA, allow: "uri:spiffe://test/ns/a", ok: true, wantName: "spiffe://test/ns/a"},
+		{name: "uri denied", client: clientA, allow: "uri:spiffe://test/ns/b"},
+		{name: "cn", client: clientB, allow: "cn:client b", ok: true, wantName: "b.other.test"},
+		{name: "cn denied", client: clientA, allow: "cn:client b"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			client := caSide(t, ca, tt.client, "server.tunnel.test", "")
+			server := caSide(t, ca, serverCert, "", tt.allow)
+			c, _, cr, sr := connect(t, client, server)
+			if !tt.ok {
+				if !errors.Is(sr.err, ErrPeerNotAllowed) {
+					t.Fatalf("server error = %v, want ErrPeerNotAllowed", sr.err)
+				}
+				return
+			}
+			if cr.err != nil || sr.err != nil {
+				t.Fatalf("client err %v, server err %v", cr.err, sr.err)
+			}
+			if cr.peer.PQAuth || sr.peer.PQAuth {
+				t.Errorf("PQAuth client=%v server=%v, want false for classical certificates", cr.peer.PQAuth, sr.peer.PQAuth)
+			}
+			if sr.peer.Name != tt.wantName {
+				t.Errorf("server sees client %q, want %q", sr.peer.Name, tt.wantName)
+			}
+			if cr.peer.Name != "server.tunnel.test" {
+				t.Errorf("client sees server %q, want server.tunnel.test", cr.peer.Name)
+			}
+			if g := c.ConnectionState().CurveID; g != tls.X25519MLKEM768 {
+				t.Errorf("CA mode negotiated %s, want X25519MLKEM768", GroupName(g))
+			}
+		})
+	}
+}
+
+func TestCAModeClientAllowRules(t *testing.T) {
+	ca := newTestCA(t, "test CA")
+	serverCert := ca.leaf(t, "tunnel server", []string{"server.tunnel.test"})
+	clientCert := ca.leaf(t, "client", []string{"client.test"})
+	server := caSide(t, ca, serverCert, "", "")
+
+	client := caSide(t, ca, clientCert, "server.tunnel.test", "cn:someone else")
+	if _, _, cr, _ := connect(t, client, server); !errors.Is(cr.err, ErrPeerNotAllowed) {
+		t.Fatalf("client error = %v, want ErrPeerNotAllowed", cr.err)
+	}
+	client = caSide(t, ca, clientCert, "server.tunnel.test", "cn:tunnel server")
+	if _, _, cr, sr := connect(t, client, server); cr.err != nil || sr.err != nil {
+		t.Fatalf("client err %v, server err %v", cr.err, sr.err)
+	}
+}
+
+func TestCAModeRefusesOtherCAAndWrongName(t *testing.T) {
+	ca, rogue := newTestCA(t, "test CA"), newTestCA(t, "rogue CA")
+	serverCert := ca.leaf(t, "tunnel server", []string{"server.tunnel.test"})
+	server := caSide(t, ca, serverCert, "", "")
+
+	t.Run("client from another CA", func(t *testing.T) {
+		client := caSide(t, ca, rogue.leaf(t, "rogue", []string{"a.clients.test"}), "server.tunnel.test", "")
+		_, _, cr, sr := connect(t, client, server)
+		// The client has no certificate from a CA the server asks for, so
+		// crypto/tls sends none; either way the server must refuse.
+		var uerr x509.UnknownAuthorityError
+		if !errors.As(sr.err, &uerr) && (sr.err == nil || !strings.Contains(sr.err.Error(), "certificate")) {
+			t.Fatalf("server error = %v, want a certificate error", sr.err)
+		}
+		if cr.err == nil && sr.err == nil {
+			t.Fatal("both sides authenticated")
+		}
+	})
+	t.Run("server name mismatch", func(t *testing.T) {
+		client := caSide(t, ca, ca.leaf(t, "client", []string{"client.test"}), "other.tunnel.test", "")
+		_, _, cr, _ := connect(t, client, server)
+		var herr x509.HostnameError
+		if !errors.As(cr.err, &herr) {
+			t.Fatalf("client error = %v, want a hostname error", cr.err)
+		}
+	})
+	t.Run("pinned identity against CA server", func(t *testing.T) {
+		id := mustIdentity(t)
+		client := pinnedSide(t, Strict, DefaultGroups, id, id.Pin)
+		_, _, _, sr := connect(t, client, server)
+		if sr.err == nil {
+			t.Fatal("CA server accepted a self-signed pinned identity")
+		}
+	})
+}
+
+func TestCertName(t *testing.T) {
+	tests := []struct {
+		cert *x509.Certificate
+		want string
+	}{
+		{&x509.Certificate{Subject: pkix.Name{CommonName: "cn"}, DNSNames: []string{"d"}, URIs: []*url.URL{{Scheme: "spiffe", Host: "x"}}}, "spiffe://x"},
+		{&x509.Certificate{Subject: pkix.Name{CommonName: "cn"}, DNSNames: []string{"d", "e"}}, "d"},
+		{&x509.Certificate{Subject: pkix.Name{CommonName: "cn"}}, "cn"},
+	}
+	for _, tt := range tests {
+		if got := certName(tt.cert); got != tt.want {
+			t.Errorf("certName = %q, want %q", got, tt.want)
+		}
+	}
+}

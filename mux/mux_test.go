@@ -1,0 +1,734 @@
+package mux
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/pqtunnel/pqtunnel/hybridtls"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+var transports = []string{TransportQUIC, TransportTCP}
+
+const testALPN = "pqtunnel-mux-test/1"
+
+// testStores returns hybridtls stores for a client and a server that accept each other.
+func testStores(t *testing.T) (client, server *hybridtls.Store) {
+	t.Helper()
+	cid, err := hybridtls.GenerateIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sid, err := hybridtls.GenerateIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: testALPN}
+	client, err = hybridtls.NewStore(p, &hybridtls.Material{Identity: cid, Peers: []hybridtls.Pin{sid.Pin}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err = hybridtls.NewStore(p, &hybridtls.Material{Identity: sid, Peers: []hybridtls.Pin{cid.Pin}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client, server
+}
+
+// storeAuth adapts a hybridtls Store to an Authenticator.
+func storeAuth(s *hybridtls.Store) Authenticator {
+	return func(cs *tls.ConnectionState, rw io.ReadWriter, client bool) (Peer, error) {
+		role := hybridtls.RoleServer
+		if client {
+			role = hybridtls.RoleClient
+		}
+		p, err := s.Authenticate(cs, rw, role)
+		return Peer{Name: p.Name, PQAuth: p.PQAuth}, err
+	}
+}
+
+// testConfigs returns a client and a server Config authenticating with
+// hybridtls, with short timeouts.
+func testConfigs(t *testing.T) (client, server *Config) {
+	t.Helper()
+	cs, ss := testStores(t)
+	client = &Config{TLS: cs.ClientConfig(), Authenticate: storeAuth(cs), HandshakeTimeout: 10 * time.Second}
+	server = &Config{TLS: ss.ServerConfig(), Authenticate: storeAuth(ss), HandshakeTimeout: 10 * time.Second}
+	return client, server
+}
+
+// listen starts a listener for transport on loopback; it closes at cleanup.
+func listen(t *testing.T, transport string, c *Config) Listener {
+	t.Helper()
+	var ln Listener
+	switch transport {
+	case TransportTCP:
+		tl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln = ListenTCP(tl, c)
+	case TransportQUIC:
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = ListenQUIC(pc, c); err != nil {
+			t.Fatal(err)
+		}
+	default:
+		t.Fatalf("unknown transport %q", transport)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	if got := ln.Transport(); got != transport {
+		t.Errorf("Listener.Transport() = %q, want %q", got, transport)
+	}
+	return ln
+}
+
+func dial(ctx context.Context, transport, addr string, c *Config) (Session, error) {
+	if transport == TransportTCP {
+		return DialTCP(ctx, addr, c)
+	}
+	return DialQUIC(ctx, addr, c)
+}
+
+// sessionPair returns a connected client and server Session over transport.
+// Both, and the listener, close at cleanup.
+func sessionPair(t *testing.T, transport string, cc, sc *Config) (client, server Session) {
+	t.Helper()
+	ln := listen(t, transport, sc)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	type res struct {
+		s   Session
+		err error
+	}
+	accepted := make(chan res, 1)
+	go func() {
+		s, err := ln.Accept(ctx)
+		accepted <- res{s, err}
+	}()
+	client, err := dial(ctx, transport, ln.Addr().String(), cc)
+	if err != nil {
+		t.Fatalf("dial %s: %v", transport, err)
+	}
+	t.Cleanup(func() { _ = client.Close() })
+	r := <-accepted
+	if r.err != nil {
+		t.Fatalf("accept %s: %v", transport, r.err)
+	}
+	t.Cleanup(func() { _ = r.s.Close() })
+	return client, r.s
+}
+
+func randomBytes(t *testing.T, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// openAccepted opens a stream from `from` and accepts it on `to`; the opener
+// writes first, as a stream is invisible to the QUIC peer before its first frame.
+func openAccepted(t *testing.T, from, to Session, first []byte) (opened, accepted Stream) {
+	t.Helper()
+	ctx := testCtx(t)
+	opened, err := from.OpenStream(ctx)
+	if err != nil {
+		t.Fatalf("OpenStream: %v", err)
+	}
+	t.Cleanup(func() { _ = opened.Close() })
+	if _, err := opened.Write(first); err != nil {
+		t.Fatalf("write first bytes: %v", err)
+	}
+	accepted, err = to.AcceptStream(ctx)
+	if err != nil {
+		t.Fatalf("AcceptStream: %v", err)
+	}
+	t.Cleanup(func() { _ = accepted.Close() })
+	got := make([]byte, len(first))
+	if _, err := io.ReadFull(accepted, got); err != nil || !bytes.Equal(got, first) {
+		t.Fatalf("accepted stream read %q, %v; want %q", got, err, first)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	_ = opened.SetDeadline(deadline)
+	_ = accepted.SetDeadline(deadline)
+	return opened, accepted
+}
+
+func TestSessionInfo(t *testing.T) {
+	for _, transport := range transports {
+		t.Run(transport, func(t *testing.T) {
+			cs, ss := testStores(t)
+			cc := &Config{TLS: cs.ClientConfig(), Authenticate: storeAuth(cs)}
+			sc := &Config{TLS: ss.ServerConfig(), Authenticate: storeAuth(ss)}
+			client, server := sessionPair(t, transport, cc, sc)
+			for _, x := range []struct {
+				s    Session
+				peer *hybridtls.Store
+			}{{client, ss}, {server, cs}} {
+				info := x.s.Info()
+				if info.Transport != transport {
+					t.Errorf("Info.Transport = %q, want %q", info.Transport, transport)
+				}
+				if info.TLS.CurveID != tls.X25519MLKEM768 || info.TLS.Version != tls.VersionTLS13 {
+					t.Errorf("Info.TLS: group %s, version %#x", hybridtls.GroupName(info.TLS.CurveID), info.TLS.Version)
+				}
+				if want := x.peer.Material().Identity.Pin.String(); info.Peer.Name != want || !info.Peer.PQAuth {
+					t.Errorf("Info.Peer = %+v, want %s with PQAuth", info.Peer, want)
+				}
+				if info.Local == nil || info.Remote == nil || info.Handshake <= 0 {
+					t.Errorf("Info addresses %v -> %v, handshake %v", info.Local, info.Remote, info.Handshake)
+				}
+			}
+			// The QUIC dialler binds the unspecified address, so compare ports.
+			if lp, rp := port(t, client.Info().Local), port(t, server.Info().Remote); lp != rp {
+				t.Errorf("client local %v and server's remote %v differ", client.Info().Local, server.Info().Remote)
+			}
+		})
+	}
+}
+
+func port(t *testing.T, a net.Addr) string {
+	t.Helper()
+	_, p, err := net.SplitHostPort(a.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestStreamsByteExactBothWays(t *testing.T) {
+	for _, transport := range transports {
+		t.Run(transport, func(t *testing.T) {
+			cc, sc := testConfigs(t)
+			client, server := sessionPair(t, transport, cc, sc)
+			// One stream opened by each side, both carrying data both ways at once.
+			for _, dir := range []struct {
+				name     string
+				from, to Session
+			}{{"client opens", client, server}, {"server opens", server, client}} {
+				t.Run(dir.name, func(t *testing.T) {
+					a, b := openAccepted(t, dir.from, dir.to, []byte("hi"))
+					up, down := randomBytes(t, 2<<20+3), randomBytes(t, 1<<20+7)
+					var wg sync.WaitGroup
+					var gotUp, gotDown []byte
+					var errUp, errDown error
+					wg.Add(2)
+					go func() {
+						defer wg.Done()
+						gotUp, errUp = io.ReadAll(b)
+					}()
+					go func() {
+						defer wg.Done()
+						gotDown, errDown = io.ReadAll(a)
+					}()
+					writeAndClose := func(s Stream, p []byte) error {
+						if _, err := s.Write(p); err != nil {
+							return err
+						}
+						return s.CloseWrite()
+					}
+					werr := make(chan error, 1)
+					go func() { werr <- writeAndClose(b, down) }()
+					if err := writeAndClose(a, up); err != nil {
+						t.Fatalf("write up: %v", err)
+					}
+					if err := <-werr; err != nil {
+						t.Fatalf("write down: %v", err)
+					}
+					wg.Wait()
+					if errUp != nil || !bytes.Equal(gotUp, up) {
+						t.Errorf("up: %d bytes, %v; want %d byte-exact", len(gotUp), errUp, len(up))
+					}
+					if errDown != nil || !bytes.Equal(gotDown, down) {
+						t.Errorf("down: %d bytes, %v; want %d byte-exact", len(gotDown), errDown, len(down))
+					}
+				})
+			}
+		})
+	}
+}
+
+func TestManyConcurrentStreams(t *testing.T) {
+	for _, transport := range transports {
+		t.Run(transport, func(t *testing.T) {
+			cc, sc := testConfigs(t)
+			client, server := sessionPair(t, transport, cc, sc)
+			ctx := testCtx(t)
+			// The server echoes every stream.
+			var served sync.WaitGroup
+			served.Add(1)
+			go func() {
+				defer served.Done()
+				for {
+					st, err := server.AcceptStream(ctx)
+					if err != nil {
+						return
+					}
+					served.Add(1)
+					go func() {
+						defer served.Done()
+						defer st.Close()
+						_ = st.SetDeadline(time.Now().Add(15 * time.Second))
+						if _, err := io.Copy(st, st); err == nil {
+							_ = st.CloseWrite()
+						}
+					}()
+				}
+			}()
+			const n = 32
+			errs := make(chan error, n)
+			var wg sync.WaitGroup
+			for range n {
+				payload := randomBytes(t, 100<<10)
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					st, err := client.OpenStream(ctx)
+					if err != nil {
+						errs <- err
+						return
+					}
+					defer st.Close()
+					_ = st.SetDeadline(time.Now().Add(15 * time.Second))
+					go func() {
+						if _, err := st.Write(payload); err == nil {
+							_ = st.CloseWrite()
+						}
+					}()
+					got, err := io.ReadAll(st)
+					if err != nil {
+						errs <- err
+						return
+					}
+					if !bytes.Equal(got, payload) {
+						errs <- errors.New("echo not byte-exact")
+					}
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			_ = client.Close()
+			_ = server.Close()
+			served.Wait()
+		})
+	}
+}
+
+func TestCloseWriteHalfClose(t *testing.T) {
+	for _, transport := range transports {
+		t.Run(transport, func(t *testing.T) {
+			cc, sc := testConfigs(t)
+			client, server := sessionPair(t, transport, cc, sc)
+			a, b := openAccepted(t, client, server, []byte("request"))
+			if err := a.CloseWrite(); err != nil {
+				t.Fatalf("CloseWrite: %v", err)
+			}
+			rest, err := io.ReadAll(b)
+			if err != nil || len(rest) != 0 {
+				t.Fatalf("peer read %q, %v after CloseWrite; want EOF", rest, err)
+			}
+			// The reverse direction still flows.
+			reply := randomBytes(t, 512<<10)
+			go func() {
+				if _, err := b.Write(reply); err == nil {
+					_ = b.CloseWrite()
+				}
+			}()
+			got, err := io.ReadAll(a)
+			if err != nil || !bytes.Equal(got, reply) {
+				t.Fatalf("reverse direction: %d bytes, %v; want %d byte-exact", len(got), err, len(reply))
+			}
+			if _, err := a.Write([]byte("x")); err == nil {
+				t.Error("Write after CloseWrite succeeded")
+			}
+		})
+	}
+}
+
+func TestResetReachesPeerPromptly(t *testing.T) {
+	for _, transport := range transports {
+		t.Run(transport, func(t *testing.T) {
+			cc, sc := testConfigs(t)
+			client, server := sessionPair(t, transport, cc, sc)
+			a, b := openAccepted(t, client, server, []byte("x"))
+			_ = b.SetReadDeadline(time.Now().Add(2 * time.Second))
+			readErr := make(chan error, 1)
+			go func() {
+				_, err := io.ReadAll(b) // blocks until the reset arrives
+				readErr <- err
+			}()
+			a.Reset()
+			err := <-readErr
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatalf("peer's Read was not ended by Reset: %v", err)
+			}
+			if transport == TransportQUIC && err == nil {
+				// QUIC has a real reset: the peer sees an error, not EOF.
+				t.Fatal("peer read a clean EOF after Reset")
+			}
+			if _, err := a.Write([]byte("more")); err == nil {
+				t.Error("Write on a reset stream succeeded")
+			}
+		})
+	}
+}
+
+var (
+	errClientRefuses = errors.New("test: client refuses")
+	errServerRefuses = errors.New("test: server refuses")
+)
+
+// tokenAuth is a tiny authenticator: the client sends "hi", the server
+// answers "ok". Each side fails with its error when told to, before sending.
+func tokenAuth(fail error) Authenticator {
+	return func(_ *tls.ConnectionState, rw io.ReadWriter, client bool) (Peer, error) {
+		buf := make([]byte, 2)
+		if client {
+			if fail != nil {
+				return Peer{}, fail
+			}
+			if _, err := rw.Write([]byte("hi")); err != nil {
+				return Peer{}, err
+			}
+			if _, err := io.ReadFull(rw, buf); err != nil {
+				return Peer{}, err
+			}
+			if string(buf) != "ok" {
+				return Peer{}, errors.New("bad answer")
+			}
+			return Peer{Name: "server"}, nil
+		}
+		if _, err := io.ReadFull(rw, buf); err != nil {
+			return Peer{}, err
+		}
+		if fail != nil {
+			return Peer{}, fail
+		}
+		if _, err := rw.Write([]byte("ok")); err != nil {
+			return Peer{}, err
+		}
+		return Peer{Name: "client"}, nil
+	}
+}
+
+func TestAuthenticatorErrorFailsHandshake(t *testing.T) {
+	for _, transport := range transports {
+		for _, failing := range []string{"client", "server"} {
+			t.Run(transport+"/"+failing, func(t *testing.T) {
+				cs, ss := testStores(t)
+				var clientFail, serverFail error
+				if failing == "client" {
+					clientFail = errClientRefuses
+				} else {
+					serverFail = errServerRefuses
+				}
+				failed := make(chan error, 4)
+				sc := &Config{TLS: ss.ServerConfig(), Authenticate: tokenAuth(serverFail), HandshakeTimeout: 10 * time.Second,
+					OnHandshakeError: func(_ net.Addr, err error) { failed <- err }}
+				cc := &Config{TLS: cs.ClientConfig(), Authenticate: tokenAuth(clientFail), HandshakeTimeout: 10 * time.Second}
+				ln := listen(t, transport, sc)
+
+				s, err := dial(testCtx(t), transport, ln.Addr().String(), cc)
+				if err == nil {
+					_ = s.Close()
+					t.Fatal("Dial succeeded although the authenticator refused")
+				}
+				if failing == "client" && !errors.Is(err, errClientRefuses) {
+					t.Errorf("Dial error = %v, want the authenticator's error", err)
+				}
+				// A QUIC client that gives up right after its handshake may
+				// close before its Finished reaches the server; quic-go then
+				// drops the connection itself and the listener never sees it.
+				if transport == TransportTCP || failing == "server" {
+					select {
+					case herr := <-failed:
+						if failing == "server" && !errors.Is(herr, errServerRefuses) {
+							t.Errorf("OnHandshakeError got %v, want the server authenticator's error", herr)
+						}
+					case <-time.After(10 * time.Second):
+						t.Fatal("OnHandshakeError was not called")
+					}
+				}
+				// The refused session is never handed to Accept.
+				ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+				defer cancel()
+				if s, err := ln.Accept(ctx); !errors.Is(err, context.DeadlineExceeded) {
+					if s != nil {
+						_ = s.Close()
+					}
+					t.Fatalf("Accept = %v, %v; want no session", s, err)
+				}
+			})
+		}
+	}
+}
+
+// A peer whose pin is not accepted fails inside the TLS handshake. Over TCP
+// the listener reports it through OnHandshakeError; over QUIC it happens
+// inside quic-go, so the Store reports it through Policy.OnRefused.
+func TestHybridAuthRefusesUnknownPeer(t *testing.T) {
+	for _, transport := range transports {
+		t.Run(transport, func(t *testing.T) {
+			cs, good := testStores(t)
+			stranger, err := hybridtls.GenerateIdentity()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The client accepts the server; the server accepts only a stranger.
+			refused := make(chan string, 4)
+			ss, err := hybridtls.NewStore(hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: testALPN,
+				OnRefused: func(reason string) { refused <- reason }},
+				&hybridtls.Material{Identity: good.Material().Identity, Peers: []hybridtls.Pin{stranger.Pin}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			failed := make(chan error, 4)
+			sc := &Config{TLS: ss.ServerConfig(), Authenticate: storeAuth(ss),
+				OnHandshakeError: func(_ net.Addr, err error) { failed <- err }}
+			cc := &Config{TLS: cs.ClientConfig(), Authenticate: storeAuth(cs)}
+			ln := listen(t, transport, sc)
+			start := time.Now()
+			if s, err := dial(testCtx(t), transport, ln.Addr().String(), cc); err == nil {
+				_ = s.Close()
+				t.Fatal("Dial succeeded between strangers")
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("refused Dial took %v", d)
+			}
+			select {
+			case reason := <-refused:
+				if reason != "peer_not_allowed" {
+					t.Errorf("OnRefused reason = %q, want peer_not_allowed", reason)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the server store did not report the refusal")
+			}
+			if transport == TransportTCP {
+				select {
+				case err := <-failed:
+					if !errors.Is(err, hybridtls.ErrPeerNotAllowed) {
+						t.Errorf("OnHandshakeError got %v, want ErrPeerNotAllowed", err)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatal("OnHandshakeError was not called")
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			if s, err := ln.Accept(ctx); !errors.Is(err, context.DeadlineExceeded) {
+				if s != nil {
+					_ = s.Close()
+				}
+				t.Fatalf("Accept = %v, %v; want no session", s, err)
+			}
+		})
+	}
+}
+
+func TestQUICMaxStreams(t *testing.T) {
+	const limit = 4
+	cc, sc := testConfigs(t)
+	sc.MaxStreams = limit
+	client, server := sessionPair(t, TransportQUIC, cc, sc)
+
+	var open []Stream
+	for i := range limit {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, err := client.OpenStream(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("OpenStream %d of %d: %v", i+1, limit, err)
+		}
+		open = append(open, st)
+		t.Cleanup(func() { st.Reset() })
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	st, err := client.OpenStream(ctx)
+	cancel()
+	if err == nil {
+		st.Reset()
+		t.Fatalf("OpenStream %d succeeded past MaxStreams=%d", limit+1, limit)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("OpenStream past the limit = %v, want it to block until the deadline", err)
+	}
+
+	// Finishing one stream on both sides gives the slot back.
+	waiting := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		st, err := client.OpenStream(ctx)
+		if err == nil {
+			st.Reset()
+		}
+		waiting <- err
+	}()
+	first := open[0]
+	if _, err := first.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	acc, err := server.AcceptStream(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = acc.SetDeadline(time.Now().Add(10 * time.Second))
+	if b, err := io.ReadAll(acc); err != nil || string(b) != "x" {
+		t.Fatalf("server read %q, %v", b, err)
+	}
+	if err := acc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_ = first.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(first); err != nil {
+		t.Fatalf("client read of the finished stream: %v", err)
+	}
+	if err := <-waiting; err != nil {
+		t.Fatalf("OpenStream after a stream finished: %v", err)
+	}
+}
+
+func TestTCPHandshakeTimeout(t *testing.T) {
+	_, sc := testConfigs(t)
+	sc.HandshakeTimeout = 300 * time.Millisecond
+	type failure struct {
+		remote net.Addr
+		err    error
+	}
+	failed := make(chan failure, 4)
+	sc.OnHandshakeError = func(remote net.Addr, err error) { failed <- failure{remote, err} }
+	ln := listen(t, TransportTCP, sc)
+
+	start := time.Now()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := c.Read(make([]byte, 1)) // we send nothing; the listener must cut us off
+	elapsed := time.Since(start)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("a silent peer was not cut off")
+	}
+	if err == nil {
+		t.Fatalf("read %d bytes from a server waiting for our hello", n)
+	}
+	if elapsed < 300*time.Millisecond {
+		t.Errorf("cut off after %v, before HandshakeTimeout", elapsed)
+	}
+	select {
+	case f := <-failed:
+		if f.err == nil {
+			t.Error("OnHandshakeError called with a nil error")
+		}
+		if f.remote.String() != c.LocalAddr().String() {
+			t.Errorf("OnHandshakeError remote = %v, want %v", f.remote, c.LocalAddr())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("OnHandshakeError was not called")
+	}
+}
+
+func TestListenerCloseEndsAccept(t *testing.T) {
+	for _, transport := range transports {
+		t.Run(transport, func(t *testing.T) {
+			_, sc := testConfigs(t)
+			ln := listen(t, transport, sc)
+			errc := make(chan error, 1)
+			go func() {
+				_, err := ln.Accept(context.Background())
+				errc <- err
+			}()
+			if err := ln.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+			select {
+			case err := <-errc:
+				if !errors.Is(err, ErrClosed) {
+					t.Fatalf("blocked Accept = %v, want ErrClosed", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Close did not end a blocked Accept")
+			}
+			if _, err := ln.Accept(context.Background()); !errors.Is(err, ErrClosed) {
+				t.Fatalf("Accept after Close = %v, want ErrClosed", err)
+			}
+			_ = ln.Close() // idempotent: must not panic or hang
+		})
+	}
+}
+
+func TestAcceptHonoursContext(t *testing.T) {
+	_, sc := testConfigs(t)
+	ln := listen(t, TransportTCP, sc)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := ln.Accept(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Accept with a cancelled context = %v", err)
+	}
+}
+
+func TestSessionCloseReachesPeer(t *testing.T) {
+	for _, transport := range transports {
+		t.Run(transport, func(t *testing.T) {
+			cc, sc := testConfigs(t)
+			client, server := sessionPair(t, transport, cc, sc)
+			acceptErr := make(chan error, 1)
+			go func() {
+				_, err := server.AcceptStream(context.Background())
+				acceptErr <- err
+			}()
+			if err := client.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+			for _, s := range []Session{client, server} {
+				select {
+				case <-s.Done():
+				case <-time.After(5 * time.Second):
+					t.Fatal("Done not closed after the session closed")
+				}
+			}
+			select {
+			case err := <-acceptErr:
+				if err == nil {
+					t.Fatal("AcceptStream returned a stream on a closed session")
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("AcceptStream blocked after the peer closed")
+			}
+		})
+	}
+}

@@ -1,0 +1,218 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// loopbackPair returns both ends of a loopback TCP connection, closed at cleanup.
+func loopbackPair(t *testing.T) (a, b *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		c, err := ln.Accept()
+		ch <- res{c, err}
+	}()
+	ca, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	a, b = ca.(*net.TCPConn), r.c.(*net.TCPConn)
+	deadline := time.Now().Add(30 * time.Second) // a hang fails the test, not the run
+	for _, c := range []*net.TCPConn{a, b} {
+		_ = c.SetDeadline(deadline)
+		t.Cleanup(func() { _ = c.Close() })
+	}
+	return a, b
+}
+
+type joinResult struct {
+	aToB, bToA int64
+	err        error
+}
+
+// startJoin wires client <-> (proxyA, proxyB) <-> origin and runs join on the middle.
+func startJoin(t *testing.T) (client, origin *net.TCPConn, done <-chan joinResult) {
+	t.Helper()
+	client, proxyA := loopbackPair(t)
+	proxyB, origin := loopbackPair(t)
+	ch := make(chan joinResult, 1)
+	returned := make(chan struct{})
+	go func() {
+		defer close(returned)
+		var r joinResult
+		r.aToB, r.bToA, r.err = join(tcpEnd{proxyA}, tcpEnd{proxyB})
+		ch <- r
+	}()
+	t.Cleanup(func() {
+		// join must have returned before the test ends, or it leaks.
+		_ = client.Close()
+		_ = origin.Close()
+		<-returned
+	})
+	return client, origin, ch
+}
+
+func randomBytes(t testing.TB, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func waitJoin(t *testing.T, done <-chan joinResult) joinResult {
+	t.Helper()
+	select {
+	case r := <-done:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("join did not return")
+		return joinResult{}
+	}
+}
+
+func TestJoinCopiesBothWaysByteExact(t *testing.T) {
+	client, origin, done := startJoin(t)
+	up := randomBytes(t, 3<<20+17)
+	down := randomBytes(t, 2<<20+5)
+
+	errs := make(chan error, 2)
+	go func() { // client writes everything, then half-closes
+		_, err := client.Write(up)
+		if err == nil {
+			err = client.CloseWrite()
+		}
+		errs <- err
+	}()
+	go func() { // origin answers concurrently, then half-closes
+		_, err := origin.Write(down)
+		if err == nil {
+			err = origin.CloseWrite()
+		}
+		errs <- err
+	}()
+	gotUp := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(origin)
+		gotUp <- b
+	}()
+	gotDown, err := io.ReadAll(client)
+	if err != nil {
+		t.Fatalf("client read: %v", err)
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatalf("write: %v", err)
+		}
+	}
+	if !bytes.Equal(<-gotUp, up) {
+		t.Error("origin did not receive the client's bytes exactly")
+	}
+	if !bytes.Equal(gotDown, down) {
+		t.Error("client did not receive the origin's bytes exactly")
+	}
+	r := waitJoin(t, done)
+	if r.err != nil {
+		t.Errorf("join error = %v after a clean close", r.err)
+	}
+	if r.aToB != int64(len(up)) || r.bToA != int64(len(down)) {
+		t.Errorf("join counted %d up, %d down; want %d, %d", r.aToB, r.bToA, len(up), len(down))
+	}
+}
+
+func TestJoinHalfClosePropagates(t *testing.T) {
+	for _, dir := range []string{"client closes first", "origin closes first"} {
+		t.Run(dir, func(t *testing.T) {
+			client, origin, done := startJoin(t)
+			closer, other := client, origin
+			if dir == "origin closes first" {
+				closer, other = origin, client
+			}
+			if _, err := closer.Write([]byte("request")); err != nil {
+				t.Fatal(err)
+			}
+			if err := closer.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(other) // ends only at the propagated FIN
+			if err != nil || string(got) != "request" {
+				t.Fatalf("other end read %q, %v; want request then EOF", got, err)
+			}
+			// The reverse direction keeps flowing after the half-close.
+			reply := randomBytes(t, 1<<20)
+			go func() {
+				_, _ = other.Write(reply)
+				_ = other.CloseWrite()
+			}()
+			back, err := io.ReadAll(closer)
+			if err != nil {
+				t.Fatalf("read of the reverse direction: %v", err)
+			}
+			if !bytes.Equal(back, reply) {
+				t.Fatalf("reverse direction carried %d bytes, want %d exactly", len(back), len(reply))
+			}
+			if r := waitJoin(t, done); r.err != nil {
+				t.Errorf("join error = %v", r.err)
+			}
+		})
+	}
+}
+
+func TestJoinAbortPropagatesPromptly(t *testing.T) {
+	for _, dir := range []string{"client resets", "origin resets"} {
+		t.Run(dir, func(t *testing.T) {
+			client, origin, done := startJoin(t)
+			resetter, other := client, origin
+			if dir == "origin resets" {
+				resetter, other = origin, client
+			}
+			// Traffic flows first, so both copy loops are running.
+			if _, err := resetter.Write([]byte("hello")); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 5)
+			if _, err := io.ReadFull(other, buf); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			tcpEnd{resetter}.abort() // SO_LINGER 0: RST
+			r := waitJoin(t, done)
+			if r.err == nil {
+				t.Error("join returned no error after a reset")
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("join took %v to notice the reset", d)
+			}
+			// The other end is aborted too: it must not see a clean EOF.
+			_ = other.SetReadDeadline(time.Now().Add(5 * time.Second))
+			n, err := other.Read(buf)
+			if err == nil || errors.Is(err, io.EOF) {
+				t.Errorf("other end read %d bytes, %v after the reset; want a reset error", n, err)
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Errorf("other end was not told of the reset: %v", err)
+			}
+		})
+	}
+}

@@ -1,0 +1,331 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/mux"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// startEcho runs a TCP echo origin that half-closes after echoing; it stops
+// and waits for its connections at cleanup.
+func startEcho(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+				if _, err := io.Copy(c, c); err == nil {
+					_ = c.(*net.TCPConn).CloseWrite()
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+// closedAddr returns a loopback address where nothing listens.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
+}
+
+// pinnedStores returns stores for two sides that accept each other.
+func pinnedStores(t *testing.T) (a, b *hybridtls.Store) {
+	t.Helper()
+	ida, err := hybridtls.GenerateIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	idb, err := hybridtls.GenerateIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: ALPN}
+	a, err = hybridtls.NewStore(p, &hybridtls.Material{Identity: ida, Peers: []hybridtls.Pin{idb.Pin}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err = hybridtls.NewStore(p, &hybridtls.Material{Identity: idb, Peers: []hybridtls.Pin{ida.Pin}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, b
+}
+
+// runEngine starts an engine; cleanup cancels it and requires Run to return.
+func runEngine(t *testing.T, cfg Config) *Engine {
+	t.Helper()
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = 2 * time.Second
+	}
+	e, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New(%s): %v", cfg.Mode, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Errorf("%s engine: Run did not return after cancel", cfg.Mode)
+		}
+	})
+	return e
+}
+
+// waitTunnels waits until e has at least one tunnel connection up.
+func waitTunnels(t *testing.T, e *Engine) []mux.Info {
+	t.Helper()
+	timeout := time.NewTimer(15 * time.Second)
+	defer timeout.Stop()
+	for {
+		changed := e.TunnelsChanged()
+		if infos := e.Tunnels(); len(infos) > 0 {
+			return infos
+		}
+		select {
+		case <-changed:
+		case <-timeout.C:
+			t.Fatal("no tunnel connection came up")
+		}
+	}
+}
+
+// echoThrough sends payload through addr and checks that it comes back byte-exact.
+func echoThrough(addr string, payload []byte) error {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(payload)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		werr <- err
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		return fmt.Errorf("read: %w", err)
+	}
+	if err := <-werr; err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	if !bytes.Equal(got, payload) {
+		return fmt.Errorf("echo returned %d bytes, want %d byte-exact", len(got), len(payload))
+	}
+	return nil
+}
+
+// expectRefused connects to addr and requires the connection to end
+// (EOF or reset) well before a 2 s deadline.
+func expectRefused(t *testing.T, addr string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if errors.Is(err, syscall.ECONNRESET) {
+		return // refused before connect even returned
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	_, _ = c.Write([]byte("hello?")) // may already fail
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	var ne net.Error
+	switch {
+	case err == nil:
+		t.Fatalf("client read %q; want the connection refused", buf[:n])
+	case errors.As(err, &ne) && ne.Timeout():
+		t.Fatalf("client was left hanging: %v", err)
+	}
+}
+
+func TestEngineEndToEnd(t *testing.T) {
+	for _, transport := range []string{TransportQUIC, TransportTCP} {
+		t.Run(transport, func(t *testing.T) {
+			echo := startEcho(t)
+			listenStore, dialStore := pinnedStores(t)
+			var listenLogs logBuffer
+			listen := runEngine(t, Config{
+				Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: transport,
+				Target: []Route{{"echo", echo}, {"refused", closedAddr(t)}},
+				TLS:    listenStore,
+				Logger: slog.New(&listenLogs),
+			})
+			dial := runEngine(t, Config{
+				Mode: ModeDial, Tunnel: []string{listen.TunnelAddr().String()}, Transport: transport,
+				Forward: []Route{{"echo", "127.0.0.1:0"}, {"nope", "127.0.0.1:0"}, {"refused", "127.0.0.1:0"}},
+				TLS:     dialStore,
+			})
+			fwd := dial.ForwardAddrs()
+			echoAddr, nopeAddr, refusedAddr := fwd[0].String(), fwd[1].String(), fwd[2].String()
+
+			for _, side := range []struct {
+				e    *Engine
+				peer *hybridtls.Store
+			}{{listen, dialStore}, {dial, listenStore}} {
+				infos := waitTunnels(t, side.e)
+				info := infos[0]
+				if info.Transport != transport {
+					t.Errorf("tunnel transport = %q, want %q", info.Transport, transport)
+				}
+				if info.TLS.CurveID != tls.X25519MLKEM768 {
+					t.Errorf("tunnel group = %s, want X25519MLKEM768", hybridtls.GroupName(info.TLS.CurveID))
+				}
+				if !info.Peer.PQAuth || info.Peer.Name != side.peer.Material().Identity.Pin.String() {
+					t.Errorf("tunnel peer = %+v, want the peer's pin with PQAuth", info.Peer)
+				}
+			}
+
+			t.Run("concurrent echo", func(t *testing.T) {
+				const conns, size = 50, 64 << 10
+				errs := make(chan error, conns)
+				var wg sync.WaitGroup
+				for i := range conns {
+					payload := randomBytes(t, size)
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						if err := echoThrough(echoAddr, payload); err != nil {
+							errs <- fmt.Errorf("connection %d: %w", i, err)
+						}
+					}()
+				}
+				wg.Wait()
+				close(errs)
+				for err := range errs {
+					t.Error(err)
+				}
+			})
+			t.Run("unknown route", func(t *testing.T) {
+				expectRefused(t, nopeAddr)
+				if !listenLogs.contains("stream refused", "reason=unknown route", `route "nope"`) {
+					t.Errorf("listen side did not log the unknown route; logs: %q", listenLogs.all())
+				}
+				if err := echoThrough(echoAddr, []byte("still works")); err != nil {
+					t.Fatalf("after an unknown route: %v", err)
+				}
+			})
+			t.Run("origin refused", func(t *testing.T) {
+				expectRefused(t, refusedAddr)
+				if !listenLogs.contains("stream refused", "reason=origin refused") {
+					t.Errorf("listen side did not log the refused origin; logs: %q", listenLogs.all())
+				}
+				if err := echoThrough(echoAddr, []byte("still works")); err != nil {
+					t.Fatalf("after a refused origin: %v", err)
+				}
+			})
+			if n := len(dial.Tunnels()); n != 1 {
+				t.Errorf("dial side has %d tunnels after refused streams, want 1 (the tunnel stays up)", n)
+			}
+		})
+	}
+}
+
+func TestEngineRefusesClientsWithoutTunnel(t *testing.T) {
+	_, dialStore := pinnedStores(t)
+	dial := runEngine(t, Config{
+		Mode: ModeDial, Tunnel: []string{closedAddr(t)}, Transport: TransportTCP,
+		Forward: []Route{{"", "127.0.0.1:0"}},
+		TLS:     dialStore,
+	})
+	expectRefused(t, dial.ForwardAddrs()[0].String())
+	if n := len(dial.Tunnels()); n != 0 {
+		t.Fatalf("%d tunnels up to a closed port", n)
+	}
+}
+
+// logBuffer is a slog.Handler that keeps each record as one line of text.
+type logBuffer struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logBuffer) Enabled(context.Context, slog.Level) bool { return true }
+
+func (l *logBuffer) Handle(_ context.Context, r slog.Record) error {
+	var b strings.Builder
+	b.WriteString(r.Message)
+	r.Attrs(func(a slog.Attr) bool {
+		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+		return true
+	})
+	l.mu.Lock()
+	l.lines = append(l.lines, b.String())
+	l.mu.Unlock()
+	return nil
+}
+
+// WithAttrs drops the attributes: the tests look only at each record's own.
+func (l *logBuffer) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *logBuffer) WithGroup(string) slog.Handler      { return l }
+
+func (l *logBuffer) all() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.lines...)
+}
+
+func (l *logBuffer) contains(parts ...string) bool {
+	for _, line := range l.all() {
+		ok := true
+		for _, p := range parts {
+			ok = ok && strings.Contains(line, p)
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,121 @@
+package proxy
+
+import (
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestParseRoutes(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		want    []Route
+		wantErr string // substring of the error
+	}{
+		{name: "empty", in: ""},
+		{name: "blank", in: "  "},
+		{name: "single unnamed", in: "127.0.0.1:6379", want: []Route{{Addr: "127.0.0.1:6379"}}},
+		{name: "single unnamed trimmed", in: " 127.0.0.1:6379\t", want: []Route{{Addr: "127.0.0.1:6379"}}},
+		{name: "unnamed any host", in: ":8080", want: []Route{{Addr: ":8080"}}},
+		{name: "unnamed IPv6", in: "[::1]:5432", want: []Route{{Addr: "[::1]:5432"}}},
+		{name: "single named", in: "redis=127.0.0.1:6379", want: []Route{{Name: "redis", Addr: "127.0.0.1:6379"}}},
+		{name: "named list", in: "redis=127.0.0.1:6379,pg=db.internal:5432",
+			want: []Route{{"redis", "127.0.0.1:6379"}, {"pg", "db.internal:5432"}}},
+		{name: "named list with spaces", in: " redis = 127.0.0.1:6379 , pg=[::1]:5432 ",
+			want: []Route{{"redis", "127.0.0.1:6379"}, {"pg", "[::1]:5432"}}},
+		{name: "port zero", in: "a=127.0.0.1:0", want: []Route{{"a", "127.0.0.1:0"}}},
+		{name: "port 65535", in: "127.0.0.1:65535", want: []Route{{Addr: "127.0.0.1:65535"}}},
+		{name: "unnamed in a list", in: "redis=127.0.0.1:6379,127.0.0.1:5432", wantErr: "has no name"},
+		{name: "two unnamed", in: "127.0.0.1:1,127.0.0.1:2", wantErr: "has no name"},
+		{name: "trailing comma", in: "a=127.0.0.1:1,", wantErr: "has no name"},
+		{name: "duplicate names", in: "a=127.0.0.1:1,b=127.0.0.1:2,a=127.0.0.1:3", wantErr: `"a" is named twice`},
+		{name: "duplicate after trim", in: "a=127.0.0.1:1, a =127.0.0.1:3", wantErr: "named twice"},
+		{name: "port too big", in: "a=127.0.0.1:65536", wantErr: "65535"},
+		{name: "port not a number", in: "127.0.0.1:redis", wantErr: "not a number"},
+		{name: "negative port", in: "127.0.0.1:-1", wantErr: "not a number"},
+		{name: "missing port", in: "a=127.0.0.1", wantErr: "host:port"},
+		{name: "empty address", in: "a=", wantErr: "host:port"},
+		{name: "empty name", in: "=127.0.0.1:1", wantErr: "empty name"},
+		{name: "blank name", in: " =127.0.0.1:1", wantErr: "empty name"},
+		{name: "name with space", in: "my route=127.0.0.1:1", wantErr: "without spaces"},
+		{name: "name with colon", in: "a:b=127.0.0.1:1", wantErr: "without spaces"},
+		{name: "name with slash", in: "a/b=127.0.0.1:1", wantErr: "without spaces"},
+		{name: "name too long", in: strings.Repeat("n", 256) + "=127.0.0.1:1", wantErr: "at most 255"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseRoutes(tt.in)
+			if tt.wantErr != "" {
+				if err == nil {
+					t.Fatalf("ParseRoutes(%q) = %v, want an error", tt.in, got)
+				}
+				if !strings.Contains(err.Error(), tt.wantErr) {
+					t.Errorf("ParseRoutes(%q) error %q does not contain %q", tt.in, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("ParseRoutes(%q): %v", tt.in, err)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("ParseRoutes(%q) = %v, want %v", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestRouteStringAndName(t *testing.T) {
+	if s := (Route{Addr: "h:1"}).String(); s != "h:1" {
+		t.Errorf("unnamed route String = %q", s)
+	}
+	if s := (Route{Name: "n", Addr: "h:1"}).String(); s != "n=h:1" {
+		t.Errorf("named route String = %q", s)
+	}
+	if routeName("") != "default" || routeName("x") != "x" {
+		t.Error("routeName does not call the unnamed route default")
+	}
+}
+
+func FuzzParseRoutes(f *testing.F) {
+	f.Add("127.0.0.1:6379")
+	f.Add("redis=127.0.0.1:6379,pg=db.internal:5432")
+	f.Add(" a = [::1]:1 , b=:2")
+	f.Add("a=127.0.0.1:1,127.0.0.1:2")
+	f.Add("a=b=c:1")
+	f.Add("=:")
+	f.Fuzz(func(t *testing.T, s string) {
+		routes, err := ParseRoutes(s)
+		if err != nil {
+			return
+		}
+		texts := make([]string, len(routes))
+		names := map[string]bool{}
+		for i, r := range routes {
+			if names[r.Name] {
+				t.Fatalf("ParseRoutes(%q) = %v names %q twice", s, routes, r.Name)
+			}
+			names[r.Name] = true
+			if r.Name == "" && len(routes) > 1 {
+				t.Fatalf("ParseRoutes(%q) = %v has an unnamed route in a list", s, routes)
+			}
+			if len(r.Name) > maxField {
+				t.Fatalf("route name of %d bytes cannot go in a preamble", len(r.Name))
+			}
+			if err := CheckHostPort(r.Addr); err != nil {
+				t.Fatalf("ParseRoutes(%q) accepted address %q: %v", s, r.Addr, err)
+			}
+			if _, err := AppendRequest(nil, Request{Route: r.Name}); err != nil {
+				t.Fatalf("route name %q cannot be sent: %v", r.Name, err)
+			}
+			texts[i] = r.String()
+		}
+		again, err := ParseRoutes(strings.Join(texts, ","))
+		if err != nil {
+			t.Fatalf("re-parse of %q: %v", strings.Join(texts, ","), err)
+		}
+		if !slices.Equal(again, routes) {
+			t.Fatalf("round trip %v -> %v", routes, again)
+		}
+	})
+}
