@@ -211,7 +211,8 @@ func ParsePin(s string) (Pin, error) {
 		return p, fmt.Errorf("pin %q does not start with %q (print one with 'pqtunnel pin FILE')", s, pinPrefix)
 	}
 	raw, err := pinEncoding.DecodeString(body)
-	if err != nil || len(raw) != len(p) {
+	// The last letter has spare bits; only the canonical spelling is a pin.
+	if err != nil || len(raw) != len(p) || pinEncoding.EncodeToString(raw) != body {
 		return p, fmt.Errorf("pin %q is malformed: want %s followed by 52 base32 letters", s, pinPrefix)
 	}
 	copy(p[:], raw)

@@ -34,8 +34,9 @@ type Stream interface {
 
 // Session is one authenticated tunnel connection.
 type Session interface {
-	// OpenStream opens a stream to the peer, blocking while the peer's
-	// stream limit is reached, until ctx ends.
+	// OpenStream opens a stream to the peer. Over QUIC it blocks while the
+	// peer's stream limit is reached, until ctx ends; over TCP the peer
+	// resets streams past its limit instead.
 	OpenStream(ctx context.Context) (Stream, error)
 	// AcceptStream returns the next stream the peer opened.
 	AcceptStream(ctx context.Context) (Stream, error)

@@ -94,6 +94,8 @@ type tcpSession struct {
 	maxStreams int
 }
 
+// OpenStream does not block at the peer's MaxStreams: yamux has no stream
+// credit, so the peer resets streams past its limit instead.
 func (s *tcpSession) OpenStream(ctx context.Context) (Stream, error) {
 	st, err := s.ys.OpenStream()
 	if err != nil {
@@ -106,8 +108,8 @@ func (s *tcpSession) AcceptStream(ctx context.Context) (Stream, error) {
 	for {
 		st, err := s.ys.AcceptStreamWithContext(ctx)
 		if err != nil {
-			if errors.Is(err, yamux.ErrSessionShutdown) {
-				return nil, net.ErrClosed
+			if errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, io.EOF) || s.ys.IsClosed() {
+				return nil, fmt.Errorf("accept yamux stream: %w", net.ErrClosed)
 			}
 			return nil, fmt.Errorf("accept yamux stream: %w", err)
 		}

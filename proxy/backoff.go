@@ -17,10 +17,8 @@ type backoff struct {
 // Next returns the delay before the next attempt and advances.
 func (b *backoff) Next() time.Duration {
 	ceiling := b.Max
-	if shift := b.attempt; shift < 30 {
-		if d := b.Min << shift; d < ceiling {
-			ceiling = d
-		}
+	if shift := b.attempt; shift < 62 && b.Min > 0 && b.Min <= b.Max>>shift {
+		ceiling = b.Min << shift
 	}
 	b.attempt++
 	r := b.rand
@@ -28,7 +26,7 @@ func (b *backoff) Next() time.Duration {
 		r = rand.Int64N
 	}
 	// Half fixed, half random: never zero, never above the cap.
-	half := int64(ceiling) / 2
+	half := max(int64(ceiling)/2, 1)
 	return time.Duration(half + r(half+1))
 }
 

@@ -473,8 +473,8 @@ func (e *Engine) serveTunnel(t *tunnel) {
 	if e.cfg.Mode == ModeListen {
 		limit = e.cfg.MaxConnections
 	}
-	if !e.tunnels.add(t, limit) {
-		log.Warn("tunnel refused", "reason", "PQT_MAX_CONNECTIONS reached", "limit", limit, "remote", info.Remote.String())
+	if err := e.tunnels.add(t, limit); err != nil {
+		log.Warn("tunnel refused", "reason", err.Error(), "limit", limit, "remote", info.Remote.String())
 		e.metrics.HandshakeFailed("busy")
 		_ = s.Close() // refused
 		return

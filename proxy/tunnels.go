@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -24,6 +25,9 @@ type tunnelSet struct {
 	mu      sync.Mutex
 	list    []*tunnel
 	changed chan struct{}
+	// closed is set by closeAll: a session that arrives after it is refused,
+	// so shutdown never waits on a tunnel it did not close.
+	closed bool
 }
 
 func (ts *tunnelSet) init() { ts.changed = make(chan struct{}) }
@@ -33,16 +37,26 @@ func (ts *tunnelSet) notifyLocked() {
 	ts.changed = make(chan struct{})
 }
 
-// add puts t in the pool unless limit (when positive) tunnels are there already.
-func (ts *tunnelSet) add(t *tunnel, limit int) bool {
+// errPoolFull and errPoolClosed say why add refused a tunnel.
+var (
+	errPoolFull   = errors.New("PQT_MAX_CONNECTIONS reached")
+	errPoolClosed = errors.New("shutting down")
+)
+
+// add puts t in the pool unless limit (when positive) tunnels are there
+// already or the pool is closed.
+func (ts *tunnelSet) add(t *tunnel, limit int) error {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
+	if ts.closed {
+		return errPoolClosed
+	}
 	if limit > 0 && len(ts.list) >= limit {
-		return false
+		return errPoolFull
 	}
 	ts.list = append(ts.list, t)
 	ts.notifyLocked()
-	return true
+	return nil
 }
 
 func (ts *tunnelSet) remove(t *tunnel) {
@@ -109,6 +123,7 @@ func (ts *tunnelSet) changedChan() <-chan struct{} {
 
 func (ts *tunnelSet) closeAll() {
 	ts.mu.Lock()
+	ts.closed = true
 	list := append([]*tunnel(nil), ts.list...)
 	ts.mu.Unlock()
 	for _, t := range list {
