@@ -1,0 +1,418 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// tailBuffer keeps the last max bytes written to it: a child's recent output.
+type tailBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+	max int
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if over := len(t.buf) - t.max; over > 0 {
+		t.buf = append(t.buf[:0:0], t.buf[over:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
+}
+
+// child is one pqtunnel process. Its metrics server answers on metrics.
+type child struct {
+	name    string
+	cmd     *exec.Cmd
+	out     *tailBuffer
+	metrics string
+	stdin   io.WriteCloser // held open: the echo helper exits when it closes
+	done    chan struct{}  // closed once the process exited and was waited for
+	err     error          // from Wait; read only after done
+	watched atomic.Bool    // set once ready: from then on an exit fails the run
+}
+
+func (c *child) pid() int { return c.cmd.Process.Pid }
+
+func (c *child) exited() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// supervisor owns every process the harness starts: stopAll kills and
+// waits for each, and a watched child that exits ends the run through ctx.
+type supervisor struct {
+	ctx      context.Context
+	fail     context.CancelCauseFunc
+	closing  atomic.Bool
+	mu       sync.Mutex
+	children []*child
+}
+
+func newSupervisor(parent context.Context) *supervisor {
+	ctx, fail := context.WithCancelCause(parent)
+	return &supervisor{ctx: ctx, fail: fail}
+}
+
+// childEnv is the harness's environment without any PQT_* variable, plus env.
+func childEnv(env map[string]string) []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "PQT_") {
+			out = append(out, kv)
+		}
+	}
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	return out
+}
+
+// start runs bin with args and env. The child is killed if the harness dies.
+func (s *supervisor) start(name, bin string, args []string, env map[string]string) (*child, error) {
+	c := &child{name: name, out: &tailBuffer{max: 32 << 10}, metrics: env["PQT_METRICS"], done: make(chan struct{})}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = childEnv(env)
+	cmd.Stdout, cmd.Stderr = c.out, c.out
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	c.stdin = stdin
+	// Its own process group keeps a terminal's Ctrl-C for the harness, which
+	// then kills the children itself; Pdeathsig covers the harness dying.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.WaitDelay = 2 * time.Second
+	c.cmd = cmd
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing.Load() {
+		return nil, errors.New("shutting down")
+	}
+	if err := cmd.Start(); err != nil {
+		_ = stdin.Close() // never used
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	s.children = append(s.children, c)
+	go s.routineWait(c)
+	return c, nil
+}
+
+// routineWait reaps c; stopAll waits for it through c.done.
+func (s *supervisor) routineWait(c *child) {
+	c.err = c.cmd.Wait()
+	close(c.done)
+	if c.watched.Load() && !s.closing.Load() {
+		s.fail(fmt.Errorf("%s exited during the run (%v); its last output:\n%s", c.name, c.err, c.out.String()))
+	}
+}
+
+// watch makes an exit of c from now on end the run.
+func (s *supervisor) watch(c *child) {
+	c.watched.Store(true)
+	if c.exited() && !s.closing.Load() {
+		s.fail(fmt.Errorf("%s exited (%v); its last output:\n%s", c.name, c.err, c.out.String()))
+	}
+}
+
+// stopAll kills every child and waits for each.
+func (s *supervisor) stopAll() {
+	s.mu.Lock()
+	s.closing.Store(true)
+	list := append([]*child(nil), s.children...)
+	s.mu.Unlock()
+	for _, c := range list {
+		_ = c.stdin.Close() // Wait closes it too
+		if !c.exited() {
+			_ = c.cmd.Process.Kill() // it may have exited meanwhile; Wait tells
+		}
+	}
+	for _, c := range list {
+		<-c.done
+	}
+	s.fail(errors.New("stopped"))
+}
+
+// startEchoHelper starts this program again as the echo helper and returns
+// it with the address it serves on.
+func startEchoHelper(ctx context.Context, sup *supervisor) (*child, string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, "", fmt.Errorf("echo helper: %w", err)
+	}
+	c, err := sup.start("echo-helper", exe, []string{helperFlag}, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if _, rest, ok := strings.Cut(c.out.String(), helperReady); ok {
+			if addr, _, ok := strings.Cut(rest, "\n"); ok {
+				sup.watch(c)
+				return c, addr, nil
+			}
+		}
+		select {
+		case <-c.done:
+			return nil, "", fmt.Errorf("echo helper exited (%v): %s", c.err, c.out.String())
+		case <-ctx.Done():
+			return nil, "", fmt.Errorf("echo helper did not say its address within 10s: %s", c.out.String())
+		case <-tick.C:
+		}
+	}
+}
+
+// moduleRoot is the directory of the go.mod of the current directory.
+func moduleRoot(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("not inside the pqtunnel module: run from the repository (go run ./integration/bench)")
+	}
+	return filepath.Dir(gomod), nil
+}
+
+// buildBinary builds ./cmd/pqtunnel into dir and returns its path.
+func buildBinary(ctx context.Context, dir string) (string, error) {
+	root, err := moduleRoot(ctx)
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "pqtunnel")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/pqtunnel")
+	cmd.Dir = root
+	cmd.WaitDelay = 2 * time.Second
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/pqtunnel: %w\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// keygen writes an identity to path with 'pqtunnel keygen' and returns its pin.
+func keygen(ctx context.Context, bin, path string) (string, error) {
+	cmd := exec.CommandContext(ctx, bin, "keygen", "-o", path)
+	cmd.Env = childEnv(nil)
+	cmd.WaitDelay = 2 * time.Second
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("pqtunnel keygen -o %s: %w: %s", path, err, stderr.String())
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// freePort returns a loopback port that was free for both TCP and UDP.
+func freePort() (int, error) {
+	var lastErr error
+	for range 20 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, fmt.Errorf("find a free port: %w", err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		pc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		_ = ln.Close() // it only reserved the number
+		if err == nil {
+			_ = pc.Close()
+			return port, nil
+		}
+		lastErr = err
+	}
+	return 0, fmt.Errorf("find a port free for TCP and UDP: %w", lastErr)
+}
+
+func loopback(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
+
+var httpClient = &http.Client{Timeout: 3 * time.Second}
+
+// readiness is the part of /readyz the harness reads.
+type readiness struct {
+	Ready   bool `json:"ready"`
+	Tunnels []struct {
+		Transport string `json:"transport"`
+		Group     string `json:"group"`
+	} `json:"tunnels"`
+}
+
+func getReadiness(ctx context.Context, addr string) (int, readiness, error) {
+	var r readiness
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/readyz", nil)
+	if err != nil {
+		return 0, r, err
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return 0, r, err
+	}
+	defer resp.Body.Close()
+	err = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&r)
+	return resp.StatusCode, r, err
+}
+
+// waitReady polls c's /readyz until it answers 200 with at least tunnels
+// tunnel connections up, c exits, or timeout passes.
+func waitReady(ctx context.Context, c *child, tunnels int, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var last string
+	for {
+		code, r, err := getReadiness(ctx, c.metrics)
+		switch {
+		case err != nil:
+			last = err.Error()
+		case code == http.StatusOK && len(r.Tunnels) >= tunnels:
+			return nil
+		default:
+			last = fmt.Sprintf("HTTP %d, %d of %d tunnel connections up", code, len(r.Tunnels), tunnels)
+		}
+		select {
+		case <-c.done:
+			return fmt.Errorf("%s exited before it was ready (%v); its output:\n%s", c.name, c.err, c.out.String())
+		case <-ctx.Done():
+			return fmt.Errorf("%s not ready within %s (last: %s); its output:\n%s", c.name, timeout, last, c.out.String())
+		case <-tick.C:
+		}
+	}
+}
+
+// scrapeMetrics reads the unlabelled samples of c's /metrics.
+func scrapeMetrics(ctx context.Context, c *child) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.metrics+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", c.name, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("scrape %s: HTTP %d", c.name, resp.StatusCode)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' || strings.ContainsRune(line, '{') {
+			continue
+		}
+		name, val, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		if v, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
+			out[name] = v
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", c.name, err)
+	}
+	return out, nil
+}
+
+// rssKiB reads VmRSS of pid from /proc, in KiB.
+func rssKiB(pid int) (float64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			n, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
+			if err != nil {
+				return 0, fmt.Errorf("parse VmRSS of %d: %w", pid, err)
+			}
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+}
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/PID/stat; it
+// is 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+// cpuSeconds reads utime+stime of pid from /proc/PID/stat.
+func cpuSeconds(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name may hold spaces; the fields after it are fixed.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	if len(f) < 13 {
+		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(f))
+	}
+	u, err1 := strconv.ParseFloat(f[11], 64)
+	s, err2 := strconv.ParseFloat(f[12], 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
+	}
+	return (u + s) / clockTicks, nil
+}
+
+// raiseFileLimit lifts RLIMIT_NOFILE to want (or as far as allowed) so that
+// the harness and the children, which inherit it, can hold the idle
+// connections; it returns the limit in force.
+func raiseFileLimit(want uint64) (uint64, error) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0, fmt.Errorf("getrlimit: %w", err)
+	}
+	if lim.Cur >= want {
+		return lim.Cur, nil
+	}
+	try := syscall.Rlimit{Cur: want, Max: max(want, lim.Max)}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &try); err == nil {
+		return want, nil
+	}
+	// Without privilege only the soft limit can move, up to the hard one.
+	try = syscall.Rlimit{Cur: lim.Max, Max: lim.Max}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &try); err != nil {
+		return lim.Cur, fmt.Errorf("setrlimit: %w", err)
+	}
+	return lim.Max, nil
+}

@@ -1,0 +1,246 @@
+package mux
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+const benchALPN = "pqtunnel-bench/1"
+
+// benchTLS returns a server and a client configuration sharing one
+// self-signed Ed25519 certificate, with the default hybrid group.
+func benchTLS(b *testing.B) (server, client *tls.Config) {
+	b.Helper()
+	pub, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "bench"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	base := tls.Config{
+		MinVersion:       tls.VersionTLS13,
+		CurvePreferences: []tls.CurveID{tls.X25519MLKEM768},
+		NextProtos:       []string{benchALPN},
+	}
+	server, client = base.Clone(), base.Clone()
+	server.Certificates = []tls.Certificate{cert}
+	client.InsecureSkipVerify = true // the benchmark measures streams, not verification
+	return server, client
+}
+
+// benchSessions returns a dialled and an accepted session over transport;
+// both close, and the listener with them, at cleanup.
+func benchSessions(b *testing.B, transport string) (client, server Session) {
+	b.Helper()
+	stc, ctc := benchTLS(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	var ln Listener
+	switch transport {
+	case TransportTCP:
+		tl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		ln = ListenTCP(tl, &Config{TLS: stc})
+	case TransportQUIC:
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if ln, err = ListenQUIC(pc, &Config{TLS: stc}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Cleanup(func() { _ = ln.Close() })
+	accepted := make(chan Session, 1)
+	go func() {
+		s, _ := ln.Accept(ctx) // a failure shows as a nil session below
+		accepted <- s
+	}()
+	var err error
+	if transport == TransportTCP {
+		client, err = DialTCP(ctx, ln.Addr().String(), &Config{TLS: ctc})
+	} else {
+		client, err = DialQUIC(ctx, ln.Addr().String(), &Config{TLS: ctc})
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = client.Close() })
+	if server = <-accepted; server == nil {
+		b.Fatal("accept failed")
+	}
+	b.Cleanup(func() { _ = server.Close() })
+	return client, server
+}
+
+// benchServeEcho answers each stream of s: it echoes one byte, half-closes,
+// and closes after the peer's FIN. It stops when s closes, at cleanup.
+func benchServeEcho(b *testing.B, s Session) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			st, err := s.AcceptStream(context.Background())
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer st.Close()
+				buf := make([]byte, 1)
+				if _, err := io.ReadFull(st, buf); err != nil {
+					st.Reset()
+					return
+				}
+				if _, err := st.Write(buf); err != nil {
+					st.Reset()
+					return
+				}
+				_ = st.CloseWrite()            // the client sees a failure as a missing FIN
+				_, _ = io.Copy(io.Discard, st) // until the client's FIN
+			}()
+		}
+	}()
+	b.Cleanup(func() {
+		_ = s.Close()
+		wg.Wait()
+	})
+}
+
+// benchStreamOnce opens a stream, echoes one byte, and closes it both ways.
+func benchStreamOnce(ctx context.Context, s Session) error {
+	st, err := s.OpenStream(ctx)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	_ = st.SetDeadline(time.Now().Add(5 * time.Second)) // a failure shows as an I/O error
+	buf := []byte{'x'}
+	if _, err := st.Write(buf); err != nil {
+		return err
+	}
+	if _, err := io.ReadFull(st, buf); err != nil {
+		return err
+	}
+	if err := st.CloseWrite(); err != nil {
+		return err
+	}
+	if n, err := st.Read(buf); n != 0 || err != io.EOF {
+		return errors.New("stream did not end with the peer's FIN")
+	}
+	return nil
+}
+
+// benchDirectOnce is the plain-TCP equivalent: connect, echo, close.
+func benchDirectOnce(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second)) // a failure shows as an I/O error
+	buf := []byte{'x'}
+	if _, err := c.Write(buf); err != nil {
+		return err
+	}
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		return err
+	}
+	if n, err := c.Read(buf); n != 0 || err != io.EOF {
+		return errors.New("connection did not end with the peer's FIN")
+	}
+	return nil
+}
+
+// benchDirectEcho serves the plain-TCP equivalent of benchServeEcho.
+func benchDirectEcho(b *testing.B) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				_, _ = io.Copy(c, c) // the client sees a failure as a short echo
+				_ = c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	b.Cleanup(func() {
+		_ = ln.Close()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+// BenchmarkStreamOpenClose is one stream's life on a live session: open,
+// 1-byte echo, FIN both ways. The same number of plain TCP connections
+// (connect, echo, FIN both ways) follows; x-direct is the stream rate over
+// the TCP connection rate.
+func BenchmarkStreamOpenClose(b *testing.B) {
+	for _, tr := range []string{TransportTCP, TransportQUIC} {
+		b.Run(tr, func(b *testing.B) {
+			client, server := benchSessions(b, tr)
+			benchServeEcho(b, server)
+			direct := benchDirectEcho(b)
+			ctx := context.Background()
+			if err := benchStreamOnce(ctx, client); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			start := time.Now()
+			for range b.N {
+				if err := benchStreamOnce(ctx, client); err != nil {
+					b.Fatal(err)
+				}
+			}
+			streams := time.Since(start)
+			b.StopTimer()
+			start = time.Now()
+			for range b.N {
+				if err := benchDirectOnce(direct); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(time.Since(start).Seconds()/streams.Seconds(), "x-direct")
+		})
+	}
+}
