@@ -507,7 +507,8 @@ func openOne(addr string, deadline time.Time) (net.Conn, error) {
 	}
 	_ = c.SetDeadline(deadline) // a failure shows as an I/O error
 	b := []byte{'x'}
-	if _, err := c.Write(b); err == nil {
+	_, err = c.Write(b)
+	if err == nil {
 		_, err = io.ReadFull(c, b)
 	}
 	if err != nil {
