@@ -235,9 +235,9 @@ func ParsePins(s string) ([]Pin, error) {
 	return out, nil
 }
 
-// MLDSAPublicKey returns the ML-DSA-65 key a certificate carries, or nil if it
-// has no OIDMLDSA65Key extension.
-func MLDSAPublicKey(cert *x509.Certificate) (*mldsa65.PublicKey, error) {
+// mldsaKeyBytes returns the packed ML-DSA-65 key a certificate carries, or
+// nil if it has no OIDMLDSA65Key extension.
+func mldsaKeyBytes(cert *x509.Certificate) ([]byte, error) {
 	for _, ext := range cert.Extensions {
 		if !ext.Id.Equal(OIDMLDSA65Key) {
 			continue
@@ -247,19 +247,33 @@ func MLDSAPublicKey(cert *x509.Certificate) (*mldsa65.PublicKey, error) {
 		if err != nil || len(rest) != 0 {
 			return nil, errors.New("certificate ML-DSA-65 extension is malformed")
 		}
-		var pk mldsa65.PublicKey
-		if err := pk.UnmarshalBinary(raw); err != nil {
-			return nil, fmt.Errorf("certificate ML-DSA-65 key: %w", err)
+		if len(raw) != mldsa65.PublicKeySize {
+			return nil, fmt.Errorf("certificate ML-DSA-65 key is %d bytes, want %d", len(raw), mldsa65.PublicKeySize)
 		}
-		return &pk, nil
+		return raw, nil
 	}
 	return nil, nil
 }
 
+// MLDSAPublicKey returns the ML-DSA-65 key a certificate carries, or nil if it
+// has no OIDMLDSA65Key extension.
+func MLDSAPublicKey(cert *x509.Certificate) (*mldsa65.PublicKey, error) {
+	raw, err := mldsaKeyBytes(cert)
+	if raw == nil || err != nil {
+		return nil, err
+	}
+	var pk mldsa65.PublicKey
+	if err := pk.UnmarshalBinary(raw); err != nil {
+		return nil, fmt.Errorf("certificate ML-DSA-65 key: %w", err)
+	}
+	return &pk, nil
+}
+
 // PinOf computes the pin of a certificate: SHA-256 over a label, the
 // certificate's SubjectPublicKeyInfo and its ML-DSA-65 public key.
+// Hashing the packed key as carried avoids unpacking it, which is costly.
 func PinOf(cert *x509.Certificate) (Pin, error) {
-	pk, err := MLDSAPublicKey(cert)
+	pk, err := mldsaKeyBytes(cert)
 	if err != nil {
 		return Pin{}, err
 	}
@@ -269,7 +283,7 @@ func PinOf(cert *x509.Certificate) (Pin, error) {
 	h := sha256.New()
 	h.Write([]byte("pqtunnel pin v1\x00"))
 	writeLenPrefixed(h, cert.RawSubjectPublicKeyInfo)
-	writeLenPrefixed(h, pk.Bytes())
+	writeLenPrefixed(h, pk)
 	var p Pin
 	h.Sum(p[:0])
 	return p, nil

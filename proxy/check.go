@@ -166,7 +166,12 @@ func ServerHelloKeyShare(msg []byte) (tls.CurveID, error) {
 	return 0, errors.New("ServerHello has no key_share")
 }
 
-// countingPacketConn counts datagrams sent before the first one arrives.
+// countingPacketConn counts the datagrams sent before the server's first
+// flight arrives. A server may acknowledge the first Initial packet at once
+// with a small datagram, so only a large one (its ServerHello and
+// certificate) ends the count.
+const serverFlightMin = 1000
+
 type countingPacketConn struct {
 	net.PacketConn
 	mu               sync.Mutex
@@ -186,7 +191,7 @@ func (c *countingPacketConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 
 func (c *countingPacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
 	n, addr, err := c.PacketConn.ReadFrom(b)
-	if err == nil {
+	if err == nil && n >= serverFlightMin {
 		c.mu.Lock()
 		c.received = true
 		c.mu.Unlock()

@@ -44,7 +44,7 @@ type end interface {
 // small buffer of its own and takes a large one from the pool only while
 // reads keep filling the buffer, that is, during bulk transfer.
 const (
-	smallBufferSize = 1 << 10
+	smallBufferSize = 512
 	copyBufferSize  = 32 << 10
 )
 

@@ -462,13 +462,16 @@ func (e *Engine) routineAcceptSessions(ln mux.Listener) {
 func (e *Engine) serveSession(s mux.Session) { e.serveTunnel(e.newTunnel(s)) }
 
 func (e *Engine) newTunnel(s mux.Session) *tunnel {
-	return &tunnel{s: s, id: e.nextID.Add(1), since: time.Now()}
+	t := &tunnel{s: s, id: e.nextID.Add(1), since: time.Now()}
+	info := s.Info()
+	t.log = e.log.With("tunnel", t.id, "transport", info.Transport, "group", hybridtls.GroupName(info.TLS.CurveID), "peer", info.Peer.Name)
+	return t
 }
 
 func (e *Engine) serveTunnel(t *tunnel) {
 	s := t.s
 	info := s.Info()
-	log := e.log.With("tunnel", t.id, "transport", info.Transport, "group", hybridtls.GroupName(info.TLS.CurveID), "peer", info.Peer.Name)
+	log := t.log
 	limit := 0
 	if e.cfg.Mode == ModeListen {
 		limit = e.cfg.MaxConnections
@@ -500,11 +503,9 @@ func (e *Engine) serveTunnel(t *tunnel) {
 			return
 		}
 		e.streams.add()
-		t.active.Add(1)
 		go func() {
 			defer e.streams.done()
-			defer t.active.Add(-1)
-			e.handleInbound(st, log)
+			e.handleInbound(st, t)
 		}()
 	}
 }

@@ -13,9 +13,35 @@ import (
 
 	"github.com/pires/go-proxyproto"
 
-	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/mux"
 )
+
+// undoList runs cleanups in reverse order; it lets a handler pass what is
+// still to be released on to the goroutine that carries the connection.
+type undoList []func()
+
+func (u *undoList) add(f func()) { *u = append(*u, f) }
+
+func (u *undoList) run() {
+	for i := len(*u) - 1; i >= 0; i-- {
+		(*u)[i]()
+	}
+	*u = nil
+}
+
+// carry runs f in a fresh goroutine that then owns the cleanups in u, so
+// that the stack a handler grew while setting up is not held for the
+// connection's whole life (most proxied connections are idle most of the time).
+func (e *Engine) carry(u *undoList, f func()) {
+	release := *u
+	*u = nil
+	e.streams.add()
+	go func() {
+		defer e.streams.done()
+		defer release.run()
+		f()
+	}()
+}
 
 // handleClient carries one plain TCP client through a tunnel stream.
 func (e *Engine) handleClient(c *net.TCPConn, r Route) {
@@ -26,15 +52,17 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	m := e.metrics
 	m.streamsOpened.WithLabelValues(route, "out").Inc()
 	active := m.streamsActive.WithLabelValues(route, "out")
+	var undo undoList
+	defer undo.run()
 	active.Inc()
-	defer active.Dec()
+	undo.add(active.Dec)
 	if !e.acquireSlot() {
 		log.Warn("client refused", "reason", "PQT_MAX_TOTAL_STREAMS reached", "limit", e.cfg.MaxTotalStreams)
 		m.streamsFailed.WithLabelValues(route, "busy").Inc()
 		client.abort()
 		return
 	}
-	defer e.releaseSlot()
+	undo.add(e.releaseSlot)
 	t := e.tunnels.pick()
 	if t == nil {
 		log.Warn("client refused", "reason", "no tunnel connection up")
@@ -43,9 +71,8 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 		return
 	}
 	t.active.Add(1)
-	defer t.active.Add(-1)
-	info := t.s.Info()
-	log = log.With("tunnel", t.id, "transport", info.Transport, "group", hybridtls.GroupName(info.TLS.CurveID), "peer", info.Peer.Name)
+	undo.add(func() { t.active.Add(-1) })
+	log = t.log.With("route", route, "client", c.RemoteAddr().String())
 	ctx, cancel := context.WithTimeout(context.Background(), e.dialTimeout()+orDefault(e.cfg.Mux.HandshakeTimeout, 10*time.Second))
 	st, err := t.s.OpenStream(ctx)
 	cancel()
@@ -68,6 +95,11 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	}
 	// The client's bytes flow at once; the peer's answer gates the other direction.
 	opened := &openedStream{Stream: st, timeout: e.dialTimeout() + 5*time.Second}
+	e.carry(&undo, func() { e.pipeClient(client, opened, route, log, start) })
+}
+
+func (e *Engine) pipeClient(client tcpEnd, opened *openedStream, route string, log *slog.Logger, start time.Time) {
+	m := e.metrics
 	up, down, err := join(client, streamEnd{opened})
 	m.bytes.WithLabelValues(route, "up").Add(float64(up))
 	m.bytes.WithLabelValues(route, "down").Add(float64(down))
@@ -117,8 +149,13 @@ func (e *Engine) dialTimeout() time.Duration { return orDefault(e.cfg.DialTimeou
 
 // handleInbound serves one stream the peer opened: read the preamble, dial
 // the route's target, answer, and copy.
-func (e *Engine) handleInbound(st mux.Stream, log *slog.Logger) {
+func (e *Engine) handleInbound(st mux.Stream, t *tunnel) {
 	start := time.Now()
+	log := t.log
+	var undo undoList
+	defer undo.run()
+	t.active.Add(1)
+	undo.add(func() { t.active.Add(-1) })
 	_ = st.SetReadDeadline(time.Now().Add(orDefault(e.cfg.Mux.HandshakeTimeout, 10*time.Second)))
 	req, err := ReadRequest(st)
 	if err != nil {
@@ -133,7 +170,7 @@ func (e *Engine) handleInbound(st mux.Stream, log *slog.Logger) {
 	m.streamsOpened.WithLabelValues(route, "in").Inc()
 	active := m.streamsActive.WithLabelValues(route, "in")
 	active.Inc()
-	defer active.Dec()
+	undo.add(active.Dec)
 	refuse := func(s Status, msg string, err error) {
 		m.streamsFailed.WithLabelValues(route, s.label()).Inc()
 		log.Warn("stream refused", "reason", s.String(), "err", errOr(err, msg))
@@ -148,7 +185,7 @@ func (e *Engine) handleInbound(st mux.Stream, log *slog.Logger) {
 		refuse(StatusBusy, fmt.Sprintf("peer carries PQT_MAX_TOTAL_STREAMS=%d streams already", e.cfg.MaxTotalStreams), nil)
 		return
 	}
-	defer e.releaseSlot()
+	undo.add(e.releaseSlot)
 	target, ok := e.target(req.Route)
 	if !ok {
 		refuse(StatusUnknownRoute, fmt.Sprintf("route %q is not in the peer's PQT_TARGET (it has: %s)", routeName(req.Route), e.targetNames()), nil)
@@ -182,7 +219,13 @@ func (e *Engine) handleInbound(st mux.Stream, log *slog.Logger) {
 		_ = oc.Close()
 		return
 	}
-	up, down, err := join(streamEnd{st}, tcpEnd{oc.(*net.TCPConn)})
+	origin := tcpEnd{oc.(*net.TCPConn)}
+	e.carry(&undo, func() { e.pipeInbound(st, origin, route, target, log, start) })
+}
+
+func (e *Engine) pipeInbound(st mux.Stream, origin tcpEnd, route, target string, log *slog.Logger, start time.Time) {
+	m := e.metrics
+	up, down, err := join(streamEnd{st}, origin)
 	m.bytes.WithLabelValues(route, "up").Add(float64(up))
 	m.bytes.WithLabelValues(route, "down").Add(float64(down))
 	if err != nil && !benign(err) {

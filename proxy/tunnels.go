@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"log/slog"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -12,7 +13,9 @@ import (
 
 // tunnel is one live tunnel connection and the streams it carries now.
 type tunnel struct {
-	s      mux.Session
+	s mux.Session
+	// log carries the tunnel's id, transport, group and peer.
+	log    *slog.Logger
 	id     uint64
 	since  time.Time
 	active atomic.Int64
