@@ -3,7 +3,6 @@ package mux
 import (
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/libp2p/go-yamux/v5"
 )
 
 // TransportTCP names TLS 1.3 over TCP with yamux.
@@ -25,11 +24,11 @@ func (c *Config) yamuxConfig() *yamux.Config {
 	// A keep-alive ping waits this long for its answer, so a silent peer is
 	// declared dead about IdleTimeout after it went quiet.
 	y.ConnectionWriteTimeout = max(c.idleTimeout()-c.keepAlive(), c.keepAlive())
+	y.MaxIncomingStreams = uint32(c.maxStreams())
 	y.MaxStreamWindowSize = uint32(c.streamWindow())
-	y.StreamOpenTimeout = c.handshakeTimeout()
-	// A stream closed locally whose peer never finishes is reset after this;
-	// it must outlast legitimate half-closed transfers.
-	y.StreamCloseTimeout = 5 * time.Minute
+	// Frames are written as soon as they are ready: waiting to coalesce
+	// would add latency to every small request.
+	y.WriteCoalesceDelay = 0
 	y.LogOutput = io.Discard
 	return y
 }
@@ -70,11 +69,10 @@ func handshakeTCP(ctx context.Context, tc *tls.Conn, c *Config, client bool, sta
 	}
 	_ = tc.SetDeadline(time.Time{}) // yamux keep-alives take over liveness
 	var ys *yamux.Session
-	conn := &frameCoalescer{Conn: tc}
 	if client {
-		ys, err = yamux.Client(conn, c.yamuxConfig())
+		ys, err = yamux.Client(tc, c.yamuxConfig(), nil)
 	} else {
-		ys, err = yamux.Server(conn, c.yamuxConfig())
+		ys, err = yamux.Server(tc, c.yamuxConfig(), nil)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
@@ -86,20 +84,22 @@ func handshakeTCP(ctx context.Context, tc *tls.Conn, c *Config, client bool, sta
 		Local:     tc.LocalAddr(),
 		Remote:    tc.RemoteAddr(),
 		Handshake: time.Since(start),
-	}, maxStreams: c.maxStreams()}
+	}}
 	return s, nil
 }
 
 type tcpSession struct {
-	ys         *yamux.Session
-	info       Info
-	maxStreams int
+	ys   *yamux.Session
+	info Info
+
+	mu      sync.Mutex
+	pending chan acceptResult // an accept whose caller gave up
 }
 
 // OpenStream does not block at the peer's MaxStreams: yamux has no stream
 // credit, so the peer resets streams past its limit instead.
 func (s *tcpSession) OpenStream(ctx context.Context) (Stream, error) {
-	st, err := s.ys.OpenStream()
+	st, err := s.ys.OpenStream(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("open yamux stream: %w", err)
 	}
@@ -107,21 +107,40 @@ func (s *tcpSession) OpenStream(ctx context.Context) (Stream, error) {
 }
 
 func (s *tcpSession) AcceptStream(ctx context.Context) (Stream, error) {
-	for {
-		st, err := s.ys.AcceptStreamWithContext(ctx)
-		if err != nil {
-			if errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, io.EOF) || s.ys.IsClosed() {
-				return nil, fmt.Errorf("accept yamux stream: %w", net.ErrClosed)
-			}
-			return nil, fmt.Errorf("accept yamux stream: %w", err)
-		}
-		// yamux has no stream limit of its own: refuse past MaxStreams.
-		if s.ys.NumStreams() > s.maxStreams {
-			(&tcpStream{st}).Reset()
-			continue
-		}
-		return &tcpStream{st}, nil
+	// yamux's AcceptStream takes no context: it runs in a goroutine, and a
+	// call abandoned by its ctx hands its result to the next call, so no
+	// stream is lost.
+	s.mu.Lock()
+	res := s.pending
+	if res == nil {
+		res = make(chan acceptResult, 1)
+		go func() {
+			st, err := s.ys.AcceptStream()
+			res <- acceptResult{st, err}
+		}()
 	}
+	s.pending = nil
+	s.mu.Unlock()
+	select {
+	case r := <-res:
+		if r.err != nil {
+			if s.ys.IsClosed() || errors.Is(r.err, io.EOF) {
+				return nil, fmt.Errorf("accept yamux stream: %w: %w", net.ErrClosed, r.err)
+			}
+			return nil, fmt.Errorf("accept yamux stream: %w", r.err)
+		}
+		return &tcpStream{r.st}, nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		s.pending = res
+		s.mu.Unlock()
+		return nil, ctx.Err()
+	}
+}
+
+type acceptResult struct {
+	st  *yamux.Stream
+	err error
 }
 
 func (s *tcpSession) Close() error          { return s.ys.Close() }
@@ -130,23 +149,8 @@ func (s *tcpSession) Info() Info            { return s.info }
 
 type tcpStream struct{ *yamux.Stream }
 
-// CloseWrite sends FIN: yamux's Close is a half-close.
-func (t *tcpStream) CloseWrite() error { return t.Stream.Close() }
-
-// Close sends FIN if not yet sent and stops local reads; yamux frees the
-// stream once the peer's FIN arrives.
-func (t *tcpStream) Close() error {
-	err := t.Stream.Close()
-	_ = t.Stream.SetReadDeadline(time.Now()) // unblock local readers
-	return err
-}
-
-// Reset is the closest yamux offers: FIN plus failing local I/O; the peer's
-// reads end at once and its writes fail when yamux's close timer fires.
-func (t *tcpStream) Reset() {
-	_ = t.Stream.Close()
-	_ = t.Stream.SetDeadline(time.Now())
-}
+// Reset aborts both directions; the peer's reads and writes fail at once.
+func (t *tcpStream) Reset() { _ = t.Stream.Reset() }
 
 // tcpListener accepts TLS over TCP and runs handshakes concurrently, at most
 // MaxHandshakes at a time, so a slow peer cannot stall the others.
@@ -234,43 +238,4 @@ func (l *tcpListener) Close() error {
 	})
 	l.wg.Wait()
 	return err
-}
-
-// frameCoalescer joins each yamux data-frame header with the start of its
-// body. yamux writes the 12-byte header and the body separately, which over
-// TLS costs two records and two syscalls per frame; small frames (a request,
-// an echo) then pay double. Only yamux's single send loop writes, so no lock.
-type frameCoalescer struct {
-	net.Conn
-	held bool
-	buf  []byte
-}
-
-const (
-	yamuxHeaderSize = 12
-	// firstChunk keeps header plus body start within one TLS record.
-	firstChunk = 16<<10 - yamuxHeaderSize
-)
-
-func (f *frameCoalescer) Write(b []byte) (int, error) {
-	if !f.held && len(b) == yamuxHeaderSize && b[1] == 0 && binary.BigEndian.Uint32(b[8:]) > 0 {
-		// A data frame's header: its body follows in the next Write.
-		f.buf = append(f.buf[:0], b...)
-		f.held = true
-		return len(b), nil
-	}
-	if !f.held {
-		return f.Conn.Write(b)
-	}
-	f.held = false
-	n := min(len(b), firstChunk)
-	f.buf = append(f.buf, b[:n]...)
-	if _, err := f.Conn.Write(f.buf); err != nil {
-		return 0, err
-	}
-	if n == len(b) {
-		return n, nil
-	}
-	m, err := f.Conn.Write(b[n:])
-	return n + m, err
 }
