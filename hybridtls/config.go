@@ -152,11 +152,14 @@ func (s *Store) ServerConfig() *tls.Config {
 			if m.Pinned() {
 				c.ClientAuth = tls.RequireAnyClientCert
 			} else {
-				c.ClientAuth = tls.RequireAndVerifyClientCert
-				c.ClientCAs = m.CAs
+				// The chain is verified in VerifyConnection rather than by
+				// crypto/tls, so that a bad certificate is logged and
+				// counted with its reason on QUIC too, where quic-go
+				// swallows handshake errors.
+				c.ClientAuth = tls.RequireAnyClientCert
 			}
 			c.VerifyConnection = func(cs tls.ConnectionState) error {
-				err := s.verifyPeer(m, &cs)
+				err := s.verifyPeer(m, &cs, true)
 				if err != nil {
 					s.policy.Logger.Warn("tunnel handshake refused", "remote", helloRemote(hello), "reason", reasonOf(err), "err", err)
 					s.policy.OnRefused(reasonOf(err))
@@ -188,7 +191,7 @@ func (s *Store) ClientConfigFor(host string) *tls.Config {
 			c.ServerName = host
 		}
 	}
-	c.VerifyConnection = func(cs tls.ConnectionState) error { return s.verifyPeer(m, &cs) }
+	c.VerifyConnection = func(cs tls.ConnectionState) error { return s.verifyPeer(m, &cs, false) }
 	return c
 }
 
@@ -207,6 +210,10 @@ func (s *Store) checkOffered(hello *tls.ClientHelloInfo) error {
 	return fmt.Errorf("%w: peer offered only %s, PQT_PQ=%s accepts %s", ErrNotPostQuantum, GroupNames(hello.SupportedCurves), s.policy.Mode, GroupNames(ours))
 }
 
+// ErrBadCertificate is wrapped when a CA-mode peer certificate does not
+// verify: expired, signed by another CA, or not for client use.
+var ErrBadCertificate = errors.New("peer certificate does not verify against PQT_CA")
+
 // ErrNoCommonGroup is wrapped when both sides are post-quantum but their
 // PQT_GROUPS lists share no group.
 var ErrNoCommonGroup = errors.New("no common key-exchange group")
@@ -215,14 +222,14 @@ var ErrNoCommonGroup = errors.New("no common key-exchange group")
 // Store has already logged with its reason (group or peer policy).
 func IsPolicyRefusal(err error) bool {
 	r := reasonOf(err)
-	return r == "not_post_quantum" || r == "no_common_group" || r == "peer_not_allowed"
+	return r == "not_post_quantum" || r == "no_common_group" || r == "peer_not_allowed" || r == "bad_certificate"
 }
 
 // ErrPeerNotAllowed is wrapped when a peer authenticated correctly but is not
 // one this side accepts (pin not in PQT_PEERS, certificate outside PQT_ALLOW).
 var ErrPeerNotAllowed = errors.New("peer not allowed")
 
-func (s *Store) verifyPeer(m *Material, cs *tls.ConnectionState) error {
+func (s *Store) verifyPeer(m *Material, cs *tls.ConnectionState, server bool) error {
 	if err := CheckGroup(cs.CurveID, s.policy.Mode, s.policy.curves()); err != nil {
 		return err
 	}
@@ -239,6 +246,17 @@ func (s *Store) verifyPeer(m *Material, cs *tls.ConnectionState) error {
 			return fmt.Errorf("%w: pin %s is not in PQT_PEERS", ErrPeerNotAllowed, pin)
 		}
 		return nil
+	}
+	if server {
+		inter := x509.NewCertPool()
+		for _, c := range cs.PeerCertificates[1:] {
+			inter.AddCert(c)
+		}
+		if _, err := leaf.Verify(x509.VerifyOptions{
+			Roots: m.CAs, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		}); err != nil {
+			return fmt.Errorf("%w: %w", ErrBadCertificate, err)
+		}
 	}
 	if len(m.Allow) == 0 {
 		return nil
@@ -319,7 +337,7 @@ func helloRemote(h *tls.ClientHelloInfo) string {
 }
 
 // Reason classifies a handshake or authentication failure for logs and
-// metrics: not_post_quantum, no_common_group, peer_not_allowed,
+// metrics: not_post_quantum, no_common_group, peer_not_allowed, bad_certificate,
 // rejected_by_peer, proof_failed, timeout or tls.
 func Reason(err error) string { return reasonOf(err) }
 
@@ -330,6 +348,8 @@ func reasonOf(err error) string {
 		return "not_post_quantum"
 	case errors.Is(err, ErrNoCommonGroup):
 		return "no_common_group"
+	case errors.Is(err, ErrBadCertificate):
+		return "bad_certificate"
 	case errors.Is(err, ErrPeerNotAllowed):
 		return "peer_not_allowed"
 	case strings.Contains(err.Error(), "bad certificate"), strings.Contains(err.Error(), "certificate required"), strings.Contains(err.Error(), "unknown certificate"):

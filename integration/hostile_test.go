@@ -696,21 +696,18 @@ func TestCAModeRefusals(t *testing.T) {
 	}
 	server := valid(ca, "server", "server.example")
 	good := valid(ca, "good", "good.example")
-	// reason "" accepts any reason but the ones of other failures; a chain
-	// that does not verify fails inside crypto/tls, which pqtunnel reports
-	// as reason "tls" today.
+	// A chain that does not verify is refused with reason bad_certificate,
+	// one outside PQT_ALLOW with peer_not_allowed, on both transports.
 	cases := []struct {
 		name, reason, errHas string
 		clientHas            string // the TLS alert the client receives
 		leaf                 hosLeaf
-		// quicLogged: the refusal is logged and counted over QUIC too.
-		// Chain failures are not (see the report on the QUIC listener):
-		// quic-go rejects them inside its handshake, where pqtunnel never
-		// sees the error.
+		// quicLogged: the refusal is logged and counted over QUIC too; the
+		// chain is verified in pqtunnel's own VerifyConnection, so it is.
 		quicLogged bool
 	}{
-		{"expired", "", "expired", "expired certificate", ca.issue(t, dir, "expired", "good.example", now.Add(-48*time.Hour), now.Add(-24*time.Hour)), false},
-		{"wrong CA", "", "unknown authority", "unknown certificate authority", valid(otherCA, "stranger", "good.example"), false},
+		{"expired", "bad_certificate", "expired", "bad certificate", ca.issue(t, dir, "expired", "good.example", now.Add(-48*time.Hour), now.Add(-24*time.Hour)), true},
+		{"wrong CA", "bad_certificate", "unknown authority", "bad certificate", valid(otherCA, "stranger", "good.example"), true},
 		{"outside PQT_ALLOW", "peer_not_allowed", "evil.example", "bad certificate", valid(ca, "evil", "evil.example"), true},
 	}
 

@@ -295,13 +295,19 @@ func (e *Engine) routineMaintain(ctx context.Context, peer string) {
 			sleepCtx(ctx, wait)
 			continue
 		}
-		b.Reset()
 		if connectedBefore {
 			e.metrics.reconnects.Inc()
 		}
 		connectedBefore = true
+		up := time.Now()
 		for s != nil {
 			s = e.hold(ctx, peer, s)
+		}
+		// Only a tunnel that stayed up resets the backoff: a peer that
+		// accepts and at once closes (PQT_MAX_CONNECTIONS) must not be
+		// redialled in a tight loop.
+		if time.Since(up) > 10*time.Second {
+			b.Reset()
 		}
 		if ctx.Err() == nil {
 			sleepCtx(ctx, b.Next())
