@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -65,7 +66,7 @@ func handshakeTCP(ctx context.Context, tc *tls.Conn, c *Config, client bool, sta
 	cs := tc.ConnectionState()
 	peer, err := c.authenticate(&cs, tc, client)
 	if err != nil {
-		return nil, fmt.Errorf("authenticate peer: %w", err)
+		return nil, fmt.Errorf("authenticate peer: %w", withAlert(tc, err))
 	}
 	_ = tc.SetDeadline(time.Time{}) // yamux keep-alives take over liveness
 	var ys *yamux.Session
@@ -237,5 +238,18 @@ func (l *tcpListener) Close() error {
 		err = l.ln.Close()
 	})
 	l.wg.Wait()
+	return err
+}
+
+// withAlert adds the peer's TLS alert to err when there is one to read. A
+// TLS 1.3 server checks the client's certificate after the client has
+// finished its handshake, so a refusal surfaces as a failed proof exchange;
+// the alert says why.
+func withAlert(tc *tls.Conn, err error) error {
+	_ = tc.SetReadDeadline(time.Now().Add(250 * time.Millisecond)) // best effort
+	var b [1]byte
+	if _, rerr := tc.Read(b[:]); rerr != nil && strings.Contains(rerr.Error(), "remote error") {
+		return fmt.Errorf("%w (%w)", err, rerr)
+	}
 	return err
 }

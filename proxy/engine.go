@@ -247,7 +247,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.draining.Store(true)
 	stopDialing()
 	e.closeListeners()
-	e.drain()
+	if e.drain() {
+		e.linger()
+	}
 	e.tunnels.closeAll()
 	e.loops.Wait()
 	e.streams.wait(0)
@@ -263,15 +265,42 @@ func (e *Engine) closeListeners() {
 	}
 }
 
-// drain waits for open streams up to DrainTimeout.
-func (e *Engine) drain() {
+// drain waits for open streams up to DrainTimeout and reports whether they
+// all finished.
+func (e *Engine) drain() bool {
 	timeout := orDefault(e.cfg.DrainTimeout, 30*time.Second)
 	e.log.Info("draining", "streams", e.tunnels.active(), "timeout", timeout)
 	if e.streams.wait(timeout) {
 		e.log.Info("drained")
-		return
+		return true
 	}
 	e.log.Warn("drain timeout: closing open streams", "streams", e.tunnels.active())
+	return false
+}
+
+// linger gives tunnel connections time to deliver what their finished
+// streams sent last before they are closed: closing discards what is still
+// queued (yamux's send queue) or unacknowledged (QUIC). Neither transport
+// can say when that is done, so it waits a few RTTs, at least 200 ms.
+func (e *Engine) linger() {
+	var wait time.Duration
+	for _, t := range e.tunnels.snapshot() {
+		wait = max(wait, 200*time.Millisecond)
+		if st, ok := mux.SessionStats(t.s); ok {
+			wait = max(wait, 4*st.RTT+100*time.Millisecond)
+		}
+	}
+	if wait > 0 {
+		time.Sleep(min(wait, time.Second))
+	}
+}
+
+// Close stops everything at once, without draining: listeners and tunnel
+// connections close, and open streams fail. Run then returns promptly.
+func (e *Engine) Close() {
+	e.draining.Store(true)
+	e.closeListeners()
+	e.tunnels.closeAll()
 }
 
 // routineMaintain keeps one tunnel connection to peer up until ctx ends,
@@ -287,10 +316,14 @@ func (e *Engine) routineMaintain(ctx context.Context, peer string) {
 				return
 			}
 			e.metrics.HandshakeFailed(hybridtls.Reason(err))
+			hint := diagnose(err, e.cfg.Transport, e.cfg.TLS.Policy().Groups, e.ownName())
+			if hybridtls.Reason(err) == "no_common_group" {
+				hint += " (it lists other groups, or is not post-quantum: 'pqtunnel check' tells which)"
+			}
 			wait := b.Next()
 			e.log.Warn("tunnel dial failed", "peer", peer, "transport", e.cfg.Transport,
 				"groups", hybridtls.GroupNames(e.cfg.TLS.Policy().Groups), "reason", hybridtls.Reason(err),
-				"hint", diagnose(err, e.cfg.Transport, e.cfg.TLS.Policy().Groups, e.ownName()),
+				"hint", hint,
 				"retry_in", wait.Round(time.Millisecond), "version", ALPN, "err", err)
 			sleepCtx(ctx, wait)
 			continue

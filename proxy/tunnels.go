@@ -31,6 +31,7 @@ type tunnelSet struct {
 	// closed is set by closeAll: a session that arrives after it is refused,
 	// so shutdown never waits on a tunnel it did not close.
 	closed bool
+	next   int // where pick starts, for round-robin among equals
 }
 
 func (ts *tunnelSet) init() { ts.changed = make(chan struct{}) }
@@ -74,12 +75,16 @@ func (ts *tunnelSet) remove(t *tunnel) {
 	}
 }
 
-// pick returns the least-loaded live tunnel, or nil if none is up.
+// pick returns the least-loaded live tunnel, or nil if none is up. Ties go
+// round-robin, so sequential short connections spread too.
 func (ts *tunnelSet) pick() *tunnel {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	var best *tunnel
-	for _, t := range ts.list {
+	n := len(ts.list)
+	ts.next++
+	for i := range n {
+		t := ts.list[(ts.next+i)%n]
 		select {
 		case <-t.s.Done():
 			continue // dead, not yet removed

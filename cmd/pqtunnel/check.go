@@ -40,7 +40,7 @@ func check(environ map[string]string, stdout io.Writer) error {
 		works := map[string]bool{}
 		var advice []string
 		for _, tr := range transports {
-			full := probe(stdout, pc, peer, tr, mode, groups)
+			full := probe(stdout, pc, peer, tr, mode, groups, pin)
 			works[tr] = full.Err == nil
 			if full.Err != nil {
 				advice = append(advice, fmt.Sprintf("%s: %s", tr, full.Verdict(pin)))
@@ -53,15 +53,15 @@ func check(environ map[string]string, stdout io.Writer) error {
 				if len(groups) == 1 {
 					break
 				}
-				if p := probe(stdout, pc, peer, tr, mode, []tls.CurveID{g}); p.Err == nil {
+				if p := probe(stdout, pc, peer, tr, mode, []tls.CurveID{g}, pin); p.Err == nil {
 					accepted = append(accepted, hybridtls.GroupName(g))
 				}
 			}
-			if full.Err != nil && mode == hybridtls.Strict {
-				if p := probe(stdout, pc, peer, tr, hybridtls.Prefer, []tls.CurveID{tls.X25519}); p.Err == nil || !strings.Contains(p.Verdict(pin), "accepts none") {
+			if r := hybridtls.Reason(full.Err); full.Err != nil && mode == hybridtls.Strict && (r == "no_common_group" || r == "not_post_quantum") {
+				if p := probe(stdout, pc, peer, tr, hybridtls.Prefer, []tls.CurveID{tls.X25519}, pin); p.Err == nil || !strings.Contains(p.Verdict(pin), "accepts none") {
 					advice = append(advice, fmt.Sprintf("%s: the peer is not post-quantum: it completes a handshake only with classical X25519, so PQT_PQ=strict will not connect; upgrade the peer", tr))
 				} else if len(accepted) == 0 {
-					advice = append(advice, fmt.Sprintf("%s: %s", tr, otherGroupsAdvice(stdout, pc, peer, tr, groups)))
+					advice = append(advice, fmt.Sprintf("%s: %s", tr, otherGroupsAdvice(stdout, pc, peer, tr, groups, pin)))
 				}
 			}
 		}
@@ -85,7 +85,7 @@ func check(environ map[string]string, stdout io.Writer) error {
 	return nil
 }
 
-func probe(w io.Writer, pc proxy.Config, peer, tr string, mode hybridtls.PQMode, groups []tls.CurveID) proxy.Probe {
+func probe(w io.Writer, pc proxy.Config, peer, tr string, mode hybridtls.PQMode, groups []tls.CurveID, pin string) proxy.Probe {
 	ctx, cancel := context.WithTimeout(context.Background(), pc.Mux.HandshakeTimeout)
 	defer cancel()
 	p := proxy.ProbeTunnel(ctx, pc, peer, tr, mode, groups)
@@ -101,7 +101,7 @@ func probe(w io.Writer, pc proxy.Config, peer, tr string, mode hybridtls.PQMode,
 	}
 	offered := hybridtls.GroupNames(groups)
 	if p.Err != nil {
-		fmt.Fprintf(w, "  %-4s offer %-52s FAIL%s  %s\n", tr, offered, sizes, p.Verdict(""))
+		fmt.Fprintf(w, "  %-4s offer %-52s FAIL%s  %s\n", tr, offered, sizes, p.Verdict(pin))
 		return p
 	}
 	fmt.Fprintf(w, "  %-4s offer %-52s ok   group=%s handshake=%s%s peer=%s pq_auth=%t\n", tr, offered,
@@ -123,13 +123,13 @@ func yesNo(b bool) string {
 
 // otherGroupsAdvice probes the hybrid groups missing from ours to tell the
 // user which one the peer would accept.
-func otherGroupsAdvice(w io.Writer, pc proxy.Config, peer, tr string, ours []tls.CurveID) string {
+func otherGroupsAdvice(w io.Writer, pc proxy.Config, peer, tr string, ours []tls.CurveID, pin string) string {
 	var theirs []tls.CurveID
 	for _, g := range hybridtls.DefaultGroups {
 		if slices.Contains(ours, g) {
 			continue
 		}
-		if p := probe(w, pc, peer, tr, hybridtls.Strict, []tls.CurveID{g}); p.Err == nil {
+		if p := probe(w, pc, peer, tr, hybridtls.Strict, []tls.CurveID{g}, pin); p.Err == nil {
 			theirs = append(theirs, g)
 		}
 	}

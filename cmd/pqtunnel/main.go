@@ -231,6 +231,7 @@ func runTunnel(environ map[string]string, stderr io.Writer) error {
 				reload(c, pc.TLS, log)
 			case stopping:
 				log.Warn("second signal: exiting now", "signal", s.String())
+				e.Close() // tell peers at once rather than let them time out
 				return errors.New("interrupted")
 			default:
 				stopping = true
