@@ -342,6 +342,9 @@ func helloRemote(h *tls.ClientHelloInfo) string {
 func Reason(err error) string { return reasonOf(err) }
 
 func reasonOf(err error) string {
+	if err == nil {
+		return ""
+	}
 	var nerr interface{ Timeout() bool }
 	switch {
 	case errors.Is(err, ErrNotPostQuantum):
