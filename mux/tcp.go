@@ -30,6 +30,7 @@ func (c *Config) yamuxConfig() *yamux.Config {
 	// Frames are written as soon as they are ready: waiting to coalesce
 	// would add latency to every small request.
 	y.WriteCoalesceDelay = 0
+	y.ReadBufSize = 64 << 10
 	y.LogOutput = io.Discard
 	return y
 }

@@ -45,7 +45,7 @@ type end interface {
 // reads keep filling the buffer, that is, during bulk transfer.
 const (
 	smallBufferSize = 512
-	copyBufferSize  = 32 << 10
+	copyBufferSize  = 64 << 10
 )
 
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
