@@ -145,17 +145,13 @@ func testFaults(t *testing.T, transport string) {
 		settle(t)
 	})
 
-	// Over tcp (yamux) a stream reset is only a FIN plus local deadlines: the
-	// listen side's writes to the stream stall on flow control until yamux's
-	// 5-minute close timer, so the origin's connection is not ended (reported
-	// as a bug in mux/tcp.go tcpStream.Reset). The check runs on quic only.
-	if transport == "quic" {
-		t.Run("client vanishes mid-download", func(t *testing.T) {
-			fltVanish(t, ctx, p, downEnded)
-			tunnelIntact(t)
-			settle(t)
-		})
-	}
+	// A client reset travels as a stream reset on both transports (yamux
+	// RST, QUIC RESET_STREAM), so the origin's connection ends at once.
+	t.Run("client vanishes mid-download", func(t *testing.T) {
+		fltVanish(t, ctx, p, downEnded)
+		tunnelIntact(t)
+		settle(t)
+	})
 
 	t.Run("listen side stopped", func(t *testing.T) {
 		connected := msgIs("tunnel connected", "transport", transport, "group", "X25519MLKEM768")
