@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
 )
@@ -31,6 +30,18 @@ type Material struct {
 
 // Pinned reports whether the material uses pinned identities rather than a CA.
 func (m *Material) Pinned() bool { return m.Identity != nil }
+
+// Name is how this side presents itself: its pin, or in CA mode its
+// certificate's common name.
+func (m *Material) Name() string {
+	if m.Pinned() {
+		return m.Identity.Pin.String()
+	}
+	if m.Certificate != nil && m.Certificate.Leaf != nil {
+		return m.Certificate.Leaf.Subject.CommonName
+	}
+	return "(CA certificate)"
+}
 
 // Validate checks that the material configures exactly one way to authenticate.
 func (m *Material) Validate() error {
@@ -368,6 +379,3 @@ func reasonOf(err error) string {
 	}
 	return "tls"
 }
-
-// HandshakeTimeout is the default bound on the TLS handshake plus the proof.
-const HandshakeTimeout = 10 * time.Second

@@ -316,7 +316,7 @@ func (e *Engine) routineMaintain(ctx context.Context, peer string) {
 				return
 			}
 			e.metrics.HandshakeFailed(hybridtls.Reason(err))
-			hint := diagnose(err, e.cfg.Transport, e.cfg.TLS.Policy().Groups, e.ownName())
+			hint := diagnose(err, e.cfg.Transport, e.cfg.TLS.Policy().Groups, e.cfg.TLS.Material().Name())
 			if hybridtls.Reason(err) == "no_common_group" {
 				hint += " (it lists other groups, or is not post-quantum: 'pqtunnel check' tells which)"
 			}
@@ -427,18 +427,6 @@ func (e *Engine) releaseSlot() {
 	if e.slots != nil {
 		<-e.slots
 	}
-}
-
-// ownName is this side's pin, or its certificate's name in CA mode.
-func (e *Engine) ownName() string {
-	m := e.cfg.TLS.Material()
-	if m.Pinned() {
-		return m.Identity.Pin.String()
-	}
-	if m.Certificate.Leaf != nil {
-		return m.Certificate.Leaf.Subject.CommonName
-	}
-	return "(our certificate)"
 }
 
 // hostOf is the host part of a host:port peer address.

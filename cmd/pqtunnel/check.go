@@ -32,7 +32,7 @@ func check(environ map[string]string, stdout io.Writer) error {
 	}
 	mode := pc.TLS.Policy().Mode
 	groups := pc.TLS.Policy().Groups
-	pin := identityName(pc.TLS.Material())
+	pin := pc.TLS.Material().Name()
 	transports := []string{proxy.TransportQUIC, proxy.TransportTCP}
 	failed := 0
 	for _, peer := range pc.Tunnel {

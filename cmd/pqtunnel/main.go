@@ -200,7 +200,7 @@ func runTunnel(environ map[string]string, stderr io.Writer) error {
 		return err
 	}
 	log.Info("pqtunnel starting", "version", buildVersion(), "mode", c.Mode, "transport", c.Transport,
-		"pq", c.PQ, "groups", hybridtls.GroupNames(pc.TLS.Policy().Groups), "identity", identityName(pc.TLS.Material()))
+		"pq", c.PQ, "groups", hybridtls.GroupNames(pc.TLS.Policy().Groups), "identity", pc.TLS.Material().Name())
 
 	if c.Transport != proxy.TransportTCP {
 		warnUDPBuffers(log)
@@ -253,17 +253,7 @@ func reload(c *Config, store *hybridtls.Store, log *slog.Logger) {
 		log.Error("reload failed: keeping the identity and pins in force", "err", err)
 		return
 	}
-	log.Info("reloaded identity and pins", "identity", identityName(m), "peers", len(m.Peers))
-}
-
-func identityName(m *hybridtls.Material) string {
-	if m.Pinned() {
-		return m.Identity.Pin.String()
-	}
-	if m.Certificate.Leaf != nil {
-		return m.Certificate.Leaf.Subject.CommonName
-	}
-	return "ca"
+	log.Info("reloaded identity and pins", "identity", m.Name(), "peers", len(m.Peers))
 }
 
 // serveMetrics starts the HTTP server for /metrics, /healthz and /readyz;
