@@ -289,18 +289,27 @@ func warnUDPBuffers(log *slog.Logger) {
 	if os.Geteuid() == 0 {
 		return // quic-go forces the size past the limit with CAP_NET_ADMIN
 	}
+	if fix := udpBufferFix(os.ReadFile); fix != "" {
+		log.Warn("UDP socket buffers are capped below what QUIC needs for full throughput",
+			"fix", fix, "want_bytes", quicBufferSize)
+	}
+}
+
+// udpBufferFix returns the sysctl command that lifts the kernel's UDP buffer
+// caps to what quic-go asks for, or "" when they suffice or cannot be read.
+func udpBufferFix(readFile func(string) ([]byte, error)) string {
 	var low []string
 	for _, name := range []string{"rmem_max", "wmem_max"} {
-		data, err := os.ReadFile("/proc/sys/net/core/" + name)
+		data, err := readFile("/proc/sys/net/core/" + name)
 		if err != nil {
-			return // not Linux, or no /proc: nothing to say
+			return "" // not Linux, or no /proc: nothing to say
 		}
 		if n, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && n < quicBufferSize {
 			low = append(low, fmt.Sprintf("net.core.%s=%d", name, quicBufferSize))
 		}
 	}
-	if len(low) > 0 {
-		log.Warn("UDP socket buffers are capped below what QUIC needs for full throughput",
-			"fix", "sysctl -w "+strings.Join(low, " "), "want_bytes", quicBufferSize)
+	if len(low) == 0 {
+		return ""
 	}
+	return "sysctl -w " + strings.Join(low, " ")
 }
