@@ -69,6 +69,7 @@ func TestLimitsMaxConnections(t *testing.T) {
 
 	d2 := startDial(t, ctx, l.tunnelAddr, "tcp", nil, map[string]string{"PQT_CONNECTIONS": "1"})
 	refused := l.waitLog(t, within(t, ctx, 20*time.Second), msgIs("tunnel refused"))
+	firstRefusal := time.Now()
 	if r := refused.str("reason"); !strings.Contains(r, "PQT_MAX_CONNECTIONS") {
 		t.Errorf("tunnel refused with reason %q, want it to name PQT_MAX_CONNECTIONS", r)
 	}
@@ -90,6 +91,13 @@ func TestLimitsMaxConnections(t *testing.T) {
 	}
 	if n := len(d1.logs(msgIs("tunnel disconnected"))); n != 0 {
 		t.Errorf("first dial side lost its tunnel %d times", n)
+	}
+	// A refused dial side backs off instead of redialling at once: over
+	// 3 s each of its two connection slots may try about five times
+	// (delays from 100 ms doubling), not every 100-200 ms.
+	<-time.After(time.Until(firstRefusal.Add(3 * time.Second)))
+	if n := len(l.logs(msgIs("tunnel refused"))); n > 14 {
+		t.Errorf("listen side refused the second dial side %d times in about 3 s: it redials without backing off", n)
 	}
 	d2.signal(t, syscall.SIGTERM)
 	d2.wait(t, within(t, ctx, 15*time.Second))
