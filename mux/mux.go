@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 )
 
@@ -221,4 +222,36 @@ func (q *acceptQueue) accept(ctx context.Context) (Session, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// listenerCore is what both listeners share: the queue Accept reads, the
+// bound on handshakes in progress, and a Close that stops them all.
+type listenerCore struct {
+	q      *acceptQueue
+	sem    chan struct{}
+	ctx    context.Context // ends when the listener closes
+	cancel context.CancelFunc
+	once   sync.Once
+	wg     sync.WaitGroup // accept loop and handshakes
+}
+
+func newListenerCore(c *Config) *listenerCore {
+	l := &listenerCore{q: newAcceptQueue(), sem: make(chan struct{}, c.maxHandshakes())}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
+	return l
+}
+
+func (l *listenerCore) Accept(ctx context.Context) (Session, error) { return l.q.accept(ctx) }
+
+// shutdown stops accepting, closes the socket once with closeSocket, and
+// waits for the accept loop and handshakes to end.
+func (l *listenerCore) shutdown(closeSocket func() error) error {
+	var err error
+	l.once.Do(func() {
+		close(l.q.closed)
+		l.cancel()
+		err = closeSocket()
+	})
+	l.wg.Wait()
+	return err
 }

@@ -178,19 +178,14 @@ func (q *quicStream) Reset() {
 // stops accepting; the socket stays open for the sessions it returned until
 // the last of them is closed, so they can drain.
 type quicListener struct {
-	refMu    sync.Mutex
-	refs     int // the listener itself plus each session handed out
+	refMu sync.Mutex
+	refs  int // the listener itself plus each session handed out
+	*listenerCore
 	pc       net.PacketConn
 	tr       *quic.Transport
 	ln       *quic.Listener
 	c        *Config
-	q        *acceptQueue
-	sem      chan struct{}
-	ctx      context.Context
-	cancel   context.CancelFunc
-	once     sync.Once
 	closeRef sync.Once
-	wg       sync.WaitGroup
 }
 
 // ListenQUIC serves tunnel connections on pc, which the listener owns.
@@ -201,8 +196,7 @@ func ListenQUIC(pc net.PacketConn, c *Config) (Listener, error) {
 		_ = tr.Close() // the listen error is what matters
 		return nil, fmt.Errorf("listen quic: %w", err)
 	}
-	l := &quicListener{pc: pc, tr: tr, ln: ln, c: c, q: newAcceptQueue(), sem: make(chan struct{}, c.maxHandshakes()), refs: 1}
-	l.ctx, l.cancel = context.WithCancel(context.Background())
+	l := &quicListener{listenerCore: newListenerCore(c), pc: pc, tr: tr, ln: ln, c: c, refs: 1}
 	l.wg.Add(1)
 	go l.routineAccept()
 	return l, nil
@@ -264,18 +258,11 @@ func (l *quicListener) unref() {
 	}
 }
 
-func (l *quicListener) Accept(ctx context.Context) (Session, error) { return l.q.accept(ctx) }
-func (l *quicListener) Transport() string                           { return TransportQUIC }
-func (l *quicListener) Addr() net.Addr                              { return l.ln.Addr() }
+func (l *quicListener) Transport() string { return TransportQUIC }
+func (l *quicListener) Addr() net.Addr    { return l.ln.Addr() }
 
 func (l *quicListener) Close() error {
-	var err error
-	l.once.Do(func() {
-		close(l.q.closed)
-		l.cancel()
-		err = l.ln.Close()
-	})
-	l.wg.Wait()
+	err := l.shutdown(l.ln.Close)
 	l.closeRef.Do(l.unref)
 	return err
 }

@@ -157,20 +157,14 @@ func (t *tcpStream) Reset() { _ = t.Stream.Reset() }
 // tcpListener accepts TLS over TCP and runs handshakes concurrently, at most
 // MaxHandshakes at a time, so a slow peer cannot stall the others.
 type tcpListener struct {
-	ln     net.Listener
-	c      *Config
-	ctx    context.Context
-	cancel context.CancelFunc
-	q      *acceptQueue
-	sem    chan struct{}
-	once   sync.Once
-	wg     sync.WaitGroup
+	*listenerCore
+	ln net.Listener
+	c  *Config
 }
 
 // ListenTCP serves tunnel connections on ln, which the listener owns.
 func ListenTCP(ln net.Listener, c *Config) Listener {
-	l := &tcpListener{ln: ln, c: c, q: newAcceptQueue(), sem: make(chan struct{}, c.maxHandshakes())}
-	l.ctx, l.cancel = context.WithCancel(context.Background())
+	l := &tcpListener{listenerCore: newListenerCore(c), ln: ln, c: c}
 	l.wg.Add(1)
 	go l.routineAccept()
 	return l
@@ -227,20 +221,9 @@ func (l *tcpListener) routineHandshake(raw net.Conn) {
 	l.q.deliver(s)
 }
 
-func (l *tcpListener) Accept(ctx context.Context) (Session, error) { return l.q.accept(ctx) }
-func (l *tcpListener) Transport() string                           { return TransportTCP }
-func (l *tcpListener) Addr() net.Addr                              { return l.ln.Addr() }
-
-func (l *tcpListener) Close() error {
-	var err error
-	l.once.Do(func() {
-		close(l.q.closed)
-		l.cancel()
-		err = l.ln.Close()
-	})
-	l.wg.Wait()
-	return err
-}
+func (l *tcpListener) Transport() string { return TransportTCP }
+func (l *tcpListener) Addr() net.Addr    { return l.ln.Addr() }
+func (l *tcpListener) Close() error      { return l.shutdown(l.ln.Close) }
 
 // withAlert adds the peer's TLS alert to err when there is one to read. A
 // TLS 1.3 server checks the client's certificate after the client has
