@@ -206,11 +206,23 @@ func TestEnvFiles(t *testing.T) {
 	}
 }
 
-// TestScriptsUseLoopbackOnly checks that the run-local.sh scripts name no
-// address but 127.0.0.1.
+// TestScriptsUseLoopbackOnly checks that the run-local.sh scripts and the
+// lib.sh they source (every .sh file under examples/) name no address but
+// 127.0.0.1.
 func TestScriptsUseLoopbackOnly(t *testing.T) {
 	ip := regexp.MustCompile(`\b\d{1,3}(\.\d{1,3}){3}\b`)
-	for _, script := range []string{"stunnel-redis/run-local.sh", "reverse-web/run-local.sh"} {
+	var scripts []string
+	for _, path := range exampleFiles(t) {
+		if strings.HasSuffix(path, ".sh") {
+			scripts = append(scripts, path)
+		}
+	}
+	for _, want := range []string{"lib.sh", filepath.Join("stunnel-redis", "run-local.sh"), filepath.Join("reverse-web", "run-local.sh")} {
+		if !slices.Contains(scripts, want) {
+			t.Errorf("%s is not among the scripts checked %v", want, scripts)
+		}
+	}
+	for _, script := range scripts {
 		for i, l := range strings.Split(readFile(t, script), "\n") {
 			for _, addr := range ip.FindAllString(l, -1) {
 				if addr != "127.0.0.1" {
