@@ -159,6 +159,9 @@ func TestProxyProtocol(t *testing.T) {
 					if got := s.header.SourceAddr.String(); got != client {
 						t.Errorf("PROXY header source %s, want the client's address %s", got, client)
 					}
+					if got, want := s.header.DestinationAddr.String(), c.RemoteAddr().String(); got != want {
+						t.Errorf("PROXY header destination %s, want the address the client connected to, %s", got, want)
+					}
 					t.Logf("PROXY %s header: source %s destination %s", version, s.header.SourceAddr, s.header.DestinationAddr)
 					if err := sameBytes(s.payload, payload); err != nil {
 						t.Errorf("payload after the header: %v", err)

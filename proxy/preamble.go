@@ -10,6 +10,7 @@ import (
 // Stream preamble, written by the side that opens a stream:
 //
 //	version (1 byte) | route length (1) | route | client address length (1) | client address
+//	| server address length (1) | server address
 //
 // The opener may send payload right after it. The acceptor answers before
 // any origin bytes with:
@@ -17,7 +18,7 @@ import (
 //	version (1 byte) | status (1) | message length (1) | message
 //
 // Every field is bounded by its one-byte length, so a parser reads at most
-// 3+2*255 bytes and never allocates more.
+// 4+3*255 bytes and never allocates more.
 const preambleVersion = 1
 
 // Request is the opener's preamble.
@@ -26,6 +27,8 @@ type Request struct {
 	Route string
 	// Client is the original client's address ("ip:port"), for PROXY protocol.
 	Client string
+	// Server is the address the client connected to, for PROXY protocol.
+	Server string
 }
 
 // Status is the acceptor's verdict on a stream.
@@ -79,13 +82,15 @@ const maxField = 255
 
 // AppendRequest encodes r; fields longer than 255 bytes are an error.
 func AppendRequest(dst []byte, r Request) ([]byte, error) {
-	if len(r.Route) > maxField || len(r.Client) > maxField {
+	if len(r.Route) > maxField || len(r.Client) > maxField || len(r.Server) > maxField {
 		return nil, fmt.Errorf("%w: field longer than %d bytes", ErrPreamble, maxField)
 	}
 	dst = append(dst, preambleVersion, byte(len(r.Route)))
 	dst = append(dst, r.Route...)
 	dst = append(dst, byte(len(r.Client)))
-	return append(dst, r.Client...), nil
+	dst = append(dst, r.Client...)
+	dst = append(dst, byte(len(r.Server)))
+	return append(dst, r.Server...), nil
 }
 
 // ReadRequest decodes one request from r, reading no further than it.
@@ -99,6 +104,9 @@ func ReadRequest(r io.Reader) (Request, error) {
 		return req, err
 	}
 	if req.Client, err = readField(r, "client address"); err != nil {
+		return req, err
+	}
+	if req.Server, err = readField(r, "server address"); err != nil {
 		return req, err
 	}
 	return req, nil

@@ -11,10 +11,10 @@ import (
 func TestRequestRoundTrip(t *testing.T) {
 	tests := []Request{
 		{},
-		{Route: "redis", Client: "127.0.0.1:50123"},
+		{Route: "redis", Client: "127.0.0.1:50123", Server: "127.0.0.1:6379"},
 		{Client: "[::1]:443"},
 		{Route: "ünïcode", Client: "x"},
-		{Route: strings.Repeat("r", 255), Client: strings.Repeat("c", 255)},
+		{Route: strings.Repeat("r", 255), Client: strings.Repeat("c", 255), Server: strings.Repeat("s", 255)},
 	}
 	for _, want := range tests {
 		enc, err := AppendRequest([]byte("prefix"), want)
@@ -24,7 +24,7 @@ func TestRequestRoundTrip(t *testing.T) {
 		if !bytes.HasPrefix(enc, []byte("prefix")) {
 			t.Fatalf("AppendRequest did not append to dst")
 		}
-		if n := len(enc) - len("prefix"); n != 3+len(want.Route)+len(want.Client) {
+		if n := len(enc) - len("prefix"); n != 4+len(want.Route)+len(want.Client)+len(want.Server) {
 			t.Errorf("encoding of %+v is %d bytes", want, n)
 		}
 		r := bytes.NewReader(append(enc[len("prefix"):], "payload"...))
@@ -43,7 +43,7 @@ func TestRequestRoundTrip(t *testing.T) {
 
 func TestAppendRequestRejectsLongFields(t *testing.T) {
 	long := strings.Repeat("x", 256)
-	for _, r := range []Request{{Route: long}, {Client: long}, {Route: long, Client: long}} {
+	for _, r := range []Request{{Route: long}, {Client: long}, {Server: long}, {Route: long, Client: long}} {
 		enc, err := AppendRequest([]byte("dst"), r)
 		if !errors.Is(err, ErrPreamble) {
 			t.Errorf("AppendRequest(route %d, client %d bytes) = %v, want ErrPreamble", len(r.Route), len(r.Client), err)

@@ -82,7 +82,7 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 		client.abort()
 		return
 	}
-	hdr, err := AppendRequest(nil, Request{Route: r.Name, Client: c.RemoteAddr().String()})
+	hdr, err := AppendRequest(nil, Request{Route: r.Name, Client: c.RemoteAddr().String(), Server: c.LocalAddr().String()})
 	if err == nil {
 		_, err = st.Write(hdr)
 	}
@@ -207,7 +207,7 @@ func (e *Engine) handleInbound(st mux.Stream, t *tunnel) {
 		return
 	}
 	if e.cfg.ProxyProtocol != 0 {
-		if err := writeProxyHeader(oc, e.cfg.ProxyProtocol, req.Client); err != nil {
+		if err := writeProxyHeader(oc, e.cfg.ProxyProtocol, req.Client, req.Server); err != nil {
 			_ = oc.Close()
 			refuse(StatusOriginError, fmt.Sprintf("send PROXY header to origin %s: %v", target, err), err)
 			return
@@ -273,15 +273,20 @@ func benign(err error) bool {
 	return errors.Is(err, net.ErrClosed)
 }
 
-// writeProxyHeader tells the origin the original client's address, carried
-// in the stream preamble, as a PROXY protocol v1 or v2 header.
-func writeProxyHeader(origin net.Conn, version byte, client string) error {
+// writeProxyHeader tells the origin the original client's address and the
+// address it connected to, both carried in the stream preamble, as a PROXY
+// protocol v1 or v2 header.
+func writeProxyHeader(origin net.Conn, version byte, client, server string) error {
 	var src net.Addr
 	if ap, err := netip.ParseAddrPort(client); err == nil {
 		src = net.TCPAddrFromAddrPort(ap)
 	}
+	dst := origin.RemoteAddr()
+	if ap, err := netip.ParseAddrPort(server); err == nil {
+		dst = net.TCPAddrFromAddrPort(ap)
+	}
 	// An unknown source makes the header say UNKNOWN (v1) or LOCAL (v2).
-	h := proxyproto.HeaderProxyFromAddrs(version, src, origin.RemoteAddr())
+	h := proxyproto.HeaderProxyFromAddrs(version, src, dst)
 	if src == nil {
 		h.Command = proxyproto.LOCAL
 	}
