@@ -1,11 +1,12 @@
-# make test: every test with the race detector, then each fuzz target for
-# FUZZTIME against its committed corpus. make bench: the benchmark harness.
+# make test: every test with the race detector, each fuzz target for
+# FUZZTIME against its committed corpus, and a 20-second run of the benchmark
+# harness that checks it still works. make bench: the full harness.
 FUZZTIME ?= 10s
 FUZZ_PKGS := ./hybridtls ./proxy
 
-.PHONY: test unit fuzz bench build
+.PHONY: test unit fuzz bench bench-smoke build
 
-test: unit fuzz
+test: unit fuzz bench-smoke
 
 unit:
 	go test -race -count=1 ./...
@@ -20,6 +21,9 @@ fuzz:
 
 bench:
 	go run ./integration/bench
+
+bench-smoke:
+	go run ./integration/bench -smoke -out "$$(mktemp -d)/bench-smoke.json"
 
 build:
 	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o bin/pqtunnel ./cmd/pqtunnel
