@@ -160,15 +160,11 @@ func (s *Store) ServerConfig() *tls.Config {
 				s.policy.OnRefused(reasonOf(err))
 			}
 			c := s.baseConfig(m)
-			if m.Pinned() {
-				c.ClientAuth = tls.RequireAnyClientCert
-			} else {
-				// The chain is verified in VerifyConnection rather than by
-				// crypto/tls, so that a bad certificate is logged and
-				// counted with its reason on QUIC too, where quic-go
-				// swallows handshake errors.
-				c.ClientAuth = tls.RequireAnyClientCert
-			}
+			// Pins and, in CA mode, the chain are checked in
+			// VerifyConnection rather than by crypto/tls, so that every
+			// refusal is logged and counted with its reason, on QUIC too,
+			// where quic-go swallows handshake errors.
+			c.ClientAuth = tls.RequireAnyClientCert
 			c.VerifyConnection = func(cs tls.ConnectionState) error {
 				err := s.verifyPeer(m, &cs, true)
 				if err != nil {
