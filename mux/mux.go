@@ -99,6 +99,10 @@ type Listener interface {
 	Transport() string
 }
 
+// ErrBusy is passed to OnHandshakeError for a connection refused because
+// MaxHandshakes handshakes are already in progress.
+var ErrBusy = errors.New("mux: too many handshakes in progress")
+
 // ErrClosed is returned by Accept after Close.
 var ErrClosed = errors.New("mux: listener closed")
 

@@ -216,7 +216,7 @@ func (l *quicListener) routineAccept() {
 		select {
 		case l.sem <- struct{}{}:
 		default:
-			l.c.handshakeFailed(conn.RemoteAddr(), errors.New("too many handshakes in progress"))
+			l.c.handshakeFailed(conn.RemoteAddr(), ErrBusy)
 			_ = conn.CloseWithError(codeAuth, "busy")
 			continue
 		}

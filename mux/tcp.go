@@ -190,7 +190,7 @@ func (l *tcpListener) routineAccept() {
 		select {
 		case l.sem <- struct{}{}:
 		default:
-			l.c.handshakeFailed(raw.RemoteAddr(), errors.New("too many handshakes in progress"))
+			l.c.handshakeFailed(raw.RemoteAddr(), ErrBusy)
 			_ = raw.Close() // shed load
 			continue
 		}

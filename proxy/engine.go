@@ -13,7 +13,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -214,7 +213,7 @@ func (e *Engine) handshakeFailed(remote net.Addr, err error) {
 		return // the TLS policy logged and counted it with its reason already
 	}
 	reason := hybridtls.Reason(err)
-	if strings.Contains(err.Error(), "too many handshakes") {
+	if errors.Is(err, mux.ErrBusy) {
 		reason = "busy"
 	}
 	e.metrics.HandshakeFailed(reason)
