@@ -96,6 +96,7 @@ type Engine struct {
 	tunnelLns  []mux.Listener
 
 	draining atomic.Bool
+	refusals *logLimiter
 	// slots holds a token per stream in flight when MaxTotalStreams is set.
 	slots   chan struct{}
 	streams *inflight      // client and inbound stream handlers
@@ -115,7 +116,7 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics()
 	}
-	e := &Engine{cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, streams: newInflight()}
+	e := &Engine{cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, streams: newInflight(), refusals: newLogLimiter(time.Second)}
 	if cfg.MaxTotalStreams > 0 {
 		e.slots = make(chan struct{}, cfg.MaxTotalStreams)
 	}

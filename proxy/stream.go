@@ -43,6 +43,20 @@ func (e *Engine) carry(u *undoList, f func()) {
 	}()
 }
 
+// warnRefusal logs a per-connection refusal, at most once a second for each
+// message and reason, saying how many like it were left out.
+func (e *Engine) warnRefusal(log *slog.Logger, msg, reason string, attrs ...any) {
+	ok, suppressed := e.refusals.allow(msg + "\x00" + reason)
+	if !ok {
+		return
+	}
+	attrs = append([]any{"reason", reason}, attrs...)
+	if suppressed > 0 {
+		attrs = append(attrs, "suppressed", suppressed)
+	}
+	log.Warn(msg, attrs...)
+}
+
 // handleClient carries one plain TCP client through a tunnel stream.
 func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	start := time.Now()
@@ -57,7 +71,7 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	active.Inc()
 	undo.add(active.Dec)
 	if !e.acquireSlot() {
-		log.Warn("client refused", "reason", "PQT_MAX_TOTAL_STREAMS reached", "limit", e.cfg.MaxTotalStreams)
+		e.warnRefusal(log, "client refused", "PQT_MAX_TOTAL_STREAMS reached", "limit", e.cfg.MaxTotalStreams)
 		m.streamsFailed.WithLabelValues(route, "busy").Inc()
 		client.abort()
 		return
@@ -65,7 +79,7 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	undo.add(e.releaseSlot)
 	t := e.tunnels.pick()
 	if t == nil {
-		log.Warn("client refused", "reason", "no tunnel connection up")
+		e.warnRefusal(log, "client refused", "no tunnel connection up")
 		m.streamsFailed.WithLabelValues(route, "no_tunnel").Inc()
 		client.abort()
 		return
@@ -77,7 +91,7 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	st, err := t.s.OpenStream(ctx)
 	cancel()
 	if err != nil {
-		log.Warn("client refused", "reason", "open stream failed", "err", err)
+		e.warnRefusal(log, "client refused", "open stream failed", "err", err)
 		m.streamsFailed.WithLabelValues(route, "open_failed").Inc()
 		client.abort()
 		return
@@ -87,7 +101,7 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 		_, err = st.Write(hdr)
 	}
 	if err != nil {
-		log.Warn("client refused", "reason", "send preamble failed", "err", err)
+		e.warnRefusal(log, "client refused", "send preamble failed", "err", err)
 		m.streamsFailed.WithLabelValues(route, "open_failed").Inc()
 		st.Reset()
 		client.abort()
@@ -107,7 +121,7 @@ func (e *Engine) pipeClient(client tcpEnd, opened *openedStream, route string, l
 	switch {
 	case errors.As(err, &refused):
 		m.streamsFailed.WithLabelValues(route, refused.resp.Status.label()).Inc()
-		log.Warn("stream refused by peer", "reason", refused.resp.Status.String(), "err", refused.resp.Message)
+		e.warnRefusal(log, "stream refused by peer", refused.resp.Status.String(), "err", refused.resp.Message)
 	case err != nil && !benign(err):
 		m.streamsFailed.WithLabelValues(route, "aborted").Inc()
 		log.Info("stream aborted", "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond), "err", err)
@@ -173,7 +187,7 @@ func (e *Engine) handleInbound(st mux.Stream, t *tunnel) {
 	undo.add(active.Dec)
 	refuse := func(s Status, msg string, err error) {
 		m.streamsFailed.WithLabelValues(route, s.label()).Inc()
-		log.Warn("stream refused", "reason", s.String(), "err", errOr(err, msg))
+		e.warnRefusal(log, "stream refused", s.String(), "err", errOr(err, msg))
 		_, _ = st.Write(AppendResponse(nil, Response{Status: s, Message: msg})) // best effort: we close next
 		_ = st.Close()
 	}
