@@ -233,7 +233,7 @@ func diagnose(err error, transport string, offered []tls.CurveID, pin string) st
 	switch {
 	case transport == TransportQUIC && isTimeout(err):
 		return "no answer over UDP: the UDP port is blocked or nothing listens there; open UDP on the peer's port or set PQT_TRANSPORT=tcp"
-	case isRefused(err) || strings.Contains(msg, "connection refused"):
+	case isRefused(err):
 		return "connection refused: nothing listens on that TCP port"
 	case isTimeout(err):
 		return "timed out: the peer did not complete the handshake"

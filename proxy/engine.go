@@ -189,7 +189,13 @@ func (e *Engine) TunnelAddr() net.Addr {
 }
 
 // Tunnels describes the tunnel connections that are up.
-func (e *Engine) Tunnels() []mux.Info { return e.tunnels.infos() }
+func (e *Engine) Tunnels() []mux.Info {
+	var out []mux.Info
+	for _, t := range e.tunnels.snapshot() {
+		out = append(out, t.s.Info())
+	}
+	return out
+}
 
 // TunnelsChanged returns a channel closed at the next change of Tunnels.
 func (e *Engine) TunnelsChanged() <-chan struct{} { return e.tunnels.changedChan() }
@@ -375,9 +381,7 @@ func (e *Engine) hold(ctx context.Context, peer string, s mux.Session) mux.Sessi
 			<-done
 			return nil
 		case <-retry.C:
-			qc := *e.muxConfig(e.cfg.TLS.ClientConfigFor(hostOf(peer)))
-			qc.HandshakeTimeout = orDefault(e.cfg.FallbackTimeout, 3*time.Second)
-			qs, err := mux.DialQUIC(ctx, peer, &qc)
+			qs, err := e.tryQUIC(ctx, peer, e.muxConfig(e.cfg.TLS.ClientConfigFor(hostOf(peer))))
 			if err != nil {
 				e.log.Debug("quic still unavailable, staying on tcp", "peer", peer, "err", err)
 				continue
@@ -454,14 +458,24 @@ func (e *Engine) dial(ctx context.Context, peer string) (mux.Session, error) {
 	case TransportTCP:
 		return mux.DialTCP(ctx, peer, mc)
 	}
-	qc := *mc
-	qc.HandshakeTimeout = orDefault(e.cfg.FallbackTimeout, 3*time.Second)
-	s, err := mux.DialQUIC(ctx, peer, &qc)
+	s, err := e.tryQUIC(ctx, peer, mc)
 	if err == nil || !isTimeout(err) || ctx.Err() != nil {
 		return s, err
 	}
-	e.log.Warn("quic handshake timed out, falling back to tcp", "peer", peer, "after", qc.HandshakeTimeout, "err", err)
+	e.log.Warn("quic handshake timed out, falling back to tcp", "peer", peer, "after", e.fallbackTimeout(), "err", err)
 	return mux.DialTCP(ctx, peer, mc)
+}
+
+// tryQUIC dials QUIC with the short FallbackTimeout an auto dial side
+// allows before it uses, or stays on, TCP.
+func (e *Engine) tryQUIC(ctx context.Context, peer string, mc *mux.Config) (mux.Session, error) {
+	qc := *mc
+	qc.HandshakeTimeout = e.fallbackTimeout()
+	return mux.DialQUIC(ctx, peer, &qc)
+}
+
+func (e *Engine) fallbackTimeout() time.Duration {
+	return orDefault(e.cfg.FallbackTimeout, 3*time.Second)
 }
 
 func isTimeout(err error) bool {

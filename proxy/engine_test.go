@@ -253,6 +253,25 @@ func TestEngineEndToEnd(t *testing.T) {
 				if !listenLogs.contains("stream refused", "reason=unknown route", `route "nope"`) {
 					t.Errorf("listen side did not log the unknown route; logs: %q", listenLogs.all())
 				}
+				// A peer-chosen route name never becomes a metric label.
+				families, err := listen.metrics.Registry().Gather()
+				if err != nil {
+					t.Fatal(err)
+				}
+				sawUnknown := false
+				for _, f := range families {
+					for _, m := range f.GetMetric() {
+						for _, l := range m.GetLabel() {
+							if l.GetName() == "route" && l.GetValue() == "nope" {
+								t.Errorf("%s has a series for the peer's route name %q", f.GetName(), l.GetValue())
+							}
+							sawUnknown = sawUnknown || l.GetName() == "route" && l.GetValue() == "unknown"
+						}
+					}
+				}
+				if !sawUnknown {
+					t.Error("the unknown route was not counted under route=\"unknown\"")
+				}
 				if err := echoThrough(echoAddr, []byte("still works")); err != nil {
 					t.Fatalf("after an unknown route: %v", err)
 				}

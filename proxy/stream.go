@@ -178,8 +178,14 @@ func (e *Engine) handleInbound(st mux.Stream, t *tunnel) {
 		return
 	}
 	_ = st.SetReadDeadline(time.Time{})
-	route := routeName(req.Route)
-	log = log.With("route", route, "client", req.Client)
+	// The peer chooses the route name: only names in PQT_TARGET become metric
+	// labels, so a peer cannot grow the metric series without bound.
+	target, known := e.target(req.Route)
+	route := "unknown"
+	if known {
+		route = routeName(req.Route)
+	}
+	log = log.With("route", routeName(req.Route), "client", req.Client)
 	m := e.metrics
 	m.streamsOpened.WithLabelValues(route, "in").Inc()
 	active := m.streamsActive.WithLabelValues(route, "in")
@@ -200,8 +206,7 @@ func (e *Engine) handleInbound(st mux.Stream, t *tunnel) {
 		return
 	}
 	undo.add(e.releaseSlot)
-	target, ok := e.target(req.Route)
-	if !ok {
+	if !known {
 		refuse(StatusUnknownRoute, fmt.Sprintf("route %q is not in the peer's PQT_TARGET (it has: %s)", routeName(req.Route), e.targetNames()), nil)
 		return
 	}

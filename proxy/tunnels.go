@@ -103,16 +103,6 @@ func (ts *tunnelSet) snapshot() []*tunnel {
 	return append([]*tunnel(nil), ts.list...)
 }
 
-func (ts *tunnelSet) infos() []mux.Info {
-	ts.mu.Lock()
-	defer ts.mu.Unlock()
-	out := make([]mux.Info, len(ts.list))
-	for i, t := range ts.list {
-		out[i] = t.s.Info()
-	}
-	return out
-}
-
 func (ts *tunnelSet) active() int64 {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
