@@ -701,6 +701,41 @@ func TestAcceptHonoursContext(t *testing.T) {
 	}
 }
 
+// Accepting with a context that cannot end takes the direct path; streams
+// accepted that way and through a cancellable context must both arrive.
+func TestAcceptWithAndWithoutContext(t *testing.T) {
+	for _, transport := range transports {
+		t.Run(transport, func(t *testing.T) {
+			cc, sc := testConfigs(t)
+			client, server := sessionPair(t, transport, cc, sc)
+			ctx := testCtx(t)
+			for i, actx := range []context.Context{context.Background(), ctx, context.Background()} {
+				st, err := client.OpenStream(ctx)
+				if err != nil {
+					t.Fatalf("open %d: %v", i, err)
+				}
+				defer st.Close()
+				if _, err := st.Write([]byte{byte(i)}); err != nil {
+					t.Fatalf("write %d: %v", i, err)
+				}
+				acc, err := server.AcceptStream(actx)
+				if err != nil {
+					t.Fatalf("accept %d: %v", i, err)
+				}
+				defer acc.Close()
+				var b [1]byte
+				if _, err := io.ReadFull(acc, b[:]); err != nil || b[0] != byte(i) {
+					t.Fatalf("stream %d read %v, %v", i, b[0], err)
+				}
+			}
+			_ = client.Close()
+			if _, err := server.AcceptStream(context.Background()); !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("accept after the peer closed = %v, want net.ErrClosed", err)
+			}
+		})
+	}
+}
+
 func TestSessionCloseReachesPeer(t *testing.T) {
 	for _, transport := range transports {
 		t.Run(transport, func(t *testing.T) {

@@ -50,7 +50,7 @@ func DialTCP(ctx context.Context, addr string, c *Config) (Session, error) {
 	if c.WrapConn != nil {
 		conn = c.WrapConn(raw)
 	}
-	s, err := handshakeTCP(ctx, tls.Client(conn, c.TLS), c, true, start)
+	s, err := handshakeTCP(ctx, newRecordConn(conn), c, true, start)
 	if err != nil {
 		_ = raw.Close() // the handshake error is what matters
 		return nil, err
@@ -58,7 +58,11 @@ func DialTCP(ctx context.Context, addr string, c *Config) (Session, error) {
 	return s, nil
 }
 
-func handshakeTCP(ctx context.Context, tc *tls.Conn, c *Config, client bool, start time.Time) (Session, error) {
+func handshakeTCP(ctx context.Context, rc *recordConn, c *Config, client bool, start time.Time) (Session, error) {
+	tc := tls.Server(rc, c.TLS)
+	if client {
+		tc = tls.Client(rc, c.TLS)
+	}
 	deadline, _ := ctx.Deadline()
 	_ = tc.SetDeadline(deadline) // a failing deadline shows up as a failing handshake
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -72,9 +76,9 @@ func handshakeTCP(ctx context.Context, tc *tls.Conn, c *Config, client bool, sta
 	_ = tc.SetDeadline(time.Time{}) // yamux keep-alives take over liveness
 	var ys *yamux.Session
 	if client {
-		ys, err = yamux.Client(tc, c.yamuxConfig(), nil)
+		ys, err = yamux.Client(&batchedTLS{tc, rc}, c.yamuxConfig(), nil)
 	} else {
-		ys, err = yamux.Server(tc, c.yamuxConfig(), nil)
+		ys, err = yamux.Server(&batchedTLS{tc, rc}, c.yamuxConfig(), nil)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
@@ -111,8 +115,13 @@ func (s *tcpSession) OpenStream(ctx context.Context) (Stream, error) {
 func (s *tcpSession) AcceptStream(ctx context.Context) (Stream, error) {
 	// yamux's AcceptStream takes no context: it runs in a goroutine, and a
 	// call abandoned by its ctx hands its result to the next call, so no
-	// stream is lost.
+	// stream is lost. A context that cannot end needs no goroutine, which
+	// saves a hand-off per stream.
 	s.mu.Lock()
+	if ctx.Done() == nil && s.pending == nil {
+		s.mu.Unlock()
+		return s.accepted(s.ys.AcceptStream())
+	}
 	res := s.pending
 	if res == nil {
 		res = make(chan acceptResult, 1)
@@ -125,19 +134,23 @@ func (s *tcpSession) AcceptStream(ctx context.Context) (Stream, error) {
 	s.mu.Unlock()
 	select {
 	case r := <-res:
-		if r.err != nil {
-			if s.ys.IsClosed() || errors.Is(r.err, io.EOF) {
-				return nil, fmt.Errorf("accept yamux stream: %w: %w", net.ErrClosed, r.err)
-			}
-			return nil, fmt.Errorf("accept yamux stream: %w", r.err)
-		}
-		return &tcpStream{r.st}, nil
+		return s.accepted(r.st, r.err)
 	case <-ctx.Done():
 		s.mu.Lock()
 		s.pending = res
 		s.mu.Unlock()
 		return nil, ctx.Err()
 	}
+}
+
+func (s *tcpSession) accepted(st *yamux.Stream, err error) (Stream, error) {
+	if err != nil {
+		if s.ys.IsClosed() || errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("accept yamux stream: %w: %w", net.ErrClosed, err)
+		}
+		return nil, fmt.Errorf("accept yamux stream: %w", err)
+	}
+	return &tcpStream{st}, nil
 }
 
 type acceptResult struct {
@@ -206,7 +219,7 @@ func (l *tcpListener) routineHandshake(raw net.Conn) {
 	// Closing the socket is what unblocks a stalled peer, at the timeout or
 	// when the listener closes.
 	stop := context.AfterFunc(ctx, func() { _ = raw.Close() })
-	s, err := handshakeTCP(ctx, tls.Server(raw, l.c.TLS), l.c, false, start)
+	s, err := handshakeTCP(ctx, newRecordConn(raw), l.c, false, start)
 	if !stop() && err == nil {
 		_ = s.Close()
 		err = fmt.Errorf("handshake: %w", ctx.Err())

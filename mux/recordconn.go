@@ -1,0 +1,86 @@
+package mux
+
+import (
+	"bufio"
+	"crypto/tls"
+	"net"
+	"sync"
+)
+
+// recordConn sits between crypto/tls and the TCP socket. crypto/tls writes
+// each TLS record of at most 16 KiB with its own write system call and reads
+// about one record per read; for bulk transfers those calls, not the cipher,
+// are most of the cost. recordConn reads ahead into a buffer and, while a
+// batch is open, collects written records so that a whole yamux frame leaves
+// in one system call.
+type recordConn struct {
+	net.Conn
+	r *bufio.Reader
+
+	mu       sync.Mutex
+	batching bool
+	out      []byte
+}
+
+// recordBufSize is what recordConn reads ahead: the largest yamux frame,
+// which is four full TLS records.
+const recordBufSize = 64 << 10
+
+func newRecordConn(c net.Conn) *recordConn {
+	return &recordConn{Conn: c, r: bufio.NewReaderSize(c, recordBufSize)}
+}
+
+func (c *recordConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// Write collects p while a batch is open; crypto/tls serializes its writes,
+// so records are collected in the order it produced them.
+func (c *recordConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	if c.batching {
+		c.out = append(c.out, p...)
+		c.mu.Unlock()
+		return len(p), nil
+	}
+	c.mu.Unlock()
+	return c.Conn.Write(p)
+}
+
+func (c *recordConn) begin() {
+	c.mu.Lock()
+	c.batching = true
+	c.mu.Unlock()
+}
+
+// flush ends the batch and writes what it collected. A large buffer is not
+// kept: an idle tunnel should not hold one.
+func (c *recordConn) flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.batching = false
+	if len(c.out) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.out)
+	if cap(c.out) > 2*recordBufSize {
+		c.out = nil
+	} else {
+		c.out = c.out[:0]
+	}
+	return err
+}
+
+// batchedTLS is the tls.Conn yamux writes to: each Write leaves the socket
+// as one system call however many records it takes.
+type batchedTLS struct {
+	*tls.Conn
+	raw *recordConn
+}
+
+func (b *batchedTLS) Write(p []byte) (int, error) {
+	b.raw.begin()
+	n, err := b.Conn.Write(p)
+	if ferr := b.raw.flush(); err == nil && ferr != nil {
+		return 0, ferr
+	}
+	return n, err
+}
