@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"testing"
 	"time"
 )
@@ -214,5 +215,55 @@ func TestJoinAbortPropagatesPromptly(t *testing.T) {
 				t.Errorf("other end was not told of the reset: %v", err)
 			}
 		})
+	}
+}
+
+func TestAppendEarlyTakesWhatTheClientSent(t *testing.T) {
+	client, server := loopbackPair(t)
+	hdr := []byte("preamble")
+
+	got, err := appendEarly(server, slices.Clone(hdr))
+	if err != nil || string(got) != "preamble" {
+		t.Fatalf("nothing sent yet: appendEarly = %q, %v; want the preamble alone", got, err)
+	}
+
+	if _, err := client.Write([]byte("GET / HTTP/1.1\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for string(got) == "preamble" && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond) // loopback delivers within microseconds
+		if got, err = appendEarly(server, slices.Clone(hdr)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := "preambleGET / HTTP/1.1\r\n\r\n"; string(got) != want {
+		t.Fatalf("appendEarly = %q, want %q", got, want)
+	}
+
+	big := bytes.Repeat([]byte{'x'}, 3*earlyDataSize)
+	if _, err := client.Write(big); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	got, err = appendEarly(server, nil)
+	if err != nil || len(got) == 0 || len(got) > earlyDataSize {
+		t.Fatalf("appendEarly took %d bytes (%v); want 1..%d", len(got), err, earlyDataSize)
+	}
+	// The rest is left for the copy, in order.
+	rest := make([]byte, len(big)-len(got))
+	_ = server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(server, rest); err != nil || !bytes.Equal(append(got, rest...), big) {
+		t.Fatalf("the bytes after the early ones did not follow in order: %v", err)
+	}
+
+	// A FIN alone adds nothing and is still there for the copy to read.
+	_ = client.CloseWrite()
+	time.Sleep(20 * time.Millisecond)
+	if got, err = appendEarly(server, nil); err != nil || len(got) != 0 {
+		t.Fatalf("after FIN: appendEarly = %q, %v", got, err)
+	}
+	if n, err := server.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("after appendEarly the copy reads %d, %v; want EOF", n, err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -96,11 +97,24 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 		client.abort()
 		return
 	}
-	hdr, err := AppendRequest(nil, Request{Route: r.Name, Client: c.RemoteAddr().String(), Server: c.LocalAddr().String()})
-	if err == nil {
-		_, err = st.Write(hdr)
-	}
+	hdr, err := AppendRequest(make([]byte, 0, 64+earlyDataSize), Request{Route: r.Name, Client: c.RemoteAddr().String(), Server: c.LocalAddr().String()})
 	if err != nil {
+		e.warnRefusal(log, "client refused", "send preamble failed", "err", err)
+		m.streamsFailed.WithLabelValues(route, "open_failed").Inc()
+		st.Reset()
+		client.abort()
+		return
+	}
+	preamble := len(hdr)
+	if hdr, err = appendEarly(c, hdr); err != nil {
+		log.Debug("client gone before its stream opened", "err", err)
+		m.streamsFailed.WithLabelValues(route, "aborted").Inc()
+		st.Reset()
+		client.abort()
+		return
+	}
+	early := int64(len(hdr) - preamble)
+	if _, err = st.Write(hdr); err != nil {
 		e.warnRefusal(log, "client refused", "send preamble failed", "err", err)
 		m.streamsFailed.WithLabelValues(route, "open_failed").Inc()
 		st.Reset()
@@ -109,12 +123,48 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	}
 	// The client's bytes flow at once; the peer's answer gates the other direction.
 	opened := &openedStream{Stream: st, timeout: e.dialTimeout() + 5*time.Second}
-	e.carry(&undo, func() { e.pipeClient(client, opened, route, log, start) })
+	e.carry(&undo, func() { e.pipeClient(client, opened, early, route, log, start) })
 }
 
-func (e *Engine) pipeClient(client tcpEnd, opened *openedStream, route string, log *slog.Logger, start time.Time) {
+// earlyDataSize bounds the client bytes that travel in the preamble's frame.
+const earlyDataSize = 2048
+
+// appendEarly appends to dst what the client has already sent, up to
+// earlyDataSize, without waiting for more. Most clients speak first (HTTP,
+// Redis, a TLS ClientHello): their request then crosses the tunnel in the
+// same frame as the preamble, which saves the far side a wake-up per
+// connection. A client that sent nothing, or only its FIN, adds nothing: the
+// copy that follows reads the FIN again.
+func appendEarly(c *net.TCPConn, dst []byte) ([]byte, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return dst, nil // nothing early then; the copy reads it all
+	}
+	n0 := len(dst)
+	dst = slices.Grow(dst, earlyDataSize)
+	buf := dst[n0 : n0+earlyDataSize]
+	var n int
+	var rerr error
+	if err := rc.Read(func(fd uintptr) bool {
+		n, rerr = syscall.Read(int(fd), buf)
+		return true // one try: never wait for the client
+	}); err != nil {
+		return dst[:n0], fmt.Errorf("read early client data: %w", err)
+	}
+	switch {
+	case n > 0:
+		return dst[:n0+n], nil
+	case rerr == nil, errors.Is(rerr, syscall.EAGAIN), errors.Is(rerr, syscall.EINTR):
+		return dst[:n0], nil
+	default:
+		return dst[:n0], fmt.Errorf("read early client data: %w", rerr)
+	}
+}
+
+func (e *Engine) pipeClient(client tcpEnd, opened *openedStream, early int64, route string, log *slog.Logger, start time.Time) {
 	m := e.metrics
 	up, down, err := join(client, streamEnd{opened})
+	up += early
 	m.bytes.WithLabelValues(route, "up").Add(float64(up))
 	m.bytes.WithLabelValues(route, "down").Add(float64(down))
 	var refused *refusedError
