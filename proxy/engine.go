@@ -240,18 +240,20 @@ func (e *Engine) Run(ctx context.Context) error {
 		go e.routineAcceptSessions(ln)
 		e.log.Info("tunnel listening", "transport", ln.Transport(), "addr", ln.Addr().String())
 	}
-	dialCtx, stopDialing := context.WithCancel(context.Background())
+	loopCtx, stopLoops := context.WithCancel(context.Background())
+	e.loops.Add(1)
+	go e.routineReleaseMemory(loopCtx, time.Second)
 	if e.cfg.Mode == ModeDial {
 		n := max(e.cfg.Connections, 1)
 		for i := range n {
 			peer := e.cfg.Tunnel[i%len(e.cfg.Tunnel)]
 			e.loops.Add(1)
-			go e.routineMaintain(dialCtx, peer)
+			go e.routineMaintain(loopCtx, peer)
 		}
 	}
 	<-ctx.Done()
 	e.draining.Store(true)
-	stopDialing()
+	stopLoops()
 	e.closeListeners()
 	if e.drain() {
 		e.linger()

@@ -37,6 +37,12 @@ func (f *inflight) done() {
 	}
 }
 
+func (f *inflight) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.n
+}
+
 // wait returns true once no stream is in flight, or false after timeout
 // (zero waits without a bound).
 func (f *inflight) wait(timeout time.Duration) bool {
