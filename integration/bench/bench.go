@@ -136,8 +136,15 @@ func (b *bench) runAll(ctx context.Context) error {
 
 	// Memory first, on fresh processes, so that heap left over from bulk
 	// transfers does not hide what idle connections cost.
-	for _, phase := range []func(context.Context) error{b.runMemoryPhase, b.runBulkPhase, b.runRatePhase, b.runHandshakePhase} {
-		if err := phase(ctx); err != nil {
+	phases := []struct {
+		name string
+		run  func(context.Context) error
+	}{{"memory", b.runMemoryPhase}, {"bulk", b.runBulkPhase}, {"rate", b.runRatePhase}, {"handshake", b.runHandshakePhase}}
+	for _, phase := range phases {
+		if len(b.o.only) > 0 && !slices.Contains(b.o.only, phase.name) {
+			continue
+		}
+		if err := phase.run(ctx); err != nil {
 			return err
 		}
 	}

@@ -21,6 +21,7 @@
 //	go run ./integration/bench                 # full run, under five minutes
 //	go run ./integration/bench -smoke          # about 20 s: checks that it works
 //	go run ./integration/bench -out /tmp/r.json
+//	go run ./integration/bench -only bulk,rate # some phases; the others are left out of the table
 //
 // It is not part of 'go test'. It does not tune the kernel; it raises its own
 // RLIMIT_NOFILE, which the processes it starts inherit.
@@ -34,6 +35,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -60,7 +63,11 @@ type options struct {
 	// connections close.
 	settle  time.Duration
 	verbose bool
+	// only names the phases to run; empty runs all.
+	only []string
 }
+
+var phaseNames = []string{"memory", "bulk", "rate", "handshake"}
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
@@ -75,8 +82,17 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.handshake, "handshake", 0, "how long each key-exchange group is probed per repetition (default 800ms, smoke 200ms)")
 	fs.IntVar(&o.idle, "idle", 0, "idle proxied connections for the memory figure (default 10000, smoke 500)")
 	fs.BoolVar(&o.verbose, "v", false, "log each measurement to stderr as it is taken")
+	only := fs.String("only", "", "run only these comma-separated phases: "+strings.Join(phaseNames, ","))
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	if *only != "" {
+		for p := range strings.SplitSeq(*only, ",") {
+			if !slices.Contains(phaseNames, p) {
+				return o, fmt.Errorf("-only: unknown phase %q (phases: %s)", p, strings.Join(phaseNames, ","))
+			}
+			o.only = append(o.only, p)
+		}
 	}
 	if fs.NArg() > 0 {
 		fs.Usage()
