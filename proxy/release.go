@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"runtime"
 	"runtime/debug"
 	"time"
 )
@@ -41,6 +42,9 @@ func (e *Engine) routineReleaseMemory(ctx context.Context, interval time.Duratio
 			return
 		case <-t.C:
 			if n := e.streams.count(); b.observe(n) {
+				// The first collection only moves pooled buffers aside
+				// (sync.Pool keeps them one cycle more); the second frees them.
+				runtime.GC()
 				debug.FreeOSMemory()
 				e.log.Debug("released memory after a burst of streams", "streams", n)
 			}
