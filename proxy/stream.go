@@ -98,6 +98,13 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 		return
 	}
 	hdr, err := AppendRequest(make([]byte, 0, 64+earlyDataSize), Request{Route: r.Name, Client: c.RemoteAddr().String(), Server: c.LocalAddr().String()})
+	preamble := len(hdr)
+	if err == nil {
+		hdr, err = appendEarly(c, hdr)
+	}
+	if err == nil {
+		_, err = st.Write(hdr)
+	}
 	if err != nil {
 		e.warnRefusal(log, "client refused", "send preamble failed", "err", err)
 		m.streamsFailed.WithLabelValues(route, "open_failed").Inc()
@@ -105,22 +112,7 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 		client.abort()
 		return
 	}
-	preamble := len(hdr)
-	if hdr, err = appendEarly(c, hdr); err != nil {
-		log.Debug("client gone before its stream opened", "err", err)
-		m.streamsFailed.WithLabelValues(route, "aborted").Inc()
-		st.Reset()
-		client.abort()
-		return
-	}
 	early := int64(len(hdr) - preamble)
-	if _, err = st.Write(hdr); err != nil {
-		e.warnRefusal(log, "client refused", "send preamble failed", "err", err)
-		m.streamsFailed.WithLabelValues(route, "open_failed").Inc()
-		st.Reset()
-		client.abort()
-		return
-	}
 	// The client's bytes flow at once; the peer's answer gates the other direction.
 	opened := &openedStream{Stream: st, timeout: e.dialTimeout() + 5*time.Second}
 	e.carry(&undo, func() { e.pipeClient(client, opened, early, route, log, start) })
