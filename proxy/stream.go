@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -97,7 +98,8 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 		client.abort()
 		return
 	}
-	hdr, err := AppendRequest(make([]byte, 0, 64+earlyDataSize), Request{Route: r.Name, Client: c.RemoteAddr().String(), Server: c.LocalAddr().String()})
+	buf := firstFrames.Get().(*[]byte)
+	hdr, err := AppendRequest((*buf)[:0], Request{Route: r.Name, Client: c.RemoteAddr().String(), Server: c.LocalAddr().String()})
 	preamble := len(hdr)
 	if err == nil {
 		hdr, err = appendEarly(c, hdr)
@@ -105,6 +107,7 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	if err == nil {
 		_, err = st.Write(hdr)
 	}
+	firstFrames.Put(buf) // Write does not keep hdr
 	if err != nil {
 		e.warnRefusal(log, "client refused", "send preamble failed", "err", err)
 		m.streamsFailed.WithLabelValues(route, "open_failed").Inc()
@@ -120,6 +123,10 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 
 // earlyDataSize bounds the client bytes that travel in the preamble's frame.
 const earlyDataSize = 2048
+
+// firstFrames holds buffers for a stream's first frame: the preamble, at
+// most 4+3*255 bytes, and the early client bytes.
+var firstFrames = sync.Pool{New: func() any { b := make([]byte, 0, 1024+earlyDataSize); return &b }}
 
 // appendEarly appends to dst what the client has already sent, up to
 // earlyDataSize, without waiting for more. Most clients speak first (HTTP,
