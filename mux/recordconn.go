@@ -22,9 +22,13 @@ type recordConn struct {
 	out      []byte
 }
 
-// recordBufSize is what recordConn reads ahead: the largest yamux frame,
-// which is four full TLS records.
+// recordBufSize is what recordConn reads ahead: sixteen 4 KiB pages, four
+// full TLS records.
 const recordBufSize = 64 << 10
+
+// keepOutBuf bounds the write buffer kept between batches: one largest yamux
+// frame (256 KiB) with its TLS record overhead, rounded up.
+const keepOutBuf = 320 << 10
 
 func newRecordConn(c net.Conn) *recordConn {
 	return &recordConn{Conn: c, r: bufio.NewReaderSize(c, recordBufSize)}
@@ -51,8 +55,9 @@ func (c *recordConn) begin() {
 	c.mu.Unlock()
 }
 
-// flush ends the batch and writes what it collected. A large buffer is not
-// kept: an idle tunnel should not hold one.
+// flush ends the batch and writes what it collected. The buffer is kept for
+// the next frame (reallocating a frame's worth per frame doubles the cost of
+// sending), up to keepOutBuf; a larger one is let go.
 func (c *recordConn) flush() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -61,7 +66,7 @@ func (c *recordConn) flush() error {
 		return nil
 	}
 	_, err := c.Conn.Write(c.out)
-	if cap(c.out) > 2*recordBufSize {
+	if cap(c.out) > keepOutBuf {
 		c.out = nil
 	} else {
 		c.out = c.out[:0]

@@ -31,6 +31,10 @@ func (c *Config) yamuxConfig() *yamux.Config {
 	// would add latency to every small request.
 	y.WriteCoalesceDelay = 0
 	y.ReadBufSize = 64 << 10
+	// A frame carries what one copy-loop read returns (up to 256 KiB in
+	// bulk), so the bytes cross the tunnel in one frame, one hand-off to the
+	// send loop and one write; 12 is yamux's header.
+	y.MaxMessageSize = 256<<10 + 12
 	y.LogOutput = io.Discard
 	return y
 }
