@@ -330,6 +330,8 @@ func runHandshakes(ctx context.Context, cfg proxy.Config, peer, transport string
 		return s, fmt.Errorf("offered only %s over %s but negotiated %s", hybridtls.GroupName(group), transport, hybridtls.GroupName(s.probe.Group))
 	}
 	var hs, walls []time.Duration
+	type flight struct{ bytes, packets int }
+	var flights []flight
 	start := time.Now()
 	for time.Since(start) < window || len(hs) < 3 {
 		t := time.Now()
@@ -339,15 +341,20 @@ func runHandshakes(ctx context.Context, cfg proxy.Config, peer, transport string
 		}
 		walls = append(walls, time.Since(t))
 		hs = append(hs, p.Handshake)
-		// The QUIC first flight is counted up to the first datagram back,
-		// which on loopback can overtake the client's second Initial: the
-		// largest count seen is the whole flight.
-		if p.FirstFlight > s.probe.FirstFlight {
-			s.probe.FirstFlight, s.probe.FirstFlightPackets = p.FirstFlight, p.FirstFlightPackets
+		if p.FirstFlightPackets > 0 {
+			flights = append(flights, flight{p.FirstFlight, p.FirstFlightPackets})
 		}
 		if ctx.Err() != nil {
 			return s, context.Cause(ctx)
 		}
+	}
+	// The QUIC first flight is counted up to the first datagram back, which
+	// on loopback can overtake the client's second Initial, and under load a
+	// probe timeout can add a retransmission: the median is the flight.
+	if len(flights) > 0 {
+		slices.SortFunc(flights, func(a, b flight) int { return a.packets - b.packets })
+		f := flights[len(flights)/2]
+		s.probe.FirstFlight, s.probe.FirstFlightPackets = f.bytes, f.packets
 	}
 	slices.Sort(hs)
 	slices.Sort(walls)

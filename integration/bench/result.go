@@ -106,8 +106,9 @@ type HandshakeFigure struct {
 	// ClientHello and ServerHello are TLS record sizes over TCP.
 	ClientHello int `json:"client_hello_bytes,omitempty"`
 	ServerHello int `json:"server_hello_bytes,omitempty"`
-	// FirstFlight and FirstFlightPkts are the largest QUIC first flight
-	// seen over all probes of the group (see runHandshakes).
+	// FirstFlight and FirstFlightPkts are the QUIC first flight: the median
+	// over one repetition's probes (see runHandshakes), the largest over the
+	// repetitions.
 	FirstFlight     int      `json:"first_flight_bytes,omitempty"`
 	FirstFlightPkts int      `json:"first_flight_packets,omitempty"`
 	Errors          []string `json:"errors,omitempty"`
