@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -41,16 +42,36 @@ type end interface {
 }
 
 // An idle connection must not pin a large buffer: each direction waits in a
-// small buffer of its own and takes a large one from the pool only while
-// reads keep filling the buffer, that is, during bulk transfer. A large
-// buffer is 256 KiB: each read, tunnel frame and write then moves up to
-// 256 KiB, which cut the CPU per byte by about a quarter against 64 KiB.
+// small buffer of its own and takes a large one from a pool only while reads
+// fill more than the small one, that is, during bulk transfer. A large buffer
+// is 256 KiB: each read, tunnel frame and write then moves up to 256 KiB,
+// which cut the CPU per byte by about a quarter against 64 KiB. At most
+// maxLargeBuffers are out at once (64 MiB); streams past that copy through
+// 32 KiB buffers, so many concurrent bulk streams cannot exhaust memory.
 const (
-	smallBufferSize = 512
-	copyBufferSize  = 256 << 10
+	smallBufferSize  = 512
+	largeBufferSize  = 256 << 10
+	mediumBufferSize = 32 << 10
+	maxLargeBuffers  = 256
 )
 
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+var (
+	largeBuffers  = sync.Pool{New: func() any { b := make([]byte, largeBufferSize); return &b }}
+	mediumBuffers = sync.Pool{New: func() any { b := make([]byte, mediumBufferSize); return &b }}
+	largeOut      atomic.Int64
+)
+
+// bulkBuffer lends a buffer for bulk copying: a large one while fewer than
+// maxLargeBuffers are out, else a medium one. give returns it.
+func bulkBuffer() (buf *[]byte, give func()) {
+	if largeOut.Add(1) <= maxLargeBuffers {
+		b := largeBuffers.Get().(*[]byte)
+		return b, func() { largeBuffers.Put(b); largeOut.Add(-1) }
+	}
+	largeOut.Add(-1)
+	b := mediumBuffers.Get().(*[]byte)
+	return b, func() { mediumBuffers.Put(b) }
+}
 
 // join copies both ways between a and b until both directions end. A clean
 // EOF is passed on as a half-close; an error aborts both ends at once so that
@@ -94,13 +115,13 @@ func proxyCopy(dst, src end, abort func(error)) int64 {
 }
 
 // copyAdaptive is io.Copy that reads into a small buffer while the source
-// trickles and into a pooled large one while reads fill the buffer.
+// trickles and into a lent bulk buffer while reads overflow the small one.
 func copyAdaptive(dst io.Writer, src io.Reader) (int64, error) {
 	small := make([]byte, smallBufferSize)
-	var big *[]byte
+	var give func()
 	defer func() {
-		if big != nil {
-			copyBuffers.Put(big)
+		if give != nil {
+			give()
 		}
 	}()
 	buf := small
@@ -124,12 +145,14 @@ func copyAdaptive(dst io.Writer, src io.Reader) (int64, error) {
 			return total, rerr
 		}
 		switch {
-		case n == len(buf) && big == nil:
-			big = copyBuffers.Get().(*[]byte)
+		case n == len(buf) && give == nil:
+			var big *[]byte
+			big, give = bulkBuffer()
 			buf = *big
-		case n < len(buf)/2 && big != nil:
-			copyBuffers.Put(big)
-			big, buf = nil, small
+		case n <= smallBufferSize && give != nil:
+			// What came would have fitted the small buffer: the burst is over.
+			give()
+			give, buf = nil, small
 		}
 	}
 }

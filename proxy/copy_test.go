@@ -267,3 +267,65 @@ func TestAppendEarlyTakesWhatTheClientSent(t *testing.T) {
 		t.Fatalf("after appendEarly the copy reads %d, %v; want EOF", n, err)
 	}
 }
+
+// scriptedReader returns, call by call, the sizes in script and records the
+// buffer size each call was given.
+type scriptedReader struct {
+	script []int
+	seen   []int
+}
+
+func (r *scriptedReader) Read(p []byte) (int, error) {
+	r.seen = append(r.seen, len(p))
+	if len(r.script) == 0 {
+		return 0, io.EOF
+	}
+	n := min(r.script[0], len(p))
+	r.script = r.script[1:]
+	return n, nil
+}
+
+func TestCopyAdaptiveLendsABulkBufferOnlyDuringABurst(t *testing.T) {
+	r := &scriptedReader{script: []int{smallBufferSize, 100 << 10, 2000, 10, 7}}
+	n, err := copyAdaptive(io.Discard, r)
+	if err != nil || n != smallBufferSize+100<<10+2000+10+7 {
+		t.Fatalf("copyAdaptive = %d, %v", n, err)
+	}
+	// Small until a read fills it; large while reads overflow the small
+	// buffer; small again once a read would have fitted it.
+	want := []int{smallBufferSize, largeBufferSize, largeBufferSize, largeBufferSize, smallBufferSize, smallBufferSize}
+	if !slices.Equal(r.seen, want) {
+		t.Fatalf("buffer sizes offered = %v, want %v", r.seen, want)
+	}
+	if out := largeOut.Load(); out != 0 {
+		t.Fatalf("%d large buffers still lent after the copy", out)
+	}
+}
+
+func TestBulkBuffersAreBounded(t *testing.T) {
+	var gives []func()
+	for range maxLargeBuffers {
+		b, give := bulkBuffer()
+		if len(*b) != largeBufferSize {
+			t.Fatalf("buffer %d of the first %d is %d bytes, want large", len(gives), maxLargeBuffers, len(*b))
+		}
+		gives = append(gives, give)
+	}
+	b, give := bulkBuffer()
+	if len(*b) != mediumBufferSize {
+		t.Fatalf("past the limit a %d-byte buffer was lent, want %d", len(*b), mediumBufferSize)
+	}
+	give()
+	gives[0]()
+	b, give = bulkBuffer()
+	if len(*b) != largeBufferSize {
+		t.Fatalf("after one came back a %d-byte buffer was lent, want large", len(*b))
+	}
+	give()
+	for _, g := range gives[1:] {
+		g()
+	}
+	if out := largeOut.Load(); out != 0 {
+		t.Fatalf("largeOut = %d after every buffer came back", out)
+	}
+}
