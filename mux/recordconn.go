@@ -9,10 +9,9 @@ import (
 
 // recordConn sits between crypto/tls and the TCP socket. crypto/tls writes
 // each TLS record of at most 16 KiB with its own write system call and reads
-// about one record per read; for bulk transfers those calls, not the cipher,
-// are most of the cost. recordConn reads ahead into a buffer and, while a
-// batch is open, collects written records so that a whole yamux frame leaves
-// in one system call.
+// about one record per read, so a 256 KiB frame would cost sixteen of each.
+// recordConn reads ahead into a buffer and, while a batch is open, collects
+// written records so that a whole yamux frame leaves in one system call.
 type recordConn struct {
 	net.Conn
 	r *bufio.Reader
