@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
+
+	"github.com/pqtunnel/pqtunnel/internal/logtest"
 )
 
 const testALPN = "pqtunnel-test/1"
@@ -218,7 +220,7 @@ func TestHandshakeClientRefusesUnknownServerPin(t *testing.T) {
 
 // refusals records what a Store reports through Policy.Logger and Policy.OnRefused.
 type refusals struct {
-	logs    logBuffer
+	logs    logtest.Recorder
 	mu      sync.Mutex
 	reasons []string
 }
@@ -256,8 +258,8 @@ func TestHandshakeStrictServerRefusesClassicalClient(t *testing.T) {
 	if got := rec.got(); len(got) != 1 || got[0] != "not_post_quantum" {
 		t.Errorf("OnRefused reasons = %v, want [not_post_quantum]", got)
 	}
-	if !rec.logs.contains("tunnel handshake refused", "reason=not_post_quantum", "X25519", "PQT_PQ=strict") {
-		t.Errorf("server did not log the refusal with its reason and the groups; logs: %v", rec.logs.all())
+	if !rec.logs.Contains("tunnel handshake refused", "reason=not_post_quantum", "X25519", "PQT_PQ=strict") {
+		t.Errorf("server did not log the refusal with its reason and the groups; logs: %v", rec.logs.All())
 	}
 	if !IsPolicyRefusal(serr) {
 		t.Errorf("IsPolicyRefusal(%v) = false: the refusal would be logged twice", serr)
@@ -384,8 +386,8 @@ func TestHandshakeGroupSelection(t *testing.T) {
 		if got := rec.got(); len(got) != 1 || got[0] != "no_common_group" {
 			t.Errorf("OnRefused reasons = %v, want [no_common_group]", got)
 		}
-		if !rec.logs.contains("tunnel handshake refused", "reason=no_common_group", "X25519MLKEM768", "SecP384r1MLKEM1024", "PQT_GROUPS") {
-			t.Errorf("server did not log both group lists; logs: %v", rec.logs.all())
+		if !rec.logs.Contains("tunnel handshake refused", "reason=no_common_group", "X25519MLKEM768", "SecP384r1MLKEM1024", "PQT_GROUPS") {
+			t.Errorf("server did not log both group lists; logs: %v", rec.logs.All())
 		}
 		if Reason(sr.err) != "no_common_group" || Reason(cr.err) != "no_common_group" {
 			t.Errorf("Reason server = %q, client = %q, want no_common_group", Reason(sr.err), Reason(cr.err))
@@ -404,17 +406,24 @@ func connectTLS(t testing.TB) (client, server side, c, s *tls.Conn) {
 	return client, server, c, s
 }
 
+// authenticateAsync runs side's Authenticate on conn in a goroutine, closes
+// the connection when it returns, and delivers its error.
+func authenticateAsync(sd side, conn *tls.Conn, role Role) <-chan error {
+	errc := make(chan error, 1)
+	go func() {
+		cs := conn.ConnectionState()
+		_, err := sd.store.Authenticate(&cs, conn, role)
+		_ = conn.NetConn().Close()
+		errc <- err
+	}()
+	return errc
+}
+
 // serverVerifies runs the server's Authenticate while the client side reads
 // the server's proof and sends msg as its own, then returns the server's result.
 func serverVerifies(t *testing.T, server side, c, s *tls.Conn, msg []byte, closeWrite bool) error {
 	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		cs := s.ConnectionState()
-		_, err := server.store.Authenticate(&cs, s, RoleServer)
-		_ = s.NetConn().Close()
-		errc <- err
-	}()
+	errc := authenticateAsync(server, s, RoleServer)
 	if _, err := ReadProof(c); err != nil {
 		t.Fatalf("client did not receive the server's proof: %v", err)
 	}
@@ -511,13 +520,7 @@ func TestAuthenticateRejectsReflectedServerProof(t *testing.T) {
 	// The client echoes the server's own proof back: it is signed with the
 	// server's key and the server role, so it must not verify as the client.
 	_, server, c, s := connectTLS(t)
-	errc := make(chan error, 1)
-	go func() {
-		cs := s.ConnectionState()
-		_, err := server.store.Authenticate(&cs, s, RoleServer)
-		_ = s.NetConn().Close()
-		errc <- err
-	}()
+	errc := authenticateAsync(server, s, RoleServer)
 	sig, err := ReadProof(c)
 	if err != nil {
 		t.Fatal(err)
@@ -533,13 +536,7 @@ func TestAuthenticateRejectsReflectedServerProof(t *testing.T) {
 
 func TestAuthenticateClientRejectsServerProofWithClientRole(t *testing.T) {
 	client, server, c, s := connectTLS(t)
-	errc := make(chan error, 1)
-	go func() {
-		cs := c.ConnectionState()
-		_, err := client.store.Authenticate(&cs, c, RoleClient)
-		_ = c.NetConn().Close()
-		errc <- err
-	}()
+	errc := authenticateAsync(client, c, RoleClient)
 	cs := s.ConnectionState()
 	if _, err := s.Write(mustProof(t, &cs, server.id.MLDSA, RoleClient)); err != nil {
 		t.Fatal(err)
@@ -699,45 +696,4 @@ func TestReason(t *testing.T) {
 	if IsPolicyRefusal(ErrProof) || !IsPolicyRefusal(ErrNoCommonGroup) {
 		t.Error("IsPolicyRefusal misclassifies")
 	}
-}
-
-// logBuffer is a slog.Handler that keeps records for assertions.
-type logBuffer struct {
-	mu   sync.Mutex
-	recs []string
-}
-
-func (l *logBuffer) Enabled(context.Context, slog.Level) bool { return true }
-func (l *logBuffer) Handle(_ context.Context, r slog.Record) error {
-	var b strings.Builder
-	b.WriteString(r.Message)
-	r.Attrs(func(a slog.Attr) bool {
-		b.WriteString(" " + a.Key + "=" + a.Value.String())
-		return true
-	})
-	l.mu.Lock()
-	l.recs = append(l.recs, b.String())
-	l.mu.Unlock()
-	return nil
-}
-func (l *logBuffer) WithAttrs([]slog.Attr) slog.Handler { return l }
-func (l *logBuffer) WithGroup(string) slog.Handler      { return l }
-
-func (l *logBuffer) all() []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]string(nil), l.recs...)
-}
-
-func (l *logBuffer) contains(parts ...string) bool {
-	for _, r := range l.all() {
-		ok := true
-		for _, p := range parts {
-			ok = ok && strings.Contains(r, p)
-		}
-		if ok {
-			return true
-		}
-	}
-	return false
 }

@@ -178,6 +178,19 @@ func openAccepted(t *testing.T, from, to Session, first []byte) (opened, accepte
 	return opened, accepted
 }
 
+// requireNoSession fails unless ln hands out no session for a while.
+func requireNoSession(t *testing.T, ln Listener) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if s, err := ln.Accept(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		if s != nil {
+			_ = s.Close()
+		}
+		t.Fatalf("Accept = %v, %v; want no session", s, err)
+	}
+}
+
 func TestSessionInfo(t *testing.T) {
 	for _, transport := range transports {
 		t.Run(transport, func(t *testing.T) {
@@ -478,14 +491,7 @@ func TestAuthenticatorErrorFailsHandshake(t *testing.T) {
 					}
 				}
 				// The refused session is never handed to Accept.
-				ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-				defer cancel()
-				if s, err := ln.Accept(ctx); !errors.Is(err, context.DeadlineExceeded) {
-					if s != nil {
-						_ = s.Close()
-					}
-					t.Fatalf("Accept = %v, %v; want no session", s, err)
-				}
+				requireNoSession(t, ln)
 			})
 		}
 	}
@@ -541,14 +547,7 @@ func TestHybridAuthRefusesUnknownPeer(t *testing.T) {
 					t.Fatal("OnHandshakeError was not called")
 				}
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-			defer cancel()
-			if s, err := ln.Accept(ctx); !errors.Is(err, context.DeadlineExceeded) {
-				if s != nil {
-					_ = s.Close()
-				}
-				t.Fatalf("Accept = %v, %v; want no session", s, err)
-			}
+			requireNoSession(t, ln)
 		})
 	}
 }

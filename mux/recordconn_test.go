@@ -81,6 +81,10 @@ func TestRecordConnReadsAhead(t *testing.T) {
 	if _, err := io.ReadFull(rc, p); err != nil || string(p) != "hello" {
 		t.Fatalf("first read %q, %v", p, err)
 	}
+	// The first read took all the peer had written, not just five bytes.
+	if n := rc.r.Buffered(); n != 6 {
+		t.Fatalf("%d bytes read ahead, want the 6 left of the write", n)
+	}
 	rest := make([]byte, 6)
 	if _, err := io.ReadFull(rc, rest); err != nil || string(rest) != " world" {
 		t.Fatalf("second read %q, %v", rest, err)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"io"
 	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -153,38 +152,6 @@ func BenchmarkJoin(b *testing.B) {
 	dc, ds := benchPair(b)
 	direct := benchSend(b, dc, ds, b.N)
 	b.ReportMetric(direct.Seconds()/joined.Seconds(), "x-direct")
-}
-
-// benchEcho serves echo on a loopback listener until cleanup.
-func benchEcho(b *testing.B) string {
-	b.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_, _ = io.Copy(c, c) // the client sees a failure as a short echo
-				_ = c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	b.Cleanup(func() {
-		_ = ln.Close()
-		wg.Wait()
-	})
-	return ln.Addr().String()
 }
 
 // benchEngine starts one engine that runs until cleanup.
@@ -338,7 +305,7 @@ func benchEchoOnce(b *testing.B, addr string) {
 func BenchmarkStreamRoundTrip(b *testing.B) {
 	for _, tr := range []string{TransportTCP, TransportQUIC} {
 		b.Run(tr, func(b *testing.B) {
-			origin := benchEcho(b)
+			origin := startEcho(b)
 			forward := benchTunnel(b, tr, origin)
 			benchEchoOnce(b, forward) // the first stream pays for warming up
 			b.ReportAllocs()

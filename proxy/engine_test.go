@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -18,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/logtest"
 	"github.com/pqtunnel/pqtunnel/mux"
 )
 
@@ -27,7 +27,7 @@ func TestMain(m *testing.M) {
 
 // startEcho runs a TCP echo origin that half-closes after echoing; it stops
 // and waits for its connections at cleanup.
-func startEcho(t *testing.T) string {
+func startEcho(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -196,7 +196,7 @@ func TestEngineEndToEnd(t *testing.T) {
 		t.Run(transport, func(t *testing.T) {
 			echo := startEcho(t)
 			listenStore, dialStore := pinnedStores(t)
-			var listenLogs logBuffer
+			var listenLogs logtest.Recorder
 			listen := runEngine(t, Config{
 				Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: transport,
 				Target: []Route{{"echo", echo}, {"refused", closedAddr(t)}},
@@ -250,8 +250,8 @@ func TestEngineEndToEnd(t *testing.T) {
 			})
 			t.Run("unknown route", func(t *testing.T) {
 				expectRefused(t, nopeAddr)
-				if !listenLogs.contains("stream refused", "reason=unknown route", `route "nope"`) {
-					t.Errorf("listen side did not log the unknown route; logs: %q", listenLogs.all())
+				if !listenLogs.Contains("stream refused", "reason=unknown route", `route "nope"`) {
+					t.Errorf("listen side did not log the unknown route; logs: %q", listenLogs.All())
 				}
 				// A peer-chosen route name never becomes a metric label.
 				families, err := listen.metrics.Registry().Gather()
@@ -278,8 +278,8 @@ func TestEngineEndToEnd(t *testing.T) {
 			})
 			t.Run("origin refused", func(t *testing.T) {
 				expectRefused(t, refusedAddr)
-				if !listenLogs.contains("stream refused", "reason=origin refused") {
-					t.Errorf("listen side did not log the refused origin; logs: %q", listenLogs.all())
+				if !listenLogs.Contains("stream refused", "reason=origin refused") {
+					t.Errorf("listen side did not log the refused origin; logs: %q", listenLogs.All())
 				}
 				if err := echoThrough(echoAddr, []byte("still works")); err != nil {
 					t.Fatalf("after a refused origin: %v", err)
@@ -303,48 +303,4 @@ func TestEngineRefusesClientsWithoutTunnel(t *testing.T) {
 	if n := len(dial.Tunnels()); n != 0 {
 		t.Fatalf("%d tunnels up to a closed port", n)
 	}
-}
-
-// logBuffer is a slog.Handler that keeps each record as one line of text.
-type logBuffer struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (l *logBuffer) Enabled(context.Context, slog.Level) bool { return true }
-
-func (l *logBuffer) Handle(_ context.Context, r slog.Record) error {
-	var b strings.Builder
-	b.WriteString(r.Message)
-	r.Attrs(func(a slog.Attr) bool {
-		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
-		return true
-	})
-	l.mu.Lock()
-	l.lines = append(l.lines, b.String())
-	l.mu.Unlock()
-	return nil
-}
-
-// WithAttrs drops the attributes: the tests look only at each record's own.
-func (l *logBuffer) WithAttrs([]slog.Attr) slog.Handler { return l }
-func (l *logBuffer) WithGroup(string) slog.Handler      { return l }
-
-func (l *logBuffer) all() []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]string(nil), l.lines...)
-}
-
-func (l *logBuffer) contains(parts ...string) bool {
-	for _, line := range l.all() {
-		ok := true
-		for _, p := range parts {
-			ok = ok && strings.Contains(line, p)
-		}
-		if ok {
-			return true
-		}
-	}
-	return false
 }
