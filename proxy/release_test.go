@@ -1,6 +1,13 @@
 package proxy
 
-import "testing"
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/pqtunnel/pqtunnel/internal/logtest"
+)
 
 func TestBurstTrackerReleasesOnceABurstEnds(t *testing.T) {
 	steps := []struct {
@@ -36,5 +43,34 @@ func TestBurstTrackerIgnoresSmallLoads(t *testing.T) {
 				t.Fatalf("observe(%d) released memory for a burst smaller than releaseAfter", n)
 			}
 		}
+	}
+}
+
+func TestReleaseMemoryRunsWhenABurstEnds(t *testing.T) {
+	var logs logtest.Recorder
+	e := &Engine{log: slog.New(&logs), streams: newInflight()}
+	for range releaseAfter + 10 {
+		e.streams.add()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.loops.Add(1)
+	go e.routineReleaseMemory(ctx, 5*time.Millisecond)
+	defer func() {
+		cancel()
+		e.loops.Wait()
+	}()
+	time.Sleep(30 * time.Millisecond) // the routine sees the peak
+	if logs.Contains("released memory") {
+		t.Fatal("memory released while the streams are still open")
+	}
+	for range releaseAfter + 10 {
+		e.streams.done()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !logs.Contains("released memory after a burst of streams", "streams=0") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no release after the burst ended; logs: %q", logs.All())
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
