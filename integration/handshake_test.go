@@ -112,19 +112,7 @@ var classicalOnly = regexp.MustCompile(`X25519([^M]|$)`)
 // refuses it on both transports and says so; a PQT_PQ=prefer listen side
 // completes the handshake with X25519.
 func TestClassicalOnlyPeerRefused(t *testing.T) {
-	dialID, err := hybridtls.LoadIdentityFile(identityNamed(t, "dial").path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	classical := func() *tls.Config {
-		return &tls.Config{
-			MinVersion:         tls.VersionTLS13,
-			CurvePreferences:   []tls.CurveID{tls.X25519},
-			Certificates:       []tls.Certificate{dialID.Certificate},
-			InsecureSkipVerify: true, // the listen side's identity is not what is tested
-			NextProtos:         []string{"pqtunnel/1"},
-		}
-	}
+	classical := func() *tls.Config { return classicalClient(t) }
 	checkRefusal := func(t *testing.T, ctx context.Context, l *side) {
 		t.Helper()
 		line := l.waitLog(t, within(t, ctx, 5*time.Second), msgIs("tunnel handshake refused", "reason", "not_post_quantum"))
@@ -209,20 +197,7 @@ func TestMissingProofRefused(t *testing.T) {
 	o := startEcho(t)
 	l := startListen(t, ctx, 0, "tcp", map[string]string{"PQT_TARGET": o.addr(), "PQT_HANDSHAKE_TIMEOUT": "1s"})
 
-	dialID, err := hybridtls.LoadIdentityFile(identityNamed(t, "dial").path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	listenPin, err := hybridtls.ParsePin(identityNamed(t, "listen").pin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := hybridtls.NewStore(
-		hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: "pqtunnel/1"},
-		&hybridtls.Material{Identity: dialID, Peers: []hybridtls.Pin{listenPin}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := dialStore(t)
 
 	cases := []struct {
 		name    string

@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pqtunnel/pqtunnel/hybridtls"
 )
 
 // testContext returns a context for one test: at most d long, and ending
@@ -697,5 +700,45 @@ func randomBytes(seed uint64, n int) []byte {
 func transports(t *testing.T, f func(t *testing.T, transport string)) {
 	for _, tr := range []string{"quic", "tcp"} {
 		t.Run(tr, func(t *testing.T) { f(t, tr) })
+	}
+}
+
+// dialStore is a Store for the "dial" identity that accepts the "listen"
+// identity's pin, with the default strict policy: a Go client that passes
+// every check, for tests that then misbehave at a later step.
+func dialStore(t *testing.T) *hybridtls.Store {
+	t.Helper()
+	listenPin, err := hybridtls.ParsePin(identityNamed(t, "listen").pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := hybridtls.NewStore(
+		hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: "pqtunnel/1"},
+		&hybridtls.Material{Identity: dialIdentity(t), Peers: []hybridtls.Pin{listenPin}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store
+}
+
+func dialIdentity(t *testing.T) *hybridtls.Identity {
+	t.Helper()
+	id, err := hybridtls.LoadIdentityFile(identityNamed(t, "dial").path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// classicalClient is a TLS 1.3 client config with a valid identity that
+// offers only classical X25519.
+func classicalClient(t *testing.T) *tls.Config {
+	t.Helper()
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		CurvePreferences:   []tls.CurveID{tls.X25519},
+		Certificates:       []tls.Certificate{dialIdentity(t).Certificate},
+		InsecureSkipVerify: true, // the listen side's identity is not what is tested
+		NextProtos:         []string{"pqtunnel/1"},
 	}
 }

@@ -26,8 +26,6 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
-
-	"github.com/pqtunnel/pqtunnel/hybridtls"
 )
 
 // hosPacedEcho sends payload through addr to an echo origin at a limited
@@ -316,20 +314,7 @@ func TestHostilePeers(t *testing.T) {
 
 	// A QUIC peer with a valid identity that completes TLS but never sends
 	// its ML-DSA proof: the listen side must close it at the timeout.
-	dialID, err := hybridtls.LoadIdentityFile(identityNamed(t, "dial").path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	listenPin, err := hybridtls.ParsePin(identityNamed(t, "listen").pin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := hybridtls.NewStore(
-		hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: "pqtunnel/1"},
-		&hybridtls.Material{Identity: dialID, Peers: []hybridtls.Pin{listenPin}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := dialStore(t)
 	noProof := make(chan hosCut, 1)
 	go func() {
 		r := hosCut{kind: "quic no proof"}

@@ -20,8 +20,6 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
-
-	"github.com/pqtunnel/pqtunnel/hybridtls"
 )
 
 // metSample is one sample of the Prometheus text exposition format.
@@ -533,17 +531,7 @@ func TestMetricsHealthReady(t *testing.T) {
 // (not_post_quantum), on each transport. The counter never runs ahead of
 // the refusals logged.
 func TestMetricsHandshakeRefusals(t *testing.T) {
-	dialID, err := hybridtls.LoadIdentityFile(identityNamed(t, "dial").path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	classical := &tls.Config{
-		MinVersion:         tls.VersionTLS13,
-		CurvePreferences:   []tls.CurveID{tls.X25519},
-		Certificates:       []tls.Certificate{dialID.Certificate},
-		InsecureSkipVerify: true, // the listen side's identity is not what is tested
-		NextProtos:         []string{"pqtunnel/1"},
-	}
+	classical := classicalClient(t)
 	transports(t, func(t *testing.T, transport string) {
 		ctx := testContext(t, 60*time.Second)
 		o := startEcho(t)
