@@ -10,7 +10,7 @@
 # The image has no shell: readiness is checked over HTTP on PQT_METRICS
 # (/readyz) from outside the container, not with a HEALTHCHECK command.
 
-FROM golang:1.26-bookworm AS build
+FROM golang:1.27-bookworm AS build
 WORKDIR /src
 # Dependencies first, so that a source change does not download them again.
 COPY go.mod go.sum ./
