@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v2"
+
+	"github.com/pqtunnel/pqtunnel/internal/childproc"
 )
 
 // buildCommand is how the Dockerfile and CI-style builds make the binary;
@@ -293,7 +295,7 @@ func runScript(t *testing.T, script string) string {
 	cmd.Stderr = &out
 	// The script and everything it starts share one process group, so that a
 	// timeout kills all of them, not just bash.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = childproc.Attr(true)
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 10 * time.Second
 	start := time.Now()

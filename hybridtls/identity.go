@@ -15,7 +15,6 @@ import (
 	"math/big"
 	"os"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
@@ -171,25 +170,6 @@ func LoadIdentityFile(path string) (*Identity, error) {
 		return nil, fmt.Errorf("identity file %s: %w", path, err)
 	}
 	return id, nil
-}
-
-// CheckKeyFileMode refuses a private-key file that other users can read. Group
-// read is accepted only on a file owned by root, as systemd credentials and
-// Kubernetes fsGroup volumes present it (the PostgreSQL rule for key files).
-func CheckKeyFileMode(path string) error {
-	st, err := os.Stat(path)
-	if err != nil {
-		return fmt.Errorf("read key file: %w", err)
-	}
-	perm := st.Mode().Perm()
-	rootOwned := false
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-		rootOwned = sys.Uid == 0
-	}
-	if perm&0o007 != 0 || perm&0o070 != 0 && (!rootOwned || perm&0o030 != 0) {
-		return fmt.Errorf("key file %s has mode %#o: other users can read or change the private key (fix: chmod 600 %s)", path, perm, path)
-	}
-	return nil
 }
 
 // Pin names an identity by a SHA-256 over both of its public keys.

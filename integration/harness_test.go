@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/childproc"
 )
 
 // testContext returns a context for one test: at most d long, and ending
@@ -111,7 +112,7 @@ func startProc(t *testing.T, ctx context.Context, name string, env map[string]st
 	p.cmd.Stderr = p.stderr
 	p.cmd.WaitDelay = 5 * time.Second
 	// If the test binary dies (a panic on 'go test -timeout'), so does the child.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p.cmd.SysProcAttr = childproc.Attr(false)
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}

@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/pires/go-proxyproto"
@@ -145,19 +144,15 @@ func appendEarly(c *net.TCPConn, dst []byte) ([]byte, error) {
 	var n int
 	var rerr error
 	if err := rc.Read(func(fd uintptr) bool {
-		n, rerr = syscall.Read(int(fd), buf)
+		n, rerr = readNow(fd, buf)
 		return true // one try: never wait for the client
 	}); err != nil {
 		return dst[:n0], fmt.Errorf("read early client data: %w", err)
 	}
-	switch {
-	case n > 0:
-		return dst[:n0+n], nil
-	case rerr == nil, errors.Is(rerr, syscall.EAGAIN), errors.Is(rerr, syscall.EINTR):
-		return dst[:n0], nil
-	default:
+	if rerr != nil {
 		return dst[:n0], fmt.Errorf("read early client data: %w", rerr)
 	}
+	return dst[:n0+n], nil
 }
 
 func (e *Engine) pipeClient(client tcpEnd, opened *openedStream, early int64, route string, log *slog.Logger, start time.Time) {
@@ -329,10 +324,6 @@ func errOr(err error, msg string) any {
 		return err
 	}
 	return msg
-}
-
-func isRefused(err error) bool {
-	return errors.Is(err, syscall.ECONNREFUSED)
 }
 
 // benign reports errors that mean "the other end went away", which are

@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/pqtunnel/pqtunnel/internal/childproc"
 )
 
 // tailBuffer keeps the last max bytes written to it: a child's recent output.
@@ -107,8 +109,8 @@ func (s *supervisor) start(name, bin string, args []string, env map[string]strin
 	}
 	c.stdin = stdin
 	// Its own process group keeps a terminal's Ctrl-C for the harness, which
-	// then kills the children itself; Pdeathsig covers the harness dying.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// then kills the children itself; on Linux, Pdeathsig covers the harness dying.
+	cmd.SysProcAttr = childproc.Attr(true)
 	cmd.WaitDelay = 2 * time.Second
 	c.cmd = cmd
 	s.mu.Lock()
