@@ -430,6 +430,8 @@ type podSpec struct {
 	TerminationGracePeriodSeconds int `yaml:"terminationGracePeriodSeconds"`
 	SecurityContext               struct {
 		RunAsNonRoot *bool `yaml:"runAsNonRoot"`
+		RunAsUser    *int  `yaml:"runAsUser"`
+		FSGroup      *int  `yaml:"fsGroup"`
 	} `yaml:"securityContext"`
 	InitContainers []k8sContainer `yaml:"initContainers"`
 	Containers     []k8sContainer `yaml:"containers"`
@@ -495,8 +497,12 @@ func readManifests(t *testing.T, path string) []k8sObject {
 	return objs
 }
 
+// imageUID is the uid and gid of the Dockerfile's distroless nonroot user.
+const imageUID = 65532
+
 // TestKubernetes parses the Kubernetes manifests and checks the sidecar
-// setup: hardening of every container, the Secret at defaultMode 0400, the
+// setup: hardening of every container, the identity read straight from a
+// Secret volume at defaultMode 0400 with fsGroup, the
 // /readyz probe on a metrics port that binds beyond loopback, Prometheus
 // annotations, and a grace period longer than the drain.
 func TestKubernetes(t *testing.T) {
@@ -554,14 +560,8 @@ func checkDeployment(t *testing.T, file string, o k8sObject, configMaps map[stri
 	if pod.SecurityContext.RunAsNonRoot == nil || !*pod.SecurityContext.RunAsNonRoot {
 		t.Errorf("%s: pod securityContext.runAsNonRoot is not true", where)
 	}
-	secretMode := false
-	for _, v := range pod.Volumes {
-		if v.Secret != nil && v.Secret.DefaultMode != nil && *v.Secret.DefaultMode == 0o400 {
-			secretMode = true
-		}
-	}
-	if !secretMode {
-		t.Errorf("%s: no Secret volume with defaultMode 0400", where)
+	if sc := pod.SecurityContext; sc.RunAsUser == nil || *sc.RunAsUser != imageUID || sc.FSGroup == nil || *sc.FSGroup != imageUID {
+		t.Errorf("%s: pod securityContext does not set runAsUser and fsGroup to the image's uid %d", where, imageUID)
 	}
 	var sidecar *k8sContainer
 	for _, c := range append(slices.Clone(pod.InitContainers), pod.Containers...) {
@@ -596,12 +596,22 @@ func checkDeployment(t *testing.T, file string, o k8sObject, configMaps map[stri
 	if p := sidecar.ReadinessProbe; p == nil || p.HTTPGet.Path != "/readyz" || (p.HTTPGet.Port != "metrics" && p.HTTPGet.Port != metricsPort) {
 		t.Errorf("%s: the pqtunnel container's readinessProbe is not GET /readyz on the metrics port", where)
 	}
-	mounted := false
+	// The sidecar reads the Secret in place: the kubelet presents it owned by
+	// root with mode 0440 (TestSecretVolumeIdentity runs pqtunnel on that).
+	volume := ""
 	for _, m := range sidecar.VolumeMounts {
-		mounted = mounted || strings.HasPrefix(str("PQT_IDENTITY"), m.MountPath+"/")
+		if strings.HasPrefix(str("PQT_IDENTITY"), m.MountPath+"/") {
+			volume = m.Name
+		}
 	}
-	if !mounted {
-		t.Errorf("%s: PQT_IDENTITY=%q is not under a volume mounted into the pqtunnel container", where, str("PQT_IDENTITY"))
+	inPlace := false
+	for _, v := range pod.Volumes {
+		if v.Name == volume && v.Secret != nil && v.Secret.DefaultMode != nil && *v.Secret.DefaultMode == 0o400 {
+			inPlace = true
+		}
+	}
+	if !inPlace {
+		t.Errorf("%s: PQT_IDENTITY=%q is not in a Secret volume with defaultMode 0400 mounted into the pqtunnel container", where, str("PQT_IDENTITY"))
 	}
 	drain, err := time.ParseDuration(str("PQT_DRAIN_TIMEOUT"))
 	if err != nil {
