@@ -324,7 +324,6 @@ func runScript(t *testing.T, script string) string {
 
 // composeFile is the part of docker-compose.yml that the test checks.
 type composeFile struct {
-	Name     string                    `yaml:"name"`
 	Services map[string]composeService `yaml:"services"`
 	Networks map[string]struct {
 		Internal bool `yaml:"internal"`
@@ -344,6 +343,50 @@ type composeService struct {
 	Healthcheck interface{}       `yaml:"healthcheck"`
 	DependsOn   []string          `yaml:"depends_on"`
 	StopGrace   string            `yaml:"stop_grace_period"`
+}
+
+// TestDockerComposeConfig validates docker-compose.yml with Debian 12's
+// docker-compose 1.29 (scripts/test-deps installs it), which rejects what
+// only later Compose versions know, such as a top-level name: once with the
+// .env that the README's keygen block writes, and once without it, where
+// compose must stop with the file's own hint.
+func TestDockerComposeConfig(t *testing.T) {
+	if _, err := exec.LookPath("docker-compose"); err != nil {
+		t.Fatal("docker-compose is not installed: scripts/test-deps installs it (apt-get install docker-compose)")
+	}
+	envFile := filepath.Join(t.TempDir(), ".env")
+	pin := "pqt1_" + strings.Repeat("a", 52)
+	if err := os.WriteFile(envFile, []byte("COMPOSE_PROJECT_NAME=pqtunnel-example\nLISTEN_PIN="+pin+"\nDIAL_PIN="+pin+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(t.TempDir(), ".env")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	config := func(env string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "docker-compose", "--env-file", env, "-f", "docker-compose.yml", "config")
+		cmd.Dir = "docker-compose"
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, "COMPOSE_") && !strings.HasPrefix(kv, "LISTEN_PIN=") && !strings.HasPrefix(kv, "DIAL_PIN=") {
+				cmd.Env = append(cmd.Env, kv)
+			}
+		}
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := config(envFile)
+	if err != nil {
+		t.Fatalf("docker-compose config: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "PQT_PEERS: "+pin) {
+		t.Errorf("docker-compose config did not put the pins from .env into PQT_PEERS:\n%s", out)
+	}
+	out, err = config(empty)
+	if err == nil || !strings.Contains(out, "run the keygen steps in README.md first") {
+		t.Errorf("docker-compose config without the pins: %v, want a failure with the keygen hint:\n%s", err, out)
+	}
 }
 
 // TestDockerCompose parses docker-compose.yml and checks the wiring: two
