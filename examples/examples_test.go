@@ -1,7 +1,9 @@
-// Package examples_test keeps the examples working and in step with
-// pqtunnel: it runs the run-local.sh scripts, parses the compose and
-// Kubernetes YAML, checks the systemd unit, and checks that every PQT_*
-// variable the examples name is one that 'pqtunnel help' prints.
+// Package examples_test keeps the examples and the READMEs working and in
+// step with pqtunnel: it runs the run-local.sh scripts and the READMEs' shell
+// blocks, validates the compose file with docker-compose, parses the
+// Kubernetes YAML, checks the systemd unit, runs pqtunnel on an identity laid
+// out as a Kubernetes Secret, and checks that every PQT_* variable the
+// examples name is one that 'pqtunnel help' prints.
 package examples_test
 
 import (
@@ -284,13 +286,29 @@ func runScript(t *testing.T, script string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), scriptTimeout)
 	defer cancel()
-	var out bytes.Buffer
 	cmd := exec.CommandContext(ctx, "bash", script)
+	cmd.Env = cleanEnv()
+	return runInGroup(t, script, cmd, ctx)
+}
+
+// cleanEnv is the test's environment without PQT_* variables, PQTUNNEL_BIN
+// and compose's variables, so that only what a script sets reaches pqtunnel.
+func cleanEnv() []string {
+	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PQT_") && !strings.HasPrefix(kv, "PQTUNNEL_BIN=") {
-			cmd.Env = append(cmd.Env, kv)
+		if !strings.HasPrefix(kv, "PQT_") && !strings.HasPrefix(kv, "PQTUNNEL_BIN=") && !strings.HasPrefix(kv, "COMPOSE_") {
+			env = append(env, kv)
 		}
 	}
+	return env
+}
+
+// runInGroup runs cmd, made with ctx, in its own process group and returns
+// its output. It fails the test if cmd fails, runs past ctx's deadline, or
+// leaves a process of its group running.
+func runInGroup(t *testing.T, name string, cmd *exec.Cmd, ctx context.Context) string {
+	t.Helper()
+	var out bytes.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = &out
 	// The script and everything it starts share one process group, so that a
@@ -305,19 +323,19 @@ func runScript(t *testing.T, script string) string {
 		pgid := cmd.Process.Pid
 		if kerr := syscall.Kill(-pgid, 0); !errors.Is(kerr, syscall.ESRCH) {
 			_ = syscall.Kill(-pgid, syscall.SIGKILL) // the test failed anyway
-			t.Errorf("%s left processes running after it exited", script)
+			t.Errorf("%s left processes running after it exited", name)
 		}
 	}
 	if ctx.Err() != nil {
-		t.Logf("%s output:\n%s", script, out.String())
-		t.Fatalf("%s did not finish within %s", script, scriptTimeout)
+		t.Logf("%s output:\n%s", name, out.String())
+		t.Fatalf("%s did not finish in time", name)
 	}
 	if err != nil {
-		t.Logf("%s output:\n%s", script, out.String())
-		t.Fatalf("%s failed after %s: %v", script, elapsed, err)
+		t.Logf("%s output:\n%s", name, out.String())
+		t.Fatalf("%s failed after %s: %v", name, elapsed, err)
 	}
 	if t.Failed() {
-		t.Logf("%s output:\n%s", script, out.String())
+		t.Logf("%s output:\n%s", name, out.String())
 	}
 	return out.String()
 }

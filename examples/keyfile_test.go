@@ -84,7 +84,7 @@ func TestSecretVolumeIdentity(t *testing.T) {
 	cred := &syscall.Credential{Uid: imageUID, Gid: imageUID, Groups: []uint32{imageUID}}
 
 	t.Run("root-owned 0440 is accepted", func(t *testing.T) {
-		p := startProcess(t, bin, env, cred)
+		p := startProcess(t, env, cred, bin)
 		waitHTTP(t, p, "http://127.0.0.1:"+strconv.Itoa(port[1])+"/readyz")
 	})
 
@@ -122,12 +122,12 @@ type process struct {
 	exited chan struct{}
 }
 
-// startProcess starts bin with exactly env (and PATH), as cred when it is
-// not nil. At cleanup it sends SIGTERM, waits up to 10 s, then kills; a
-// failed test logs the output.
-func startProcess(t *testing.T, bin string, env []string, cred *syscall.Credential) *process {
+// startProcess starts bin with args and exactly env (and PATH), as cred
+// when it is not nil. At cleanup it sends SIGTERM, waits up to 10 s, then
+// kills; a failed test logs the output.
+func startProcess(t *testing.T, env []string, cred *syscall.Credential, bin string, args ...string) *process {
 	t.Helper()
-	p := &process{cmd: exec.Command(bin), out: &lockedBuffer{}, exited: make(chan struct{})}
+	p := &process{cmd: exec.Command(bin, args...), out: &lockedBuffer{}, exited: make(chan struct{})}
 	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if cred != nil {
