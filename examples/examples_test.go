@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"context"
 	"debug/elf"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -361,6 +362,44 @@ type composeService struct {
 	Healthcheck interface{}       `yaml:"healthcheck"`
 	DependsOn   []string          `yaml:"depends_on"`
 	StopGrace   string            `yaml:"stop_grace_period"`
+}
+
+// composeSpec is the validator of github.com/compose-spec/compose-go, the
+// loader of the Compose v2 plugin ('docker compose'), run with 'go run' from
+// the Go module proxy (or the module cache) as staticcheck is.
+const composeSpec = "github.com/compose-spec/compose-go/v2/cmd@v2.17.0"
+
+// TestComposeSpec validates docker-compose.yml against the Compose
+// Specification as the v2 plugin loads it. Its command-line validator does
+// not interpolate from the environment, so ${...} stays as written here;
+// TestDockerComposeConfig checks the interpolation.
+func TestComposeSpec(t *testing.T) {
+	requireTools(t, "go")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "run", composeSpec, "-no-interpolation", "-format", "json", "docker-compose.yml")
+	cmd.Dir = "docker-compose"
+	cmd.Env = cleanEnv()
+	out, err := cmd.Output()
+	if err != nil {
+		var stderr []byte
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			stderr = exit.Stderr
+		}
+		t.Fatalf("go run %s docker-compose.yml: %v\n%s", composeSpec, err, stderr)
+	}
+	var project struct {
+		Services map[string]struct {
+			NetworkMode string `json:"network_mode"`
+		} `json:"services"`
+	}
+	if err := json.Unmarshal(out, &project); err != nil {
+		t.Fatalf("the validator's output is not JSON: %v\n%s", err, out)
+	}
+	if len(project.Services) != 4 || project.Services["pqt-dial"].NetworkMode != "service:client" {
+		t.Errorf("the Compose v2 model has services %v, want the four of the file with pqt-dial in the client's namespace", project.Services)
+	}
 }
 
 // TestDockerComposeConfig validates docker-compose.yml with Debian 12's
