@@ -274,7 +274,7 @@ func requireTools(t *testing.T, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s is not installed: the run-local.sh scripts need it", tool)
+			t.Fatalf("%s is not installed: scripts/test-deps installs what the tests need", tool)
 		}
 	}
 }
