@@ -309,7 +309,8 @@ pids=()
 stop() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done; }
 trap stop EXIT
 wait_ready() {
-  for _ in $(seq 150); do
+  local end=$((SECONDS + 20))
+  while ((SECONDS < end)); do
     curl -fsS --max-time 1 -o /dev/null "$1" 2>/dev/null && return 0
     kill -0 "$3" 2>/dev/null || { echo "pqtunnel exited:"; cat "$2"; exit 1; }
     sleep 0.1
