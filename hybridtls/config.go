@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync/atomic"
 
 	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
@@ -217,24 +216,37 @@ func (s *Store) checkOffered(hello *tls.ClientHelloInfo) error {
 	return fmt.Errorf("%w: peer offered only %s, PQT_PQ=%s accepts %s", ErrNotPostQuantum, GroupNames(hello.SupportedCurves), s.policy.Mode, GroupNames(ours))
 }
 
+// RefusalError is the type of the policy's refusals. Reason is the label
+// logs and metrics use; transports read it through HandshakeReason, so that
+// failures are classified by type, never by their text.
+type RefusalError struct {
+	Reason string
+	msg    string
+}
+
+func (e *RefusalError) Error() string { return e.msg }
+
+// HandshakeReason is the refusal's reason for the transport's HandshakeError.
+func (e *RefusalError) HandshakeReason() string { return e.Reason }
+
 // ErrBadCertificate is wrapped when a CA-mode peer certificate does not
 // verify: expired, signed by another CA, or not for client use.
-var ErrBadCertificate = errors.New("peer certificate does not verify against PQT_CA")
+var ErrBadCertificate error = &RefusalError{"bad_certificate", "peer certificate does not verify against PQT_CA"}
 
 // ErrNoCommonGroup is wrapped when both sides are post-quantum but their
 // PQT_GROUPS lists share no group.
-var ErrNoCommonGroup = errors.New("no common key-exchange group")
+var ErrNoCommonGroup error = &RefusalError{"no_common_group", "no common key-exchange group"}
 
-// IsPolicyRefusal reports whether err is a server-side refusal that the
-// Store has already logged with its reason (group or peer policy).
-func IsPolicyRefusal(err error) bool {
-	r := reasonOf(err)
-	return r == "not_post_quantum" || r == "no_common_group" || r == "peer_not_allowed" || r == "bad_certificate"
+// LoggedRefusal reports whether a server-side handshake failure of this
+// reason is one a Store logs and counts itself (group or peer policy), so
+// that whoever sees the failure next does not log it again.
+func LoggedRefusal(reason string) bool {
+	return reason == "not_post_quantum" || reason == "no_common_group" || reason == "peer_not_allowed" || reason == "bad_certificate"
 }
 
 // ErrPeerNotAllowed is wrapped when a peer authenticated correctly but is not
 // one this side accepts (pin not in PQT_PEERS, certificate outside PQT_ALLOW).
-var ErrPeerNotAllowed = errors.New("peer not allowed")
+var ErrPeerNotAllowed error = &RefusalError{"peer_not_allowed", "peer not allowed"}
 
 func (s *Store) verifyPeer(m *Material, cs *tls.ConnectionState, server bool) error {
 	if err := CheckGroup(cs.CurveID, s.policy.Mode, s.policy.curves()); err != nil {
@@ -343,35 +355,14 @@ func helloRemote(h *tls.ClientHelloInfo) string {
 	return h.Conn.RemoteAddr().String()
 }
 
-// Reason classifies a handshake or authentication failure for logs and
-// metrics: not_post_quantum, no_common_group, peer_not_allowed, bad_certificate,
-// rejected_by_peer, proof_failed, timeout or tls.
-func Reason(err error) string { return reasonOf(err) }
-
+// reasonOf is the reason of one of the policy's own refusals, "tls" for
+// any other failure.
 func reasonOf(err error) string {
 	if err == nil {
 		return ""
 	}
-	var nerr interface{ Timeout() bool }
-	switch {
-	case errors.Is(err, ErrNotPostQuantum):
-		return "not_post_quantum"
-	case errors.Is(err, ErrNoCommonGroup):
-		return "no_common_group"
-	case errors.Is(err, ErrBadCertificate):
-		return "bad_certificate"
-	case errors.Is(err, ErrPeerNotAllowed):
-		return "peer_not_allowed"
-	case strings.Contains(err.Error(), "bad certificate"), strings.Contains(err.Error(), "certificate required"), strings.Contains(err.Error(), "unknown certificate"):
-		// The peer's TLS alert: it refused our identity. Over QUIC it can
-		// arrive while we already wait for the proof.
-		return "rejected_by_peer"
-	case errors.Is(err, ErrProof):
-		return "proof_failed"
-	case errors.As(err, &nerr) && nerr.Timeout():
-		return "timeout"
-	case strings.Contains(err.Error(), "no key exchanges supported"), strings.Contains(err.Error(), "handshake failure"):
-		return "no_common_group"
+	if re, ok := errors.AsType[*RefusalError](err); ok {
+		return re.Reason
 	}
 	return "tls"
 }

@@ -125,7 +125,7 @@ func ParseGroups(s string, mode PQMode) ([]tls.CurveID, error) {
 
 // ErrNotPostQuantum reports a handshake refused because the peer could not
 // agree on a hybrid post-quantum key exchange.
-var ErrNotPostQuantum = errors.New("peer offered no post-quantum key exchange")
+var ErrNotPostQuantum error = &RefusalError{"not_post_quantum", "peer offered no post-quantum key exchange"}
 
 // CheckGroup enforces the policy on a negotiated group: defence in depth after
 // the handshake, in case the TLS stack ever negotiated something it should not.

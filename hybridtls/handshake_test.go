@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
 
 	"github.com/pqtunnel/pqtunnel/internal/logtest"
+	"github.com/pqtunnel/pqtunnel/transport"
 )
 
 const testALPN = "pqtunnel-test/1"
@@ -192,8 +194,8 @@ func TestHandshakeServerRefusesUnknownClientPin(t *testing.T) {
 	if !strings.Contains(sr.err.Error(), cid.Pin.String()) || !strings.Contains(sr.err.Error(), "PQT_PEERS") {
 		t.Errorf("server error %q does not name the pin and PQT_PEERS", sr.err)
 	}
-	if Reason(sr.err) != "peer_not_allowed" {
-		t.Errorf("Reason = %q, want peer_not_allowed", Reason(sr.err))
+	if reason(sr.err) != "peer_not_allowed" {
+		t.Errorf("Reason = %q, want peer_not_allowed", reason(sr.err))
 	}
 	if cr.err == nil {
 		// TLS 1.3 lets the client finish first; it must still never get a peer.
@@ -261,10 +263,13 @@ func TestHandshakeStrictServerRefusesClassicalClient(t *testing.T) {
 	if !rec.logs.Contains("tunnel handshake refused", "reason=not_post_quantum", "X25519", "PQT_PQ=strict") {
 		t.Errorf("server did not log the refusal with its reason and the groups; logs: %v", rec.logs.All())
 	}
-	if !IsPolicyRefusal(serr) {
-		t.Errorf("IsPolicyRefusal(%v) = false: the refusal would be logged twice", serr)
+	// The server's crypto/tls error says nothing typed; the transport adds
+	// the alert it sent (transport/tlsmux TestServerGroupRefusalIsClassified),
+	// which makes it no_common_group, a refusal the Store logged already.
+	if !LoggedRefusal(string(transport.ReasonNoCommonGroup)) {
+		t.Error("LoggedRefusal(no_common_group) = false: the refusal would be logged twice")
 	}
-	if r := Reason(cerr); r != "no_common_group" {
+	if r := reason(cerr); r != "no_common_group" {
 		t.Errorf("client Reason(%v) = %q, want no_common_group", cerr, r)
 	}
 }
@@ -303,8 +308,8 @@ func TestCheckOffered(t *testing.T) {
 			if !strings.Contains(err.Error(), "SecP384r1MLKEM1024") {
 				t.Errorf("error %q does not name the accepted groups", err)
 			}
-			if !IsPolicyRefusal(err) {
-				t.Errorf("IsPolicyRefusal(%v) = false", err)
+			if !LoggedRefusal(reasonOf(err)) {
+				t.Errorf("LoggedRefusal(reasonOf(%v)) = false", err)
 			}
 		})
 	}
@@ -389,8 +394,10 @@ func TestHandshakeGroupSelection(t *testing.T) {
 		if !rec.logs.Contains("tunnel handshake refused", "reason=no_common_group", "X25519MLKEM768", "SecP384r1MLKEM1024", "PQT_GROUPS") {
 			t.Errorf("server did not log both group lists; logs: %v", rec.logs.All())
 		}
-		if Reason(sr.err) != "no_common_group" || Reason(cr.err) != "no_common_group" {
-			t.Errorf("Reason server = %q, client = %q, want no_common_group", Reason(sr.err), Reason(cr.err))
+		// The server's side is classified by its transport, from the alert
+		// it sent (transport/tlsmux TestServerGroupRefusalIsClassified).
+		if reason(cr.err) != "no_common_group" {
+			t.Errorf("Reason client = %q, want no_common_group", reason(cr.err))
 		}
 	})
 }
@@ -509,8 +516,8 @@ func TestAuthenticateRejectsBadProofs(t *testing.T) {
 			if !errors.Is(err, ErrProof) {
 				t.Fatalf("server Authenticate = %v, want ErrProof", err)
 			}
-			if Reason(err) != "proof_failed" {
-				t.Errorf("Reason = %q, want proof_failed", Reason(err))
+			if reason(err) != "proof_failed" {
+				t.Errorf("Reason = %q, want proof_failed", reason(err))
 			}
 		})
 	}
@@ -685,15 +692,15 @@ func TestReason(t *testing.T) {
 		{ErrPeerNotAllowed, "peer_not_allowed"},
 		{ErrProof, "proof_failed"},
 		{timeout, "timeout"},
-		{errors.New("remote error: tls: handshake failure"), "no_common_group"},
+		{fmt.Errorf("read: %w", transport.PeerAlert(40)), "no_common_group"},
 		{errors.New("something else"), "tls"},
 	}
 	for _, tt := range tests {
-		if got := Reason(tt.err); got != tt.want {
-			t.Errorf("Reason(%v) = %q, want %q", tt.err, got, tt.want)
+		if got := reason(tt.err); got != tt.want {
+			t.Errorf("Classify(%v) = %q, want %q", tt.err, got, tt.want)
 		}
 	}
-	if IsPolicyRefusal(ErrProof) || !IsPolicyRefusal(ErrNoCommonGroup) {
-		t.Error("IsPolicyRefusal misclassifies")
+	if LoggedRefusal(reason(ErrProof)) || !LoggedRefusal(reason(ErrNoCommonGroup)) {
+		t.Error("LoggedRefusal misclassifies")
 	}
 }

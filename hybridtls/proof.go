@@ -3,7 +3,6 @@ package hybridtls
 import (
 	"crypto/tls"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 
@@ -42,7 +41,7 @@ func (r Role) context() []byte {
 }
 
 // ErrProof is wrapped by every failure of the peer's ML-DSA-65 proof.
-var ErrProof = errors.New("ML-DSA-65 proof failed")
+var ErrProof error = &RefusalError{"proof_failed", "ML-DSA-65 proof failed"}
 
 func channelBinding(cs *tls.ConnectionState) ([]byte, error) {
 	ekm, err := cs.ExportKeyingMaterial(ekmLabel, nil, ekmLength)

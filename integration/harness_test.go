@@ -23,6 +23,7 @@ import (
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/childproc"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // testContext returns a context for one test: at most d long, and ending
@@ -714,7 +715,7 @@ func dialStore(t *testing.T) *hybridtls.Store {
 		t.Fatal(err)
 	}
 	store, err := hybridtls.NewStore(
-		hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: "pqtunnel/1"},
+		hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: wire.ALPN},
 		&hybridtls.Material{Identity: dialIdentity(t), Peers: []hybridtls.Pin{listenPin}})
 	if err != nil {
 		t.Fatal(err)
@@ -740,6 +741,6 @@ func classicalClient(t *testing.T) *tls.Config {
 		CurvePreferences:   []tls.CurveID{tls.X25519},
 		Certificates:       []tls.Certificate{dialIdentity(t).Certificate},
 		InsecureSkipVerify: true, // the listen side's identity is not what is tested
-		NextProtos:         []string{"pqtunnel/1"},
+		NextProtos:         []string{wire.ALPN},
 	}
 }

@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // hosPacedEcho sends payload through addr to an echo origin at a limited
@@ -290,7 +292,7 @@ func TestHostilePeers(t *testing.T) {
 			MinVersion:         tls.VersionTLS13,
 			CurvePreferences:   []tls.CurveID{tls.X25519MLKEM768},
 			InsecureSkipVerify: true, // the peer is not what is tested
-			NextProtos:         []string{"pqtunnel/1"},
+			NextProtos:         []string{wire.ALPN},
 			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 				stallOnce.Do(func() { close(stalled) })
 				<-release
@@ -733,7 +735,7 @@ func TestCAModeRefusals(t *testing.T) {
 						GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &leaf, nil },
 						RootCAs:              roots,
 						ServerName:           "server.example",
-						NextProtos:           []string{"pqtunnel/1"},
+						NextProtos:           []string{wire.ALPN},
 					}
 					// In TLS 1.3 the client may finish before the server has
 					// checked its certificate: the refusal arrives as an alert.

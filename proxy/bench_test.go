@@ -9,6 +9,10 @@ import (
 	"time"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/transport"
+	"github.com/pqtunnel/pqtunnel/transport/quic"
+	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // Benchmarks of the engine's hot paths. Where a result has a plain-TCP
@@ -16,14 +20,14 @@ import (
 // x-direct is the tunnel's rate over direct loopback TCP's (1 = as fast).
 
 func BenchmarkPreambleEncode(b *testing.B) {
-	req := Request{Route: "redis", Client: "192.0.2.10:54321"}
-	resp := Response{Status: StatusOK}
+	req := wire.Request{Route: "redis", Client: "192.0.2.10:54321"}
+	resp := wire.Response{Status: wire.StatusOK}
 	b.Run("request", func(b *testing.B) {
 		buf := make([]byte, 0, 64)
 		b.ReportAllocs()
 		for b.Loop() {
 			var err error
-			if buf, err = AppendRequest(buf[:0], req); err != nil {
+			if buf, err = wire.AppendRequest(buf[:0], req); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -33,25 +37,25 @@ func BenchmarkPreambleEncode(b *testing.B) {
 		buf := make([]byte, 0, 64)
 		b.ReportAllocs()
 		for b.Loop() {
-			buf = AppendResponse(buf[:0], resp)
+			buf = wire.AppendResponse(buf[:0], resp)
 		}
 		b.SetBytes(int64(len(buf)))
 	})
 }
 
 func BenchmarkPreambleDecode(b *testing.B) {
-	req, err := AppendRequest(nil, Request{Route: "redis", Client: "192.0.2.10:54321"})
+	req, err := wire.AppendRequest(nil, wire.Request{Route: "redis", Client: "192.0.2.10:54321"})
 	if err != nil {
 		b.Fatal(err)
 	}
-	resp := AppendResponse(nil, Response{Status: StatusOK})
+	resp := wire.AppendResponse(nil, wire.Response{Status: wire.StatusOK})
 	for _, c := range []struct {
 		name string
 		enc  []byte
 		read func(io.Reader) error
 	}{
-		{"request", req, func(r io.Reader) error { _, err := ReadRequest(r); return err }},
-		{"response", resp, func(r io.Reader) error { _, err := ReadResponse(r); return err }},
+		{"request", req, func(r io.Reader) error { _, err := wire.ReadRequest(r); return err }},
+		{"response", resp, func(r io.Reader) error { _, err := wire.ReadResponse(r); return err }},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			r := bytes.NewReader(c.enc)
@@ -155,15 +159,15 @@ func BenchmarkJoin(b *testing.B) {
 }
 
 // benchEngine starts one engine that runs until cleanup.
-func benchEngine(b *testing.B, mode Mode, transport, tunnel string, self, peer *hybridtls.Identity, fwd, tgt []Route) *Engine {
+func benchEngine(b *testing.B, mode Mode, tr transport.Transport, tunnel string, self, peer *hybridtls.Identity, fwd, tgt []Route) *Engine {
 	b.Helper()
-	store, err := hybridtls.NewStore(hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: ALPN},
+	store, err := hybridtls.NewStore(hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: wire.ALPN},
 		&hybridtls.Material{Identity: self, Peers: []hybridtls.Pin{peer.Pin}})
 	if err != nil {
 		b.Fatal(err)
 	}
 	e, err := New(Config{
-		Mode: mode, Tunnel: []string{tunnel}, Transport: transport, Connections: 1,
+		Mode: mode, Tunnel: []string{tunnel}, Transport: tr, Connections: 1,
 		Forward: fwd, Target: tgt, TLS: store, DrainTimeout: time.Second,
 	})
 	if err != nil {
@@ -184,7 +188,7 @@ func benchEngine(b *testing.B, mode Mode, transport, tunnel string, self, peer *
 
 // benchTunnel starts a listen side delivering to origin and a dial side
 // forwarding to it over transport, and returns the forward address.
-func benchTunnel(b *testing.B, transport, origin string) string {
+func benchTunnel(b *testing.B, tr transport.Transport, origin string) string {
 	b.Helper()
 	listenID, err := hybridtls.GenerateIdentity()
 	if err != nil {
@@ -194,8 +198,8 @@ func benchTunnel(b *testing.B, transport, origin string) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	listen := benchEngine(b, ModeListen, transport, "127.0.0.1:0", listenID, dialID, nil, []Route{{Name: "bench", Addr: origin}})
-	dial := benchEngine(b, ModeDial, transport, listen.TunnelAddr().String(), dialID, listenID, []Route{{Name: "bench", Addr: "127.0.0.1:0"}}, nil)
+	listen := benchEngine(b, ModeListen, tr, "127.0.0.1:0", listenID, dialID, nil, []Route{{Name: "bench", Addr: origin}})
+	dial := benchEngine(b, ModeDial, tr, listen.TunnelAddr().String(), dialID, listenID, []Route{{Name: "bench", Addr: "127.0.0.1:0"}}, nil)
 	deadline := time.After(15 * time.Second)
 	for {
 		changed := dial.TunnelsChanged()
@@ -243,8 +247,8 @@ func benchAccept(b *testing.B) (string, <-chan *net.TCPConn) {
 // BenchmarkTunnelBulk uploads through a dial and a listen engine in this
 // process, 32 KiB per op, then the same bytes over one loopback pair.
 func BenchmarkTunnelBulk(b *testing.B) {
-	for _, tr := range []string{TransportTCP, TransportQUIC} {
-		b.Run(tr, func(b *testing.B) {
+	for _, tr := range []transport.Transport{tlsmux.Transport{}, quic.Transport{}} {
+		b.Run(tr.Name(), func(b *testing.B) {
 			origin, accepted := benchAccept(b)
 			forward := benchTunnel(b, tr, origin)
 			c, err := net.DialTimeout("tcp", forward, 5*time.Second)
@@ -303,8 +307,8 @@ func benchEchoOnce(b *testing.B, addr string) {
 // same number of direct echoes follows; x-direct is the tunnel's rate over
 // direct's and us-added/op the latency the tunnel adds.
 func BenchmarkStreamRoundTrip(b *testing.B) {
-	for _, tr := range []string{TransportTCP, TransportQUIC} {
-		b.Run(tr, func(b *testing.B) {
+	for _, tr := range []transport.Transport{tlsmux.Transport{}, quic.Transport{}} {
+		b.Run(tr.Name(), func(b *testing.B) {
 			origin := startEcho(b)
 			forward := benchTunnel(b, tr, origin)
 			benchEchoOnce(b, forward) // the first stream pays for warming up

@@ -7,13 +7,12 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
-	"github.com/pqtunnel/pqtunnel/mux"
+	"github.com/pqtunnel/pqtunnel/transport"
 )
 
 // Probe is the outcome of one trial tunnel handshake, as 'pqtunnel check'
@@ -35,12 +34,14 @@ type Probe struct {
 	// FirstFlight is the bytes and datagrams the client sent before the
 	// server's first reply (QUIC only).
 	FirstFlight, FirstFlightPackets int
+
+	tr transport.Transport
 }
 
-// ProbeTunnel runs one handshake plus authentication against peer over
-// transport, offering exactly groups, and closes it at once.
-func ProbeTunnel(ctx context.Context, cfg Config, peer, transport string, mode hybridtls.PQMode, groups []tls.CurveID) Probe {
-	p := Probe{Peer: peer, Transport: transport, Offered: groups}
+// ProbeTunnel runs one handshake plus authentication against peer over tr,
+// offering exactly groups, and closes it at once.
+func ProbeTunnel(ctx context.Context, cfg Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID) Probe {
+	p := Probe{Peer: peer, Transport: tr.Name(), Offered: groups, tr: tr}
 	pol := cfg.TLS.Policy()
 	pol.Mode, pol.Groups = mode, groups
 	store, err := hybridtls.NewStore(pol, cfg.TLS.Material())
@@ -50,20 +51,15 @@ func ProbeTunnel(ctx context.Context, cfg Config, peer, transport string, mode h
 	}
 	mc := cfg.Mux
 	mc.TLS = store.ClientConfigFor(hostOf(peer))
-	mc.Authenticate = func(cs *tls.ConnectionState, rw io.ReadWriter, client bool) (mux.Peer, error) {
+	mc.Authenticate = func(cs *tls.ConnectionState, rw io.ReadWriter, client bool) (transport.Peer, error) {
 		pr, err := store.Authenticate(cs, rw, hybridtls.RoleClient)
-		return mux.Peer{Name: pr.Name, PQAuth: pr.PQAuth}, err
+		return transport.Peer{Name: pr.Name, PQAuth: pr.PQAuth}, err
 	}
 	var tc *recordingConn
 	var pc *countingPacketConn
 	mc.WrapConn = func(c net.Conn) net.Conn { tc = &recordingConn{Conn: c}; return tc }
 	mc.WrapPacketConn = func(c net.PacketConn) net.PacketConn { pc = &countingPacketConn{PacketConn: c}; return pc }
-	var s mux.Session
-	if transport == TransportQUIC {
-		s, err = mux.DialQUIC(ctx, peer, &mc)
-	} else {
-		s, err = mux.DialTCP(ctx, peer, &mc)
-	}
+	s, err := tr.Dial(ctx, peer, &mc)
 	if tc != nil {
 		p.ClientHello, p.ServerHello, p.WireGroup = tc.hellos()
 	}
@@ -219,32 +215,68 @@ func (c *countingPacketConn) firstFlight() (int, int) {
 	return c.sentBytes, c.sentN
 }
 
+// Diagnosis is what a failed handshake means for the person running it.
+type Diagnosis int
+
+const (
+	DiagnosisOK             Diagnosis = iota
+	DiagnosisNoUDPAnswer              // the UDP port is blocked or unserved
+	DiagnosisRefused                  // nothing listens on the TCP port
+	DiagnosisTimeout                  // the handshake did not complete
+	DiagnosisPeerNotAllowed           // we do not accept the peer's identity
+	DiagnosisRejectedByPeer           // the peer does not accept ours
+	DiagnosisProofFailed              // the peer's ML-DSA-65 proof failed
+	DiagnosisGroupsRefused            // the peer accepts none of the offered groups
+	DiagnosisOther
+)
+
+// Unreachable reports whether the peer could not be reached at all, so
+// that probing other groups would say the same.
+func (d Diagnosis) Unreachable() bool {
+	return d == DiagnosisNoUDPAnswer || d == DiagnosisRefused || d == DiagnosisTimeout
+}
+
+// Diagnosis classifies the probe's failure.
+func (p Probe) Diagnosis() Diagnosis {
+	d, _ := diagnose(p.Err, p.tr, p.Offered, "")
+	return d
+}
+
 // Verdict is a person-readable diagnosis of a failed probe; pin is ours.
 func (p Probe) Verdict(pin string) string {
 	if p.Err == nil {
 		return "ok"
 	}
-	return diagnose(p.Err, p.Transport, p.Offered, pin)
+	_, v := diagnose(p.Err, p.tr, p.Offered, pin)
+	return v
 }
 
-// diagnose says in words a person can act on why a tunnel handshake failed.
-func diagnose(err error, transport string, offered []tls.CurveID, pin string) string {
-	msg := err.Error()
-	switch {
-	case transport == TransportQUIC && isTimeout(err):
-		return "no answer over UDP: the UDP port is blocked or nothing listens there; open UDP on the peer's port or set PQT_TRANSPORT=tcp"
-	case isRefused(err):
-		return "connection refused: nothing listens on that TCP port"
-	case isTimeout(err):
-		return "timed out: the peer did not complete the handshake"
-	case errors.Is(err, hybridtls.ErrPeerNotAllowed):
-		return "the peer's identity is not one we accept: " + msg + " (add its pin to PQT_PEERS if it is the right peer)"
-	case hybridtls.Reason(err) == "rejected_by_peer":
-		return "the peer refused our identity: add our pin " + pin + " to the peer's PQT_PEERS (or, in CA mode, check its PQT_CA and PQT_ALLOW)"
-	case errors.Is(err, hybridtls.ErrProof):
-		return "the peer failed the ML-DSA-65 proof: " + msg
-	case strings.Contains(msg, "handshake failure") || strings.Contains(msg, "internal error"):
-		return "the peer accepts none of " + hybridtls.GroupNames(offered)
+// diagnose says in words a person can act on why a tunnel handshake over
+// tr failed.
+func diagnose(err error, tr transport.Transport, offered []tls.CurveID, pin string) (Diagnosis, string) {
+	if err == nil {
+		return DiagnosisOK, "ok"
 	}
-	return msg
+	msg := err.Error()
+	// A timeout means "no answer over UDP" when the transport asked for
+	// failed itself over UDP, not when a Fallback's secondary timed out.
+	he, _ := errors.AsType[*transport.HandshakeError](err)
+	overUDP := tr != nil && transport.UsesUDP(tr) && he != nil && he.Transport == tr.Name()
+	switch {
+	case overUDP && isTimeout(err):
+		return DiagnosisNoUDPAnswer, "no answer over UDP: the UDP port is blocked or nothing listens there; open UDP on the peer's port or set PQT_TRANSPORT=tcp"
+	case isRefused(err):
+		return DiagnosisRefused, "connection refused: nothing listens on that TCP port"
+	case isTimeout(err):
+		return DiagnosisTimeout, "timed out: the peer did not complete the handshake"
+	case errors.Is(err, hybridtls.ErrPeerNotAllowed):
+		return DiagnosisPeerNotAllowed, "the peer's identity is not one we accept: " + msg + " (add its pin to PQT_PEERS if it is the right peer)"
+	case transport.Classify(err) == transport.ReasonRejectedByPeer:
+		return DiagnosisRejectedByPeer, "the peer refused our identity: add our pin " + pin + " to the peer's PQT_PEERS (or, in CA mode, check its PQT_CA and PQT_ALLOW)"
+	case errors.Is(err, hybridtls.ErrProof):
+		return DiagnosisProofFailed, "the peer failed the ML-DSA-65 proof: " + msg
+	case transport.PeerRefusedGroups(err):
+		return DiagnosisGroupsRefused, "the peer accepts none of " + hybridtls.GroupNames(offered)
+	}
+	return DiagnosisOther, msg
 }

@@ -20,7 +20,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
-	"github.com/pqtunnel/pqtunnel/mux"
+	"github.com/pqtunnel/pqtunnel/transport"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // Mode says who opens the tunnel connection.
@@ -31,21 +32,14 @@ const (
 	ModeDial   Mode = "dial"
 )
 
-// Transport values for Config.Transport.
-const (
-	TransportQUIC = mux.TransportQUIC
-	TransportTCP  = mux.TransportTCP
-	// TransportAuto: a listen side serves both; a dial side tries QUIC and
-	// falls back to TCP when the QUIC handshake times out.
-	TransportAuto = "auto"
-)
-
 // Config is the engine's whole policy. It must not change once New returns.
 type Config struct {
 	Mode Mode
 	// Tunnel is the address to listen on (listen) or the peers to dial (dial).
-	Tunnel    []string
-	Transport string
+	Tunnel []string
+	// Transport carries the tunnel connections: one of the transport
+	// package's implementations, or a transport.Fallback of two.
+	Transport transport.Transport
 	// Connections is how many tunnel connections a dial side keeps. Zero means 1.
 	Connections int
 	// MaxConnections bounds the tunnel connections a listen side serves at
@@ -54,17 +48,19 @@ type Config struct {
 	Forward        []Route
 	Target         []Route
 	TLS            *hybridtls.Store
-	// Mux holds transport timeouts and limits; TLS and Authenticate are set by the engine.
-	Mux mux.Config
+	// Mux holds transport timeouts and limits; TLS, Authenticate, Logger,
+	// FallbackTimeout and RetryPrimary are set by the engine.
+	Mux transport.Config
 	// DialTimeout bounds dialling an origin. Zero means 5s.
 	DialTimeout time.Duration
 	// DrainTimeout bounds how long open streams may finish after shutdown begins. Zero means 30s.
 	DrainTimeout time.Duration
-	// FallbackTimeout bounds the QUIC attempt before an auto dial side
-	// tries TCP. Zero means 3s.
+	// FallbackTimeout bounds the primary transport's attempt before a
+	// transport.Fallback dial side tries the secondary (QUIC, then TCP, for
+	// auto). Zero means 3s.
 	FallbackTimeout time.Duration
-	// QUICRetry is how often an auto dial side that fell back to TCP tries
-	// QUIC again. Zero means 30s.
+	// QUICRetry is how often a Fallback dial side that fell back tries the
+	// primary transport again. Zero means 30s.
 	QUICRetry time.Duration
 	Logger    *slog.Logger
 	// MaxTotalStreams bounds the streams this process carries at once, in
@@ -93,7 +89,7 @@ type Engine struct {
 	tunnels tunnelSet
 
 	forwardLns []net.Listener
-	tunnelLns  []mux.Listener
+	tunnelLns  []transport.Listener
 
 	draining atomic.Bool
 	refusals *logLimiter
@@ -112,6 +108,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.TLS == nil {
 		return nil, errors.New("proxy: no TLS store")
+	}
+	if cfg.Transport == nil {
+		return nil, errors.New("proxy: no transport")
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics()
@@ -144,30 +143,13 @@ func (e *Engine) bind() error {
 	if e.cfg.Mode != ModeListen {
 		return nil
 	}
-	addr := e.cfg.Tunnel[0]
 	mc := e.muxConfig(e.cfg.TLS.ServerConfig())
 	mc.OnHandshakeError = e.handshakeFailed
-	if e.cfg.Transport == TransportTCP || e.cfg.Transport == TransportAuto {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("PQT_TUNNEL: listen tcp %s: %w", addr, err)
-		}
-		e.tunnelLns = append(e.tunnelLns, mux.ListenTCP(ln, mc))
-		// QUIC shares the port number, which matters when addr says port 0.
-		addr = ln.Addr().String()
+	ln, err := e.cfg.Transport.Listen(e.cfg.Tunnel[0], mc)
+	if err != nil {
+		return fmt.Errorf("PQT_TUNNEL: %w", err)
 	}
-	if e.cfg.Transport == TransportQUIC || e.cfg.Transport == TransportAuto {
-		pc, err := net.ListenPacket("udp", addr)
-		if err != nil {
-			return fmt.Errorf("PQT_TUNNEL: listen udp %s: %w", addr, err)
-		}
-		ln, err := mux.ListenQUIC(pc, mc)
-		if err != nil {
-			_ = pc.Close() // the listen error is what matters
-			return fmt.Errorf("PQT_TUNNEL: %w", err)
-		}
-		e.tunnelLns = append(e.tunnelLns, ln)
-	}
+	e.tunnelLns = append(e.tunnelLns, ln)
 	return nil
 }
 
@@ -189,8 +171,8 @@ func (e *Engine) TunnelAddr() net.Addr {
 }
 
 // Tunnels describes the tunnel connections that are up.
-func (e *Engine) Tunnels() []mux.Info {
-	var out []mux.Info
+func (e *Engine) Tunnels() []transport.Info {
+	var out []transport.Info
 	for _, t := range e.tunnels.snapshot() {
 		out = append(out, t.s.Info())
 	}
@@ -200,30 +182,29 @@ func (e *Engine) Tunnels() []mux.Info {
 // TunnelsChanged returns a channel closed at the next change of Tunnels.
 func (e *Engine) TunnelsChanged() <-chan struct{} { return e.tunnels.changedChan() }
 
-func (e *Engine) muxConfig(tc *tls.Config) *mux.Config {
+func (e *Engine) muxConfig(tc *tls.Config) *transport.Config {
 	mc := e.cfg.Mux
 	mc.TLS = tc
 	mc.Logger = e.log
-	mc.Authenticate = func(cs *tls.ConnectionState, rw io.ReadWriter, client bool) (mux.Peer, error) {
+	mc.FallbackTimeout = e.cfg.FallbackTimeout
+	mc.RetryPrimary = e.cfg.QUICRetry
+	mc.Authenticate = func(cs *tls.ConnectionState, rw io.ReadWriter, client bool) (transport.Peer, error) {
 		role := hybridtls.RoleServer
 		if client {
 			role = hybridtls.RoleClient
 		}
 		p, err := e.cfg.TLS.Authenticate(cs, rw, role)
-		return mux.Peer{Name: p.Name, PQAuth: p.PQAuth}, err
+		return transport.Peer{Name: p.Name, PQAuth: p.PQAuth}, err
 	}
 	return &mc
 }
 
 func (e *Engine) handshakeFailed(remote net.Addr, err error) {
-	if hybridtls.IsPolicyRefusal(err) {
+	reason := transport.Classify(err)
+	if hybridtls.LoggedRefusal(string(reason)) {
 		return // the TLS policy logged and counted it with its reason already
 	}
-	reason := hybridtls.Reason(err)
-	if errors.Is(err, mux.ErrBusy) {
-		reason = "busy"
-	}
-	e.metrics.HandshakeFailed(reason)
+	e.metrics.HandshakeFailed(string(reason))
 	e.log.Warn("tunnel handshake failed", "remote", remote.String(), "reason", reason, "err", err)
 }
 
@@ -238,7 +219,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	for _, ln := range e.tunnelLns {
 		e.loops.Add(1)
 		go e.routineAcceptSessions(ln)
-		e.log.Info("tunnel listening", "transport", ln.Transport(), "addr", ln.Addr().String())
+		for _, p := range transport.Parts(ln) {
+			e.log.Info("tunnel listening", "transport", p.Transport(), "addr", p.Addr().String())
+		}
 	}
 	loopCtx, stopLoops := context.WithCancel(context.Background())
 	e.loops.Add(1)
@@ -294,7 +277,7 @@ func (e *Engine) linger() {
 	var wait time.Duration
 	for _, t := range e.tunnels.snapshot() {
 		wait = max(wait, 200*time.Millisecond)
-		if st, ok := mux.SessionStats(t.s); ok {
+		if st, ok := transport.SessionStats(t.s); ok {
 			wait = max(wait, 4*st.RTT+100*time.Millisecond)
 		}
 	}
@@ -323,16 +306,17 @@ func (e *Engine) routineMaintain(ctx context.Context, peer string) {
 			if ctx.Err() != nil {
 				return
 			}
-			e.metrics.HandshakeFailed(hybridtls.Reason(err))
-			hint := diagnose(err, e.cfg.Transport, e.cfg.TLS.Policy().Groups, e.cfg.TLS.Material().Name())
-			if hybridtls.Reason(err) == "no_common_group" {
+			reason := transport.Classify(err)
+			e.metrics.HandshakeFailed(string(reason))
+			_, hint := diagnose(err, e.cfg.Transport, e.cfg.TLS.Policy().Groups, e.cfg.TLS.Material().Name())
+			if reason == transport.ReasonNoCommonGroup {
 				hint += " (it lists other groups, or is not post-quantum: 'pqtunnel check' tells which)"
 			}
 			wait := b.Next()
-			e.log.Warn("tunnel dial failed", "peer", peer, "transport", e.cfg.Transport,
-				"groups", hybridtls.GroupNames(e.cfg.TLS.Policy().Groups), "reason", hybridtls.Reason(err),
+			e.log.Warn("tunnel dial failed", "peer", peer, "transport", e.cfg.Transport.Name(),
+				"groups", hybridtls.GroupNames(e.cfg.TLS.Policy().Groups), "reason", string(reason),
 				"hint", hint,
-				"retry_in", wait.Round(time.Millisecond), "version", ALPN, "err", err)
+				"retry_in", wait.Round(time.Millisecond), "version", wire.ALPN, "err", err)
 			sleepCtx(ctx, wait)
 			continue
 		}
@@ -356,11 +340,11 @@ func (e *Engine) routineMaintain(ctx context.Context, peer string) {
 	}
 }
 
-// hold serves s until it goes away and returns nil, or, for an auto dial
-// side that fell back to TCP, until QUIC works again: then s is retired
-// (no new streams; closed once its streams finish) and the new QUIC
-// session is returned to be held instead.
-func (e *Engine) hold(ctx context.Context, peer string, s mux.Session) mux.Session {
+// hold serves s until it goes away and returns nil, or until s offers a
+// successor (a Fallback session whose primary transport works again): then
+// s is retired (no new streams; closed once its streams finish) and the
+// successor is returned to be held instead.
+func (e *Engine) hold(ctx context.Context, peer string, s transport.Session) transport.Session {
 	t := e.newTunnel(s)
 	done := make(chan struct{})
 	e.loops.Add(1)
@@ -369,29 +353,16 @@ func (e *Engine) hold(ctx context.Context, peer string, s mux.Session) mux.Sessi
 		defer close(done)
 		e.serveTunnel(t)
 	}()
-	if e.cfg.Transport != TransportAuto || s.Info().Transport == TransportQUIC {
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
 		<-done
 		return nil
-	}
-	retry := time.NewTicker(orDefault(e.cfg.QUICRetry, 30*time.Second))
-	defer retry.Stop()
-	for {
-		select {
-		case <-done:
-			return nil
-		case <-ctx.Done():
-			<-done
-			return nil
-		case <-retry.C:
-			qs, err := e.tryQUIC(ctx, peer, e.muxConfig(e.cfg.TLS.ClientConfigFor(hostOf(peer))))
-			if err != nil {
-				e.log.Debug("quic still unavailable, staying on tcp", "peer", peer, "err", err)
-				continue
-			}
-			e.log.Info("quic works again: moving tunnel back from tcp", "peer", peer, "tunnel", t.id)
-			e.retire(t)
-			return qs
-		}
+	case next := <-transport.Superseded(s):
+		e.log.Info(next.Why, "peer", peer, "tunnel", t.id)
+		e.retire(t)
+		return next.Session
 	}
 }
 
@@ -452,32 +423,8 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	}
 }
 
-func (e *Engine) dial(ctx context.Context, peer string) (mux.Session, error) {
-	mc := e.muxConfig(e.cfg.TLS.ClientConfigFor(hostOf(peer)))
-	switch e.cfg.Transport {
-	case TransportQUIC:
-		return mux.DialQUIC(ctx, peer, mc)
-	case TransportTCP:
-		return mux.DialTCP(ctx, peer, mc)
-	}
-	s, err := e.tryQUIC(ctx, peer, mc)
-	if err == nil || !isTimeout(err) || ctx.Err() != nil {
-		return s, err
-	}
-	e.log.Warn("quic handshake timed out, falling back to tcp", "peer", peer, "after", e.fallbackTimeout(), "err", err)
-	return mux.DialTCP(ctx, peer, mc)
-}
-
-// tryQUIC dials QUIC with the short FallbackTimeout an auto dial side
-// allows before it uses, or stays on, TCP.
-func (e *Engine) tryQUIC(ctx context.Context, peer string, mc *mux.Config) (mux.Session, error) {
-	qc := *mc
-	qc.HandshakeTimeout = e.fallbackTimeout()
-	return mux.DialQUIC(ctx, peer, &qc)
-}
-
-func (e *Engine) fallbackTimeout() time.Duration {
-	return orDefault(e.cfg.FallbackTimeout, 3*time.Second)
+func (e *Engine) dial(ctx context.Context, peer string) (transport.Session, error) {
+	return e.cfg.Transport.Dial(ctx, peer, e.muxConfig(e.cfg.TLS.ClientConfigFor(hostOf(peer))))
 }
 
 func isTimeout(err error) bool {
@@ -485,7 +432,7 @@ func isTimeout(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
-func (e *Engine) routineAcceptSessions(ln mux.Listener) {
+func (e *Engine) routineAcceptSessions(ln transport.Listener) {
 	defer e.loops.Done()
 	for {
 		s, err := ln.Accept(context.Background())
@@ -502,9 +449,9 @@ func (e *Engine) routineAcceptSessions(ln mux.Listener) {
 
 // serveSession registers s for outgoing streams and serves its incoming
 // streams until it goes away.
-func (e *Engine) serveSession(s mux.Session) { e.serveTunnel(e.newTunnel(s)) }
+func (e *Engine) serveSession(s transport.Session) { e.serveTunnel(e.newTunnel(s)) }
 
-func (e *Engine) newTunnel(s mux.Session) *tunnel {
+func (e *Engine) newTunnel(s transport.Session) *tunnel {
 	t := &tunnel{s: s, id: e.nextID.Add(1), since: time.Now()}
 	info := s.Info()
 	t.log = e.log.With("tunnel", t.id, "transport", info.Transport, "group", hybridtls.GroupName(info.TLS.CurveID), "peer", info.Peer.Name)
@@ -576,7 +523,3 @@ func (e *Engine) routineForward(ln net.Listener, r Route) {
 		}()
 	}
 }
-
-// ALPN is the application protocol of pqtunnel tunnel connections; the
-// version suffix changes only with the stream wire format.
-const ALPN = "pqtunnel/1"

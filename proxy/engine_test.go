@@ -18,7 +18,11 @@ import (
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/logtest"
-	"github.com/pqtunnel/pqtunnel/mux"
+	"github.com/pqtunnel/pqtunnel/transport"
+	"github.com/pqtunnel/pqtunnel/transport/memtransport"
+	"github.com/pqtunnel/pqtunnel/transport/quic"
+	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 func TestMain(m *testing.M) {
@@ -83,7 +87,7 @@ func pinnedStores(t *testing.T) (a, b *hybridtls.Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: ALPN}
+	p := hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: wire.ALPN}
 	a, err = hybridtls.NewStore(p, &hybridtls.Material{Identity: ida, Peers: []hybridtls.Pin{idb.Pin}})
 	if err != nil {
 		t.Fatal(err)
@@ -120,7 +124,7 @@ func runEngine(t *testing.T, cfg Config) *Engine {
 }
 
 // waitTunnels waits until e has at least one tunnel connection up.
-func waitTunnels(t *testing.T, e *Engine) []mux.Info {
+func waitTunnels(t *testing.T, e *Engine) []transport.Info {
 	t.Helper()
 	timeout := time.NewTimer(15 * time.Second)
 	defer timeout.Stop()
@@ -192,19 +196,21 @@ func expectRefused(t *testing.T, addr string) {
 }
 
 func TestEngineEndToEnd(t *testing.T) {
-	for _, transport := range []string{TransportQUIC, TransportTCP} {
-		t.Run(transport, func(t *testing.T) {
+	// memtransport is what the other unit tests run over; the real
+	// transports on loopback show that it behaves the same.
+	for _, tr := range []transport.Transport{memtransport.New(), quic.Transport{}, tlsmux.Transport{}} {
+		t.Run(tr.Name(), func(t *testing.T) {
 			echo := startEcho(t)
 			listenStore, dialStore := pinnedStores(t)
 			var listenLogs logtest.Recorder
 			listen := runEngine(t, Config{
-				Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: transport,
+				Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr,
 				Target: []Route{{"echo", echo}, {"refused", closedAddr(t)}},
 				TLS:    listenStore,
 				Logger: slog.New(&listenLogs),
 			})
 			dial := runEngine(t, Config{
-				Mode: ModeDial, Tunnel: []string{listen.TunnelAddr().String()}, Transport: transport,
+				Mode: ModeDial, Tunnel: []string{listen.TunnelAddr().String()}, Transport: tr,
 				Forward: []Route{{"echo", "127.0.0.1:0"}, {"nope", "127.0.0.1:0"}, {"refused", "127.0.0.1:0"}},
 				TLS:     dialStore,
 			})
@@ -217,8 +223,8 @@ func TestEngineEndToEnd(t *testing.T) {
 			}{{listen, dialStore}, {dial, listenStore}} {
 				infos := waitTunnels(t, side.e)
 				info := infos[0]
-				if info.Transport != transport {
-					t.Errorf("tunnel transport = %q, want %q", info.Transport, transport)
+				if info.Transport != tr.Name() {
+					t.Errorf("tunnel transport = %q, want %q", info.Transport, tr.Name())
 				}
 				if info.TLS.CurveID != tls.X25519MLKEM768 {
 					t.Errorf("tunnel group = %s, want X25519MLKEM768", hybridtls.GroupName(info.TLS.CurveID))
@@ -295,7 +301,7 @@ func TestEngineEndToEnd(t *testing.T) {
 func TestEngineRefusesClientsWithoutTunnel(t *testing.T) {
 	_, dialStore := pinnedStores(t)
 	dial := runEngine(t, Config{
-		Mode: ModeDial, Tunnel: []string{closedAddr(t)}, Transport: TransportTCP,
+		Mode: ModeDial, Tunnel: []string{"127.0.0.1:1"}, Transport: memtransport.New(),
 		Forward: []Route{{"", "127.0.0.1:0"}},
 		TLS:     dialStore,
 	})

@@ -10,7 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
-	"github.com/pqtunnel/pqtunnel/mux"
+	"github.com/pqtunnel/pqtunnel/transport"
 )
 
 // Metrics are the engine's Prometheus collectors, on a registry of their own.
@@ -78,14 +78,14 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // HandshakeFailed counts a failed or refused tunnel handshake.
 func (m *Metrics) HandshakeFailed(reason string) { m.handshakeFailures.WithLabelValues(reason).Inc() }
 
-func (m *Metrics) tunnelUp(info mux.Info) {
+func (m *Metrics) tunnelUp(info transport.Info) {
 	g := hybridtls.GroupName(info.TLS.CurveID)
 	m.tunnelsUp.WithLabelValues(info.Transport, g).Inc()
 	m.handshakes.WithLabelValues(info.Transport, g).Inc()
 	m.handshakeSeconds.WithLabelValues(info.Transport).Observe(info.Handshake.Seconds())
 }
 
-func (m *Metrics) tunnelDown(info mux.Info) {
+func (m *Metrics) tunnelDown(info transport.Info) {
 	m.tunnelsUp.WithLabelValues(info.Transport, hybridtls.GroupName(info.TLS.CurveID)).Dec()
 }
 
@@ -99,7 +99,7 @@ func (c *quicCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.rtt; ch <
 
 func (c *quicCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, t := range c.e.tunnels.snapshot() {
-		st, ok := mux.SessionStats(t.s)
+		st, ok := transport.SessionStats(t.s)
 		if !ok {
 			continue
 		}

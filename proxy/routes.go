@@ -5,6 +5,8 @@ import (
 	"net"
 	"strconv"
 	"strings"
+
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // Route binds a route name to an address: where clients connect (forward)
@@ -40,8 +42,8 @@ func ParseRoutes(s string) ([]Route, error) {
 			if r.Name == "" {
 				return nil, fmt.Errorf("route %q: empty name before '='", f)
 			}
-			if len(r.Name) > maxField || strings.ContainsAny(r.Name, " \t:/") {
-				return nil, fmt.Errorf("route %q: name must be at most %d characters without spaces, ':' or '/'", f, maxField)
+			if len(r.Name) > wire.MaxField || strings.ContainsAny(r.Name, " \t:/") {
+				return nil, fmt.Errorf("route %q: name must be at most %d characters without spaces, ':' or '/'", f, wire.MaxField)
 			}
 		} else {
 			if len(fields) > 1 {

@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 func TestParseRoutes(t *testing.T) {
@@ -99,13 +101,13 @@ func FuzzParseRoutes(f *testing.F) {
 			if r.Name == "" && len(routes) > 1 {
 				t.Fatalf("ParseRoutes(%q) = %v has an unnamed route in a list", s, routes)
 			}
-			if len(r.Name) > maxField {
+			if len(r.Name) > wire.MaxField {
 				t.Fatalf("route name of %d bytes cannot go in a preamble", len(r.Name))
 			}
 			if err := CheckHostPort(r.Addr); err != nil {
 				t.Fatalf("ParseRoutes(%q) accepted address %q: %v", s, r.Addr, err)
 			}
-			if _, err := AppendRequest(nil, Request{Route: r.Name}); err != nil {
+			if _, err := wire.AppendRequest(nil, wire.Request{Route: r.Name}); err != nil {
 				t.Fatalf("route name %q cannot be sent: %v", r.Name, err)
 			}
 			texts[i] = r.String()

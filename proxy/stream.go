@@ -14,7 +14,8 @@ import (
 
 	"github.com/pires/go-proxyproto"
 
-	"github.com/pqtunnel/pqtunnel/mux"
+	"github.com/pqtunnel/pqtunnel/transport"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // undoList runs cleanups in reverse order; it lets a handler pass what is
@@ -98,7 +99,7 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 		return
 	}
 	buf := firstFrames.Get().(*[]byte)
-	hdr, err := AppendRequest((*buf)[:0], Request{Route: r.Name, Client: c.RemoteAddr().String(), Server: c.LocalAddr().String()})
+	hdr, err := wire.AppendRequest((*buf)[:0], wire.Request{Route: r.Name, Client: c.RemoteAddr().String(), Server: c.LocalAddr().String()})
 	preamble := len(hdr)
 	if err == nil {
 		hdr, err = appendEarly(c, hdr)
@@ -164,7 +165,7 @@ func (e *Engine) pipeClient(client tcpEnd, opened *openedStream, early int64, ro
 	var refused *refusedError
 	switch {
 	case errors.As(err, &refused):
-		m.streamsFailed.WithLabelValues(route, refused.resp.Status.label()).Inc()
+		m.streamsFailed.WithLabelValues(route, refused.resp.Status.Label()).Inc()
 		e.warnRefusal(log, "stream refused by peer", refused.resp.Status.String(), "err", refused.resp.Message)
 	case err != nil && !benign(err):
 		m.streamsFailed.WithLabelValues(route, "aborted").Inc()
@@ -176,12 +177,12 @@ func (e *Engine) pipeClient(client tcpEnd, opened *openedStream, early int64, ro
 
 // openedStream reads the peer's response before the first payload byte.
 type openedStream struct {
-	mux.Stream
+	transport.Stream
 	timeout time.Duration
 	read    bool
 }
 
-type refusedError struct{ resp Response }
+type refusedError struct{ resp wire.Response }
 
 func (r *refusedError) Error() string {
 	return fmt.Sprintf("peer refused stream: %s: %s", r.resp.Status, r.resp.Message)
@@ -191,12 +192,12 @@ func (o *openedStream) Read(p []byte) (int, error) {
 	if !o.read {
 		o.read = true
 		_ = o.SetReadDeadline(time.Now().Add(o.timeout)) // failure shows as a read error
-		resp, err := ReadResponse(o.Stream)
+		resp, err := wire.ReadResponse(o.Stream)
 		if err != nil {
 			return 0, fmt.Errorf("read stream response: %w", err)
 		}
 		_ = o.SetReadDeadline(time.Time{})
-		if resp.Status != StatusOK {
+		if resp.Status != wire.StatusOK {
 			return 0, &refusedError{resp}
 		}
 	}
@@ -207,7 +208,7 @@ func (e *Engine) dialTimeout() time.Duration { return orDefault(e.cfg.DialTimeou
 
 // handleInbound serves one stream the peer opened: read the preamble, dial
 // the route's target, answer, and copy.
-func (e *Engine) handleInbound(st mux.Stream, t *tunnel) {
+func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 	start := time.Now()
 	log := t.log
 	var undo undoList
@@ -215,7 +216,7 @@ func (e *Engine) handleInbound(st mux.Stream, t *tunnel) {
 	t.active.Add(1)
 	undo.add(func() { t.active.Add(-1) })
 	_ = st.SetReadDeadline(time.Now().Add(orDefault(e.cfg.Mux.HandshakeTimeout, 10*time.Second)))
-	req, err := ReadRequest(st)
+	req, err := wire.ReadRequest(st)
 	if err != nil {
 		log.Warn("stream rejected", "reason", "bad preamble", "err", err)
 		st.Reset()
@@ -235,23 +236,27 @@ func (e *Engine) handleInbound(st mux.Stream, t *tunnel) {
 	active := m.streamsActive.WithLabelValues(route, "in")
 	active.Inc()
 	undo.add(active.Dec)
-	refuse := func(s Status, msg string, err error) {
-		m.streamsFailed.WithLabelValues(route, s.label()).Inc()
+	refuse := func(s wire.Status, msg string, err error) {
+		m.streamsFailed.WithLabelValues(route, s.Label()).Inc()
 		e.warnRefusal(log, "stream refused", s.String(), "err", errOr(err, msg))
-		_, _ = st.Write(AppendResponse(nil, Response{Status: s, Message: msg})) // best effort: we close next
+		_, _ = st.Write(wire.AppendResponse(nil, wire.Response{Status: s, Message: msg})) // best effort: we close next
 		_ = st.Close()
 	}
 	if e.draining.Load() {
-		refuse(StatusDraining, "peer is shutting down", nil)
+		refuse(wire.StatusDraining, "peer is shutting down", nil)
 		return
 	}
 	if !e.acquireSlot() {
-		refuse(StatusBusy, fmt.Sprintf("peer carries PQT_MAX_TOTAL_STREAMS=%d streams already", e.cfg.MaxTotalStreams), nil)
+		refuse(wire.StatusBusy, fmt.Sprintf("peer carries PQT_MAX_TOTAL_STREAMS=%d streams already", e.cfg.MaxTotalStreams), nil)
 		return
 	}
 	undo.add(e.releaseSlot)
+	if req.Kind != wire.KindTCP {
+		refuse(wire.StatusUnknownKind, fmt.Sprintf("stream kind %s is not one this peer delivers", req.Kind), nil)
+		return
+	}
 	if !known {
-		refuse(StatusUnknownRoute, fmt.Sprintf("route %q is not in the peer's PQT_TARGET (it has: %s)", routeName(req.Route), e.targetNames()), nil)
+		refuse(wire.StatusUnknownRoute, fmt.Sprintf("route %q is not in the peer's PQT_TARGET (it has: %s)", routeName(req.Route), e.targetNames()), nil)
 		return
 	}
 	d := net.Dialer{Timeout: e.dialTimeout()}
@@ -259,12 +264,12 @@ func (e *Engine) handleInbound(st mux.Stream, t *tunnel) {
 	oc, err := d.Dial("tcp", target)
 	m.originDial.WithLabelValues(route).Observe(time.Since(dialStart).Seconds())
 	if err != nil {
-		status := StatusOriginError
+		status := wire.StatusOriginError
 		switch {
 		case isTimeout(err):
-			status = StatusOriginTimeout
+			status = wire.StatusOriginTimeout
 		case isRefused(err):
-			status = StatusOriginRefused
+			status = wire.StatusOriginRefused
 		}
 		refuse(status, fmt.Sprintf("dial origin %s: %v", target, err), err)
 		return
@@ -272,11 +277,11 @@ func (e *Engine) handleInbound(st mux.Stream, t *tunnel) {
 	if e.cfg.ProxyProtocol != 0 {
 		if err := writeProxyHeader(oc, e.cfg.ProxyProtocol, req.Client, req.Server); err != nil {
 			_ = oc.Close()
-			refuse(StatusOriginError, fmt.Sprintf("send PROXY header to origin %s: %v", target, err), err)
+			refuse(wire.StatusOriginError, fmt.Sprintf("send PROXY header to origin %s: %v", target, err), err)
 			return
 		}
 	}
-	if _, err := st.Write(AppendResponse(nil, Response{Status: StatusOK})); err != nil {
+	if _, err := st.Write(wire.AppendResponse(nil, wire.Response{Status: wire.StatusOK})); err != nil {
 		log.Info("stream aborted before reply", "err", err)
 		st.Reset()
 		_ = oc.Close()
@@ -286,7 +291,7 @@ func (e *Engine) handleInbound(st mux.Stream, t *tunnel) {
 	e.carry(&undo, func() { e.pipeInbound(st, origin, route, target, log, start) })
 }
 
-func (e *Engine) pipeInbound(st mux.Stream, origin tcpEnd, route, target string, log *slog.Logger, start time.Time) {
+func (e *Engine) pipeInbound(st transport.Stream, origin tcpEnd, route, target string, log *slog.Logger, start time.Time) {
 	m := e.metrics
 	up, down, err := join(streamEnd{st}, origin)
 	m.bytes.WithLabelValues(route, "up").Add(float64(up))

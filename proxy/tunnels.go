@@ -8,12 +8,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pqtunnel/pqtunnel/mux"
+	"github.com/pqtunnel/pqtunnel/transport"
 )
 
 // tunnel is one live tunnel connection and the streams it carries now.
 type tunnel struct {
-	s mux.Session
+	s transport.Session
 	// log carries the tunnel's id, transport, group and peer.
 	log    *slog.Logger
 	id     uint64

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/proxy"
+	"github.com/pqtunnel/pqtunnel/transport"
 )
 
 // check probes each configured peer over each transport, with the whole
@@ -33,19 +34,18 @@ func check(environ map[string]string, stdout io.Writer) error {
 	mode := pc.TLS.Policy().Mode
 	groups := pc.TLS.Policy().Groups
 	pin := pc.TLS.Material().Name()
-	transports := []string{proxy.TransportQUIC, proxy.TransportTCP}
 	failed := 0
 	for _, peer := range pc.Tunnel {
 		fmt.Fprintf(stdout, "peer %s  (PQT_TRANSPORT=%s PQT_PQ=%s PQT_GROUPS=%s)\n", peer, c.Transport, mode, hybridtls.GroupNames(groups))
 		works := map[string]bool{}
 		var advice []string
-		for _, tr := range transports {
+		for _, tr := range basicTransports {
 			full := probe(stdout, pc, peer, tr, mode, groups, pin)
-			works[tr] = full.Err == nil
+			works[tr.Name()] = full.Err == nil
 			if full.Err != nil {
-				advice = append(advice, fmt.Sprintf("%s: %s", tr, full.Verdict(pin)))
+				advice = append(advice, fmt.Sprintf("%s: %s", tr.Name(), full.Verdict(pin)))
 			}
-			if full.Err != nil && isUnreachable(full) {
+			if full.Err != nil && full.Diagnosis().Unreachable() {
 				continue // per-group probes would say the same
 			}
 			var accepted []string
@@ -57,23 +57,30 @@ func check(environ map[string]string, stdout io.Writer) error {
 					accepted = append(accepted, hybridtls.GroupName(g))
 				}
 			}
-			if r := hybridtls.Reason(full.Err); full.Err != nil && mode == hybridtls.Strict && (r == "no_common_group" || r == "not_post_quantum") {
-				if p := probe(stdout, pc, peer, tr, hybridtls.Prefer, []tls.CurveID{tls.X25519}, pin); p.Err == nil || !strings.Contains(p.Verdict(pin), "accepts none") {
-					advice = append(advice, fmt.Sprintf("%s: the peer is not post-quantum: it completes a handshake only with classical X25519, so PQT_PQ=strict will not connect; upgrade the peer", tr))
+			if r := transport.Classify(full.Err); full.Err != nil && mode == hybridtls.Strict && (r == transport.ReasonNoCommonGroup || r == transport.ReasonNotPostQuantum) {
+				if p := probe(stdout, pc, peer, tr, hybridtls.Prefer, []tls.CurveID{tls.X25519}, pin); p.Err == nil || p.Diagnosis() != proxy.DiagnosisGroupsRefused {
+					advice = append(advice, fmt.Sprintf("%s: the peer is not post-quantum: it completes a handshake only with classical X25519, so PQT_PQ=strict will not connect; upgrade the peer", tr.Name()))
 				} else if len(accepted) == 0 {
-					advice = append(advice, fmt.Sprintf("%s: %s", tr, otherGroupsAdvice(stdout, pc, peer, tr, groups, pin)))
+					advice = append(advice, fmt.Sprintf("%s: %s", tr.Name(), otherGroupsAdvice(stdout, pc, peer, tr, groups, pin)))
 				}
 			}
 		}
-		ok := works[proxy.TransportQUIC] || works[proxy.TransportTCP]
-		if c.Transport != proxy.TransportAuto {
-			ok = works[c.Transport]
+		// A transport check probed must work itself; auto needs one of them.
+		ok, probed := works[c.Transport]
+		if !probed {
+			for _, w := range works {
+				ok = ok || w
+			}
 		}
 		for _, a := range advice {
 			fmt.Fprintln(stdout, "  advice:", a)
 		}
 		if ok {
-			fmt.Fprintf(stdout, "  verdict: would connect (quic: %s, tcp: %s)\n", yesNo(works[proxy.TransportQUIC]), yesNo(works[proxy.TransportTCP]))
+			var each []string
+			for _, tr := range basicTransports {
+				each = append(each, fmt.Sprintf("%s: %s", tr.Name(), yesNo(works[tr.Name()])))
+			}
+			fmt.Fprintf(stdout, "  verdict: would connect (%s)\n", strings.Join(each, ", "))
 		} else {
 			failed++
 			fmt.Fprintf(stdout, "  verdict: would NOT connect with PQT_TRANSPORT=%s\n", c.Transport)
@@ -85,33 +92,28 @@ func check(environ map[string]string, stdout io.Writer) error {
 	return nil
 }
 
-func probe(w io.Writer, pc proxy.Config, peer, tr string, mode hybridtls.PQMode, groups []tls.CurveID, pin string) proxy.Probe {
+func probe(w io.Writer, pc proxy.Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID, pin string) proxy.Probe {
 	ctx, cancel := context.WithTimeout(context.Background(), pc.Mux.HandshakeTimeout)
 	defer cancel()
 	p := proxy.ProbeTunnel(ctx, pc, peer, tr, mode, groups)
 	var sizes string
-	if tr == proxy.TransportTCP && p.ClientHello > 0 {
+	if p.ClientHello > 0 {
 		sizes = fmt.Sprintf(" ClientHello=%dB", p.ClientHello)
 		if p.ServerHello > 0 {
 			sizes += fmt.Sprintf(" ServerHello=%dB key_share=%#04x", p.ServerHello, uint16(p.WireGroup))
 		}
 	}
-	if tr == proxy.TransportQUIC && p.FirstFlight > 0 {
+	if p.FirstFlight > 0 {
 		sizes = fmt.Sprintf(" first_flight=%dB/%d packets", p.FirstFlight, p.FirstFlightPackets)
 	}
 	offered := hybridtls.GroupNames(groups)
 	if p.Err != nil {
-		fmt.Fprintf(w, "  %-4s offer %-52s FAIL%s  %s\n", tr, offered, sizes, p.Verdict(pin))
+		fmt.Fprintf(w, "  %-4s offer %-52s FAIL%s  %s\n", tr.Name(), offered, sizes, p.Verdict(pin))
 		return p
 	}
-	fmt.Fprintf(w, "  %-4s offer %-52s ok   group=%s handshake=%s%s peer=%s pq_auth=%t\n", tr, offered,
+	fmt.Fprintf(w, "  %-4s offer %-52s ok   group=%s handshake=%s%s peer=%s pq_auth=%t\n", tr.Name(), offered,
 		hybridtls.GroupName(p.Group), p.Handshake.Round(10*time.Microsecond), sizes, p.PeerName, p.PQAuth)
 	return p
-}
-
-func isUnreachable(p proxy.Probe) bool {
-	v := p.Verdict("")
-	return strings.HasPrefix(v, "no answer") || strings.HasPrefix(v, "connection refused") || strings.HasPrefix(v, "timed out")
 }
 
 func yesNo(b bool) string {
@@ -123,7 +125,7 @@ func yesNo(b bool) string {
 
 // otherGroupsAdvice probes the hybrid groups missing from ours to tell the
 // user which one the peer would accept.
-func otherGroupsAdvice(w io.Writer, pc proxy.Config, peer, tr string, ours []tls.CurveID, pin string) string {
+func otherGroupsAdvice(w io.Writer, pc proxy.Config, peer string, tr transport.Transport, ours []tls.CurveID, pin string) string {
 	var theirs []tls.CurveID
 	for _, g := range hybridtls.DefaultGroups {
 		if slices.Contains(ours, g) {

@@ -14,6 +14,8 @@ import (
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/proxy"
+
+	"github.com/pqtunnel/pqtunnel/transport"
 )
 
 // Config is pqtunnel's whole configuration, read from the environment.
@@ -113,10 +115,8 @@ func (c *Config) Validate() error {
 	if len(fwd) == 0 && len(tgt) == 0 {
 		return errors.New("PQT_FORWARD and PQT_TARGET: neither is set, so nothing would be carried (a forward dial side sets PQT_FORWARD, its listen side PQT_TARGET)")
 	}
-	switch c.Transport {
-	case proxy.TransportQUIC, proxy.TransportTCP, proxy.TransportAuto:
-	default:
-		return fmt.Errorf("PQT_TRANSPORT: %q is not quic, tcp or auto", c.Transport)
+	if _, err := transport.Lookup(c.Transport); err != nil {
+		return fmt.Errorf("PQT_TRANSPORT: %w", err)
 	}
 	mode, err := hybridtls.ParsePQMode(c.PQ)
 	if err != nil {

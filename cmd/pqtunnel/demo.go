@@ -18,8 +18,9 @@ import (
 	"github.com/lmittmann/tint"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
-	"github.com/pqtunnel/pqtunnel/mux"
 	"github.com/pqtunnel/pqtunnel/proxy"
+	"github.com/pqtunnel/pqtunnel/transport"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // demo runs a complete local setup in one process: an echo and an HTTP
@@ -59,7 +60,11 @@ func demo(stdout, stderr io.Writer) error {
 		return fmt.Errorf("demo: %w", err)
 	}
 	targets := []proxy.Route{{Name: "echo", Addr: echoLn.Addr().String()}, {Name: "http", Addr: httpLn.Addr().String()}}
-	listen, err := demoEngine(proxy.ModeListen, proxy.TransportAuto, "127.0.0.1:0", listenID, dialID, nil, targets, log.With("side", "listen"))
+	auto, err := transport.Lookup(transport.FallbackName)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	listen, err := demoEngine(proxy.ModeListen, auto, "127.0.0.1:0", listenID, dialID, nil, targets, log.With("side", "listen"))
 	if err != nil {
 		return err
 	}
@@ -73,9 +78,9 @@ func demo(stdout, stderr io.Writer) error {
 	}
 	start(listen)
 	var dials []*proxy.Engine
-	for _, tr := range []string{proxy.TransportQUIC, proxy.TransportTCP} {
+	for _, tr := range basicTransports {
 		fwd := []proxy.Route{{Name: "echo", Addr: "127.0.0.1:0"}, {Name: "http", Addr: "127.0.0.1:0"}}
-		d, err := demoEngine(proxy.ModeDial, tr, listen.TunnelAddr().String(), dialID, listenID, fwd, nil, log.With("side", "dial-"+tr))
+		d, err := demoEngine(proxy.ModeDial, tr, listen.TunnelAddr().String(), dialID, listenID, fwd, nil, log.With("side", "dial-"+tr.Name()))
 		if err != nil {
 			cancel()
 			engines.Wait()
@@ -108,15 +113,15 @@ func demo(stdout, stderr io.Writer) error {
 	return nil
 }
 
-func demoEngine(mode proxy.Mode, transport, tunnel string, self, peer *hybridtls.Identity, fwd, tgt []proxy.Route, log *slog.Logger) (*proxy.Engine, error) {
+func demoEngine(mode proxy.Mode, tr transport.Transport, tunnel string, self, peer *hybridtls.Identity, fwd, tgt []proxy.Route, log *slog.Logger) (*proxy.Engine, error) {
 	store, err := hybridtls.NewStore(hybridtls.Policy{
-		Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: proxy.ALPN, Logger: log,
+		Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: wire.ALPN, Logger: log,
 	}, &hybridtls.Material{Identity: self, Peers: []hybridtls.Pin{peer.Pin}})
 	if err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
 	e, err := proxy.New(proxy.Config{
-		Mode: mode, Tunnel: []string{tunnel}, Transport: transport, Connections: 1,
+		Mode: mode, Tunnel: []string{tunnel}, Transport: tr, Connections: 1,
 		Forward: fwd, Target: tgt, TLS: store, DrainTimeout: time.Second, Logger: log,
 	})
 	if err != nil {
@@ -125,7 +130,7 @@ func demoEngine(mode proxy.Mode, transport, tunnel string, self, peer *hybridtls
 	return e, nil
 }
 
-func waitTunnel(ctx context.Context, e *proxy.Engine) (mux.Info, error) {
+func waitTunnel(ctx context.Context, e *proxy.Engine) (transport.Info, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	for {
@@ -136,7 +141,7 @@ func waitTunnel(ctx context.Context, e *proxy.Engine) (mux.Info, error) {
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return mux.Info{}, errors.New("no tunnel connection came up within 15s")
+			return transport.Info{}, errors.New("no tunnel connection came up within 15s")
 		}
 	}
 }

@@ -25,8 +25,9 @@ import (
 	"github.com/lmittmann/tint"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
-	"github.com/pqtunnel/pqtunnel/mux"
 	"github.com/pqtunnel/pqtunnel/proxy"
+	"github.com/pqtunnel/pqtunnel/transport"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -147,12 +148,13 @@ func engineConfig(c *Config, log *slog.Logger) (proxy.Config, error) {
 	groups, _ := hybridtls.ParseGroups(c.Groups, mode) // validated
 	fwd, _ := proxy.ParseRoutes(c.Forward)             // validated
 	tgt, _ := proxy.ParseRoutes(c.Target)              // validated
+	tr, _ := transport.Lookup(c.Transport)             // validated
 	m, err := c.material()
 	if err != nil {
 		return proxy.Config{}, err
 	}
 	store, err := hybridtls.NewStore(hybridtls.Policy{
-		Mode: mode, Groups: groups, ServerName: c.ServerName, ALPN: proxy.ALPN, Logger: log,
+		Mode: mode, Groups: groups, ServerName: c.ServerName, ALPN: wire.ALPN, Logger: log,
 		OnRefused: metrics.HandshakeFailed,
 	}, m)
 	if err != nil {
@@ -161,14 +163,14 @@ func engineConfig(c *Config, log *slog.Logger) (proxy.Config, error) {
 	return proxy.Config{
 		Mode:            proxy.Mode(c.Mode),
 		Tunnel:          c.tunnels(),
-		Transport:       c.Transport,
+		Transport:       tr,
 		Connections:     c.Connections,
 		MaxConnections:  c.MaxConnections,
 		MaxTotalStreams: c.MaxTotalStreams,
 		Forward:         fwd,
 		Target:          tgt,
 		TLS:             store,
-		Mux: mux.Config{
+		Mux: transport.Config{
 			HandshakeTimeout: c.HandshakeTimeout,
 			KeepAlive:        c.KeepAlive,
 			IdleTimeout:      c.IdleTimeout,
@@ -202,7 +204,7 @@ func runTunnel(environ map[string]string, stderr io.Writer) error {
 	log.Info("pqtunnel starting", "version", buildVersion(), "mode", c.Mode, "transport", c.Transport,
 		"pq", c.PQ, "groups", hybridtls.GroupNames(pc.TLS.Policy().Groups), "identity", pc.TLS.Material().Name())
 
-	if c.Transport != proxy.TransportTCP {
+	if transport.UsesUDP(pc.Transport) {
 		warnUDPBuffers(log)
 	}
 	if c.Metrics != "" {

@@ -12,8 +12,11 @@ import (
 	"time"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
-	"github.com/pqtunnel/pqtunnel/mux"
 	"github.com/pqtunnel/pqtunnel/proxy"
+	"github.com/pqtunnel/pqtunnel/transport"
+	"github.com/pqtunnel/pqtunnel/transport/quic"
+	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // bench is one run: its options, the processes, and what was measured.
@@ -277,12 +280,12 @@ func (b *bench) probeConfig() (proxy.Config, error) {
 	if err != nil {
 		return proxy.Config{}, err
 	}
-	store, err := hybridtls.NewStore(hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: proxy.ALPN},
+	store, err := hybridtls.NewStore(hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: wire.ALPN},
 		&hybridtls.Material{Identity: id, Peers: []hybridtls.Pin{pin}})
 	if err != nil {
 		return proxy.Config{}, err
 	}
-	return proxy.Config{TLS: store, Mux: mux.Config{HandshakeTimeout: 10 * time.Second}}, nil
+	return proxy.Config{TLS: store, Mux: transport.Config{HandshakeTimeout: 10 * time.Second}}, nil
 }
 
 func (b *bench) runHandshakePhase(ctx context.Context) error {
@@ -293,15 +296,15 @@ func (b *bench) runHandshakePhase(ctx context.Context) error {
 	}
 	for rep := range b.o.reps {
 		b.progress("tunnel establishment, repetition %d of %d", rep+1, b.o.reps)
-		for _, tr := range []string{proxy.TransportTCP, proxy.TransportQUIC} {
+		for _, tr := range []transport.Transport{tlsmux.Transport{}, quic.Transport{}} {
 			groups := slices.Clone(handshakeGroupList)
 			k := rep % len(groups)
 			groups = append(groups[k:], groups[:k]...)
 			for _, g := range groups {
-				key := tr + "/" + hybridtls.GroupName(g)
+				key := tr.Name() + "/" + hybridtls.GroupName(g)
 				acc := b.hs[key]
 				if acc == nil {
-					acc = &hsAcc{fig: HandshakeFigure{Transport: tr, Group: hybridtls.GroupName(g)}}
+					acc = &hsAcc{fig: HandshakeFigure{Transport: tr.Name(), Group: hybridtls.GroupName(g)}}
 					b.hs[key] = acc
 				}
 				s, err := runHandshakes(ctx, cfg, b.top.handshakeAddr, tr, g, b.o.handshake)
@@ -341,7 +344,7 @@ func (b *bench) finish(started time.Time) {
 		}
 	}
 	r.CPU = b.cpu.figures() // no direct process to compare with, so no ratio
-	for _, tr := range []string{proxy.TransportTCP, proxy.TransportQUIC} {
+	for _, tr := range []string{tlsmux.Name, quic.Name} {
 		classical := b.hs[tr+"/X25519"]
 		for _, g := range handshakeGroupList {
 			acc := b.hs[tr+"/"+hybridtls.GroupName(g)]

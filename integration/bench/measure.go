@@ -14,6 +14,8 @@ import (
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/proxy"
+
+	"github.com/pqtunnel/pqtunnel/transport"
 )
 
 // linger bounds every client connection beyond its measurement window, so
@@ -311,7 +313,7 @@ type handshakeSample struct {
 
 // runHandshakes probes peer over transport offering exactly group, one
 // handshake after another, for window.
-func runHandshakes(ctx context.Context, cfg proxy.Config, peer, transport string, group tls.CurveID, window time.Duration) (handshakeSample, error) {
+func runHandshakes(ctx context.Context, cfg proxy.Config, peer string, tr transport.Transport, group tls.CurveID, window time.Duration) (handshakeSample, error) {
 	mode := hybridtls.Strict
 	if !hybridtls.IsHybrid(group) {
 		mode = hybridtls.Prefer
@@ -319,15 +321,15 @@ func runHandshakes(ctx context.Context, cfg proxy.Config, peer, transport string
 	probe := func() proxy.Probe {
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		return proxy.ProbeTunnel(pctx, cfg, peer, transport, mode, []tls.CurveID{group})
+		return proxy.ProbeTunnel(pctx, cfg, peer, tr, mode, []tls.CurveID{group})
 	}
 	// One probe first, unmeasured: it warms caches and gives the sizes.
 	s := handshakeSample{probe: probe()}
 	if s.probe.Err != nil {
-		return s, fmt.Errorf("probe %s over %s: %w", hybridtls.GroupName(group), transport, s.probe.Err)
+		return s, fmt.Errorf("probe %s over %s: %w", hybridtls.GroupName(group), tr.Name(), s.probe.Err)
 	}
 	if s.probe.Group != group {
-		return s, fmt.Errorf("offered only %s over %s but negotiated %s", hybridtls.GroupName(group), transport, hybridtls.GroupName(s.probe.Group))
+		return s, fmt.Errorf("offered only %s over %s but negotiated %s", hybridtls.GroupName(group), tr.Name(), hybridtls.GroupName(s.probe.Group))
 	}
 	var hs, walls []time.Duration
 	type flight struct{ bytes, packets int }
@@ -337,7 +339,7 @@ func runHandshakes(ctx context.Context, cfg proxy.Config, peer, transport string
 		t := time.Now()
 		p := probe()
 		if p.Err != nil {
-			return s, fmt.Errorf("probe %s over %s: %w", hybridtls.GroupName(group), transport, p.Err)
+			return s, fmt.Errorf("probe %s over %s: %w", hybridtls.GroupName(group), tr.Name(), p.Err)
 		}
 		walls = append(walls, time.Since(t))
 		hs = append(hs, p.Handshake)

@@ -1,4 +1,4 @@
-package mux
+package transport_test
 
 import (
 	"context"
@@ -14,6 +14,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pqtunnel/pqtunnel/transport"
+	"github.com/pqtunnel/pqtunnel/transport/quic"
+	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
 )
 
 const benchALPN = "pqtunnel-bench/1"
@@ -50,40 +54,22 @@ func benchTLS(b *testing.B) (server, client *tls.Config) {
 
 // benchSessions returns a dialled and an accepted session over transport;
 // both close, and the listener with them, at cleanup.
-func benchSessions(b *testing.B, transport string) (client, server Session) {
+func benchSessions(b *testing.B, tr transport.Transport) (client, server transport.Session) {
 	b.Helper()
 	stc, ctc := benchTLS(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	var ln Listener
-	switch transport {
-	case TransportTCP:
-		tl, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		ln = ListenTCP(tl, &Config{TLS: stc})
-	case TransportQUIC:
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		if ln, err = ListenQUIC(pc, &Config{TLS: stc}); err != nil {
-			b.Fatal(err)
-		}
+	ln, err := tr.Listen("127.0.0.1:0", &transport.Config{TLS: stc})
+	if err != nil {
+		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = ln.Close() })
-	accepted := make(chan Session, 1)
+	accepted := make(chan transport.Session, 1)
 	go func() {
 		s, _ := ln.Accept(ctx) // a failure shows as a nil session below
 		accepted <- s
 	}()
-	var err error
-	if transport == TransportTCP {
-		client, err = DialTCP(ctx, ln.Addr().String(), &Config{TLS: ctc})
-	} else {
-		client, err = DialQUIC(ctx, ln.Addr().String(), &Config{TLS: ctc})
-	}
+	client, err = tr.Dial(ctx, ln.Addr().String(), &transport.Config{TLS: ctc})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -97,7 +83,7 @@ func benchSessions(b *testing.B, transport string) (client, server Session) {
 
 // benchServeEcho answers each stream of s: it echoes one byte, half-closes,
 // and closes after the peer's FIN. It stops when s closes, at cleanup.
-func benchServeEcho(b *testing.B, s Session) {
+func benchServeEcho(b *testing.B, s transport.Session) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -132,7 +118,7 @@ func benchServeEcho(b *testing.B, s Session) {
 }
 
 // benchStreamOnce opens a stream, echoes one byte, and closes it both ways.
-func benchStreamOnce(ctx context.Context, s Session) error {
+func benchStreamOnce(ctx context.Context, s transport.Session) error {
 	st, err := s.OpenStream(ctx)
 	if err != nil {
 		return err
@@ -215,8 +201,8 @@ func benchDirectEcho(b *testing.B) string {
 // (connect, echo, FIN both ways) follows; x-direct is the stream rate over
 // the TCP connection rate.
 func BenchmarkStreamOpenClose(b *testing.B) {
-	for _, tr := range []string{TransportTCP, TransportQUIC} {
-		b.Run(tr, func(b *testing.B) {
+	for _, tr := range []transport.Transport{tlsmux.Transport{}, quic.Transport{}} {
+		b.Run(tr.Name(), func(b *testing.B) {
 			client, server := benchSessions(b, tr)
 			benchServeEcho(b, server)
 			direct := benchDirectEcho(b)

@@ -1,19 +1,98 @@
-// Package mux carries many byte streams over one authenticated tunnel
-// connection. A Session opens and accepts Streams; two transports implement
-// it: QUIC (quic-go) and TLS 1.3 over TCP multiplexed by yamux. The package
-// knows TLS configurations and an authentication hook, never routes.
-package mux
+// Package transport carries many byte streams over one authenticated tunnel
+// connection. A Transport dials and listens; a Session opens and accepts
+// Streams. Implementations live in subpackages (quic, tlsmux, memtransport)
+// and are found by name through Register and Lookup; Fallback combines two
+// into one. The package knows TLS configurations and an authentication
+// hook, never routes, and imports none of its implementations.
+package transport
 
 import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 )
+
+// Transport is one way of carrying tunnel connections. Dial and Listen may
+// be called concurrently and any number of times.
+type Transport interface {
+	// Name is the transport's PQT_TRANSPORT value and its "transport" label
+	// in logs and metrics.
+	Name() string
+	// Dial connects to addr, runs the TLS handshake and c.Authenticate, and
+	// returns the session. Failures of the handshake or of authentication
+	// are *HandshakeError. The handshake is bounded by c.HandshakeTimeout and ctx.
+	Dial(ctx context.Context, addr string, c *Config) (Session, error)
+	// Listen binds addr and serves tunnel connections until the Listener is
+	// closed. An address with port 0 binds a free port, which Addr reports.
+	Listen(addr string, c *Config) (Listener, error)
+}
+
+// UsesUDP reports whether t sends its traffic over UDP, where the socket
+// buffer sizes of the host matter; a transport says so by implementing
+// interface{ UsesUDP() bool }.
+func UsesUDP(t Transport) bool {
+	u, ok := t.(interface{ UsesUDP() bool })
+	return ok && u.UsesUDP()
+}
+
+// The registry maps PQT_TRANSPORT names to transports, as database/sql does
+// drivers: a program registers the transports it links in, once, at start.
+var registry = struct {
+	mu sync.RWMutex
+	m  map[string]Transport
+}{m: map[string]Transport{}}
+
+// Register makes t available to Lookup under t.Name(). It panics if the name
+// is empty or taken, which is a programming error.
+func Register(t Transport) {
+	registry.mu.Lock()
+	defer registry.mu.Unlock()
+	name := t.Name()
+	if name == "" {
+		panic("transport: Register of a transport without a name")
+	}
+	if _, dup := registry.m[name]; dup {
+		panic("transport: Register called twice for " + name)
+	}
+	registry.m[name] = t
+}
+
+// ErrUnknown is wrapped by Lookup for a name nobody registered.
+var ErrUnknown = errors.New("unknown transport")
+
+// Lookup returns the transport registered under name.
+func Lookup(name string) (Transport, error) {
+	registry.mu.RLock()
+	defer registry.mu.RUnlock()
+	if t, ok := registry.m[name]; ok {
+		return t, nil
+	}
+	return nil, fmt.Errorf("%w %q (known: %s)", ErrUnknown, name, strings.Join(namesLocked(), ", "))
+}
+
+// Names lists the registered transports, sorted.
+func Names() []string {
+	registry.mu.RLock()
+	defer registry.mu.RUnlock()
+	return namesLocked()
+}
+
+func namesLocked() []string {
+	names := make([]string, 0, len(registry.m))
+	for n := range registry.m {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
 
 // Stream is one full-duplex byte stream with half-close.
 type Stream interface {
@@ -51,7 +130,7 @@ type Session interface {
 
 // Info is what was negotiated for a session.
 type Info struct {
-	Transport string // "quic" or "tcp"
+	Transport string // the Name of the transport that carries it
 	TLS       tls.ConnectionState
 	Peer      Peer
 	Local     net.Addr
@@ -73,10 +152,18 @@ type Stats struct {
 }
 
 // SessionStats returns the session's transport measurements, where the
-// transport has them (QUIC).
+// transport has them (QUIC): a session offers them with a Stats() Stats
+// method. A session that wraps another says so with Unwrap() Session.
 func SessionStats(s Session) (Stats, bool) {
-	if r, ok := s.(interface{ stats() Stats }); ok {
-		return r.stats(), true
+	for s != nil {
+		if r, ok := s.(interface{ Stats() Stats }); ok {
+			return r.Stats(), true
+		}
+		u, ok := s.(interface{ Unwrap() Session })
+		if !ok {
+			break
+		}
+		s = u.Unwrap()
 	}
 	return Stats{}, false
 }
@@ -95,18 +182,19 @@ type Listener interface {
 	// stay up, so that they can drain.
 	Close() error
 	Addr() net.Addr
-	// Transport is TransportQUIC or TransportTCP.
+	// Transport is the Name of the transport that serves it.
 	Transport() string
 }
 
 // ErrBusy is passed to OnHandshakeError for a connection refused because
 // MaxHandshakes handshakes are already in progress.
-var ErrBusy = errors.New("mux: too many handshakes in progress")
+var ErrBusy = errors.New("transport: too many handshakes in progress")
 
 // ErrClosed is returned by Accept after Close.
-var ErrClosed = errors.New("mux: listener closed")
+var ErrClosed = errors.New("transport: listener closed")
 
-// Config is the transport policy shared by both transports.
+// Config is the transport policy shared by all transports. It must not
+// change once passed to Dial or Listen.
 type Config struct {
 	// TLS is the TLS configuration; for a listener it serves every handshake.
 	TLS *tls.Config
@@ -130,8 +218,15 @@ type Config struct {
 	WrapConn func(net.Conn) net.Conn
 	// WrapPacketConn, if set, wraps each dialled QUIC connection's UDP socket.
 	WrapPacketConn func(net.PacketConn) net.PacketConn
-	// OnHandshakeError is told of each failed incoming handshake; may be nil.
+	// OnHandshakeError is told of each failed incoming handshake, a
+	// *HandshakeError; may be nil.
 	OnHandshakeError func(remote net.Addr, err error)
+	// FallbackTimeout bounds the primary transport's attempt before a
+	// Fallback dial tries the secondary. Zero means 3s.
+	FallbackTimeout time.Duration
+	// RetryPrimary is how often a Fallback session carried by the secondary
+	// transport tries the primary again. Zero means 30s.
+	RetryPrimary time.Duration
 	// Logger receives transport-level debug events; nil discards them.
 	Logger *slog.Logger
 }
@@ -185,77 +280,47 @@ func (c *Config) logger() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-func (c *Config) handshakeFailed(remote net.Addr, err error) {
+func (c *Config) fallbackTimeout() time.Duration {
+	if c.FallbackTimeout > 0 {
+		return c.FallbackTimeout
+	}
+	return 3 * time.Second
+}
+
+func (c *Config) retryPrimary() time.Duration {
+	if c.RetryPrimary > 0 {
+		return c.RetryPrimary
+	}
+	return 30 * time.Second
+}
+
+// WithDefaults returns a copy of c with every zero field that has a
+// default set to it, so that implementations read fields, not rules.
+func (c *Config) WithDefaults() *Config {
+	d := *c
+	d.HandshakeTimeout = c.handshakeTimeout()
+	d.KeepAlive = c.keepAlive()
+	d.IdleTimeout = c.idleTimeout()
+	d.MaxStreams = c.maxStreams()
+	d.MaxHandshakes = c.maxHandshakes()
+	d.StreamWindow = c.streamWindow()
+	d.FallbackTimeout = c.fallbackTimeout()
+	d.RetryPrimary = c.retryPrimary()
+	d.Logger = c.logger()
+	return &d
+}
+
+// HandshakeFailed tells OnHandshakeError, if set, of a failed incoming handshake.
+func (c *Config) HandshakeFailed(remote net.Addr, err error) {
 	if c.OnHandshakeError != nil {
 		c.OnHandshakeError(remote, err)
 	}
 }
 
-func (c *Config) authenticate(cs *tls.ConnectionState, rw io.ReadWriter, client bool) (Peer, error) {
+// AuthenticatePeer runs Authenticate, or accepts the peer when it is nil.
+func (c *Config) AuthenticatePeer(cs *tls.ConnectionState, rw io.ReadWriter, client bool) (Peer, error) {
 	if c.Authenticate == nil {
 		return Peer{}, nil
 	}
 	return c.Authenticate(cs, rw, client)
-}
-
-// acceptQueue hands sessions that finished their handshake to Accept.
-type acceptQueue struct {
-	ch     chan Session
-	closed chan struct{}
-}
-
-func newAcceptQueue() *acceptQueue {
-	return &acceptQueue{ch: make(chan Session), closed: make(chan struct{})}
-}
-
-// deliver passes s to Accept, or closes it if the listener closes first.
-func (q *acceptQueue) deliver(s Session) {
-	select {
-	case q.ch <- s:
-	case <-q.closed:
-		_ = s.Close() // nobody will use it
-	}
-}
-
-func (q *acceptQueue) accept(ctx context.Context) (Session, error) {
-	select {
-	case s := <-q.ch:
-		return s, nil
-	case <-q.closed:
-		return nil, ErrClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-// listenerCore is what both listeners share: the queue Accept reads, the
-// bound on handshakes in progress, and a Close that stops them all.
-type listenerCore struct {
-	q      *acceptQueue
-	sem    chan struct{}
-	ctx    context.Context // ends when the listener closes
-	cancel context.CancelFunc
-	once   sync.Once
-	wg     sync.WaitGroup // accept loop and handshakes
-}
-
-func newListenerCore(c *Config) *listenerCore {
-	l := &listenerCore{q: newAcceptQueue(), sem: make(chan struct{}, c.maxHandshakes())}
-	l.ctx, l.cancel = context.WithCancel(context.Background())
-	return l
-}
-
-func (l *listenerCore) Accept(ctx context.Context) (Session, error) { return l.q.accept(ctx) }
-
-// shutdown stops accepting, closes the socket once with closeSocket, and
-// waits for the accept loop and handshakes to end.
-func (l *listenerCore) shutdown(closeSocket func() error) error {
-	var err error
-	l.once.Do(func() {
-		close(l.q.closed)
-		l.cancel()
-		err = closeSocket()
-	})
-	l.wg.Wait()
-	return err
 }

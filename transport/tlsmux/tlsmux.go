@@ -1,4 +1,6 @@
-package mux
+// Package tlsmux is the "tcp" transport: TLS 1.3 over TCP, with the
+// connection's streams multiplexed by yamux.
+package tlsmux
 
 import (
 	"context"
@@ -7,26 +9,48 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/libp2p/go-yamux/v5"
+
+	"github.com/pqtunnel/pqtunnel/transport"
+	"github.com/pqtunnel/pqtunnel/transport/internal/accept"
 )
 
-// TransportTCP names TLS 1.3 over TCP with yamux.
-const TransportTCP = "tcp"
+// Name is the transport's PQT_TRANSPORT value.
+const Name = "tcp"
 
-func (c *Config) yamuxConfig() *yamux.Config {
+// Transport is TLS over TCP with yamux; the zero value is ready to use.
+type Transport struct{}
+
+var _ transport.Transport = Transport{}
+
+func (Transport) Name() string { return Name }
+
+func (Transport) Dial(ctx context.Context, addr string, c *transport.Config) (transport.Session, error) {
+	return Dial(ctx, addr, c)
+}
+
+func (Transport) Listen(addr string, c *transport.Config) (transport.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen tcp %s: %w", addr, err)
+	}
+	return Listen(ln, c), nil
+}
+
+// c has its defaults applied.
+func yamuxConfig(c *transport.Config) *yamux.Config {
 	y := yamux.DefaultConfig()
 	y.AcceptBacklog = 256
 	y.EnableKeepAlive = true
-	y.KeepAliveInterval = c.keepAlive()
+	y.KeepAliveInterval = c.KeepAlive
 	// A keep-alive ping waits this long for its answer, so a silent peer is
 	// declared dead about IdleTimeout after it went quiet.
-	y.ConnectionWriteTimeout = max(c.idleTimeout()-c.keepAlive(), c.keepAlive())
-	y.MaxIncomingStreams = uint32(c.maxStreams())
-	y.MaxStreamWindowSize = uint32(c.streamWindow())
+	y.ConnectionWriteTimeout = max(c.IdleTimeout-c.KeepAlive, c.KeepAlive)
+	y.MaxIncomingStreams = uint32(c.MaxStreams)
+	y.MaxStreamWindowSize = uint32(c.StreamWindow)
 	// Frames are written as soon as they are ready: waiting to coalesce
 	// would add latency to every small request.
 	y.WriteCoalesceDelay = 0
@@ -39,16 +63,17 @@ func (c *Config) yamuxConfig() *yamux.Config {
 	return y
 }
 
-// DialTCP connects to addr over TCP, runs the TLS handshake and the
+// Dial connects to addr over TCP, runs the TLS handshake and the
 // authenticator, and starts a yamux client session.
-func DialTCP(ctx context.Context, addr string, c *Config) (Session, error) {
+func Dial(ctx context.Context, addr string, c *transport.Config) (transport.Session, error) {
+	c = c.WithDefaults()
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, c.handshakeTimeout())
+	ctx, cancel := context.WithTimeout(ctx, c.HandshakeTimeout)
 	defer cancel()
 	var d net.Dialer
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("dial tcp %s: %w", addr, err)
+		return nil, transport.NewHandshakeError(Name, transport.StageConnect, fmt.Errorf("dial tcp %s: %w", addr, err))
 	}
 	conn := raw
 	if c.WrapConn != nil {
@@ -57,12 +82,12 @@ func DialTCP(ctx context.Context, addr string, c *Config) (Session, error) {
 	s, err := handshakeTCP(ctx, newRecordConn(conn), c, true, start)
 	if err != nil {
 		_ = raw.Close() // the handshake error is what matters
-		return nil, err
+		return nil, transport.NewHandshakeError(Name, transport.StageTLS, err)
 	}
 	return s, nil
 }
 
-func handshakeTCP(ctx context.Context, rc *recordConn, c *Config, client bool, start time.Time) (Session, error) {
+func handshakeTCP(ctx context.Context, rc *recordConn, c *transport.Config, client bool, start time.Time) (transport.Session, error) {
 	tc := tls.Server(rc, c.TLS)
 	if client {
 		tc = tls.Client(rc, c.TLS)
@@ -70,25 +95,31 @@ func handshakeTCP(ctx context.Context, rc *recordConn, c *Config, client bool, s
 	deadline, _ := ctx.Deadline()
 	_ = tc.SetDeadline(deadline) // a failing deadline shows up as a failing handshake
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, fmt.Errorf("tls handshake: %w", err)
+		// crypto/tls says which alert it sent only on QUIC; the record
+		// layer saw it here, and it tells a group refusal from others.
+		if a, ok := rc.sentAlert(); ok {
+			err = fmt.Errorf("%w%.0w", err, tls.AlertError(a))
+		}
+		return nil, transport.NewHandshakeError(Name, transport.StageTLS, fmt.Errorf("tls handshake: %w", err))
 	}
+	rc.handshakeDone()
 	cs := tc.ConnectionState()
-	peer, err := c.authenticate(&cs, tc, client)
+	peer, err := c.AuthenticatePeer(&cs, tc, client)
 	if err != nil {
-		return nil, fmt.Errorf("authenticate peer: %w", withAlert(tc, err))
+		return nil, transport.NewHandshakeError(Name, transport.StageAuthenticate, fmt.Errorf("authenticate peer: %w", withAlert(tc, err)))
 	}
 	_ = tc.SetDeadline(time.Time{}) // yamux keep-alives take over liveness
 	var ys *yamux.Session
 	if client {
-		ys, err = yamux.Client(&batchedTLS{tc, rc}, c.yamuxConfig(), nil)
+		ys, err = yamux.Client(&batchedTLS{tc, rc}, yamuxConfig(c), nil)
 	} else {
-		ys, err = yamux.Server(&batchedTLS{tc, rc}, c.yamuxConfig(), nil)
+		ys, err = yamux.Server(&batchedTLS{tc, rc}, yamuxConfig(c), nil)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
 	}
-	s := &tcpSession{ys: ys, info: Info{
-		Transport: TransportTCP,
+	s := &tcpSession{ys: ys, info: transport.Info{
+		Transport: Name,
 		TLS:       cs,
 		Peer:      peer,
 		Local:     tc.LocalAddr(),
@@ -100,7 +131,7 @@ func handshakeTCP(ctx context.Context, rc *recordConn, c *Config, client bool, s
 
 type tcpSession struct {
 	ys   *yamux.Session
-	info Info
+	info transport.Info
 
 	mu      sync.Mutex
 	pending chan acceptResult // an accept whose caller gave up
@@ -108,7 +139,7 @@ type tcpSession struct {
 
 // OpenStream does not block at the peer's MaxStreams: yamux has no stream
 // credit, so the peer resets streams past its limit instead.
-func (s *tcpSession) OpenStream(ctx context.Context) (Stream, error) {
+func (s *tcpSession) OpenStream(ctx context.Context) (transport.Stream, error) {
 	st, err := s.ys.OpenStream(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("open yamux stream: %w", err)
@@ -116,7 +147,7 @@ func (s *tcpSession) OpenStream(ctx context.Context) (Stream, error) {
 	return &tcpStream{st}, nil
 }
 
-func (s *tcpSession) AcceptStream(ctx context.Context) (Stream, error) {
+func (s *tcpSession) AcceptStream(ctx context.Context) (transport.Stream, error) {
 	// yamux's AcceptStream takes no context: it runs in a goroutine, and a
 	// call abandoned by its ctx hands its result to the next call, so no
 	// stream is lost. A context that cannot end needs no goroutine, which
@@ -147,7 +178,7 @@ func (s *tcpSession) AcceptStream(ctx context.Context) (Stream, error) {
 	}
 }
 
-func (s *tcpSession) accepted(st *yamux.Stream, err error) (Stream, error) {
+func (s *tcpSession) accepted(st *yamux.Stream, err error) (transport.Stream, error) {
 	if err != nil {
 		if s.ys.IsClosed() || errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("accept yamux stream: %w: %w", net.ErrClosed, err)
@@ -164,7 +195,7 @@ type acceptResult struct {
 
 func (s *tcpSession) Close() error          { return s.ys.Close() }
 func (s *tcpSession) Done() <-chan struct{} { return s.ys.CloseChan() }
-func (s *tcpSession) Info() Info            { return s.info }
+func (s *tcpSession) Info() transport.Info  { return s.info }
 
 type tcpStream struct{ *yamux.Stream }
 
@@ -174,73 +205,74 @@ func (t *tcpStream) Reset() { _ = t.Stream.Reset() }
 // tcpListener accepts TLS over TCP and runs handshakes concurrently, at most
 // MaxHandshakes at a time, so a slow peer cannot stall the others.
 type tcpListener struct {
-	*listenerCore
+	*accept.Core
 	ln net.Listener
-	c  *Config
+	c  *transport.Config
 }
 
-// ListenTCP serves tunnel connections on ln, which the listener owns.
-func ListenTCP(ln net.Listener, c *Config) Listener {
-	l := &tcpListener{listenerCore: newListenerCore(c), ln: ln, c: c}
-	l.wg.Add(1)
+// Listen serves tunnel connections on ln, which the listener owns.
+func Listen(ln net.Listener, c *transport.Config) transport.Listener {
+	c = c.WithDefaults()
+	l := &tcpListener{Core: accept.New(c.MaxHandshakes), ln: ln, c: c}
+	l.WG.Add(1)
 	go l.routineAccept()
 	return l
 }
 
 func (l *tcpListener) routineAccept() {
-	defer l.wg.Done()
+	defer l.WG.Done()
 	backoff := 5 * time.Millisecond
 	for {
 		raw, err := l.ln.Accept()
 		if err != nil {
 			select {
-			case <-l.q.closed:
+			case <-l.Closed():
 				return
 			default:
 			}
-			l.c.logger().Warn("tunnel accept failed", "transport", TransportTCP, "err", err)
+			l.c.Logger.Warn("tunnel accept failed", "transport", Name, "err", err)
 			time.Sleep(backoff)
 			backoff = min(2*backoff, time.Second)
 			continue
 		}
 		backoff = 5 * time.Millisecond
 		select {
-		case l.sem <- struct{}{}:
+		case l.Sem <- struct{}{}:
 		default:
-			l.c.handshakeFailed(raw.RemoteAddr(), ErrBusy)
+			l.c.HandshakeFailed(raw.RemoteAddr(), transport.NewHandshakeError(Name, transport.StageAccept, transport.ErrBusy))
 			_ = raw.Close() // shed load
 			continue
 		}
-		l.wg.Add(1)
+		l.WG.Add(1)
 		go l.routineHandshake(raw)
 	}
 }
 
 func (l *tcpListener) routineHandshake(raw net.Conn) {
-	defer l.wg.Done()
+	defer l.WG.Done()
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(l.ctx, l.c.handshakeTimeout())
+	ctx, cancel := context.WithTimeout(l.Ctx, l.c.HandshakeTimeout)
 	// Closing the socket is what unblocks a stalled peer, at the timeout or
 	// when the listener closes.
 	stop := context.AfterFunc(ctx, func() { _ = raw.Close() })
 	s, err := handshakeTCP(ctx, newRecordConn(raw), l.c, false, start)
 	if !stop() && err == nil {
 		_ = s.Close()
-		err = fmt.Errorf("handshake: %w", ctx.Err())
+		err = transport.NewHandshakeError(Name, transport.StageTLS, fmt.Errorf("handshake: %w", ctx.Err()))
 	}
 	cancel()
-	<-l.sem
+	<-l.Sem
 	if err != nil {
-		l.c.handshakeFailed(raw.RemoteAddr(), err)
+		l.c.HandshakeFailed(raw.RemoteAddr(), transport.NewHandshakeError(Name, transport.StageTLS, err))
 		_ = raw.Close()
 		return
 	}
-	l.q.deliver(s)
+	l.Deliver(s)
 }
 
-func (l *tcpListener) Transport() string { return TransportTCP }
+func (l *tcpListener) Transport() string { return Name }
 func (l *tcpListener) Addr() net.Addr    { return l.ln.Addr() }
-func (l *tcpListener) Close() error      { return l.shutdown(l.ln.Close) }
+func (l *tcpListener) Close() error      { return l.Shutdown(l.ln.Close) }
 
 // withAlert adds the peer's TLS alert to err when there is one to read. A
 // TLS 1.3 server checks the client's certificate after the client has
@@ -249,8 +281,10 @@ func (l *tcpListener) Close() error      { return l.shutdown(l.ln.Close) }
 func withAlert(tc *tls.Conn, err error) error {
 	_ = tc.SetReadDeadline(time.Now().Add(250 * time.Millisecond)) // best effort
 	var b [1]byte
-	if _, rerr := tc.Read(b[:]); rerr != nil && strings.Contains(rerr.Error(), "remote error") {
-		return fmt.Errorf("%w (%w)", err, rerr)
+	if _, rerr := tc.Read(b[:]); rerr != nil {
+		if _, ok := transport.PeerAlertOf(rerr); ok {
+			return fmt.Errorf("%w (%w)", err, rerr)
+		}
 	}
 	return err
 }

@@ -1,10 +1,11 @@
-package mux
+package tlsmux
 
 import (
 	"bufio"
 	"crypto/tls"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // recordConn sits between crypto/tls and the TCP socket. crypto/tls writes
@@ -19,6 +20,11 @@ type recordConn struct {
 	mu       sync.Mutex
 	batching bool
 	out      []byte
+
+	// Until the handshake is done, writes are scanned for a plaintext TLS
+	// alert record, the only way to learn which alert crypto/tls sent.
+	handshook atomic.Bool
+	alert     atomic.Int32 // the alert description plus one; 0 for none
 }
 
 // recordBufSize is what recordConn reads ahead: sixteen 4 KiB pages, four
@@ -38,6 +44,9 @@ func (c *recordConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 // Write collects p while a batch is open; crypto/tls serializes its writes,
 // so records are collected in the order it produced them.
 func (c *recordConn) Write(p []byte) (int, error) {
+	if !c.handshook.Load() {
+		c.scanAlert(p)
+	}
 	c.mu.Lock()
 	if c.batching {
 		c.out = append(c.out, p...)
@@ -47,6 +56,32 @@ func (c *recordConn) Write(p []byte) (int, error) {
 	c.mu.Unlock()
 	return c.Conn.Write(p)
 }
+
+// scanAlert records the first plaintext alert record in p. Before the
+// handshake keys are in use an alert travels in the clear as content type
+// 21 with a two-byte body: level, description.
+func (c *recordConn) scanAlert(p []byte) {
+	for len(p) >= 5 {
+		n := int(p[3])<<8 | int(p[4])
+		if p[0] == 21 && n == 2 && len(p) >= 7 {
+			c.alert.CompareAndSwap(0, int32(p[6])+1)
+			return
+		}
+		if len(p) < 5+n {
+			return
+		}
+		p = p[5+n:]
+	}
+}
+
+// sentAlert returns the alert crypto/tls sent during the handshake, if any.
+func (c *recordConn) sentAlert() (uint8, bool) {
+	a := c.alert.Load()
+	return uint8(a - 1), a > 0
+}
+
+// handshakeDone stops scanning writes for alerts.
+func (c *recordConn) handshakeDone() { c.handshook.Store(true) }
 
 func (c *recordConn) begin() {
 	c.mu.Lock()

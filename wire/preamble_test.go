@@ -1,4 +1,4 @@
-package proxy
+package wire
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ func TestRequestRoundTrip(t *testing.T) {
 		{Client: "[::1]:443"},
 		{Route: "ünïcode", Client: "x"},
 		{Route: strings.Repeat("r", 255), Client: strings.Repeat("c", 255), Server: strings.Repeat("s", 255)},
+		{Kind: 7, Route: "unix", Extensions: []Extension{{Type: 1, Value: []byte("v")}, {Type: 200, Value: []byte{}}}},
 	}
 	for _, want := range tests {
 		enc, err := AppendRequest([]byte("prefix"), want)
@@ -24,7 +25,7 @@ func TestRequestRoundTrip(t *testing.T) {
 		if !bytes.HasPrefix(enc, []byte("prefix")) {
 			t.Fatalf("AppendRequest did not append to dst")
 		}
-		if n := len(enc) - len("prefix"); n != 4+len(want.Route)+len(want.Client)+len(want.Server) {
+		if n := len(enc) - len("prefix"); n != 6+len(want.Route)+len(want.Client)+len(want.Server)+extSize(want.Extensions) {
 			t.Errorf("encoding of %+v is %d bytes", want, n)
 		}
 		r := bytes.NewReader(append(enc[len("prefix"):], "payload"...))
@@ -32,12 +33,74 @@ func TestRequestRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ReadRequest(%+v): %v", want, err)
 		}
-		if got != want {
+		if !sameRequest(got, want) {
 			t.Errorf("round trip %+v -> %+v", want, got)
 		}
 		if rest, _ := io.ReadAll(r); string(rest) != "payload" {
 			t.Errorf("ReadRequest read into the payload: rest %q", rest)
 		}
+	}
+}
+
+func extSize(xs []Extension) int {
+	n := 0
+	for _, x := range xs {
+		n += 2 + len(x.Value)
+	}
+	return n
+}
+
+// sameRequest compares requests field by field; an empty extension value
+// equals a nil one.
+func sameRequest(a, b Request) bool {
+	if a.Kind != b.Kind || a.Route != b.Route || a.Client != b.Client || a.Server != b.Server || len(a.Extensions) != len(b.Extensions) {
+		return false
+	}
+	for i := range a.Extensions {
+		if a.Extensions[i].Type != b.Extensions[i].Type || !bytes.Equal(a.Extensions[i].Value, b.Extensions[i].Value) {
+			return false
+		}
+	}
+	return true
+}
+
+// A receiver that knows none of the extension types still reads the
+// request, and the payload after it, intact.
+func TestReadRequestSkipsUnknownExtensions(t *testing.T) {
+	enc, err := AppendRequest(nil, Request{Route: "r", Extensions: []Extension{{Type: 99, Value: []byte("future")}, {Type: 3, Value: []byte("x")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := bytes.NewReader(append(enc, "payload"...))
+	req, err := ReadRequest(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req.Route != "r" || req.Kind != KindTCP {
+		t.Errorf("request = %+v", req)
+	}
+	if v, ok := req.Extension(3); !ok || string(v) != "x" {
+		t.Errorf("Extension(3) = %q, %v", v, ok)
+	}
+	if _, ok := req.Extension(4); ok {
+		t.Error("Extension(4) found in a request without it")
+	}
+	if rest, _ := io.ReadAll(r); string(rest) != "payload" {
+		t.Errorf("rest after the request %q", rest)
+	}
+}
+
+func TestExtensionBounds(t *testing.T) {
+	many := make([]Extension, MaxExtensions+1)
+	if _, err := AppendRequest(nil, Request{Extensions: many}); !errors.Is(err, ErrPreamble) {
+		t.Errorf("AppendRequest(%d extensions) = %v, want ErrPreamble", len(many), err)
+	}
+	if _, err := AppendRequest(nil, Request{Extensions: []Extension{{Value: make([]byte, 256)}}}); !errors.Is(err, ErrPreamble) {
+		t.Errorf("AppendRequest(256-byte extension) = %v, want ErrPreamble", err)
+	}
+	// A count past the bound is refused before anything is allocated.
+	if _, err := ReadRequest(bytes.NewReader([]byte{Version, 0, 0, 0, 0, MaxExtensions + 1})); !errors.Is(err, ErrPreamble) {
+		t.Errorf("ReadRequest(%d extensions) = %v, want ErrPreamble", MaxExtensions+1, err)
 	}
 }
 
@@ -104,7 +167,7 @@ func TestReadRequestErrors(t *testing.T) {
 			t.Errorf("ReadRequest(first %d of %d bytes) = %v, want ErrPreamble", n, len(valid), err)
 		}
 	}
-	for _, v := range []byte{0, 2, 255} {
+	for _, v := range []byte{0, 1, 3, 255} {
 		bad := append([]byte{v}, valid[1:]...)
 		_, err := ReadRequest(bytes.NewReader(bad))
 		if !errors.Is(err, ErrPreamble) || !strings.Contains(err.Error(), "version") {
@@ -112,7 +175,7 @@ func TestReadRequestErrors(t *testing.T) {
 		}
 	}
 	// A length that runs past the end.
-	if _, err := ReadRequest(bytes.NewReader([]byte{1, 255, 'a'})); !errors.Is(err, ErrPreamble) {
+	if _, err := ReadRequest(bytes.NewReader([]byte{Version, 0, 255, 'a'})); !errors.Is(err, ErrPreamble) {
 		t.Errorf("ReadRequest(overlong route) = %v, want ErrPreamble", err)
 	}
 }
@@ -124,13 +187,13 @@ func TestReadResponseErrors(t *testing.T) {
 			t.Errorf("ReadResponse(first %d of %d bytes) = %v, want ErrPreamble", n, len(valid), err)
 		}
 	}
-	for _, v := range []byte{0, 2} {
+	for _, v := range []byte{0, 1, 3} {
 		if _, err := ReadResponse(bytes.NewReader(append([]byte{v}, valid[1:]...))); !errors.Is(err, ErrPreamble) {
 			t.Errorf("ReadResponse(version %d) = %v, want ErrPreamble", v, err)
 		}
 	}
 	for _, s := range []byte{byte(statusEnd), byte(statusEnd) + 1, 255} {
-		_, err := ReadResponse(bytes.NewReader([]byte{1, s, 0}))
+		_, err := ReadResponse(bytes.NewReader([]byte{Version, s, 0}))
 		if !errors.Is(err, ErrPreamble) || !strings.Contains(err.Error(), "unknown status") {
 			t.Errorf("ReadResponse(status %d) = %v, want an unknown-status error wrapping ErrPreamble", s, err)
 		}
@@ -138,7 +201,8 @@ func TestReadResponseErrors(t *testing.T) {
 }
 
 func FuzzReadRequest(f *testing.F) {
-	for _, r := range []Request{{}, {Route: "redis", Client: "127.0.0.1:1234"}, {Route: strings.Repeat("r", 255), Client: "[::1]:1"}} {
+	for _, r := range []Request{{}, {Route: "redis", Client: "127.0.0.1:1234"}, {Route: strings.Repeat("r", 255), Client: "[::1]:1"},
+		{Kind: 9, Route: "x", Extensions: []Extension{{Type: 1, Value: []byte("abc")}, {Type: 255}}}} {
 		enc, err := AppendRequest(nil, r)
 		if err != nil {
 			f.Fatal(err)
@@ -147,7 +211,8 @@ func FuzzReadRequest(f *testing.F) {
 		f.Add(append(enc, "payload"...))
 		f.Add(enc[:len(enc)-1])
 	}
-	f.Add([]byte{2, 0, 0})
+	f.Add([]byte{1, 0, 0})
+	f.Add([]byte{Version, 0, 0, 0, 0, 255})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := bytes.NewReader(data)
 		req, err := ReadRequest(r)
@@ -177,7 +242,7 @@ func FuzzReadResponse(f *testing.F) {
 		f.Add(append(enc, "origin"...))
 	}
 	f.Add(AppendResponse(nil, Response{Status: StatusOriginError, Message: strings.Repeat("m", 300)}))
-	f.Add([]byte{1, byte(statusEnd), 0})
+	f.Add([]byte{Version, byte(statusEnd), 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := bytes.NewReader(data)
 		resp, err := ReadResponse(r)

@@ -1,9 +1,8 @@
-package mux
+package transport_test
 
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -15,171 +14,21 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/transport"
+	"github.com/pqtunnel/pqtunnel/transport/memtransport"
+	"github.com/pqtunnel/pqtunnel/transport/quic"
+	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
+	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-var transports = []string{TransportQUIC, TransportTCP}
-
-const testALPN = "pqtunnel-mux-test/1"
-
-// testStores returns hybridtls stores for a client and a server that accept each other.
-func testStores(t *testing.T) (client, server *hybridtls.Store) {
-	t.Helper()
-	cid, err := hybridtls.GenerateIdentity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sid, err := hybridtls.GenerateIdentity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: testALPN}
-	client, err = hybridtls.NewStore(p, &hybridtls.Material{Identity: cid, Peers: []hybridtls.Pin{sid.Pin}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err = hybridtls.NewStore(p, &hybridtls.Material{Identity: sid, Peers: []hybridtls.Pin{cid.Pin}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return client, server
-}
-
-// storeAuth adapts a hybridtls Store to an Authenticator.
-func storeAuth(s *hybridtls.Store) Authenticator {
-	return func(cs *tls.ConnectionState, rw io.ReadWriter, client bool) (Peer, error) {
-		role := hybridtls.RoleServer
-		if client {
-			role = hybridtls.RoleClient
-		}
-		p, err := s.Authenticate(cs, rw, role)
-		return Peer{Name: p.Name, PQAuth: p.PQAuth}, err
-	}
-}
-
-// testConfigs returns a client and a server Config authenticating with
-// hybridtls, with short timeouts.
-func testConfigs(t *testing.T) (client, server *Config) {
-	t.Helper()
-	cs, ss := testStores(t)
-	client = &Config{TLS: cs.ClientConfig(), Authenticate: storeAuth(cs), HandshakeTimeout: 10 * time.Second}
-	server = &Config{TLS: ss.ServerConfig(), Authenticate: storeAuth(ss), HandshakeTimeout: 10 * time.Second}
-	return client, server
-}
-
-// listen starts a listener for transport on loopback; it closes at cleanup.
-func listen(t *testing.T, transport string, c *Config) Listener {
-	t.Helper()
-	var ln Listener
-	switch transport {
-	case TransportTCP:
-		tl, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln = ListenTCP(tl, c)
-	case TransportQUIC:
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ln, err = ListenQUIC(pc, c); err != nil {
-			t.Fatal(err)
-		}
-	default:
-		t.Fatalf("unknown transport %q", transport)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	if got := ln.Transport(); got != transport {
-		t.Errorf("Listener.Transport() = %q, want %q", got, transport)
-	}
-	return ln
-}
-
-func dial(ctx context.Context, transport, addr string, c *Config) (Session, error) {
-	if transport == TransportTCP {
-		return DialTCP(ctx, addr, c)
-	}
-	return DialQUIC(ctx, addr, c)
-}
-
-// sessionPair returns a connected client and server Session over transport.
-// Both, and the listener, close at cleanup.
-func sessionPair(t *testing.T, transport string, cc, sc *Config) (client, server Session) {
-	t.Helper()
-	ln := listen(t, transport, sc)
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	type res struct {
-		s   Session
-		err error
-	}
-	accepted := make(chan res, 1)
-	go func() {
-		s, err := ln.Accept(ctx)
-		accepted <- res{s, err}
-	}()
-	client, err := dial(ctx, transport, ln.Addr().String(), cc)
-	if err != nil {
-		t.Fatalf("dial %s: %v", transport, err)
-	}
-	t.Cleanup(func() { _ = client.Close() })
-	r := <-accepted
-	if r.err != nil {
-		t.Fatalf("accept %s: %v", transport, r.err)
-	}
-	t.Cleanup(func() { _ = r.s.Close() })
-	return client, r.s
-}
-
-func randomBytes(t *testing.T, n int) []byte {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-func testCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// openAccepted opens a stream from `from` and accepts it on `to`; the opener
-// writes first, as a stream is invisible to the QUIC peer before its first frame.
-func openAccepted(t *testing.T, from, to Session, first []byte) (opened, accepted Stream) {
-	t.Helper()
-	ctx := testCtx(t)
-	opened, err := from.OpenStream(ctx)
-	if err != nil {
-		t.Fatalf("OpenStream: %v", err)
-	}
-	t.Cleanup(func() { _ = opened.Close() })
-	if _, err := opened.Write(first); err != nil {
-		t.Fatalf("write first bytes: %v", err)
-	}
-	accepted, err = to.AcceptStream(ctx)
-	if err != nil {
-		t.Fatalf("AcceptStream: %v", err)
-	}
-	t.Cleanup(func() { _ = accepted.Close() })
-	got := make([]byte, len(first))
-	if _, err := io.ReadFull(accepted, got); err != nil || !bytes.Equal(got, first) {
-		t.Fatalf("accepted stream read %q, %v; want %q", got, err, first)
-	}
-	deadline := time.Now().Add(15 * time.Second)
-	_ = opened.SetDeadline(deadline)
-	_ = accepted.SetDeadline(deadline)
-	return opened, accepted
-}
+var transports = []transport.Transport{quic.Transport{}, tlsmux.Transport{}, memtransport.New()}
 
 // requireNoSession fails unless ln hands out no session for a while.
-func requireNoSession(t *testing.T, ln Listener) {
+func requireNoSession(t *testing.T, ln transport.Listener) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
@@ -192,19 +41,19 @@ func requireNoSession(t *testing.T, ln Listener) {
 }
 
 func TestSessionInfo(t *testing.T) {
-	for _, transport := range transports {
-		t.Run(transport, func(t *testing.T) {
-			cs, ss := testStores(t)
-			cc := &Config{TLS: cs.ClientConfig(), Authenticate: storeAuth(cs)}
-			sc := &Config{TLS: ss.ServerConfig(), Authenticate: storeAuth(ss)}
-			client, server := sessionPair(t, transport, cc, sc)
+	for _, tr := range transports {
+		t.Run(tr.Name(), func(t *testing.T) {
+			cs, ss := transporttest.Stores(t)
+			cc := &transport.Config{TLS: cs.ClientConfig(), Authenticate: transporttest.StoreAuth(cs)}
+			sc := &transport.Config{TLS: ss.ServerConfig(), Authenticate: transporttest.StoreAuth(ss)}
+			client, server := transporttest.SessionPair(t, tr, cc, sc)
 			for _, x := range []struct {
-				s    Session
+				s    transport.Session
 				peer *hybridtls.Store
 			}{{client, ss}, {server, cs}} {
 				info := x.s.Info()
-				if info.Transport != transport {
-					t.Errorf("Info.Transport = %q, want %q", info.Transport, transport)
+				if info.Transport != tr.Name() {
+					t.Errorf("Info.Transport = %q, want %q", info.Transport, tr.Name())
 				}
 				if info.TLS.CurveID != tls.X25519MLKEM768 || info.TLS.Version != tls.VersionTLS13 {
 					t.Errorf("Info.TLS: group %s, version %#x", hybridtls.GroupName(info.TLS.CurveID), info.TLS.Version)
@@ -234,18 +83,18 @@ func port(t *testing.T, a net.Addr) string {
 }
 
 func TestStreamsByteExactBothWays(t *testing.T) {
-	for _, transport := range transports {
-		t.Run(transport, func(t *testing.T) {
-			cc, sc := testConfigs(t)
-			client, server := sessionPair(t, transport, cc, sc)
+	for _, tr := range transports {
+		t.Run(tr.Name(), func(t *testing.T) {
+			cc, sc := transporttest.Configs(t)
+			client, server := transporttest.SessionPair(t, tr, cc, sc)
 			// One stream opened by each side, both carrying data both ways at once.
 			for _, dir := range []struct {
 				name     string
-				from, to Session
+				from, to transport.Session
 			}{{"client opens", client, server}, {"server opens", server, client}} {
 				t.Run(dir.name, func(t *testing.T) {
-					a, b := openAccepted(t, dir.from, dir.to, []byte("hi"))
-					up, down := randomBytes(t, 2<<20+3), randomBytes(t, 1<<20+7)
+					a, b := transporttest.OpenAccepted(t, dir.from, dir.to, []byte("hi"))
+					up, down := transporttest.RandomBytes(t, 2<<20+3), transporttest.RandomBytes(t, 1<<20+7)
 					var wg sync.WaitGroup
 					var gotUp, gotDown []byte
 					var errUp, errDown error
@@ -258,7 +107,7 @@ func TestStreamsByteExactBothWays(t *testing.T) {
 						defer wg.Done()
 						gotDown, errDown = io.ReadAll(a)
 					}()
-					writeAndClose := func(s Stream, p []byte) error {
+					writeAndClose := func(s transport.Stream, p []byte) error {
 						if _, err := s.Write(p); err != nil {
 							return err
 						}
@@ -286,11 +135,11 @@ func TestStreamsByteExactBothWays(t *testing.T) {
 }
 
 func TestManyConcurrentStreams(t *testing.T) {
-	for _, transport := range transports {
-		t.Run(transport, func(t *testing.T) {
-			cc, sc := testConfigs(t)
-			client, server := sessionPair(t, transport, cc, sc)
-			ctx := testCtx(t)
+	for _, tr := range transports {
+		t.Run(tr.Name(), func(t *testing.T) {
+			cc, sc := transporttest.Configs(t)
+			client, server := transporttest.SessionPair(t, tr, cc, sc)
+			ctx := transporttest.Ctx(t)
 			// The server echoes every stream.
 			var served sync.WaitGroup
 			served.Add(1)
@@ -316,7 +165,7 @@ func TestManyConcurrentStreams(t *testing.T) {
 			errs := make(chan error, n)
 			var wg sync.WaitGroup
 			for range n {
-				payload := randomBytes(t, 100<<10)
+				payload := transporttest.RandomBytes(t, 100<<10)
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
@@ -355,11 +204,11 @@ func TestManyConcurrentStreams(t *testing.T) {
 }
 
 func TestCloseWriteHalfClose(t *testing.T) {
-	for _, transport := range transports {
-		t.Run(transport, func(t *testing.T) {
-			cc, sc := testConfigs(t)
-			client, server := sessionPair(t, transport, cc, sc)
-			a, b := openAccepted(t, client, server, []byte("request"))
+	for _, tr := range transports {
+		t.Run(tr.Name(), func(t *testing.T) {
+			cc, sc := transporttest.Configs(t)
+			client, server := transporttest.SessionPair(t, tr, cc, sc)
+			a, b := transporttest.OpenAccepted(t, client, server, []byte("request"))
 			if err := a.CloseWrite(); err != nil {
 				t.Fatalf("CloseWrite: %v", err)
 			}
@@ -368,7 +217,7 @@ func TestCloseWriteHalfClose(t *testing.T) {
 				t.Fatalf("peer read %q, %v after CloseWrite; want EOF", rest, err)
 			}
 			// The reverse direction still flows.
-			reply := randomBytes(t, 512<<10)
+			reply := transporttest.RandomBytes(t, 512<<10)
 			go func() {
 				if _, err := b.Write(reply); err == nil {
 					_ = b.CloseWrite()
@@ -386,11 +235,11 @@ func TestCloseWriteHalfClose(t *testing.T) {
 }
 
 func TestResetReachesPeerPromptly(t *testing.T) {
-	for _, transport := range transports {
-		t.Run(transport, func(t *testing.T) {
-			cc, sc := testConfigs(t)
-			client, server := sessionPair(t, transport, cc, sc)
-			a, b := openAccepted(t, client, server, []byte("x"))
+	for _, tr := range transports {
+		t.Run(tr.Name(), func(t *testing.T) {
+			cc, sc := transporttest.Configs(t)
+			client, server := transporttest.SessionPair(t, tr, cc, sc)
+			a, b := transporttest.OpenAccepted(t, client, server, []byte("x"))
 			_ = b.SetReadDeadline(time.Now().Add(2 * time.Second))
 			readErr := make(chan error, 1)
 			go func() {
@@ -403,7 +252,7 @@ func TestResetReachesPeerPromptly(t *testing.T) {
 			if errors.As(err, &ne) && ne.Timeout() {
 				t.Fatalf("peer's Read was not ended by Reset: %v", err)
 			}
-			if transport == TransportQUIC && err == nil {
+			if tr.Name() == quic.Name && err == nil {
 				// QUIC has a real reset: the peer sees an error, not EOF.
 				t.Fatal("peer read a clean EOF after Reset")
 			}
@@ -421,42 +270,42 @@ var (
 
 // tokenAuth is a tiny authenticator: the client sends "hi", the server
 // answers "ok". Each side fails with its error when told to, before sending.
-func tokenAuth(fail error) Authenticator {
-	return func(_ *tls.ConnectionState, rw io.ReadWriter, client bool) (Peer, error) {
+func tokenAuth(fail error) transport.Authenticator {
+	return func(_ *tls.ConnectionState, rw io.ReadWriter, client bool) (transport.Peer, error) {
 		buf := make([]byte, 2)
 		if client {
 			if fail != nil {
-				return Peer{}, fail
+				return transport.Peer{}, fail
 			}
 			if _, err := rw.Write([]byte("hi")); err != nil {
-				return Peer{}, err
+				return transport.Peer{}, err
 			}
 			if _, err := io.ReadFull(rw, buf); err != nil {
-				return Peer{}, err
+				return transport.Peer{}, err
 			}
 			if string(buf) != "ok" {
-				return Peer{}, errors.New("bad answer")
+				return transport.Peer{}, errors.New("bad answer")
 			}
-			return Peer{Name: "server"}, nil
+			return transport.Peer{Name: "server"}, nil
 		}
 		if _, err := io.ReadFull(rw, buf); err != nil {
-			return Peer{}, err
+			return transport.Peer{}, err
 		}
 		if fail != nil {
-			return Peer{}, fail
+			return transport.Peer{}, fail
 		}
 		if _, err := rw.Write([]byte("ok")); err != nil {
-			return Peer{}, err
+			return transport.Peer{}, err
 		}
-		return Peer{Name: "client"}, nil
+		return transport.Peer{Name: "client"}, nil
 	}
 }
 
 func TestAuthenticatorErrorFailsHandshake(t *testing.T) {
-	for _, transport := range transports {
+	for _, tr := range transports {
 		for _, failing := range []string{"client", "server"} {
-			t.Run(transport+"/"+failing, func(t *testing.T) {
-				cs, ss := testStores(t)
+			t.Run(tr.Name()+"/"+failing, func(t *testing.T) {
+				cs, ss := transporttest.Stores(t)
 				var clientFail, serverFail error
 				if failing == "client" {
 					clientFail = errClientRefuses
@@ -464,12 +313,12 @@ func TestAuthenticatorErrorFailsHandshake(t *testing.T) {
 					serverFail = errServerRefuses
 				}
 				failed := make(chan error, 4)
-				sc := &Config{TLS: ss.ServerConfig(), Authenticate: tokenAuth(serverFail), HandshakeTimeout: 10 * time.Second,
+				sc := &transport.Config{TLS: ss.ServerConfig(), Authenticate: tokenAuth(serverFail), HandshakeTimeout: 10 * time.Second,
 					OnHandshakeError: func(_ net.Addr, err error) { failed <- err }}
-				cc := &Config{TLS: cs.ClientConfig(), Authenticate: tokenAuth(clientFail), HandshakeTimeout: 10 * time.Second}
-				ln := listen(t, transport, sc)
+				cc := &transport.Config{TLS: cs.ClientConfig(), Authenticate: tokenAuth(clientFail), HandshakeTimeout: 10 * time.Second}
+				ln := transporttest.Listen(t, tr, sc)
 
-				s, err := dial(testCtx(t), transport, ln.Addr().String(), cc)
+				s, err := tr.Dial(transporttest.Ctx(t), ln.Addr().String(), cc)
 				if err == nil {
 					_ = s.Close()
 					t.Fatal("Dial succeeded although the authenticator refused")
@@ -480,7 +329,7 @@ func TestAuthenticatorErrorFailsHandshake(t *testing.T) {
 				// A QUIC client that gives up right after its handshake may
 				// close before its Finished reaches the server; quic-go then
 				// drops the connection itself and the listener never sees it.
-				if transport == TransportTCP || failing == "server" {
+				if tr.Name() == tlsmux.Name || failing == "server" {
 					select {
 					case herr := <-failed:
 						if failing == "server" && !errors.Is(herr, errServerRefuses) {
@@ -501,28 +350,28 @@ func TestAuthenticatorErrorFailsHandshake(t *testing.T) {
 // the listener reports it through OnHandshakeError; over QUIC it happens
 // inside quic-go, so the Store reports it through Policy.OnRefused.
 func TestHybridAuthRefusesUnknownPeer(t *testing.T) {
-	for _, transport := range transports {
-		t.Run(transport, func(t *testing.T) {
-			cs, good := testStores(t)
+	for _, tr := range transports {
+		t.Run(tr.Name(), func(t *testing.T) {
+			cs, good := transporttest.Stores(t)
 			stranger, err := hybridtls.GenerateIdentity()
 			if err != nil {
 				t.Fatal(err)
 			}
 			// The client accepts the server; the server accepts only a stranger.
 			refused := make(chan string, 4)
-			ss, err := hybridtls.NewStore(hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: testALPN,
+			ss, err := hybridtls.NewStore(hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: transporttest.ALPN,
 				OnRefused: func(reason string) { refused <- reason }},
 				&hybridtls.Material{Identity: good.Material().Identity, Peers: []hybridtls.Pin{stranger.Pin}})
 			if err != nil {
 				t.Fatal(err)
 			}
 			failed := make(chan error, 4)
-			sc := &Config{TLS: ss.ServerConfig(), Authenticate: storeAuth(ss),
+			sc := &transport.Config{TLS: ss.ServerConfig(), Authenticate: transporttest.StoreAuth(ss),
 				OnHandshakeError: func(_ net.Addr, err error) { failed <- err }}
-			cc := &Config{TLS: cs.ClientConfig(), Authenticate: storeAuth(cs)}
-			ln := listen(t, transport, sc)
+			cc := &transport.Config{TLS: cs.ClientConfig(), Authenticate: transporttest.StoreAuth(cs)}
+			ln := transporttest.Listen(t, tr, sc)
 			start := time.Now()
-			if s, err := dial(testCtx(t), transport, ln.Addr().String(), cc); err == nil {
+			if s, err := tr.Dial(transporttest.Ctx(t), ln.Addr().String(), cc); err == nil {
 				_ = s.Close()
 				t.Fatal("Dial succeeded between strangers")
 			}
@@ -537,7 +386,7 @@ func TestHybridAuthRefusesUnknownPeer(t *testing.T) {
 			case <-time.After(5 * time.Second):
 				t.Fatal("the server store did not report the refusal")
 			}
-			if transport == TransportTCP {
+			if tr.Name() == tlsmux.Name {
 				select {
 				case err := <-failed:
 					if !errors.Is(err, hybridtls.ErrPeerNotAllowed) {
@@ -554,11 +403,11 @@ func TestHybridAuthRefusesUnknownPeer(t *testing.T) {
 
 func TestQUICMaxStreams(t *testing.T) {
 	const limit = 4
-	cc, sc := testConfigs(t)
+	cc, sc := transporttest.Configs(t)
 	sc.MaxStreams = limit
-	client, server := sessionPair(t, TransportQUIC, cc, sc)
+	client, server := transporttest.SessionPair(t, quic.Transport{}, cc, sc)
 
-	var open []Stream
+	var open []transport.Stream
 	for i := range limit {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		st, err := client.OpenStream(ctx)
@@ -598,7 +447,7 @@ func TestQUICMaxStreams(t *testing.T) {
 	if err := first.CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
-	acc, err := server.AcceptStream(testCtx(t))
+	acc, err := server.AcceptStream(transporttest.Ctx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -619,7 +468,7 @@ func TestQUICMaxStreams(t *testing.T) {
 }
 
 func TestTCPHandshakeTimeout(t *testing.T) {
-	_, sc := testConfigs(t)
+	_, sc := transporttest.Configs(t)
 	sc.HandshakeTimeout = 300 * time.Millisecond
 	type failure struct {
 		remote net.Addr
@@ -627,7 +476,7 @@ func TestTCPHandshakeTimeout(t *testing.T) {
 	}
 	failed := make(chan failure, 4)
 	sc.OnHandshakeError = func(remote net.Addr, err error) { failed <- failure{remote, err} }
-	ln := listen(t, TransportTCP, sc)
+	ln := transporttest.Listen(t, tlsmux.Transport{}, sc)
 
 	start := time.Now()
 	c, err := net.Dial("tcp", ln.Addr().String())
@@ -662,10 +511,10 @@ func TestTCPHandshakeTimeout(t *testing.T) {
 }
 
 func TestListenerCloseEndsAccept(t *testing.T) {
-	for _, transport := range transports {
-		t.Run(transport, func(t *testing.T) {
-			_, sc := testConfigs(t)
-			ln := listen(t, transport, sc)
+	for _, tr := range transports {
+		t.Run(tr.Name(), func(t *testing.T) {
+			_, sc := transporttest.Configs(t)
+			ln := transporttest.Listen(t, tr, sc)
 			errc := make(chan error, 1)
 			go func() {
 				_, err := ln.Accept(context.Background())
@@ -676,14 +525,14 @@ func TestListenerCloseEndsAccept(t *testing.T) {
 			}
 			select {
 			case err := <-errc:
-				if !errors.Is(err, ErrClosed) {
-					t.Fatalf("blocked Accept = %v, want ErrClosed", err)
+				if !errors.Is(err, transport.ErrClosed) {
+					t.Fatalf("blocked Accept = %v, want transport.ErrClosed", err)
 				}
 			case <-time.After(5 * time.Second):
 				t.Fatal("Close did not end a blocked Accept")
 			}
-			if _, err := ln.Accept(context.Background()); !errors.Is(err, ErrClosed) {
-				t.Fatalf("Accept after Close = %v, want ErrClosed", err)
+			if _, err := ln.Accept(context.Background()); !errors.Is(err, transport.ErrClosed) {
+				t.Fatalf("Accept after Close = %v, want transport.ErrClosed", err)
 			}
 			_ = ln.Close() // idempotent: must not panic or hang
 		})
@@ -691,8 +540,8 @@ func TestListenerCloseEndsAccept(t *testing.T) {
 }
 
 func TestAcceptHonoursContext(t *testing.T) {
-	_, sc := testConfigs(t)
-	ln := listen(t, TransportTCP, sc)
+	_, sc := transporttest.Configs(t)
+	ln := transporttest.Listen(t, tlsmux.Transport{}, sc)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if _, err := ln.Accept(ctx); !errors.Is(err, context.Canceled) {
@@ -703,11 +552,11 @@ func TestAcceptHonoursContext(t *testing.T) {
 // Accepting with a context that cannot end takes the direct path; streams
 // accepted that way and through a cancellable context must both arrive.
 func TestAcceptWithAndWithoutContext(t *testing.T) {
-	for _, transport := range transports {
-		t.Run(transport, func(t *testing.T) {
-			cc, sc := testConfigs(t)
-			client, server := sessionPair(t, transport, cc, sc)
-			ctx := testCtx(t)
+	for _, tr := range transports {
+		t.Run(tr.Name(), func(t *testing.T) {
+			cc, sc := transporttest.Configs(t)
+			client, server := transporttest.SessionPair(t, tr, cc, sc)
+			ctx := transporttest.Ctx(t)
 			for i, actx := range []context.Context{context.Background(), ctx, context.Background()} {
 				st, err := client.OpenStream(ctx)
 				if err != nil {
@@ -736,10 +585,10 @@ func TestAcceptWithAndWithoutContext(t *testing.T) {
 }
 
 func TestSessionCloseReachesPeer(t *testing.T) {
-	for _, transport := range transports {
-		t.Run(transport, func(t *testing.T) {
-			cc, sc := testConfigs(t)
-			client, server := sessionPair(t, transport, cc, sc)
+	for _, tr := range transports {
+		t.Run(tr.Name(), func(t *testing.T) {
+			cc, sc := transporttest.Configs(t)
+			client, server := transporttest.SessionPair(t, tr, cc, sc)
 			acceptErr := make(chan error, 1)
 			go func() {
 				_, err := server.AcceptStream(context.Background())
@@ -748,7 +597,7 @@ func TestSessionCloseReachesPeer(t *testing.T) {
 			if err := client.Close(); err != nil {
 				t.Errorf("Close: %v", err)
 			}
-			for _, s := range []Session{client, server} {
+			for _, s := range []transport.Session{client, server} {
 				select {
 				case <-s.Done():
 				case <-time.After(5 * time.Second):

@@ -1,4 +1,4 @@
-package mux
+package tlsmux
 
 import (
 	"bytes"
@@ -6,6 +6,8 @@ import (
 	"net"
 	"sync"
 	"testing"
+
+	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 )
 
 // writeCounter counts the writes that reach the socket.
@@ -33,15 +35,15 @@ func (w *writeCounter) counts() (writes, bytes int) {
 // A bulk transfer over the TCP transport leaves in writes of whole yamux
 // frames, several TLS records each, not one write per 16 KiB record.
 func TestTCPBulkWritesBatchRecords(t *testing.T) {
-	cc, sc := testConfigs(t)
+	cc, sc := transporttest.Configs(t)
 	var wc *writeCounter
 	cc.WrapConn = func(c net.Conn) net.Conn { wc = &writeCounter{Conn: c}; return wc }
-	client, server := sessionPair(t, TransportTCP, cc, sc)
-	opened, accepted := openAccepted(t, client, server, []byte("x"))
+	client, server := transporttest.SessionPair(t, Transport{}, cc, sc)
+	opened, accepted := transporttest.OpenAccepted(t, client, server, []byte("x"))
 	w0, b0 := wc.counts()
 
 	const size = 8 << 20
-	data := randomBytes(t, size)
+	data := transporttest.RandomBytes(t, size)
 	errc := make(chan error, 1)
 	go func() {
 		_, err := opened.Write(data)

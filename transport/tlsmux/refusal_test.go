@@ -1,0 +1,69 @@
+package tlsmux
+
+import (
+	"crypto/tls"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/transport"
+	"github.com/pqtunnel/pqtunnel/transport/transporttest"
+)
+
+// crypto/tls refuses a hello without a common group with a bare error; the
+// handshake_failure alert the record layer saw makes it no_common_group on
+// the server, a refusal the Store has logged already, and the client hears
+// the alert.
+func TestServerGroupRefusalIsClassified(t *testing.T) {
+	cc, sc := transporttest.Configs(t)
+	cc.TLS.CurvePreferences = []tls.CurveID{tls.X25519}
+	failed := make(chan error, 1)
+	sc.OnHandshakeError = func(_ net.Addr, err error) { failed <- err }
+	ln := transporttest.Listen(t, Transport{}, sc)
+	s, err := Dial(transporttest.Ctx(t), ln.Addr().String(), cc)
+	if err == nil {
+		_ = s.Close()
+		t.Fatal("a classical client connected to a strict server")
+	}
+	var he *transport.HandshakeError
+	if !errors.As(err, &he) || he.Reason != transport.ReasonNoCommonGroup || he.Stage != transport.StageTLS || he.Transport != Name {
+		t.Errorf("client error %v is %+v, want a tls-stage no_common_group HandshakeError of %s", err, he, Name)
+	}
+	select {
+	case err := <-failed:
+		if !errors.As(err, &he) || he.Reason != transport.ReasonNoCommonGroup {
+			t.Fatalf("server error %v: reason %+v, want no_common_group", err, he)
+		}
+		if !hybridtls.LoggedRefusal(string(he.Reason)) {
+			t.Error("the server's refusal would be logged twice")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("OnHandshakeError was not called")
+	}
+}
+
+func TestScanAlert(t *testing.T) {
+	hs := []byte{22, 3, 3, 0, 3, 1, 2, 3}
+	alert := []byte{21, 3, 3, 0, 2, 2, 40}
+	for _, tt := range []struct {
+		name string
+		p    []byte
+		want int32
+	}{
+		{"alert alone", alert, 41},
+		{"after a handshake record", append(append([]byte{}, hs...), alert...), 41},
+		{"no alert", hs, 0},
+		{"truncated", alert[:6], 0},
+		{"encrypted record", []byte{23, 3, 3, 0, 2, 2, 40}, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var c recordConn
+			c.scanAlert(tt.p)
+			if got := c.alert.Load(); got != tt.want {
+				t.Errorf("alert = %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
