@@ -189,10 +189,11 @@ func handshake(ctx context.Context, ctl *conn, lk *link, c *transport.Config, cl
 		Transport: Name, TLS: cs, Peer: peer,
 		Local: ctl.LocalAddr(), Remote: ctl.RemoteAddr(), Handshake: time.Since(start),
 	}}
-	lk.join(side, c, tc)
+	if !lk.join(side, c, tc) {
+		return nil, transport.NewHandshakeError(Name, transport.StageAuthenticate, fmt.Errorf("join session: %w", net.ErrClosed))
+	}
 	// The control connection stays open for the session's life: the peer
 	// closing it, or failing its own handshake, ends the session.
-	lk.wg.Add(1)
 	go func() {
 		defer lk.wg.Done()
 		_, _ = io.Copy(io.Discard, tc) // ends when either side closes
@@ -220,9 +221,19 @@ func newLink() *link {
 	return &link{ready: make(chan struct{}), done: make(chan struct{}), streams: map[*end]struct{}{}}
 }
 
-func (lk *link) join(side int, c *transport.Config, ctl *tls.Conn) {
+// join adds a side whose handshake succeeded and counts its control reader
+// in wg; it returns false if the peer has closed the link meanwhile. wg.Add
+// happens under mu and before shutdown marks the link done, so it never
+// races with shutdown's Wait.
+func (lk *link) join(side int, c *transport.Config, ctl *tls.Conn) bool {
 	lk.mu.Lock()
 	defer lk.mu.Unlock()
+	select {
+	case <-lk.done:
+		return false
+	default:
+	}
+	lk.wg.Add(1)
 	lk.joined[side] = true
 	lk.ctls = append(lk.ctls, ctl)
 	lk.windows[side] = c.StreamWindow
@@ -231,6 +242,7 @@ func (lk *link) join(side int, c *transport.Config, ctl *tls.Conn) {
 	if lk.joined[0] && lk.joined[1] {
 		close(lk.ready)
 	}
+	return true
 }
 
 // shutdown ends the connection: streams fail, both sessions are Done.

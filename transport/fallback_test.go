@@ -1,0 +1,162 @@
+package transport_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pqtunnel/pqtunnel/internal/logtest"
+	"github.com/pqtunnel/pqtunnel/transport"
+	"github.com/pqtunnel/pqtunnel/transport/memtransport"
+	"github.com/pqtunnel/pqtunnel/transport/transporttest"
+)
+
+// acceptAll accepts and closes sessions on ln until it closes.
+func acceptAll(t *testing.T, ln transport.Listener) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			s, err := ln.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { _ = s.Close() })
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		<-done
+	})
+}
+
+func TestFallbackListensOnBothWithOnePort(t *testing.T) {
+	prim, sec := transporttest.NewBlockable(), memtransport.New()
+	_, sc := transporttest.Configs(t)
+	ln, err := transport.Fallback(prim, sec).Listen("127.0.0.1:0", sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	parts := transport.Parts(ln)
+	if len(parts) != 2 || parts[0].Transport() != "mem" || ln.Transport() != transport.FallbackName {
+		t.Fatalf("parts %v of a %s listener", parts, ln.Transport())
+	}
+	if parts[0].Addr().String() != parts[1].Addr().String() || ln.Addr().String() != parts[0].Addr().String() {
+		t.Errorf("addresses %v and %v, listener %v: want one port", parts[0].Addr(), parts[1].Addr(), ln.Addr())
+	}
+}
+
+func TestFallbackFallsBackAndMovesBack(t *testing.T) {
+	prim, sec := transporttest.NewBlockable(), memtransport.New()
+	f := transport.Fallback(prim, sec)
+	if !transport.UsesUDP(f) {
+		t.Error("a fallback with a UDP primary does not say it uses UDP")
+	}
+	cc, sc := transporttest.Configs(t)
+	ln, err := f.Listen("127.0.0.1:0", sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acceptAll(t, ln)
+
+	var logs logtest.Recorder
+	cc.Logger = slog.New(&logs)
+	cc.FallbackTimeout = 200 * time.Millisecond
+	cc.RetryPrimary = 50 * time.Millisecond
+	prim.Blocked.Store(true)
+	start := time.Now()
+	s, err := f.Dial(transporttest.Ctx(t), ln.Addr().String(), cc)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer s.Close()
+	if d := time.Since(start); d < 200*time.Millisecond || d > 5*time.Second {
+		t.Errorf("fell back after %v, want about FallbackTimeout", d)
+	}
+	if !logs.Contains("fakeudp handshake timed out, falling back to mem", "peer="+ln.Addr().String(), "after=200ms") {
+		t.Errorf("no fallback warning; logs: %q", logs.All())
+	}
+	next := transport.Superseded(s)
+	if next == nil {
+		t.Fatal("a session carried by the secondary offers no successor")
+	}
+	select {
+	case n := <-next:
+		_ = n.Session.Close()
+		t.Fatal("a successor was offered while the primary is blocked")
+	case <-time.After(300 * time.Millisecond):
+	}
+	if !logs.Contains("fakeudp still unavailable, staying on mem") {
+		t.Errorf("no retry was logged; logs: %q", logs.All())
+	}
+
+	prim.Blocked.Store(false)
+	select {
+	case n := <-next:
+		defer n.Session.Close()
+		if n.Why != "fakeudp works again: moving tunnel back from mem" {
+			t.Errorf("Why = %q", n.Why)
+		}
+		if n.Session.Info().Peer.Name == "" {
+			t.Error("the successor is not authenticated")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no successor after the primary works again")
+	}
+}
+
+// Only a timeout falls back: a refusal says the peer is there and does
+// not want us, and the secondary would say the same.
+func TestFallbackDoesNotFallBackOnRefusal(t *testing.T) {
+	prim, sec := transporttest.NewBlockable(), memtransport.New()
+	cc, _ := transporttest.Configs(t)
+	var logs logtest.Recorder
+	cc.Logger = slog.New(&logs)
+	s, err := transport.Fallback(prim, sec).Dial(transporttest.Ctx(t), "127.0.0.1:9", cc)
+	if err == nil {
+		_ = s.Close()
+		t.Fatal("Dial to nowhere succeeded")
+	}
+	var he *transport.HandshakeError
+	if !errors.As(err, &he) || he.Stage != transport.StageConnect || !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("Dial error %v (%+v), want the primary's refusal", err, he)
+	}
+	if len(logs.All()) != 0 {
+		t.Errorf("logged %q for a refusal", logs.All())
+	}
+}
+
+// Closing a session that waits for its primary stops the retries.
+func TestFallbackSessionCloseStopsRetry(t *testing.T) {
+	prim, sec := transporttest.NewBlockable(), memtransport.New()
+	f := transport.Fallback(prim, sec)
+	cc, sc := transporttest.Configs(t)
+	ln, err := f.Listen("127.0.0.1:0", sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acceptAll(t, ln)
+	cc.FallbackTimeout = 100 * time.Millisecond
+	cc.RetryPrimary = 20 * time.Millisecond
+	prim.Blocked.Store(true)
+	s, err := f.Dial(transporttest.Ctx(t), ln.Addr().String(), cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-prim.Tried // the first dial
+	<-prim.Tried // a retry is under way; goleak checks Close ends it
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close waited for a retry to time out")
+	}
+	if _, ok := transport.SessionStats(s); ok {
+		t.Error("a memtransport session behind a fallback reports stats")
+	}
+}
