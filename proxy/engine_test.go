@@ -22,6 +22,7 @@ import (
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
 	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
+	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 	"github.com/pqtunnel/pqtunnel/wire"
 )
 
@@ -308,5 +309,96 @@ func TestEngineRefusesClientsWithoutTunnel(t *testing.T) {
 	expectRefused(t, dial.ForwardAddrs()[0].String())
 	if n := len(dial.Tunnels()); n != 0 {
 		t.Fatalf("%d tunnels up to a closed port", n)
+	}
+}
+
+// A dial side on a Fallback that fell back moves its tunnel to the primary
+// transport once that works again, retires the old tunnel, and carries
+// traffic on.
+func TestEngineMovesTunnelToSuccessor(t *testing.T) {
+	prim := transporttest.NewBlockable()
+	auto := transport.Fallback(prim, memtransport.New())
+	echo := startEcho(t)
+	listenStore, dialStore := pinnedStores(t)
+	listen := runEngine(t, Config{
+		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: auto,
+		Target: []Route{{"echo", echo}}, TLS: listenStore,
+	})
+	prim.Blocked.Store(true)
+	var logs logtest.Recorder
+	dial := runEngine(t, Config{
+		Mode: ModeDial, Tunnel: []string{listen.TunnelAddr().String()}, Transport: auto,
+		Forward: []Route{{"echo", "127.0.0.1:0"}}, TLS: dialStore,
+		FallbackTimeout: 200 * time.Millisecond, QUICRetry: 100 * time.Millisecond,
+		Logger: slog.New(&logs),
+	})
+	waitTunnels(t, dial)
+	fwd := dial.ForwardAddrs()[0].String()
+	if err := echoThrough(fwd, []byte("over the secondary")); err != nil {
+		t.Fatal(err)
+	}
+	if !logs.Contains("fakeudp handshake timed out, falling back to mem") {
+		t.Fatalf("no fallback was logged; logs: %q", logs.All())
+	}
+
+	prim.Blocked.Store(false)
+	timeout := time.After(10 * time.Second)
+	for !logs.Contains("fakeudp works again: moving tunnel back from mem", "tunnel=1") {
+		select {
+		case <-dial.TunnelsChanged():
+		case <-time.After(50 * time.Millisecond): // the log line may follow the change
+		case <-timeout:
+			t.Fatalf("the tunnel did not move back; logs: %q", logs.All())
+		}
+	}
+	if err := echoThrough(fwd, []byte("over the primary")); err != nil {
+		t.Fatalf("after the move: %v", err)
+	}
+	for len(dial.Tunnels()) != 1 {
+		select {
+		case <-dial.TunnelsChanged():
+		case <-timeout:
+			t.Fatalf("%d tunnels after the move, want the successor alone", len(dial.Tunnels()))
+		}
+	}
+}
+
+// A stream of a kind this side does not deliver is refused with its own
+// status; the tunnel stays up for the streams that follow.
+func TestEngineRefusesUnknownKind(t *testing.T) {
+	mem := memtransport.New()
+	listenStore, dialStore := pinnedStores(t)
+	listen := runEngine(t, Config{
+		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: mem,
+		Target: []Route{{"echo", startEcho(t)}}, TLS: listenStore,
+	})
+	s, err := mem.Dial(transporttest.Ctx(t), listen.TunnelAddr().String(), &transport.Config{
+		TLS: dialStore.ClientConfig(), Authenticate: transporttest.StoreAuth(dialStore),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, tt := range []struct {
+		kind wire.Kind
+		want wire.Status
+	}{{7, wire.StatusUnknownKind}, {wire.KindTCP, wire.StatusOK}} {
+		st, err := s.OpenStream(transporttest.Ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = st.SetDeadline(time.Now().Add(5 * time.Second))
+		hdr, err := wire.AppendRequest(nil, wire.Request{Kind: tt.kind, Route: "echo", Client: "192.0.2.1:1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Write(hdr); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := wire.ReadResponse(st)
+		if err != nil || resp.Status != tt.want {
+			t.Errorf("kind %s: response %+v, %v; want %s", tt.kind, resp, err, tt.want)
+		}
+		st.Reset()
 	}
 }
