@@ -17,7 +17,7 @@ import (
 )
 
 // ALPN is the application protocol the test stores speak.
-const ALPN = "pqtunnel-mux-test/1"
+const ALPN = "pqtunnel-transport-test/1"
 
 // Stores returns hybridtls stores for a client and a server that accept each other.
 func Stores(t testing.TB) (client, server *hybridtls.Store) {
