@@ -13,6 +13,7 @@ import (
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/transport"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // Probe is the outcome of one trial tunnel handshake, as 'pqtunnel check'
@@ -219,14 +220,15 @@ func (c *countingPacketConn) firstFlight() (int, int) {
 type Diagnosis int
 
 const (
-	DiagnosisOK             Diagnosis = iota
-	DiagnosisNoUDPAnswer              // the UDP port is blocked or unserved
-	DiagnosisRefused                  // nothing listens on the TCP port
-	DiagnosisTimeout                  // the handshake did not complete
-	DiagnosisPeerNotAllowed           // we do not accept the peer's identity
-	DiagnosisRejectedByPeer           // the peer does not accept ours
-	DiagnosisProofFailed              // the peer's ML-DSA-65 proof failed
-	DiagnosisGroupsRefused            // the peer accepts none of the offered groups
+	DiagnosisOK              Diagnosis = iota
+	DiagnosisNoUDPAnswer               // the UDP port is blocked or unserved
+	DiagnosisRefused                   // nothing listens on the TCP port
+	DiagnosisTimeout                   // the handshake did not complete
+	DiagnosisPeerNotAllowed            // we do not accept the peer's identity
+	DiagnosisRejectedByPeer            // the peer does not accept ours
+	DiagnosisProofFailed               // the peer's ML-DSA-65 proof failed
+	DiagnosisGroupsRefused             // the peer accepts none of the offered groups
+	DiagnosisVersionMismatch           // the peer speaks another protocol version
 	DiagnosisOther
 )
 
@@ -275,6 +277,8 @@ func diagnose(err error, tr transport.Transport, offered []tls.CurveID, pin stri
 		return DiagnosisRejectedByPeer, "the peer refused our identity: add our pin " + pin + " to the peer's PQT_PEERS (or, in CA mode, check its PQT_CA and PQT_ALLOW)"
 	case errors.Is(err, hybridtls.ErrProof):
 		return DiagnosisProofFailed, "the peer failed the ML-DSA-65 proof: " + msg
+	case transport.Classify(err) == transport.ReasonVersionMismatch:
+		return DiagnosisVersionMismatch, "the peer speaks another pqtunnel protocol version (we offer " + wire.ALPN + "): run the same release on both sides"
 	case transport.PeerRefusedGroups(err):
 		return DiagnosisGroupsRefused, "the peer accepts none of " + hybridtls.GroupNames(offered)
 	}

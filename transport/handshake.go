@@ -13,15 +13,16 @@ import (
 type Reason string
 
 const (
-	ReasonNotPostQuantum Reason = "not_post_quantum" // the peer offered no hybrid group
-	ReasonNoCommonGroup  Reason = "no_common_group"  // hybrid on both sides, but no group in common
-	ReasonBadCertificate Reason = "bad_certificate"  // a CA-mode certificate did not verify
-	ReasonPeerNotAllowed Reason = "peer_not_allowed" // pin or certificate not accepted
-	ReasonRejectedByPeer Reason = "rejected_by_peer" // the peer refused our identity
-	ReasonProofFailed    Reason = "proof_failed"     // the post-handshake proof failed
-	ReasonTimeout        Reason = "timeout"
-	ReasonBusy           Reason = "busy" // the listener sheds load
-	ReasonTLS            Reason = "tls"  // anything else
+	ReasonNotPostQuantum  Reason = "not_post_quantum" // the peer offered no hybrid group
+	ReasonNoCommonGroup   Reason = "no_common_group"  // hybrid on both sides, but no group in common
+	ReasonBadCertificate  Reason = "bad_certificate"  // a CA-mode certificate did not verify
+	ReasonPeerNotAllowed  Reason = "peer_not_allowed" // pin or certificate not accepted
+	ReasonRejectedByPeer  Reason = "rejected_by_peer" // the peer refused our identity
+	ReasonProofFailed     Reason = "proof_failed"     // the post-handshake proof failed
+	ReasonVersionMismatch Reason = "version_mismatch" // no common ALPN: the peer speaks another protocol version
+	ReasonTimeout         Reason = "timeout"
+	ReasonBusy            Reason = "busy" // the listener sheds load
+	ReasonTLS             Reason = "tls"  // anything else
 )
 
 // Stage says how far a handshake got before it failed.
@@ -71,6 +72,7 @@ const (
 	alertCertificateUnknown  = 46
 	alertUnknownCA           = 48
 	alertInternalError       = 80
+	alertNoApplicationProto  = 120
 	alertCertificateRequired = 116
 )
 
@@ -117,11 +119,17 @@ func Classify(err error) Reason {
 		return ReasonBusy
 	}
 	peer, fromPeer := PeerAlertOf(err)
+	local, sent := errors.AsType[tls.AlertError](err)
 	if fromPeer {
 		switch peer {
 		case alertBadCertificate, alertCertificateUnknown, alertUnknownCA, alertCertificateRequired:
 			return ReasonRejectedByPeer
+		case alertNoApplicationProto:
+			return ReasonVersionMismatch
 		}
+	}
+	if sent && local == alertNoApplicationProto {
+		return ReasonVersionMismatch
 	}
 	if policy != "" {
 		return Reason(policy)
@@ -136,7 +144,7 @@ func Classify(err error) Reason {
 	if fromPeer && peer == alertHandshakeFailure {
 		return ReasonNoCommonGroup
 	}
-	if local, ok := errors.AsType[tls.AlertError](err); ok && local == alertHandshakeFailure {
+	if sent && local == alertHandshakeFailure {
 		return ReasonNoCommonGroup
 	}
 	return ReasonTLS

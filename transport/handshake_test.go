@@ -36,6 +36,8 @@ func TestClassify(t *testing.T) {
 		{"peer found no common group", transport.PeerAlert(40), transport.ReasonNoCommonGroup},
 		{"we found no common group", fmt.Errorf("tls: no key exchanges%.0w", tls.AlertError(40)), transport.ReasonNoCommonGroup},
 		{"other local alert", tls.AlertError(80), transport.ReasonTLS},
+		{"peer speaks another ALPN", transport.PeerAlert(120), transport.ReasonVersionMismatch},
+		{"we speak another ALPN", fmt.Errorf("x%.0w", tls.AlertError(120)), transport.ReasonVersionMismatch},
 		{"anything else", errors.New("handshake failure"), transport.ReasonTLS},
 		{"already classified", &transport.HandshakeError{Reason: transport.ReasonBusy, Err: errors.New("x")}, transport.ReasonBusy},
 	}

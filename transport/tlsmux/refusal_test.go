@@ -67,3 +67,29 @@ func TestScanAlert(t *testing.T) {
 		})
 	}
 }
+
+// A peer of another protocol version offers another ALPN: both sides say
+// so, rather than "tls".
+func TestALPNMismatchIsVersionMismatch(t *testing.T) {
+	cc, sc := transporttest.Configs(t)
+	cc.TLS.NextProtos = []string{"pqtunnel-transport-test/0"}
+	failed := make(chan error, 1)
+	sc.OnHandshakeError = func(_ net.Addr, err error) { failed <- err }
+	ln := transporttest.Listen(t, Transport{}, sc)
+	s, err := Dial(transporttest.Ctx(t), ln.Addr().String(), cc)
+	if err == nil {
+		_ = s.Close()
+		t.Fatal("peers without a common ALPN connected")
+	}
+	if r := transport.Classify(err); r != transport.ReasonVersionMismatch {
+		t.Errorf("client reason %q for %v, want version_mismatch", r, err)
+	}
+	select {
+	case err := <-failed:
+		if r := transport.Classify(err); r != transport.ReasonVersionMismatch {
+			t.Errorf("server reason %q for %v, want version_mismatch", r, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("OnHandshakeError was not called")
+	}
+}
