@@ -1,6 +1,10 @@
 package hybridtls
 
 import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/mldsa"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -9,8 +13,6 @@ import (
 	"log/slog"
 	"slices"
 	"sync/atomic"
-
-	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
 )
 
 // Material is everything one side needs to authenticate itself and its peer.
@@ -292,12 +294,16 @@ func (s *Store) verifyPeer(m *Material, cs *tls.ConnectionState, server bool) er
 type Peer struct {
 	// Name is the pin in pinned mode, else the certificate's name.
 	Name string
-	// PQAuth is true when the peer proved an ML-DSA-65 key bound to the session.
+	// PQAuth is true when the peer authenticated with ML-DSA: its
+	// CertificateVerify and, in CA mode, every signature up to the root.
 	PQAuth bool
+	// Sig is the signature scheme of the peer's CertificateVerify, which
+	// TLS 1.3 ties to the peer certificate's key.
+	Sig tls.SignatureScheme
 }
 
 // Authenticate runs the post-handshake step on an established TLS session:
-// it checks the negotiated group again, sends this side's ML-DSA-65 proof over
+// it checks the negotiated group again, sends this side's Ed25519 proof over
 // rw, and reads and verifies the peer's. The caller bounds it with a deadline.
 func (s *Store) Authenticate(cs *tls.ConnectionState, rw io.ReadWriter, role Role) (Peer, error) {
 	m := s.material.Load()
@@ -307,7 +313,7 @@ func (s *Store) Authenticate(cs *tls.ConnectionState, rw io.ReadWriter, role Rol
 	if err := CheckGroup(cs.CurveID, s.policy.Mode, s.policy.curves()); err != nil {
 		return Peer{}, err
 	}
-	msg, err := AppendProof(nil, cs, identityMLDSA(m.Identity), role)
+	msg, err := AppendProof(nil, cs, identityEd25519(m.Identity), role)
 	if err != nil {
 		return Peer{}, err
 	}
@@ -318,24 +324,77 @@ func (s *Store) Authenticate(cs *tls.ConnectionState, rw io.ReadWriter, role Rol
 	if err != nil {
 		return Peer{}, err
 	}
-	pq, err := VerifyProof(cs, sig, !role, m.Pinned())
-	if err != nil {
+	if err := VerifyProof(cs, sig, !role, m.Pinned()); err != nil {
 		return Peer{}, err
 	}
 	leaf := cs.PeerCertificates[0]
-	p := Peer{Name: certName(leaf), PQAuth: pq}
+	p := Peer{Name: certName(leaf), Sig: SignatureScheme(leaf)}
 	if m.Pinned() {
-		pin, _ := PinOf(leaf) // checked in VerifyConnection and VerifyProof
+		pin, _ := PinOf(leaf) // checked in VerifyConnection
 		p.Name = pin.String()
+		p.PQAuth = true // PinOf accepts only ML-DSA-65 keys
 	}
 	return p, nil
 }
 
-func identityMLDSA(id *Identity) *mldsa65.PrivateKey {
+func identityEd25519(id *Identity) ed25519.PrivateKey {
 	if id == nil {
 		return nil
 	}
-	return id.MLDSA
+	return id.Ed25519
+}
+
+// SignatureScheme is the TLS 1.3 CertificateVerify scheme a certificate's
+// key allows: crypto/tls refuses any other from its holder. Zero for keys
+// with several possible schemes (RSA).
+func SignatureScheme(cert *x509.Certificate) tls.SignatureScheme {
+	switch k := cert.PublicKey.(type) {
+	case *mldsa.PublicKey:
+		switch k.Parameters() {
+		case mldsa.MLDSA44():
+			return tls.MLDSA44
+		case mldsa.MLDSA65():
+			return tls.MLDSA65
+		case mldsa.MLDSA87():
+			return tls.MLDSA87
+		}
+	case ed25519.PublicKey:
+		return tls.Ed25519
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256():
+			return tls.ECDSAWithP256AndSHA256
+		case elliptic.P384():
+			return tls.ECDSAWithP384AndSHA384
+		case elliptic.P521():
+			return tls.ECDSAWithP521AndSHA512
+		}
+	}
+	return 0
+}
+
+// SignatureSchemeName is the standard name of a scheme for logs:
+// ML-DSA-65, Ed25519, ECDSA-P256-SHA256; "unknown" for zero.
+func SignatureSchemeName(s tls.SignatureScheme) string {
+	switch s {
+	case tls.MLDSA44:
+		return "ML-DSA-44"
+	case tls.MLDSA65:
+		return "ML-DSA-65"
+	case tls.MLDSA87:
+		return "ML-DSA-87"
+	case tls.Ed25519:
+		return "Ed25519"
+	case tls.ECDSAWithP256AndSHA256:
+		return "ECDSA-P256-SHA256"
+	case tls.ECDSAWithP384AndSHA384:
+		return "ECDSA-P384-SHA384"
+	case tls.ECDSAWithP521AndSHA512:
+		return "ECDSA-P521-SHA512"
+	case 0:
+		return "unknown"
+	}
+	return s.String()
 }
 
 func certName(c *x509.Certificate) string {

@@ -3,6 +3,7 @@ package hybridtls
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -12,8 +13,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
 
 	"github.com/pqtunnel/pqtunnel/internal/logtest"
 	"github.com/pqtunnel/pqtunnel/transport"
@@ -332,7 +331,7 @@ func TestHandshakePreferServerAcceptsClassicalClient(t *testing.T) {
 		t.Errorf("negotiated %s, want X25519", GroupName(g))
 	}
 	if !cr.peer.PQAuth || !sr.peer.PQAuth {
-		t.Error("the ML-DSA proof must still run with a classical key exchange")
+		t.Error("ML-DSA authentication must still hold with a classical key exchange")
 	}
 }
 
@@ -443,7 +442,7 @@ func serverVerifies(t *testing.T, server side, c, s *tls.Conn, msg []byte, close
 }
 
 func TestAuthenticateRejectsBadProofs(t *testing.T) {
-	otherKey := mustIdentity(t).MLDSA
+	otherKey := mustIdentity(t).Ed25519
 	tests := []struct {
 		name string
 		// proof builds the message the client sends on session c.
@@ -456,19 +455,19 @@ func TestAuthenticateRejectsBadProofs(t *testing.T) {
 		}},
 		{name: "wrong magic", proof: func(t *testing.T, client, _ side, c *tls.Conn) []byte {
 			cs := c.ConnectionState()
-			msg := mustProof(t, &cs, client.id.MLDSA, RoleClient)
+			msg := mustProof(t, &cs, client.id.Ed25519, RoleClient)
 			msg[0] = 'X'
 			return msg
 		}},
 		{name: "wrong version", proof: func(t *testing.T, client, _ side, c *tls.Conn) []byte {
 			cs := c.ConnectionState()
-			msg := mustProof(t, &cs, client.id.MLDSA, RoleClient)
-			msg[4] = 2
+			msg := mustProof(t, &cs, client.id.Ed25519, RoleClient)
+			msg[4] = 1
 			return msg
 		}},
 		{name: "wrong signature length", proof: func(t *testing.T, client, _ side, c *tls.Conn) []byte {
 			cs := c.ConnectionState()
-			msg := mustProof(t, &cs, client.id.MLDSA, RoleClient)
+			msg := mustProof(t, &cs, client.id.Ed25519, RoleClient)
 			msg[6]--
 			return msg[:len(msg)-1]
 		}},
@@ -478,20 +477,20 @@ func TestAuthenticateRejectsBadProofs(t *testing.T) {
 		}},
 		{name: "header only then EOF", closeWrite: true, proof: func(t *testing.T, client, _ side, c *tls.Conn) []byte {
 			cs := c.ConnectionState()
-			return mustProof(t, &cs, client.id.MLDSA, RoleClient)[:proofHeader]
+			return mustProof(t, &cs, client.id.Ed25519, RoleClient)[:proofHeader]
 		}},
 		{name: "truncated signature then EOF", closeWrite: true, proof: func(t *testing.T, client, _ side, c *tls.Conn) []byte {
 			cs := c.ConnectionState()
-			msg := mustProof(t, &cs, client.id.MLDSA, RoleClient)
+			msg := mustProof(t, &cs, client.id.Ed25519, RoleClient)
 			return msg[:len(msg)-1]
 		}},
 		{name: "flipped signature bit", proof: func(t *testing.T, client, _ side, c *tls.Conn) []byte {
 			cs := c.ConnectionState()
-			msg := mustProof(t, &cs, client.id.MLDSA, RoleClient)
-			msg[proofHeader+100] ^= 1
+			msg := mustProof(t, &cs, client.id.Ed25519, RoleClient)
+			msg[proofHeader+10] ^= 1
 			return msg
 		}},
-		{name: "signed by another ML-DSA key", proof: func(t *testing.T, _, _ side, c *tls.Conn) []byte {
+		{name: "signed by another Ed25519 key", proof: func(t *testing.T, _, _ side, c *tls.Conn) []byte {
 			cs := c.ConnectionState()
 			return mustProof(t, &cs, otherKey, RoleClient)
 		}},
@@ -502,11 +501,11 @@ func TestAuthenticateRejectsBadProofs(t *testing.T) {
 				t.Fatalf("second handshake: %v, %v", cerr, serr)
 			}
 			cs2 := c2.ConnectionState()
-			return mustProof(t, &cs2, client.id.MLDSA, RoleClient)
+			return mustProof(t, &cs2, client.id.Ed25519, RoleClient)
 		}},
 		{name: "client signs with the server role", proof: func(t *testing.T, client, _ side, c *tls.Conn) []byte {
 			cs := c.ConnectionState()
-			return mustProof(t, &cs, client.id.MLDSA, RoleServer)
+			return mustProof(t, &cs, client.id.Ed25519, RoleServer)
 		}},
 	}
 	for _, tt := range tests {
@@ -545,7 +544,7 @@ func TestAuthenticateClientRejectsServerProofWithClientRole(t *testing.T) {
 	client, server, c, s := connectTLS(t)
 	errc := authenticateAsync(client, c, RoleClient)
 	cs := s.ConnectionState()
-	if _, err := s.Write(mustProof(t, &cs, server.id.MLDSA, RoleClient)); err != nil {
+	if _, err := s.Write(mustProof(t, &cs, server.id.Ed25519, RoleClient)); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-errc; !errors.Is(err, ErrProof) {
@@ -556,28 +555,31 @@ func TestAuthenticateClientRejectsServerProofWithClientRole(t *testing.T) {
 func TestVerifyProofDirect(t *testing.T) {
 	client, _, c, s := connectTLS(t)
 	ccs, scs := c.ConnectionState(), s.ConnectionState()
-	msg := mustProof(t, &ccs, client.id.MLDSA, RoleClient)
+	msg := mustProof(t, &ccs, client.id.Ed25519, RoleClient)
 	sig, err := ReadProof(bytes.NewReader(msg))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(sig) != mldsa65.SignatureSize {
-		t.Fatalf("signature is %d bytes, want %d", len(sig), mldsa65.SignatureSize)
+	if len(sig) != ed25519.SignatureSize {
+		t.Fatalf("signature is %d bytes, want %d", len(sig), ed25519.SignatureSize)
 	}
-	if pq, err := VerifyProof(&scs, sig, RoleClient, true); err != nil || !pq {
-		t.Fatalf("VerifyProof(valid) = %v, %v", pq, err)
+	if err := VerifyProof(&scs, sig, RoleClient, true); err != nil {
+		t.Fatalf("VerifyProof(valid) = %v", err)
 	}
-	if _, err := VerifyProof(&scs, sig, RoleServer, true); !errors.Is(err, ErrProof) {
+	if err := VerifyProof(&scs, sig, RoleServer, true); !errors.Is(err, ErrProof) {
 		t.Errorf("VerifyProof with the wrong role = %v, want ErrProof", err)
+	}
+	if err := VerifyProof(&scs, sig, RoleClient, false); !errors.Is(err, ErrProof) {
+		t.Errorf("VerifyProof of a signature from a CA-mode peer = %v, want ErrProof", err)
 	}
 	noCert := scs
 	noCert.PeerCertificates = nil
-	if _, err := VerifyProof(&noCert, sig, RoleClient, true); !errors.Is(err, ErrProof) {
+	if err := VerifyProof(&noCert, sig, RoleClient, true); !errors.Is(err, ErrProof) {
 		t.Errorf("VerifyProof without a peer certificate = %v, want ErrProof", err)
 	}
 }
 
-func mustProof(t testing.TB, cs *tls.ConnectionState, key *mldsa65.PrivateKey, role Role) []byte {
+func mustProof(t testing.TB, cs *tls.ConnectionState, key ed25519.PrivateKey, role Role) []byte {
 	t.Helper()
 	msg, err := AppendProof(nil, cs, key, role)
 	if err != nil {

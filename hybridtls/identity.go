@@ -1,8 +1,11 @@
 package hybridtls
 
 import (
+	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/mldsa"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -16,27 +19,28 @@ import (
 	"os"
 	"strings"
 	"time"
-
-	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
 )
 
-// OIDMLDSA65Key is the certificate extension that carries a peer's ML-DSA-65
-// public key, so that the pin can be checked inside the TLS handshake.
-var OIDMLDSA65Key = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 59735, 1, 1}
+// OIDEd25519Key is the certificate extension that carries a pinned
+// identity's Ed25519 public key next to the ML-DSA-65 key the certificate
+// certifies, so that the pin can be checked inside the TLS handshake.
+var OIDEd25519Key = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 59735, 1, 2}
 
 const (
 	pemEd25519 = "PQTUNNEL ED25519 PRIVATE KEY"
 	pemMLDSA   = "PQTUNNEL ML-DSA-65 SEED"
 )
 
-// Identity is a hybrid identity: an Ed25519 key that signs the TLS handshake
-// and an ML-DSA-65 key that signs the TLS session afterwards, so that
-// impersonating it requires breaking both.
+// Identity is a hybrid identity: an ML-DSA-65 key that signs the TLS
+// handshake (CertificateVerify) and an Ed25519 key that signs the TLS session
+// afterwards, so that impersonating it requires breaking both.
 type Identity struct {
 	Ed25519 ed25519.PrivateKey
-	MLDSA   *mldsa65.PrivateKey
-	// Certificate is a self-signed certificate for Ed25519 carrying the
-	// ML-DSA-65 public key in the OIDMLDSA65Key extension.
+	MLDSA   *mldsa.PrivateKey
+	// Certificate is a certificate for the ML-DSA-65 key carrying the
+	// Ed25519 public key in the OIDEd25519Key extension. Ed25519 signs it:
+	// the pin, not the certificate's signature, is what is trusted, and 64
+	// bytes of signature instead of 3,309 keep the handshake small.
 	Certificate tls.Certificate
 	Pin         Pin
 }
@@ -47,19 +51,17 @@ func GenerateIdentity() (*Identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("generate ed25519 key: %w", err)
 	}
-	var seed [mldsa65.SeedSize]byte
-	if _, err := rand.Read(seed[:]); err != nil {
-		return nil, fmt.Errorf("generate ml-dsa-65 seed: %w", err)
+	mlKey, err := mldsa.GenerateKey(mldsa.MLDSA65())
+	if err != nil {
+		return nil, fmt.Errorf("generate ml-dsa-65 key: %w", err)
 	}
-	return newIdentity(edKey, &seed)
+	return newIdentity(edKey, mlKey)
 }
 
-func newIdentity(edKey ed25519.PrivateKey, seed *[mldsa65.SeedSize]byte) (*Identity, error) {
-	pub, mlKey := mldsa65.NewKeyFromSeed(seed)
-	mlPub := pub.Bytes()
-	extValue, err := asn1.Marshal(mlPub)
+func newIdentity(edKey ed25519.PrivateKey, mlKey *mldsa.PrivateKey) (*Identity, error) {
+	extValue, err := asn1.Marshal([]byte(edKey.Public().(ed25519.PublicKey)))
 	if err != nil {
-		return nil, fmt.Errorf("encode ml-dsa-65 extension: %w", err)
+		return nil, fmt.Errorf("encode ed25519 extension: %w", err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1),
@@ -70,9 +72,9 @@ func newIdentity(edKey ed25519.PrivateKey, seed *[mldsa65.SeedSize]byte) (*Ident
 		NotAfter:        time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC),
 		KeyUsage:        x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		ExtraExtensions: []pkix.Extension{{Id: OIDMLDSA65Key, Value: extValue}},
+		ExtraExtensions: []pkix.Extension{{Id: OIDEd25519Key, Value: extValue}},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, edKey.Public(), edKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, mlKey.PublicKey(), edKey)
 	if err != nil {
 		return nil, fmt.Errorf("create identity certificate: %w", err)
 	}
@@ -87,7 +89,7 @@ func newIdentity(edKey ed25519.PrivateKey, seed *[mldsa65.SeedSize]byte) (*Ident
 	return &Identity{
 		Ed25519:     edKey,
 		MLDSA:       mlKey,
-		Certificate: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: edKey, Leaf: leaf},
+		Certificate: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: mlKey, Leaf: leaf},
 		Pin:         pin,
 	}, nil
 }
@@ -101,15 +103,16 @@ func (id *Identity) MarshalPEM() ([]byte, error) {
 	}
 	var b strings.Builder
 	b.WriteString("# pqtunnel identity, pin " + id.Pin.String() + "\n")
-	_ = pem.Encode(&b, &pem.Block{Type: pemEd25519, Bytes: pk8})           // strings.Builder cannot fail
-	_ = pem.Encode(&b, &pem.Block{Type: pemMLDSA, Bytes: id.MLDSA.Seed()}) // same
+	_ = pem.Encode(&b, &pem.Block{Type: pemEd25519, Bytes: pk8})            // strings.Builder cannot fail
+	_ = pem.Encode(&b, &pem.Block{Type: pemMLDSA, Bytes: id.MLDSA.Bytes()}) // same
 	return []byte(b.String()), nil
 }
 
-// ParseIdentityPEM decodes an identity written by MarshalPEM.
+// ParseIdentityPEM decodes an identity written by MarshalPEM. Files written
+// by pqtunnel/1 have the same form and keys, and so the same pin.
 func ParseIdentityPEM(data []byte) (*Identity, error) {
 	var edKey ed25519.PrivateKey
-	var seed *[mldsa65.SeedSize]byte
+	var seed []byte
 	rest := data
 	for {
 		var block *pem.Block
@@ -135,11 +138,10 @@ func ParseIdentityPEM(data []byte) (*Identity, error) {
 			if seed != nil {
 				return nil, errors.New("identity has two ML-DSA-65 keys")
 			}
-			if len(block.Bytes) != mldsa65.SeedSize {
-				return nil, fmt.Errorf("identity ML-DSA-65 seed is %d bytes, want %d", len(block.Bytes), mldsa65.SeedSize)
+			if len(block.Bytes) != mldsa.PrivateKeySize {
+				return nil, fmt.Errorf("identity ML-DSA-65 seed is %d bytes, want %d", len(block.Bytes), mldsa.PrivateKeySize)
 			}
-			seed = new([mldsa65.SeedSize]byte)
-			copy(seed[:], block.Bytes)
+			seed = block.Bytes
 		default:
 			return nil, fmt.Errorf("identity has unexpected PEM block %q", block.Type)
 		}
@@ -152,7 +154,11 @@ func ParseIdentityPEM(data []byte) (*Identity, error) {
 	case seed == nil:
 		return nil, errors.New("identity has no ML-DSA-65 key")
 	}
-	return newIdentity(edKey, seed)
+	mlKey, err := mldsa.NewPrivateKey(mldsa.MLDSA65(), seed)
+	if err != nil {
+		return nil, fmt.Errorf("identity ML-DSA-65 key: %w", err)
+	}
+	return newIdentity(edKey, mlKey)
 }
 
 // LoadIdentityFile reads an identity file, refusing one that other users can
@@ -215,58 +221,76 @@ func ParsePins(s string) ([]Pin, error) {
 	return out, nil
 }
 
-// mldsaKeyBytes returns the packed ML-DSA-65 key a certificate carries, or
-// nil if it has no OIDMLDSA65Key extension.
-func mldsaKeyBytes(cert *x509.Certificate) ([]byte, error) {
+// Ed25519PublicKey returns the Ed25519 key a pinned identity's certificate
+// carries, or nil if it has no OIDEd25519Key extension.
+func Ed25519PublicKey(cert *x509.Certificate) (ed25519.PublicKey, error) {
 	for _, ext := range cert.Extensions {
-		if !ext.Id.Equal(OIDMLDSA65Key) {
+		if !ext.Id.Equal(OIDEd25519Key) {
 			continue
 		}
 		var raw []byte
 		rest, err := asn1.Unmarshal(ext.Value, &raw)
 		if err != nil || len(rest) != 0 {
-			return nil, errors.New("certificate ML-DSA-65 extension is malformed")
+			return nil, errors.New("certificate Ed25519 extension is malformed")
 		}
-		if len(raw) != mldsa65.PublicKeySize {
-			return nil, fmt.Errorf("certificate ML-DSA-65 key is %d bytes, want %d", len(raw), mldsa65.PublicKeySize)
+		if len(raw) != ed25519.PublicKeySize {
+			return nil, fmt.Errorf("certificate Ed25519 key is %d bytes, want %d", len(raw), ed25519.PublicKeySize)
 		}
-		return raw, nil
+		return ed25519.PublicKey(raw), nil
 	}
 	return nil, nil
 }
 
-// MLDSAPublicKey returns the ML-DSA-65 key a certificate carries, or nil if it
-// has no OIDMLDSA65Key extension.
-func MLDSAPublicKey(cert *x509.Certificate) (*mldsa65.PublicKey, error) {
-	raw, err := mldsaKeyBytes(cert)
-	if raw == nil || err != nil {
-		return nil, err
+// ErrNotIdentity is wrapped when a certificate is not a pqtunnel/2 pinned
+// identity: its key is not ML-DSA-65 or it carries no Ed25519 key.
+var ErrNotIdentity = errors.New("certificate is not a pqtunnel hybrid identity")
+
+// PinOf computes the pin of a pinned identity's certificate: SHA-256 over a
+// label, the Ed25519 SubjectPublicKeyInfo and the packed ML-DSA-65 public
+// key. These are the bytes pqtunnel/1 hashed (its certificate was the other
+// way round), so an identity keeps its pin across versions.
+func PinOf(cert *x509.Certificate) (Pin, error) {
+	mlPub, ok := cert.PublicKey.(*mldsa.PublicKey)
+	if !ok || mlPub.Parameters() != mldsa.MLDSA65() {
+		return Pin{}, fmt.Errorf("%w: its key is %s, want ML-DSA-65", ErrNotIdentity, keyName(cert.PublicKey))
 	}
-	var pk mldsa65.PublicKey
-	if err := pk.UnmarshalBinary(raw); err != nil {
-		return nil, fmt.Errorf("certificate ML-DSA-65 key: %w", err)
+	edPub, err := Ed25519PublicKey(cert)
+	if err != nil {
+		return Pin{}, fmt.Errorf("%w: %w", ErrNotIdentity, err)
 	}
-	return &pk, nil
+	if edPub == nil {
+		return Pin{}, fmt.Errorf("%w: it carries no Ed25519 key", ErrNotIdentity)
+	}
+	spki, err := x509.MarshalPKIXPublicKey(edPub)
+	if err != nil {
+		return Pin{}, fmt.Errorf("encode ed25519 key: %w", err)
+	}
+	return pinOfKeys(spki, mlPub.Bytes()), nil
 }
 
-// PinOf computes the pin of a certificate: SHA-256 over a label, the
-// certificate's SubjectPublicKeyInfo and its ML-DSA-65 public key.
-// Hashing the packed key as carried avoids unpacking it, which is costly.
-func PinOf(cert *x509.Certificate) (Pin, error) {
-	pk, err := mldsaKeyBytes(cert)
-	if err != nil {
-		return Pin{}, err
-	}
-	if pk == nil {
-		return Pin{}, errors.New("certificate has no ML-DSA-65 key: it is not a pqtunnel hybrid identity")
-	}
+func pinOfKeys(edSPKI, mlPub []byte) Pin {
 	h := sha256.New()
 	h.Write([]byte("pqtunnel pin v1\x00"))
-	writeLenPrefixed(h, cert.RawSubjectPublicKeyInfo)
-	writeLenPrefixed(h, pk)
+	writeLenPrefixed(h, edSPKI)
+	writeLenPrefixed(h, mlPub)
 	var p Pin
 	h.Sum(p[:0])
-	return p, nil
+	return p
+}
+
+// keyName names a certificate's public key type for error messages.
+func keyName(pub any) string {
+	switch k := pub.(type) {
+	case *mldsa.PublicKey:
+		return k.Parameters().String()
+	case ed25519.PublicKey:
+		return "Ed25519"
+	case *ecdsa.PublicKey:
+		return "ECDSA " + k.Curve.Params().Name
+	case *rsa.PublicKey:
+		return fmt.Sprintf("RSA-%d", k.Size()*8)
+	}
+	return fmt.Sprintf("%T", pub)
 }
 
 func writeLenPrefixed(h interface{ Write([]byte) (int, error) }, b []byte) {

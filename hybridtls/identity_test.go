@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/mldsa"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
@@ -11,8 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
 )
 
 func mustIdentity(t testing.TB) *Identity {
@@ -101,9 +100,13 @@ func TestGenerateIdentityIsRandom(t *testing.T) {
 func TestPinCoversMLDSAKey(t *testing.T) {
 	// Same Ed25519 key, different ML-DSA seed: the pin must differ.
 	id := mustIdentity(t)
-	var seed [mldsa65.SeedSize]byte
+	seed := make([]byte, mldsa.PrivateKeySize)
 	seed[0] = 1
-	other, err := newIdentity(id.Ed25519, &seed)
+	mlKey, err := mldsa.NewPrivateKey(mldsa.MLDSA65(), seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := newIdentity(id.Ed25519, mlKey)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,31 +1,32 @@
 package hybridtls
 
 import (
+	"crypto/ed25519"
 	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"io"
-
-	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
 )
 
 // The proof message each side sends right after the TLS handshake:
 //
 //	"PQTP" | version (1 byte) | signature length (uint16, big endian) | signature
 //
-// The signature is ML-DSA-65 over TLS exported keying material, with the
-// sender's role as the signing context, so a proof is bound to one TLS
-// session and cannot be reflected back to its sender. A zero-length signature
-// means the sender has no ML-DSA key (CA mode with classical certificates).
+// The handshake's CertificateVerify already proved the ML-DSA-65 key; the
+// proof adds the identity's Ed25519 key, so that a forger must break both.
+// The signature is Ed25519ctx (RFC 8032) over TLS exported keying material
+// with the sender's role as the context, so a proof is bound to one TLS
+// session and cannot be reflected back to its sender. A zero-length
+// signature means the sender has no pinned identity (CA mode).
 const (
 	proofMagic   = "PQTP"
-	proofVersion = 1
+	proofVersion = 2
 	proofHeader  = len(proofMagic) + 1 + 2
-	ekmLabel     = "EXPORTER-pqtunnel-mldsa65-proof"
+	ekmLabel     = "EXPORTER-pqtunnel-ed25519-proof"
 	ekmLength    = 32
 )
 
-// Role is the side of the TLS handshake, used as the ML-DSA signing context.
+// Role is the side of the TLS handshake, used as the proof's signing context.
 type Role bool
 
 const (
@@ -33,15 +34,15 @@ const (
 	RoleServer Role = false
 )
 
-func (r Role) context() []byte {
+func (r Role) context() string {
 	if r == RoleClient {
-		return []byte("pqtunnel proof client")
+		return "pqtunnel/2 proof client"
 	}
-	return []byte("pqtunnel proof server")
+	return "pqtunnel/2 proof server"
 }
 
-// ErrProof is wrapped by every failure of the peer's ML-DSA-65 proof.
-var ErrProof error = &RefusalError{"proof_failed", "ML-DSA-65 proof failed"}
+// ErrProof is wrapped by every failure of the peer's Ed25519 proof.
+var ErrProof error = &RefusalError{"proof_failed", "Ed25519 session proof failed"}
 
 func channelBinding(cs *tls.ConnectionState) ([]byte, error) {
 	ekm, err := cs.ExportKeyingMaterial(ekmLabel, nil, ekmLength)
@@ -52,7 +53,7 @@ func channelBinding(cs *tls.ConnectionState) ([]byte, error) {
 }
 
 // AppendProof appends a proof message signed by key (nil for none) to dst.
-func AppendProof(dst []byte, cs *tls.ConnectionState, key *mldsa65.PrivateKey, role Role) ([]byte, error) {
+func AppendProof(dst []byte, cs *tls.ConnectionState, key ed25519.PrivateKey, role Role) ([]byte, error) {
 	dst = append(dst, proofMagic...)
 	dst = append(dst, proofVersion)
 	if key == nil {
@@ -62,8 +63,8 @@ func AppendProof(dst []byte, cs *tls.ConnectionState, key *mldsa65.PrivateKey, r
 	if err != nil {
 		return nil, err
 	}
-	sig := make([]byte, mldsa65.SignatureSize)
-	if err := mldsa65.SignTo(key, ekm, role.context(), true, sig); err != nil {
+	sig, err := key.Sign(nil, ekm, &ed25519.Options{Context: role.context()})
+	if err != nil {
 		return nil, fmt.Errorf("sign proof: %w", err)
 	}
 	dst = binary.BigEndian.AppendUint16(dst, uint16(len(sig)))
@@ -71,7 +72,7 @@ func AppendProof(dst []byte, cs *tls.ConnectionState, key *mldsa65.PrivateKey, r
 }
 
 // ReadProof reads one proof message and returns its signature, empty when
-// the sender has no ML-DSA key. It reads at most one bounded message.
+// the sender has no pinned identity. It reads at most one bounded message.
 func ReadProof(r io.Reader) ([]byte, error) {
 	var hdr [proofHeader]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
@@ -88,8 +89,8 @@ func parseProofHeader(hdr []byte, r io.Reader) ([]byte, error) {
 		return nil, fmt.Errorf("%w: proof version %d not supported (want %d)", ErrProof, hdr[4], proofVersion)
 	}
 	n := int(binary.BigEndian.Uint16(hdr[5:]))
-	if n != 0 && n != mldsa65.SignatureSize {
-		return nil, fmt.Errorf("%w: proof signature is %d bytes, want %d", ErrProof, n, mldsa65.SignatureSize)
+	if n != 0 && n != ed25519.SignatureSize {
+		return nil, fmt.Errorf("%w: proof signature is %d bytes, want %d", ErrProof, n, ed25519.SignatureSize)
 	}
 	sig := make([]byte, n)
 	if _, err := io.ReadFull(r, sig); err != nil {
@@ -98,35 +99,36 @@ func parseProofHeader(hdr []byte, r io.Reader) ([]byte, error) {
 	return sig, nil
 }
 
-// VerifyProof checks a peer's signature against its certificate's ML-DSA-65
-// key. It returns whether the peer proved a post-quantum key; a certificate
-// without one is accepted only when requirePQ is false.
-func VerifyProof(cs *tls.ConnectionState, sig []byte, peerRole Role, requirePQ bool) (bool, error) {
+// VerifyProof checks a peer's signature against the Ed25519 key its
+// certificate carries. A pinned peer (pinned true) must prove it; a CA-mode
+// peer must send no signature, since its certificate carries no Ed25519 key
+// of ours.
+func VerifyProof(cs *tls.ConnectionState, sig []byte, peerRole Role, pinned bool) error {
 	if len(cs.PeerCertificates) == 0 {
-		return false, fmt.Errorf("%w: peer presented no certificate", ErrProof)
+		return fmt.Errorf("%w: peer presented no certificate", ErrProof)
 	}
-	pk, err := MLDSAPublicKey(cs.PeerCertificates[0])
+	if !pinned {
+		if len(sig) != 0 {
+			return fmt.Errorf("%w: CA-mode peer sent a pinned identity's proof", ErrProof)
+		}
+		return nil
+	}
+	pk, err := Ed25519PublicKey(cs.PeerCertificates[0])
 	if err != nil {
-		return false, fmt.Errorf("%w: %w", ErrProof, err)
+		return fmt.Errorf("%w: %w", ErrProof, err)
 	}
 	if pk == nil {
-		if requirePQ {
-			return false, fmt.Errorf("%w: peer certificate carries no ML-DSA-65 key", ErrProof)
-		}
-		if len(sig) != 0 {
-			return false, fmt.Errorf("%w: peer sent a signature but its certificate has no ML-DSA-65 key", ErrProof)
-		}
-		return false, nil
+		return fmt.Errorf("%w: peer certificate carries no Ed25519 key", ErrProof)
 	}
 	if len(sig) == 0 {
-		return false, fmt.Errorf("%w: peer certificate carries an ML-DSA-65 key but the peer sent no signature", ErrProof)
+		return fmt.Errorf("%w: peer is a pinned identity but sent no signature", ErrProof)
 	}
 	ekm, err := channelBinding(cs)
 	if err != nil {
-		return false, err
+		return err
 	}
-	if !mldsa65.Verify(pk, ekm, peerRole.context(), sig) {
-		return false, fmt.Errorf("%w: signature does not verify for this session", ErrProof)
+	if err := ed25519.VerifyWithOptions(pk, ekm, sig, &ed25519.Options{Context: peerRole.context()}); err != nil {
+		return fmt.Errorf("%w: signature does not verify for this session: %w", ErrProof, err)
 	}
-	return true, nil
+	return nil
 }

@@ -2,29 +2,28 @@ package hybridtls
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"encoding/binary"
 	"errors"
 	"io"
 	"testing"
-
-	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
 )
 
 func TestProofEncoding(t *testing.T) {
 	client, _, c, _ := connectTLS(t)
 	cs := c.ConnectionState()
-	msg := mustProof(t, &cs, client.id.MLDSA, RoleClient)
-	if len(msg) != proofHeader+mldsa65.SignatureSize {
-		t.Fatalf("proof is %d bytes, want %d", len(msg), proofHeader+mldsa65.SignatureSize)
+	msg := mustProof(t, &cs, client.id.Ed25519, RoleClient)
+	if len(msg) != proofHeader+ed25519.SignatureSize {
+		t.Fatalf("proof is %d bytes, want %d", len(msg), proofHeader+ed25519.SignatureSize)
 	}
-	if string(msg[:4]) != "PQTP" || msg[4] != 1 || int(binary.BigEndian.Uint16(msg[5:7])) != mldsa65.SignatureSize {
+	if string(msg[:4]) != "PQTP" || msg[4] != 2 || int(binary.BigEndian.Uint16(msg[5:7])) != ed25519.SignatureSize {
 		t.Fatalf("proof header = %q", msg[:proofHeader])
 	}
 	empty, err := AppendProof([]byte("x"), nil, nil, RoleServer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "xPQTP\x01\x00\x00"; string(empty) != want {
+	if want := "xPQTP\x02\x00\x00"; string(empty) != want {
 		t.Fatalf("empty proof = %q, want %q", empty, want)
 	}
 	// ReadProof reads exactly one message, leaving what follows.
@@ -43,20 +42,22 @@ func TestProofEncoding(t *testing.T) {
 }
 
 func TestReadProofErrors(t *testing.T) {
-	full := append([]byte("PQTP\x01"), binary.BigEndian.AppendUint16(nil, mldsa65.SignatureSize)...)
+	full := append([]byte("PQTP\x02"), binary.BigEndian.AppendUint16(nil, ed25519.SignatureSize)...)
 	tests := []struct {
 		name string
 		in   []byte
 	}{
 		{"empty", nil},
-		{"short header", []byte("PQTP\x01\x00")},
-		{"bad magic", []byte("PQTX\x01\x00\x00")},
-		{"bad version", []byte("PQTP\x02\x00\x00")},
+		{"short header", []byte("PQTP\x02\x00")},
+		{"bad magic", []byte("PQTX\x02\x00\x00")},
+		{"pqtunnel/1 version", []byte("PQTP\x01\x00\x00")},
+		{"pqtunnel/1 ML-DSA-65 proof", append([]byte("PQTP\x01\x0c\xed"), make([]byte, 3309)...)},
 		{"version zero", []byte("PQTP\x00\x00\x00")},
-		{"length one", []byte("PQTP\x01\x00\x01x")},
-		{"length max", append([]byte("PQTP\x01\xff\xff"), make([]byte, 1<<16)...)},
-		{"length one short of a signature", append([]byte("PQTP\x01"), binary.BigEndian.AppendUint16(make([]byte, 0, 2), mldsa65.SignatureSize-1)...)},
-		{"signature truncated", append(full, make([]byte, mldsa65.SignatureSize-1)...)},
+		{"length one", []byte("PQTP\x02\x00\x01x")},
+		{"length max", append([]byte("PQTP\x02\xff\xff"), make([]byte, 1<<16)...)},
+		{"ML-DSA-65 signature length", append([]byte("PQTP\x02\x0c\xed"), make([]byte, 3309)...)},
+		{"length one short of a signature", append([]byte("PQTP\x02"), binary.BigEndian.AppendUint16(make([]byte, 0, 2), ed25519.SignatureSize-1)...)},
+		{"signature truncated", append(full, make([]byte, ed25519.SignatureSize-1)...)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -69,19 +70,19 @@ func TestReadProofErrors(t *testing.T) {
 }
 
 // FuzzReadProof: ReadProof on any input never panics, never returns a
-// signature longer than an ML-DSA-65 signature, and consumes exactly the
+// signature longer than an Ed25519 signature, and consumes exactly the
 // header plus the signature it returns.
 func FuzzReadProof(f *testing.F) {
 	client, _, c, _ := connectTLS(f)
 	cs := c.ConnectionState()
-	real := mustProof(f, &cs, client.id.MLDSA, RoleClient)
+	real := mustProof(f, &cs, client.id.Ed25519, RoleClient)
 	f.Add(real)
 	f.Add(append(bytes.Clone(real), "more"...))
 	f.Add(real[:len(real)-1])
-	f.Add([]byte("PQTP\x01\x00\x00"))
-	f.Add([]byte("PQTP\x01\x00\x00trailing"))
 	f.Add([]byte("PQTP\x02\x00\x00"))
-	f.Add([]byte("PQTP\x01\xff\xff"))
+	f.Add([]byte("PQTP\x02\x00\x00trailing"))
+	f.Add([]byte("PQTP\x01\x00\x00"))
+	f.Add([]byte("PQTP\x02\xff\xff"))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := bytes.NewReader(data)
@@ -92,10 +93,10 @@ func FuzzReadProof(f *testing.F) {
 			}
 			return
 		}
-		if len(sig) > mldsa65.SignatureSize {
+		if len(sig) > ed25519.SignatureSize {
 			t.Fatalf("ReadProof returned %d bytes, more than a signature", len(sig))
 		}
-		if len(sig) != 0 && len(sig) != mldsa65.SignatureSize {
+		if len(sig) != 0 && len(sig) != ed25519.SignatureSize {
 			t.Fatalf("ReadProof returned a %d-byte signature", len(sig))
 		}
 		if consumed := len(data) - r.Len(); consumed != proofHeader+len(sig) {

@@ -26,6 +26,8 @@ type Probe struct {
 	Group     tls.CurveID
 	PeerName  string
 	PQAuth    bool
+	// Sig is the peer's CertificateVerify signature scheme (ML-DSA-65).
+	Sig       string
 	Handshake time.Duration
 	// ClientHello and ServerHello are TLS record sizes in bytes (TCP only).
 	ClientHello, ServerHello int
@@ -54,7 +56,7 @@ func ProbeTunnel(ctx context.Context, cfg Config, peer string, tr transport.Tran
 	mc.TLS = store.ClientConfigFor(hostOf(peer))
 	mc.Authenticate = func(cs *tls.ConnectionState, rw io.ReadWriter, client bool) (transport.Peer, error) {
 		pr, err := store.Authenticate(cs, rw, hybridtls.RoleClient)
-		return transport.Peer{Name: pr.Name, PQAuth: pr.PQAuth}, err
+		return transport.Peer{Name: pr.Name, PQAuth: pr.PQAuth, Sig: hybridtls.SignatureSchemeName(pr.Sig)}, err
 	}
 	var tc *recordingConn
 	var pc *countingPacketConn
@@ -73,7 +75,7 @@ func ProbeTunnel(ctx context.Context, cfg Config, peer string, tr transport.Tran
 	}
 	info := s.Info()
 	_ = s.Close() // a probe only
-	p.Group, p.PeerName, p.PQAuth, p.Handshake = info.TLS.CurveID, info.Peer.Name, info.Peer.PQAuth, info.Handshake
+	p.Group, p.PeerName, p.PQAuth, p.Sig, p.Handshake = info.TLS.CurveID, info.Peer.Name, info.Peer.PQAuth, info.Peer.Sig, info.Handshake
 	return p
 }
 

@@ -194,7 +194,7 @@ func (e *Engine) muxConfig(tc *tls.Config) *transport.Config {
 			role = hybridtls.RoleClient
 		}
 		p, err := e.cfg.TLS.Authenticate(cs, rw, role)
-		return transport.Peer{Name: p.Name, PQAuth: p.PQAuth}, err
+		return transport.Peer{Name: p.Name, PQAuth: p.PQAuth, Sig: hybridtls.SignatureSchemeName(p.Sig)}, err
 	}
 	return &mc
 }
@@ -454,7 +454,7 @@ func (e *Engine) serveSession(s transport.Session) { e.serveTunnel(e.newTunnel(s
 func (e *Engine) newTunnel(s transport.Session) *tunnel {
 	t := &tunnel{s: s, id: e.nextID.Add(1), since: time.Now()}
 	info := s.Info()
-	t.log = e.log.With("tunnel", t.id, "transport", info.Transport, "group", hybridtls.GroupName(info.TLS.CurveID), "peer", info.Peer.Name)
+	t.log = e.log.With("tunnel", t.id, "transport", info.Transport, "group", hybridtls.GroupName(info.TLS.CurveID), "sig", info.Peer.Sig, "peer", info.Peer.Name)
 	return t
 }
 

@@ -118,6 +118,7 @@ type TunnelStatus struct {
 	TLS       string    `json:"tls"`
 	Peer      string    `json:"peer"`
 	PQAuth    bool      `json:"pq_auth"`
+	Sig       string    `json:"sig"`
 	Remote    string    `json:"remote"`
 	Since     time.Time `json:"since"`
 	Streams   int64     `json:"streams"`
@@ -140,7 +141,7 @@ func (e *Engine) Readiness() Readiness {
 		info := t.s.Info()
 		st.Tunnels = append(st.Tunnels, TunnelStatus{
 			ID: t.id, Transport: info.Transport, Group: hybridtls.GroupName(info.TLS.CurveID),
-			PQ: hybridtls.IsHybrid(info.TLS.CurveID), TLS: "1.3", Peer: info.Peer.Name, PQAuth: info.Peer.PQAuth,
+			PQ: hybridtls.IsHybrid(info.TLS.CurveID), TLS: "1.3", Peer: info.Peer.Name, PQAuth: info.Peer.PQAuth, Sig: info.Peer.Sig,
 			Remote: info.Remote.String(), Since: t.since, Streams: t.active.Load(),
 		})
 	}

@@ -143,6 +143,8 @@ type Info struct {
 type Peer struct {
 	Name   string
 	PQAuth bool
+	// Sig names the peer's CertificateVerify signature scheme (ML-DSA-65).
+	Sig string
 }
 
 // Stats are transport measurements of a live session.

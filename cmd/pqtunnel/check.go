@@ -111,8 +111,8 @@ func probe(w io.Writer, pc proxy.Config, peer string, tr transport.Transport, mo
 		fmt.Fprintf(w, "  %-4s offer %-52s FAIL%s  %s\n", tr.Name(), offered, sizes, p.Verdict(pin))
 		return p
 	}
-	fmt.Fprintf(w, "  %-4s offer %-52s ok   group=%s handshake=%s%s peer=%s pq_auth=%t\n", tr.Name(), offered,
-		hybridtls.GroupName(p.Group), p.Handshake.Round(10*time.Microsecond), sizes, p.PeerName, p.PQAuth)
+	fmt.Fprintf(w, "  %-4s offer %-52s ok   group=%s sig=%s handshake=%s%s peer=%s pq_auth=%t\n", tr.Name(), offered,
+		hybridtls.GroupName(p.Group), p.Sig, p.Handshake.Round(10*time.Microsecond), sizes, p.PeerName, p.PQAuth)
 	return p
 }
 

@@ -1,0 +1,199 @@
+package hybridtls
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/mldsa"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// identity-v1.pem was written by 'pqtunnel keygen' of pqtunnel/1, whose
+// handshake key was the Ed25519 one; the pin is what that version printed.
+const v1IdentityPin = "pqt1_ek4svhkot7f3vwm2hay2gd2jfaknpkwrxvkr5zmwvndbt4y7exqa"
+
+func TestPQTunnel1IdentityFileLoadsWithItsPin(t *testing.T) {
+	data, err := os.ReadFile("testdata/identity-v1.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := ParseIdentityPEM(data)
+	if err != nil {
+		t.Fatalf("ParseIdentityPEM(pqtunnel/1 file): %v", err)
+	}
+	if id.Pin.String() != v1IdentityPin {
+		t.Fatalf("pin = %s, want the pqtunnel/1 pin %s", id.Pin, v1IdentityPin)
+	}
+	again, err := id.MarshalPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(again, data) {
+		t.Errorf("MarshalPEM of a pqtunnel/1 identity differs from the file:\n%s\nwant\n%s", again, data)
+	}
+}
+
+func TestIdentityCertificateIsMLDSA65SignedByEd25519(t *testing.T) {
+	id := mustIdentity(t)
+	leaf := id.Certificate.Leaf
+	pub, ok := leaf.PublicKey.(*mldsa.PublicKey)
+	if !ok || pub.Parameters() != mldsa.MLDSA65() || !pub.Equal(id.MLDSA.PublicKey()) {
+		t.Fatalf("certificate key = %T, want the identity's ML-DSA-65 key", leaf.PublicKey)
+	}
+	if _, ok := id.Certificate.PrivateKey.(*mldsa.PrivateKey); !ok {
+		t.Fatalf("tls.Certificate.PrivateKey = %T, want *mldsa.PrivateKey (it signs CertificateVerify)", id.Certificate.PrivateKey)
+	}
+	if leaf.SignatureAlgorithm != x509.PureEd25519 {
+		t.Errorf("certificate signed with %v, want Ed25519", leaf.SignatureAlgorithm)
+	}
+	edPub, err := Ed25519PublicKey(leaf)
+	if err != nil || !edPub.Equal(id.Ed25519.Public()) {
+		t.Fatalf("Ed25519 extension = %x, %v; want the identity's Ed25519 key", edPub, err)
+	}
+	if !ed25519.Verify(edPub, leaf.RawTBSCertificate, leaf.Signature) {
+		t.Error("certificate signature does not verify with the identity's Ed25519 key")
+	}
+	// ML-DSA-65 key (1,952 B) plus an Ed25519 key and signature and the
+	// usual fields; an ML-DSA-65 self-signature would add 3,245 bytes.
+	if n := len(leaf.Raw); n > 2300 {
+		t.Errorf("certificate is %d bytes, want under 2300", n)
+	}
+	t.Logf("identity certificate: %d bytes", len(leaf.Raw))
+}
+
+func TestPinOfRefusesNonIdentityCertificates(t *testing.T) {
+	id := mustIdentity(t)
+	withoutEd := *id.Certificate.Leaf
+	withoutEd.Extensions = nil
+	for name, cert := range map[string]*x509.Certificate{
+		"ECDSA certificate":  newTestCA(t, "plain").cert,
+		"no Ed25519 key ext": &withoutEd,
+	} {
+		if _, err := PinOf(cert); !errors.Is(err, ErrNotIdentity) {
+			t.Errorf("%s: PinOf = %v, want ErrNotIdentity", name, err)
+		}
+	}
+}
+
+// impostor returns an identity presenting victim's certificate (and so its
+// pin) whose keys are victim's only where keep says so.
+func impostor(t *testing.T, victim *Identity, keepMLDSA, keepEd25519 bool) *Identity {
+	t.Helper()
+	other := mustIdentity(t)
+	imp := *victim
+	if !keepMLDSA {
+		imp.MLDSA = other.MLDSA
+	}
+	if !keepEd25519 {
+		imp.Ed25519 = other.Ed25519
+	}
+	imp.Certificate = victim.Certificate
+	imp.Certificate.PrivateKey = imp.MLDSA
+	return &imp
+}
+
+func TestHandshakeFailsForPeerWithoutTheMLDSAKey(t *testing.T) {
+	cid, sid := mustIdentity(t), mustIdentity(t)
+	t.Run("client", func(t *testing.T) {
+		client := pinnedSide(t, Strict, DefaultGroups, impostor(t, cid, false, true), sid.Pin)
+		server := pinnedSide(t, Strict, DefaultGroups, sid, cid.Pin)
+		_, _, cerr, serr := handshake(t, client.store.ClientConfig(), server.store.ServerConfig())
+		if serr == nil {
+			t.Fatal("server completed the TLS handshake with a client that lacks the pinned ML-DSA-65 key")
+		}
+		if !strings.Contains(serr.Error(), "ML-DSA verification failure") {
+			t.Errorf("server handshake error = %v, want the CertificateVerify to fail", serr)
+		}
+		_ = cerr // TLS 1.3 lets the client finish before the server checks it
+	})
+	t.Run("server", func(t *testing.T) {
+		client := pinnedSide(t, Strict, DefaultGroups, cid, sid.Pin)
+		server := pinnedSide(t, Strict, DefaultGroups, impostor(t, sid, false, true), cid.Pin)
+		_, _, cerr, serr := handshake(t, client.store.ClientConfig(), server.store.ServerConfig())
+		if cerr == nil || serr == nil {
+			t.Fatalf("handshake with a server that lacks the pinned ML-DSA-65 key: client %v, server %v", cerr, serr)
+		}
+		if !strings.Contains(cerr.Error(), "ML-DSA verification failure") {
+			t.Errorf("client handshake error = %v, want the CertificateVerify to fail", cerr)
+		}
+	})
+}
+
+func TestAuthenticateRefusesPeerWithoutTheEd25519Key(t *testing.T) {
+	cid, sid := mustIdentity(t), mustIdentity(t)
+	t.Run("client", func(t *testing.T) {
+		client := pinnedSide(t, Strict, DefaultGroups, impostor(t, cid, true, false), sid.Pin)
+		server := pinnedSide(t, Strict, DefaultGroups, sid, cid.Pin)
+		_, _, cr, sr := connect(t, client, server)
+		if !errors.Is(sr.err, ErrProof) {
+			t.Fatalf("server Authenticate = %v (client %v), want ErrProof", sr.err, cr.err)
+		}
+	})
+	t.Run("server", func(t *testing.T) {
+		client := pinnedSide(t, Strict, DefaultGroups, cid, sid.Pin)
+		server := pinnedSide(t, Strict, DefaultGroups, impostor(t, sid, true, false), cid.Pin)
+		_, _, cr, sr := connect(t, client, server)
+		if !errors.Is(cr.err, ErrProof) {
+			t.Fatalf("client Authenticate = %v (server %v), want ErrProof", cr.err, sr.err)
+		}
+	})
+}
+
+func TestHandshakeCertificateVerifyIsMLDSA65OnTheWire(t *testing.T) {
+	client, server := pinnedPair(t)
+	var keys bytes.Buffer
+	cc := client.store.ClientConfig()
+	cc.KeyLogWriter = &keys
+	rc, rs := tcpPair(t)
+	tap := &tapConn{Conn: rc}
+	c, s := tls.Client(tap, cc), tls.Server(rs, server.store.ServerConfig())
+	var wg sync.WaitGroup
+	var cr, sr authResult
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if sr.err = s.Handshake(); sr.err == nil {
+			cs := s.ConnectionState()
+			sr.peer, sr.err = server.store.Authenticate(&cs, s, RoleServer)
+		}
+	}()
+	if cr.err = c.Handshake(); cr.err == nil {
+		cs := c.ConnectionState()
+		cr.peer, cr.err = client.store.Authenticate(&cs, c, RoleClient)
+	}
+	wg.Wait()
+	if cr.err != nil || sr.err != nil {
+		t.Fatalf("client %v, server %v", cr.err, sr.err)
+	}
+	if cr.peer.Sig != tls.MLDSA65 || sr.peer.Sig != tls.MLDSA65 || !cr.peer.PQAuth || !sr.peer.PQAuth {
+		t.Errorf("peers = %+v / %+v, want Sig MLDSA65 and PQAuth", cr.peer, sr.peer)
+	}
+	suite := c.ConnectionState().CipherSuite
+	sent, received := tap.captured()
+	for _, dir := range []struct {
+		name, label string
+		records     []byte
+	}{
+		{"server", "SERVER_HANDSHAKE_TRAFFIC_SECRET", received},
+		{"client", "CLIENT_HANDSHAKE_TRAFFIC_SECRET", sent},
+	} {
+		secret := keyLogSecret(t, keys.String(), dir.label)
+		msgs := decryptHandshake(t, suite, secret, dir.records)
+		cv, ok := msgs[typeCertificateVerify]
+		if !ok {
+			t.Fatalf("%s flight has no CertificateVerify", dir.name)
+		}
+		if got := tls.SignatureScheme(uint16(cv[0])<<8 | uint16(cv[1])); got != tls.MLDSA65 {
+			t.Errorf("%s CertificateVerify scheme = %v, want MLDSA65 (0x0905)", dir.name, got)
+		}
+		if n := len(cv) - 4; n != mldsa.MLDSA65SignatureSize {
+			t.Errorf("%s CertificateVerify signature is %d bytes, want %d", dir.name, n, mldsa.MLDSA65SignatureSize)
+		}
+		t.Logf("%s handshake bytes: %d", dir.name, len(dir.records))
+	}
+}
