@@ -1,7 +1,8 @@
 // Package hybridtls holds pqtunnel's TLS 1.3 policy: which key-exchange
 // groups are offered and accepted, how peers are identified (pinned hybrid
-// identities or CA-issued certificates), and the ML-DSA-65 proof that binds a
-// peer's post-quantum key to the TLS session. It opens no sockets and runs no
+// identities or CA-issued certificates), and the Ed25519 proof that binds a
+// pinned peer's second key to the TLS session, whose handshake ML-DSA-65
+// signs. It opens no sockets and runs no
 // loops: callers hand it a tls.ConnectionState and an io.ReadWriter.
 package hybridtls
 

@@ -175,7 +175,7 @@ func TestClassicalOnlyPeerRefused(t *testing.T) {
 			t.Errorf("negotiated %s, want X25519", hybridtls.GroupName(g))
 		}
 		// The listen side accepted our certificate and went on to send its
-		// ML-DSA proof, which starts with "PQTP".
+		// session proof, which starts with "PQTP".
 		dl, _ := hctx.Deadline()
 		_ = tc.SetReadDeadline(dl) // a failure shows as a read error
 		magic := make([]byte, 4)
@@ -189,7 +189,7 @@ func TestClassicalOnlyPeerRefused(t *testing.T) {
 }
 
 // TestMissingProofRefused completes a genuine TLS handshake with the dial
-// side's identity but then sends no ML-DSA proof, or garbage instead of
+// side's identity but then sends no session proof, or garbage instead of
 // one: the listen side closes the connection within its handshake timeout,
 // says why, and never dials the origin.
 func TestMissingProofRefused(t *testing.T) {

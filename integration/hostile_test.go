@@ -315,7 +315,7 @@ func TestHostilePeers(t *testing.T) {
 	})
 
 	// A QUIC peer with a valid identity that completes TLS but never sends
-	// its ML-DSA proof: the listen side must close it at the timeout.
+	// its session proof: the listen side must close it at the timeout.
 	store := dialStore(t)
 	noProof := make(chan hosCut, 1)
 	go func() {

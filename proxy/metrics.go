@@ -37,7 +37,7 @@ func NewMetrics() *Metrics {
 			Name: "pqtunnel_tunnels_up", Help: "Tunnel connections up, by transport and negotiated key-exchange group.",
 		}, []string{"transport", "group"}),
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "pqtunnel_handshakes_total", Help: "Tunnel handshakes completed (TLS and ML-DSA proof), by transport and group.",
+			Name: "pqtunnel_handshakes_total", Help: "Tunnel handshakes completed (TLS and session proof), by transport and group.",
 		}, []string{"transport", "group"}),
 		handshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pqtunnel_handshake_failures_total", Help: "Tunnel handshakes that failed or were refused, by reason (not_post_quantum, no_common_group, peer_not_allowed, proof_failed, timeout, busy, tls, dial).",

@@ -41,7 +41,7 @@ type Config struct {
 	Allow       string `env:"PQT_ALLOW" help:"CA mode: peers accepted by certificate name: dns:NAME, uri:URI, cn:NAME, comma-separated; empty accepts any the CA signed."`
 	ServerName  string `env:"PQT_SERVER_NAME" help:"CA mode: the name a dial side verifies in the peer's certificate; default the host of PQT_TUNNEL."`
 
-	HandshakeTimeout time.Duration `env:"PQT_HANDSHAKE_TIMEOUT" envDefault:"10s" help:"Bound on a tunnel handshake including the ML-DSA proof."`
+	HandshakeTimeout time.Duration `env:"PQT_HANDSHAKE_TIMEOUT" envDefault:"10s" help:"Bound on a tunnel handshake including the session proof."`
 	DialTimeout      time.Duration `env:"PQT_DIAL_TIMEOUT" envDefault:"5s" help:"Bound on dialling an origin."`
 	IdleTimeout      time.Duration `env:"PQT_IDLE_TIMEOUT" envDefault:"8s" help:"A tunnel connection whose peer is silent this long is dead."`
 	KeepAlive        time.Duration `env:"PQT_KEEPALIVE" envDefault:"2s" help:"Interval of tunnel keep-alives."`

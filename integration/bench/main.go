@@ -7,7 +7,7 @@
 //   - bulk throughput of 1 and 4 parallel streams, upload and download;
 //   - connection rate and latency of connect + 1-byte echo + close,
 //     sequential and with 32 concurrent clients;
-//   - tunnel establishment (TLS + ML-DSA proof) per key-exchange group,
+//   - tunnel establishment (TLS with ML-DSA-65 + session proof) per key-exchange group,
 //     as handshakes per second relative to classical X25519, with the
 //     ClientHello/ServerHello sizes (TCP) and first flight (QUIC);
 //   - RSS and goroutines of each side per idle proxied connection, and

@@ -92,7 +92,7 @@ type HandshakeFigure struct {
 	Transport string `json:"transport"`
 	Group     string `json:"group"`
 	// PerSecond is sequential handshakes per second: the inverse of the
-	// median wall time of a full ProbeTunnel (dial, TLS, ML-DSA proof both
+	// median wall time of a full ProbeTunnel (dial, TLS, session proof both
 	// ways, close) in each repetition.
 	PerSecond Stat `json:"handshakes_per_second"`
 	// HandshakeMs is the median Probe.Handshake (first packet to verified
