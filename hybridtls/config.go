@@ -77,6 +77,9 @@ type Policy struct {
 	// OnRefused, if set, is told the reason of each refusal that Logger
 	// receives, for metrics.
 	OnRefused func(reason string)
+	// RequirePQAuth refuses a CA-mode peer whose certificate chain is not
+	// ML-DSA end to end (PQT_AUTH=pq). Pinned identities always are.
+	RequirePQAuth bool
 }
 
 // curves is the list offered and accepted: in prefer mode X25519 is added
@@ -268,15 +271,13 @@ func (s *Store) verifyPeer(m *Material, cs *tls.ConnectionState, server bool) er
 		}
 		return nil
 	}
-	if server {
-		inter := x509.NewCertPool()
-		for _, c := range cs.PeerCertificates[1:] {
-			inter.AddCert(c)
-		}
-		if _, err := leaf.Verify(x509.VerifyOptions{
-			Roots: m.CAs, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		}); err != nil {
-			return fmt.Errorf("%w: %w", ErrBadCertificate, err)
+	chains, err := peerChains(m, cs, server)
+	if err != nil {
+		return err
+	}
+	if s.policy.RequirePQAuth {
+		if pq, why := chainsPQ(chains); !pq {
+			return fmt.Errorf("%w: %s", ErrClassicalAuth, why)
 		}
 	}
 	if len(m.Allow) == 0 {
@@ -290,6 +291,26 @@ func (s *Store) verifyPeer(m *Material, cs *tls.ConnectionState, server bool) er
 	return fmt.Errorf("%w: certificate %q matches no PQT_ALLOW rule", ErrPeerNotAllowed, certName(leaf))
 }
 
+// peerChains returns the CA-mode peer's verified chains. A client has them
+// from crypto/tls; a server verifies the chain itself (see ServerConfig),
+// for client use.
+func peerChains(m *Material, cs *tls.ConnectionState, server bool) ([][]*x509.Certificate, error) {
+	if !server {
+		return cs.VerifiedChains, nil
+	}
+	inter := x509.NewCertPool()
+	for _, c := range cs.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	chains, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
+		Roots: m.CAs, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadCertificate, err)
+	}
+	return chains, nil
+}
+
 // Peer describes an authenticated peer.
 type Peer struct {
 	// Name is the pin in pinned mode, else the certificate's name.
@@ -300,6 +321,9 @@ type Peer struct {
 	// Sig is the signature scheme of the peer's CertificateVerify, which
 	// TLS 1.3 ties to the peer certificate's key.
 	Sig tls.SignatureScheme
+	// ClassicalReason says, when PQAuth is false, which certificate of the
+	// peer's chain is classical.
+	ClassicalReason string
 }
 
 // Authenticate runs the post-handshake step on an established TLS session:
@@ -333,7 +357,13 @@ func (s *Store) Authenticate(cs *tls.ConnectionState, rw io.ReadWriter, role Rol
 		pin, _ := PinOf(leaf) // checked in VerifyConnection
 		p.Name = pin.String()
 		p.PQAuth = true // PinOf accepts only ML-DSA-65 keys
+		return p, nil
 	}
+	chains, err := peerChains(m, cs, role == RoleServer)
+	if err != nil {
+		return Peer{}, err
+	}
+	p.PQAuth, p.ClassicalReason = chainsPQ(chains)
 	return p, nil
 }
 

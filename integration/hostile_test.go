@@ -825,9 +825,13 @@ func TestCAModeRefusals(t *testing.T) {
 			if lc.str("peer") != "good.example" {
 				t.Errorf("listen side names the peer %q, want good.example", lc.str("peer"))
 			}
-			classical := msgIs("peer authenticated classically only: its certificate carries no ML-DSA-65 key", "transport", transport)
-			d.waitLog(t, within(t, ctx, 5*time.Second), classical)
-			l.waitLog(t, within(t, ctx, 5*time.Second), classical)
+			classical := msgIs("peer authenticated classically only", "transport", transport, "pq_auth", "false")
+			for _, s := range []*side{d, l} {
+				line := s.waitLog(t, within(t, ctx, 5*time.Second), classical)
+				if r := line.str("reason"); !strings.Contains(r, "ECDSA P-256 key") {
+					t.Errorf("%s: classical reason %q does not name the leaf's ECDSA key", s.name, r)
+				}
+			}
 			if err := echoExact(within(t, ctx, 10*time.Second), d.forward[""], randomBytes(60, 128<<10)); err != nil {
 				t.Fatalf("traffic over a CA-mode tunnel: %v", err)
 			}

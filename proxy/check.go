@@ -56,7 +56,7 @@ func ProbeTunnel(ctx context.Context, cfg Config, peer string, tr transport.Tran
 	mc.TLS = store.ClientConfigFor(hostOf(peer))
 	mc.Authenticate = func(cs *tls.ConnectionState, rw io.ReadWriter, client bool) (transport.Peer, error) {
 		pr, err := store.Authenticate(cs, rw, hybridtls.RoleClient)
-		return transport.Peer{Name: pr.Name, PQAuth: pr.PQAuth, Sig: hybridtls.SignatureSchemeName(pr.Sig)}, err
+		return transport.Peer{Name: pr.Name, PQAuth: pr.PQAuth, Sig: hybridtls.SignatureSchemeName(pr.Sig), ClassicalReason: pr.ClassicalReason}, err
 	}
 	var tc *recordingConn
 	var pc *countingPacketConn

@@ -194,7 +194,7 @@ func (e *Engine) muxConfig(tc *tls.Config) *transport.Config {
 			role = hybridtls.RoleClient
 		}
 		p, err := e.cfg.TLS.Authenticate(cs, rw, role)
-		return transport.Peer{Name: p.Name, PQAuth: p.PQAuth, Sig: hybridtls.SignatureSchemeName(p.Sig)}, err
+		return transport.Peer{Name: p.Name, PQAuth: p.PQAuth, Sig: hybridtls.SignatureSchemeName(p.Sig), ClassicalReason: p.ClassicalReason}, err
 	}
 	return &mc
 }
@@ -478,7 +478,7 @@ func (e *Engine) serveTunnel(t *tunnel) {
 		log.Warn("tunnel connected WITHOUT post-quantum key exchange (PQT_PQ=prefer)", "tls", "1.3", "pq_auth", info.Peer.PQAuth, "remote", info.Remote.String(), "handshake", info.Handshake.Round(10*time.Microsecond))
 	}
 	if !info.Peer.PQAuth {
-		log.Warn("peer authenticated classically only: its certificate carries no ML-DSA-65 key")
+		log.Warn("peer authenticated classically only", "pq_auth", false, "reason", info.Peer.ClassicalReason)
 	}
 	e.metrics.tunnelUp(info)
 	defer func() {

@@ -145,6 +145,8 @@ type Peer struct {
 	PQAuth bool
 	// Sig names the peer's CertificateVerify signature scheme (ML-DSA-65).
 	Sig string
+	// ClassicalReason says why PQAuth is false, when it is.
+	ClassicalReason string
 }
 
 // Stats are transport measurements of a live session.

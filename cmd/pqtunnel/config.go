@@ -40,6 +40,7 @@ type Config struct {
 	CA          string `env:"PQT_CA" help:"CA mode: the CA bundle that signs peer certificates (PEM file)."`
 	Allow       string `env:"PQT_ALLOW" help:"CA mode: peers accepted by certificate name: dns:NAME, uri:URI, cn:NAME, comma-separated; empty accepts any the CA signed."`
 	ServerName  string `env:"PQT_SERVER_NAME" help:"CA mode: the name a dial side verifies in the peer's certificate; default the host of PQT_TUNNEL."`
+	Auth        string `env:"PQT_AUTH" envDefault:"any" help:"CA mode: pq refuses a peer whose certificate chain is not ML-DSA end to end (leaf key and every signature up to PQT_CA); any accepts classical and mixed chains, logged pq_auth=false with the reason."`
 
 	HandshakeTimeout time.Duration `env:"PQT_HANDSHAKE_TIMEOUT" envDefault:"10s" help:"Bound on a tunnel handshake including the session proof."`
 	DialTimeout      time.Duration `env:"PQT_DIAL_TIMEOUT" envDefault:"5s" help:"Bound on dialling an origin."`
@@ -124,6 +125,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := hybridtls.ParseGroups(c.Groups, mode); err != nil {
 		return fmt.Errorf("PQT_GROUPS: %w", err)
+	}
+	if c.Auth != "any" && c.Auth != "pq" {
+		return fmt.Errorf("PQT_AUTH: %q is not pq or any", c.Auth)
 	}
 	positive := []struct {
 		name string

@@ -67,6 +67,7 @@ func TestParseConfigValid(t *testing.T) {
 			"PQT_HANDSHAKE_TIMEOUT": "2s", "PQT_KEEPALIVE": "1s", "PQT_IDLE_TIMEOUT": "3s", "PQT_MAX_STREAMS": "10",
 		}},
 		{name: "tcp transport, json logs", set: map[string]string{"PQT_TRANSPORT": "tcp", "PQT_LOG_FORMAT": "json", "PQT_LOG_LEVEL": "debug"}},
+		{name: "pq authentication required", set: map[string]string{"PQT_AUTH": "pq"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -173,6 +174,7 @@ func TestParseConfigErrorsNameTheVariable(t *testing.T) {
 		{name: "proxy protocol bad", set: map[string]string{"PQT_PROXY_PROTOCOL": "v3"}, want: "PQT_PROXY_PROTOCOL"},
 		{name: "log level bad", set: map[string]string{"PQT_LOG_LEVEL": "loud"}, want: "PQT_LOG_LEVEL"},
 		{name: "log format bad", set: map[string]string{"PQT_LOG_FORMAT": "xml"}, want: "PQT_LOG_FORMAT"},
+		{name: "auth bad", set: map[string]string{"PQT_AUTH": "mldsa"}, want: "PQT_AUTH"},
 		{name: "identity missing", unset: []string{"PQT_IDENTITY"}, want: "PQT_IDENTITY", also: []string{"pqtunnel keygen"}},
 		{name: "identity file missing", set: map[string]string{"PQT_IDENTITY": filepath.Join(te.dir, "nope.id")}, want: "PQT_IDENTITY"},
 		{name: "identity mode 0644", set: map[string]string{"PQT_IDENTITY": open}, want: "PQT_IDENTITY", also: []string{"chmod 600"}},

@@ -155,7 +155,7 @@ func engineConfig(c *Config, log *slog.Logger) (proxy.Config, error) {
 	}
 	store, err := hybridtls.NewStore(hybridtls.Policy{
 		Mode: mode, Groups: groups, ServerName: c.ServerName, ALPN: wire.ALPN, Logger: log,
-		OnRefused: metrics.HandshakeFailed,
+		OnRefused: metrics.HandshakeFailed, RequirePQAuth: c.Auth == "pq",
 	}, m)
 	if err != nil {
 		return proxy.Config{}, fmt.Errorf("PQT_IDENTITY: %w", err)

@@ -1,0 +1,61 @@
+package hybridtls
+
+import (
+	"crypto/mldsa"
+	"crypto/x509"
+	"fmt"
+)
+
+// ErrClassicalAuth is wrapped when PQT_AUTH=pq refuses a peer whose
+// certificate chain is not ML-DSA end to end. It is a kind of
+// ErrPeerNotAllowed: the chain verifies, the policy refuses it.
+var ErrClassicalAuth = fmt.Errorf("%w: PQT_AUTH=pq accepts only ML-DSA certificate chains", ErrPeerNotAllowed)
+
+// ChainPQ reports whether a verified chain (leaf first, trusted root last)
+// is post-quantum end to end: every key in it is ML-DSA, so every signature
+// from the leaf's CertificateVerify up to the root is ML-DSA. The root's
+// signature on itself is not checked by anyone and does not count. When
+// the chain is not, why says which certificate is classical.
+func ChainPQ(chain []*x509.Certificate) (pq bool, why string) {
+	if len(chain) == 0 {
+		return false, "no verified chain"
+	}
+	for i, c := range chain {
+		if _, ok := c.PublicKey.(*mldsa.PublicKey); !ok {
+			return false, fmt.Sprintf("%s %q: %s key", chainRole(i, len(chain)), certName(c), keyName(c.PublicKey))
+		}
+		if i < len(chain)-1 && !isMLDSASignature(c.SignatureAlgorithm) {
+			return false, fmt.Sprintf("%s %q: signed with %s", chainRole(i, len(chain)), certName(c), c.SignatureAlgorithm)
+		}
+	}
+	return true, ""
+}
+
+// chainsPQ is ChainPQ over the chains x509 built: one ML-DSA chain to a
+// trusted root suffices, since that is a path an attacker cannot forge
+// without breaking ML-DSA; otherwise why is the first chain's reason.
+func chainsPQ(chains [][]*x509.Certificate) (pq bool, why string) {
+	if len(chains) == 0 {
+		return false, "no verified chain"
+	}
+	for _, ch := range chains {
+		if ok, _ := ChainPQ(ch); ok {
+			return true, ""
+		}
+	}
+	return ChainPQ(chains[0])
+}
+
+func chainRole(i, n int) string {
+	switch i {
+	case 0:
+		return "leaf"
+	case n - 1:
+		return "root"
+	}
+	return "intermediate"
+}
+
+func isMLDSASignature(a x509.SignatureAlgorithm) bool {
+	return a == x509.MLDSA44 || a == x509.MLDSA65 || a == x509.MLDSA87
+}
