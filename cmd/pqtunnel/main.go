@@ -68,6 +68,8 @@ func run(args []string, environ map[string]string, stdout, stderr io.Writer) int
 		err = demo(stdout, stderr)
 	case "check":
 		err = check(environ, stdout)
+	case "ca":
+		err = caCommand(args, stdout, stderr)
 	default:
 		err = fmt.Errorf("unknown command %q (try 'pqtunnel help')", cmd)
 	}
@@ -93,8 +95,13 @@ func printHelp(w io.Writer) {
 
 Usage:
   pqtunnel [run]           run as configured by the environment below
-  pqtunnel keygen -o FILE  write a new hybrid identity (Ed25519 + ML-DSA-65) and print its pin
+  pqtunnel keygen -o FILE  write a new hybrid identity (ML-DSA-65 + Ed25519) and print its pin
   pqtunnel pin FILE        print the pin of an identity
+  pqtunnel ca init -o DIR  create a small ML-DSA CA for CA mode (-alg ML-DSA-65|ML-DSA-87)
+  pqtunnel ca issue --ca DIR --name dns:NAME [--uri URI] [--days 90] -o PREFIX
+                           issue an ML-DSA certificate: PREFIX.key (0600) and PREFIX.crt
+  pqtunnel ca sign --ca DIR [-o FILE] CSR
+                           sign a request for an ML-DSA key made elsewhere
   pqtunnel check           probe the PQT_TUNNEL peers over each transport and group, and say what would connect
   pqtunnel demo            run an origin, a listen side and a dial side locally and push traffic
   pqtunnel version         print the version
