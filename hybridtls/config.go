@@ -215,7 +215,7 @@ func (s *Store) checkOffered(hello *tls.ClientHelloInfo) error {
 			return nil
 		}
 	}
-	if slices.ContainsFunc(hello.SupportedCurves, IsHybrid) {
+	if slices.ContainsFunc(hello.SupportedCurves, IsPostQuantum) {
 		return fmt.Errorf("%w: peer offered %s, PQT_GROUPS accepts %s", ErrNoCommonGroup, GroupNames(hello.SupportedCurves), GroupNames(ours))
 	}
 	return fmt.Errorf("%w: peer offered only %s, PQT_PQ=%s accepts %s", ErrNotPostQuantum, GroupNames(hello.SupportedCurves), s.policy.Mode, GroupNames(ours))

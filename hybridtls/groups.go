@@ -17,7 +17,8 @@ import (
 type PQMode string
 
 const (
-	// Strict offers and accepts only hybrid post-quantum groups.
+	// Strict offers and accepts only post-quantum groups (hybrid, or pure
+	// MLKEM1024 when listed).
 	Strict PQMode = "strict"
 	// Prefer offers hybrid groups first but accepts classical X25519,
 	// reporting every such connection.
@@ -42,6 +43,7 @@ var groupByName = map[string]tls.CurveID{
 	"x25519mlkem768":     tls.X25519MLKEM768,
 	"secp256r1mlkem768":  tls.SecP256r1MLKEM768,
 	"secp384r1mlkem1024": tls.SecP384r1MLKEM1024,
+	"mlkem1024":          tls.MLKEM1024,
 	"x25519":             tls.X25519,
 	"p-256":              tls.CurveP256,
 	"secp256r1":          tls.CurveP256,
@@ -61,6 +63,13 @@ func IsHybrid(g tls.CurveID) bool {
 		return true
 	}
 	return false
+}
+
+// IsPostQuantum reports whether g has a post-quantum KEM: the hybrids, and
+// pure MLKEM1024, which has no classical half (it stands or falls with
+// ML-KEM alone; CNSA 2.0 asks for it).
+func IsPostQuantum(g tls.CurveID) bool {
+	return IsHybrid(g) || g == tls.MLKEM1024
 }
 
 // GroupName is the standard name of g, as it appears in logs and metrics.
@@ -88,9 +97,13 @@ func GroupNames(gs []tls.CurveID) string {
 }
 
 // ParseGroups parses a PQT_GROUPS value: comma-separated standard names,
-// case-insensitive, in order of preference. An empty string yields the
-// default list. In strict mode a classical group is an error; in prefer mode
-// classical groups must come after every hybrid one.
+// case-insensitive. The list says which groups are offered and accepted,
+// not in which order: crypto/tls applies its own preference among them
+// (X25519MLKEM768, SecP256r1MLKEM768, SecP384r1MLKEM1024, MLKEM1024, then
+// classical), so a narrower list is the way to force a group. An empty
+// string yields the default list. In strict mode a classical group is an
+// error; in prefer mode classical groups must come after every
+// post-quantum one.
 func ParseGroups(s string, mode PQMode) ([]tls.CurveID, error) {
 	if strings.TrimSpace(s) == "" {
 		return append([]tls.CurveID(nil), DefaultGroups...), nil
@@ -105,19 +118,19 @@ func ParseGroups(s string, mode PQMode) ([]tls.CurveID, error) {
 		}
 		g, ok := groupByName[strings.ToLower(name)]
 		if !ok {
-			return nil, fmt.Errorf("unknown group %q (valid: X25519MLKEM768, SecP256r1MLKEM768, SecP384r1MLKEM1024; classical X25519, P-256, P-384, P-521 only with PQT_PQ=prefer)", name)
+			return nil, fmt.Errorf("unknown group %q (valid: X25519MLKEM768, SecP256r1MLKEM768, SecP384r1MLKEM1024, pure post-quantum MLKEM1024; classical X25519, P-256, P-384, P-521 only with PQT_PQ=prefer)", name)
 		}
 		if seen[g] {
 			return nil, fmt.Errorf("group %s listed twice", GroupName(g))
 		}
 		seen[g] = true
-		if !IsHybrid(g) {
+		if !IsPostQuantum(g) {
 			if mode == Strict {
 				return nil, fmt.Errorf("classical group %s is not allowed with PQT_PQ=strict: it has no post-quantum protection (remove it, or set PQT_PQ=prefer)", GroupName(g))
 			}
 			sawClassical = true
 		} else if sawClassical {
-			return nil, fmt.Errorf("hybrid group %s listed after a classical one: list hybrid groups first", GroupName(g))
+			return nil, fmt.Errorf("post-quantum group %s listed after a classical one: list post-quantum groups first", GroupName(g))
 		}
 		out = append(out, g)
 	}
@@ -133,7 +146,7 @@ var ErrNotPostQuantum error = &RefusalError{"not_post_quantum", "peer offered no
 func CheckGroup(g tls.CurveID, mode PQMode, allowed []tls.CurveID) error {
 	for _, a := range allowed {
 		if a == g {
-			if !IsHybrid(g) && mode == Strict {
+			if !IsPostQuantum(g) && mode == Strict {
 				break
 			}
 			return nil
@@ -142,7 +155,7 @@ func CheckGroup(g tls.CurveID, mode PQMode, allowed []tls.CurveID) error {
 	if mode == Prefer && g == tls.X25519 {
 		return nil
 	}
-	if !IsHybrid(g) {
+	if !IsPostQuantum(g) {
 		return fmt.Errorf("%w: negotiated %s", ErrNotPostQuantum, GroupName(g))
 	}
 	return fmt.Errorf("negotiated group %s is not in PQT_GROUPS (%s)", GroupName(g), GroupNames(allowed))

@@ -53,6 +53,9 @@ func TestParseGroups(t *testing.T) {
 			want: []tls.CurveID{tls.X25519MLKEM768, tls.SecP256r1MLKEM768, tls.SecP384r1MLKEM1024}},
 		{name: "order kept", in: "SecP384r1MLKEM1024,X25519MLKEM768", mode: Strict,
 			want: []tls.CurveID{tls.SecP384r1MLKEM1024, tls.X25519MLKEM768}},
+		{name: "pure MLKEM1024 in strict", in: "MLKEM1024", mode: Strict, want: []tls.CurveID{tls.MLKEM1024}},
+		{name: "MLKEM1024 after a classical one in prefer", in: "X25519,mlkem1024", mode: Prefer,
+			wantErr: []string{"MLKEM1024", "after a classical"}},
 		{name: "unknown lists valid names", in: "X25519MLKEM768,kyber768", mode: Strict,
 			wantErr: []string{`"kyber768"`, "X25519MLKEM768", "SecP256r1MLKEM768", "SecP384r1MLKEM1024"}},
 		{name: "classical in strict", in: "X25519MLKEM768,X25519", mode: Strict,
@@ -110,7 +113,7 @@ func TestParseGroupsDefaultIsACopy(t *testing.T) {
 }
 
 func TestGroupNamesRoundTrip(t *testing.T) {
-	all := []tls.CurveID{tls.X25519MLKEM768, tls.SecP256r1MLKEM768, tls.SecP384r1MLKEM1024, tls.X25519, tls.CurveP256, tls.CurveP384, tls.CurveP521}
+	all := []tls.CurveID{tls.X25519MLKEM768, tls.SecP256r1MLKEM768, tls.SecP384r1MLKEM1024, tls.MLKEM1024, tls.X25519, tls.CurveP256, tls.CurveP384, tls.CurveP521}
 	got, err := ParseGroups(GroupNames(all), Prefer)
 	if err != nil {
 		t.Fatalf("ParseGroups(GroupNames(...)): %v", err)
@@ -120,6 +123,17 @@ func TestGroupNamesRoundTrip(t *testing.T) {
 	}
 	if GroupName(0) != "none" {
 		t.Errorf("GroupName(0) = %q, want none", GroupName(0))
+	}
+}
+
+func TestIsPostQuantum(t *testing.T) {
+	if IsHybrid(tls.MLKEM1024) || !IsPostQuantum(tls.MLKEM1024) {
+		t.Error("MLKEM1024 is post-quantum but not hybrid")
+	}
+	for _, g := range []tls.CurveID{tls.X25519, tls.CurveP256, tls.CurveP384} {
+		if IsPostQuantum(g) {
+			t.Errorf("IsPostQuantum(%s) = true", GroupName(g))
+		}
 	}
 }
 

@@ -197,3 +197,17 @@ func TestHandshakeCertificateVerifyIsMLDSA65OnTheWire(t *testing.T) {
 		t.Logf("%s handshake bytes: %d", dir.name, len(dir.records))
 	}
 }
+
+func TestHandshakePureMLKEM1024(t *testing.T) {
+	cid, sid := mustIdentity(t), mustIdentity(t)
+	only := []tls.CurveID{tls.MLKEM1024}
+	client := pinnedSide(t, Strict, only, cid, sid.Pin)
+	server := pinnedSide(t, Strict, append([]tls.CurveID{tls.X25519MLKEM768}, only...), sid, cid.Pin)
+	c, _, cr, sr := connect(t, client, server)
+	if cr.err != nil || sr.err != nil {
+		t.Fatalf("client %v, server %v", cr.err, sr.err)
+	}
+	if g := c.ConnectionState().CurveID; g != tls.MLKEM1024 {
+		t.Errorf("negotiated %s, want MLKEM1024", GroupName(g))
+	}
+}

@@ -229,3 +229,20 @@ func startOldServer(t *testing.T) string {
 	})
 	return ln.Addr().String()
 }
+
+// TestPureMLKEM1024Tunnel: with PQT_GROUPS=MLKEM1024 on both sides the
+// tunnel uses pure ML-KEM-1024 on each transport, and strict mode accepts it.
+func TestPureMLKEM1024Tunnel(t *testing.T) {
+	transports(t, func(t *testing.T, transport string) {
+		ctx := testContext(t, 60*time.Second)
+		o := startEcho(t)
+		l := startListen(t, ctx, 0, transport, map[string]string{"PQT_TARGET": o.addr(), "PQT_GROUPS": "MLKEM1024"})
+		d := startDial(t, ctx, l.tunnelAddr, transport, nil, map[string]string{"PQT_GROUPS": "MLKEM1024", "PQT_CONNECTIONS": "1"})
+		connected := msgIs("tunnel connected", "transport", transport, "group", "MLKEM1024", "sig", "ML-DSA-65")
+		d.waitLog(t, within(t, ctx, 20*time.Second), connected)
+		l.waitLog(t, within(t, ctx, 10*time.Second), connected)
+		if err := echoExact(within(t, ctx, 10*time.Second), d.forward[""], randomBytes(17, 32<<10)); err != nil {
+			t.Fatal(err)
+		}
+	})
+}

@@ -472,7 +472,7 @@ func (e *Engine) serveTunnel(t *tunnel) {
 		_ = s.Close() // refused
 		return
 	}
-	if hybridtls.IsHybrid(info.TLS.CurveID) {
+	if hybridtls.IsPostQuantum(info.TLS.CurveID) {
 		log.Info("tunnel connected", "tls", "1.3", "pq_auth", info.Peer.PQAuth, "remote", info.Remote.String(), "handshake", info.Handshake.Round(10*time.Microsecond))
 	} else {
 		log.Warn("tunnel connected WITHOUT post-quantum key exchange (PQT_PQ=prefer)", "tls", "1.3", "pq_auth", info.Peer.PQAuth, "remote", info.Remote.String(), "handshake", info.Handshake.Round(10*time.Microsecond))

@@ -141,7 +141,7 @@ func (e *Engine) Readiness() Readiness {
 		info := t.s.Info()
 		st.Tunnels = append(st.Tunnels, TunnelStatus{
 			ID: t.id, Transport: info.Transport, Group: hybridtls.GroupName(info.TLS.CurveID),
-			PQ: hybridtls.IsHybrid(info.TLS.CurveID), TLS: "1.3", Peer: info.Peer.Name, PQAuth: info.Peer.PQAuth, Sig: info.Peer.Sig,
+			PQ: hybridtls.IsPostQuantum(info.TLS.CurveID), TLS: "1.3", Peer: info.Peer.Name, PQAuth: info.Peer.PQAuth, Sig: info.Peer.Sig,
 			Remote: info.Remote.String(), Since: t.since, Streams: t.active.Load(),
 		})
 	}

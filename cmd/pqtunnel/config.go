@@ -30,7 +30,7 @@ type Config struct {
 	Connections int `env:"PQT_CONNECTIONS" envDefault:"2" help:"Tunnel connections a dial side keeps, spread over the PQT_TUNNEL peers; two survive the loss of one."`
 
 	PQ     string `env:"PQT_PQ" envDefault:"strict" help:"strict: only hybrid post-quantum key exchange; prefer: hybrid first, classical X25519 accepted and logged at WARN."`
-	Groups string `env:"PQT_GROUPS" envDefault:"X25519MLKEM768,SecP256r1MLKEM768,SecP384r1MLKEM1024" help:"Key-exchange groups in order of preference, the same on both transports."`
+	Groups string `env:"PQT_GROUPS" envDefault:"X25519MLKEM768,SecP256r1MLKEM768,SecP384r1MLKEM1024" help:"Key-exchange groups offered and accepted, the same on both transports; Go applies its own order among them, so list fewer to force one. MLKEM1024 is pure post-quantum (no classical half)."`
 
 	Identity    string `env:"PQT_IDENTITY" help:"Path of this side's identity file (from 'pqtunnel keygen'); mode 0600."`
 	IdentityPEM string `env:"PQT_IDENTITY_PEM" help:"This side's identity as PEM text, instead of PQT_IDENTITY."`

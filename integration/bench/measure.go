@@ -315,7 +315,7 @@ type handshakeSample struct {
 // handshake after another, for window.
 func runHandshakes(ctx context.Context, cfg proxy.Config, peer string, tr transport.Transport, group tls.CurveID, window time.Duration) (handshakeSample, error) {
 	mode := hybridtls.Strict
-	if !hybridtls.IsHybrid(group) {
+	if !hybridtls.IsPostQuantum(group) {
 		mode = hybridtls.Prefer
 	}
 	probe := func() proxy.Probe {
