@@ -80,6 +80,11 @@ type Policy struct {
 	// RequirePQAuth refuses a CA-mode peer whose certificate chain is not
 	// ML-DSA end to end (PQT_AUTH=pq). Pinned identities always are.
 	RequirePQAuth bool
+	// KeyLog, if set, receives every connection's TLS secrets in the NSS
+	// key log format (PQT_KEYLOG). WARNING: whoever reads it can decrypt
+	// the tunnel traffic; it is for debugging and for showing what a
+	// handshake carries.
+	KeyLog io.Writer
 }
 
 // curves is the list offered and accepted: in prefer mode X25519 is added
@@ -141,6 +146,7 @@ func (s *Store) baseConfig(m *Material) *tls.Config {
 		// Resumption would skip the certificate exchange; tunnels are
 		// long-lived, so every connection does a full handshake instead.
 		SessionTicketsDisabled: true,
+		KeyLogWriter:           s.policy.KeyLog,
 	}
 	if m.Pinned() {
 		c.Certificates = []tls.Certificate{m.Identity.Certificate}

@@ -72,6 +72,10 @@ type Config struct {
 	ProxyProtocol byte
 	// Metrics receives the engine's measurements; nil means a private set.
 	Metrics *Metrics
+	// KeyLog names the file the TLS stack writes session secrets to
+	// (PQT_KEYLOG), so that every tunnel can warn that its traffic is
+	// readable; empty when off.
+	KeyLog string
 }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -479,6 +483,9 @@ func (e *Engine) serveTunnel(t *tunnel) {
 	}
 	if !info.Peer.PQAuth {
 		log.Warn("peer authenticated classically only", "pq_auth", false, "reason", info.Peer.ClassicalReason)
+	}
+	if e.cfg.KeyLog != "" {
+		log.Warn("tunnel secrets written to the key log: anyone who reads it can decrypt this tunnel", "keylog", e.cfg.KeyLog)
 	}
 	e.metrics.tunnelUp(info)
 	defer func() {

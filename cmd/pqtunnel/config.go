@@ -57,6 +57,8 @@ type Config struct {
 	Metrics       string `env:"PQT_METRICS" help:"Address of the HTTP server for /metrics, /healthz and /readyz; a bare port binds 127.0.0.1. Off when empty."`
 	ProxyProtocol string `env:"PQT_PROXY_PROTOCOL" help:"v1 or v2: send a PROXY protocol header with the original client address to each origin this side dials. Off when empty."`
 
+	KeyLog string `env:"PQT_KEYLOG" help:"File to append TLS secrets to in the NSS key log format (both transports), so Wireshark or tshark can decrypt a capture and show the signature algorithm. Debugging only: anyone with the file can decrypt the tunnel; each tunnel logs a WARN while it is on. Off when empty."`
+
 	LogLevel  string `env:"PQT_LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error."`
 	LogFormat string `env:"PQT_LOG_FORMAT" envDefault:"text" help:"text (coloured on a terminal) or json."`
 }

@@ -160,10 +160,24 @@ func engineConfig(c *Config, log *slog.Logger) (proxy.Config, error) {
 	if err != nil {
 		return proxy.Config{}, err
 	}
-	store, err := hybridtls.NewStore(hybridtls.Policy{
+	policy := hybridtls.Policy{
 		Mode: mode, Groups: groups, ServerName: c.ServerName, ALPN: wire.ALPN, Logger: log,
 		OnRefused: metrics.HandshakeFailed, RequirePQAuth: c.Auth == "pq",
-	}, m)
+	}
+	if c.KeyLog != "" {
+		// Kept open for the life of the process; crypto/tls serialises
+		// its writes, and O_APPEND keeps other writers' lines whole.
+		f, err := os.OpenFile(c.KeyLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			return proxy.Config{}, fmt.Errorf("PQT_KEYLOG: %w", err)
+		}
+		if err := hybridtls.CheckKeyFileMode(c.KeyLog); err != nil {
+			_ = f.Close() // refused
+			return proxy.Config{}, fmt.Errorf("PQT_KEYLOG: %w", err)
+		}
+		policy.KeyLog = f
+	}
+	store, err := hybridtls.NewStore(policy, m)
 	if err != nil {
 		return proxy.Config{}, fmt.Errorf("PQT_IDENTITY: %w", err)
 	}
@@ -191,6 +205,7 @@ func engineConfig(c *Config, log *slog.Logger) (proxy.Config, error) {
 		ProxyProtocol:   pp,
 		Metrics:         metrics,
 		Logger:          log,
+		KeyLog:          c.KeyLog,
 	}, nil
 }
 
@@ -211,6 +226,9 @@ func runTunnel(environ map[string]string, stderr io.Writer) error {
 	log.Info("pqtunnel starting", "version", buildVersion(), "mode", c.Mode, "transport", c.Transport,
 		"pq", c.PQ, "groups", hybridtls.GroupNames(pc.TLS.Policy().Groups), "identity", pc.TLS.Material().Name())
 
+	if c.KeyLog != "" {
+		log.Warn("PQT_KEYLOG is on: TLS secrets of every tunnel are written to the key log, and anyone who reads it can decrypt the traffic", "keylog", c.KeyLog)
+	}
 	if transport.UsesUDP(pc.Transport) {
 		warnUDPBuffers(log)
 	}
