@@ -80,6 +80,10 @@ type Policy struct {
 	// RequirePQAuth refuses a CA-mode peer whose certificate chain is not
 	// ML-DSA end to end (PQT_AUTH=pq). Pinned identities always are.
 	RequirePQAuth bool
+	// RequireMLDSA87 refuses a peer that authenticates with anything but
+	// ML-DSA-87: its identity key, or in CA mode every key and signature of
+	// its chain (PQT_PROFILE=cnsa2).
+	RequireMLDSA87 bool
 	// KeyLog, if set, receives every connection's TLS secrets in the NSS
 	// key log format (PQT_KEYLOG). WARNING: whoever reads it can decrypt
 	// the tunnel traffic; it is for debugging and for showing what a
@@ -275,6 +279,11 @@ func (s *Store) verifyPeer(m *Material, cs *tls.ConnectionState, server bool) er
 		if !slices.Contains(m.Peers, pin) {
 			return fmt.Errorf("%w: pin %s is not in PQT_PEERS", ErrPeerNotAllowed, pin)
 		}
+		if s.policy.RequireMLDSA87 {
+			if ok, why := ChainMLDSA87([]*x509.Certificate{leaf}); !ok {
+				return fmt.Errorf("%w: %s (the peer needs an identity from 'pqtunnel keygen --profile cnsa2')", ErrNotCNSA2, why)
+			}
+		}
 		return nil
 	}
 	chains, err := peerChains(m, cs, server)
@@ -284,6 +293,17 @@ func (s *Store) verifyPeer(m *Material, cs *tls.ConnectionState, server bool) er
 	if s.policy.RequirePQAuth {
 		if pq, why := chainsPQ(chains); !pq {
 			return fmt.Errorf("%w: %s", ErrClassicalAuth, why)
+		}
+	}
+	if s.policy.RequireMLDSA87 {
+		ok, why := false, "no verified chain"
+		for _, ch := range chains {
+			if ok, why = ChainMLDSA87(ch); ok {
+				break
+			}
+		}
+		if !ok {
+			return fmt.Errorf("%w: %s", ErrNotCNSA2, why)
 		}
 	}
 	if len(m.Allow) == 0 {

@@ -29,7 +29,13 @@ var OIDEd25519Key = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 59735, 1, 2}
 const (
 	pemEd25519 = "PQTUNNEL ED25519 PRIVATE KEY"
 	pemMLDSA   = "PQTUNNEL ML-DSA-65 SEED"
+	pemMLDSA87 = "PQTUNNEL ML-DSA-87 SEED"
 )
+
+// identityParams are the ML-DSA parameter sets an identity may have, by
+// the PEM block that holds the seed: ML-DSA-65 by default, ML-DSA-87 for
+// PQT_PROFILE=cnsa2.
+var identityParams = map[string]mldsa.Parameters{pemMLDSA: mldsa.MLDSA65(), pemMLDSA87: mldsa.MLDSA87()}
 
 // Identity is a hybrid identity: an ML-DSA-65 key that signs the TLS
 // handshake (CertificateVerify) and an Ed25519 key that signs the TLS session
@@ -45,15 +51,22 @@ type Identity struct {
 	Pin         Pin
 }
 
-// GenerateIdentity creates a new random identity.
-func GenerateIdentity() (*Identity, error) {
+// GenerateIdentity creates a new random identity with an ML-DSA-65 key.
+func GenerateIdentity() (*Identity, error) { return GenerateIdentityFor(mldsa.MLDSA65()) }
+
+// GenerateIdentityFor creates a new random identity with an ML-DSA key of
+// params: ML-DSA-65, or ML-DSA-87 for the CNSA 2.0 profile.
+func GenerateIdentityFor(params mldsa.Parameters) (*Identity, error) {
+	if params != mldsa.MLDSA65() && params != mldsa.MLDSA87() {
+		return nil, fmt.Errorf("an identity's key is ML-DSA-65 or ML-DSA-87, not %s", params)
+	}
 	_, edKey, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generate ed25519 key: %w", err)
 	}
-	mlKey, err := mldsa.GenerateKey(mldsa.MLDSA65())
+	mlKey, err := mldsa.GenerateKey(params)
 	if err != nil {
-		return nil, fmt.Errorf("generate ml-dsa-65 key: %w", err)
+		return nil, fmt.Errorf("generate %s key: %w", params, err)
 	}
 	return newIdentity(edKey, mlKey)
 }
@@ -103,8 +116,12 @@ func (id *Identity) MarshalPEM() ([]byte, error) {
 	}
 	var b strings.Builder
 	b.WriteString("# pqtunnel identity, pin " + id.Pin.String() + "\n")
-	_ = pem.Encode(&b, &pem.Block{Type: pemEd25519, Bytes: pk8})            // strings.Builder cannot fail
-	_ = pem.Encode(&b, &pem.Block{Type: pemMLDSA, Bytes: id.MLDSA.Bytes()}) // same
+	_ = pem.Encode(&b, &pem.Block{Type: pemEd25519, Bytes: pk8}) // strings.Builder cannot fail
+	mlType := pemMLDSA
+	if id.MLDSA.PublicKey().Parameters() == mldsa.MLDSA87() {
+		mlType = pemMLDSA87
+	}
+	_ = pem.Encode(&b, &pem.Block{Type: mlType, Bytes: id.MLDSA.Bytes()}) // same
 	return []byte(b.String()), nil
 }
 
@@ -113,6 +130,7 @@ func (id *Identity) MarshalPEM() ([]byte, error) {
 func ParseIdentityPEM(data []byte) (*Identity, error) {
 	var edKey ed25519.PrivateKey
 	var seed []byte
+	var params mldsa.Parameters
 	rest := data
 	for {
 		var block *pem.Block
@@ -134,12 +152,13 @@ func ParseIdentityPEM(data []byte) (*Identity, error) {
 				return nil, fmt.Errorf("identity key is %T, want Ed25519", k)
 			}
 			edKey = ek
-		case pemMLDSA:
+		case pemMLDSA, pemMLDSA87:
 			if seed != nil {
-				return nil, errors.New("identity has two ML-DSA-65 keys")
+				return nil, errors.New("identity has two ML-DSA keys")
 			}
+			params = identityParams[block.Type]
 			if len(block.Bytes) != mldsa.PrivateKeySize {
-				return nil, fmt.Errorf("identity ML-DSA-65 seed is %d bytes, want %d", len(block.Bytes), mldsa.PrivateKeySize)
+				return nil, fmt.Errorf("identity %s seed is %d bytes, want %d", params, len(block.Bytes), mldsa.PrivateKeySize)
 			}
 			seed = block.Bytes
 		default:
@@ -152,11 +171,11 @@ func ParseIdentityPEM(data []byte) (*Identity, error) {
 	case edKey == nil:
 		return nil, errors.New("identity has no Ed25519 key")
 	case seed == nil:
-		return nil, errors.New("identity has no ML-DSA-65 key")
+		return nil, errors.New("identity has no ML-DSA key")
 	}
-	mlKey, err := mldsa.NewPrivateKey(mldsa.MLDSA65(), seed)
+	mlKey, err := mldsa.NewPrivateKey(params, seed)
 	if err != nil {
-		return nil, fmt.Errorf("identity ML-DSA-65 key: %w", err)
+		return nil, fmt.Errorf("identity %s key: %w", params, err)
 	}
 	return newIdentity(edKey, mlKey)
 }
@@ -242,17 +261,19 @@ func Ed25519PublicKey(cert *x509.Certificate) (ed25519.PublicKey, error) {
 }
 
 // ErrNotIdentity is wrapped when a certificate is not a pqtunnel/2 pinned
-// identity: its key is not ML-DSA-65 or it carries no Ed25519 key.
+// identity: its key is not ML-DSA-65 or ML-DSA-87, or it carries no
+// Ed25519 key.
 var ErrNotIdentity = errors.New("certificate is not a pqtunnel hybrid identity")
 
 // PinOf computes the pin of a pinned identity's certificate: SHA-256 over a
-// label, the Ed25519 SubjectPublicKeyInfo and the packed ML-DSA-65 public
-// key. These are the bytes pqtunnel/1 hashed (its certificate was the other
+// label, the Ed25519 SubjectPublicKeyInfo and the packed ML-DSA public
+// key (ML-DSA-65, or ML-DSA-87 under the CNSA 2.0 profile; the length
+// prefix keeps the two apart). These are the bytes pqtunnel/1 hashed (its certificate was the other
 // way round), so an identity keeps its pin across versions.
 func PinOf(cert *x509.Certificate) (Pin, error) {
 	mlPub, ok := cert.PublicKey.(*mldsa.PublicKey)
-	if !ok || mlPub.Parameters() != mldsa.MLDSA65() {
-		return Pin{}, fmt.Errorf("%w: its key is %s, want ML-DSA-65", ErrNotIdentity, keyName(cert.PublicKey))
+	if !ok || mlPub.Parameters() != mldsa.MLDSA65() && mlPub.Parameters() != mldsa.MLDSA87() {
+		return Pin{}, fmt.Errorf("%w: its key is %s, want ML-DSA-65 or ML-DSA-87", ErrNotIdentity, keyName(cert.PublicKey))
 	}
 	edPub, err := Ed25519PublicKey(cert)
 	if err != nil {

@@ -11,6 +11,29 @@ import (
 // ErrPeerNotAllowed: the chain verifies, the policy refuses it.
 var ErrClassicalAuth = fmt.Errorf("%w: PQT_AUTH=pq accepts only ML-DSA certificate chains", ErrPeerNotAllowed)
 
+// ErrNotCNSA2 is wrapped when PQT_PROFILE=cnsa2 refuses a peer that
+// authenticates with ML-DSA below ML-DSA-87.
+var ErrNotCNSA2 = fmt.Errorf("%w: PQT_PROFILE=cnsa2 accepts only ML-DSA-87", ErrPeerNotAllowed)
+
+// ChainMLDSA87 reports whether every key of chain is ML-DSA-87 and every
+// certificate below the root is signed with ML-DSA-87, as CNSA 2.0 asks;
+// a pinned identity's chain is its certificate alone, whose Ed25519
+// self-signature nobody relies on.
+func ChainMLDSA87(chain []*x509.Certificate) (ok bool, why string) {
+	if len(chain) == 0 {
+		return false, "no verified chain"
+	}
+	for i, c := range chain {
+		if k, isML := c.PublicKey.(*mldsa.PublicKey); !isML || k.Parameters() != mldsa.MLDSA87() {
+			return false, fmt.Sprintf("%s %q: %s key", chainRole(i, len(chain)), certName(c), keyName(c.PublicKey))
+		}
+		if i < len(chain)-1 && c.SignatureAlgorithm != x509.MLDSA87 {
+			return false, fmt.Sprintf("%s %q: signed with %s", chainRole(i, len(chain)), certName(c), c.SignatureAlgorithm)
+		}
+	}
+	return true, ""
+}
+
 // ChainPQ reports whether a verified chain (leaf first, trusted root last)
 // is post-quantum end to end: every key in it is ML-DSA, so every signature
 // from the leaf's CertificateVerify up to the root is ML-DSA. The root's

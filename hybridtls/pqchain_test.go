@@ -185,3 +185,61 @@ func TestChainPQ(t *testing.T) {
 		t.Error("ChainPQ accepted an ECDSA root")
 	}
 }
+
+func TestRequireMLDSA87(t *testing.T) {
+	id87 := func() *Identity {
+		id, err := GenerateIdentityFor(mldsa.MLDSA87())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	cnsa2 := Policy{Mode: Strict, Groups: []tls.CurveID{tls.MLKEM1024}, RequirePQAuth: true, RequireMLDSA87: true}
+	t.Run("pinned ML-DSA-87", func(t *testing.T) {
+		cid, sid := id87(), id87()
+		client := side{id: cid, store: newStore(t, cnsa2, &Material{Identity: cid, Peers: []Pin{sid.Pin}})}
+		server := side{id: sid, store: newStore(t, cnsa2, &Material{Identity: sid, Peers: []Pin{cid.Pin}})}
+		c, _, cr, sr := connect(t, client, server)
+		if cr.err != nil || sr.err != nil {
+			t.Fatalf("client %v, server %v", cr.err, sr.err)
+		}
+		if cr.peer.Sig != tls.MLDSA87 || sr.peer.Sig != tls.MLDSA87 || c.ConnectionState().CurveID != tls.MLKEM1024 {
+			t.Errorf("sig %v/%v group %s, want MLDSA87 and MLKEM1024", cr.peer.Sig, sr.peer.Sig, GroupName(c.ConnectionState().CurveID))
+		}
+	})
+	t.Run("pinned ML-DSA-65 peer refused", func(t *testing.T) {
+		cid, sid := mustIdentity(t), id87()
+		loose := cnsa2
+		loose.RequireMLDSA87 = false
+		client := side{id: cid, store: newStore(t, loose, &Material{Identity: cid, Peers: []Pin{sid.Pin}})}
+		server := side{id: sid, store: newStore(t, cnsa2, &Material{Identity: sid, Peers: []Pin{cid.Pin}})}
+		_, _, _, sr := connect(t, client, server)
+		if !errors.Is(sr.err, ErrNotCNSA2) || !strings.Contains(sr.err.Error(), "ML-DSA-65") {
+			t.Fatalf("server error = %v, want ErrNotCNSA2 naming ML-DSA-65", sr.err)
+		}
+	})
+	t.Run("CA chains", func(t *testing.T) {
+		serverCert, serverPool := testChain(t, "server", kMLDSA87, kMLDSA87)
+		for _, tt := range []struct {
+			kinds []keyKind
+			ok    bool
+		}{
+			{[]keyKind{kMLDSA87, kMLDSA87}, true},
+			{[]keyKind{kMLDSA87, kMLDSA65}, false},
+			{[]keyKind{kMLDSA65, kMLDSA87}, false},
+		} {
+			clientCert, clientPool := testChain(t, "client", tt.kinds...)
+			p := cnsa2
+			p.ServerName = "server.test"
+			client := side{store: newStore(t, p, &Material{Certificate: clientCert, CAs: serverPool})}
+			server := side{store: newStore(t, p, &Material{Certificate: serverCert, CAs: clientPool})}
+			_, _, cr, sr := connect(t, client, server)
+			if tt.ok && (cr.err != nil || sr.err != nil) {
+				t.Errorf("%v: client %v, server %v", tt.kinds, cr.err, sr.err)
+			}
+			if !tt.ok && !errors.Is(sr.err, ErrNotCNSA2) {
+				t.Errorf("%v: server error = %v, want ErrNotCNSA2", tt.kinds, sr.err)
+			}
+		}
+	})
+}

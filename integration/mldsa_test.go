@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -243,6 +245,56 @@ func TestPureMLKEM1024Tunnel(t *testing.T) {
 		l.waitLog(t, within(t, ctx, 10*time.Second), connected)
 		if err := echoExact(within(t, ctx, 10*time.Second), d.forward[""], randomBytes(17, 32<<10)); err != nil {
 			t.Fatal(err)
+		}
+	})
+}
+
+// keygenCNSA2 writes an ML-DSA-87 identity with 'pqtunnel keygen --profile
+// cnsa2' and returns its path and pin.
+func keygenCNSA2(t *testing.T, name string) identity {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	path := filepath.Join(t.TempDir(), name+".id")
+	cmd := exec.CommandContext(ctx, pqtunnelBin, "keygen", "--profile", "cnsa2", "-o", path)
+	cmd.Env = childEnv(nil)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("pqtunnel keygen --profile cnsa2: %v", err)
+	}
+	return identity{path: path, pin: strings.TrimSpace(string(out))}
+}
+
+// TestCNSA2Profile runs both sides with PQT_PROFILE=cnsa2 and ML-DSA-87
+// identities: each transport negotiates MLKEM1024 and authenticates with
+// ML-DSA-87. A side given an ML-DSA-65 identity under the profile refuses
+// to start and names the variable.
+func TestCNSA2Profile(t *testing.T) {
+	l87, d87 := keygenCNSA2(t, "listen"), keygenCNSA2(t, "dial")
+	transports(t, func(t *testing.T, transport string) {
+		ctx := testContext(t, 60*time.Second)
+		o := startEcho(t)
+		l := startListen(t, ctx, 0, transport, map[string]string{"PQT_TARGET": o.addr(), "PQT_PROFILE": "cnsa2",
+			"PQT_IDENTITY": l87.path, "PQT_PEERS": d87.pin})
+		d := startDial(t, ctx, l.tunnelAddr, transport, nil, map[string]string{"PQT_PROFILE": "cnsa2", "PQT_CONNECTIONS": "1",
+			"PQT_IDENTITY": d87.path, "PQT_PEERS": l87.pin})
+		connected := msgIs("tunnel connected", "transport", transport, "group", "MLKEM1024", "sig", "ML-DSA-87", "pq_auth", "true")
+		d.waitLog(t, within(t, ctx, 20*time.Second), connected)
+		l.waitLog(t, within(t, ctx, 10*time.Second), connected)
+		if err := echoExact(within(t, ctx, 10*time.Second), d.forward[""], randomBytes(19, 32<<10)); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("ML-DSA-65 identity refused at start", func(t *testing.T) {
+		ctx := testContext(t, 30*time.Second)
+		env := sideEnv("listen", "tcp", identityNamed(t, "listen"), identityNamed(t, "dial"), map[string]string{
+			"PQT_PROFILE": "cnsa2", "PQT_TUNNEL": loopback(freePort(t)), "PQT_TARGET": "127.0.0.1:9"})
+		p := startProc(t, ctx, "listen side", env, pqtunnelBin)
+		if code := p.wait(t, ctx); code == 0 {
+			t.Fatal("a cnsa2 listen side with an ML-DSA-65 identity started")
+		}
+		if e := p.stderr.String(); !strings.Contains(e, "PQT_IDENTITY") || !strings.Contains(e, "ML-DSA-87") {
+			t.Errorf("start-up error %q does not name PQT_IDENTITY and ML-DSA-87", e)
 		}
 	})
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/mldsa"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -40,6 +41,7 @@ type Config struct {
 	CA          string `env:"PQT_CA" help:"CA mode: the CA bundle that signs peer certificates (PEM file)."`
 	Allow       string `env:"PQT_ALLOW" help:"CA mode: peers accepted by certificate name: dns:NAME, uri:URI, cn:NAME, comma-separated; empty accepts any the CA signed."`
 	ServerName  string `env:"PQT_SERVER_NAME" help:"CA mode: the name a dial side verifies in the peer's certificate; default the host of PQT_TUNNEL."`
+	Profile     string `env:"PQT_PROFILE" help:"cnsa2: the CNSA 2.0 profile in one switch: key exchange MLKEM1024 only, ML-DSA-87 authentication (identities from 'pqtunnel keygen --profile cnsa2', CA chains ML-DSA-87 end to end), PQT_KEYLOG refused. Off when empty."`
 	Auth        string `env:"PQT_AUTH" envDefault:"any" help:"CA mode: pq refuses a peer whose certificate chain is not ML-DSA end to end (leaf key and every signature up to PQT_CA); any accepts classical and mixed chains, logged pq_auth=false with the reason."`
 
 	HandshakeTimeout time.Duration `env:"PQT_HANDSHAKE_TIMEOUT" envDefault:"10s" help:"Bound on a tunnel handshake including the session proof."`
@@ -131,6 +133,9 @@ func (c *Config) Validate() error {
 	if c.Auth != "any" && c.Auth != "pq" {
 		return fmt.Errorf("PQT_AUTH: %q is not pq or any", c.Auth)
 	}
+	if err := c.checkProfile(mode); err != nil {
+		return err
+	}
 	positive := []struct {
 		name string
 		ok   bool
@@ -205,8 +210,22 @@ func (c *Config) tunnels() []string {
 }
 
 // material loads identity, certificates and pins from the environment's
-// files; it runs at start and again on SIGHUP.
+// files and checks them against PQT_PROFILE; it runs at start and again on
+// SIGHUP.
 func (c *Config) material() (*hybridtls.Material, error) {
+	m, err := c.loadMaterial()
+	if err != nil {
+		return nil, err
+	}
+	if c.Profile == profileCNSA2 {
+		if err := checkCNSA2Material(m); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (c *Config) loadMaterial() (*hybridtls.Material, error) {
 	pinned := c.Identity != "" || c.IdentityPEM != ""
 	ca := c.Cert != "" || c.Key != "" || c.CA != ""
 	switch {
@@ -290,4 +309,55 @@ func readPeers(s string) ([]hybridtls.Pin, error) {
 		}
 	}
 	return hybridtls.ParsePins(strings.Join(pins, ","))
+}
+
+const profileCNSA2 = "cnsa2"
+
+// checkProfile refuses settings that do not comply with PQT_PROFILE, naming
+// each variable at fault.
+func (c *Config) checkProfile(mode hybridtls.PQMode) error {
+	switch c.Profile {
+	case "":
+		return nil
+	case profileCNSA2:
+	default:
+		return fmt.Errorf("PQT_PROFILE: %q is not cnsa2 (or empty for none)", c.Profile)
+	}
+	// PQT_GROUPS' default is replaced; any other list is a conflict.
+	if c.Groups != hybridtls.GroupNames(hybridtls.DefaultGroups) && !strings.EqualFold(strings.TrimSpace(c.Groups), "MLKEM1024") {
+		return fmt.Errorf("PQT_GROUPS: %q does not comply with PQT_PROFILE=cnsa2, which uses MLKEM1024 only (unset PQT_GROUPS)", c.Groups)
+	}
+	if mode != hybridtls.Strict {
+		return errors.New("PQT_PQ: PQT_PROFILE=cnsa2 allows no classical key exchange (unset PQT_PQ or set it to strict)")
+	}
+	if c.KeyLog != "" {
+		return errors.New("PQT_KEYLOG: not allowed with PQT_PROFILE=cnsa2: it writes the session secrets out")
+	}
+	return nil
+}
+
+// groups is the key-exchange list in force: PQT_GROUPS, or MLKEM1024 alone
+// under PQT_PROFILE=cnsa2.
+func (c *Config) groups(mode hybridtls.PQMode) ([]tls.CurveID, error) {
+	if c.Profile == profileCNSA2 {
+		return []tls.CurveID{tls.MLKEM1024}, nil
+	}
+	return hybridtls.ParseGroups(c.Groups, mode)
+}
+
+// checkCNSA2Material refuses this side's own identity or certificate when
+// it is not ML-DSA-87.
+func checkCNSA2Material(m *hybridtls.Material) error {
+	if m.Pinned() {
+		if p := m.Identity.MLDSA.PublicKey().Parameters(); p != mldsa.MLDSA87() {
+			return fmt.Errorf("PQT_IDENTITY: the identity's key is %s; PQT_PROFILE=cnsa2 needs ML-DSA-87 (make one with 'pqtunnel keygen --profile cnsa2 -o FILE')", p)
+		}
+		return nil
+	}
+	leaf := m.Certificate.Leaf
+	if k, ok := leaf.PublicKey.(*mldsa.PublicKey); !ok || k.Parameters() != mldsa.MLDSA87() || leaf.SignatureAlgorithm != x509.MLDSA87 {
+		return fmt.Errorf("PQT_CERT: the certificate's key is %s and it is signed with %s; PQT_PROFILE=cnsa2 needs ML-DSA-87 for both (e.g. from 'pqtunnel ca init -alg ML-DSA-87')",
+			hybridtls.SignatureSchemeName(hybridtls.SignatureScheme(leaf)), leaf.SignatureAlgorithm)
+	}
+	return nil
 }

@@ -175,6 +175,11 @@ func TestParseConfigErrorsNameTheVariable(t *testing.T) {
 		{name: "log level bad", set: map[string]string{"PQT_LOG_LEVEL": "loud"}, want: "PQT_LOG_LEVEL"},
 		{name: "log format bad", set: map[string]string{"PQT_LOG_FORMAT": "xml"}, want: "PQT_LOG_FORMAT"},
 		{name: "auth bad", set: map[string]string{"PQT_AUTH": "mldsa"}, want: "PQT_AUTH"},
+		{name: "profile bad", set: map[string]string{"PQT_PROFILE": "cnsa"}, want: "PQT_PROFILE"},
+		{name: "cnsa2 with an ML-DSA-65 identity", set: map[string]string{"PQT_PROFILE": "cnsa2"}, want: "PQT_IDENTITY", also: []string{"ML-DSA-65", "keygen --profile cnsa2"}},
+		{name: "cnsa2 with a hybrid group", set: map[string]string{"PQT_PROFILE": "cnsa2", "PQT_GROUPS": "SecP384r1MLKEM1024"}, want: "PQT_GROUPS", also: []string{"MLKEM1024 only"}},
+		{name: "cnsa2 with prefer", set: map[string]string{"PQT_PROFILE": "cnsa2", "PQT_PQ": "prefer"}, want: "PQT_PQ"},
+		{name: "cnsa2 with a key log", set: map[string]string{"PQT_PROFILE": "cnsa2", "PQT_KEYLOG": "/tmp/keys"}, want: "PQT_KEYLOG"},
 		{name: "identity missing", unset: []string{"PQT_IDENTITY"}, want: "PQT_IDENTITY", also: []string{"pqtunnel keygen"}},
 		{name: "identity file missing", set: map[string]string{"PQT_IDENTITY": filepath.Join(te.dir, "nope.id")}, want: "PQT_IDENTITY"},
 		{name: "identity mode 0644", set: map[string]string{"PQT_IDENTITY": open}, want: "PQT_IDENTITY", also: []string{"chmod 600"}},
@@ -272,5 +277,43 @@ func TestMaterialLoadsIdentityAndPins(t *testing.T) {
 	}
 	if err := m.Validate(); err != nil {
 		t.Errorf("material does not validate: %v", err)
+	}
+}
+
+func TestCNSA2Profile(t *testing.T) {
+	te := newTestEnv(t)
+	id87 := filepath.Join(te.dir, "cnsa2.id")
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"keygen", "-profile", "cnsa2", "-o", id87}, nil, &stdout, &stderr); code != 0 {
+		t.Fatalf("keygen -profile cnsa2 exited %d: %s", code, stderr.String())
+	}
+	id, err := hybridtls.LoadIdentityFile(id87)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := id.MLDSA.PublicKey().Parameters().String(); p != "ML-DSA-87" || id.Pin.String() != strings.TrimSpace(stdout.String()) {
+		t.Fatalf("keygen -profile cnsa2 wrote an %s identity with pin %s, printed %q", p, id.Pin, stdout.String())
+	}
+	for _, groups := range []string{"", "mlkem1024"} {
+		environ := maps.Clone(te.base)
+		environ["PQT_IDENTITY"], environ["PQT_PROFILE"] = id87, "cnsa2"
+		if groups != "" {
+			environ["PQT_GROUPS"] = groups
+		}
+		c, err := parseConfig(environ)
+		if err != nil {
+			t.Fatalf("PQT_GROUPS=%q: parseConfig: %v", groups, err)
+		}
+		pc, err := engineConfig(c, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := pc.TLS.Policy()
+		if hybridtls.GroupNames(p.Groups) != "MLKEM1024" || !p.RequirePQAuth || !p.RequireMLDSA87 || p.KeyLog != nil {
+			t.Errorf("PQT_GROUPS=%q: cnsa2 policy = groups %s, RequirePQAuth %v, RequireMLDSA87 %v", groups, hybridtls.GroupNames(p.Groups), p.RequirePQAuth, p.RequireMLDSA87)
+		}
+	}
+	if code := run([]string{"keygen", "-profile", "fips", "-o", filepath.Join(te.dir, "x.id")}, nil, &stdout, &stderr); code == 0 {
+		t.Error("keygen accepted -profile fips")
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/mldsa"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,13 +17,22 @@ func keygen(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	out := fs.String("o", "", "file to write the identity to (required; not overwritten)")
+	profile := fs.String("profile", "", "cnsa2: an ML-DSA-87 identity, as PQT_PROFILE=cnsa2 requires (default ML-DSA-65)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *out == "" {
 		return errors.New("keygen: -o FILE is required")
 	}
-	id, err := hybridtls.GenerateIdentity()
+	params := mldsa.MLDSA65()
+	switch *profile {
+	case "":
+	case profileCNSA2:
+		params = mldsa.MLDSA87()
+	default:
+		return fmt.Errorf("keygen: -profile %q is not cnsa2", *profile)
+	}
+	id, err := hybridtls.GenerateIdentityFor(params)
 	if err != nil {
 		return fmt.Errorf("keygen: %w", err)
 	}

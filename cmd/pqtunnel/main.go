@@ -96,6 +96,7 @@ func printHelp(w io.Writer) {
 Usage:
   pqtunnel [run]           run as configured by the environment below
   pqtunnel keygen -o FILE  write a new hybrid identity (ML-DSA-65 + Ed25519) and print its pin
+                           (--profile cnsa2: ML-DSA-87)
   pqtunnel pin FILE        print the pin of an identity
   pqtunnel ca init -o DIR  create a small ML-DSA CA for CA mode (-alg ML-DSA-65|ML-DSA-87)
   pqtunnel ca issue --ca DIR --name dns:NAME [--uri URI] [--days 90] -o PREFIX
@@ -150,19 +151,20 @@ func isTerminal(w io.Writer) bool {
 // engineConfig turns the validated environment into the engine's typed options.
 func engineConfig(c *Config, log *slog.Logger) (proxy.Config, error) {
 	metrics := proxy.NewMetrics()
-	pp, _ := c.proxyProtocol()                         // validated
-	mode, _ := hybridtls.ParsePQMode(c.PQ)             // validated
-	groups, _ := hybridtls.ParseGroups(c.Groups, mode) // validated
-	fwd, _ := proxy.ParseRoutes(c.Forward)             // validated
-	tgt, _ := proxy.ParseRoutes(c.Target)              // validated
-	tr, _ := transport.Lookup(c.Transport)             // validated
+	pp, _ := c.proxyProtocol()             // validated
+	mode, _ := hybridtls.ParsePQMode(c.PQ) // validated
+	groups, _ := c.groups(mode)            // validated
+	fwd, _ := proxy.ParseRoutes(c.Forward) // validated
+	tgt, _ := proxy.ParseRoutes(c.Target)  // validated
+	tr, _ := transport.Lookup(c.Transport) // validated
 	m, err := c.material()
 	if err != nil {
 		return proxy.Config{}, err
 	}
 	policy := hybridtls.Policy{
 		Mode: mode, Groups: groups, ServerName: c.ServerName, ALPN: wire.ALPN, Logger: log,
-		OnRefused: metrics.HandshakeFailed, RequirePQAuth: c.Auth == "pq",
+		OnRefused: metrics.HandshakeFailed, RequirePQAuth: c.Auth == "pq" || c.Profile == profileCNSA2,
+		RequireMLDSA87: c.Profile == profileCNSA2,
 	}
 	if c.KeyLog != "" {
 		// Kept open for the life of the process; crypto/tls serialises
@@ -224,7 +226,7 @@ func runTunnel(environ map[string]string, stderr io.Writer) error {
 		return err
 	}
 	log.Info("pqtunnel starting", "version", buildVersion(), "mode", c.Mode, "transport", c.Transport,
-		"pq", c.PQ, "groups", hybridtls.GroupNames(pc.TLS.Policy().Groups), "identity", pc.TLS.Material().Name())
+		"pq", c.PQ, "profile", c.Profile, "groups", hybridtls.GroupNames(pc.TLS.Policy().Groups), "identity", pc.TLS.Material().Name())
 
 	if c.KeyLog != "" {
 		log.Warn("PQT_KEYLOG is on: TLS secrets of every tunnel are written to the key log, and anyone who reads it can decrypt the traffic", "keylog", c.KeyLog)
