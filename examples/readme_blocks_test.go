@@ -55,6 +55,9 @@ var blockSpecs = []blockSpec{
 	{file: "README.md", contains: "keygen -o /etc/pqtunnel/client.id", want: []string{pinLine}},
 	{file: "README.md", contains: "redis-cli -h 127.0.0.1 -p 6379 ping",
 		setup: startRedis, want: []string{`(?m)^PONG$`}},
+	{file: "README.md", contains: "pqtunnel ca init -o /etc/pqtunnel/ca",
+		setup: writeMLDSARequest, check: checkCAFiles,
+		want: []string{`(?m)^ML-DSA-65 CA "pqtunnel CA" valid until`, `(?m)^ML-DSA-65 certificate for dns:web.internal,uri:spiffe://cluster.local/ns/app/sa/web valid until`}},
 
 	{file: "examples/README.md", contains: "go build", dir: "repo",
 		check: func(t *testing.T, e *blockEnv) {
