@@ -329,8 +329,12 @@ func (e *Engine) routineMaintain(ctx context.Context, peer string) {
 		}
 		connectedBefore = true
 		up := time.Now()
-		for s != nil {
-			s = e.hold(ctx, peer, s)
+		t := e.newTunnel(s)
+		if !e.admit(t) {
+			return // the pool is closed: shutting down
+		}
+		for t != nil {
+			t = e.hold(ctx, peer, t)
 		}
 		// Only a tunnel that stayed up resets the backoff: a peer that
 		// accepts and at once closes (PQT_MAX_CONNECTIONS) must not be
@@ -344,18 +348,19 @@ func (e *Engine) routineMaintain(ctx context.Context, peer string) {
 	}
 }
 
-// hold serves s until it goes away and returns nil, or until s offers a
-// successor (a Fallback session whose primary transport works again): then
-// s is retired (no new streams; closed once its streams finish) and the
+// hold serves the admitted tunnel t until it goes away and returns nil, or
+// until its session offers a successor (a Fallback session whose primary
+// transport works again): then the successor joins the pool before t leaves
+// it, so that no client arriving during the move finds the pool empty, t is
+// retired (no new streams; closed once its streams finish), and the
 // successor is returned to be held instead.
-func (e *Engine) hold(ctx context.Context, peer string, s transport.Session) transport.Session {
-	t := e.newTunnel(s)
+func (e *Engine) hold(ctx context.Context, peer string, t *tunnel) *tunnel {
 	done := make(chan struct{})
 	e.loops.Add(1)
 	go func() {
 		defer e.loops.Done()
 		defer close(done)
-		e.serveTunnel(t)
+		e.serveAdmitted(t)
 	}()
 	select {
 	case <-done:
@@ -363,10 +368,15 @@ func (e *Engine) hold(ctx context.Context, peer string, s transport.Session) tra
 	case <-ctx.Done():
 		<-done
 		return nil
-	case next := <-transport.Superseded(s):
+	case next := <-transport.Superseded(t.s):
+		nt := e.newTunnel(next.Session)
+		if !e.admit(nt) {
+			<-done // shutting down: t is being closed too
+			return nil
+		}
 		e.log.Info(next.Why, "peer", peer, "tunnel", t.id)
 		e.retire(t)
-		return next.Session
+		return nt
 	}
 }
 
@@ -463,6 +473,14 @@ func (e *Engine) newTunnel(s transport.Session) *tunnel {
 }
 
 func (e *Engine) serveTunnel(t *tunnel) {
+	if e.admit(t) {
+		e.serveAdmitted(t)
+	}
+}
+
+// admit puts t in the pool and logs it connected, or refuses and closes it
+// when the pool is full or closed.
+func (e *Engine) admit(t *tunnel) bool {
 	s := t.s
 	info := s.Info()
 	log := t.log
@@ -474,7 +492,7 @@ func (e *Engine) serveTunnel(t *tunnel) {
 		log.Warn("tunnel refused", "reason", err.Error(), "limit", limit, "remote", info.Remote.String())
 		e.metrics.HandshakeFailed("busy")
 		_ = s.Close() // refused
-		return
+		return false
 	}
 	if hybridtls.IsPostQuantum(info.TLS.CurveID) {
 		log.Info("tunnel connected", "tls", "1.3", "pq_auth", info.Peer.PQAuth, "remote", info.Remote.String(), "handshake", info.Handshake.Round(10*time.Microsecond))
@@ -488,6 +506,15 @@ func (e *Engine) serveTunnel(t *tunnel) {
 		log.Warn("tunnel secrets written to the key log: anyone who reads it can decrypt this tunnel", "keylog", e.cfg.KeyLog)
 	}
 	e.metrics.tunnelUp(info)
+	return true
+}
+
+// serveAdmitted serves the streams the peer opens on the admitted tunnel t
+// until its session goes away, then takes it out of the pool.
+func (e *Engine) serveAdmitted(t *tunnel) {
+	s := t.s
+	info := s.Info()
+	log := t.log
 	defer func() {
 		e.tunnels.remove(t)
 		e.metrics.tunnelDown(info)
