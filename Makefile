@@ -62,8 +62,10 @@ bench:
 bench-smoke:
 	go run ./integration/bench -smoke -out "$$(mktemp -d)/bench-smoke.json"
 
+# -buildvcs=auto stamps the commit that 'pqtunnel version' prints, even
+# where GOFLAGS says -buildvcs=false.
 build:
-	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o bin/pqtunnel ./cmd/pqtunnel
+	CGO_ENABLED=0 go build -trimpath -buildvcs=auto -ldflags="-s -w" -o bin/pqtunnel ./cmd/pqtunnel
 
 # release: one static binary per platform in dist/, named with VERSION (git
 # describe), and SHA256SUMS over them. 'pqtunnel version' reads the commit and
@@ -72,5 +74,5 @@ release:
 	@set -e; rm -rf dist; mkdir -p dist; for p in $(PLATFORMS); do \
 	  os=$${p%/*}; arch=$${p#*/}; ext=; [ $$os = windows ] && ext=.exe; \
 	  out=dist/pqtunnel-$(VERSION)-$$os-$$arch$$ext; echo "build $$out"; \
-	  GOOS=$$os GOARCH=$$arch CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o $$out ./cmd/pqtunnel; \
+	  GOOS=$$os GOARCH=$$arch CGO_ENABLED=0 go build -trimpath -buildvcs=auto -ldflags="-s -w" -o $$out ./cmd/pqtunnel; \
 	done; cd dist && sha256sum pqtunnel-* > SHA256SUMS && cat SHA256SUMS

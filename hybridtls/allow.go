@@ -14,7 +14,7 @@ type AllowRule struct {
 	Value string
 }
 
-// ParseAllow parses a PQT_ALLOW list: comma-separated dns:NAME, uri:URI, cn:NAME.
+// ParseAllow parses a list of allow rules: comma-separated dns:NAME, uri:URI, cn:NAME.
 func ParseAllow(s string) ([]AllowRule, error) {
 	var out []AllowRule
 	for _, f := range strings.Split(s, ",") {

@@ -89,6 +89,45 @@ type Policy struct {
 	// the tunnel traffic; it is for debugging and for showing what a
 	// handshake carries.
 	KeyLog io.Writer
+	// SettingName, if set, names a Setting in refusal messages in the
+	// caller's own terms (pqtunnel gives its variable names), so that a
+	// refusal says what to change; nil uses Setting.String.
+	SettingName func(Setting) string
+}
+
+// Setting is a part of the Policy or Material that a refusal can blame.
+type Setting int
+
+const (
+	SettingGroups Setting = iota // Policy.Groups
+	SettingMode                  // Policy.Mode
+	SettingCAs                   // Material.CAs
+	SettingPeers                 // Material.Peers
+	SettingAllow                 // Material.Allow
+)
+
+// String is the Go field name, the Setting's name when Policy.SettingName is nil.
+func (s Setting) String() string {
+	switch s {
+	case SettingGroups:
+		return "Groups"
+	case SettingMode:
+		return "Mode"
+	case SettingCAs:
+		return "CAs"
+	case SettingPeers:
+		return "Peers"
+	case SettingAllow:
+		return "Allow"
+	}
+	return fmt.Sprintf("Setting(%d)", int(s))
+}
+
+func (p *Policy) name(s Setting) string {
+	if p.SettingName != nil {
+		return p.SettingName(s)
+	}
+	return s.String()
 }
 
 // curves is the list offered and accepted: in prefer mode X25519 is added
@@ -226,9 +265,9 @@ func (s *Store) checkOffered(hello *tls.ClientHelloInfo) error {
 		}
 	}
 	if slices.ContainsFunc(hello.SupportedCurves, IsPostQuantum) {
-		return fmt.Errorf("%w: peer offered %s, PQT_GROUPS accepts %s", ErrNoCommonGroup, GroupNames(hello.SupportedCurves), GroupNames(ours))
+		return fmt.Errorf("%w: peer offered %s, %s accepts %s", ErrNoCommonGroup, GroupNames(hello.SupportedCurves), s.policy.name(SettingGroups), GroupNames(ours))
 	}
-	return fmt.Errorf("%w: peer offered only %s, PQT_PQ=%s accepts %s", ErrNotPostQuantum, GroupNames(hello.SupportedCurves), s.policy.Mode, GroupNames(ours))
+	return fmt.Errorf("%w: peer offered only %s, %s=%s accepts %s", ErrNotPostQuantum, GroupNames(hello.SupportedCurves), s.policy.name(SettingMode), s.policy.Mode, GroupNames(ours))
 }
 
 // RefusalError is the type of the policy's refusals. Reason is the label
@@ -246,10 +285,10 @@ func (e *RefusalError) HandshakeReason() string { return e.Reason }
 
 // ErrBadCertificate is wrapped when a CA-mode peer certificate does not
 // verify: expired, signed by another CA, or not for client use.
-var ErrBadCertificate error = &RefusalError{"bad_certificate", "peer certificate does not verify against PQT_CA"}
+var ErrBadCertificate error = &RefusalError{"bad_certificate", "peer certificate does not verify"}
 
 // ErrNoCommonGroup is wrapped when both sides are post-quantum but their
-// PQT_GROUPS lists share no group.
+// group lists share none.
 var ErrNoCommonGroup error = &RefusalError{"no_common_group", "no common key-exchange group"}
 
 // LoggedRefusal reports whether a server-side handshake failure of this
@@ -260,11 +299,11 @@ func LoggedRefusal(reason string) bool {
 }
 
 // ErrPeerNotAllowed is wrapped when a peer authenticated correctly but is not
-// one this side accepts (pin not in PQT_PEERS, certificate outside PQT_ALLOW).
+// one this side accepts (pin not in Material.Peers, certificate outside Material.Allow).
 var ErrPeerNotAllowed error = &RefusalError{"peer_not_allowed", "peer not allowed"}
 
 func (s *Store) verifyPeer(m *Material, cs *tls.ConnectionState, server bool) error {
-	if err := CheckGroup(cs.CurveID, s.policy.Mode, s.policy.curves()); err != nil {
+	if err := checkGroup(cs.CurveID, s.policy.Mode, s.policy.curves(), s.policy.name); err != nil {
 		return err
 	}
 	if len(cs.PeerCertificates) == 0 {
@@ -277,7 +316,7 @@ func (s *Store) verifyPeer(m *Material, cs *tls.ConnectionState, server bool) er
 			return fmt.Errorf("%w: %w", ErrPeerNotAllowed, err)
 		}
 		if !slices.Contains(m.Peers, pin) {
-			return fmt.Errorf("%w: pin %s is not in PQT_PEERS", ErrPeerNotAllowed, pin)
+			return fmt.Errorf("%w: pin %s is not in %s", ErrPeerNotAllowed, pin, s.policy.name(SettingPeers))
 		}
 		if s.policy.RequireMLDSA87 {
 			if ok, why := ChainMLDSA87([]*x509.Certificate{leaf}); !ok {
@@ -286,7 +325,7 @@ func (s *Store) verifyPeer(m *Material, cs *tls.ConnectionState, server bool) er
 		}
 		return nil
 	}
-	chains, err := peerChains(m, cs, server)
+	chains, err := peerChains(m, cs, server, s.policy.name(SettingCAs))
 	if err != nil {
 		return err
 	}
@@ -314,13 +353,13 @@ func (s *Store) verifyPeer(m *Material, cs *tls.ConnectionState, server bool) er
 			return nil
 		}
 	}
-	return fmt.Errorf("%w: certificate %q matches no PQT_ALLOW rule", ErrPeerNotAllowed, certName(leaf))
+	return fmt.Errorf("%w: certificate %q matches no %s rule", ErrPeerNotAllowed, certName(leaf), s.policy.name(SettingAllow))
 }
 
 // peerChains returns the CA-mode peer's verified chains. A client has them
 // from crypto/tls; a server verifies the chain itself (see ServerConfig),
 // for client use.
-func peerChains(m *Material, cs *tls.ConnectionState, server bool) ([][]*x509.Certificate, error) {
+func peerChains(m *Material, cs *tls.ConnectionState, server bool, caName string) ([][]*x509.Certificate, error) {
 	if !server {
 		return cs.VerifiedChains, nil
 	}
@@ -332,7 +371,7 @@ func peerChains(m *Material, cs *tls.ConnectionState, server bool) ([][]*x509.Ce
 		Roots: m.CAs, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadCertificate, err)
+		return nil, fmt.Errorf("%w against %s: %w", ErrBadCertificate, caName, err)
 	}
 	return chains, nil
 }
@@ -360,7 +399,7 @@ func (s *Store) Authenticate(cs *tls.ConnectionState, rw io.ReadWriter, role Rol
 	if cs.Version != tls.VersionTLS13 {
 		return Peer{}, fmt.Errorf("negotiated TLS version %#x, want TLS 1.3", cs.Version)
 	}
-	if err := CheckGroup(cs.CurveID, s.policy.Mode, s.policy.curves()); err != nil {
+	if err := checkGroup(cs.CurveID, s.policy.Mode, s.policy.curves(), s.policy.name); err != nil {
 		return Peer{}, err
 	}
 	msg, err := AppendProof(nil, cs, identityEd25519(m.Identity), role)
@@ -385,7 +424,7 @@ func (s *Store) Authenticate(cs *tls.ConnectionState, rw io.ReadWriter, role Rol
 		p.PQAuth = true // PinOf accepts only ML-DSA-65 keys
 		return p, nil
 	}
-	chains, err := peerChains(m, cs, role == RoleServer)
+	chains, err := peerChains(m, cs, role == RoleServer, s.policy.name(SettingCAs))
 	if err != nil {
 		return Peer{}, err
 	}

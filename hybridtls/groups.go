@@ -25,7 +25,7 @@ const (
 	Prefer PQMode = "prefer"
 )
 
-// ParsePQMode parses the PQT_PQ value; the empty string is Strict.
+// ParsePQMode parses a mode name, strict or prefer; the empty string is Strict.
 func ParsePQMode(s string) (PQMode, error) {
 	switch PQMode(strings.ToLower(strings.TrimSpace(s))) {
 	case "", Strict:
@@ -36,7 +36,8 @@ func ParsePQMode(s string) (PQMode, error) {
 	return "", fmt.Errorf("unknown mode %q (want strict or prefer)", s)
 }
 
-// DefaultGroups is the default PQT_GROUPS: every hybrid Go supports, fastest first.
+// DefaultGroups is the default group list: every hybrid Go supports, fastest
+// first (the same list as defaults.Groups, as a test in internal/config checks).
 var DefaultGroups = []tls.CurveID{tls.X25519MLKEM768, tls.SecP256r1MLKEM768, tls.SecP384r1MLKEM1024}
 
 var groupByName = map[string]tls.CurveID{
@@ -96,7 +97,7 @@ func GroupNames(gs []tls.CurveID) string {
 	return strings.Join(names, ",")
 }
 
-// ParseGroups parses a PQT_GROUPS value: comma-separated standard names,
+// ParseGroups parses a group list: comma-separated standard names,
 // case-insensitive. The list says which groups are offered and accepted,
 // not in which order: crypto/tls applies its own preference among them
 // (X25519MLKEM768, SecP256r1MLKEM768, SecP384r1MLKEM1024, MLKEM1024, then
@@ -118,7 +119,7 @@ func ParseGroups(s string, mode PQMode) ([]tls.CurveID, error) {
 		}
 		g, ok := groupByName[strings.ToLower(name)]
 		if !ok {
-			return nil, fmt.Errorf("unknown group %q (valid: X25519MLKEM768, SecP256r1MLKEM768, SecP384r1MLKEM1024, pure post-quantum MLKEM1024; classical X25519, P-256, P-384, P-521 only with PQT_PQ=prefer)", name)
+			return nil, fmt.Errorf("unknown group %q (valid: X25519MLKEM768, SecP256r1MLKEM768, SecP384r1MLKEM1024, pure post-quantum MLKEM1024; classical X25519, P-256, P-384, P-521 only in %s mode)", name, Prefer)
 		}
 		if seen[g] {
 			return nil, fmt.Errorf("group %s listed twice", GroupName(g))
@@ -126,7 +127,7 @@ func ParseGroups(s string, mode PQMode) ([]tls.CurveID, error) {
 		seen[g] = true
 		if !IsPostQuantum(g) {
 			if mode == Strict {
-				return nil, fmt.Errorf("classical group %s is not allowed with PQT_PQ=strict: it has no post-quantum protection (remove it, or set PQT_PQ=prefer)", GroupName(g))
+				return nil, &ClassicalGroupError{Group: g}
 			}
 			sawClassical = true
 		} else if sawClassical {
@@ -137,6 +138,16 @@ func ParseGroups(s string, mode PQMode) ([]tls.CurveID, error) {
 	return out, nil
 }
 
+// ClassicalGroupError is a classical group in a Strict group list. It is
+// typed so that a caller can phrase the fix in its own settings' names.
+type ClassicalGroupError struct {
+	Group tls.CurveID
+}
+
+func (e *ClassicalGroupError) Error() string {
+	return fmt.Sprintf("classical group %s is not allowed in %s mode: it has no post-quantum protection", GroupName(e.Group), Strict)
+}
+
 // ErrNotPostQuantum reports a handshake refused because the peer could not
 // agree on a hybrid post-quantum key exchange.
 var ErrNotPostQuantum error = &RefusalError{"not_post_quantum", "peer offered no post-quantum key exchange"}
@@ -144,6 +155,11 @@ var ErrNotPostQuantum error = &RefusalError{"not_post_quantum", "peer offered no
 // CheckGroup enforces the policy on a negotiated group: defence in depth after
 // the handshake, in case the TLS stack ever negotiated something it should not.
 func CheckGroup(g tls.CurveID, mode PQMode, allowed []tls.CurveID) error {
+	return checkGroup(g, mode, allowed, Setting.String)
+}
+
+// checkGroup is CheckGroup with the group list named by name.
+func checkGroup(g tls.CurveID, mode PQMode, allowed []tls.CurveID, name func(Setting) string) error {
 	for _, a := range allowed {
 		if a == g {
 			if !IsPostQuantum(g) && mode == Strict {
@@ -158,5 +174,5 @@ func CheckGroup(g tls.CurveID, mode PQMode, allowed []tls.CurveID) error {
 	if !IsPostQuantum(g) {
 		return fmt.Errorf("%w: negotiated %s", ErrNotPostQuantum, GroupName(g))
 	}
-	return fmt.Errorf("negotiated group %s is not in PQT_GROUPS (%s)", GroupName(g), GroupNames(allowed))
+	return fmt.Errorf("negotiated group %s is not in %s (%s)", GroupName(g), name(SettingGroups), GroupNames(allowed))
 }

@@ -59,9 +59,9 @@ func TestParseGroups(t *testing.T) {
 		{name: "unknown lists valid names", in: "X25519MLKEM768,kyber768", mode: Strict,
 			wantErr: []string{`"kyber768"`, "X25519MLKEM768", "SecP256r1MLKEM768", "SecP384r1MLKEM1024"}},
 		{name: "classical in strict", in: "X25519MLKEM768,X25519", mode: Strict,
-			wantErr: []string{"X25519", "PQT_PQ=strict"}},
+			wantErr: []string{"X25519", "strict mode"}},
 		{name: "classical P-256 in strict", in: "p-256", mode: Strict,
-			wantErr: []string{"P-256", "PQT_PQ=strict"}},
+			wantErr: []string{"P-256", "strict mode"}},
 		{name: "classical after hybrid in prefer", in: "X25519MLKEM768,X25519,P-256", mode: Prefer,
 			want: []tls.CurveID{tls.X25519MLKEM768, tls.X25519, tls.CurveP256}},
 		{name: "classical only in prefer", in: "x25519", mode: Prefer, want: []tls.CurveID{tls.X25519}},
@@ -184,8 +184,8 @@ func TestCheckGroup(t *testing.T) {
 			if errors.Is(err, ErrNotPostQuantum) != tt.notPQ {
 				t.Errorf("errors.Is(%v, ErrNotPostQuantum) = %v, want %v", err, !tt.notPQ, tt.notPQ)
 			}
-			if !tt.notPQ && !strings.Contains(err.Error(), "PQT_GROUPS") {
-				t.Errorf("error %q does not mention PQT_GROUPS", err)
+			if !tt.notPQ && !strings.Contains(err.Error(), "is not in Groups") {
+				t.Errorf("error %q does not name the Groups setting", err)
 			}
 		})
 	}
@@ -258,4 +258,15 @@ func FuzzParseGroups(f *testing.F) {
 			t.Fatalf("round trip %s -> %s", GroupNames(gs), GroupNames(again))
 		}
 	})
+}
+
+func TestParseGroupsClassicalInStrictIsTyped(t *testing.T) {
+	_, err := ParseGroups("X25519MLKEM768,P-384", Strict)
+	var ce *ClassicalGroupError
+	if !errors.As(err, &ce) || ce.Group != tls.CurveP384 {
+		t.Fatalf("ParseGroups error %v, want a ClassicalGroupError for P-384", err)
+	}
+	if _, err := ParseGroups("X25519MLKEM768,P-384", Prefer); err != nil {
+		t.Fatalf("the same list in prefer mode: %v", err)
+	}
 }

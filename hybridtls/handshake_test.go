@@ -41,8 +41,12 @@ func newStore(t testing.TB, p Policy, m *Material) *Store {
 // pinnedSide builds a Store for id that accepts the given peer pins.
 func pinnedSide(t testing.TB, mode PQMode, groups []tls.CurveID, id *Identity, peers ...Pin) side {
 	t.Helper()
-	return side{id: id, store: newStore(t, Policy{Mode: mode, Groups: groups}, &Material{Identity: id, Peers: peers})}
+	return side{id: id, store: newStore(t, Policy{Mode: mode, Groups: groups, SettingName: testSettingName}, &Material{Identity: id, Peers: peers})}
 }
+
+// testSettingName marks the names refusals give settings, so that tests see
+// a refusal name the setting through Policy.SettingName.
+func testSettingName(s Setting) string { return "<" + s.String() + ">" }
 
 // pinnedPair returns a client and a server that accept each other.
 func pinnedPair(t testing.TB) (client, server side) {
@@ -190,8 +194,8 @@ func TestHandshakeServerRefusesUnknownClientPin(t *testing.T) {
 	if !errors.Is(sr.err, ErrPeerNotAllowed) {
 		t.Fatalf("server error = %v, want ErrPeerNotAllowed", sr.err)
 	}
-	if !strings.Contains(sr.err.Error(), cid.Pin.String()) || !strings.Contains(sr.err.Error(), "PQT_PEERS") {
-		t.Errorf("server error %q does not name the pin and PQT_PEERS", sr.err)
+	if !strings.Contains(sr.err.Error(), cid.Pin.String()) || !strings.Contains(sr.err.Error(), "is not in <Peers>") {
+		t.Errorf("server error %q does not name the pin and the Peers setting", sr.err)
 	}
 	if reason(sr.err) != "peer_not_allowed" {
 		t.Errorf("Reason = %q, want peer_not_allowed", reason(sr.err))
@@ -227,7 +231,7 @@ type refusals struct {
 }
 
 func (r *refusals) policy(mode PQMode, groups []tls.CurveID) Policy {
-	return Policy{Mode: mode, Groups: groups, Logger: slog.New(&r.logs), OnRefused: func(reason string) {
+	return Policy{Mode: mode, Groups: groups, SettingName: testSettingName, Logger: slog.New(&r.logs), OnRefused: func(reason string) {
 		r.mu.Lock()
 		r.reasons = append(r.reasons, reason)
 		r.mu.Unlock()
@@ -259,7 +263,7 @@ func TestHandshakeStrictServerRefusesClassicalClient(t *testing.T) {
 	if got := rec.got(); len(got) != 1 || got[0] != "not_post_quantum" {
 		t.Errorf("OnRefused reasons = %v, want [not_post_quantum]", got)
 	}
-	if !rec.logs.Contains("tunnel handshake refused", "reason=not_post_quantum", "X25519", "PQT_PQ=strict") {
+	if !rec.logs.Contains("tunnel handshake refused", "reason=not_post_quantum", "X25519", "<Mode>=strict") {
 		t.Errorf("server did not log the refusal with its reason and the groups; logs: %v", rec.logs.All())
 	}
 	// The server's crypto/tls error says nothing typed; the transport adds
@@ -390,7 +394,7 @@ func TestHandshakeGroupSelection(t *testing.T) {
 		if got := rec.got(); len(got) != 1 || got[0] != "no_common_group" {
 			t.Errorf("OnRefused reasons = %v, want [no_common_group]", got)
 		}
-		if !rec.logs.Contains("tunnel handshake refused", "reason=no_common_group", "X25519MLKEM768", "SecP384r1MLKEM1024", "PQT_GROUPS") {
+		if !rec.logs.Contains("tunnel handshake refused", "reason=no_common_group", "X25519MLKEM768", "SecP384r1MLKEM1024", "<Groups> accepts") {
 			t.Errorf("server did not log both group lists; logs: %v", rec.logs.All())
 		}
 		// The server's side is classified by its transport, from the alert

@@ -224,7 +224,7 @@ func ParsePin(s string) (Pin, error) {
 	return p, nil
 }
 
-// ParsePins parses a comma-separated PQT_PEERS list.
+// ParsePins parses a comma-separated list of pins.
 func ParsePins(s string) ([]Pin, error) {
 	var out []Pin
 	for _, f := range strings.Split(s, ",") {

@@ -37,11 +37,12 @@ func TestNoTunnelRefusesPromptly(t *testing.T) {
 	fails := d.waitLogs(t, within(t, ctx, 20*time.Second), 5, msgIs("tunnel dial failed", "transport", "tcp", "peer", loopback(port)))
 	var waits []time.Duration
 	for _, l := range fails[:5] {
-		ns, ok := l["retry_in"].(float64)
-		if !ok {
-			t.Fatalf("tunnel dial failed without a numeric retry_in: %v", l)
+		// JSON logs give durations as text ("114ms").
+		d, err := time.ParseDuration(l.str("retry_in"))
+		if err != nil {
+			t.Fatalf("tunnel dial failed without a retry_in duration (%v): %v", err, l)
 		}
-		waits = append(waits, time.Duration(ns))
+		waits = append(waits, d)
 	}
 	for i := 1; i < len(waits); i++ {
 		if waits[i] < waits[i-1] {

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/defaults"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/wire"
 )
@@ -34,38 +35,50 @@ const (
 
 // Config is the engine's whole policy. It must not change once New returns.
 type Config struct {
+	// Mode is ModeListen or ModeDial; it has no default.
 	Mode Mode
 	// Tunnel is the address to listen on (listen) or the peers to dial (dial).
 	Tunnel []string
 	// Transport carries the tunnel connections: one of the transport
-	// package's implementations, or a transport.Fallback of two.
+	// package's implementations, or a transport.Fallback of two. It is
+	// required: the transports are registered by the program, not here.
 	Transport transport.Transport
-	// Connections is how many tunnel connections a dial side keeps. Zero means 1.
+	// Connections is how many tunnel connections a dial side keeps. Zero
+	// means defaults.Connections (2).
 	Connections int
 	// MaxConnections bounds the tunnel connections a listen side serves at
-	// once. Zero means no bound.
+	// once. Zero means defaults.MaxConnections (256); negative means no bound.
 	MaxConnections int
-	Forward        []Route
-	Target         []Route
-	TLS            *hybridtls.Store
+	// Forward are the routes on which this side accepts plain TCP to carry
+	// through the tunnel; none when empty.
+	Forward []Route
+	// Target are the routes to which this side delivers streams from the
+	// tunnel, the only addresses it dials; none when empty.
+	Target []Route
+	// TLS holds the identity, pins and key-exchange policy; it is required.
+	TLS *hybridtls.Store
 	// Mux holds transport timeouts and limits; TLS, Authenticate, Logger,
 	// FallbackTimeout and RetryPrimary are set by the engine.
 	Mux transport.Config
-	// DialTimeout bounds dialling an origin. Zero means 5s.
+	// DialTimeout bounds dialling an origin. Zero means defaults.DialTimeout (5s).
 	DialTimeout time.Duration
-	// DrainTimeout bounds how long open streams may finish after shutdown begins. Zero means 30s.
+	// DrainTimeout bounds how long open streams may finish after shutdown
+	// begins. Zero means defaults.DrainTimeout (30s).
 	DrainTimeout time.Duration
 	// FallbackTimeout bounds the primary transport's attempt before a
 	// transport.Fallback dial side tries the secondary (QUIC, then TCP, for
-	// auto). Zero means 3s.
+	// auto). Zero means defaults.FallbackTimeout (3s), applied by the transport.
 	FallbackTimeout time.Duration
 	// QUICRetry is how often a Fallback dial side that fell back tries the
-	// primary transport again. Zero means 30s.
+	// primary transport again. Zero means defaults.QUICRetry (30s), applied
+	// by the transport.
 	QUICRetry time.Duration
-	Logger    *slog.Logger
+	// Logger receives the engine's events; nil discards them.
+	Logger *slog.Logger
 	// MaxTotalStreams bounds the streams this process carries at once, in
 	// both directions; past it clients are refused and the peer's new streams
-	// get StatusBusy. Zero means no bound.
+	// get StatusBusy. Zero means defaults.MaxTotalStreams (65,536); negative
+	// means no bound.
 	MaxTotalStreams int
 	// ProxyProtocol, 1 or 2, makes this side send a PROXY protocol header of
 	// that version to each origin it dials; zero sends none.
@@ -84,6 +97,36 @@ func orDefault(d, def time.Duration) time.Duration {
 	}
 	return def
 }
+
+// withDefaults returns c with each zero field set to its default, so that
+// the engine reads every setting in one place.
+func (c Config) withDefaults() Config {
+	if c.Connections == 0 {
+		c.Connections = defaults.Connections
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = defaults.MaxConnections
+	}
+	if c.MaxTotalStreams == 0 {
+		c.MaxTotalStreams = defaults.MaxTotalStreams
+	}
+	c.DialTimeout = orDefault(c.DialTimeout, defaults.DialTimeout)
+	c.DrainTimeout = orDefault(c.DrainTimeout, defaults.DrainTimeout)
+	return c
+}
+
+// ConfigError is an error in one Config field, such as a Forward address
+// already in use. Field is the Go name of the field ("Forward", "Tunnel"),
+// so that a caller that filled Config from its own settings can name the
+// setting at fault.
+type ConfigError struct {
+	Field string
+	Err   error
+}
+
+func (e *ConfigError) Error() string { return "proxy: " + e.Field + ": " + e.Err.Error() }
+
+func (e *ConfigError) Unwrap() error { return e.Err }
 
 // Engine runs one side of a tunnel.
 type Engine struct {
@@ -107,6 +150,7 @@ type Engine struct {
 // New checks cfg and binds every listening socket, so that an address in
 // use is reported before Run.
 func New(cfg Config) (*Engine, error) {
+	cfg = cfg.withDefaults()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -140,7 +184,7 @@ func (e *Engine) bind() error {
 	for _, r := range e.cfg.Forward {
 		ln, err := net.Listen("tcp", r.Addr)
 		if err != nil {
-			return fmt.Errorf("PQT_FORWARD: route %s: %w", routeName(r.Name), err)
+			return &ConfigError{Field: "Forward", Err: fmt.Errorf("route %s: %w", routeName(r.Name), err)}
 		}
 		e.forwardLns = append(e.forwardLns, ln)
 	}
@@ -151,7 +195,7 @@ func (e *Engine) bind() error {
 	mc.OnHandshakeError = e.handshakeFailed
 	ln, err := e.cfg.Transport.Listen(e.cfg.Tunnel[0], mc)
 	if err != nil {
-		return fmt.Errorf("PQT_TUNNEL: %w", err)
+		return &ConfigError{Field: "Tunnel", Err: err}
 	}
 	e.tunnelLns = append(e.tunnelLns, ln)
 	return nil
@@ -263,7 +307,7 @@ func (e *Engine) closeListeners() {
 // drain waits for open streams up to DrainTimeout and reports whether they
 // all finished.
 func (e *Engine) drain() bool {
-	timeout := orDefault(e.cfg.DrainTimeout, 30*time.Second)
+	timeout := e.cfg.DrainTimeout
 	e.log.Info("draining", "streams", e.tunnels.active(), "timeout", timeout)
 	if e.streams.wait(timeout) {
 		e.log.Info("drained")
@@ -387,7 +431,7 @@ func (e *Engine) retire(t *tunnel) {
 	e.loops.Add(1)
 	go func() {
 		defer e.loops.Done()
-		deadline := time.Now().Add(orDefault(e.cfg.DrainTimeout, 30*time.Second))
+		deadline := time.Now().Add(e.cfg.DrainTimeout)
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
 		for t.active.Load() > 0 && time.Now().Before(deadline) {

@@ -211,7 +211,7 @@ func TestEngineEndToEnd(t *testing.T) {
 				Logger: slog.New(&listenLogs),
 			})
 			dial := runEngine(t, Config{
-				Mode: ModeDial, Tunnel: []string{listen.TunnelAddr().String()}, Transport: tr,
+				Mode: ModeDial, Tunnel: []string{listen.TunnelAddr().String()}, Transport: tr, Connections: 1,
 				Forward: []Route{{"echo", "127.0.0.1:0"}, {"nope", "127.0.0.1:0"}, {"refused", "127.0.0.1:0"}},
 				TLS:     dialStore,
 			})
@@ -327,7 +327,7 @@ func TestEngineMovesTunnelToSuccessor(t *testing.T) {
 	prim.Blocked.Store(true)
 	var logs logtest.Recorder
 	dial := runEngine(t, Config{
-		Mode: ModeDial, Tunnel: []string{listen.TunnelAddr().String()}, Transport: auto,
+		Mode: ModeDial, Tunnel: []string{listen.TunnelAddr().String()}, Transport: auto, Connections: 1,
 		Forward: []Route{{"echo", "127.0.0.1:0"}}, TLS: dialStore,
 		FallbackTimeout: 200 * time.Millisecond, QUICRetry: 100 * time.Millisecond,
 		Logger: slog.New(&logs),

@@ -14,6 +14,7 @@ import (
 
 	"github.com/pires/go-proxyproto"
 
+	"github.com/pqtunnel/pqtunnel/internal/defaults"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/wire"
 )
@@ -89,7 +90,7 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	t.active.Add(1)
 	undo.add(func() { t.active.Add(-1) })
 	log = t.log.With("route", route, "client", c.RemoteAddr().String())
-	ctx, cancel := context.WithTimeout(context.Background(), e.dialTimeout()+orDefault(e.cfg.Mux.HandshakeTimeout, 10*time.Second))
+	ctx, cancel := context.WithTimeout(context.Background(), e.dialTimeout()+orDefault(e.cfg.Mux.HandshakeTimeout, defaults.HandshakeTimeout))
 	st, err := t.s.OpenStream(ctx)
 	cancel()
 	if err != nil {
@@ -204,7 +205,7 @@ func (o *openedStream) Read(p []byte) (int, error) {
 	return o.Stream.Read(p)
 }
 
-func (e *Engine) dialTimeout() time.Duration { return orDefault(e.cfg.DialTimeout, 5*time.Second) }
+func (e *Engine) dialTimeout() time.Duration { return e.cfg.DialTimeout }
 
 // handleInbound serves one stream the peer opened: read the preamble, dial
 // the route's target, answer, and copy.
@@ -215,7 +216,7 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 	defer undo.run()
 	t.active.Add(1)
 	undo.add(func() { t.active.Add(-1) })
-	_ = st.SetReadDeadline(time.Now().Add(orDefault(e.cfg.Mux.HandshakeTimeout, 10*time.Second)))
+	_ = st.SetReadDeadline(time.Now().Add(orDefault(e.cfg.Mux.HandshakeTimeout, defaults.HandshakeTimeout)))
 	req, err := wire.ReadRequest(st)
 	if err != nil {
 		log.Warn("stream rejected", "reason", "bad preamble", "err", err)

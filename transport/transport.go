@@ -18,6 +18,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/pqtunnel/pqtunnel/internal/defaults"
 )
 
 // Transport is one way of carrying tunnel connections. Dial and Listen may
@@ -204,19 +206,24 @@ type Config struct {
 	TLS *tls.Config
 	// Authenticate runs after the handshake; nil accepts every peer.
 	Authenticate Authenticator
-	// HandshakeTimeout bounds the TLS handshake plus Authenticate. Zero means 10s.
+	// HandshakeTimeout bounds the TLS handshake plus Authenticate. Zero
+	// means defaults.HandshakeTimeout (10s).
 	HandshakeTimeout time.Duration
-	// KeepAlive is the interval of keep-alive probes. Zero means 5s.
+	// KeepAlive is the interval of keep-alive probes. Zero means
+	// defaults.KeepAlive (2s).
 	KeepAlive time.Duration
 	// IdleTimeout closes a connection whose peer has been silent this long.
-	// Zero means 3 keep-alive intervals, so a dead peer is noticed within seconds.
+	// Zero means defaults.IdleTimeout (8s), or four KeepAlive intervals when
+	// that is longer, so that a dead peer is noticed within seconds.
 	IdleTimeout time.Duration
 	// MaxStreams bounds the streams a peer may have open at once on one
-	// session. Zero means 4096.
+	// session. Zero means defaults.MaxStreams (4096).
 	MaxStreams int
-	// MaxHandshakes bounds handshakes in progress on a listener. Zero means 64.
+	// MaxHandshakes bounds handshakes in progress on a listener. Zero means
+	// defaults.MaxHandshakes (64).
 	MaxHandshakes int
-	// StreamWindow is the per-stream receive window in bytes. Zero means 4 MiB.
+	// StreamWindow is the per-stream receive window in bytes. Zero means
+	// defaults.StreamWindow (4 MiB).
 	StreamWindow int
 	// WrapConn, if set, wraps each dialled TCP connection (to measure it).
 	WrapConn func(net.Conn) net.Conn
@@ -226,10 +233,10 @@ type Config struct {
 	// *HandshakeError; may be nil.
 	OnHandshakeError func(remote net.Addr, err error)
 	// FallbackTimeout bounds the primary transport's attempt before a
-	// Fallback dial tries the secondary. Zero means 3s.
+	// Fallback dial tries the secondary. Zero means defaults.FallbackTimeout (3s).
 	FallbackTimeout time.Duration
 	// RetryPrimary is how often a Fallback session carried by the secondary
-	// transport tries the primary again. Zero means 30s.
+	// transport tries the primary again. Zero means defaults.QUICRetry (30s).
 	RetryPrimary time.Duration
 	// Logger receives transport-level debug events; nil discards them.
 	Logger *slog.Logger
@@ -239,42 +246,42 @@ func (c *Config) handshakeTimeout() time.Duration {
 	if c.HandshakeTimeout > 0 {
 		return c.HandshakeTimeout
 	}
-	return 10 * time.Second
+	return defaults.HandshakeTimeout
 }
 
 func (c *Config) keepAlive() time.Duration {
 	if c.KeepAlive > 0 {
 		return c.KeepAlive
 	}
-	return 5 * time.Second
+	return defaults.KeepAlive
 }
 
 func (c *Config) idleTimeout() time.Duration {
 	if c.IdleTimeout > 0 {
 		return c.IdleTimeout
 	}
-	return 3 * c.keepAlive()
+	return max(defaults.IdleTimeout, 4*c.keepAlive())
 }
 
 func (c *Config) maxStreams() int {
 	if c.MaxStreams > 0 {
 		return c.MaxStreams
 	}
-	return 4096
+	return defaults.MaxStreams
 }
 
 func (c *Config) maxHandshakes() int {
 	if c.MaxHandshakes > 0 {
 		return c.MaxHandshakes
 	}
-	return 64
+	return defaults.MaxHandshakes
 }
 
 func (c *Config) streamWindow() int {
 	if c.StreamWindow > 0 {
 		return c.StreamWindow
 	}
-	return 4 << 20
+	return defaults.StreamWindow
 }
 
 func (c *Config) logger() *slog.Logger {
@@ -288,14 +295,14 @@ func (c *Config) fallbackTimeout() time.Duration {
 	if c.FallbackTimeout > 0 {
 		return c.FallbackTimeout
 	}
-	return 3 * time.Second
+	return defaults.FallbackTimeout
 }
 
 func (c *Config) retryPrimary() time.Duration {
 	if c.RetryPrimary > 0 {
 		return c.RetryPrimary
 	}
-	return 30 * time.Second
+	return defaults.QUICRetry
 }
 
 // WithDefaults returns a copy of c with every zero field that has a

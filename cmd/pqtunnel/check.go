@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/config"
 	"github.com/pqtunnel/pqtunnel/proxy"
 	"github.com/pqtunnel/pqtunnel/transport"
 )
@@ -19,24 +19,29 @@ import (
 // check probes each configured peer over each transport, with the whole
 // group list and each group alone, and says what would connect and why not.
 // It fails unless the configured transport and policy would connect to every peer.
-func check(environ map[string]string, stdout io.Writer) error {
-	c, err := parseConfig(environ)
+func check(args []string, environ map[string]string, stdout, stderr io.Writer) error {
+	fs := newFlags("check", "check", "probe the peers of a dial side's environment over each transport and group, and say what would connect and why not")
+	if err := fs.parse(args, 0, stdout, stderr); err != nil {
+		return err
+	}
+	c, err := config.Parse(environ)
 	if err != nil {
 		return err
 	}
-	if c.Mode != string(proxy.ModeDial) {
-		return errors.New("check: PQT_MODE must be dial: check probes the peers in PQT_TUNNEL")
+	if c.Engine.Mode != proxy.ModeDial {
+		return fmt.Errorf("check: %s must be dial: check probes the peers in %s", config.Name("Mode"), config.Name("Tunnel"))
 	}
 	pc, err := engineConfig(c, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return err
 	}
+	transportVar, pqVar, groupsVar := config.Name("Transport"), config.Name("PQ"), config.Name("Groups")
 	mode := pc.TLS.Policy().Mode
 	groups := pc.TLS.Policy().Groups
 	pin := pc.TLS.Material().Name()
 	failed := 0
 	for _, peer := range pc.Tunnel {
-		fmt.Fprintf(stdout, "peer %s  (PQT_TRANSPORT=%s PQT_PQ=%s PQT_GROUPS=%s)\n", peer, c.Transport, mode, hybridtls.GroupNames(groups))
+		fmt.Fprintf(stdout, "peer %s  (%s=%s %s=%s %s=%s)\n", peer, transportVar, pc.Transport.Name(), pqVar, mode, groupsVar, hybridtls.GroupNames(groups))
 		works := map[string]bool{}
 		var advice []string
 		for _, tr := range basicTransports {
@@ -59,14 +64,14 @@ func check(environ map[string]string, stdout io.Writer) error {
 			}
 			if r := transport.Classify(full.Err); full.Err != nil && mode == hybridtls.Strict && (r == transport.ReasonNoCommonGroup || r == transport.ReasonNotPostQuantum) {
 				if p := probe(stdout, pc, peer, tr, hybridtls.Prefer, []tls.CurveID{tls.X25519}, pin); p.Err == nil || p.Diagnosis() != proxy.DiagnosisGroupsRefused {
-					advice = append(advice, fmt.Sprintf("%s: the peer is not post-quantum: it completes a handshake only with classical X25519, so PQT_PQ=strict will not connect; upgrade the peer", tr.Name()))
+					advice = append(advice, fmt.Sprintf("%s: the peer is not post-quantum: it completes a handshake only with classical X25519, so %s=strict will not connect; upgrade the peer", tr.Name(), pqVar))
 				} else if len(accepted) == 0 {
 					advice = append(advice, fmt.Sprintf("%s: %s", tr.Name(), otherGroupsAdvice(stdout, pc, peer, tr, groups, pin)))
 				}
 			}
 		}
 		// A transport check probed must work itself; auto needs one of them.
-		ok, probed := works[c.Transport]
+		ok, probed := works[pc.Transport.Name()]
 		if !probed {
 			for _, w := range works {
 				ok = ok || w
@@ -83,7 +88,7 @@ func check(environ map[string]string, stdout io.Writer) error {
 			fmt.Fprintf(stdout, "  verdict: would connect (%s)\n", strings.Join(each, ", "))
 		} else {
 			failed++
-			fmt.Fprintf(stdout, "  verdict: would NOT connect with PQT_TRANSPORT=%s\n", c.Transport)
+			fmt.Fprintf(stdout, "  verdict: would NOT connect with %s=%s\n", transportVar, pc.Transport.Name())
 		}
 	}
 	if failed > 0 {
@@ -136,7 +141,7 @@ func otherGroupsAdvice(w io.Writer, pc proxy.Config, peer string, tr transport.T
 		}
 	}
 	if len(theirs) == 0 {
-		return fmt.Sprintf("the peer accepts none of %s, nor any other hybrid group: check its PQT_GROUPS and PQT_PQ", hybridtls.GroupNames(ours))
+		return fmt.Sprintf("the peer accepts none of %s, nor any other hybrid group: check its %s and %s", hybridtls.GroupNames(ours), config.Name("Groups"), config.Name("PQ"))
 	}
-	return fmt.Sprintf("the peer accepts only %s; add it to PQT_GROUPS", hybridtls.GroupNames(theirs))
+	return fmt.Sprintf("the peer accepts only %s; add it to %s", hybridtls.GroupNames(theirs), config.Name("Groups"))
 }

@@ -25,7 +25,11 @@ import (
 
 // demo runs a complete local setup in one process: an echo and an HTTP
 // origin, a listen side in front of them, and one dial side per transport.
-func demo(stdout, stderr io.Writer) error {
+func demo(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("demo", "demo", "run an echo and an HTTP origin, a listen side and a dial side per transport in this process, push traffic through, and keep running until Ctrl-C")
+	if err := fs.parse(args, 0, stdout, stderr); err != nil {
+		return err
+	}
 	log := slog.New(tint.NewTextHandler(stderr, &tint.Options{Level: slog.LevelInfo, NoColor: !isTerminal(stderr)}))
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()

@@ -3,34 +3,37 @@ package main
 import (
 	"crypto/mldsa"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/config"
 )
 
 // keygen writes a new identity with mode 0600 and prints its pin alone on
-// stdout, so that PIN=$(pqtunnel keygen -o a.id) works.
+// stdout, so that PIN=$(pqtunnel keygen -o a.id) works. Missing parent
+// directories are created with mode 0700, as befits a directory of keys.
 func keygen(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	out := fs.String("o", "", "file to write the identity to (required; not overwritten)")
+	fs := newFlags("keygen", "keygen [--profile cnsa2] -o FILE", "write a new hybrid identity (ML-DSA-65 + Ed25519; ML-DSA-87 with --profile cnsa2) to FILE with mode 0600 and print its pin")
+	out := fs.String("o", "", "file to write the identity to (required; never overwritten; missing directories are created with mode 0700)")
 	profile := fs.String("profile", "", "cnsa2: an ML-DSA-87 identity, as PQT_PROFILE=cnsa2 requires (default ML-DSA-65)")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.parse(args, 0, stdout, stderr); err != nil {
 		return err
 	}
 	if *out == "" {
-		return errors.New("keygen: -o FILE is required")
+		fs.printUsage(stderr)
+		return &usageError{errors.New("keygen: -o FILE is required")}
 	}
 	params := mldsa.MLDSA65()
 	switch *profile {
 	case "":
-	case profileCNSA2:
+	case config.ProfileCNSA2:
 		params = mldsa.MLDSA87()
 	default:
-		return fmt.Errorf("keygen: -profile %q is not cnsa2", *profile)
+		fs.printUsage(stderr)
+		return &usageError{fmt.Errorf("keygen: -profile %q is not cnsa2", *profile)}
 	}
 	id, err := hybridtls.GenerateIdentityFor(params)
 	if err != nil {
@@ -38,6 +41,9 @@ func keygen(args []string, stdout, stderr io.Writer) error {
 	}
 	data, err := id.MarshalPEM()
 	if err != nil {
+		return fmt.Errorf("keygen: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(*out), 0o700); err != nil {
 		return fmt.Errorf("keygen: %w", err)
 	}
 	f, err := os.OpenFile(*out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
@@ -56,11 +62,12 @@ func keygen(args []string, stdout, stderr io.Writer) error {
 }
 
 // printPin prints the pin of an identity file.
-func printPin(args []string, stdout io.Writer) error {
-	if len(args) != 1 {
-		return errors.New("pin: usage: pqtunnel pin FILE")
+func printPin(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("pin", "pin FILE", "print the pin of the identity in FILE, for the peer's "+config.Name("Peers"))
+	if err := fs.parse(args, 1, stdout, stderr); err != nil {
+		return err
 	}
-	id, err := hybridtls.LoadIdentityFile(args[0])
+	id, err := hybridtls.LoadIdentityFile(fs.Arg(0))
 	if err != nil {
 		return fmt.Errorf("pin: %w", err)
 	}

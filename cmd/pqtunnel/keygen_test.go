@@ -102,7 +102,7 @@ func TestKeygenAndPinUsageErrors(t *testing.T) {
 		want string // in stderr
 	}{
 		{"keygen without -o", []string{"keygen"}, "-o FILE is required"},
-		{"keygen into a missing directory", []string{"keygen", "-o", filepath.Join(dir, "no", "such", "dir", "a.id")}, "keygen"},
+		{"keygen under a file", []string{"keygen", "-o", filepath.Join(open, "a.id")}, "keygen"},
 		{"pin without a file", []string{"pin"}, "usage"},
 		{"pin of a missing file", []string{"pin", filepath.Join(dir, "missing.id")}, "pin"},
 		{"pin of a world-readable file", []string{"pin", open}, "chmod 600"},
@@ -128,5 +128,52 @@ func TestVersion(t *testing.T) {
 	}
 	if !strings.HasPrefix(stdout.String(), "pqtunnel ") || strings.Count(stdout.String(), "\n") != 1 {
 		t.Errorf("version printed %q", stdout.String())
+	}
+}
+
+// keygen -o on a fresh host (/etc/pqtunnel/server.id) creates the missing
+// directories, private to the owner, and still never overwrites.
+func TestKeygenCreatesMissingDirectories(t *testing.T) {
+	root := t.TempDir()
+	path := filepath.Join(root, "etc", "pqtunnel", "server.id")
+	pin := keygenFile(t, path)
+	for _, d := range []string{filepath.Join(root, "etc"), filepath.Join(root, "etc", "pqtunnel")} {
+		st, err := os.Stat(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if perm := st.Mode().Perm(); perm != 0o700 {
+			t.Errorf("%s has mode %#o, want 0700", d, perm)
+		}
+	}
+	id, err := hybridtls.LoadIdentityFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id.Pin.String() != pin {
+		t.Errorf("file's pin %s, printed %s", id.Pin, pin)
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"keygen", "-o", path}, nil, &stdout, &stderr); code == 0 || !strings.Contains(stderr.String(), "never overwritten") {
+		t.Errorf("second keygen into the new directory exited %d: %s", code, stderr.String())
+	}
+}
+
+func TestKeygenProfile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "cnsa2.id")
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"keygen", "--profile", "cnsa2", "-o", path}, nil, &stdout, &stderr); code != 0 {
+		t.Fatalf("keygen --profile cnsa2 exited %d: %s", code, stderr.String())
+	}
+	id, err := hybridtls.LoadIdentityFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := id.MLDSA.PublicKey().Parameters().String(); p != "ML-DSA-87" || id.Pin.String() != strings.TrimSpace(stdout.String()) {
+		t.Fatalf("keygen --profile cnsa2 wrote an %s identity with pin %s, printed %q", p, id.Pin, stdout.String())
+	}
+	if code := run([]string{"keygen", "-profile", "fips", "-o", filepath.Join(dir, "x.id")}, nil, &stdout, &stderr); code != 2 {
+		t.Errorf("keygen -profile fips exited %d, want 2", code)
 	}
 }

@@ -14,7 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"reflect"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -25,9 +25,9 @@ import (
 	"github.com/lmittmann/tint"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/config"
 	"github.com/pqtunnel/pqtunnel/proxy"
 	"github.com/pqtunnel/pqtunnel/transport"
-	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -47,6 +47,8 @@ func environ() map[string]string {
 	return m
 }
 
+// run runs one subcommand and returns the exit code: 0, 1 for a failure,
+// 2 for a usage error (unknown command or flag, wrong arguments).
 func run(args []string, environ map[string]string, stdout, stderr io.Writer) int {
 	cmd := "run"
 	if len(args) > 0 {
@@ -55,43 +57,53 @@ func run(args []string, environ map[string]string, stdout, stderr io.Writer) int
 	var err error
 	switch cmd {
 	case "run":
-		err = runTunnel(environ, stderr)
-	case "help", "-h", "--help":
-		printHelp(stdout)
+		err = runTunnel(args, environ, stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		err = help(args, stdout, stderr)
 	case "version", "--version":
-		fmt.Fprintln(stdout, "pqtunnel", buildVersion())
+		err = printVersion(args, stdout, stderr)
 	case "keygen":
 		err = keygen(args, stdout, stderr)
 	case "pin":
-		err = printPin(args, stdout)
+		err = printPin(args, stdout, stderr)
 	case "demo":
-		err = demo(stdout, stderr)
+		err = demo(args, stdout, stderr)
 	case "check":
-		err = check(environ, stdout)
+		err = check(args, environ, stdout, stderr)
 	case "ca":
 		err = caCommand(args, stdout, stderr)
 	default:
-		err = fmt.Errorf("unknown command %q (try 'pqtunnel help')", cmd)
+		err = &usageError{fmt.Errorf("unknown command %q (try 'pqtunnel help')", cmd)}
 	}
-	if err != nil {
-		fmt.Fprintln(stderr, "pqtunnel:", err)
-		return 1
+	if err == nil || errors.Is(err, errHelpShown) {
+		return 0
 	}
-	return 0
+	// Joined errors (several unknown variables, then a missing one) print
+	// one per line, each marked as pqtunnel's.
+	errs := []error{err}
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = joined.Unwrap()
+	}
+	for _, e := range errs {
+		fmt.Fprintln(stderr, "pqtunnel:", e)
+	}
+	if ue := (*usageError)(nil); errors.As(err, &ue) {
+		return 2
+	}
+	return 1
 }
 
-func buildVersion() string {
-	if version != "" {
-		return version
+func help(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("help", "help", "print the subcommands and every variable with its default")
+	if err := fs.parse(args, 0, stdout, stderr); err != nil {
+		return err
 	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "devel"
+	printHelp(stdout)
+	return nil
 }
 
 func printHelp(w io.Writer) {
-	fmt.Fprint(w, `pqtunnel wraps a TCP service in a post-quantum tunnel (hybrid X25519+ML-KEM-768 TLS 1.3 over QUIC or TCP).
+	fmt.Fprintf(w, `pqtunnel wraps a TCP service in a post-quantum tunnel (hybrid X25519+ML-KEM-768 TLS 1.3 over QUIC or TCP).
 
 Usage:
   pqtunnel [run]           run as configured by the environment below
@@ -103,40 +115,94 @@ Usage:
                            issue an ML-DSA certificate: PREFIX.key (0600) and PREFIX.crt
   pqtunnel ca sign --ca DIR [-o FILE] CSR
                            sign a request for an ML-DSA key made elsewhere
-  pqtunnel check           probe the PQT_TUNNEL peers over each transport and group, and say what would connect
+  pqtunnel check           probe the %s peers over each transport and group, and say what would connect
   pqtunnel demo            run an origin, a listen side and a dial side locally and push traffic
   pqtunnel version         print the version
   pqtunnel help            this text
+Each subcommand takes --help.
 
 Environment:
-`)
+`, config.Name("Tunnel"))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	t := reflect.TypeOf(Config{})
-	for i := range t.NumField() {
-		f := t.Field(i)
-		def := f.Tag.Get("envDefault")
+	for _, v := range config.Variables() {
+		def := v.Default
 		if def == "" {
 			def = "-"
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\n", f.Tag.Get("env"), def, f.Tag.Get("help"))
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", v.Name, def, v.Help)
 	}
 	_ = tw.Flush() // a failed write to the terminal has nowhere to go
 }
 
-func parseLevel(s string) (slog.Level, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(s)); err != nil {
-		return l, fmt.Errorf("%q is not debug, info, warn or error", s)
+func printVersion(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("version", "version", "print the version, the source revision and the Go version it was built with")
+	if err := fs.parse(args, 0, stdout, stderr); err != nil {
+		return err
 	}
-	return l, nil
+	bi, _ := debug.ReadBuildInfo() // nil without build info; versionLine copes
+	fmt.Fprintln(stdout, "pqtunnel", versionLine(version, bi))
+	return nil
 }
 
-func newLogger(c *Config, w io.Writer) *slog.Logger {
-	level, _ := parseLevel(c.LogLevel) // validated
-	if c.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
+// buildVersion is the short version for the start-up log line.
+func buildVersion() string {
+	bi, _ := debug.ReadBuildInfo() // nil without build info
+	return moduleVersion(version, bi)
+}
+
+// moduleVersion is the version stamped by -ldflags, else the module version
+// (set by 'go install ...@VERSION'), else "devel".
+func moduleVersion(stamped string, bi *debug.BuildInfo) string {
+	switch {
+	case stamped != "":
+		return stamped
+	case bi != nil && bi.Main.Version != "" && bi.Main.Version != "(devel)":
+		return bi.Main.Version
 	}
-	return slog.New(tint.NewTextHandler(w, &tint.Options{Level: level, NoColor: !isTerminal(w)}))
+	return "devel"
+}
+
+// versionLine says what was built, from what source and with which Go:
+// "v1.2.0 go1.27.3 linux/amd64", or for a build from a checkout
+// "devel rev 0fcde9a1c2d3 2026-12-01T20:06:36Z modified go1.27.3 linux/amd64".
+func versionLine(stamped string, bi *debug.BuildInfo) string {
+	parts := []string{moduleVersion(stamped, bi)}
+	goVersion := runtime.Version()
+	if bi != nil {
+		settings := map[string]string{}
+		for _, s := range bi.Settings {
+			settings[s.Key] = s.Value
+		}
+		if rev := settings["vcs.revision"]; rev != "" {
+			parts = append(parts, "rev", rev[:min(len(rev), 12)])
+			if t := settings["vcs.time"]; t != "" {
+				parts = append(parts, t)
+			}
+			if settings["vcs.modified"] == "true" {
+				parts = append(parts, "modified")
+			}
+		}
+		if bi.GoVersion != "" {
+			goVersion = bi.GoVersion
+		}
+	}
+	return strings.Join(append(parts, goVersion, runtime.GOOS+"/"+runtime.GOARCH), " ")
+}
+
+// newLogger makes the process's logger; JSON logs give durations as text
+// ("4.14ms") rather than integer nanoseconds, for people and scripts alike.
+func newLogger(c *config.Config, w io.Writer) *slog.Logger {
+	if c.LogJSON {
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: c.LogLevel, ReplaceAttr: durationAsText}))
+	}
+	return slog.New(tint.NewTextHandler(w, &tint.Options{Level: c.LogLevel, NoColor: !isTerminal(w)}))
+}
+
+func durationAsText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }
 
 func isTerminal(w io.Writer) bool {
@@ -148,71 +214,35 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
-// engineConfig turns the validated environment into the engine's typed options.
-func engineConfig(c *Config, log *slog.Logger) (proxy.Config, error) {
+// engineConfig completes the parsed configuration with what belongs to the
+// process: its logger, its metrics and the TLS store built from the material
+// Parse loaded.
+func engineConfig(c *config.Config, log *slog.Logger) (proxy.Config, error) {
 	metrics := proxy.NewMetrics()
-	pp, _ := c.proxyProtocol()             // validated
-	mode, _ := hybridtls.ParsePQMode(c.PQ) // validated
-	groups, _ := c.groups(mode)            // validated
-	fwd, _ := proxy.ParseRoutes(c.Forward) // validated
-	tgt, _ := proxy.ParseRoutes(c.Target)  // validated
-	tr, _ := transport.Lookup(c.Transport) // validated
-	m, err := c.material()
+	policy := c.Policy
+	policy.Logger, policy.OnRefused = log, metrics.HandshakeFailed
+	keyLog, err := c.OpenKeyLog()
 	if err != nil {
 		return proxy.Config{}, err
 	}
-	policy := hybridtls.Policy{
-		Mode: mode, Groups: groups, ServerName: c.ServerName, ALPN: wire.ALPN, Logger: log,
-		OnRefused: metrics.HandshakeFailed, RequirePQAuth: c.Auth == "pq" || c.Profile == profileCNSA2,
-		RequireMLDSA87: c.Profile == profileCNSA2,
+	if keyLog != nil {
+		policy.KeyLog = keyLog // open for the life of the process
 	}
-	if c.KeyLog != "" {
-		// Kept open for the life of the process; crypto/tls serialises
-		// its writes, and O_APPEND keeps other writers' lines whole.
-		f, err := os.OpenFile(c.KeyLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-		if err != nil {
-			return proxy.Config{}, fmt.Errorf("PQT_KEYLOG: %w", err)
-		}
-		if err := hybridtls.CheckKeyFileMode(c.KeyLog); err != nil {
-			_ = f.Close() // refused
-			return proxy.Config{}, fmt.Errorf("PQT_KEYLOG: %w", err)
-		}
-		policy.KeyLog = f
-	}
-	store, err := hybridtls.NewStore(policy, m)
+	store, err := hybridtls.NewStore(policy, c.Material)
 	if err != nil {
-		return proxy.Config{}, fmt.Errorf("PQT_IDENTITY: %w", err)
+		return proxy.Config{}, fmt.Errorf("tls: %w", err)
 	}
-	return proxy.Config{
-		Mode:            proxy.Mode(c.Mode),
-		Tunnel:          c.tunnels(),
-		Transport:       tr,
-		Connections:     c.Connections,
-		MaxConnections:  c.MaxConnections,
-		MaxTotalStreams: c.MaxTotalStreams,
-		Forward:         fwd,
-		Target:          tgt,
-		TLS:             store,
-		Mux: transport.Config{
-			HandshakeTimeout: c.HandshakeTimeout,
-			KeepAlive:        c.KeepAlive,
-			IdleTimeout:      c.IdleTimeout,
-			MaxStreams:       c.MaxStreams,
-			MaxHandshakes:    c.MaxHandshakes,
-		},
-		DialTimeout:     c.DialTimeout,
-		FallbackTimeout: c.FallbackTimeout,
-		QUICRetry:       c.QUICRetry,
-		DrainTimeout:    c.DrainTimeout,
-		ProxyProtocol:   pp,
-		Metrics:         metrics,
-		Logger:          log,
-		KeyLog:          c.KeyLog,
-	}, nil
+	pc := c.Engine
+	pc.TLS, pc.Metrics, pc.Logger = store, metrics, log
+	return pc, nil
 }
 
-func runTunnel(environ map[string]string, stderr io.Writer) error {
-	c, err := parseConfig(environ)
+func runTunnel(args []string, environ map[string]string, stdout, stderr io.Writer) error {
+	fs := newFlags("run", "[run]", "run one side of a tunnel as the environment says ('pqtunnel help' lists the variables)")
+	if err := fs.parse(args, 0, stdout, stderr); err != nil {
+		return err
+	}
+	c, err := config.Parse(environ)
 	if err != nil {
 		return err
 	}
@@ -223,10 +253,10 @@ func runTunnel(environ map[string]string, stderr io.Writer) error {
 	}
 	e, err := proxy.New(pc)
 	if err != nil {
-		return err
+		return config.Explain(err)
 	}
-	log.Info("pqtunnel starting", "version", buildVersion(), "mode", c.Mode, "transport", c.Transport,
-		"pq", c.PQ, "profile", c.Profile, "groups", hybridtls.GroupNames(pc.TLS.Policy().Groups), "identity", pc.TLS.Material().Name())
+	log.Info("pqtunnel starting", "version", buildVersion(), "mode", pc.Mode, "transport", pc.Transport.Name(),
+		"pq", pc.TLS.Policy().Mode, "profile", c.Profile, "groups", hybridtls.GroupNames(pc.TLS.Policy().Groups), "identity", pc.TLS.Material().Name())
 
 	if c.KeyLog != "" {
 		log.Warn("PQT_KEYLOG is on: TLS secrets of every tunnel are written to the key log, and anyone who reads it can decrypt the traffic", "keylog", c.KeyLog)
@@ -234,8 +264,8 @@ func runTunnel(environ map[string]string, stderr io.Writer) error {
 	if transport.UsesUDP(pc.Transport) {
 		warnUDPBuffers(log)
 	}
-	if c.Metrics != "" {
-		stop, err := serveMetrics(c.metricsAddr(), e.Handler(), log)
+	if c.MetricsAddr != "" {
+		stop, err := serveMetrics(c.MetricsAddr, e.Handler(), log)
 		if err != nil {
 			return err
 		}
@@ -264,7 +294,7 @@ func runTunnel(environ map[string]string, stderr io.Writer) error {
 				return errors.New("interrupted")
 			default:
 				stopping = true
-				log.Info("shutting down", "signal", s.String(), "drain_timeout", c.DrainTimeout)
+				log.Info("shutting down", "signal", s.String(), "drain_timeout", pc.DrainTimeout)
 				cancel()
 			}
 		}
@@ -273,8 +303,8 @@ func runTunnel(environ map[string]string, stderr io.Writer) error {
 
 // reload re-reads identity, certificates and pins; on any error the
 // material in force stays.
-func reload(c *Config, store *hybridtls.Store, log *slog.Logger) {
-	m, err := c.material()
+func reload(c *config.Config, store *hybridtls.Store, log *slog.Logger) {
+	m, err := c.LoadMaterial()
 	if err == nil {
 		err = store.Swap(m)
 	}
@@ -290,7 +320,7 @@ func reload(c *Config, store *hybridtls.Store, log *slog.Logger) {
 func serveMetrics(addr string, h http.Handler, log *slog.Logger) (func(), error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("PQT_METRICS: %w", err)
+		return nil, fmt.Errorf("%s: %w", config.Name("Metrics"), err)
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan struct{})

@@ -2,9 +2,10 @@ package main
 
 import (
 	"os"
-	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/pqtunnel/pqtunnel/internal/config"
 )
 
 // The README's variable table must list every variable with the default
@@ -23,10 +24,8 @@ func TestReadmeListsEveryVariable(t *testing.T) {
 		name := strings.Trim(strings.TrimSpace(cells[1]), "`")
 		rows[name] = strings.Trim(strings.TrimSpace(cells[2]), "`")
 	}
-	ty := reflect.TypeOf(Config{})
-	for i := range ty.NumField() {
-		f := ty.Field(i)
-		name, def := f.Tag.Get("env"), f.Tag.Get("envDefault")
+	for _, v := range config.Variables() {
+		name, def := v.Name, v.Default
 		got, ok := rows[name]
 		if !ok {
 			t.Errorf("README.md has no table row for %s", name)

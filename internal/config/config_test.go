@@ -1,17 +1,18 @@
-package main
+package config
 
 import (
-	"bytes"
+	"crypto/mldsa"
+	"errors"
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
-	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/proxy"
 )
 
 // testEnv is a valid listen-side environment with a keygen-written identity.
@@ -26,8 +27,8 @@ func newTestEnv(t *testing.T) *testEnv {
 	t.Helper()
 	dir := t.TempDir()
 	identity := filepath.Join(dir, "listen.id")
-	keygenFile(t, identity)
-	peerPin := keygenFile(t, filepath.Join(dir, "dial.id"))
+	writeIdentity(t, identity)
+	peerPin := writeIdentity(t, filepath.Join(dir, "dial.id"))
 	return &testEnv{
 		dir: dir, identity: identity, peerPin: peerPin,
 		base: map[string]string{
@@ -76,14 +77,11 @@ func TestParseConfigValid(t *testing.T) {
 			for _, k := range tt.unset {
 				delete(environ, k)
 			}
-			c, err := parseConfig(environ)
+			c, err := Parse(environ)
 			if err != nil {
 				t.Fatalf("parseConfig: %v", err)
 			}
-			m, err := c.material()
-			if err != nil {
-				t.Fatalf("material: %v", err)
-			}
+			m := c.Material
 			if len(m.Peers) != 1 || m.Peers[0].String() != te.peerPin {
 				t.Errorf("peers = %v, want [%s]", m.Peers, te.peerPin)
 			}
@@ -93,12 +91,12 @@ func TestParseConfigValid(t *testing.T) {
 
 func TestParseConfigDefaults(t *testing.T) {
 	te := newTestEnv(t)
-	c, err := parseConfig(te.base)
+	c, err := Parse(te.base)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Every envDefault tag is what an unset variable becomes.
-	cv, ct := reflect.ValueOf(*c), reflect.TypeOf(*c)
+	cv, ct := reflect.ValueOf(c.vars), reflect.TypeFor[Vars]()
 	for i := range ct.NumField() {
 		f := ct.Field(i)
 		def, ok := f.Tag.Lookup("envDefault")
@@ -109,35 +107,15 @@ func TestParseConfigDefaults(t *testing.T) {
 			t.Errorf("%s defaults to %v, tag says %q", f.Tag.Get("env"), got, def)
 		}
 	}
-	if c.PQ != "strict" || c.Transport != "auto" {
-		t.Errorf("PQ %q, transport %q; want strict, auto", c.PQ, c.Transport)
+	if c.Policy.Mode != hybridtls.Strict || c.Engine.Transport.Name() != "auto" {
+		t.Errorf("PQ %q, transport %q; want strict, auto", c.Policy.Mode, c.Engine.Transport.Name())
 	}
-}
-
-// defaultValue parses an envDefault tag as the field's type.
-func defaultValue(t *testing.T, v any, tag string) any {
-	t.Helper()
-	switch v.(type) {
-	case time.Duration:
-		d, err := time.ParseDuration(tag)
-		if err != nil {
-			t.Fatalf("envDefault %q: %v", tag, err)
-		}
-		return d
-	case int:
-		n, err := strconv.Atoi(tag)
-		if err != nil {
-			t.Fatalf("envDefault %q: %v", tag, err)
-		}
-		return n
-	}
-	return tag
 }
 
 func TestParseConfigErrorsNameTheVariable(t *testing.T) {
 	te := newTestEnv(t)
 	open := filepath.Join(te.dir, "open.id")
-	keygenFile(t, open)
+	writeIdentity(t, open)
 	if err := os.Chmod(open, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +178,7 @@ func TestParseConfigErrorsNameTheVariable(t *testing.T) {
 			for _, k := range tt.unset {
 				delete(environ, k)
 			}
-			c, err := parseConfig(environ)
+			c, err := Parse(environ)
 			if err == nil {
 				t.Fatalf("parseConfig succeeded: %+v", c)
 			}
@@ -216,58 +194,13 @@ func TestParseConfigErrorsNameTheVariable(t *testing.T) {
 	}
 }
 
-func TestHelpListsEveryVariableAndDefault(t *testing.T) {
-	var stdout, stderr bytes.Buffer
-	if code := run([]string{"help"}, nil, &stdout, &stderr); code != 0 {
-		t.Fatalf("help exited %d: %s", code, stderr.String())
-	}
-	lines := strings.Split(stdout.String(), "\n")
-	ty := reflect.TypeOf(Config{})
-	if ty.NumField() == 0 {
-		t.Fatal("Config has no fields")
-	}
-	for i := range ty.NumField() {
-		f := ty.Field(i)
-		name := f.Tag.Get("env")
-		if name == "" {
-			t.Errorf("Config.%s has no env tag", f.Name)
-			continue
-		}
-		if f.Tag.Get("help") == "" {
-			t.Errorf("Config.%s (%s) has no help tag", f.Name, name)
-		}
-		var line string
-		for _, l := range lines {
-			if fields := strings.Fields(l); len(fields) > 0 && fields[0] == name {
-				line = l
-				break
-			}
-		}
-		if line == "" {
-			t.Errorf("help does not list %s", name)
-			continue
-		}
-		if def := f.Tag.Get("envDefault"); def != "" && !strings.Contains(line, def) {
-			t.Errorf("help line for %s does not show its default %q: %q", name, def, line)
-		}
-	}
-	for _, cmd := range []string{"keygen", "pin", "demo", "version"} {
-		if !strings.Contains(stdout.String(), "pqtunnel "+cmd) {
-			t.Errorf("help does not mention 'pqtunnel %s'", cmd)
-		}
-	}
-}
-
 func TestMaterialLoadsIdentityAndPins(t *testing.T) {
 	te := newTestEnv(t)
-	c, err := parseConfig(te.base)
+	c, err := Parse(te.base)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := c.material()
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := c.Material
 	want, err := hybridtls.LoadIdentityFile(te.identity)
 	if err != nil {
 		t.Fatal(err)
@@ -280,19 +213,74 @@ func TestMaterialLoadsIdentityAndPins(t *testing.T) {
 	}
 }
 
-func TestCNSA2Profile(t *testing.T) {
-	te := newTestEnv(t)
-	id87 := filepath.Join(te.dir, "cnsa2.id")
-	var stdout, stderr bytes.Buffer
-	if code := run([]string{"keygen", "-profile", "cnsa2", "-o", id87}, nil, &stdout, &stderr); code != 0 {
-		t.Fatalf("keygen -profile cnsa2 exited %d: %s", code, stderr.String())
-	}
-	id, err := hybridtls.LoadIdentityFile(id87)
+// writeIdentity writes a new identity file with mode 0600, as keygen does,
+// and returns its pin.
+func writeIdentity(t *testing.T, path string) string {
+	t.Helper()
+	id, err := hybridtls.GenerateIdentity()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p := id.MLDSA.PublicKey().Parameters().String(); p != "ML-DSA-87" || id.Pin.String() != strings.TrimSpace(stdout.String()) {
-		t.Fatalf("keygen -profile cnsa2 wrote an %s identity with pin %s, printed %q", p, id.Pin, stdout.String())
+	data, err := id.MarshalPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return id.Pin.String()
+}
+
+// A library's typed error comes back naming the variable behind the field,
+// still wrapping the library's error.
+func TestExplainNamesTheVariable(t *testing.T) {
+	inUse := errors.New("address already in use")
+	for field, name := range map[string]string{"Forward": "PQT_FORWARD", "Tunnel": "PQT_TUNNEL"} {
+		err := Explain(&proxy.ConfigError{Field: field, Err: fmt.Errorf("route web: %w", inUse)})
+		if want := name + ": route web: address already in use"; err.Error() != want {
+			t.Errorf("Explain(%s) = %q, want %q", field, err, want)
+		}
+		if !errors.Is(err, inUse) {
+			t.Errorf("Explain(%s) lost the wrapped error", field)
+		}
+	}
+	other := errors.New("other")
+	if Explain(other) != other {
+		t.Error("Explain changed an error it does not know")
+	}
+}
+
+// A refused handshake names the variable to change: the Policy that Parse
+// builds names each hybridtls setting by its variable.
+func TestPolicyNamesSettingsByVariable(t *testing.T) {
+	c, err := Parse(newTestEnv(t).base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[hybridtls.Setting]string{
+		hybridtls.SettingGroups: "PQT_GROUPS", hybridtls.SettingMode: "PQT_PQ", hybridtls.SettingCAs: "PQT_CA",
+		hybridtls.SettingPeers: "PQT_PEERS", hybridtls.SettingAllow: "PQT_ALLOW",
+	}
+	for s, name := range want {
+		if got := c.Policy.SettingName(s); got != name {
+			t.Errorf("SettingName(%s) = %q, want %q", s, got, name)
+		}
+	}
+}
+
+func TestCNSA2Profile(t *testing.T) {
+	te := newTestEnv(t)
+	id87 := filepath.Join(te.dir, "cnsa2.id")
+	id, err := hybridtls.GenerateIdentityFor(mldsa.MLDSA87())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := id.MarshalPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(id87, data, 0o600); err != nil {
+		t.Fatal(err)
 	}
 	for _, groups := range []string{"", "mlkem1024"} {
 		environ := maps.Clone(te.base)
@@ -300,20 +288,14 @@ func TestCNSA2Profile(t *testing.T) {
 		if groups != "" {
 			environ["PQT_GROUPS"] = groups
 		}
-		c, err := parseConfig(environ)
+		c, err := Parse(environ)
 		if err != nil {
-			t.Fatalf("PQT_GROUPS=%q: parseConfig: %v", groups, err)
+			t.Fatalf("PQT_GROUPS=%q: Parse: %v", groups, err)
 		}
-		pc, err := engineConfig(c, nil)
-		if err != nil {
-			t.Fatal(err)
+		p := c.Policy
+		if hybridtls.GroupNames(p.Groups) != "MLKEM1024" || !p.RequirePQAuth || !p.RequireMLDSA87 || c.KeyLog != "" {
+			t.Errorf("PQT_GROUPS=%q: cnsa2 policy = groups %s, RequirePQAuth %v, RequireMLDSA87 %v, key log %q",
+				groups, hybridtls.GroupNames(p.Groups), p.RequirePQAuth, p.RequireMLDSA87, c.KeyLog)
 		}
-		p := pc.TLS.Policy()
-		if hybridtls.GroupNames(p.Groups) != "MLKEM1024" || !p.RequirePQAuth || !p.RequireMLDSA87 || p.KeyLog != nil {
-			t.Errorf("PQT_GROUPS=%q: cnsa2 policy = groups %s, RequirePQAuth %v, RequireMLDSA87 %v", groups, hybridtls.GroupNames(p.Groups), p.RequirePQAuth, p.RequireMLDSA87)
-		}
-	}
-	if code := run([]string{"keygen", "-profile", "fips", "-o", filepath.Join(te.dir, "x.id")}, nil, &stdout, &stderr); code == 0 {
-		t.Error("keygen accepted -profile fips")
 	}
 }

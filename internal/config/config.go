@@ -1,0 +1,465 @@
+package config
+
+import (
+	"crypto/mldsa"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"reflect"
+	"strings"
+
+	"github.com/caarlos0/env/v11"
+
+	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/proxy"
+	"github.com/pqtunnel/pqtunnel/transport"
+	"github.com/pqtunnel/pqtunnel/wire"
+)
+
+// Config is the environment parsed once into the libraries' typed options.
+type Config struct {
+	// Engine is the engine's policy; TLS, Logger and Metrics are left for
+	// the caller, who owns the process's logger and metrics.
+	Engine proxy.Config
+	// Policy is the TLS policy; Logger and OnRefused are left for the caller.
+	Policy hybridtls.Policy
+	// Material is the identity, certificates and pins as loaded by Parse.
+	Material *hybridtls.Material
+	// MetricsAddr is where the metrics server listens; empty when it is off.
+	MetricsAddr string
+	LogLevel    slog.Level
+	// LogJSON selects slog's JSON handler instead of text.
+	LogJSON bool
+	// Profile is PQT_PROFILE: ProfileCNSA2 or empty.
+	Profile string
+	// KeyLog is the path of the TLS key log; empty when off (see OpenKeyLog).
+	KeyLog string
+
+	// vars are the variables as read, kept for LoadMaterial.
+	vars Vars
+}
+
+// Parse reads environ (name to value) into a Config. Every error names the
+// variable at fault; PQT_* names that are not pqtunnel variables are
+// reported too, each with the nearest known name, before any other error,
+// since a misspelt name is the likely cause of a setting found missing.
+func Parse(environ map[string]string) (*Config, error) {
+	unknown := unknownVariables(environ)
+	c, err := parse(environ)
+	if err != nil || len(unknown) > 0 {
+		return nil, errors.Join(append(unknown, err)...)
+	}
+	return c, nil
+}
+
+func parse(environ map[string]string) (*Config, error) {
+	var v Vars
+	if err := env.ParseWithOptions(&v, env.Options{Environment: environ}); err != nil {
+		return nil, envError(err)
+	}
+	c := &Config{vars: v}
+	if err := c.parseTunnel(&v); err != nil {
+		return nil, err
+	}
+	if err := c.parsePolicy(&v); err != nil {
+		return nil, err
+	}
+	if err := c.parseLimits(&v); err != nil {
+		return nil, err
+	}
+	if err := c.parseOperation(&v); err != nil {
+		return nil, err
+	}
+	m, err := v.loadMaterial()
+	if err != nil {
+		return nil, err
+	}
+	c.Material = m
+	return c, nil
+}
+
+// envError rewrites the env library's errors to name the variable.
+func envError(err error) error {
+	var pe env.ParseError
+	if errors.As(err, &pe) {
+		if f, ok := reflect.TypeFor[Vars]().FieldByName(pe.Name); ok {
+			return fmt.Errorf("%s: %w", f.Tag.Get("env"), pe.Err)
+		}
+	}
+	return err
+}
+
+func (c *Config) parseTunnel(v *Vars) error {
+	e := &c.Engine
+	switch proxy.Mode(v.Mode) {
+	case proxy.ModeListen, proxy.ModeDial:
+		e.Mode = proxy.Mode(v.Mode)
+	case "":
+		return errors.New("PQT_MODE: not set (want listen or dial)")
+	default:
+		return fmt.Errorf("PQT_MODE: %q is not listen or dial", v.Mode)
+	}
+	for _, t := range strings.Split(v.Tunnel, ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			e.Tunnel = append(e.Tunnel, t)
+		}
+	}
+	if len(e.Tunnel) == 0 {
+		need := map[proxy.Mode]string{proxy.ModeListen: "the address to listen on, e.g. :8443", proxy.ModeDial: "the peer's host:port"}[e.Mode]
+		return fmt.Errorf("PQT_TUNNEL: not set (a %s side needs %s)", e.Mode, need)
+	}
+	if e.Mode == proxy.ModeListen && len(e.Tunnel) > 1 {
+		return errors.New("PQT_TUNNEL: a listen side takes one address")
+	}
+	for _, t := range e.Tunnel {
+		if err := proxy.CheckHostPort(t); err != nil {
+			return fmt.Errorf("PQT_TUNNEL: %q: %w", t, err)
+		}
+	}
+	var err error
+	if e.Forward, err = proxy.ParseRoutes(v.Forward); err != nil {
+		return fmt.Errorf("PQT_FORWARD: %w", err)
+	}
+	if e.Target, err = proxy.ParseRoutes(v.Target); err != nil {
+		return fmt.Errorf("PQT_TARGET: %w", err)
+	}
+	if len(e.Forward) == 0 && len(e.Target) == 0 {
+		return errors.New("PQT_FORWARD and PQT_TARGET: neither is set, so nothing would be carried (a forward dial side sets PQT_FORWARD, its listen side PQT_TARGET)")
+	}
+	// The transports are those the program registered (cmd/pqtunnel).
+	if e.Transport, err = transport.Lookup(v.Transport); err != nil {
+		return fmt.Errorf("PQT_TRANSPORT: %w", err)
+	}
+	return nil
+}
+
+func (c *Config) parsePolicy(v *Vars) error {
+	mode, err := hybridtls.ParsePQMode(v.PQ)
+	if err != nil {
+		return fmt.Errorf("PQT_PQ: %w", err)
+	}
+	if v.Auth != "any" && v.Auth != "pq" {
+		return fmt.Errorf("PQT_AUTH: %q is not pq or any", v.Auth)
+	}
+	if err := v.checkProfile(mode); err != nil {
+		return err
+	}
+	groups, err := v.groups(mode)
+	if ce := (*hybridtls.ClassicalGroupError)(nil); errors.As(err, &ce) {
+		return &rephrased{err: err, msg: fmt.Sprintf("PQT_GROUPS: classical group %s is not allowed with PQT_PQ=strict: it has no post-quantum protection (remove it, or set PQT_PQ=prefer)",
+			hybridtls.GroupName(ce.Group))}
+	}
+	if err != nil {
+		return fmt.Errorf("PQT_GROUPS: %w", err)
+	}
+	c.Policy = hybridtls.Policy{
+		Mode: mode, Groups: groups, ServerName: v.ServerName, ALPN: wire.ALPN, SettingName: policySettingName,
+		RequirePQAuth: v.Auth == "pq" || v.Profile == ProfileCNSA2, RequireMLDSA87: v.Profile == ProfileCNSA2,
+	}
+	c.Profile, c.KeyLog, c.Engine.KeyLog = v.Profile, v.KeyLog, v.KeyLog
+	return nil
+}
+
+// ProfileCNSA2 is the PQT_PROFILE value for the CNSA 2.0 profile, also
+// keygen's --profile value for an ML-DSA-87 identity.
+const ProfileCNSA2 = "cnsa2"
+
+// checkProfile refuses settings that do not comply with PQT_PROFILE, naming
+// each variable at fault.
+func (v *Vars) checkProfile(mode hybridtls.PQMode) error {
+	switch v.Profile {
+	case "":
+		return nil
+	case ProfileCNSA2:
+	default:
+		return fmt.Errorf("PQT_PROFILE: %q is not cnsa2 (or empty for none)", v.Profile)
+	}
+	// PQT_GROUPS' default is replaced; any other list is a conflict.
+	if v.Groups != hybridtls.GroupNames(hybridtls.DefaultGroups) && !strings.EqualFold(strings.TrimSpace(v.Groups), "MLKEM1024") {
+		return fmt.Errorf("PQT_GROUPS: %q does not comply with PQT_PROFILE=cnsa2, which uses MLKEM1024 only (unset PQT_GROUPS)", v.Groups)
+	}
+	if mode != hybridtls.Strict {
+		return errors.New("PQT_PQ: PQT_PROFILE=cnsa2 allows no classical key exchange (unset PQT_PQ or set it to strict)")
+	}
+	if v.KeyLog != "" {
+		return errors.New("PQT_KEYLOG: not allowed with PQT_PROFILE=cnsa2: it writes the session secrets out")
+	}
+	return nil
+}
+
+// groups is the key-exchange list in force: PQT_GROUPS, or MLKEM1024 alone
+// under PQT_PROFILE=cnsa2.
+func (v *Vars) groups(mode hybridtls.PQMode) ([]tls.CurveID, error) {
+	if v.Profile == ProfileCNSA2 {
+		return []tls.CurveID{tls.MLKEM1024}, nil
+	}
+	return hybridtls.ParseGroups(v.Groups, mode)
+}
+
+// OpenKeyLog opens PQT_KEYLOG for appending TLS secrets, or returns nil
+// when it is off. The file is kept open for the life of the process;
+// crypto/tls serialises its writes, and O_APPEND keeps other writers'
+// lines whole.
+func (c *Config) OpenKeyLog() (io.WriteCloser, error) {
+	if c.KeyLog == "" {
+		return nil, nil
+	}
+	f, err := os.OpenFile(c.KeyLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("PQT_KEYLOG: %w", err)
+	}
+	if err := hybridtls.CheckKeyFileMode(c.KeyLog); err != nil {
+		_ = f.Close() // refused
+		return nil, fmt.Errorf("PQT_KEYLOG: %w", err)
+	}
+	return f, nil
+}
+
+// policySettingName names hybridtls's settings by the variables that set
+// them, so that a refused handshake says which variable to change.
+func policySettingName(s hybridtls.Setting) string {
+	field, ok := map[hybridtls.Setting]string{
+		hybridtls.SettingGroups: "Groups",
+		hybridtls.SettingMode:   "PQ",
+		hybridtls.SettingCAs:    "CA",
+		hybridtls.SettingPeers:  "Peers",
+		hybridtls.SettingAllow:  "Allow",
+	}[s]
+	if !ok {
+		return s.String()
+	}
+	return Name(field)
+}
+
+func (c *Config) parseLimits(v *Vars) error {
+	positive := []struct {
+		name string
+		ok   bool
+	}{
+		{"PQT_CONNECTIONS", v.Connections >= 1},
+		{"PQT_HANDSHAKE_TIMEOUT", v.HandshakeTimeout > 0},
+		{"PQT_DIAL_TIMEOUT", v.DialTimeout > 0},
+		{"PQT_IDLE_TIMEOUT", v.IdleTimeout > 0},
+		{"PQT_KEEPALIVE", v.KeepAlive > 0},
+		{"PQT_MAX_STREAMS", v.MaxStreams >= 1},
+		{"PQT_MAX_CONNECTIONS", v.MaxConnections >= 1},
+		{"PQT_MAX_TOTAL_STREAMS", v.MaxTotalStreams >= 1},
+		{"PQT_MAX_HANDSHAKES", v.MaxHandshakes >= 1},
+		{"PQT_DRAIN_TIMEOUT", v.DrainTimeout > 0},
+		{"PQT_FALLBACK_TIMEOUT", v.FallbackTimeout > 0},
+		{"PQT_QUIC_RETRY", v.QUICRetry > 0},
+	}
+	for _, p := range positive {
+		if !p.ok {
+			return fmt.Errorf("%s: must be positive", p.name)
+		}
+	}
+	if v.KeepAlive >= v.IdleTimeout {
+		return fmt.Errorf("PQT_KEEPALIVE: %s must be shorter than PQT_IDLE_TIMEOUT (%s)", v.KeepAlive, v.IdleTimeout)
+	}
+	e := &c.Engine
+	e.Connections = v.Connections
+	e.MaxConnections = v.MaxConnections
+	e.MaxTotalStreams = v.MaxTotalStreams
+	e.DialTimeout = v.DialTimeout
+	e.FallbackTimeout = v.FallbackTimeout
+	e.QUICRetry = v.QUICRetry
+	e.DrainTimeout = v.DrainTimeout
+	e.Mux = transport.Config{
+		HandshakeTimeout: v.HandshakeTimeout,
+		KeepAlive:        v.KeepAlive,
+		IdleTimeout:      v.IdleTimeout,
+		MaxStreams:       v.MaxStreams,
+		MaxHandshakes:    v.MaxHandshakes,
+	}
+	return nil
+}
+
+func (c *Config) parseOperation(v *Vars) error {
+	if v.Metrics != "" {
+		c.MetricsAddr = v.Metrics
+		if !strings.Contains(v.Metrics, ":") {
+			c.MetricsAddr = "127.0.0.1:" + v.Metrics // a bare port binds loopback
+		}
+		if err := proxy.CheckHostPort(c.MetricsAddr); err != nil {
+			return fmt.Errorf("PQT_METRICS: %q: %w", v.Metrics, err)
+		}
+	}
+	switch strings.ToLower(v.ProxyProtocol) {
+	case "":
+	case "v1", "1":
+		c.Engine.ProxyProtocol = 1
+	case "v2", "2":
+		c.Engine.ProxyProtocol = 2
+	default:
+		return fmt.Errorf("PQT_PROXY_PROTOCOL: %q is not v1 or v2", v.ProxyProtocol)
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(v.LogLevel)); err != nil {
+		return fmt.Errorf("PQT_LOG_LEVEL: %q is not debug, info, warn or error", v.LogLevel)
+	}
+	switch v.LogFormat {
+	case "text":
+	case "json":
+		c.LogJSON = true
+	default:
+		return fmt.Errorf("PQT_LOG_FORMAT: %q is not text or json", v.LogFormat)
+	}
+	return nil
+}
+
+// LoadMaterial reads identity, certificates and pins again from the files
+// the environment names, for a reload on SIGHUP; Parse has already loaded
+// them once into Material.
+func (c *Config) LoadMaterial() (*hybridtls.Material, error) { return c.vars.loadMaterial() }
+
+func (v *Vars) loadMaterial() (*hybridtls.Material, error) {
+	pinned := v.Identity != "" || v.IdentityPEM != ""
+	ca := v.Cert != "" || v.Key != "" || v.CA != ""
+	switch {
+	case pinned && ca:
+		return nil, errors.New("PQT_IDENTITY and PQT_CERT: both a pinned identity and CA mode are configured; use one")
+	case v.Identity != "" && v.IdentityPEM != "":
+		return nil, errors.New("PQT_IDENTITY and PQT_IDENTITY_PEM: both are set; use one")
+	case !pinned && !ca:
+		return nil, errors.New("PQT_IDENTITY: no identity configured: create one with 'pqtunnel keygen -o FILE' and set PQT_IDENTITY and PQT_PEERS, or use CA mode with PQT_CERT, PQT_KEY and PQT_CA")
+	}
+	var m *hybridtls.Material
+	var err error
+	if pinned {
+		m, err = v.loadPinned()
+	} else {
+		m, err = v.loadCA()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("PQT_IDENTITY: %w", err)
+	}
+	if v.Profile == ProfileCNSA2 {
+		if err := checkCNSA2Material(m); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// checkCNSA2Material refuses this side's own identity or certificate when
+// it is not ML-DSA-87.
+func checkCNSA2Material(m *hybridtls.Material) error {
+	if m.Pinned() {
+		if p := m.Identity.MLDSA.PublicKey().Parameters(); p != mldsa.MLDSA87() {
+			return fmt.Errorf("PQT_IDENTITY: the identity's key is %s; PQT_PROFILE=cnsa2 needs ML-DSA-87 (make one with 'pqtunnel keygen --profile cnsa2 -o FILE')", p)
+		}
+		return nil
+	}
+	leaf := m.Certificate.Leaf
+	if k, ok := leaf.PublicKey.(*mldsa.PublicKey); !ok || k.Parameters() != mldsa.MLDSA87() || leaf.SignatureAlgorithm != x509.MLDSA87 {
+		return fmt.Errorf("PQT_CERT: the certificate's key is %s and it is signed with %s; PQT_PROFILE=cnsa2 needs ML-DSA-87 for both (e.g. from 'pqtunnel ca init -alg ML-DSA-87')",
+			hybridtls.SignatureSchemeName(hybridtls.SignatureScheme(leaf)), leaf.SignatureAlgorithm)
+	}
+	return nil
+}
+
+func (v *Vars) loadPinned() (*hybridtls.Material, error) {
+	m := &hybridtls.Material{}
+	var err error
+	if v.Identity != "" {
+		if m.Identity, err = hybridtls.LoadIdentityFile(v.Identity); err != nil {
+			return nil, fmt.Errorf("PQT_IDENTITY: %w", err)
+		}
+	} else if m.Identity, err = hybridtls.ParseIdentityPEM([]byte(v.IdentityPEM)); err != nil {
+		return nil, fmt.Errorf("PQT_IDENTITY_PEM: %w", err)
+	}
+	if m.Peers, err = readPeers(v.Peers); err != nil {
+		return nil, fmt.Errorf("PQT_PEERS: %w", err)
+	}
+	if len(m.Peers) == 0 {
+		return nil, errors.New("PQT_PEERS: not set: list the pin of each peer this side accepts (print it with 'pqtunnel pin FILE' on the peer)")
+	}
+	if v.Allow != "" {
+		return nil, errors.New("PQT_ALLOW: applies to CA mode only; with pinned identities PQT_PEERS says who is allowed")
+	}
+	return m, nil
+}
+
+func (v *Vars) loadCA() (*hybridtls.Material, error) {
+	if v.Peers != "" {
+		return nil, errors.New("PQT_PEERS: applies to pinned identities only; in CA mode use PQT_ALLOW")
+	}
+	for _, f := range []struct{ name, val string }{{"PQT_CERT", v.Cert}, {"PQT_KEY", v.Key}, {"PQT_CA", v.CA}} {
+		if f.val == "" {
+			return nil, fmt.Errorf("%s: not set: CA mode needs PQT_CERT, PQT_KEY and PQT_CA", f.name)
+		}
+	}
+	if err := hybridtls.CheckKeyFileMode(v.Key); err != nil {
+		return nil, fmt.Errorf("PQT_KEY: %w", err)
+	}
+	cert, err := tls.LoadX509KeyPair(v.Cert, v.Key)
+	if err != nil {
+		return nil, fmt.Errorf("PQT_CERT/PQT_KEY: %w", err)
+	}
+	m := &hybridtls.Material{Certificate: &cert, CAs: x509.NewCertPool()}
+	caPEM, err := os.ReadFile(v.CA)
+	if err != nil {
+		return nil, fmt.Errorf("PQT_CA: %w", err)
+	}
+	if !m.CAs.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("PQT_CA: %s holds no PEM certificate", v.CA)
+	}
+	if m.Allow, err = hybridtls.ParseAllow(v.Allow); err != nil {
+		return nil, fmt.Errorf("PQT_ALLOW: %w", err)
+	}
+	return m, nil
+}
+
+// readPeers parses PQT_PEERS: pins, and files of pins (one per line, '#'
+// comments) named by entries that start with '/' or '.'.
+func readPeers(s string) ([]hybridtls.Pin, error) {
+	var pins []string
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if !strings.HasPrefix(f, "/") && !strings.HasPrefix(f, ".") {
+			pins = append(pins, f)
+			continue
+		}
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("pins file: %w", err)
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if line, _, _ = strings.Cut(line, "#"); strings.TrimSpace(line) != "" {
+				pins = append(pins, line)
+			}
+		}
+	}
+	return hybridtls.ParsePins(strings.Join(pins, ","))
+}
+
+// Explain names the variable behind a library's typed error (a
+// proxy.ConfigError says which Config field was at fault); other errors
+// come back as they are.
+func Explain(err error) error {
+	var ce *proxy.ConfigError
+	if errors.As(err, &ce) {
+		if _, ok := reflect.TypeFor[Vars]().FieldByName(ce.Field); ok {
+			return fmt.Errorf("%s: %w", Name(ce.Field), ce.Err)
+		}
+	}
+	return err
+}
+
+// rephrased is a library's error told in the variables' terms; errors.Is
+// and errors.As still see the library's error.
+type rephrased struct {
+	msg string
+	err error
+}
+
+func (e *rephrased) Error() string { return e.msg }
+
+func (e *rephrased) Unwrap() error { return e.err }

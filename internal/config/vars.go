@@ -1,0 +1,91 @@
+// Package config is pqtunnel's environment contract: the only place the
+// PQT_* variable names appear. Parse reads the environment once into typed
+// values for the libraries, names the variable in every error, refuses
+// PQT_* names it does not know, and maps the libraries' typed errors back to
+// the variables that caused them.
+package config
+
+import (
+	"fmt"
+	"reflect"
+	"time"
+)
+
+// Vars is the environment as pqtunnel reads it: one field per variable.
+// The env tags name the variables, the envDefault tags give the defaults
+// (which must agree with package defaults, as a test checks), and the help
+// tags are what 'pqtunnel help' prints, so the three cannot drift.
+type Vars struct {
+	Mode      string `env:"PQT_MODE" help:"listen or dial (required). Only says who opens the tunnel connection."`
+	Tunnel    string `env:"PQT_TUNNEL" help:"listen: the address to accept tunnel connections on (UDP and TCP); dial: the peer's host:port, or several comma-separated."`
+	Forward   string `env:"PQT_FORWARD" help:"Where this side accepts plain TCP to send through the tunnel: host:port, or name=host:port,... for named routes."`
+	Target    string `env:"PQT_TARGET" help:"Where streams from the tunnel are delivered: host:port, or name=host:port,... Only these addresses are ever dialled."`
+	Transport string `env:"PQT_TRANSPORT" envDefault:"auto" help:"quic, tcp (TLS 1.3 over TCP with yamux) or auto: a listen side serves both on one port; a dial side tries QUIC and falls back to TCP."`
+
+	Connections int `env:"PQT_CONNECTIONS" envDefault:"2" help:"Tunnel connections a dial side keeps, spread over the PQT_TUNNEL peers; two survive the loss of one."`
+
+	PQ     string `env:"PQT_PQ" envDefault:"strict" help:"strict: only hybrid post-quantum key exchange; prefer: hybrid first, classical X25519 accepted and logged at WARN."`
+	Groups string `env:"PQT_GROUPS" envDefault:"X25519MLKEM768,SecP256r1MLKEM768,SecP384r1MLKEM1024" help:"Key-exchange groups offered and accepted, the same on both transports; Go applies its own order among them, so list fewer to force one. MLKEM1024 is pure post-quantum (no classical half)."`
+
+	Identity    string `env:"PQT_IDENTITY" help:"Path of this side's identity file (from 'pqtunnel keygen'); mode 0600."`
+	IdentityPEM string `env:"PQT_IDENTITY_PEM" help:"This side's identity as PEM text, instead of PQT_IDENTITY."`
+	Peers       string `env:"PQT_PEERS" help:"Pins of the peers this side accepts (from 'pqtunnel pin FILE'), comma-separated; an entry starting with / or . is a file of pins, one per line, re-read on SIGHUP."`
+	Cert        string `env:"PQT_CERT" help:"CA mode: this side's certificate chain (PEM file)."`
+	Key         string `env:"PQT_KEY" help:"CA mode: this side's private key (PEM file)."`
+	CA          string `env:"PQT_CA" help:"CA mode: the CA bundle that signs peer certificates (PEM file)."`
+	Allow       string `env:"PQT_ALLOW" help:"CA mode: peers accepted by certificate name: dns:NAME, uri:URI, cn:NAME, comma-separated; empty accepts any the CA signed."`
+	ServerName  string `env:"PQT_SERVER_NAME" help:"CA mode: the name a dial side verifies in the peer's certificate; default the host of PQT_TUNNEL."`
+	Profile     string `env:"PQT_PROFILE" help:"cnsa2: the CNSA 2.0 profile in one switch: key exchange MLKEM1024 only, ML-DSA-87 authentication (identities from 'pqtunnel keygen --profile cnsa2', CA chains ML-DSA-87 end to end), PQT_KEYLOG refused. Off when empty."`
+	Auth        string `env:"PQT_AUTH" envDefault:"any" help:"CA mode: pq refuses a peer whose certificate chain is not ML-DSA end to end (leaf key and every signature up to PQT_CA); any accepts classical and mixed chains, logged pq_auth=false with the reason."`
+
+	HandshakeTimeout time.Duration `env:"PQT_HANDSHAKE_TIMEOUT" envDefault:"10s" help:"Bound on a tunnel handshake including the session proof."`
+	DialTimeout      time.Duration `env:"PQT_DIAL_TIMEOUT" envDefault:"5s" help:"Bound on dialling an origin."`
+	IdleTimeout      time.Duration `env:"PQT_IDLE_TIMEOUT" envDefault:"8s" help:"A tunnel connection whose peer is silent this long is dead."`
+	KeepAlive        time.Duration `env:"PQT_KEEPALIVE" envDefault:"2s" help:"Interval of tunnel keep-alives."`
+	FallbackTimeout  time.Duration `env:"PQT_FALLBACK_TIMEOUT" envDefault:"3s" help:"With PQT_TRANSPORT=auto: how long a dial side waits for a QUIC handshake before it uses TCP."`
+	QUICRetry        time.Duration `env:"PQT_QUIC_RETRY" envDefault:"30s" help:"With PQT_TRANSPORT=auto: how often a dial side that fell back to TCP tries QUIC again, moving back when it works."`
+	MaxStreams       int           `env:"PQT_MAX_STREAMS" envDefault:"4096" help:"Streams the peer may have open at once on one tunnel connection."`
+	MaxTotalStreams  int           `env:"PQT_MAX_TOTAL_STREAMS" envDefault:"65536" help:"Streams this process carries at once over all tunnel connections; past it new clients and streams are refused."`
+	MaxHandshakes    int           `env:"PQT_MAX_HANDSHAKES" envDefault:"64" help:"Tunnel handshakes a listen side runs at once; more are refused until one finishes."`
+	MaxConnections   int           `env:"PQT_MAX_CONNECTIONS" envDefault:"256" help:"Tunnel connections a listen side accepts at once."`
+	DrainTimeout     time.Duration `env:"PQT_DRAIN_TIMEOUT" envDefault:"30s" help:"On SIGTERM/SIGINT, how long open streams may finish before they are closed."`
+
+	Metrics       string `env:"PQT_METRICS" help:"Address of the HTTP server for /metrics, /healthz and /readyz; a bare port binds 127.0.0.1. Off when empty."`
+	ProxyProtocol string `env:"PQT_PROXY_PROTOCOL" help:"v1 or v2: send a PROXY protocol header with the original client address to each origin this side dials. Off when empty."`
+
+	KeyLog string `env:"PQT_KEYLOG" help:"File to append TLS secrets to in the NSS key log format (both transports), so Wireshark or tshark can decrypt a capture and show the signature algorithm. Debugging only: anyone with the file can decrypt the tunnel; each tunnel logs a WARN while it is on. Off when empty."`
+
+	LogLevel  string `env:"PQT_LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error."`
+	LogFormat string `env:"PQT_LOG_FORMAT" envDefault:"text" help:"text (coloured on a terminal) or json."`
+}
+
+// Variable describes one environment variable for 'pqtunnel help' and the README.
+type Variable struct {
+	Name    string // PQT_...
+	Field   string // the Vars field it fills
+	Default string // "" when it has none
+	Help    string
+}
+
+// Variables lists every variable in the order of Vars.
+func Variables() []Variable {
+	t := reflect.TypeFor[Vars]()
+	out := make([]Variable, t.NumField())
+	for i := range t.NumField() {
+		f := t.Field(i)
+		out[i] = Variable{Name: f.Tag.Get("env"), Field: f.Name, Default: f.Tag.Get("envDefault"), Help: f.Tag.Get("help")}
+	}
+	return out
+}
+
+// Name is the variable that fills the Vars field of that name, for messages
+// outside this package that tell the user which setting to change. An
+// unknown field is a programming error.
+func Name(field string) string {
+	for _, v := range Variables() {
+		if v.Field == field {
+			return v.Name
+		}
+	}
+	panic(fmt.Sprintf("config: no variable fills field %q", field))
+}

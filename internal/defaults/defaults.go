@@ -1,0 +1,67 @@
+// Package defaults is the one table of pqtunnel's default settings. The
+// libraries' zero values and the environment's envDefault tags both come
+// from it (a test in internal/config checks the tags against it), so a
+// library user and a user of the binary get the same tunnel.
+package defaults
+
+import "time"
+
+// Tunnel and transport.
+const (
+	// Transport serves QUIC and TCP on a listen side and makes a dial side
+	// fall back from QUIC to TCP.
+	Transport = "auto"
+	// Connections is how many tunnel connections a dial side keeps: two
+	// survive the loss of one.
+	Connections = 2
+	// FallbackTimeout is how long an auto dial side waits for QUIC before TCP.
+	FallbackTimeout = 3 * time.Second
+	// QUICRetry is how often an auto dial side on TCP tries QUIC again.
+	QUICRetry = 30 * time.Second
+)
+
+// Post-quantum policy.
+const (
+	// PQ offers and accepts only hybrid post-quantum key exchange.
+	PQ = "strict"
+	// Groups are the hybrid groups offered and accepted.
+	Groups = "X25519MLKEM768,SecP256r1MLKEM768,SecP384r1MLKEM1024"
+	// Auth accepts CA-mode peers whose chains are classical or mixed,
+	// logged as such; pinned identities are ML-DSA whatever it says.
+	Auth = "any"
+)
+
+// Timeouts.
+const (
+	// HandshakeTimeout bounds a tunnel handshake including the ML-DSA proof.
+	HandshakeTimeout = 10 * time.Second
+	// DialTimeout bounds dialling an origin.
+	DialTimeout = 5 * time.Second
+	// KeepAlive is the interval of tunnel keep-alives.
+	KeepAlive = 2 * time.Second
+	// IdleTimeout ends a tunnel connection whose peer is silent this long:
+	// four keep-alives, so a dead peer is noticed within seconds.
+	IdleTimeout = 8 * time.Second
+	// DrainTimeout bounds how long open streams may finish at shutdown.
+	DrainTimeout = 30 * time.Second
+)
+
+// Limits.
+const (
+	// MaxStreams bounds the streams a peer may have open on one tunnel connection.
+	MaxStreams = 4096
+	// MaxTotalStreams bounds the streams one process carries at once.
+	MaxTotalStreams = 65536
+	// MaxHandshakes bounds the tunnel handshakes a listen side runs at once.
+	MaxHandshakes = 64
+	// MaxConnections bounds the tunnel connections a listen side accepts.
+	MaxConnections = 256
+	// StreamWindow is the per-stream receive window in bytes.
+	StreamWindow = 4 << 20
+)
+
+// Logging.
+const (
+	LogLevel  = "info"
+	LogFormat = "text"
+)
