@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/url"
@@ -16,10 +15,17 @@ import (
 // caCommand runs 'pqtunnel ca init|issue|sign': a small ML-DSA CA for CA
 // mode, for fleets whose own CA cannot issue ML-DSA certificates yet.
 func caCommand(args []string, stdout, stderr io.Writer) error {
+	const usage = "usage: pqtunnel ca init|issue|sign ...\n  a small ML-DSA certificate authority for CA mode ('pqtunnel ca SUBCOMMAND --help' for its flags)\n"
 	if len(args) == 0 {
-		return errors.New("ca: usage: pqtunnel ca init|issue|sign ... (pqtunnel ca SUBCOMMAND -h for its flags)")
+		fmt.Fprint(stderr, usage)
+		return &usageError{errors.New("ca: a subcommand is required: init, issue or sign")}
 	}
 	sub, args := args[0], args[1:]
+	switch sub {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return errHelpShown
+	}
 	var err error
 	switch sub {
 	case "init":
@@ -29,26 +35,28 @@ func caCommand(args []string, stdout, stderr io.Writer) error {
 	case "sign":
 		err = caSign(args, stdout, stderr)
 	default:
-		err = fmt.Errorf("unknown subcommand %q (want init, issue or sign)", sub)
+		fmt.Fprint(stderr, usage)
+		err = &usageError{fmt.Errorf("ca: unknown subcommand %q (want init, issue or sign)", sub)}
 	}
-	if err != nil {
-		return fmt.Errorf("ca %s: %w", sub, err)
+	// Usage errors and help already name the subcommand; others get it here.
+	if ue := (*usageError)(nil); err == nil || errors.Is(err, errHelpShown) || errors.As(err, &ue) {
+		return err
 	}
-	return nil
+	return fmt.Errorf("ca %s: %w", sub, err)
 }
 
 func caInit(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca init", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("ca init", "ca init -o DIR [-alg ML-DSA-65|ML-DSA-87] [-cn NAME] [-days N]", "create a small ML-DSA CA for CA mode in DIR")
 	out := fs.String("o", "", "directory to create the CA in (required; an existing CA is never overwritten)")
 	alg := fs.String("alg", "ML-DSA-65", "root key: ML-DSA-65 or ML-DSA-87 (CNSA 2.0); leaves get the same")
 	cn := fs.String("cn", "pqtunnel CA", "the root certificate's common name")
 	days := fs.Int("days", 3650, "validity of the root certificate in days")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.parse(args, 0, stdout, stderr); err != nil {
 		return err
 	}
-	if *out == "" || fs.NArg() != 0 {
-		return errors.New("usage: pqtunnel ca init -o DIR [-alg ML-DSA-65|ML-DSA-87] [-cn NAME] [-days N]")
+	if *out == "" {
+		fs.printUsage(stderr)
+		return &usageError{errors.New("ca init: -o DIR is required")}
 	}
 	params, err := ca.ParseParameters(*alg)
 	if err != nil {
@@ -100,19 +108,19 @@ func (n *nameFlags) addURI(s string) error {
 }
 
 func caIssue(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca issue", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("ca issue", "ca issue --ca DIR --name dns:NAME [--uri URI] [--days N] -o PREFIX", "issue an ML-DSA certificate: PREFIX.key (0600) and PREFIX.crt")
 	dir := fs.String("ca", "", "the CA directory (from 'pqtunnel ca init')")
 	var names nameFlags
 	fs.Func("name", "a name of the certificate: dns:NAME, uri:URI or cn:NAME (repeatable)", names.addName)
 	fs.Func("uri", "a URI SAN, e.g. spiffe://cluster.local/ns/app/sa/web (repeatable)", names.addURI)
 	days := fs.Int("days", 90, "validity in days (never past the CA's own)")
 	out := fs.String("o", "", "write PREFIX.key (mode 0600) and PREFIX.crt (required; never overwritten)")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.parse(args, 0, stdout, stderr); err != nil {
 		return err
 	}
-	if *dir == "" || *out == "" || fs.NArg() != 0 {
-		return errors.New("usage: pqtunnel ca issue --ca DIR --name dns:NAME [--uri URI] [--days N] -o PREFIX")
+	if *dir == "" || *out == "" {
+		fs.printUsage(stderr)
+		return &usageError{errors.New("ca issue: --ca DIR and -o PREFIX are required")}
 	}
 	c, err := ca.Load(*dir)
 	if err != nil {
@@ -132,16 +140,16 @@ func caIssue(args []string, stdout, stderr io.Writer) error {
 }
 
 func caSign(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca sign", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("ca sign", "ca sign --ca DIR [--days N] [-o FILE] CSR", "sign a certificate request for an ML-DSA key made elsewhere")
 	dir := fs.String("ca", "", "the CA directory (from 'pqtunnel ca init')")
 	days := fs.Int("days", 90, "validity in days (never past the CA's own)")
 	out := fs.String("o", "", "file to write the certificate to (default stdout; never overwritten)")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.parse(args, 1, stdout, stderr); err != nil {
 		return err
 	}
-	if *dir == "" || fs.NArg() != 1 {
-		return errors.New("usage: pqtunnel ca sign --ca DIR [--days N] [-o FILE] CSR")
+	if *dir == "" {
+		fs.printUsage(stderr)
+		return &usageError{errors.New("ca sign: --ca DIR is required")}
 	}
 	csr, err := os.ReadFile(fs.Arg(0))
 	if err != nil {

@@ -16,7 +16,7 @@ import (
 // refuses an unknown flag or a stray argument with exit 2 and a message,
 // without doing its work (demo --help must not start the demo).
 func TestSubcommandsHelpAndBadFlags(t *testing.T) {
-	for _, cmd := range []string{"run", "help", "version", "keygen", "pin", "demo", "check"} {
+	for _, cmd := range []string{"run", "help", "version", "keygen", "pin", "demo", "check", "ca"} {
 		t.Run(cmd, func(t *testing.T) {
 			for _, h := range []string{"--help", "-h"} {
 				var stdout, stderr bytes.Buffer
