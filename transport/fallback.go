@@ -39,15 +39,37 @@ func (f *fallback) UsesUDP() bool { return UsesUDP(f.primary) || UsesUDP(f.secon
 // Listen binds primary first; when addr asks for any port, secondary binds
 // the port number primary got, so a peer needs to know one address.
 func (f *fallback) Listen(addr string, c *Config) (Listener, error) {
+	if _, port, err := net.SplitHostPort(addr); err != nil || port != "0" {
+		return f.listenOn(addr, addr, c)
+	}
+	// Port 0: the primary picks a free port and the secondary takes the same
+	// number, which another process may hold on the secondary's protocol.
+	// Then a fresh pair of ports is tried.
+	var err error
+	for range portAttempts {
+		var l Listener
+		if l, err = f.listenOn(addr, "", c); err == nil {
+			return l, nil
+		}
+	}
+	return nil, err
+}
+
+// portAttempts bounds how often Listen on port 0 looks for a port number
+// free on both transports.
+const portAttempts = 8
+
+// listenOn binds the primary on addr and the secondary on second, or, when
+// second is empty, on the port number the primary was given.
+func (f *fallback) listenOn(addr, second string, c *Config) (Listener, error) {
 	lp, err := f.primary.Listen(addr, c)
 	if err != nil {
 		return nil, err
 	}
-	second := addr
-	if host, port, err := net.SplitHostPort(addr); err == nil && port == "0" {
-		if _, p, err := net.SplitHostPort(lp.Addr().String()); err == nil {
-			second = net.JoinHostPort(host, p)
-		}
+	if second == "" {
+		host, _, _ := net.SplitHostPort(addr)
+		_, p, _ := net.SplitHostPort(lp.Addr().String())
+		second = net.JoinHostPort(host, p)
 	}
 	ls, err := f.secondary.Listen(second, c)
 	if err != nil {

@@ -160,3 +160,28 @@ func TestFallbackSessionCloseStopsRetry(t *testing.T) {
 		t.Error("a memtransport session behind a fallback reports stats")
 	}
 }
+
+// On port 0 the secondary takes the primary's port number; when another
+// process holds that number on the secondary's protocol, Listen looks for
+// another pair instead of failing.
+func TestFallbackListenRetriesAPortTakenOnTheSecondary(t *testing.T) {
+	prim, sec := memtransport.New(), memtransport.New()
+	_, sc := transporttest.Configs(t)
+	// prim hands out ports 1, 2, 3 …; 1 and 2 are taken on sec.
+	for _, a := range []string{"127.0.0.1:1", "127.0.0.1:2"} {
+		held, err := sec.Listen(a, sc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer held.Close()
+	}
+	ln, err := transport.Fallback(prim, sec).Listen("127.0.0.1:0", sc)
+	if err != nil {
+		t.Fatalf("listen with ports 1 and 2 taken on the secondary: %v", err)
+	}
+	defer ln.Close()
+	parts := transport.Parts(ln)
+	if got := ln.Addr().String(); got != "127.0.0.1:3" || parts[0].Addr().String() != parts[1].Addr().String() {
+		t.Errorf("listening on %v and %v, want both on 127.0.0.1:3", parts[0].Addr(), parts[1].Addr())
+	}
+}
