@@ -242,26 +242,32 @@ func (d Diagnosis) Unreachable() bool {
 
 // Diagnosis classifies the probe's failure.
 func (p Probe) Diagnosis() Diagnosis {
-	d, _ := diagnose(p.Err, p.tr, p.Offered, "")
+	d, _ := diagnose(p.Err, p.tr, p.Offered, nil)
 	return d
 }
 
-// Verdict is a person-readable diagnosis of a failed probe; pin is ours.
-func (p Probe) Verdict(pin string) string {
+// Verdict is a person-readable diagnosis of a failed probe; ours is this
+// side's authentication material, which the advice names.
+func (p Probe) Verdict(ours *hybridtls.Material) string {
 	if p.Err == nil {
 		return "ok"
 	}
-	_, v := diagnose(p.Err, p.tr, p.Offered, pin)
+	_, v := diagnose(p.Err, p.tr, p.Offered, ours)
 	return v
 }
 
 // diagnose says in words a person can act on why a tunnel handshake over
-// tr failed.
-func diagnose(err error, tr transport.Transport, offered []tls.CurveID, pin string) (Diagnosis, string) {
+// tr failed; ours (nil when only the Diagnosis is wanted) says whether this
+// side is pinned or in CA mode, and so what the advice names.
+func diagnose(err error, tr transport.Transport, offered []tls.CurveID, ours *hybridtls.Material) (Diagnosis, string) {
 	if err == nil {
 		return DiagnosisOK, "ok"
 	}
 	msg := err.Error()
+	caMode, ourName := false, ""
+	if ours != nil {
+		caMode, ourName = !ours.Pinned(), ours.Name()
+	}
 	// A timeout means "no answer over UDP" when the transport asked for
 	// failed itself over UDP, not when a Fallback's secondary timed out.
 	he, _ := errors.AsType[*transport.HandshakeError](err)
@@ -274,11 +280,17 @@ func diagnose(err error, tr transport.Transport, offered []tls.CurveID, pin stri
 	case isTimeout(err):
 		return DiagnosisTimeout, "timed out: the peer did not complete the handshake"
 	case errors.Is(err, hybridtls.ErrPeerNotAllowed):
+		if caMode {
+			return DiagnosisPeerNotAllowed, "the peer's certificate is not one we accept: " + msg + " (add a PQT_ALLOW rule for its certificate name if it is the right peer)"
+		}
 		return DiagnosisPeerNotAllowed, "the peer's identity is not one we accept: " + msg + " (add its pin to PQT_PEERS if it is the right peer)"
 	case transport.Classify(err) == transport.ReasonRejectedByPeer:
-		return DiagnosisRejectedByPeer, "the peer refused our identity: add our pin " + pin + " to the peer's PQT_PEERS (or, in CA mode, check its PQT_CA and PQT_ALLOW)"
+		if caMode {
+			return DiagnosisRejectedByPeer, "the peer refused our certificate " + ourName + ": check that its PQT_CA signs our PQT_CERT and its PQT_ALLOW names us"
+		}
+		return DiagnosisRejectedByPeer, "the peer refused our identity: add our pin " + ourName + " to the peer's PQT_PEERS"
 	case errors.Is(err, hybridtls.ErrProof):
-		return DiagnosisProofFailed, "the peer failed the ML-DSA-65 proof: " + msg
+		return DiagnosisProofFailed, "the peer failed the session proof (its Ed25519 signature over this connection): " + msg
 	case transport.Classify(err) == transport.ReasonVersionMismatch:
 		return DiagnosisVersionMismatch, "the peer speaks another pqtunnel protocol version (we offer " + wire.ALPN + "): run the same release on both sides"
 	case transport.PeerRefusedGroups(err):

@@ -356,7 +356,7 @@ func (e *Engine) routineMaintain(ctx context.Context, peer string) {
 			}
 			reason := transport.Classify(err)
 			e.metrics.HandshakeFailed(string(reason))
-			_, hint := diagnose(err, e.cfg.Transport, e.cfg.TLS.Policy().Groups, e.cfg.TLS.Material().Name())
+			_, hint := diagnose(err, e.cfg.Transport, e.cfg.TLS.Policy().Groups, e.cfg.TLS.Material())
 			if reason == transport.ReasonNoCommonGroup {
 				hint += " (it lists other groups, or is not post-quantum: 'pqtunnel check' tells which)"
 			}

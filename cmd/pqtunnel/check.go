@@ -38,17 +38,17 @@ func check(args []string, environ map[string]string, stdout, stderr io.Writer) e
 	transportVar, pqVar, groupsVar := config.Name("Transport"), config.Name("PQ"), config.Name("Groups")
 	mode := pc.TLS.Policy().Mode
 	groups := pc.TLS.Policy().Groups
-	pin := pc.TLS.Material().Name()
+	ours := pc.TLS.Material()
 	failed := 0
 	for _, peer := range pc.Tunnel {
 		fmt.Fprintf(stdout, "peer %s  (%s=%s %s=%s %s=%s)\n", peer, transportVar, pc.Transport.Name(), pqVar, mode, groupsVar, hybridtls.GroupNames(groups))
 		works := map[string]bool{}
 		var advice []string
 		for _, tr := range basicTransports {
-			full := probe(stdout, pc, peer, tr, mode, groups, pin)
+			full := probe(stdout, pc, peer, tr, mode, groups, ours)
 			works[tr.Name()] = full.Err == nil
 			if full.Err != nil {
-				advice = append(advice, fmt.Sprintf("%s: %s", tr.Name(), full.Verdict(pin)))
+				advice = append(advice, fmt.Sprintf("%s: %s", tr.Name(), full.Verdict(ours)))
 			}
 			if full.Err != nil && full.Diagnosis().Unreachable() {
 				continue // per-group probes would say the same
@@ -58,15 +58,15 @@ func check(args []string, environ map[string]string, stdout, stderr io.Writer) e
 				if len(groups) == 1 {
 					break
 				}
-				if p := probe(stdout, pc, peer, tr, mode, []tls.CurveID{g}, pin); p.Err == nil {
+				if p := probe(stdout, pc, peer, tr, mode, []tls.CurveID{g}, ours); p.Err == nil {
 					accepted = append(accepted, hybridtls.GroupName(g))
 				}
 			}
 			if r := transport.Classify(full.Err); full.Err != nil && mode == hybridtls.Strict && (r == transport.ReasonNoCommonGroup || r == transport.ReasonNotPostQuantum) {
-				if p := probe(stdout, pc, peer, tr, hybridtls.Prefer, []tls.CurveID{tls.X25519}, pin); p.Err == nil || p.Diagnosis() != proxy.DiagnosisGroupsRefused {
+				if p := probe(stdout, pc, peer, tr, hybridtls.Prefer, []tls.CurveID{tls.X25519}, ours); p.Err == nil || p.Diagnosis() != proxy.DiagnosisGroupsRefused {
 					advice = append(advice, fmt.Sprintf("%s: the peer is not post-quantum: it completes a handshake only with classical X25519, so %s=strict will not connect; upgrade the peer", tr.Name(), pqVar))
 				} else if len(accepted) == 0 {
-					advice = append(advice, fmt.Sprintf("%s: %s", tr.Name(), otherGroupsAdvice(stdout, pc, peer, tr, groups, pin)))
+					advice = append(advice, fmt.Sprintf("%s: %s", tr.Name(), otherGroupsAdvice(stdout, pc, peer, tr, groups, ours)))
 				}
 			}
 		}
@@ -97,7 +97,7 @@ func check(args []string, environ map[string]string, stdout, stderr io.Writer) e
 	return nil
 }
 
-func probe(w io.Writer, pc proxy.Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID, pin string) proxy.Probe {
+func probe(w io.Writer, pc proxy.Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID, ours *hybridtls.Material) proxy.Probe {
 	ctx, cancel := context.WithTimeout(context.Background(), pc.Mux.HandshakeTimeout)
 	defer cancel()
 	p := proxy.ProbeTunnel(ctx, pc, peer, tr, mode, groups)
@@ -113,7 +113,7 @@ func probe(w io.Writer, pc proxy.Config, peer string, tr transport.Transport, mo
 	}
 	offered := hybridtls.GroupNames(groups)
 	if p.Err != nil {
-		fmt.Fprintf(w, "  %-4s offer %-52s FAIL%s  %s\n", tr.Name(), offered, sizes, p.Verdict(pin))
+		fmt.Fprintf(w, "  %-4s offer %-52s FAIL%s  %s\n", tr.Name(), offered, sizes, p.Verdict(ours))
 		return p
 	}
 	fmt.Fprintf(w, "  %-4s offer %-52s ok   group=%s sig=%s handshake=%s%s peer=%s pq_auth=%t\n", tr.Name(), offered,
@@ -128,20 +128,20 @@ func yesNo(b bool) string {
 	return "no"
 }
 
-// otherGroupsAdvice probes the hybrid groups missing from ours to tell the
-// user which one the peer would accept.
-func otherGroupsAdvice(w io.Writer, pc proxy.Config, peer string, tr transport.Transport, ours []tls.CurveID, pin string) string {
+// otherGroupsAdvice probes the hybrid groups missing from offeredGroups to
+// tell the user which one the peer would accept.
+func otherGroupsAdvice(w io.Writer, pc proxy.Config, peer string, tr transport.Transport, offeredGroups []tls.CurveID, ours *hybridtls.Material) string {
 	var theirs []tls.CurveID
 	for _, g := range hybridtls.DefaultGroups {
-		if slices.Contains(ours, g) {
+		if slices.Contains(offeredGroups, g) {
 			continue
 		}
-		if p := probe(w, pc, peer, tr, hybridtls.Strict, []tls.CurveID{g}, pin); p.Err == nil {
+		if p := probe(w, pc, peer, tr, hybridtls.Strict, []tls.CurveID{g}, ours); p.Err == nil {
 			theirs = append(theirs, g)
 		}
 	}
 	if len(theirs) == 0 {
-		return fmt.Sprintf("the peer accepts none of %s, nor any other hybrid group: check its %s and %s", hybridtls.GroupNames(ours), config.Name("Groups"), config.Name("PQ"))
+		return fmt.Sprintf("the peer accepts none of %s, nor any other hybrid group: check its %s and %s", hybridtls.GroupNames(offeredGroups), config.Name("Groups"), config.Name("PQ"))
 	}
 	return fmt.Sprintf("the peer accepts only %s; add it to %s", hybridtls.GroupNames(theirs), config.Name("Groups"))
 }
