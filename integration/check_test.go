@@ -29,9 +29,9 @@ func chkDialEnv(t *testing.T, peer, transport string, extra map[string]string) m
 
 // chkRun runs 'pqtunnel check' with env and returns its stdout and stderr
 // together and its exit code.
-func chkRun(t *testing.T, ctx context.Context, env map[string]string) (string, int) {
+func chkRun(t *testing.T, ctx context.Context, env map[string]string, flags ...string) (string, int) {
 	t.Helper()
-	p := startProc(t, ctx, "pqtunnel check", env, pqtunnelBin, "check")
+	p := startProc(t, ctx, "pqtunnel check", env, pqtunnelBin, append([]string{"check"}, flags...)...)
 	code := p.wait(t, within(t, ctx, 45*time.Second))
 	return p.stdout.String() + p.stderr.String(), code
 }
@@ -104,6 +104,10 @@ func TestCheck(t *testing.T) {
 		}
 	})
 
+	// In strict mode check never authenticates under a classical key
+	// exchange: by default it offers no classical group at all, and with
+	// --probe-classical it aborts once the peer's certificate arrives, so
+	// the peer never sees a completed classical handshake.
 	t.Run("classical-only peer", func(t *testing.T) {
 		l := startListen(t, ctx, 0, "tcp", map[string]string{"PQT_TARGET": loopback(freePort(t)), "PQT_PQ": "prefer", "PQT_GROUPS": "X25519"})
 		out, code := chkRun(t, ctx, chkDialEnv(t, l.tunnelAddr, "auto", nil))
@@ -111,11 +115,29 @@ func TestCheck(t *testing.T) {
 		if code == 0 {
 			t.Errorf("check exited 0 against a classical-only peer")
 		}
+		if !regexp.MustCompile(`(?m)^  advice: tcp: .*--probe-classical`).MatchString(out) {
+			t.Errorf("output does not point to --probe-classical")
+		}
+		if strings.Contains(out, "X25519 (classical") {
+			t.Errorf("check offered classical X25519 without --probe-classical")
+		}
+
+		out, code = chkRun(t, ctx, chkDialEnv(t, l.tunnelAddr, "auto", nil), "--probe-classical")
+		t.Logf("pqtunnel check --probe-classical (exit %d):\n%s", code, out)
+		if code == 0 {
+			t.Errorf("check --probe-classical exited 0 against a classical-only peer")
+		}
 		if !regexp.MustCompile(`(?m)^  advice: tcp: .*not post-quantum`).MatchString(out) {
 			t.Errorf("output does not say that the peer is not post-quantum")
 		}
+		if !chkLine("tcp", "X25519 (classical, --probe-classical)", `accepted`).MatchString(out) {
+			t.Errorf("no tcp probe line saying the classical probe was accepted")
+		}
 		if !strings.Contains(out, "verdict: would NOT connect") {
 			t.Errorf("output lacks \"verdict: would NOT connect\"")
+		}
+		if logs := l.stderr.String(); strings.Contains(logs, `"msg":"tunnel connected`) {
+			t.Errorf("the classical-only peer completed a handshake with check, which authenticated under classical key exchange:\n%s", logs)
 		}
 	})
 

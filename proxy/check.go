@@ -44,6 +44,25 @@ type Probe struct {
 // ProbeTunnel runs one handshake plus authentication against peer over tr,
 // offering exactly groups, and closes it at once.
 func ProbeTunnel(ctx context.Context, cfg Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID) Probe {
+	return probeTunnel(ctx, cfg, peer, tr, mode, groups, false)
+}
+
+// ErrClassicalProbeStopped ends a ProbeClassical handshake on purpose: the
+// peer chose a classical group and sent its certificate, and the probe went
+// no further.
+var ErrClassicalProbeStopped = errors.New("check: classical probe stopped after the server's certificate, before sending ours")
+
+// ProbeClassical asks peer over tr whether it would complete a handshake
+// with classical X25519 alone, without ever authenticating this side under
+// a classical key exchange: the handshake is aborted as soon as the peer's
+// ServerHello and certificate arrive, before this side's certificate, its
+// CertificateVerify or its session proof would be sent. A peer that accepts
+// X25519 yields Err wrapping ErrClassicalProbeStopped and Group X25519.
+func ProbeClassical(ctx context.Context, cfg Config, peer string, tr transport.Transport) Probe {
+	return probeTunnel(ctx, cfg, peer, tr, hybridtls.Prefer, []tls.CurveID{tls.X25519}, true)
+}
+
+func probeTunnel(ctx context.Context, cfg Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID, stopAtServer bool) Probe {
 	p := Probe{Peer: peer, Transport: tr.Name(), Offered: groups, tr: tr}
 	pol := cfg.TLS.Policy()
 	pol.Mode, pol.Groups = mode, groups
@@ -54,6 +73,22 @@ func ProbeTunnel(ctx context.Context, cfg Config, peer string, tr transport.Tran
 	}
 	mc := cfg.Mux
 	mc.TLS = store.ClientConfigFor(hostOf(peer))
+	var negotiated tls.CurveID
+	if stopAtServer {
+		// A TLS 1.3 client verifies the server's certificate before it
+		// sends its own, so failing here sends nothing of ours. The
+		// certificate is never used: it needs no verification.
+		mc.TLS = mc.TLS.Clone()
+		mc.TLS.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return nil, ErrClassicalProbeStopped // never reached: a guard should the order change
+		}
+		mc.TLS.InsecureSkipVerify = true
+		mc.TLS.VerifyPeerCertificate = nil
+		mc.TLS.VerifyConnection = func(cs tls.ConnectionState) error {
+			negotiated = cs.CurveID
+			return ErrClassicalProbeStopped
+		}
+	}
 	mc.Authenticate = func(cs *tls.ConnectionState, rw io.ReadWriter, client bool) (transport.Peer, error) {
 		pr, err := store.Authenticate(cs, rw, hybridtls.RoleClient)
 		return transport.Peer{Name: pr.Name, PQAuth: pr.PQAuth, Sig: hybridtls.SignatureSchemeName(pr.Sig), ClassicalReason: pr.ClassicalReason}, err
@@ -70,7 +105,12 @@ func ProbeTunnel(ctx context.Context, cfg Config, peer string, tr transport.Tran
 		p.FirstFlight, p.FirstFlightPackets = pc.firstFlight()
 	}
 	if err != nil {
-		p.Err = err
+		p.Err, p.Group = err, negotiated
+		return p
+	}
+	if stopAtServer {
+		_ = s.Close() // cannot happen: VerifyConnection always fails
+		p.Err = errors.New("check: classical probe was not stopped")
 		return p
 	}
 	info := s.Info()

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,7 +21,8 @@ import (
 // group list and each group alone, and says what would connect and why not.
 // It fails unless the configured transport and policy would connect to every peer.
 func check(args []string, environ map[string]string, stdout, stderr io.Writer) error {
-	fs := newFlags("check", "check", "probe the peers of a dial side's environment over each transport and group, and say what would connect and why not")
+	fs := newFlags("check", "check [--probe-classical]", "probe the peers of a dial side's environment over each transport and group, and say what would connect and why not")
+	probeClassical := fs.Bool("probe-classical", false, "when the peer accepts none of our post-quantum groups, ask whether it accepts classical X25519; the handshake is aborted once its certificate arrives, so nothing of ours is sent under a classical key exchange")
 	if err := fs.parse(args, 0, stdout, stderr); err != nil {
 		return err
 	}
@@ -63,10 +65,15 @@ func check(args []string, environ map[string]string, stdout, stderr io.Writer) e
 				}
 			}
 			if r := transport.Classify(full.Err); full.Err != nil && mode == hybridtls.Strict && (r == transport.ReasonNoCommonGroup || r == transport.ReasonNotPostQuantum) {
-				if p := probe(stdout, pc, peer, tr, hybridtls.Prefer, []tls.CurveID{tls.X25519}, ours); p.Err == nil || p.Diagnosis() != proxy.DiagnosisGroupsRefused {
-					advice = append(advice, fmt.Sprintf("%s: the peer is not post-quantum: it completes a handshake only with classical X25519, so %s=strict will not connect; upgrade the peer", tr.Name(), pqVar))
-				} else if len(accepted) == 0 {
-					advice = append(advice, fmt.Sprintf("%s: %s", tr.Name(), otherGroupsAdvice(stdout, pc, peer, tr, groups, ours)))
+				switch {
+				case *probeClassical && probeClassicalGroup(stdout, pc, peer, tr):
+					advice = append(advice, fmt.Sprintf("%s: the peer is not post-quantum: it accepts only classical X25519, so %s=strict will not connect; upgrade the peer", tr.Name(), pqVar))
+				case len(accepted) == 0:
+					a := otherGroupsAdvice(stdout, pc, peer, tr, groups, ours)
+					if !*probeClassical {
+						a += "; if it may be classical-only, 'pqtunnel check --probe-classical' asks it without sending anything of ours under a classical key exchange"
+					}
+					advice = append(advice, fmt.Sprintf("%s: %s", tr.Name(), a))
 				}
 			}
 		}
@@ -95,6 +102,21 @@ func check(args []string, environ map[string]string, stdout, stderr io.Writer) e
 		return fmt.Errorf("check: %d of %d peers would not connect", failed, len(pc.Tunnel))
 	}
 	return nil
+}
+
+// probeClassicalGroup reports whether peer accepts classical X25519 over
+// tr, printing the probe's line; see proxy.ProbeClassical.
+func probeClassicalGroup(w io.Writer, pc proxy.Config, peer string, tr transport.Transport) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), pc.Mux.HandshakeTimeout)
+	defer cancel()
+	p := proxy.ProbeClassical(ctx, pc, peer, tr)
+	accepted := errors.Is(p.Err, proxy.ErrClassicalProbeStopped) && p.Group == tls.X25519
+	verdict := "refused"
+	if accepted {
+		verdict = "accepted (stopped after its certificate; ours was not sent)"
+	}
+	fmt.Fprintf(w, "  %-4s offer %-52s %s\n", tr.Name(), "X25519 (classical, --probe-classical)", verdict)
+	return accepted
 }
 
 func probe(w io.Writer, pc proxy.Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID, ours *hybridtls.Material) proxy.Probe {
