@@ -1,22 +1,5 @@
-// Package wan is a test bed for pqtunnel over an emulated wide-area link:
-// two network namespaces, each with a TUN device, joined by a netem.Link
-// that runs in the calling process.
-//
-//	bed, err := wan.New(ctx, "bench")
-//	defer bed.Close()
-//	bed.Link.SetBoth(netem.Config{Delay: 40 * time.Millisecond, RateBits: 200e6})
-//	cmd := bed.B.Command(ctx, "/path/pqtunnel")       // a process inside B
-//	conn, err := bed.A.Dial(ctx, "tcp", bed.B.Addr+":8443") // a socket of A
-//
-// Namespaces are made with 'ip netns add', which keeps them (a bind mount
-// under /run/netns) without a process inside and lets 'ip netns exec' start
-// processes in them. The TUN devices and the sockets of this process enter a
-// namespace by setns(2) on a locked OS thread that is thrown away after: a
-// socket or TUN file stays in the namespace it was created in, whichever
-// thread uses it later. Every address is inside the two namespaces; nothing
-// outside them is touched.
-//
-// It needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN), /dev/net/tun and iproute2.
+//go:build linux
+
 package wan
 
 import (
@@ -119,7 +102,9 @@ func New(ctx context.Context, tag string) (_ *Bed, err error) {
 		for _, args := range [][]string{
 			{"link", "set", "lo", "up"},
 			{"addr", "add", n.Addr + prefix, "dev", Device},
-			{"link", "set", Device, "mtu", strconv.Itoa(MTU), "up"},
+			// A long transmit queue: a burst that the emulator is slow to read
+			// waits there instead of being dropped before the link sees it.
+			{"link", "set", Device, "mtu", strconv.Itoa(MTU), "txqueuelen", "10000", "up"},
 		} {
 			if err := ip(ctx, append([]string{"-n", n.Name}, args...)...); err != nil {
 				return nil, err
@@ -175,28 +160,45 @@ func ip(ctx context.Context, args ...string) error {
 	return nil
 }
 
-// Do runs f on an OS thread that has entered n, and throws the thread
-// away after, so that no other goroutine ever runs in n. Sockets and
-// files that f creates belong to n for their whole life.
+// Do runs f on an OS thread that has entered n, so that sockets and files
+// that f creates belong to n for their whole life. The thread goes back to
+// its own namespace after; if it cannot, it is thrown away. Threads are
+// kept rather than always thrown away because a child started with
+// Pdeathsig is killed when the thread that started it exits, and any
+// goroutine may have started one on this thread before.
 func (n *Namespace) Do(f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
-		// Never unlocked: the runtime ends a locked thread with its goroutine.
 		runtime.LockOSThread()
-		fd, err := unix.Open(filepath.Join("/run/netns", n.Name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		own, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			errc <- fmt.Errorf("open namespace %s: %w", n.Name, err)
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open this thread's namespace: %w", err)
 			return
 		}
-		err = unix.Setns(fd, unix.CLONE_NEWNET)
-		_ = unix.Close(fd) // setns holds its own reference
-		if err != nil {
+		defer unix.Close(own)
+		if err := setns(filepath.Join("/run/netns", n.Name)); err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("enter namespace %s: %w", n.Name, err)
 			return
 		}
-		errc <- f()
+		ferr := f()
+		if err := unix.Setns(own, unix.CLONE_NEWNET); err == nil {
+			runtime.UnlockOSThread()
+		} // else the thread stays locked, and the runtime ends it with this goroutine
+		errc <- ferr
 	}()
 	return <-errc
+}
+
+// setns moves the calling thread into the network namespace at path.
+func setns(path string) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Setns(fd, unix.CLONE_NEWNET)
 }
 
 // openTUN creates the TUN device of n (no packet information header) and

@@ -17,15 +17,9 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
-	"os"
-	"runtime"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Port is one end of the link. Each Read returns one whole packet and each
@@ -112,8 +106,8 @@ type Link struct {
 
 	closeOnce sync.Once
 	mu        sync.Mutex
-	tids      []int
-	exitedCPU time.Duration // CPU of routines that have ended
+	threads   map[int]time.Duration // thread id → its CPU time when pinned
+	exitedCPU time.Duration         // CPU of routines that have ended
 }
 
 type packet struct {
@@ -158,7 +152,7 @@ func putBuf(b *[]byte) {
 // everything until Set says otherwise. seed makes loss and jitter
 // reproducible. The link owns the ports: Close closes them.
 func New(a, b Port, seed uint64) *Link {
-	l := &Link{ports: [2]Port{a, b}, done: make(chan struct{})}
+	l := &Link{ports: [2]Port{a, b}, done: make(chan struct{}), threads: map[int]time.Duration{}}
 	for i := range l.dirs {
 		d := &direction{line: make(chan packet, MaxInFlight), rng: rand.New(rand.NewPCG(seed, uint64(i)))}
 		d.cfg.Store(&Config{})
@@ -202,20 +196,6 @@ func (l *Link) Stats(d Dir) Stats {
 	}
 }
 
-// CPU is the CPU time the link's routines have used: each runs on an OS
-// thread of its own, whose time the kernel counts. Work that the Go runtime
-// does on other threads for them (the network poller, garbage collection)
-// is not included.
-func (l *Link) CPU() time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	total := l.exitedCPU
-	for _, tid := range l.tids {
-		total += threadCPU(tid)
-	}
-	return total
-}
-
 // Close stops both directions, closes both ports and waits for the
 // routines; packets in flight are dropped. It is idempotent.
 func (l *Link) Close() error {
@@ -226,43 +206,6 @@ func (l *Link) Close() error {
 		l.wg.Wait()
 	})
 	return err
-}
-
-// pin locks the calling routine to its thread, so that its CPU time can be
-// read per thread, and returns a function to call when it ends.
-func (l *Link) pin() func() {
-	runtime.LockOSThread()
-	tid := unix.Gettid()
-	l.mu.Lock()
-	l.tids = append(l.tids, tid)
-	l.mu.Unlock()
-	return func() {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		l.exitedCPU += threadCPU(tid)
-		for i, t := range l.tids {
-			if t == tid {
-				l.tids = append(l.tids[:i], l.tids[i+1:]...)
-				break
-			}
-		}
-		// The thread stays locked: it exits with the routine.
-	}
-}
-
-// threadCPU reads the time a thread of this process has run, from
-// /proc/self/task/TID/schedstat (nanoseconds on the CPU, first field).
-func threadCPU(tid int) time.Duration {
-	b, err := os.ReadFile("/proc/self/task/" + strconv.Itoa(tid) + "/schedstat")
-	if err != nil {
-		return 0 // the thread is gone; its time was taken when it ended
-	}
-	f, _, _ := strings.Cut(string(b), " ")
-	ns, err := strconv.ParseInt(f, 10, 64)
-	if err != nil {
-		return 0
-	}
-	return time.Duration(ns)
 }
 
 // routineRead reads packets from src and schedules each on d's delay line,
@@ -340,6 +283,9 @@ func (d *direction) schedule(pkt []byte, now time.Time) (time.Time, bool) {
 	return due, true
 }
 
+// ipProtoUDP is UDP's protocol number in the IPv4 and IPv6 headers.
+const ipProtoUDP = 17
+
 // isUDP reports whether pkt is an IPv4 or IPv6 packet carrying UDP (an
 // IPv6 extension header in front of it is not looked through).
 func isUDP(pkt []byte) bool {
@@ -348,9 +294,9 @@ func isUDP(pkt []byte) bool {
 	}
 	switch pkt[0] >> 4 {
 	case 4:
-		return len(pkt) >= 20 && pkt[9] == unix.IPPROTO_UDP
+		return len(pkt) >= 20 && pkt[9] == ipProtoUDP
 	case 6:
-		return len(pkt) >= 40 && pkt[6] == unix.IPPROTO_UDP
+		return len(pkt) >= 40 && pkt[6] == ipProtoUDP
 	}
 	return false
 }
