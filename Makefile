@@ -1,7 +1,8 @@
 # make test: installs what the tests start (scripts/test-deps), checks
 # formatting, vet and staticcheck, runs every test with the race detector,
 # each fuzz target for FUZZTIME against its committed corpus, and a 20-second
-# run of the benchmark harness that checks it still works.
+# run of the benchmark harness and a 40-second run of its WAN mode (network
+# namespaces; skipped with a message when not root) that check they still work.
 # make demo: the built-in demo. make bench: the full harness.
 #
 # pqtunnel needs Go 1.27. GOTOOLCHAIN makes the go command fetch that
@@ -61,6 +62,7 @@ bench:
 
 bench-smoke:
 	go run ./integration/bench -smoke -out "$$(mktemp -d)/bench-smoke.json"
+	go run ./integration/bench -wan -smoke -out "$$(mktemp -d)/bench-wan-smoke.json"
 
 # -buildvcs=auto stamps the commit that 'pqtunnel version' prints, even
 # where GOFLAGS says -buildvcs=false.

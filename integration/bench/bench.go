@@ -207,7 +207,7 @@ func (b *bench) runBulkPhase(ctx context.Context) error {
 				if spec.upload {
 					addr = p.routes[routeSink]
 				}
-				s, err := runBulk(ctx, b.org, addr, spec.upload, spec.streams, b.o.warm, b.o.bulk, p.sides())
+				s, err := runBulk(ctx, b.org, dialLoopback, addr, spec.upload, false, spec.streams, b.o.warm, b.o.bulk, p.sides())
 				if ctx.Err() != nil {
 					return context.Cause(ctx)
 				}

@@ -36,14 +36,20 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pqtunnel/pqtunnel/integration/wan"
 )
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
+
+// defaultOut is -out's default; -wan changes it to bench-wan-result.json.
+const defaultOut = "bench-result.json"
 
 // options are the command line; zero durations and counts take the mode's default.
 type options struct {
@@ -65,6 +71,16 @@ type options struct {
 	verbose bool
 	// only names the phases to run; empty runs all.
 	only []string
+
+	// wan runs the WAN matrix instead (see wan.go): round-trip times,
+	// loss fractions, the rate cap in bits/s, the queue as time at that
+	// rate, and how long UDP is blackholed (zero: not at all).
+	wan          bool
+	wanRTTs      []time.Duration
+	wanLoss      []float64
+	wanRate      float64
+	wanQueue     time.Duration
+	wanBlackhole time.Duration
 }
 
 var phaseNames = []string{"memory", "bulk", "rate", "handshake"}
@@ -74,7 +90,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.BoolVar(&o.smoke, "smoke", false, "run a short variant (~20 s) that only checks the harness works")
-	fs.StringVar(&o.out, "out", "bench-result.json", "file to write the JSON result to")
+	fs.StringVar(&o.out, "out", defaultOut, "file to write the JSON result to")
 	fs.StringVar(&o.bin, "bin", "", "use this pqtunnel binary instead of building ./cmd/pqtunnel")
 	fs.IntVar(&o.reps, "reps", 0, "repetitions of each figure (default 3, smoke 1)")
 	fs.DurationVar(&o.bulk, "bulk", 0, "measured window of one bulk transfer (default 1.5s, smoke 300ms)")
@@ -83,8 +99,20 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.idle, "idle", 0, "idle proxied connections for the memory figure (default 10000, smoke 500)")
 	fs.BoolVar(&o.verbose, "v", false, "log each measurement to stderr as it is taken")
 	only := fs.String("only", "", "run only these comma-separated phases: "+strings.Join(phaseNames, ","))
+	fs.BoolVar(&o.wan, "wan", false, "run the WAN matrix over an emulated link between two network namespaces (needs root)")
+	rtts := fs.String("wan-rtt", "", "WAN round-trip times in ms, comma-separated (default 2,20,80,200; smoke 20)")
+	losses := fs.String("wan-loss", "", "WAN random loss in percent, comma-separated (default 0,0.1,1; smoke 0,1)")
+	fs.Float64Var(&o.wanRate, "wan-rate", 200, "WAN rate cap in Mbit/s, each direction")
+	fs.DurationVar(&o.wanQueue, "wan-queue", 50*time.Millisecond, "WAN queue bound, as time at the rate cap")
+	blackhole := fs.Duration("wan-blackhole", -1, "WAN UDP blackhole duration, 0 to leave it out (default 10s, smoke 2s)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	o.wanRate *= 1e6
+	if o.wan {
+		if err := o.parseWAN(*rtts, *losses, *blackhole); err != nil {
+			return o, err
+		}
 	}
 	if *only != "" {
 		for p := range strings.SplitSeq(*only, ",") {
@@ -107,6 +135,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		}
 	}
 	def(&o.bulk, 1500*time.Millisecond, 300*time.Millisecond)
+	if o.wan {
+		def(&o.warm, 500*time.Millisecond, 200*time.Millisecond)
+	}
 	def(&o.warm, 250*time.Millisecond, 100*time.Millisecond)
 	def(&o.rate, 1500*time.Millisecond, 300*time.Millisecond)
 	def(&o.handshake, 800*time.Millisecond, 200*time.Millisecond)
@@ -139,6 +170,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if o.wan {
+		return runWANMain(ctx, o, stdout, stderr)
+	}
 	res, err := runBench(ctx, o, stderr)
 	if res != nil {
 		writeTable(stdout, res)
@@ -148,6 +182,79 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "\nJSON result written to %s\n", o.out)
 	}
+	if err != nil {
+		fmt.Fprintln(stderr, "bench:", err)
+		return 1
+	}
+	if len(res.Errors) > 0 {
+		fmt.Fprintf(stderr, "bench: %d measurement(s) failed; see errors above and in %s\n", len(res.Errors), o.out)
+		return 1
+	}
+	return 0
+}
+
+// parseWAN fills the WAN options from their flags' text.
+func (o *options) parseWAN(rtts, losses string, blackhole time.Duration) error {
+	if rtts == "" {
+		rtts = "2,20,80,200"
+		if o.smoke {
+			rtts = "20"
+		}
+	}
+	if losses == "" {
+		losses = "0,0.1,1"
+		if o.smoke {
+			losses = "0,1"
+		}
+	}
+	for f := range strings.SplitSeq(rtts, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || v < 0 {
+			return fmt.Errorf("-wan-rtt: %q is not a number of milliseconds", f)
+		}
+		o.wanRTTs = append(o.wanRTTs, time.Duration(v*float64(time.Millisecond)))
+	}
+	for f := range strings.SplitSeq(losses, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || v < 0 || v >= 100 {
+			return fmt.Errorf("-wan-loss: %q is not a percentage below 100", f)
+		}
+		o.wanLoss = append(o.wanLoss, v/100)
+	}
+	if o.wanRate <= 0 {
+		return errors.New("-wan-rate: must be positive")
+	}
+	o.wanBlackhole = blackhole
+	if blackhole < 0 {
+		o.wanBlackhole = 10 * time.Second
+		if o.smoke {
+			o.wanBlackhole = 2 * time.Second
+		}
+	}
+	if o.out == defaultOut {
+		o.out = "bench-wan-result.json"
+	}
+	return nil
+}
+
+// runWANMain is run for -wan. Without root it says why and, in a smoke
+// run, succeeds: the smoke run is part of make test, which may run
+// unprivileged.
+func runWANMain(ctx context.Context, o options, stdout, stderr io.Writer) int {
+	if err := wan.Available(); err != nil {
+		fmt.Fprintln(stderr, "bench -wan: skipped:", err)
+		if o.smoke {
+			return 0
+		}
+		return 1
+	}
+	res, err := runWAN(ctx, o, stderr)
+	writeWANTable(stdout, res)
+	if werr := writeJSONValue(o.out, res); werr != nil {
+		fmt.Fprintln(stderr, "bench:", werr)
+		return 1
+	}
+	fmt.Fprintf(stdout, "\nJSON result written to %s\n", o.out)
 	if err != nil {
 		fmt.Fprintln(stderr, "bench:", err)
 		return 1

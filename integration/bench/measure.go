@@ -55,10 +55,22 @@ type bulkSample struct {
 	cpuPerGB []float64
 }
 
+// dialFunc connects a client to addr.
+type dialFunc func(ctx context.Context, addr string) (net.Conn, error)
+
+// dialLoopback is how clients connect on loopback.
+func dialLoopback(ctx context.Context, addr string) (net.Conn, error) {
+	d := net.Dialer{Timeout: 5 * time.Second}
+	return d.DialContext(ctx, "tcp", addr)
+}
+
 // runBulk transfers over streams parallel connections to addr (the sink
-// route for upload, the source route for download) and counts the bytes
-// that arrive at the receiving end during window, after warm.
-func runBulk(ctx context.Context, org *origin, addr string, upload bool, streams int, warm, window time.Duration, sides []*child) (bulkSample, error) {
+// route for upload, the source route for download), made by dial, and
+// counts the bytes that arrive at the receiving end during window, after
+// warm. With abort the connections are reset after the window instead of
+// finishing in order: over a slow path, what the tunnel has buffered would
+// take longer to drain than the measurement.
+func runBulk(ctx context.Context, org *origin, dial dialFunc, addr string, upload, abort bool, streams int, warm, window time.Duration, sides []*child) (bulkSample, error) {
 	var received atomic.Int64
 	arrived := received.Load
 	route := routeSource
@@ -73,7 +85,7 @@ func runBulk(ctx context.Context, org *origin, addr string, upload bool, streams
 		}
 	}()
 	for range streams {
-		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		c, err := dial(ctx, addr)
 		if err != nil {
 			return bulkSample{}, fmt.Errorf("connect %s: %w", addr, err)
 		}
@@ -95,18 +107,26 @@ func runBulk(ctx context.Context, org *origin, addr string, upload bool, streams
 		}()
 	}
 	sample, err := measureWindow(ctx, arrived, warm, window, sides)
+	idle := 10 * time.Second
+	if abort {
+		for _, c := range conns {
+			_ = c.SetLinger(0) // then Close resets
+			_ = c.Close()      // ends the stream routines with an error that says so
+		}
+		idle = 30 * time.Second
+	}
 	close(stop)
 	wg.Wait()
 	if err != nil {
 		return sample, err
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := errors.Join(errs...); err != nil && !abort {
 		return sample, err
 	}
 	if sample.mbps <= 0 {
 		return sample, errors.New("no bytes arrived during the window")
 	}
-	return sample, org.waitIdle(ctx, route, 10*time.Second)
+	return sample, org.waitIdle(ctx, route, idle)
 }
 
 // measureWindow reads the arrived counter and the sides' CPU at the start

@@ -53,10 +53,15 @@ type origin struct {
 }
 
 func startOrigin() (*origin, error) {
+	return startOriginOn(func() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") })
+}
+
+// startOriginOn is startOrigin with listeners that listen returns.
+func startOriginOn(listen func() (net.Listener, error)) (*origin, error) {
 	o := &origin{lns: map[string]net.Listener{}, active: map[string]*atomic.Int64{}, conns: map[net.Conn]struct{}{}}
 	handlers := map[string]func(*net.TCPConn){routeEcho: o.handleEcho, routeSink: o.handleSink, routeSource: o.handleSource}
 	for _, r := range routeNames {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		ln, err := listen()
 		if err != nil {
 			o.close()
 			return nil, fmt.Errorf("origin %s: %w", r, err)

@@ -51,10 +51,14 @@ type child struct {
 	cmd     *exec.Cmd
 	out     *tailBuffer
 	metrics string
+	http    *http.Client   // reaches metrics; nil is httpClient
 	stdin   io.WriteCloser // held open: the echo helper exits when it closes
 	done    chan struct{}  // closed once the process exited and was waited for
 	err     error          // from Wait; read only after done
 	watched atomic.Bool    // set once ready: from then on an exit fails the run
+	// started is when the process was started; ready, when the WAN mode
+	// saw it ready.
+	started, ready time.Time
 }
 
 func (c *child) pid() int { return c.cmd.Process.Pid }
@@ -118,6 +122,7 @@ func (s *supervisor) start(name, bin string, args []string, env map[string]strin
 	if s.closing.Load() {
 		return nil, errors.New("shutting down")
 	}
+	c.started = time.Now()
 	if err := cmd.Start(); err != nil {
 		_ = stdin.Close() // never used
 		return nil, fmt.Errorf("start %s: %w", name, err)
@@ -142,6 +147,16 @@ func (s *supervisor) watch(c *child) {
 	if c.exited() && !s.closing.Load() {
 		s.fail(fmt.Errorf("%s exited (%v); its last output:\n%s", c.name, c.err, c.out.String()))
 	}
+}
+
+// stop kills c, which may then exit without ending the run, and waits for it.
+func (s *supervisor) stop(c *child) {
+	c.watched.Store(false)
+	_ = c.stdin.Close() // Wait closes it too
+	if !c.exited() {
+		_ = c.cmd.Process.Kill() // it may have exited meanwhile; Wait tells
+	}
+	<-c.done
 }
 
 // stopAll kills every child and waits for each.
@@ -270,13 +285,20 @@ type readiness struct {
 	} `json:"tunnels"`
 }
 
-func getReadiness(ctx context.Context, addr string) (int, readiness, error) {
+func (c *child) client() *http.Client {
+	if c.http != nil {
+		return c.http
+	}
+	return httpClient
+}
+
+func getReadiness(ctx context.Context, c *child) (int, readiness, error) {
 	var r readiness
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/readyz", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.metrics+"/readyz", nil)
 	if err != nil {
 		return 0, r, err
 	}
-	resp, err := httpClient.Do(req)
+	resp, err := c.client().Do(req)
 	if err != nil {
 		return 0, r, err
 	}
@@ -294,7 +316,7 @@ func waitReady(ctx context.Context, c *child, tunnels int, timeout time.Duration
 	defer tick.Stop()
 	var last string
 	for {
-		code, r, err := getReadiness(ctx, c.metrics)
+		code, r, err := getReadiness(ctx, c)
 		switch {
 		case err != nil:
 			last = err.Error()
@@ -319,7 +341,7 @@ func scrapeMetrics(ctx context.Context, c *child) (map[string]float64, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp, err := httpClient.Do(req)
+	resp, err := c.client().Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("scrape %s: %w", c.name, err)
 	}

@@ -10,8 +10,11 @@ import (
 )
 
 // writeJSON writes r to path, replacing it.
-func writeJSON(path string, r *Result) error {
-	b, err := json.MarshalIndent(r, "", "  ")
+func writeJSON(path string, r *Result) error { return writeJSONValue(path, r) }
+
+// writeJSONValue writes v as JSON to path, replacing it.
+func writeJSONValue(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode result: %w", err)
 	}

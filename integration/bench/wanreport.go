@@ -1,0 +1,127 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+var wanFigureTitles = map[string]string{
+	"upload_1_stream":    "upload 1 stream (MB/s)",
+	"download_1_stream":  "download 1 stream (MB/s)",
+	"upload_8_streams":   "upload 8 streams (MB/s)",
+	"download_8_streams": "download 8 streams (MB/s)",
+	"rr_p50":             "request/response p50 (ms)",
+	"rr_p99":             "request/response p99 (ms)",
+	"first_byte":         "connect to first byte p50 (ms)",
+	"establish":          "tunnel establishment p50 (ms)",
+}
+
+var wanFigureOrder = []string{"upload_1_stream", "download_1_stream", "upload_8_streams", "download_8_streams", "rr_p50", "rr_p99", "first_byte", "establish"}
+
+// writeWANTable prints the WAN result as one table: a block of rows per
+// cell, one column per mode, tunnelled modes with their ratio to direct
+// (throughput) or the milliseconds they add (latency).
+func writeWANTable(w io.Writer, r *WANResult) {
+	m := r.Meta
+	kind := "full"
+	if m.Smoke {
+		kind = "smoke"
+	}
+	fmt.Fprintf(w, "pqtunnel bench -wan (%s) %s  %.0f s  %s  %d CPUs  rate cap %.0f Mbit/s each way, queue %d KiB, bulk window max(%s, 10 RTT) after max(%s, 5 RTT)\n",
+		kind, m.Started.Format("2006-01-02 15:04:05Z07:00"), m.Seconds, m.Go, m.CPUs, m.RateMbit, m.QueueBytes>>10, m.BulkWindow, m.Warmup)
+	fmt.Fprintf(w, "load average %s at start, %s at end; kernel congestion control %s (available: %s); one sample per figure and cell\n",
+		m.LoadStart, m.LoadEnd, m.DefaultCC, strings.Join(m.AvailableCC, " "))
+	fmt.Fprintln(w, "direct is TCP from the client's namespace to the origin's over the link; tcp and quic go through a dial and a listen side; ×d is the ratio to direct, +ms the latency added to it")
+	for _, n := range m.Notes {
+		fmt.Fprintln(w, "note:", n)
+	}
+	modes := []string{modeDirect}
+	for _, cc := range []string{"cubic", "bbr"} {
+		if cc != m.DefaultCC {
+			modes = append(modes, directCC(cc))
+		}
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	head := "link\tfigure\tdirect (" + m.DefaultCC + ")"
+	for _, md := range modes[1:] {
+		head += "\t" + strings.ReplaceAll(md, "_", " ")
+	}
+	head += "\ttcp\t\tquic\t\t"
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, head)
+	for _, c := range r.Cells {
+		for i, fig := range wanFigureOrder {
+			name := ""
+			if i == 0 {
+				name = c.Cell
+			}
+			row := name + "\t" + wanFigureTitles[fig]
+			for _, md := range modes {
+				row += "\t" + figValue(c.Figures, fig, md)
+			}
+			for _, md := range []string{modeTCP, modeQUIC} {
+				row += "\t" + figValue(c.Figures, fig, md) + "\t" + figRatio(c.Figures, fig, md)
+			}
+			fmt.Fprintln(tw, row+"\t")
+		}
+		drops := fmt.Sprintf("drops loss/queue %d/%d a→b %d/%d b→a, queue peak %d/%d KiB",
+			c.Link[0].DroppedLoss, c.Link[0].DroppedQueue, c.Link[1].DroppedLoss, c.Link[1].DroppedQueue, c.Link[0].MaxQueue>>10, c.Link[1].MaxQueue>>10)
+		fmt.Fprintf(tw, "\temulator CPU\t%s s in %.0f s (%.0f%% of a core), %.2f GB: %s\t\t\t\t\t\t\n",
+			num(c.EmulatorCPU), c.Seconds, 100*c.EmulatorCore, c.EmulatorGB, drops)
+	}
+	if len(r.Blackhole) > 0 {
+		fmt.Fprintln(tw)
+		fmt.Fprintf(tw, "UDP blackhole %s (both ways, rtt 20ms)\tmode\tclients answered during\tlongest wait (s)\trecovery after (s)\t\t\t\t\n", m.BlackholeTime)
+		for _, b := range r.Blackhole {
+			answered, longest := 0, 0.0
+			for _, d := range b.During {
+				if d.Answered {
+					answered++
+				}
+				longest = max(longest, d.Seconds)
+			}
+			rec := "none in 60 s"
+			if b.RecoverySeconds >= 0 {
+				rec = num(b.RecoverySeconds)
+			}
+			fmt.Fprintf(tw, "\t%s\t%d of %d\t%s\t%s\t%s\t\t\t\n", b.Mode, answered, len(b.During), num(longest), rec, truncate(b.Error, 80))
+		}
+	}
+	if a := r.AutoStart; a != nil {
+		fmt.Fprintf(tw, "auto dial side started with UDP blackholed\t%s\tfirst tunnel after (s)\t%s\t%s\t\t\t\t\n", a.Transport, num(a.Seconds), truncate(a.Error, 80))
+	}
+	_ = tw.Flush() // stdout; nothing to do if it fails
+	if len(r.Errors) > 0 {
+		fmt.Fprintf(w, "\n%d measurement(s) failed:\n", len(r.Errors))
+		for _, e := range r.Errors {
+			fmt.Fprintln(w, "  -", truncate(e, 400))
+		}
+	}
+}
+
+func figValue(figs []Figure, fig, mode string) string {
+	for _, f := range figs {
+		if f.Figure == fig && f.Mode == mode {
+			if len(f.Samples) == 0 {
+				return "failed"
+			}
+			return num(f.Median)
+		}
+	}
+	return "-"
+}
+
+func figRatio(figs []Figure, fig, mode string) string {
+	for _, f := range figs {
+		if f.Figure != fig || f.Mode != mode || f.RatioToDirect == 0 {
+			continue
+		}
+		if f.AddedToDirect != nil {
+			return fmt.Sprintf("%+.2fms", *f.AddedToDirect)
+		}
+		return fmt.Sprintf("%.2f×d", f.RatioToDirect)
+	}
+	return ""
+}
