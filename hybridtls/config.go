@@ -71,6 +71,11 @@ type Policy struct {
 	ServerName string
 	// ALPN is the application protocol both sides must agree on.
 	ALPN string
+	// RetiredALPNs are older protocol versions a client offers after ALPN
+	// only to recognise a server that selects one, and refuse it before
+	// sending its certificate with a *VersionError naming both versions.
+	// Nil offers ALPN alone.
+	RetiredALPNs []string
 	// Logger receives refusals that happen inside the TLS stack, where no
 	// caller sees the error (QUIC handshakes rejected by the server).
 	Logger *slog.Logger
@@ -251,9 +256,27 @@ func (s *Store) ClientConfigFor(host string) *tls.Config {
 			c.ServerName = host
 		}
 	}
-	c.VerifyConnection = func(cs tls.ConnectionState) error { return s.verifyPeer(m, &cs, false) }
+	c.NextProtos = append([]string{s.policy.ALPN}, s.policy.RetiredALPNs...)
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		// A client checks the server before it sends its own certificate.
+		if slices.Contains(s.policy.RetiredALPNs, cs.NegotiatedProtocol) {
+			return &VersionError{Ours: s.policy.ALPN, Theirs: cs.NegotiatedProtocol}
+		}
+		return s.verifyPeer(m, &cs, false)
+	}
 	return c
 }
+
+// VersionError refuses a peer that speaks an older pqtunnel protocol
+// version; both are named so that the log says which side to upgrade.
+type VersionError struct{ Ours, Theirs string }
+
+func (e *VersionError) Error() string {
+	return "the peer speaks " + e.Theirs + ", this side " + e.Ours + ": run the same release on both sides"
+}
+
+// HandshakeReason classifies it for logs and metrics.
+func (e *VersionError) HandshakeReason() string { return "version_mismatch" }
 
 // checkOffered refuses a ClientHello that shares no group with the policy,
 // with an error that names both lists.

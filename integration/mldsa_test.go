@@ -165,7 +165,7 @@ func TestPinnedPeerWithoutEd25519KeyRefused(t *testing.T) {
 
 // TestOlderVersionPeerRefused: a client speaking pqtunnel/1 is refused by
 // the listen side with reason version_mismatch, and a dial side whose peer
-// speaks pqtunnel/1 says so and what it offers itself.
+// speaks pqtunnel/1 refuses it; both sides name both versions.
 func TestOlderVersionPeerRefused(t *testing.T) {
 	t.Run("older client", func(t *testing.T) {
 		ctx := testContext(t, 30*time.Second)
@@ -179,8 +179,8 @@ func TestOlderVersionPeerRefused(t *testing.T) {
 		}
 		t.Logf("older client: %v", err)
 		line := l.waitLog(t, within(t, ctx, 5*time.Second), msgIs("tunnel handshake failed", "reason", "version_mismatch"))
-		if !strings.Contains(line.str("err"), previousALPN) {
-			t.Errorf("listen side err %q does not name %s", line.str("err"), previousALPN)
+		if !strings.Contains(line.str("err"), previousALPN) || line.str("version") != wire.ALPN || !strings.Contains(line.str("hint"), wire.ALPN) {
+			t.Errorf("listen side names err %q, version %q, hint %q: want the peer's %s and this side's %s", line.str("err"), line.str("version"), line.str("hint"), previousALPN, wire.ALPN)
 		}
 	})
 	t.Run("older server", func(t *testing.T) {
@@ -188,8 +188,10 @@ func TestOlderVersionPeerRefused(t *testing.T) {
 		old := startOldServer(t)
 		d := startDial(t, ctx, old, "tcp", nil, map[string]string{"PQT_CONNECTIONS": "1"})
 		line := d.waitLog(t, within(t, ctx, 10*time.Second), msgIs("tunnel dial failed", "reason", "version_mismatch"))
-		if !strings.Contains(line.str("hint"), wire.ALPN) {
-			t.Errorf("dial failure hint %q does not name %s", line.str("hint"), wire.ALPN)
+		for _, k := range []string{"err", "hint"} {
+			if v := line.str(k); !strings.Contains(v, previousALPN) || !strings.Contains(v, wire.ALPN) {
+				t.Errorf("dial failure %s %q does not name both the peer's %s and this side's %s", k, v, previousALPN, wire.ALPN)
+			}
 		}
 	})
 }

@@ -332,6 +332,9 @@ func diagnose(err error, tr transport.Transport, offered []tls.CurveID, ours *hy
 	case errors.Is(err, hybridtls.ErrProof):
 		return DiagnosisProofFailed, "the peer failed the session proof (its Ed25519 signature over this connection): " + msg
 	case transport.Classify(err) == transport.ReasonVersionMismatch:
+		if ve, ok := errors.AsType[*hybridtls.VersionError](err); ok {
+			return DiagnosisVersionMismatch, ve.Error()
+		}
 		return DiagnosisVersionMismatch, "the peer speaks another pqtunnel protocol version (we offer " + wire.ALPN + "): run the same release on both sides"
 	case transport.PeerRefusedGroups(err):
 		return DiagnosisGroupsRefused, "the peer accepts none of " + hybridtls.GroupNames(offered)

@@ -253,6 +253,12 @@ func (e *Engine) handshakeFailed(remote net.Addr, err error) {
 		return // the TLS policy logged and counted it with its reason already
 	}
 	e.metrics.HandshakeFailed(string(reason))
+	if reason == transport.ReasonVersionMismatch {
+		// crypto/tls names only what the peer offered.
+		e.log.Warn("tunnel handshake failed", "remote", remote.String(), "reason", reason, "version", wire.ALPN, "err", err,
+			"hint", "the peer speaks another pqtunnel protocol version than this side's "+wire.ALPN+": run the same release on both sides")
+		return
+	}
 	e.log.Warn("tunnel handshake failed", "remote", remote.String(), "reason", reason, "err", err)
 }
 

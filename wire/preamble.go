@@ -18,6 +18,11 @@ const Version = 2
 // ALPN is the application protocol of pqtunnel tunnel connections.
 const ALPN = "pqtunnel/2"
 
+// RetiredALPNs are the earlier protocol versions. A dial side offers them
+// after ALPN only to recognise an older listen side and refuse it with an
+// error that names both versions; it never speaks them.
+var RetiredALPNs = []string{"pqtunnel/1"}
+
 // Stream preamble, written by the side that opens a stream:
 //
 //	version (1 byte) | kind (1) | route length (1) | route

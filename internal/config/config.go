@@ -157,7 +157,7 @@ func (c *Config) parsePolicy(v *Vars) error {
 		return fmt.Errorf("PQT_GROUPS: %w", err)
 	}
 	c.Policy = hybridtls.Policy{
-		Mode: mode, Groups: groups, ServerName: v.ServerName, ALPN: wire.ALPN, SettingName: policySettingName,
+		Mode: mode, Groups: groups, ServerName: v.ServerName, ALPN: wire.ALPN, RetiredALPNs: wire.RetiredALPNs, SettingName: policySettingName,
 		RequirePQAuth: v.Auth == "pq" || v.Profile == ProfileCNSA2, RequireMLDSA87: v.Profile == ProfileCNSA2,
 	}
 	c.Profile, c.KeyLog, c.Engine.KeyLog = v.Profile, v.KeyLog, v.KeyLog
