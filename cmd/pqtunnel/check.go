@@ -69,8 +69,8 @@ func check(args []string, environ map[string]string, stdout, stderr io.Writer) e
 				case *probeClassical && probeClassicalGroup(stdout, pc, peer, tr):
 					advice = append(advice, fmt.Sprintf("%s: the peer is not post-quantum: it accepts only classical X25519, so %s=strict will not connect; upgrade the peer", tr.Name(), pqVar))
 				case len(accepted) == 0:
-					a := otherGroupsAdvice(stdout, pc, peer, tr, groups, ours)
-					if !*probeClassical {
+					a, found := otherGroupsAdvice(stdout, pc, peer, tr, groups, ours)
+					if !found && !*probeClassical {
 						a += "; if it may be classical-only, 'pqtunnel check --probe-classical' asks it without sending anything of ours under a classical key exchange"
 					}
 					advice = append(advice, fmt.Sprintf("%s: %s", tr.Name(), a))
@@ -151,8 +151,9 @@ func yesNo(b bool) string {
 }
 
 // otherGroupsAdvice probes the hybrid groups missing from offeredGroups to
-// tell the user which one the peer would accept.
-func otherGroupsAdvice(w io.Writer, pc proxy.Config, peer string, tr transport.Transport, offeredGroups []tls.CurveID, ours *hybridtls.Material) string {
+// tell the user which one the peer would accept, and reports whether it
+// found one.
+func otherGroupsAdvice(w io.Writer, pc proxy.Config, peer string, tr transport.Transport, offeredGroups []tls.CurveID, ours *hybridtls.Material) (string, bool) {
 	var theirs []tls.CurveID
 	for _, g := range hybridtls.DefaultGroups {
 		if slices.Contains(offeredGroups, g) {
@@ -163,7 +164,7 @@ func otherGroupsAdvice(w io.Writer, pc proxy.Config, peer string, tr transport.T
 		}
 	}
 	if len(theirs) == 0 {
-		return fmt.Sprintf("the peer accepts none of %s, nor any other hybrid group: check its %s and %s", hybridtls.GroupNames(offeredGroups), config.Name("Groups"), config.Name("PQ"))
+		return fmt.Sprintf("the peer accepts none of %s, nor any other hybrid group: check its %s and %s", hybridtls.GroupNames(offeredGroups), config.Name("Groups"), config.Name("PQ")), false
 	}
-	return fmt.Sprintf("the peer accepts only %s; add it to %s", hybridtls.GroupNames(theirs), config.Name("Groups"))
+	return fmt.Sprintf("the peer accepts only %s; add it to %s", hybridtls.GroupNames(theirs), config.Name("Groups")), true
 }

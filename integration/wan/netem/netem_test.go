@@ -5,6 +5,7 @@ import (
 	"math"
 	"net"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
@@ -125,6 +126,9 @@ func TestRateCapAndQueueBound(t *testing.T) {
 	for range total {
 		r.send(t, ipv4(size, 6))
 	}
+	// On a loaded machine the burst itself takes time, during which the
+	// link drains one packet per millisecond.
+	drained := int(time.Since(start) / (time.Duration(size*8/rate*1e9) * time.Nanosecond))
 	got, at := r.collect(200 * time.Millisecond)
 	s := r.link.Stats(AtoB)
 	// A burst far above the rate: the queue holds queue/size packets, the
@@ -135,8 +139,8 @@ func TestRateCapAndQueueBound(t *testing.T) {
 	if s.DroppedQueue == 0 || int(s.DroppedQueue)+got != total {
 		t.Fatalf("%d delivered, %d tail-dropped of %d", got, s.DroppedQueue, total)
 	}
-	if got < queue/size || got > queue/size+5 {
-		t.Fatalf("%d delivered, want about %d (the queue)", got, queue/size)
+	if got < queue/size || got > queue/size+drained+5 {
+		t.Fatalf("%d delivered, want about %d (the queue, plus %d drained while the burst was sent)", got, queue/size, drained)
 	}
 	// They left one every size*8/rate = 1 ms.
 	span := at[len(at)-1].Sub(start)
@@ -175,7 +179,7 @@ func TestDelayJitterAndOrder(t *testing.T) {
 		r.send(t, pkt)
 		time.Sleep(2 * time.Millisecond) // spaces the packets, so jitter can show
 	}
-	var lo, hi time.Duration = time.Hour, 0
+	delays := make([]time.Duration, 0, total)
 	for i := range total {
 		a, ok := <-arrived
 		if !ok {
@@ -184,11 +188,14 @@ func TestDelayJitterAndOrder(t *testing.T) {
 		if a.seq != i {
 			t.Fatalf("packet %d arrived as number %d: reordered", a.seq, i)
 		}
-		d := a.at.Sub(sent[i])
-		lo, hi = min(lo, d), max(hi, d)
+		delays = append(delays, a.at.Sub(sent[i]))
 	}
-	if lo < delay-jitter || hi > delay+jitter+15*time.Millisecond {
-		t.Fatalf("delays %s–%s, want within %s ± %s", lo, hi, delay, jitter)
+	slices.Sort(delays)
+	lo, median, hi := delays[0], delays[total/2], delays[total-1]
+	// A packet never leaves early; a loaded machine can only make timers
+	// late, so the upper bound is on the median, not on every packet.
+	if lo < delay-jitter || median > delay+jitter+5*time.Millisecond {
+		t.Fatalf("delays %s–%s (median %s), want within %s ± %s", lo, hi, median, delay, jitter)
 	}
 	if hi-lo < jitter {
 		t.Fatalf("delays %s–%s vary less than the jitter %s", lo, hi, jitter)
