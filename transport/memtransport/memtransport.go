@@ -119,19 +119,18 @@ func (l *listener) offer(sc *conn, lk *link) bool {
 		return false
 	default:
 	}
-	select {
-	case l.Sem <- struct{}{}:
-	default:
+	release, ok := l.Acquire(sc.RemoteAddr())
+	if !ok {
 		l.c.HandshakeFailed(sc.RemoteAddr(), transport.NewHandshakeError(Name, transport.StageAccept, transport.ErrBusy))
 		_ = sc.Close() // shed load
 		return true
 	}
 	l.WG.Add(1)
-	go l.routineHandshake(sc, lk)
+	go l.routineHandshake(sc, lk, release)
 	return true
 }
 
-func (l *listener) routineHandshake(sc *conn, lk *link) {
+func (l *listener) routineHandshake(sc *conn, lk *link, release func()) {
 	defer l.WG.Done()
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(l.Ctx, l.c.HandshakeTimeout)
@@ -142,7 +141,7 @@ func (l *listener) routineHandshake(sc *conn, lk *link) {
 		err = transport.NewHandshakeError(Name, transport.StageTLS, fmt.Errorf("handshake: %w", ctx.Err()))
 	}
 	cancel()
-	<-l.Sem
+	release()
 	if err != nil {
 		l.c.HandshakeFailed(sc.RemoteAddr(), err)
 		_ = sc.Close()

@@ -268,19 +268,18 @@ func (l *quicListener) routineAccept() {
 			l.c.Logger.Warn("tunnel accept failed", "transport", Name, "err", err)
 			continue
 		}
-		select {
-		case l.Sem <- struct{}{}:
-		default:
+		release, ok := l.Acquire(conn.RemoteAddr())
+		if !ok {
 			l.c.HandshakeFailed(conn.RemoteAddr(), transport.NewHandshakeError(Name, transport.StageAccept, transport.ErrBusy))
 			_ = conn.CloseWithError(codeBusy, "busy")
 			continue
 		}
 		l.WG.Add(1)
-		go l.routineAuthenticate(conn)
+		go l.routineAuthenticate(conn, release)
 	}
 }
 
-func (l *quicListener) routineAuthenticate(conn *quic.Conn) {
+func (l *quicListener) routineAuthenticate(conn *quic.Conn, release func()) {
 	defer l.WG.Done()
 	// quic-go reports the handshake done only after it completed, so the
 	// time measured here is the authentication step.
@@ -288,7 +287,7 @@ func (l *quicListener) routineAuthenticate(conn *quic.Conn) {
 	ctx, cancel := context.WithTimeout(l.Ctx, l.c.HandshakeTimeout)
 	s, err := authenticateQUIC(ctx, conn, l.c, false, start)
 	cancel()
-	<-l.Sem
+	release()
 	if err != nil {
 		l.c.HandshakeFailed(conn.RemoteAddr(), err)
 		_ = conn.CloseWithError(codeAuth, "authentication failed")

@@ -3,9 +3,11 @@ package tlsmux
 import (
 	"bufio"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // recordConn sits between crypto/tls and the TCP socket. crypto/tls writes
@@ -40,6 +42,27 @@ func newRecordConn(c net.Conn) *recordConn {
 }
 
 func (c *recordConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// awaitFirstRecord waits until the first TLS record has arrived whole (as
+// much of it as the read-ahead buffer holds), or fails at deadline. It
+// consumes nothing: crypto/tls reads the record afterwards.
+func (c *recordConn) awaitFirstRecord(deadline time.Time) error {
+	if err := c.Conn.SetReadDeadline(deadline); err != nil {
+		return fmt.Errorf("first tls record: %w", err)
+	}
+	hdr, err := c.r.Peek(5)
+	if err == nil {
+		n := int(hdr[3])<<8 | int(hdr[4])
+		_, err = c.r.Peek(min(5+n, recordBufSize))
+	}
+	if err != nil {
+		return fmt.Errorf("first tls record: %w", err)
+	}
+	if err := c.Conn.SetReadDeadline(time.Time{}); err != nil {
+		return fmt.Errorf("first tls record: %w", err)
+	}
+	return nil
+}
 
 // Write collects p while a batch is open; crypto/tls serializes its writes,
 // so records are collected in the order it produced them.

@@ -236,32 +236,41 @@ func (l *tcpListener) routineAccept() {
 			continue
 		}
 		backoff = 5 * time.Millisecond
-		select {
-		case l.Sem <- struct{}{}:
-		default:
+		release, ok := l.Acquire(raw.RemoteAddr())
+		if !ok {
 			l.c.HandshakeFailed(raw.RemoteAddr(), transport.NewHandshakeError(Name, transport.StageAccept, transport.ErrBusy))
 			_ = raw.Close() // shed load
 			continue
 		}
 		l.WG.Add(1)
-		go l.routineHandshake(raw)
+		go l.routineHandshake(raw, release)
 	}
 }
 
-func (l *tcpListener) routineHandshake(raw net.Conn) {
+// firstRecordTimeout bounds the wait for a new connection's first TLS
+// record (the ClientHello), when HandshakeTimeout is longer: a socket that
+// sends nothing must not hold a handshake slot for the whole handshake timeout.
+const firstRecordTimeout = 2 * time.Second
+
+func (l *tcpListener) routineHandshake(raw net.Conn, release func()) {
 	defer l.WG.Done()
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(l.Ctx, l.c.HandshakeTimeout)
 	// Closing the socket is what unblocks a stalled peer, at the timeout or
 	// when the listener closes.
 	stop := context.AfterFunc(ctx, func() { _ = raw.Close() })
-	s, err := handshakeTCP(ctx, newRecordConn(raw), l.c, false, start)
+	rc := newRecordConn(raw)
+	err := rc.awaitFirstRecord(start.Add(min(firstRecordTimeout, l.c.HandshakeTimeout)))
+	var s transport.Session
+	if err == nil {
+		s, err = handshakeTCP(ctx, rc, l.c, false, start)
+	}
 	if !stop() && err == nil {
 		_ = s.Close()
 		err = transport.NewHandshakeError(Name, transport.StageTLS, fmt.Errorf("handshake: %w", ctx.Err()))
 	}
 	cancel()
-	<-l.Sem
+	release()
 	if err != nil {
 		l.c.HandshakeFailed(raw.RemoteAddr(), transport.NewHandshakeError(Name, transport.StageTLS, err))
 		_ = raw.Close()
