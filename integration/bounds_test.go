@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -10,6 +11,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // bndIdle opens n TCP connections from ip to addr that send nothing, and
@@ -94,11 +99,13 @@ func TestIdleTCPSocketsDoNotLockOutTunnels(t *testing.T) {
 			for _, ip := range phase.sources {
 				waits = append(waits, bndIdle(t, ctx, ip, l.tunnelAddr, idle/len(phase.sources), limit))
 			}
-			start := time.Now()
+			attackStart := time.Now()
 			dial := startDial(t, ctx, l.tunnelAddr, "tcp", nil, map[string]string{"PQT_CONNECTIONS": "1"})
+			start := time.Now() // the dial side is up and dialling
 			dial.waitLog(t, within(t, ctx, 15*time.Second), connected)
 			took := time.Since(start)
-			t.Logf("%d idle sockets from %d source(s): the dial side connected %s after it started", idle, len(phase.sources), took.Round(time.Millisecond))
+			t.Logf("%d idle sockets from %d source(s): the dial side connected %s after it started, %s after the sockets were opened",
+				idle, len(phase.sources), took.Round(time.Millisecond), time.Since(attackStart).Round(time.Millisecond))
 			if took > 3*time.Second {
 				t.Errorf("the dial side connected after %s, want within 3s", took.Round(time.Millisecond))
 			}
@@ -128,4 +135,156 @@ func TestIdleTCPSocketsDoNotLockOutTunnels(t *testing.T) {
 		})
 	}
 	metSettle(t, ctx, "listen side", lm, baseG, 10, 10*time.Second)
+}
+
+// bndStalledQUIC starts a QUIC handshake from a new socket on ip that
+// stalls after the server's first flight: the client certificate is asked
+// for and never given, until unhold is closed. It reports the Dial error.
+func bndStalledQUIC(ctx context.Context, ip, addr string, unhold <-chan struct{}, done chan<- error) {
+	raddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		done <- err
+		return
+	}
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(ip)})
+	if err != nil {
+		done <- err
+		return
+	}
+	tr := &quic.Transport{Conn: pc}
+	defer pc.Close()
+	defer tr.Close()
+	conf := &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		CurvePreferences:   []tls.CurveID{tls.X25519MLKEM768},
+		InsecureSkipVerify: true, // the peer is not what is tested
+		NextProtos:         []string{wire.ALPN},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			<-unhold
+			return nil, errors.New("released")
+		},
+	}
+	conn, err := tr.Dial(ctx, raddr, conf, &quic.Config{HandshakeIdleTimeout: time.Minute})
+	if err == nil {
+		_ = conn.CloseWithError(0, "") // it should not exist
+		err = errors.New("handshake completed")
+	}
+	done <- err
+}
+
+// bndPeak samples the listen side's go_goroutines and RSS until ctx ends
+// and returns the highest of each.
+func bndPeak(t *testing.T, ctx context.Context, lm string, pid int) (goroutines int, rss int64) {
+	t.Helper()
+	metPoll(ctx, 100*time.Millisecond, func() bool {
+		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if m, _, err := metScrape(rctx, lm); err == nil {
+			if v, ok := m.value("go_goroutines"); ok {
+				goroutines = max(goroutines, int(v))
+			}
+		}
+		rss = max(rss, hosRSS(t, pid))
+		return false
+	})
+	return goroutines, rss
+}
+
+// TestStalledQUICHandshakesAreBounded starts 1,000 QUIC handshakes from
+// eight source addresses that stall after the listen side's first flight.
+// Each takes a handshake slot with its first packet, so at most
+// PQT_MAX_HANDSHAKES=64 are held, the rest refused at once as busy; the
+// held ones end within PQT_HANDSHAKE_TIMEOUT; every one is counted; the
+// listen side's goroutines and RSS stay bounded; and a legitimate dial side
+// started during the attack connects.
+func TestStalledQUICHandshakesAreBounded(t *testing.T) {
+	const (
+		attempts         = 1000
+		handshakeTimeout = 4 * time.Second
+		sources          = 8
+	)
+	ctx := testContext(t, 240*time.Second)
+	o := startEcho(t)
+	lm := metAddr(t)
+	l := startListen(t, ctx, 0, "quic", map[string]string{
+		"PQT_TARGET":            o.addr(),
+		"PQT_HANDSHAKE_TIMEOUT": handshakeTimeout.String(),
+		"PQT_MAX_HANDSHAKES":    "64",
+		"PQT_METRICS":           lm,
+	})
+	pid := l.cmd.Process.Pid
+	baseG := metGoroutines(t, ctx, "listen side", lm)
+	baseRSS := hosRSS(t, pid)
+
+	unhold := make(chan struct{})
+	done := make(chan error, attempts)
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		select {
+		case <-unhold:
+		default:
+			close(unhold)
+		}
+		wg.Wait()
+	})
+	actx := within(t, ctx, 120*time.Second)
+	peakCtx, stopPeak := context.WithCancel(ctx)
+	peak := make(chan [2]int64, 1)
+	go func() {
+		g, rss := bndPeak(t, peakCtx, lm, pid)
+		peak <- [2]int64{int64(g), rss}
+	}()
+	attackStart := time.Now()
+	for i := range attempts {
+		ip := net.IPv4(127, 0, 0, byte(2+i%sources)).String()
+		wg.Go(func() { bndStalledQUIC(actx, ip, l.tunnelAddr, unhold, done) })
+		if i%100 == 99 {
+			time.Sleep(50 * time.Millisecond) // paces the burst over half a second, as a flood from many clients
+		}
+	}
+
+	dialStart := time.Now()
+	dial := startDial(t, ctx, l.tunnelAddr, "quic", nil, map[string]string{"PQT_CONNECTIONS": "1"})
+	dial.waitLog(t, within(t, ctx, handshakeTimeout+10*time.Second), msgIs("tunnel connected", "transport", "quic", "group", "X25519MLKEM768"))
+	connectedAfter := time.Since(dialStart)
+	if err := echoExact(within(t, ctx, 10*time.Second), dial.forward[""], randomBytes(92, 64<<10)); err != nil {
+		t.Errorf("traffic during the attack: %v", err)
+	}
+
+	// Every attempt is counted: refused at once, or ended at the timeout.
+	// Starting 1,000 post-quantum ClientHellos takes a while under -race.
+	var busy, timeout float64
+	metPoll(within(t, ctx, 90*time.Second), 200*time.Millisecond, func() bool {
+		m, _, err := metScrape(ctx, lm)
+		if err != nil {
+			return false
+		}
+		busy, _ = m.value("pqtunnel_handshake_failures_total", "reason", "busy")
+		timeout, _ = m.value("pqtunnel_handshake_failures_total", "reason", "timeout")
+		return busy+timeout >= attempts
+	})
+	stopPeak()
+	p := <-peak
+	t.Logf("%d stalled QUIC handshakes: %g busy, %g timeout; listen side go_goroutines %d -> peak %d, RSS %d -> peak %d MiB; dial side connected after %s (attack began %s before)",
+		attempts, busy, timeout, baseG, p[0], baseRSS>>20, p[1]>>20, connectedAfter.Round(time.Millisecond), dialStart.Sub(attackStart).Round(time.Millisecond))
+	if busy+timeout < attempts || busy < attempts/2 || timeout < 1 {
+		t.Errorf("%g busy and %g timeout failures counted, want all %d, most of them busy", busy, timeout, attempts)
+	}
+	if int(p[0]) > baseG+400 {
+		t.Errorf("listen side go_goroutines peaked at %d (baseline %d), want at most %d", p[0], baseG, baseG+400)
+	}
+	// Before handshakes took slots from the first packet, the growth was
+	// about 100 MiB (350 MiB with -race, whose shadow memory inflates RSS).
+	rssBound := int64(40)
+	if raceEnabled {
+		rssBound = 200
+	}
+	if grew := (p[1] - baseRSS) >> 20; grew > rssBound {
+		t.Errorf("listen side RSS grew by %d MiB during the attack, want at most %d", grew, rssBound)
+	}
+	close(unhold)
+	wg.Wait()
+	dial.signal(t, syscall.SIGTERM)
+	dial.wait(t, within(t, ctx, 15*time.Second))
+	metSettle(t, ctx, "listen side", lm, baseG, 10, 15*time.Second)
 }

@@ -425,16 +425,32 @@ func TestHostilePeers(t *testing.T) {
 		"garbage":    {"tls", "timeout", "busy"},
 	}
 	// Every TCP peer and the QUIC peer without a proof end in exactly one
-	// logged and counted failure; the stalled QUIC peer never reaches
-	// pqtunnel. The log lines arrive through a pipe: wait for them.
+	// logged and counted failure. A QUIC handshake holds a slot from its
+	// first packet, so the stalled QUIC peer and each fake Initial that
+	// parses are counted too, at most once each: up to extraFailures more.
+	// The log lines arrive through a pipe: wait for them.
 	wantFailures := 2 + garbageConns + blobs + 1
-	failed := l.waitLogs(t, within(t, ctx, 10*time.Second), wantFailures, msgIs("tunnel handshake failed"))
+	const extraFailures = 1 + udpInitials
 	reasonsOf := map[string]string{} // our port to the listen side's reason
-	for _, line := range failed {
-		if _, port, err := net.SplitHostPort(line.str("remote")); err == nil {
-			reasonsOf[port] = line.str("reason")
+	var peerPorts []string
+	for _, c := range append(slices.Clone(cuts), np) {
+		if _, port, err := net.SplitHostPort(c.local); err == nil {
+			peerPorts = append(peerPorts, port)
 		}
 	}
+	metPoll(within(t, ctx, 10*time.Second), 100*time.Millisecond, func() bool {
+		for _, line := range l.logs(msgIs("tunnel handshake failed")) {
+			if _, port, err := net.SplitHostPort(line.str("remote")); err == nil {
+				reasonsOf[port] = line.str("reason")
+			}
+		}
+		for _, port := range peerPorts {
+			if _, ok := reasonsOf[port]; !ok {
+				return false
+			}
+		}
+		return true
+	})
 	for _, line := range l.logs(msgIs("tunnel handshake refused")) {
 		if _, port, err := net.SplitHostPort(line.str("remote")); err == nil {
 			reasonsOf[port] = "refused:" + line.str("reason")
@@ -506,11 +522,12 @@ func TestHostilePeers(t *testing.T) {
 		}
 		return nil
 	})
-	if v, _ := after.value("pqtunnel_handshake_failures_total"); v-failuresBefore != float64(wantFailures) {
-		t.Errorf("%g handshake failures counted, want exactly %d (%s)", v-failuresBefore, wantFailures, after.describe("pqtunnel_handshake_failures_total"))
+	counted, _ := after.value("pqtunnel_handshake_failures_total")
+	if counted -= failuresBefore; counted < float64(wantFailures) || counted > float64(wantFailures+extraFailures) {
+		t.Errorf("%g handshake failures counted, want %d to %d (%s)", counted, wantFailures, wantFailures+extraFailures, after.describe("pqtunnel_handshake_failures_total"))
 	}
-	if n, m := len(l.logs(msgIs("tunnel handshake failed"))), len(l.logs(msgIs("tunnel handshake refused"))); n != wantFailures || m != 0 {
-		t.Errorf("listen side logged %d handshake failures and %d refusals, want %d and 0", n, m, wantFailures)
+	if n, m := len(l.logs(msgIs("tunnel handshake failed"))), len(l.logs(msgIs("tunnel handshake refused"))); float64(n) != counted || m != 0 {
+		t.Errorf("listen side logged %d handshake failures and %d refusals, want %g (as counted) and 0", n, m, counted)
 	}
 	t.Logf("listen side counted: %s", after.describe("pqtunnel_handshake_failures_total"))
 

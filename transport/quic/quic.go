@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -59,7 +60,10 @@ const (
 // c has its defaults applied.
 func quicConfig(c *transport.Config) *quic.Config {
 	return &quic.Config{
-		HandshakeIdleTimeout:       c.HandshakeTimeout,
+		// quic-go ends a handshake after twice this, or after this long
+		// without a packet from the peer: half bounds the whole handshake
+		// by HandshakeTimeout.
+		HandshakeIdleTimeout:       c.HandshakeTimeout / 2,
 		MaxIdleTimeout:             c.IdleTimeout,
 		KeepAlivePeriod:            c.KeepAlive,
 		MaxIncomingStreams:         int64(c.MaxStreams),
@@ -85,6 +89,10 @@ func handshakeError(stage transport.Stage, err error) error {
 		}
 	}
 	if ae, ok := errors.AsType[*quic.ApplicationError](err); ok && ae.Remote && ae.ErrorCode == codeBusy {
+		err = fmt.Errorf("%w%.0w", err, transport.ErrBusy)
+	}
+	// A listener with every handshake slot taken refuses the first packet.
+	if te, ok := errors.AsType[*quic.TransportError](err); ok && te.Remote && te.ErrorCode == quic.ConnectionRefused {
 		err = fmt.Errorf("%w%.0w", err, transport.ErrBusy)
 	}
 	return transport.NewHandshakeError(Name, stage, err)
@@ -227,10 +235,12 @@ func (q *quicStream) Reset() {
 	q.Stream.CancelRead(codeReset)
 }
 
-// quicListener serves QUIC on one UDP socket; authentication of each new
-// connection runs concurrently, at most MaxHandshakes at a time. Closing it
-// stops accepting; the socket stays open for the sessions it returned until
-// the last of them is closed, so they can drain.
+// quicListener serves QUIC on one UDP socket. Each new connection takes a
+// handshake slot with its first Initial packet and holds it until
+// authentication ends or the connection dies; past half the slots, a new
+// connection must first prove its address with a Retry. Closing it stops
+// accepting; the socket stays open for the sessions it returned until the
+// last of them is closed, so they can drain.
 type quicListener struct {
 	refMu sync.Mutex
 	refs  int // the listener itself plus each session handed out
@@ -240,21 +250,109 @@ type quicListener struct {
 	ln       *quic.Listener
 	c        *transport.Config
 	closeRef sync.Once
+	refused  recentRefusals
+}
+
+// recentRefusals remembers the source addresses (IP and port) of the
+// last refused connections for HandshakeTimeout. quic-go asks about every
+// Initial packet of a connection it refused: a post-quantum ClientHello
+// spans two, and a client whose refusal was lost sends its Initial again.
+// One attempt is reported once; attempts that one socket starts within
+// HandshakeTimeout of each other count as one.
+type recentRefusals struct {
+	window time.Duration
+	mu     sync.Mutex
+	ring   [4096]refusal
+	next   int
+	at     map[string]time.Time // the latest refusal of each address in ring
+}
+
+type refusal struct {
+	key string
+	at  time.Time
+}
+
+// first records remote and reports whether it was not refused within the window.
+func (r *recentRefusals) first(remote net.Addr) bool {
+	key := remote.String()
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t, seen := r.at[key]; seen && now.Sub(t) < r.window {
+		return false
+	}
+	if r.at == nil {
+		r.at = map[string]time.Time{}
+	}
+	if old := r.ring[r.next]; r.at[old.key] == old.at {
+		delete(r.at, old.key)
+	}
+	r.ring[r.next] = refusal{key, now}
+	r.at[key] = now
+	r.next = (r.next + 1) % len(r.ring)
+	return true
 }
 
 // Listen serves tunnel connections on pc, which the listener owns.
 func Listen(pc net.PacketConn, c *transport.Config) (transport.Listener, error) {
 	c = c.WithDefaults()
-	tr := &quic.Transport{Conn: pc}
-	ln, err := tr.Listen(c.TLS, quicConfig(c))
+	l := &quicListener{Core: accept.New(c.MaxHandshakes), pc: pc, c: c, refs: 1, refused: recentRefusals{window: c.HandshakeTimeout}}
+	l.tr = &quic.Transport{Conn: pc, ConnContext: l.connContext, VerifySourceAddress: l.mustRetry}
+	ln, err := l.tr.Listen(c.TLS, quicConfig(c))
 	if err != nil {
-		_ = tr.Close() // the listen error is what matters
+		_ = l.tr.Close() // the listen error is what matters
 		return nil, fmt.Errorf("listen quic: %w", err)
 	}
-	l := &quicListener{Core: accept.New(c.MaxHandshakes), pc: pc, tr: tr, ln: ln, c: c, refs: 1}
+	l.ln = ln
 	l.WG.Add(1)
 	go l.routineAccept()
 	return l, nil
+}
+
+// mustRetry makes a new connection prove its source address once half the
+// handshake slots are taken, so spoofed Initials cannot take the rest.
+func (l *quicListener) mustRetry(net.Addr) bool { return 2*l.InUse() >= l.Max() }
+
+// slotKey is the context key of a connection's *handshakeSlot.
+type slotKey struct{}
+
+// handshakeSlot is a connection's hold on a handshake slot, from its first
+// Initial packet until authentication ends or the connection dies.
+type handshakeSlot struct {
+	start time.Time
+	free  func() // gives the slot back; later calls do nothing
+	// state moves from handshaking to accepted (Accept returned the
+	// connection) or to dead (it died before): whoever moves it reports.
+	state atomic.Int32
+}
+
+const (
+	slotHandshaking = iota
+	slotAccepted
+	slotDead
+)
+
+// connContext runs for each new connection before quic-go answers its
+// first packet: it takes a handshake slot or refuses the connection, and
+// reports a handshake that dies before quic-go completes it.
+func (l *quicListener) connContext(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+	release, ok := l.Acquire(info.RemoteAddr)
+	if !ok {
+		if l.refused.first(info.RemoteAddr) {
+			l.c.HandshakeFailed(info.RemoteAddr, transport.NewHandshakeError(Name, transport.StageAccept, transport.ErrBusy))
+		}
+		return nil, transport.ErrBusy
+	}
+	h := &handshakeSlot{start: time.Now(), free: release}
+	context.AfterFunc(ctx, func() {
+		h.free()
+		// Handshakes the listener's Close ends are not failures.
+		if h.state.CompareAndSwap(slotHandshaking, slotDead) && l.Ctx.Err() == nil {
+			l.c.HandshakeFailed(info.RemoteAddr, handshakeError(transport.StageTLS,
+				fmt.Errorf("quic handshake with %s: %w", info.RemoteAddr, context.Cause(ctx))))
+		}
+	})
+	return context.WithValue(ctx, slotKey{}, h), nil
 }
 
 func (l *quicListener) routineAccept() {
@@ -268,26 +366,26 @@ func (l *quicListener) routineAccept() {
 			l.c.Logger.Warn("tunnel accept failed", "transport", Name, "err", err)
 			continue
 		}
-		release, ok := l.Acquire(conn.RemoteAddr())
-		if !ok {
-			l.c.HandshakeFailed(conn.RemoteAddr(), transport.NewHandshakeError(Name, transport.StageAccept, transport.ErrBusy))
-			_ = conn.CloseWithError(codeBusy, "busy")
+		h, ok := conn.Context().Value(slotKey{}).(*handshakeSlot)
+		if !ok || !h.state.CompareAndSwap(slotHandshaking, slotAccepted) {
+			// Every connection went through connContext; one that died
+			// meanwhile has been reported there.
+			_ = conn.CloseWithError(codeAuth, "authentication failed")
 			continue
 		}
 		l.WG.Add(1)
-		go l.routineAuthenticate(conn, release)
+		go l.routineAuthenticate(conn, h)
 	}
 }
 
-func (l *quicListener) routineAuthenticate(conn *quic.Conn, release func()) {
+func (l *quicListener) routineAuthenticate(conn *quic.Conn, h *handshakeSlot) {
 	defer l.WG.Done()
-	// quic-go reports the handshake done only after it completed, so the
-	// time measured here is the authentication step.
-	start := time.Now()
-	ctx, cancel := context.WithTimeout(l.Ctx, l.c.HandshakeTimeout)
-	s, err := authenticateQUIC(ctx, conn, l.c, false, start)
+	// The handshake timeout counts from the first packet, so the QUIC
+	// handshake and authentication together are bounded by it.
+	ctx, cancel := context.WithDeadline(l.Ctx, h.start.Add(l.c.HandshakeTimeout))
+	s, err := authenticateQUIC(ctx, conn, l.c, false, h.start)
 	cancel()
-	release()
+	h.free()
 	if err != nil {
 		l.c.HandshakeFailed(conn.RemoteAddr(), err)
 		_ = conn.CloseWithError(codeAuth, "authentication failed")

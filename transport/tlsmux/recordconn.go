@@ -33,6 +33,9 @@ type recordConn struct {
 // full TLS records.
 const recordBufSize = 64 << 10
 
+// maxRecordLen is the longest TLS record body (RFC 8446, section 5.2).
+const maxRecordLen = 1<<14 + 256
+
 // keepOutBuf bounds the write buffer kept between batches: one largest yamux
 // frame (256 KiB) with its TLS record overhead, rounded up.
 const keepOutBuf = 320 << 10
@@ -43,8 +46,8 @@ func newRecordConn(c net.Conn) *recordConn {
 
 func (c *recordConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-// awaitFirstRecord waits until the first TLS record has arrived whole (as
-// much of it as the read-ahead buffer holds), or fails at deadline. It
+// awaitFirstRecord waits until the first TLS record has arrived whole, or
+// fails at deadline. It
 // consumes nothing: crypto/tls reads the record afterwards.
 func (c *recordConn) awaitFirstRecord(deadline time.Time) error {
 	if err := c.Conn.SetReadDeadline(deadline); err != nil {
@@ -52,8 +55,10 @@ func (c *recordConn) awaitFirstRecord(deadline time.Time) error {
 	}
 	hdr, err := c.r.Peek(5)
 	if err == nil {
-		n := int(hdr[3])<<8 | int(hdr[4])
-		_, err = c.r.Peek(min(5+n, recordBufSize))
+		// A record longer than TLS allows is crypto/tls's to refuse, at once.
+		if n := int(hdr[3])<<8 | int(hdr[4]); n <= maxRecordLen {
+			_, err = c.r.Peek(5 + n)
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("first tls record: %w", err)

@@ -261,6 +261,11 @@ func (l *tcpListener) routineHandshake(raw net.Conn, release func()) {
 	stop := context.AfterFunc(ctx, func() { _ = raw.Close() })
 	rc := newRecordConn(raw)
 	err := rc.awaitFirstRecord(start.Add(min(firstRecordTimeout, l.c.HandshakeTimeout)))
+	if err != nil && ctx.Err() != nil {
+		// The timeout closed the socket under the read: the error says
+		// "closed", the cause is the timeout.
+		err = fmt.Errorf("%w: %w", ctx.Err(), err)
+	}
 	var s transport.Session
 	if err == nil {
 		s, err = handshakeTCP(ctx, rc, l.c, false, start)
