@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -287,4 +288,89 @@ func TestStalledQUICHandshakesAreBounded(t *testing.T) {
 	dial.signal(t, syscall.SIGTERM)
 	dial.wait(t, within(t, ctx, 15*time.Second))
 	metSettle(t, ctx, "listen side", lm, baseG, 10, 15*time.Second)
+}
+
+// TestMemoryFloodIntoASlowOriginIsBounded pushes as fast as it can over
+// 1,000 streams of one tunnel connection into an origin that reads nothing:
+// the listen side holds no more than its per-connection memory bound
+// (64 MiB by default) in receive windows, so its RSS stays under that plus
+// a fixed allowance, on both transports.
+func TestMemoryFloodIntoASlowOriginIsBounded(t *testing.T) {
+	transports(t, func(t *testing.T, transport string) {
+		const (
+			// Over TCP the listen side takes at most 127 of them at once;
+			// before it had a bound, each was granted 256 KiB of window or more.
+			streams   = 1000
+			perStream = 1 << 20 // each visitor's push, which the kernel buffers mostly hold
+			flood     = 6 * time.Second
+		)
+		ctx := testContext(t, 90*time.Second)
+		release := make(chan struct{})
+		o := startOrigin(t, func(c *net.TCPConn) {
+			// A small fixed receive buffer, so that the kernel holds little
+			// of what the listen side cannot deliver.
+			_ = c.SetReadBuffer(32 << 10)
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		})
+		t.Cleanup(func() {
+			select {
+			case <-release:
+			default:
+				close(release)
+			}
+		})
+		p := startPair(t, ctx, pairOptions{transport: transport, target: o.addr(), dialEnv: map[string]string{"PQT_CONNECTIONS": "1"}})
+		pid := p.listen.cmd.Process.Pid
+		baseRSS := hosRSS(t, pid)
+
+		fctx, stop := context.WithTimeout(ctx, flood)
+		defer stop()
+		var pushed atomic.Int64
+		var wg sync.WaitGroup
+		for range streams {
+			wg.Go(func() {
+				c, err := dialClient(fctx, p.dial.forward[""])
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				buf := make([]byte, 64<<10)
+				for range perStream / len(buf) {
+					n, err := c.Write(buf)
+					pushed.Add(int64(n))
+					if err != nil {
+						return // the flood is over, or the stream was refused
+					}
+				}
+				_, _ = io.Copy(io.Discard, c) // holds the stream open until the flood is over
+			})
+		}
+		peakRSS := baseRSS
+		metPoll(fctx, 100*time.Millisecond, func() bool {
+			peakRSS = max(peakRSS, hosRSS(t, pid))
+			return false
+		})
+		wg.Wait()
+		// The bound holds the windows; the allowance covers yamux's and
+		// quic-go's per-stream state, the copy buffers and the garbage
+		// collector's slack. Without the bound, TCP grew by about 120 MiB.
+		// -race's shadow memory roughly triples what is touched.
+		allowance := int64(64+24) << 20
+		if raceEnabled {
+			allowance = 300 << 20
+		}
+		grew := peakRSS - baseRSS
+		t.Logf("%s: %d streams pushed %d MiB in %s; listen side RSS %d -> peak %d MiB (grew %d MiB, allowed %d)",
+			transport, streams, pushed.Load()>>20, flood, baseRSS>>20, peakRSS>>20, grew>>20, allowance>>20)
+		if grew > allowance {
+			t.Errorf("listen side RSS grew by %d MiB, want at most %d", grew>>20, allowance>>20)
+		}
+		if p.listen.exited() || p.dial.exited() {
+			t.Error("a side exited under the flood")
+		}
+		close(release)
+	})
 }

@@ -225,6 +225,14 @@ type Config struct {
 	// StreamWindow is the per-stream receive window in bytes. Zero means
 	// defaults.StreamWindow (4 MiB).
 	StreamWindow int
+	// MaxConnMemory bounds the bytes one session may have granted its peer
+	// in receive windows (QUIC's connection window; the sum of yamux's
+	// stream windows), so a peer that pushes faster than the origin reads
+	// is slowed by flow control rather than buffered. Over TCP the peer
+	// may then have at most MaxConnMemory/512 KiB streams open (yamux's
+	// smallest window is 256 KiB, and half the bound is kept for them).
+	// Zero means 64 MiB; less than 1 MiB means 1 MiB.
+	MaxConnMemory int
 	// WrapConn, if set, wraps each dialled TCP connection (to measure it).
 	WrapConn func(net.Conn) net.Conn
 	// WrapPacketConn, if set, wraps each dialled QUIC connection's UDP socket.
@@ -284,6 +292,13 @@ func (c *Config) streamWindow() int {
 	return defaults.StreamWindow
 }
 
+func (c *Config) maxConnMemory() int {
+	if c.MaxConnMemory > 0 {
+		return max(c.MaxConnMemory, 1<<20)
+	}
+	return 64 << 20
+}
+
 func (c *Config) logger() *slog.Logger {
 	if c.Logger != nil {
 		return c.Logger
@@ -315,6 +330,7 @@ func (c *Config) WithDefaults() *Config {
 	d.MaxStreams = c.maxStreams()
 	d.MaxHandshakes = c.maxHandshakes()
 	d.StreamWindow = c.streamWindow()
+	d.MaxConnMemory = c.maxConnMemory()
 	d.FallbackTimeout = c.fallbackTimeout()
 	d.RetryPrimary = c.retryPrimary()
 	d.Logger = c.logger()

@@ -59,6 +59,8 @@ const (
 
 // c has its defaults applied.
 func quicConfig(c *transport.Config) *quic.Config {
+	connWindow := min(4*c.StreamWindow, c.MaxConnMemory)
+	streamWindow := min(c.StreamWindow, connWindow)
 	return &quic.Config{
 		// quic-go ends a handshake after twice this, or after this long
 		// without a packet from the peer: half bounds the whole handshake
@@ -68,12 +70,13 @@ func quicConfig(c *transport.Config) *quic.Config {
 		KeepAlivePeriod:            c.KeepAlive,
 		MaxIncomingStreams:         int64(c.MaxStreams),
 		MaxIncomingUniStreams:      -1,
-		InitialStreamReceiveWindow: 512 << 10,
-		MaxStreamReceiveWindow:     uint64(c.StreamWindow),
+		InitialStreamReceiveWindow: uint64(min(512<<10, streamWindow)),
+		MaxStreamReceiveWindow:     uint64(streamWindow),
 		// The connection window is shared by all streams: large enough that
-		// a few busy streams do not starve each other.
-		InitialConnectionReceiveWindow: 1 << 20,
-		MaxConnectionReceiveWindow:     uint64(4 * c.StreamWindow),
+		// a few busy streams do not starve each other, and no larger than
+		// the memory a connection may hold.
+		InitialConnectionReceiveWindow: uint64(min(1<<20, connWindow)),
+		MaxConnectionReceiveWindow:     uint64(connWindow),
 	}
 }
 

@@ -40,8 +40,8 @@ func (Transport) Listen(addr string, c *transport.Config) (transport.Listener, e
 	return Listen(ln, c), nil
 }
 
-// c has its defaults applied.
-func yamuxConfig(c *transport.Config) *yamux.Config {
+// c has its defaults applied; mem is the session's memory bound.
+func yamuxConfig(c *transport.Config, mem *connMemory) *yamux.Config {
 	y := yamux.DefaultConfig()
 	y.AcceptBacklog = 256
 	y.EnableKeepAlive = true
@@ -49,7 +49,7 @@ func yamuxConfig(c *transport.Config) *yamux.Config {
 	// A keep-alive ping waits this long for its answer, so a silent peer is
 	// declared dead about IdleTimeout after it went quiet.
 	y.ConnectionWriteTimeout = max(c.IdleTimeout-c.KeepAlive, c.KeepAlive)
-	y.MaxIncomingStreams = uint32(c.MaxStreams)
+	y.MaxIncomingStreams = uint32(mem.peerStreams)
 	y.MaxStreamWindowSize = uint32(c.StreamWindow)
 	// Frames are written as soon as they are ready: waiting to coalesce
 	// would add latency to every small request.
@@ -109,16 +109,17 @@ func handshakeTCP(ctx context.Context, rc *recordConn, c *transport.Config, clie
 		return nil, transport.NewHandshakeError(Name, transport.StageAuthenticate, fmt.Errorf("authenticate peer: %w", withAlert(tc, err)))
 	}
 	_ = tc.SetDeadline(time.Time{}) // yamux keep-alives take over liveness
+	mem := newConnMemory(c.MaxConnMemory, c.MaxStreams)
 	var ys *yamux.Session
 	if client {
-		ys, err = yamux.Client(&batchedTLS{tc, rc}, yamuxConfig(c), nil)
+		ys, err = yamux.Client(&batchedTLS{tc, rc}, yamuxConfig(c, mem), mem.span)
 	} else {
-		ys, err = yamux.Server(&batchedTLS{tc, rc}, yamuxConfig(c), nil)
+		ys, err = yamux.Server(&batchedTLS{tc, rc}, yamuxConfig(c, mem), mem.span)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
 	}
-	s := &tcpSession{ys: ys, info: transport.Info{
+	s := &tcpSession{ys: ys, mem: mem, info: transport.Info{
 		Transport: Name,
 		TLS:       cs,
 		Peer:      peer,
@@ -131,6 +132,7 @@ func handshakeTCP(ctx context.Context, rc *recordConn, c *transport.Config, clie
 
 type tcpSession struct {
 	ys   *yamux.Session
+	mem  *connMemory
 	info transport.Info
 
 	mu      sync.Mutex
@@ -140,6 +142,9 @@ type tcpSession struct {
 // OpenStream does not block at the peer's MaxStreams: yamux has no stream
 // credit, so the peer resets streams past its limit instead.
 func (s *tcpSession) OpenStream(ctx context.Context) (transport.Stream, error) {
+	if !s.mem.reserveOpen() {
+		return nil, fmt.Errorf("open yamux stream: %w", errConnMemory)
+	}
 	st, err := s.ys.OpenStream(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("open yamux stream: %w", err)
