@@ -139,7 +139,9 @@ func TestRateCapAndQueueBound(t *testing.T) {
 	if s.DroppedQueue == 0 || int(s.DroppedQueue)+got != total {
 		t.Fatalf("%d delivered, %d tail-dropped of %d", got, s.DroppedQueue, total)
 	}
-	if got < queue/size || got > queue/size+drained+5 {
+	// The emulator may also read the burst later than it was written, and
+	// drain meanwhile: a slack of a twentieth of the burst allows for it.
+	if got < queue/size || got > queue/size+drained+total/20 {
 		t.Fatalf("%d delivered, want about %d (the queue, plus %d drained while the burst was sent)", got, queue/size, drained)
 	}
 	// They left one every size*8/rate = 1 ms.
