@@ -91,7 +91,7 @@ type Config struct {
 	KeyLog string
 }
 
-func orDefault(d, def time.Duration) time.Duration {
+func orDefault[T int | time.Duration](d, def T) T {
 	if d > 0 {
 		return d
 	}

@@ -402,3 +402,55 @@ func TestEngineRefusesUnknownKind(t *testing.T) {
 		st.Reset()
 	}
 }
+
+// Over tcp, a client that would take a tunnel connection past its memory
+// bound is refused with a line naming PQT_MAX_CONN_MEMORY, and the clients
+// already carried keep working.
+func TestEngineRefusesClientPastConnMemory(t *testing.T) {
+	echo := startEcho(t)
+	listenStore, dialStore := pinnedStores(t)
+	listen := runEngine(t, Config{
+		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tlsmux.Transport{},
+		Target: []Route{{"echo", echo}}, TLS: listenStore,
+	})
+	var logs logtest.Recorder
+	// 1 MiB leaves room for two streams of this side's own.
+	dial := runEngine(t, Config{
+		Mode: ModeDial, Tunnel: []string{listen.TunnelAddr().String()}, Transport: tlsmux.Transport{}, Connections: 1,
+		Forward: []Route{{"echo", "127.0.0.1:0"}}, TLS: dialStore, Logger: slog.New(&logs),
+		Mux: transport.Config{MaxConnMemory: 1 << 20},
+	})
+	waitTunnels(t, dial)
+	fwd := dial.ForwardAddrs()[0].String()
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			_ = c.Close()
+		}
+	}()
+	deadline := time.Now().Add(15 * time.Second)
+	for !logs.Contains("client refused", "PQT_MAX_CONN_MEMORY reached") {
+		if time.Now().After(deadline) || len(held) > 16 {
+			t.Fatalf("%d clients held and none refused for the memory bound; logs: %q", len(held), logs.All())
+		}
+		c, err := net.Dial("tcp", fwd)
+		if err != nil {
+			continue // refused so fast that the dial saw the reset
+		}
+		held = append(held, c)
+		// A round trip proves the stream is open before the next client.
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("x")); err == nil {
+			_, _ = io.ReadFull(c, make([]byte, 1))
+		}
+	}
+	if len(held) < 2 {
+		t.Errorf("refused at client %d: the bound leaves room for two", len(held))
+	}
+	if _, err := held[0].Write([]byte("y")); err != nil {
+		t.Fatalf("the first client after the refusal: %v", err)
+	}
+	if _, err := io.ReadFull(held[0], make([]byte, 1)); err != nil {
+		t.Fatalf("the first client after the refusal: %v", err)
+	}
+}

@@ -93,6 +93,12 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	ctx, cancel := context.WithTimeout(context.Background(), e.dialTimeout()+orDefault(e.cfg.Mux.HandshakeTimeout, defaults.HandshakeTimeout))
 	st, err := t.s.OpenStream(ctx)
 	cancel()
+	if errors.Is(err, transport.ErrConnMemory) {
+		e.warnRefusal(log, "client refused", "PQT_MAX_CONN_MEMORY reached", "limit", orDefault(e.cfg.Mux.MaxConnMemory, defaults.MaxConnMemory), "err", err)
+		m.streamsFailed.WithLabelValues(route, "busy").Inc()
+		client.abort()
+		return
+	}
 	if err != nil {
 		e.warnRefusal(log, "client refused", "open stream failed", "err", err)
 		m.streamsFailed.WithLabelValues(route, "open_failed").Inc()

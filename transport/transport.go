@@ -196,6 +196,10 @@ type Listener interface {
 // MaxHandshakes handshakes are already in progress.
 var ErrBusy = errors.New("transport: too many handshakes in progress")
 
+// ErrConnMemory is wrapped by OpenStream when the session's receive windows
+// already take Config.MaxConnMemory, so another stream would exceed it.
+var ErrConnMemory = errors.New("transport: tunnel connection memory bound reached")
+
 // ErrClosed is returned by Accept after Close.
 var ErrClosed = errors.New("transport: listener closed")
 
@@ -296,7 +300,7 @@ func (c *Config) maxConnMemory() int {
 	if c.MaxConnMemory > 0 {
 		return max(c.MaxConnMemory, 1<<20)
 	}
-	return 64 << 20
+	return defaults.MaxConnMemory
 }
 
 func (c *Config) logger() *slog.Logger {

@@ -258,6 +258,9 @@ func (c *Config) parseLimits(v *Vars) error {
 			return fmt.Errorf("%s: must be positive", p.name)
 		}
 	}
+	if v.MaxConnMemory < 1<<20 {
+		return fmt.Errorf("PQT_MAX_CONN_MEMORY: %s is less than the 1MiB a tunnel connection needs", v.MaxConnMemory)
+	}
 	if v.KeepAlive >= v.IdleTimeout {
 		return fmt.Errorf("PQT_KEEPALIVE: %s must be shorter than PQT_IDLE_TIMEOUT (%s)", v.KeepAlive, v.IdleTimeout)
 	}
@@ -275,6 +278,7 @@ func (c *Config) parseLimits(v *Vars) error {
 		IdleTimeout:      v.IdleTimeout,
 		MaxStreams:       v.MaxStreams,
 		MaxHandshakes:    v.MaxHandshakes,
+		MaxConnMemory:    int(v.MaxConnMemory),
 	}
 	return nil
 }

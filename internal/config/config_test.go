@@ -147,6 +147,8 @@ func TestParseConfigErrorsNameTheVariable(t *testing.T) {
 		{name: "connections not a number", set: map[string]string{"PQT_CONNECTIONS": "two"}, want: "PQT_CONNECTIONS"},
 		{name: "connections zero", set: map[string]string{"PQT_CONNECTIONS": "0"}, want: "PQT_CONNECTIONS"},
 		{name: "max streams negative", set: map[string]string{"PQT_MAX_STREAMS": "-1"}, want: "PQT_MAX_STREAMS"},
+		{name: "conn memory below 1MiB", set: map[string]string{"PQT_MAX_CONN_MEMORY": "512KiB"}, want: "PQT_MAX_CONN_MEMORY", also: []string{"1MiB"}},
+		{name: "conn memory without a unit we know", set: map[string]string{"PQT_MAX_CONN_MEMORY": "64MB"}, want: "PQT_MAX_CONN_MEMORY", also: []string{"KiB, MiB or GiB"}},
 		{name: "keepalive not below idle", set: map[string]string{"PQT_KEEPALIVE": "10s", "PQT_IDLE_TIMEOUT": "10s"}, want: "PQT_KEEPALIVE", also: []string{"PQT_IDLE_TIMEOUT"}},
 		{name: "metrics bad", set: map[string]string{"PQT_METRICS": "localhost:metrics"}, want: "PQT_METRICS"},
 		{name: "proxy protocol bad", set: map[string]string{"PQT_PROXY_PROTOCOL": "v3"}, want: "PQT_PROXY_PROTOCOL"},
@@ -296,6 +298,28 @@ func TestCNSA2Profile(t *testing.T) {
 		if hybridtls.GroupNames(p.Groups) != "MLKEM1024" || !p.RequirePQAuth || !p.RequireMLDSA87 || c.KeyLog != "" {
 			t.Errorf("PQT_GROUPS=%q: cnsa2 policy = groups %s, RequirePQAuth %v, RequireMLDSA87 %v, key log %q",
 				groups, hybridtls.GroupNames(p.Groups), p.RequirePQAuth, p.RequireMLDSA87, c.KeyLog)
+		}
+	}
+}
+
+// PQT_MAX_CONN_MEMORY reaches the transport as bytes, and its default is
+// the library's.
+func TestMaxConnMemoryReachesTheTransport(t *testing.T) {
+	te := newTestEnv(t)
+	for _, tc := range []struct {
+		set  string
+		want int
+	}{{"", 64 << 20}, {"8MiB", 8 << 20}, {"1GiB", 1 << 30}} {
+		environ := maps.Clone(te.base)
+		if tc.set != "" {
+			environ["PQT_MAX_CONN_MEMORY"] = tc.set
+		}
+		c, err := Parse(environ)
+		if err != nil {
+			t.Fatalf("PQT_MAX_CONN_MEMORY=%q: %v", tc.set, err)
+		}
+		if got := c.Engine.Mux.MaxConnMemory; got != tc.want {
+			t.Errorf("PQT_MAX_CONN_MEMORY=%q: transport gets %d, want %d", tc.set, got, tc.want)
 		}
 	}
 }

@@ -29,6 +29,7 @@ var table = map[string]any{
 	"MaxTotalStreams":  defaults.MaxTotalStreams,
 	"MaxHandshakes":    defaults.MaxHandshakes,
 	"MaxConnections":   defaults.MaxConnections,
+	"MaxConnMemory":    ByteSize(defaults.MaxConnMemory),
 	"DrainTimeout":     defaults.DrainTimeout,
 	"LogLevel":         defaults.LogLevel,
 	"LogFormat":        defaults.LogFormat,
@@ -79,6 +80,12 @@ func TestDefaultGroupsAreHybridtlsDefault(t *testing.T) {
 func defaultValue(t *testing.T, v any, tag string) any {
 	t.Helper()
 	switch v.(type) {
+	case ByteSize:
+		var b ByteSize
+		if err := b.UnmarshalText([]byte(tag)); err != nil {
+			t.Fatalf("envDefault %q: %v", tag, err)
+		}
+		return b
 	case time.Duration:
 		d, err := time.ParseDuration(tag)
 		if err != nil {

@@ -58,6 +58,10 @@ const (
 	MaxConnections = 256
 	// StreamWindow is the per-stream receive window in bytes.
 	StreamWindow = 4 << 20
+	// MaxConnMemory bounds, in bytes, the receive windows one tunnel
+	// connection grants its peer, so one peer pushing into a slow origin
+	// cannot make this side buffer more.
+	MaxConnMemory = 64 << 20
 )
 
 // Logging.

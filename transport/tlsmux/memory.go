@@ -1,10 +1,11 @@
 package tlsmux
 
 import (
-	"errors"
 	"sync"
 
 	"github.com/libp2p/go-yamux/v5"
+
+	"github.com/pqtunnel/pqtunnel/transport"
 )
 
 // yamuxWindow is the receive window yamux grants every new stream (its
@@ -17,7 +18,7 @@ const priorityNewStream = 255
 
 // errConnMemory is returned by OpenStream when the session's receive
 // windows already take its memory bound.
-var errConnMemory = errors.New("tunnel connection memory bound reached")
+var errConnMemory = transport.ErrConnMemory
 
 // connMemory bounds the receive windows of one yamux session. yamux cannot
 // be told to refuse a stream the peer opens (a failed reservation there
