@@ -145,6 +145,9 @@ type Engine struct {
 	streams *inflight      // client and inbound stream handlers
 	loops   sync.WaitGroup // accept loops, session servers, dialers
 	nextID  atomic.Uint64
+
+	// routeStats are the clients and origin dials per route, for the status.
+	routeStats routeStats
 }
 
 // New checks cfg and binds every listening socket, so that an address in
