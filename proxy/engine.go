@@ -283,6 +283,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	loopCtx, stopLoops := context.WithCancel(context.Background())
 	e.loops.Add(1)
 	go e.routineReleaseMemory(loopCtx, time.Second)
+	e.loops.Add(1)
+	go e.routineSampleTraffic(loopCtx)
 	if e.cfg.Mode == ModeDial {
 		n := max(e.cfg.Connections, 1)
 		for i := range n {

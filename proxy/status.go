@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,12 +14,14 @@ import (
 // Status is a running engine at one moment: what /status.json serves and
 // 'pqtunnel status' prints.
 type Status struct {
-	Mode    Mode           `json:"mode"`
-	State   string         `json:"state"` // serving or draining
-	Time    time.Time      `json:"time"`
-	Tunnels []TunnelDetail `json:"tunnels"`
-	Routes  []RouteStatus  `json:"routes"`
-	Limits  Limits         `json:"limits"`
+	Mode  Mode      `json:"mode"`
+	State string    `json:"state"` // serving or draining
+	Time  time.Time `json:"time"`
+	// HistoryInterval is the length in seconds of a TunnelDetail.History interval.
+	HistoryInterval float64        `json:"traffic_interval_seconds"`
+	Tunnels         []TunnelDetail `json:"tunnels"`
+	Routes          []RouteStatus  `json:"routes"`
+	Limits          Limits         `json:"limits"`
 }
 
 // TunnelDetail is one live tunnel connection. Bytes are stream payload as
@@ -42,6 +45,9 @@ type TunnelDetail struct {
 	Streams       int64    `json:"streams"`
 	BytesSent     int64    `json:"bytes_sent"`
 	BytesReceived int64    `json:"bytes_received"`
+	// History is the bytes carried both ways in each of the last (up to
+	// 60) intervals of Status.HistoryInterval seconds, oldest first.
+	History []int64 `json:"traffic_history"`
 }
 
 // RouteStatus is one configured route and the clients it carries now.
@@ -83,10 +89,62 @@ const (
 	KindTarget  = "target"
 )
 
-// traffic counts a tunnel's stream payload; atomics, since every copy
-// goroutine of the tunnel adds to them.
+// The server keeps each tunnel's traffic of the last two minutes, so that a
+// status page or command shows it at once: bytes both ways per interval.
+const (
+	historyInterval = 2 * time.Second
+	historyLen      = 60
+)
+
+// traffic counts a tunnel's stream payload, in atomics since every copy
+// goroutine of the tunnel adds to them, and keeps its recent history.
 type traffic struct {
 	sent, received atomic.Int64
+
+	mu      sync.Mutex
+	ring    [historyLen]int64 // bytes both ways per interval; next is the oldest once full
+	n, next int
+	last    int64 // sent+received at the previous sample
+}
+
+// sample closes one history interval.
+func (tr *traffic) sample() {
+	total := tr.sent.Load() + tr.received.Load()
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.ring[tr.next] = total - tr.last
+	tr.last = total
+	tr.next = (tr.next + 1) % historyLen
+	tr.n = min(tr.n+1, historyLen)
+}
+
+// history returns the sampled intervals, oldest first.
+func (tr *traffic) history() []int64 {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	out := make([]int64, 0, tr.n)
+	for i := range tr.n {
+		out = append(out, tr.ring[(tr.next-tr.n+i+historyLen)%historyLen])
+	}
+	return out
+}
+
+// routineSampleTraffic closes a history interval of every tunnel each
+// historyInterval until ctx ends.
+func (e *Engine) routineSampleTraffic(ctx context.Context) {
+	defer e.loops.Done()
+	tick := time.NewTicker(historyInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			for _, t := range e.tunnels.snapshot() {
+				t.traffic.sample()
+			}
+		}
+	}
 }
 
 // countedStream counts what crosses a tunnel stream into the tunnel's traffic.
@@ -178,7 +236,7 @@ func (rs *routeStats) status(kind string, r Route) RouteStatus {
 // Status describes the engine now: its tunnels, routes and limits.
 func (e *Engine) Status() Status {
 	now := time.Now()
-	st := Status{Mode: e.cfg.Mode, State: "serving", Time: now, Tunnels: []TunnelDetail{}, Routes: []RouteStatus{}}
+	st := Status{Mode: e.cfg.Mode, State: "serving", Time: now, HistoryInterval: historyInterval.Seconds(), Tunnels: []TunnelDetail{}, Routes: []RouteStatus{}}
 	if e.draining.Load() {
 		st.State = "draining"
 	}
@@ -189,6 +247,7 @@ func (e *Engine) Status() Status {
 			Group: hybridtls.GroupName(info.TLS.CurveID), PQ: hybridtls.IsPostQuantum(info.TLS.CurveID),
 			Sig: info.Peer.Sig, Since: t.since, Uptime: now.Sub(t.since).Seconds(),
 			Streams: t.active.Load(), BytesSent: t.traffic.sent.Load(), BytesReceived: t.traffic.received.Load(),
+			History: t.traffic.history(),
 		}
 		if info.Remote != nil {
 			d.Remote = info.Remote.String()

@@ -174,3 +174,26 @@ func TestStatusHandlers(t *testing.T) {
 		}
 	}
 }
+
+func TestTrafficHistory(t *testing.T) {
+	var tr traffic
+	if h := tr.history(); len(h) != 0 {
+		t.Fatalf("history before a sample = %v", h)
+	}
+	// Each interval carries its number of bytes, split both ways.
+	for i := 1; i <= historyLen+5; i++ {
+		tr.sent.Add(int64(i))
+		tr.received.Add(int64(i))
+		tr.sample()
+		h := tr.history()
+		if len(h) != min(i, historyLen) || h[len(h)-1] != int64(2*i) {
+			t.Fatalf("after %d samples: %d intervals ending %d; want %d ending %d", i, len(h), h[len(h)-1], min(i, historyLen), 2*i)
+		}
+	}
+	h := tr.history()
+	for i := 1; i < len(h); i++ {
+		if h[i] != h[i-1]+2 {
+			t.Fatalf("history not oldest first: %v", h)
+		}
+	}
+}

@@ -7,8 +7,8 @@ import (
 )
 
 // statusPage is the /status page: it fetches /status.json every few seconds
-// and draws it, keeping a short traffic history per tunnel itself, so that
-// the server keeps none. It loads nothing from elsewhere and works offline.
+// and draws it, with a sparkline of each tunnel's traffic history. It loads
+// nothing from elsewhere and works offline.
 //
 //go:embed statuspage/status.html
 var statusPage []byte

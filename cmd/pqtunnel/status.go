@@ -113,7 +113,8 @@ func printStatus(w io.Writer, st proxy.Status) error {
 	if len(st.Tunnels) == 0 {
 		fmt.Fprintln(tw, "  none up")
 	} else {
-		fmt.Fprintln(tw, "  ID\tPEER\tTRANSPORT\tGROUP\tSIGNATURE\tREMOTE\tRTT\tUP\tSTREAMS\tSENT\tRECEIVED")
+		fmt.Fprintf(tw, "  ID\tPEER\tTRANSPORT\tGROUP\tSIGNATURE\tREMOTE\tRTT\tUP\tSTREAMS\tSENT\tRECEIVED\tLAST %s\n",
+			roundDuration(time.Duration(float64(sparkWidth)*st.HistoryInterval*float64(time.Second))))
 	}
 	for _, t := range st.Tunnels {
 		peer := t.Peer
@@ -128,8 +129,9 @@ func printStatus(w io.Writer, st proxy.Status) error {
 		if t.RTT != nil {
 			rtt = roundDuration(time.Duration(*t.RTT * float64(time.Second)))
 		}
-		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", t.ID, peer, t.Transport, group, t.Sig, t.Remote,
-			rtt, roundDuration(time.Duration(t.Uptime*float64(time.Second))), t.Streams, byteCount(t.BytesSent), byteCount(t.BytesReceived))
+		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", t.ID, peer, t.Transport, group, t.Sig, t.Remote,
+			rtt, roundDuration(time.Duration(t.Uptime*float64(time.Second))), t.Streams, byteCount(t.BytesSent), byteCount(t.BytesReceived),
+			sparkline(t.History))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -174,6 +176,31 @@ func printStatus(w io.Writer, st proxy.Status) error {
 	fmt.Fprintf(tw, "  keep-alive, idle timeout\t%s, %s\t%s, %s\n", l.KeepAlive, l.IdleTimeout, config.Name("KeepAlive"), config.Name("IdleTimeout"))
 	fmt.Fprintf(tw, "  drain timeout\t%s\t%s\n", l.DrainTimeout, config.Name("DrainTimeout"))
 	return tw.Flush()
+}
+
+// sparkWidth is how many of the newest history intervals the text sparkline shows.
+const sparkWidth = 20
+
+// sparkline draws the newest sparkWidth intervals of history as block
+// characters scaled to their peak, padded on the left while history is short.
+func sparkline(history []int64) string {
+	history = history[max(len(history)-sparkWidth, 0):]
+	var peak int64
+	for _, v := range history {
+		peak = max(peak, v)
+	}
+	const blocks = "▁▂▃▄▅▆▇█"
+	levels := []rune(blocks)
+	var b strings.Builder
+	b.WriteString(strings.Repeat(" ", sparkWidth-len(history)))
+	for _, v := range history {
+		i := 0
+		if peak > 0 && v > 0 {
+			i = 1 + int(v*int64(len(levels)-2)/peak)
+		}
+		b.WriteRune(levels[i])
+	}
+	return b.String()
 }
 
 func plural(n int, what string) string {

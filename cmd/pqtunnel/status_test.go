@@ -18,11 +18,11 @@ func sampleStatus() proxy.Status {
 	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	rtt := 0.00042
 	return proxy.Status{
-		Mode: proxy.ModeListen, State: "serving", Time: now,
+		Mode: proxy.ModeListen, State: "serving", Time: now, HistoryInterval: 2,
 		Tunnels: []proxy.TunnelDetail{
 			{ID: 3, Peer: "pqt1_abc", PQAuth: true, Transport: "quic", Group: "X25519MLKEM768", PQ: true, Sig: "ML-DSA-65",
 				Remote: "127.0.0.1:50000", Since: now.Add(-90 * time.Second), Uptime: 90, RTT: &rtt, Streams: 2,
-				BytesSent: 3 << 20, BytesReceived: 1536},
+				BytesSent: 3 << 20, BytesReceived: 1536, History: []int64{0, 100, 800, 400}},
 			{ID: 4, Peer: "web.example", Transport: "tcp", Group: "X25519", Sig: "ECDSA-P256", Remote: "[::1]:1", Uptime: 5},
 		},
 		Routes: []proxy.RouteStatus{
@@ -53,6 +53,7 @@ func TestPrintStatus(t *testing.T) {
 		"web.example (classical auth)", "X25519 (NOT post-quantum)",
 		"ok in 310µs, 12s ago", "FAILED 3s ago: connection refused", "none yet",
 		"2 of at most 256", "2 (no bound)", "PQT_MAX_TOTAL_STREAMS", "2s, 8s",
+		"LAST 40s", "                ▁▂█▅",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q", want)
@@ -155,4 +156,22 @@ func closedPort(t *testing.T) string {
 	addr := ln.Addr().String()
 	_ = ln.Close()
 	return addr
+}
+
+func TestSparkline(t *testing.T) {
+	long := make([]int64, 60)
+	long[59] = 10
+	for _, tt := range []struct {
+		in   []int64
+		want string
+	}{
+		{nil, strings.Repeat(" ", sparkWidth)},
+		{[]int64{0, 0}, strings.Repeat(" ", sparkWidth-2) + "▁▁"},
+		{[]int64{1, 3, 6}, strings.Repeat(" ", sparkWidth-3) + "▃▅█"},
+		{long, strings.Repeat("▁", sparkWidth-1) + "█"},
+	} {
+		if got := sparkline(tt.in); got != tt.want {
+			t.Errorf("sparkline(%v) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
 }
