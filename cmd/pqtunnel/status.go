@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -100,7 +101,22 @@ func fetchStatus(ctx context.Context, url string) ([]byte, error) {
 
 // printStatus writes st as aligned text: a summary line, then tunnels,
 // routes and limits.
-func printStatus(w io.Writer, st proxy.Status) error {
+func printStatus(out io.Writer, st proxy.Status) error {
+	var buf bytes.Buffer
+	if err := formatStatus(&buf, st); err != nil {
+		return err
+	}
+	// tabwriter pads a row's empty last cells; drop the trailing blanks.
+	var trimmed bytes.Buffer
+	for line := range strings.Lines(buf.String()) {
+		trimmed.WriteString(strings.TrimRight(line, " \n"))
+		trimmed.WriteByte('\n')
+	}
+	_, err := out.Write(trimmed.Bytes())
+	return err
+}
+
+func formatStatus(w io.Writer, st proxy.Status) error {
 	var streams int64
 	for _, t := range st.Tunnels {
 		streams += t.Streams

@@ -45,6 +45,11 @@ func TestPrintStatus(t *testing.T) {
 	out := b.String()
 	t.Log("\n" + out)
 	lines := strings.Split(out, "\n")
+	for _, l := range lines {
+		if strings.HasSuffix(l, " ") {
+			t.Errorf("trailing blanks in %q", l)
+		}
+	}
 	if lines[0] != "pqtunnel listen side, serving: 2 tunnel connections up, 2 streams open" {
 		t.Errorf("summary = %q", lines[0])
 	}
