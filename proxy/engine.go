@@ -145,6 +145,9 @@ type Engine struct {
 	streams *inflight      // client and inbound stream handlers
 	loops   sync.WaitGroup // accept loops, session servers, dialers
 	nextID  atomic.Uint64
+
+	// routeStats are the clients and origin dials per route, for the status.
+	routeStats routeStats
 }
 
 // New checks cfg and binds every listening socket, so that an address in
@@ -280,6 +283,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	loopCtx, stopLoops := context.WithCancel(context.Background())
 	e.loops.Add(1)
 	go e.routineReleaseMemory(loopCtx, time.Second)
+	e.loops.Add(1)
+	go e.routineSampleTraffic(loopCtx)
 	if e.cfg.Mode == ModeDial {
 		n := max(e.cfg.Connections, 1)
 		for i := range n {

@@ -156,7 +156,7 @@ func (e *Engine) Readiness() Readiness {
 	return st
 }
 
-// Handler serves /metrics, /healthz and /readyz.
+// Handler serves /metrics, /healthz, /readyz, /status and /status.json.
 func (e *Engine) Handler() http.Handler {
 	h := http.NewServeMux()
 	h.Handle("GET /metrics", promhttp.HandlerFor(e.metrics.reg, promhttp.HandlerOpts{}))
@@ -174,5 +174,6 @@ func (e *Engine) Handler() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(st) // the client went away
 	})
+	e.statusRoutes(h)
 	return h
 }

@@ -73,6 +73,7 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	defer undo.run()
 	active.Inc()
 	undo.add(active.Dec)
+	undo.add(e.routeStats.opened(KindForward, route))
 	if !e.acquireSlot() {
 		e.warnRefusal(log, "client refused", "PQT_MAX_TOTAL_STREAMS reached", "limit", e.cfg.MaxTotalStreams)
 		m.streamsFailed.WithLabelValues(route, "busy").Inc()
@@ -124,7 +125,7 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	}
 	early := int64(len(hdr) - preamble)
 	// The client's bytes flow at once; the peer's answer gates the other direction.
-	opened := &openedStream{Stream: st, timeout: e.dialTimeout() + 5*time.Second}
+	opened := &openedStream{Stream: t.counted(st, early), timeout: e.dialTimeout() + 5*time.Second}
 	e.carry(&undo, func() { e.pipeClient(client, opened, early, route, log, start) })
 }
 
@@ -243,6 +244,7 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 	active := m.streamsActive.WithLabelValues(route, "in")
 	active.Inc()
 	undo.add(active.Dec)
+	undo.add(e.routeStats.opened(KindTarget, route))
 	refuse := func(s wire.Status, msg string, err error) {
 		m.streamsFailed.WithLabelValues(route, s.Label()).Inc()
 		e.warnRefusal(log, "stream refused", s.String(), "err", errOr(err, msg))
@@ -270,6 +272,7 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 	dialStart := time.Now()
 	oc, err := d.Dial("tcp", target)
 	m.originDial.WithLabelValues(route).Observe(time.Since(dialStart).Seconds())
+	e.routeStats.dialed(route, dialStart, err)
 	if err != nil {
 		status := wire.StatusOriginError
 		switch {
@@ -295,7 +298,7 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 		return
 	}
 	origin := tcpEnd{oc.(*net.TCPConn)}
-	e.carry(&undo, func() { e.pipeInbound(st, origin, route, target, log, start) })
+	e.carry(&undo, func() { e.pipeInbound(t.counted(st, 0), origin, route, target, log, start) })
 }
 
 func (e *Engine) pipeInbound(st transport.Stream, origin tcpEnd, route, target string, log *slog.Logger, start time.Time) {

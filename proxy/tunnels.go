@@ -19,6 +19,9 @@ type tunnel struct {
 	id     uint64
 	since  time.Time
 	active atomic.Int64
+
+	// traffic is the stream payload each way, for the status.
+	traffic traffic
 }
 
 func (t *tunnel) label() string { return strconv.FormatUint(t.id, 10) }

@@ -72,6 +72,8 @@ func run(args []string, environ map[string]string, stdout, stderr io.Writer) int
 		err = check(args, environ, stdout, stderr)
 	case "ca":
 		err = caCommand(args, stdout, stderr)
+	case "status":
+		err = status(args, environ, stdout, stderr)
 	default:
 		err = &usageError{fmt.Errorf("unknown command %q (try 'pqtunnel help')", cmd)}
 	}
@@ -116,13 +118,14 @@ Usage:
   pqtunnel ca sign --ca DIR [-o FILE] CSR
                            sign a request for an ML-DSA key made elsewhere
   pqtunnel check           probe the %s peers over each transport and group, and say what would connect
+  pqtunnel status [--json] show the running side's tunnels, routes and limits (asked at its %s server)
   pqtunnel demo            run an origin, a listen side and a dial side locally and push traffic
   pqtunnel version         print the version
   pqtunnel help            this text
 Each subcommand takes --help.
 
 Environment:
-`, config.Name("Tunnel"))
+`, config.Name("Tunnel"), config.Name("Metrics"))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, v := range config.Variables() {
 		def := v.Default

@@ -1,0 +1,296 @@
+package proxy
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/defaults"
+	"github.com/pqtunnel/pqtunnel/transport"
+)
+
+// Status is a running engine at one moment: what /status.json serves and
+// 'pqtunnel status' prints.
+type Status struct {
+	Mode  Mode      `json:"mode"`
+	State string    `json:"state"` // serving or draining
+	Time  time.Time `json:"time"`
+	// HistoryInterval is the length in seconds of a TunnelDetail.History interval.
+	HistoryInterval float64        `json:"traffic_interval_seconds"`
+	Tunnels         []TunnelDetail `json:"tunnels"`
+	Routes          []RouteStatus  `json:"routes"`
+	Limits          Limits         `json:"limits"`
+}
+
+// TunnelDetail is one live tunnel connection. Bytes are stream payload as
+// this side sees it, sent to the peer and received from it; on the side
+// that opens streams, received includes the peer's few bytes of response
+// to each stream.
+type TunnelDetail struct {
+	ID        uint64    `json:"id"`
+	Peer      string    `json:"peer"` // its name, or its pin for a pinned identity
+	PQAuth    bool      `json:"pq_auth"`
+	Transport string    `json:"transport"`
+	Group     string    `json:"group"`
+	PQ        bool      `json:"post_quantum"`
+	Sig       string    `json:"sig"`
+	Remote    string    `json:"remote"`
+	Since     time.Time `json:"since"`
+	Uptime    float64   `json:"uptime_seconds"`
+	// RTT is the transport's smoothed estimate in seconds; absent where the
+	// transport has none (TCP).
+	RTT           *float64 `json:"rtt_seconds,omitempty"`
+	Streams       int64    `json:"streams"`
+	BytesSent     int64    `json:"bytes_sent"`
+	BytesReceived int64    `json:"bytes_received"`
+	// History is the bytes carried both ways in each of the last (up to
+	// 60) intervals of Status.HistoryInterval seconds, oldest first.
+	History []int64 `json:"traffic_history"`
+}
+
+// RouteStatus is one configured route and the clients it carries now.
+type RouteStatus struct {
+	Kind    string `json:"kind"` // forward or target
+	Name    string `json:"name"`
+	Addr    string `json:"addr"`
+	Clients int64  `json:"clients"`
+	// LastDial is the last origin dial of a target; nil before the first.
+	LastDial *DialResult `json:"last_dial,omitempty"`
+}
+
+// DialResult is how one origin dial ended.
+type DialResult struct {
+	Time    time.Time `json:"time"`
+	OK      bool      `json:"ok"`
+	Error   string    `json:"error,omitempty"`
+	Seconds float64   `json:"seconds"`
+}
+
+// Limits are the bounds the engine runs with, defaults applied, and how much
+// of the process-wide ones is in use. A bound of -1 means none.
+type Limits struct {
+	Connections      int    `json:"connections,omitempty"` // dial side: tunnel connections kept
+	MaxConnections   int    `json:"max_connections"`
+	MaxStreams       int    `json:"max_streams"` // per tunnel connection
+	MaxTotalStreams  int    `json:"max_total_streams"`
+	TotalStreams     int    `json:"total_streams"` // streams in flight now, counted against MaxTotalStreams
+	HandshakeTimeout string `json:"handshake_timeout"`
+	DialTimeout      string `json:"dial_timeout"`
+	IdleTimeout      string `json:"idle_timeout"`
+	KeepAlive        string `json:"keepalive"`
+	DrainTimeout     string `json:"drain_timeout"`
+}
+
+// Route kinds in RouteStatus.
+const (
+	KindForward = "forward"
+	KindTarget  = "target"
+)
+
+// The server keeps each tunnel's traffic of the last two minutes, so that a
+// status page or command shows it at once: bytes both ways per interval.
+const (
+	historyInterval = 2 * time.Second
+	historyLen      = 60
+)
+
+// traffic counts a tunnel's stream payload, in atomics since every copy
+// goroutine of the tunnel adds to them, and keeps its recent history.
+type traffic struct {
+	sent, received atomic.Int64
+
+	mu      sync.Mutex
+	ring    [historyLen]int64 // bytes both ways per interval; next is the oldest once full
+	n, next int
+	last    int64 // sent+received at the previous sample
+}
+
+// sample closes one history interval.
+func (tr *traffic) sample() {
+	total := tr.sent.Load() + tr.received.Load()
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.ring[tr.next] = total - tr.last
+	tr.last = total
+	tr.next = (tr.next + 1) % historyLen
+	tr.n = min(tr.n+1, historyLen)
+}
+
+// history returns the sampled intervals, oldest first.
+func (tr *traffic) history() []int64 {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	out := make([]int64, 0, tr.n)
+	for i := range tr.n {
+		out = append(out, tr.ring[(tr.next-tr.n+i+historyLen)%historyLen])
+	}
+	return out
+}
+
+// routineSampleTraffic closes a history interval of every tunnel each
+// historyInterval until ctx ends.
+func (e *Engine) routineSampleTraffic(ctx context.Context) {
+	defer e.loops.Done()
+	tick := time.NewTicker(historyInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			for _, t := range e.tunnels.snapshot() {
+				t.traffic.sample()
+			}
+		}
+	}
+}
+
+// countedStream counts what crosses a tunnel stream into the tunnel's traffic.
+type countedStream struct {
+	transport.Stream
+	t *traffic
+}
+
+func (c countedStream) Read(p []byte) (int, error) {
+	n, err := c.Stream.Read(p)
+	c.t.received.Add(int64(n))
+	return n, err
+}
+
+func (c countedStream) Write(p []byte) (int, error) {
+	n, err := c.Stream.Write(p)
+	c.t.sent.Add(int64(n))
+	return n, err
+}
+
+// counted returns st counting into t's traffic; early is what was already
+// sent on it uncounted (the client bytes in the preamble's frame).
+func (t *tunnel) counted(st transport.Stream, early int64) transport.Stream {
+	t.traffic.sent.Add(early)
+	return countedStream{Stream: st, t: &t.traffic}
+}
+
+// routeStats holds what the status shows per route; the zero value is ready.
+type routeStats struct {
+	mu sync.Mutex
+	m  map[routeKey]*routeStat
+}
+
+type routeKey struct{ kind, name string }
+
+type routeStat struct {
+	clients atomic.Int64
+	mu      sync.Mutex
+	last    *DialResult
+}
+
+func (rs *routeStats) get(kind, name string) *routeStat {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.m == nil {
+		rs.m = map[routeKey]*routeStat{}
+	}
+	k := routeKey{kind, name}
+	s := rs.m[k]
+	if s == nil {
+		s = &routeStat{}
+		rs.m[k] = s
+	}
+	return s
+}
+
+// opened counts a client open on the route (as routeName shows it) and
+// returns the function that counts it closed.
+func (rs *routeStats) opened(kind, route string) func() {
+	s := rs.get(kind, route)
+	s.clients.Add(1)
+	return func() { s.clients.Add(-1) }
+}
+
+// dialed records how the target route's last origin dial, begun at start, ended.
+func (rs *routeStats) dialed(route string, start time.Time, err error) {
+	r := &DialResult{Time: start, OK: err == nil, Seconds: time.Since(start).Seconds()}
+	if err != nil {
+		r.Error = err.Error()
+	}
+	s := rs.get(KindTarget, route)
+	s.mu.Lock()
+	s.last = r
+	s.mu.Unlock()
+}
+
+func (rs *routeStats) status(kind string, r Route) RouteStatus {
+	s := rs.get(kind, routeName(r.Name))
+	out := RouteStatus{Kind: kind, Name: routeName(r.Name), Addr: r.Addr, Clients: s.clients.Load()}
+	s.mu.Lock()
+	if s.last != nil {
+		last := *s.last
+		out.LastDial = &last
+	}
+	s.mu.Unlock()
+	return out
+}
+
+// Status describes the engine now: its tunnels, routes and limits.
+func (e *Engine) Status() Status {
+	now := time.Now()
+	st := Status{Mode: e.cfg.Mode, State: "serving", Time: now, HistoryInterval: historyInterval.Seconds(), Tunnels: []TunnelDetail{}, Routes: []RouteStatus{}}
+	if e.draining.Load() {
+		st.State = "draining"
+	}
+	for _, t := range e.tunnels.snapshot() {
+		info := t.s.Info()
+		d := TunnelDetail{
+			ID: t.id, Peer: info.Peer.Name, PQAuth: info.Peer.PQAuth, Transport: info.Transport,
+			Group: hybridtls.GroupName(info.TLS.CurveID), PQ: hybridtls.IsPostQuantum(info.TLS.CurveID),
+			Sig: info.Peer.Sig, Since: t.since, Uptime: now.Sub(t.since).Seconds(),
+			Streams: t.active.Load(), BytesSent: t.traffic.sent.Load(), BytesReceived: t.traffic.received.Load(),
+			History: t.traffic.history(),
+		}
+		if info.Remote != nil {
+			d.Remote = info.Remote.String()
+		}
+		if ss, ok := transport.SessionStats(t.s); ok {
+			rtt := ss.RTT.Seconds()
+			d.RTT = &rtt
+		}
+		st.Tunnels = append(st.Tunnels, d)
+	}
+	for i, r := range e.cfg.Forward {
+		if i < len(e.forwardLns) {
+			r.Addr = e.forwardLns[i].Addr().String() // the port bound for port 0
+		}
+		st.Routes = append(st.Routes, e.routeStats.status(KindForward, r))
+	}
+	for _, r := range e.cfg.Target {
+		st.Routes = append(st.Routes, e.routeStats.status(KindTarget, r))
+	}
+	st.Limits = e.limits()
+	return st
+}
+
+func (e *Engine) limits() Limits {
+	c, mc := e.cfg, e.cfg.Mux
+	l := Limits{
+		MaxConnections:   c.MaxConnections,
+		MaxStreams:       mc.MaxStreams,
+		MaxTotalStreams:  c.MaxTotalStreams,
+		TotalStreams:     len(e.slots),
+		HandshakeTimeout: orDefault(mc.HandshakeTimeout, defaults.HandshakeTimeout).String(),
+		DialTimeout:      c.DialTimeout.String(),
+		IdleTimeout:      orDefault(mc.IdleTimeout, max(defaults.IdleTimeout, 4*orDefault(mc.KeepAlive, defaults.KeepAlive))).String(),
+		KeepAlive:        orDefault(mc.KeepAlive, defaults.KeepAlive).String(),
+		DrainTimeout:     c.DrainTimeout.String(),
+	}
+	if l.MaxStreams == 0 {
+		l.MaxStreams = defaults.MaxStreams
+	}
+	if c.Mode == ModeDial {
+		l.Connections = c.Connections
+	}
+	l.MaxConnections = max(l.MaxConnections, -1)
+	l.MaxTotalStreams = max(l.MaxTotalStreams, -1)
+	return l
+}
