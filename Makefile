@@ -47,8 +47,9 @@ cross:
 demo:
 	go run ./cmd/pqtunnel demo
 
+# The browser test of /status leaves its screenshot in test-artifacts/.
 unit:
-	go test -race -count=1 ./...
+	TEST_ARTIFACTS_DIR=$(CURDIR)/test-artifacts go test -race -count=1 ./...
 
 fuzz:
 	@set -e; for pkg in $(FUZZ_PKGS); do \

@@ -27,10 +27,10 @@ import (
 const chromiumPath = "/usr/bin/chromium"
 
 // artifactDir is where a test leaves files for people to look at:
-// $PQT_TEST_ARTIFACTS when set, else a directory removed after the test.
+// $TEST_ARTIFACTS_DIR when set, else a directory removed after the test.
 func artifactDir(t *testing.T) string {
 	t.Helper()
-	dir := os.Getenv("PQT_TEST_ARTIFACTS")
+	dir := os.Getenv("TEST_ARTIFACTS_DIR")
 	if dir == "" {
 		return t.TempDir()
 	}

@@ -51,7 +51,7 @@ type Vars struct {
 	MaxConnMemory    ByteSize      `env:"PQT_MAX_CONN_MEMORY" envDefault:"64MiB" help:"Memory one tunnel connection may hold for data its peer sent and the origin has not read (receive windows); a faster peer is slowed by flow control. Over tcp it also caps the peer's streams open at once on that connection at this/512KiB - 1 (127 at 64MiB). Units KiB, MiB, GiB; at least 1MiB."`
 	DrainTimeout     time.Duration `env:"PQT_DRAIN_TIMEOUT" envDefault:"30s" help:"On SIGTERM/SIGINT, how long open streams may finish before they are closed."`
 
-	Metrics       string `env:"PQT_METRICS" help:"Address of the HTTP server for /metrics, /healthz and /readyz; a bare port binds 127.0.0.1. Off when empty."`
+	Metrics       string `env:"PQT_METRICS" help:"Address of the HTTP server for /metrics, /healthz, /readyz and /status (pqtunnel status reads it); a bare port binds 127.0.0.1. Off when empty."`
 	ProxyProtocol string `env:"PQT_PROXY_PROTOCOL" help:"v1 or v2: send a PROXY protocol header with the original client address to each origin this side dials. Off when empty."`
 
 	KeyLog string `env:"PQT_KEYLOG" help:"File to append TLS secrets to in the NSS key log format (both transports), so Wireshark or tshark can decrypt a capture and show the signature algorithm. Debugging only: anyone with the file can decrypt the tunnel; each tunnel logs a WARN while it is on. Off when empty."`
