@@ -313,7 +313,7 @@ func TestMetricsTraffic(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		group := []string{"transport", transport, "group", "X25519MLKEM768"}
+		group := []string{"transport", transport, "group", "X25519MLKEM768", "sig", "ML-DSA-65"}
 		const total = clients * size
 		// Counters of a stream move when it ends, which the client may see
 		// a moment before the tunnel side has accounted for it.

@@ -34,11 +34,11 @@ func NewMetrics() *Metrics {
 	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		tunnelsUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "pqtunnel_tunnels_up", Help: "Tunnel connections up, by transport and negotiated key-exchange group.",
-		}, []string{"transport", "group"}),
+			Name: "pqtunnel_tunnels_up", Help: "Tunnel connections up, by transport, negotiated key-exchange group and the peer's signature scheme.",
+		}, []string{"transport", "group", "sig"}),
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "pqtunnel_handshakes_total", Help: "Tunnel handshakes completed (TLS and session proof), by transport and group.",
-		}, []string{"transport", "group"}),
+			Name: "pqtunnel_handshakes_total", Help: "Tunnel handshakes completed (TLS and session proof), by transport, group and the peer's signature scheme.",
+		}, []string{"transport", "group", "sig"}),
 		handshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pqtunnel_handshake_failures_total", Help: "Tunnel handshakes that failed or were refused, by reason (not_post_quantum, no_common_group, peer_not_allowed, proof_failed, timeout, busy, tls, dial).",
 		}, []string{"reason"}),
@@ -80,13 +80,13 @@ func (m *Metrics) HandshakeFailed(reason string) { m.handshakeFailures.WithLabel
 
 func (m *Metrics) tunnelUp(info transport.Info) {
 	g := hybridtls.GroupName(info.TLS.CurveID)
-	m.tunnelsUp.WithLabelValues(info.Transport, g).Inc()
-	m.handshakes.WithLabelValues(info.Transport, g).Inc()
+	m.tunnelsUp.WithLabelValues(info.Transport, g, info.Peer.Sig).Inc()
+	m.handshakes.WithLabelValues(info.Transport, g, info.Peer.Sig).Inc()
 	m.handshakeSeconds.WithLabelValues(info.Transport).Observe(info.Handshake.Seconds())
 }
 
 func (m *Metrics) tunnelDown(info transport.Info) {
-	m.tunnelsUp.WithLabelValues(info.Transport, hybridtls.GroupName(info.TLS.CurveID)).Dec()
+	m.tunnelsUp.WithLabelValues(info.Transport, hybridtls.GroupName(info.TLS.CurveID), info.Peer.Sig).Dec()
 }
 
 // quicCollector reports RTT and loss of live QUIC tunnel connections.
