@@ -1,6 +1,12 @@
 package integration
 
 import (
+	"crypto/mldsa"
+	crand "crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -81,4 +87,85 @@ func install(t *testing.T, src, dst string) {
 	if err := os.Rename(tmp, dst); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// An ML-DSA certificate from the trusted ML-DSA CA is refused once it has
+// expired, on each transport, and the listen side says why.
+func TestCAModeRefusesExpiredMLDSACertificate(t *testing.T) {
+	dir := t.TempDir()
+	caDir := filepath.Join(dir, "ca")
+	pqtunnelCA(t, "init", "-o", caDir)
+	server := issueWithCLI(t, caDir, dir, "server", "server.example")
+	expired := signMLDSALeaf(t, caDir, dir, "expired", "good.example", time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour))
+
+	transports(t, func(t *testing.T, transport string) {
+		ctx := testContext(t, 60*time.Second)
+		l := startListen(t, ctx, 0, transport, server.env(map[string]string{"PQT_TARGET": startEcho(t).addr(), "PQT_AUTH": "pq", "PQT_ALLOW": "dns:good.example"}))
+		startDial(t, ctx, l.tunnelAddr, transport, nil, expired.env(map[string]string{
+			"PQT_CONNECTIONS": "1", "PQT_SERVER_NAME": "server.example", "PQT_AUTH": "pq", "PQT_CA": server.ca,
+		}))
+		if err := awaitLogWith(within(t, ctx, 20*time.Second), l.proc, msgIs("tunnel handshake refused"), "err", "expired"); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(l.logs(msgIs("tunnel connected"))); n != 0 {
+			t.Errorf("an expired ML-DSA certificate made %d tunnels", n)
+		}
+	})
+}
+
+// signMLDSALeaf issues an ML-DSA-65 leaf for dns valid from notBefore to
+// notAfter with the CA that 'pqtunnel ca init' wrote to caDir, with the
+// standard library, so that validity can be set in the past.
+func signMLDSALeaf(t *testing.T, caDir, dir, name, dns string, notBefore, notAfter time.Time) caFiles {
+	t.Helper()
+	caCertPEM, err := os.ReadFile(filepath.Join(caDir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caKeyPEM, err := os.ReadFile(filepath.Join(caDir, "ca.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb, _ := pem.Decode(caCertPEM)
+	kb, _ := pem.Decode(caKeyPEM)
+	if cb == nil || kb == nil {
+		t.Fatal("the CA's files hold no PEM block")
+	}
+	caCert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caKey, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafKey, err := mldsa.GenerateKey(mldsa.MLDSA65())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: dns},
+		DNSNames:     []string{dns},
+		NotBefore:    notBefore,
+		NotAfter:     notAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(crand.Reader, tmpl, caCert, leafKey.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(leafKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := caFiles{cert: filepath.Join(dir, name+".crt"), key: filepath.Join(dir, name+".key"), ca: filepath.Join(caDir, "ca.crt")}
+	if err := os.WriteFile(f.cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f.key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
