@@ -135,9 +135,10 @@ func TestRoundTripTimeIsTheConfiguredDelay(t *testing.T) {
 		}
 		got, want := median(rtts), 2*oneWay
 		// The emulator's timers and the scheduler add a little (Go's timers
-		// wake up to a millisecond late, more on a loaded machine), never
-		// take away.
-		if got < want || got > want+want/20+median(base)+3*time.Millisecond {
+		// wake up to a millisecond late, several under the race detector
+		// on a machine busy with other tests), never take away. A delay
+		// applied once or twice too often is still far outside.
+		if got < want || got > want+want/10+median(base)+5*time.Millisecond {
 			t.Errorf("%s one way: median RTT %s, want %s (+ %s unimpaired)", oneWay, got, want, median(base))
 		}
 		t.Logf("%s one way: median RTT %s (unimpaired %s)", oneWay, got, median(base))
@@ -145,7 +146,7 @@ func TestRoundTripTimeIsTheConfiguredDelay(t *testing.T) {
 	// Each direction keeps its own delay.
 	b.Link.Set(netem.AtoB, netem.Config{Delay: 30 * time.Millisecond})
 	b.Link.Set(netem.BtoA, netem.Config{})
-	if got := median(pingRTTs(c, 10, time.Second)); got < 30*time.Millisecond || got > 35*time.Millisecond {
+	if got := median(pingRTTs(c, 10, time.Second)); got < 30*time.Millisecond || got > 38*time.Millisecond {
 		t.Errorf("30 ms a→b, 0 b→a: median RTT %s", got)
 	}
 }
