@@ -290,7 +290,7 @@ func TestRateCapHoldsForBulkTCP(t *testing.T) {
 	got := bulk(t, ctx, b, addr, &received, 500*time.Millisecond, 2*time.Second)
 	// Goodput is the rate less the IP and TCP headers (52 of 1500 bytes),
 	// and a loaded machine may not quite fill it; it never exceeds it.
-	if got < 0.8*rate || got > rate {
+	if got < 0.7*rate || got > rate {
 		t.Fatalf("bulk TCP moved %.1f Mbit/s through a %.0f Mbit/s cap", got/1e6, rate/1e6)
 	}
 	s := b.Link.Stats(netem.AtoB)
@@ -328,7 +328,7 @@ func TestQueueBoundTailDrops(t *testing.T) {
 		t.Fatalf("queue peaked at %d bytes (bound %d), %d tail drops", s.MaxQueueBytes, queue, s.DroppedQueue)
 	}
 	drain := time.Duration(float64(queue*8) / rate * float64(time.Second))
-	if len(rtts) == 1 && rtts[0] > 2*delay+drain+5*time.Millisecond {
+	if len(rtts) == 1 && rtts[0] > 2*delay+drain+15*time.Millisecond { // a busy machine's late timers
 		t.Fatalf("a ping behind a full queue took %s, want at most %s", rtts[0], 2*delay+drain)
 	}
 	t.Logf("a→b stats %+v, ping behind the burst %v", s, rtts)
