@@ -265,9 +265,59 @@ func (e *Engine) handshakeFailed(remote net.Addr, err error) {
 	e.log.Warn("tunnel handshake failed", "remote", remote.String(), "reason", reason, "err", err)
 }
 
+// warnOpenRoutes says, once per route, when a side that accepts more than
+// one peer has a route without an allow list: every one of those peers may
+// use it.
+func (e *Engine) warnOpenRoutes() {
+	if !e.cfg.TLS.Material().AcceptsSeveral() {
+		return
+	}
+	for _, rs := range []struct {
+		setting string
+		routes  []Route
+	}{{"Forward", e.cfg.Forward}, {"Target", e.cfg.Target}} {
+		for _, r := range rs.routes {
+			if len(r.Allow) == 0 {
+				e.log.Warn("route open to every accepted peer: name the peers allowed on it with @peer+peer", "route", routeName(r.Name), "setting", rs.setting)
+			}
+		}
+	}
+}
+
+// Reauthorize checks every live tunnel's peer against the TLS material in
+// force (call it after Store.Swap) and closes, with its streams, each tunnel
+// whose peer is no longer accepted or now has another name, which may
+// change the routes it is allowed. It returns how many it closed.
+func (e *Engine) Reauthorize() int {
+	role := hybridtls.RoleClient
+	if e.cfg.Mode == ModeListen {
+		role = hybridtls.RoleServer
+	}
+	n := 0
+	for _, t := range e.tunnels.snapshot() {
+		info := t.s.Info()
+		name, err := e.cfg.TLS.Recheck(&info.TLS, role)
+		if err == nil && name == t.peer {
+			continue
+		}
+		// Out of the pool first, so that no new client is sent to it.
+		e.tunnels.remove(t)
+		_ = t.s.Close() // revoked: its streams end with it
+		n++
+		e.metrics.revoked.WithLabelValues(t.peerLabel).Inc()
+		if err != nil {
+			t.log.Warn("peer revoked", "reason", "no longer accepted", "streams", t.active.Load(), "err", err)
+		} else {
+			t.log.Warn("peer revoked", "reason", "renamed", "new_name", name, "streams", t.active.Load())
+		}
+	}
+	return n
+}
+
 // Run serves until ctx ends, then drains: it stops accepting, lets open
 // streams finish for up to DrainTimeout, and closes every tunnel connection.
 func (e *Engine) Run(ctx context.Context) error {
+	e.warnOpenRoutes()
 	for i, ln := range e.forwardLns {
 		e.loops.Add(1)
 		go e.routineForward(ln, e.cfg.Forward[i])
@@ -521,8 +571,8 @@ func (e *Engine) routineAcceptSessions(ln transport.Listener) {
 func (e *Engine) serveSession(s transport.Session) { e.serveTunnel(e.newTunnel(s)) }
 
 func (e *Engine) newTunnel(s transport.Session) *tunnel {
-	t := &tunnel{s: s, id: e.nextID.Add(1), since: time.Now()}
 	info := s.Info()
+	t := &tunnel{s: s, id: e.nextID.Add(1), since: time.Now(), peer: info.Peer.Name, peerLabel: e.peerLabel(info.Peer.Name)}
 	t.log = e.log.With("tunnel", t.id, "transport", info.Transport, "group", hybridtls.GroupName(info.TLS.CurveID), "sig", info.Peer.Sig, "peer", info.Peer.Name)
 	return t
 }

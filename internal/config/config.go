@@ -80,7 +80,30 @@ func parse(environ map[string]string) (*Config, error) {
 		return nil, err
 	}
 	c.Material = m
+	if err := checkAllowNames(m, c.Engine.Forward, "PQT_FORWARD"); err != nil {
+		return nil, err
+	}
+	if err := checkAllowNames(m, c.Engine.Target, "PQT_TARGET"); err != nil {
+		return nil, err
+	}
 	return c, nil
+}
+
+// checkAllowNames refuses a route allow list naming a peer the material
+// does not define, most likely a typing error that would lock the peer out.
+func checkAllowNames(m *hybridtls.Material, routes []proxy.Route, variable string) error {
+	defines := "PQT_PEERS"
+	if !m.Pinned() {
+		defines = "PQT_ALLOW"
+	}
+	for _, r := range routes {
+		for _, p := range r.Allow {
+			if !m.Defines(p) {
+				return fmt.Errorf("%s: route %q: peer %q after '@' is not a name %s defines", variable, r.String(), p, defines)
+			}
+		}
+	}
+	return nil
 }
 
 // envError rewrites the env library's errors to name the variable.
