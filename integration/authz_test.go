@@ -1,0 +1,136 @@
+package integration
+
+import (
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestRelayRouteBoundToOnePeer runs a relay (reverse mode) accepting two
+// origin peers, A and B, with its forward route bound to A: B opens eight
+// tunnel connections to attract visitors, yet every visitor reaches A's
+// origin and none B's.
+func TestRelayRouteBoundToOnePeer(t *testing.T) {
+	transports(t, func(t *testing.T, transport string) {
+		ctx := testContext(t, 90*time.Second)
+		originA, originB := startEcho(t), startEcho(t)
+		idA, idB := identityNamed(t, "dial"), identityNamed(t, "authz-b")
+		web := loopback(freePort(t))
+		l := startListen(t, ctx, 0, transport, map[string]string{
+			"PQT_PEERS":   "origin-a=" + idA.pin + ",origin-b=" + idB.pin,
+			"PQT_FORWARD": "web=" + web + "@origin-a",
+		})
+		a := startDial(t, ctx, l.tunnelAddr, transport, []string{}, map[string]string{"PQT_TARGET": "web=" + originA.addr(), "PQT_CONNECTIONS": "1"})
+		b := startDial(t, ctx, l.tunnelAddr, transport, []string{}, map[string]string{"PQT_TARGET": "web=" + originB.addr(), "PQT_CONNECTIONS": "8", "PQT_IDENTITY": idB.path})
+		wctx := within(t, ctx, 30*time.Second)
+		a.waitLog(t, wctx, msgIs("tunnel connected", "transport", transport))
+		b.waitLogs(t, wctx, 8, msgIs("tunnel connected", "transport", transport))
+		l.waitLog(t, wctx, msgIs("tunnel connected", "transport", transport, "peer", "origin-a"))
+		l.waitLogs(t, wctx, 8, msgIs("tunnel connected", "transport", transport, "peer", "origin-b"))
+
+		const visitors = 40
+		for i := range visitors {
+			if err := echoExact(within(t, ctx, 10*time.Second), web, randomBytes(uint64(1200+i), 4<<10)); err != nil {
+				t.Fatalf("visitor %d: %v", i, err)
+			}
+		}
+		gotA, gotB := originA.acceptCount(), originB.acceptCount()
+		t.Logf("of %d visitors: origin A %d, origin B %d (B holds 8 tunnel connections, A 1)", visitors, gotA, gotB)
+		if gotB != 0 || gotA != visitors {
+			t.Errorf("origin A got %d and origin B %d of %d visitors; want all to A, none to B", gotA, gotB, visitors)
+		}
+	})
+}
+
+// TestTargetRouteRefusesOtherPeer runs a listen side whose target route
+// "redis" allows only peer app1: the dial side, named app2, is refused with
+// the unknown-route answer while its open route works.
+func TestTargetRouteRefusesOtherPeer(t *testing.T) {
+	ctx := testContext(t, 60*time.Second)
+	secret, open := startEcho(t), startEcho(t)
+	other := identityNamed(t, "authz-b")
+	p := startPair(t, ctx, pairOptions{
+		transport: "tcp",
+		target:    "redis=" + secret.addr() + "@app1,web=" + open.addr() + "@app2",
+		routes:    []string{"redis", "web"},
+		listenEnv: map[string]string{"PQT_PEERS": "app1=" + other.pin + ",app2=" + identityNamed(t, "dial").pin},
+	})
+	if err := echoExact(within(t, ctx, 10*time.Second), p.dial.forward["web"], randomBytes(1300, 4<<10)); err != nil {
+		t.Fatalf("allowed route: %v", err)
+	}
+	if err := expectClosedPromptly(ctx, p.dial.forward["redis"], 3*time.Second); err != nil {
+		t.Errorf("route not allowed to the dial side: %v", err)
+	}
+	refused := p.dial.waitLog(t, within(t, ctx, 5*time.Second), msgIs("stream refused by peer", "route", "redis"))
+	if want := `route "redis" is not in the peer's PQT_TARGET (it has: web)`; refused.str("err") != want {
+		t.Errorf("the dial side was told %q, want the unknown-route answer %q", refused.str("err"), want)
+	}
+	p.listen.waitLog(t, within(t, ctx, 5*time.Second), msgIs("stream refused", "reason", "not_allowed", "route", "redis", "peer", "app2"))
+	if n := secret.acceptCount(); n != 0 {
+		t.Errorf("the origin of the route not allowed got %d connections", n)
+	}
+}
+
+// TestRevokeLiveTunnel removes a connected peer's pin from the pins file:
+// on SIGHUP its live tunnel and the stream through it end within a second,
+// while the other peer stays; an emptied pins file then revokes that one too.
+func TestRevokeLiveTunnel(t *testing.T) {
+	transports(t, func(t *testing.T, transport string) {
+		ctx := testContext(t, 90*time.Second)
+		o := startEcho(t)
+		idA, idB := identityNamed(t, "dial"), identityNamed(t, "authz-b")
+		pins := filepath.Join(t.TempDir(), "peers")
+		write := func(text string) {
+			t.Helper()
+			if err := os.WriteFile(pins, []byte(text), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		write("app1 " + idA.pin + "\n" + idB.pin + "\n")
+		l := startListen(t, ctx, 0, transport, map[string]string{"PQT_TARGET": o.addr(), "PQT_PEERS": pins})
+		a := startDial(t, ctx, l.tunnelAddr, transport, nil, map[string]string{"PQT_CONNECTIONS": "1"})
+		b := startDial(t, ctx, l.tunnelAddr, transport, nil, map[string]string{"PQT_CONNECTIONS": "1", "PQT_IDENTITY": idB.path})
+		wctx := within(t, ctx, 20*time.Second)
+		a.waitLog(t, wctx, msgIs("tunnel connected", "transport", transport))
+		b.waitLog(t, wctx, msgIs("tunnel connected", "transport", transport))
+		l.waitLog(t, wctx, msgIs("tunnel connected", "peer", "app1"))
+		l.waitLog(t, wctx, msgIs("tunnel connected", "peer", idB.pin))
+
+		fctx := within(t, ctx, 30*time.Second)
+		f, err := topoStartFlow(fctx, a.forward[""], randomBytes(1400, 8<<20), 20*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.waitRead(t, fctx, 128<<10)
+
+		write(idB.pin + "\n")
+		hup := time.Now()
+		l.signal(t, syscall.SIGHUP)
+		l.waitLog(t, within(t, ctx, 5*time.Second), msgIs("peer revoked", "peer", "app1"))
+		if err := f.wait(within(t, ctx, 5*time.Second)); err == nil {
+			t.Fatal("the stream through the revoked tunnel completed")
+		}
+		took := time.Since(hup)
+		t.Logf("revoked tunnel's stream ended %s after SIGHUP", took.Round(time.Millisecond))
+		if took > time.Second {
+			t.Errorf("the revoked tunnel's stream ended %s after SIGHUP, want within 1s", took)
+		}
+		a.waitLog(t, within(t, ctx, 5*time.Second), msgIs("tunnel disconnected"))
+		if n := len(l.logs(msgIs("peer revoked"))); n != 1 {
+			t.Errorf("%d 'peer revoked' lines after removing one pin, want 1", n)
+		}
+		if err := echoExact(within(t, ctx, 10*time.Second), b.forward[""], randomBytes(1401, 64<<10)); err != nil {
+			t.Fatalf("the peer still listed: %v", err)
+		}
+
+		write("# nobody\n")
+		l.signal(t, syscall.SIGHUP)
+		l.waitLog(t, within(t, ctx, 5*time.Second), msgIs("PQT_PEERS lists no peer: every peer is refused and live tunnels are closed"))
+		l.waitLog(t, within(t, ctx, 5*time.Second), msgIs("peer revoked", "peer", idB.pin))
+		if err := expectClosedPromptly(ctx, b.forward[""], 2*time.Second); err != nil {
+			t.Errorf("client of a peer revoked by an empty pins file: %v", err)
+		}
+	})
+}
