@@ -3,6 +3,8 @@ package integration
 import (
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -51,11 +53,12 @@ func TestTargetRouteRefusesOtherPeer(t *testing.T) {
 	ctx := testContext(t, 60*time.Second)
 	secret, open := startEcho(t), startEcho(t)
 	other := identityNamed(t, "authz-b")
+	lm := metAddr(t)
 	p := startPair(t, ctx, pairOptions{
 		transport: "tcp",
 		target:    "redis=" + secret.addr() + "@app1,web=" + open.addr() + "@app2",
 		routes:    []string{"redis", "web"},
-		listenEnv: map[string]string{"PQT_PEERS": "app1=" + other.pin + ",app2=" + identityNamed(t, "dial").pin},
+		listenEnv: map[string]string{"PQT_PEERS": "app1=" + other.pin + ",app2=" + identityNamed(t, "dial").pin, "PQT_METRICS": lm},
 	})
 	if err := echoExact(within(t, ctx, 10*time.Second), p.dial.forward["web"], randomBytes(1300, 4<<10)); err != nil {
 		t.Fatalf("allowed route: %v", err)
@@ -68,6 +71,9 @@ func TestTargetRouteRefusesOtherPeer(t *testing.T) {
 		t.Errorf("the dial side was told %q, want the unknown-route answer %q", refused.str("err"), want)
 	}
 	p.listen.waitLog(t, within(t, ctx, 5*time.Second), msgIs("stream refused", "reason", "not_allowed", "route", "redis", "peer", "app2"))
+	metAwait(t, ctx, "listen side", lm, 5*time.Second, func(m metSet) error {
+		return metExpect(m, false, 1, "pqtunnel_streams_not_allowed_total", "route", "redis", "peer", "app2")
+	})
 	if n := secret.acceptCount(); n != 0 {
 		t.Errorf("the origin of the route not allowed got %d connections", n)
 	}
@@ -89,7 +95,18 @@ func TestRevokeLiveTunnel(t *testing.T) {
 			}
 		}
 		write("app1 " + idA.pin + "\n" + idB.pin + "\n")
-		l := startListen(t, ctx, 0, transport, map[string]string{"PQT_TARGET": o.addr(), "PQT_PEERS": pins})
+		lm := metAddr(t)
+		l := startListen(t, ctx, 0, transport, map[string]string{"PQT_TARGET": o.addr(), "PQT_PEERS": pins, "PQT_METRICS": lm})
+		peers := func() []string {
+			t.Helper()
+			_, r, _ := metReadyz(t, ctx, lm)
+			var out []string
+			for _, tu := range r.Tunnels {
+				out = append(out, tu.Peer)
+			}
+			slices.Sort(out)
+			return out
+		}
 		a := startDial(t, ctx, l.tunnelAddr, transport, nil, map[string]string{"PQT_CONNECTIONS": "1"})
 		b := startDial(t, ctx, l.tunnelAddr, transport, nil, map[string]string{"PQT_CONNECTIONS": "1", "PQT_IDENTITY": idB.path})
 		wctx := within(t, ctx, 20*time.Second)
@@ -97,6 +114,10 @@ func TestRevokeLiveTunnel(t *testing.T) {
 		b.waitLog(t, wctx, msgIs("tunnel connected", "transport", transport))
 		l.waitLog(t, wctx, msgIs("tunnel connected", "peer", "app1"))
 		l.waitLog(t, wctx, msgIs("tunnel connected", "peer", idB.pin))
+
+		if got, want := peers(), []string{"app1", idB.pin}; !slices.Equal(got, want) {
+			t.Errorf("/readyz lists peers %v, want %v", got, want)
+		}
 
 		fctx := within(t, ctx, 30*time.Second)
 		f, err := topoStartFlow(fctx, a.forward[""], randomBytes(1400, 8<<20), 20*time.Second)
@@ -121,6 +142,12 @@ func TestRevokeLiveTunnel(t *testing.T) {
 		if n := len(l.logs(msgIs("peer revoked"))); n != 1 {
 			t.Errorf("%d 'peer revoked' lines after removing one pin, want 1", n)
 		}
+		if got, want := peers(), []string{idB.pin}; !slices.Equal(got, want) {
+			t.Errorf("/readyz lists peers %v after the revocation, want %v", got, want)
+		}
+		metAwait(t, ctx, "listen side", lm, 5*time.Second, func(m metSet) error {
+			return metExpect(m, false, 1, "pqtunnel_tunnels_revoked_total", "peer", "app1")
+		})
 		if err := echoExact(within(t, ctx, 10*time.Second), b.forward[""], randomBytes(1401, 64<<10)); err != nil {
 			t.Fatalf("the peer still listed: %v", err)
 		}
@@ -131,6 +158,17 @@ func TestRevokeLiveTunnel(t *testing.T) {
 		l.waitLog(t, within(t, ctx, 5*time.Second), msgIs("peer revoked", "peer", idB.pin))
 		if err := expectClosedPromptly(ctx, b.forward[""], 2*time.Second); err != nil {
 			t.Errorf("client of a peer revoked by an empty pins file: %v", err)
+		}
+		if got := peers(); len(got) != 0 {
+			t.Errorf("/readyz lists peers %v after an empty pins file, want none", got)
+		}
+
+		// A pins file that does not parse keeps the material in force.
+		write(idB.pin + "\nnot-a-pin\n")
+		l.signal(t, syscall.SIGHUP)
+		failed := l.waitLog(t, within(t, ctx, 5*time.Second), msgIs("reload failed: keeping the identity and pins in force", "level", "ERROR"))
+		if !strings.Contains(failed.str("err"), "line 2") {
+			t.Errorf("reload failure %q does not name the line at fault", failed.str("err"))
 		}
 	})
 }

@@ -273,12 +273,12 @@ func (e *Engine) warnOpenRoutes() {
 		return
 	}
 	for _, rs := range []struct {
-		setting string
-		routes  []Route
-	}{{"Forward", e.cfg.Forward}, {"Target", e.cfg.Target}} {
+		kind   string
+		routes []Route
+	}{{"forward", e.cfg.Forward}, {"target", e.cfg.Target}} {
 		for _, r := range rs.routes {
 			if len(r.Allow) == 0 {
-				e.log.Warn("route open to every accepted peer: name the peers allowed on it with @peer+peer", "route", routeName(r.Name), "setting", rs.setting)
+				e.log.Warn("route open to every accepted peer: name the peers allowed on it with @peer+peer", "route", routeName(r.Name), "kind", rs.kind)
 			}
 		}
 	}
@@ -289,29 +289,37 @@ func (e *Engine) warnOpenRoutes() {
 // whose peer is no longer accepted or now has another name, which may
 // change the routes it is allowed. It returns how many it closed.
 func (e *Engine) Reauthorize() int {
+	n := 0
+	for _, t := range e.tunnels.snapshot() {
+		if e.revokeIfRejected(t) {
+			n++
+		}
+	}
+	return n
+}
+
+// revokeIfRejected closes t, logged as "peer revoked", when the material in
+// force no longer accepts its peer under the same name.
+func (e *Engine) revokeIfRejected(t *tunnel) bool {
 	role := hybridtls.RoleClient
 	if e.cfg.Mode == ModeListen {
 		role = hybridtls.RoleServer
 	}
-	n := 0
-	for _, t := range e.tunnels.snapshot() {
-		info := t.s.Info()
-		name, err := e.cfg.TLS.Recheck(&info.TLS, role)
-		if err == nil && name == t.peer {
-			continue
-		}
-		// Out of the pool first, so that no new client is sent to it.
-		e.tunnels.remove(t)
-		_ = t.s.Close() // revoked: its streams end with it
-		n++
-		e.metrics.revoked.WithLabelValues(t.peerLabel).Inc()
-		if err != nil {
-			t.log.Warn("peer revoked", "reason", "no longer accepted", "streams", t.active.Load(), "err", err)
-		} else {
-			t.log.Warn("peer revoked", "reason", "renamed", "new_name", name, "streams", t.active.Load())
-		}
+	info := t.s.Info()
+	name, err := e.cfg.TLS.Recheck(&info.TLS, role)
+	if err == nil && name == t.peer {
+		return false
 	}
-	return n
+	// Out of the pool first, so that no new client is sent to it.
+	e.tunnels.remove(t)
+	_ = t.s.Close() // revoked: its streams end with it
+	e.metrics.revoked.WithLabelValues(t.peerLabel).Inc()
+	if err != nil {
+		t.log.Warn("peer revoked", "reason", "no longer accepted", "streams", t.active.Load(), "err", err)
+	} else {
+		t.log.Warn("peer revoked", "reason", "renamed", "new_name", name, "streams", t.active.Load())
+	}
+	return true
 }
 
 // Run serves until ctx ends, then drains: it stops accepting, lets open
@@ -611,6 +619,11 @@ func (e *Engine) admit(t *tunnel) bool {
 		log.Warn("tunnel secrets written to the key log: anyone who reads it can decrypt this tunnel", "keylog", e.cfg.KeyLog)
 	}
 	e.metrics.tunnelUp(info)
+	// A reload between this tunnel's handshake and its joining the pool
+	// found it in neither place; the pool holds it now, so any later
+	// Reauthorize sees it, and this check covers the reload before. A
+	// revoked tunnel is closed and serveAdmitted winds it down as usual.
+	e.revokeIfRejected(t)
 	return true
 }
 
