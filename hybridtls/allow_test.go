@@ -108,6 +108,8 @@ func FuzzParseAllow(f *testing.F) {
 	f.Add(" , dns:x ,")
 	f.Add("ip:1.2.3.4")
 	f.Add("dns:")
+	f.Add("web=dns:web.internal,jobs=uri:spiffe://corp/jobs?a=b")
+	f.Add(AllowRule{Name: "x", Kind: "cn", Value: "a=b:c"}.String())
 	f.Fuzz(func(t *testing.T, s string) {
 		rules, err := ParseAllow(s)
 		if err != nil {
@@ -120,6 +122,9 @@ func FuzzParseAllow(f *testing.F) {
 			}
 			if r.Value == "" {
 				t.Fatalf("ParseAllow(%q) gave an empty value", s)
+			}
+			if r.Name != "" && CheckPeerName(r.Name) != nil {
+				t.Fatalf("ParseAllow(%q) gave the invalid name %q", s, r.Name)
 			}
 			texts[i] = r.String()
 		}

@@ -32,6 +32,10 @@ func TestRelayRouteBoundToOnePeer(t *testing.T) {
 		l.waitLog(t, wctx, msgIs("tunnel connected", "transport", transport, "peer", "origin-a"))
 		l.waitLogs(t, wctx, 8, msgIs("tunnel connected", "transport", transport, "peer", "origin-b"))
 
+		if n := len(l.logs(msgIs("route open to every accepted peer: name the peers allowed on it with @peer+peer"))); n != 0 {
+			t.Errorf("%d open-route warnings for a route with an allow list", n)
+		}
+
 		const visitors = 40
 		for i := range visitors {
 			if err := echoExact(within(t, ctx, 10*time.Second), web, randomBytes(uint64(1200+i), 4<<10)); err != nil {
@@ -114,6 +118,9 @@ func TestRevokeLiveTunnel(t *testing.T) {
 		b.waitLog(t, wctx, msgIs("tunnel connected", "transport", transport))
 		l.waitLog(t, wctx, msgIs("tunnel connected", "peer", "app1"))
 		l.waitLog(t, wctx, msgIs("tunnel connected", "peer", idB.pin))
+		if n := len(l.logs(msgIs("route open to every accepted peer: name the peers allowed on it with @peer+peer", "level", "WARN", "route", "default"))); n != 1 {
+			t.Errorf("%d warnings that the target route is open to both peers, want 1", n)
+		}
 
 		if got, want := peers(), []string{"app1", idB.pin}; !slices.Equal(got, want) {
 			t.Errorf("/readyz lists peers %v, want %v", got, want)
