@@ -179,3 +179,48 @@ func TestRevokeLiveTunnel(t *testing.T) {
 		}
 	})
 }
+
+// TestCAModeTunnelClosesAtCertificateExpiry gives a CA-mode dial side a
+// certificate valid for a few seconds: the listen side warns at once that
+// it expires soon and closes the tunnel, with its open stream, when it does.
+func TestCAModeTunnelClosesAtCertificateExpiry(t *testing.T) {
+	transports(t, func(t *testing.T, transport string) {
+		ctx := testContext(t, 60*time.Second)
+		dir := t.TempDir()
+		ca := hosNewCA(t, dir, "ca")
+		now := time.Now()
+		server := ca.issue(t, dir, "server", "server.example", now.Add(-time.Hour), now.Add(time.Hour))
+		short := ca.issue(t, dir, "short", "good.example", now.Add(-time.Hour), now.Add(8*time.Second))
+		notAfter := short.tls.Leaf.NotAfter // whole seconds, as X.509 stores it
+		o := startEcho(t)
+		l := startListen(t, ctx, 0, transport, hosCAEnv(server, ca, map[string]string{
+			"PQT_TARGET": o.addr(),
+			"PQT_ALLOW":  "app=dns:good.example",
+		}))
+		d := startDial(t, ctx, l.tunnelAddr, transport, nil, hosCAEnv(short, ca, map[string]string{
+			"PQT_CONNECTIONS": "1",
+			"PQT_SERVER_NAME": "server.example",
+		}))
+		wctx := within(t, ctx, 20*time.Second)
+		d.waitLog(t, wctx, msgIs("tunnel connected", "transport", transport))
+		l.waitLog(t, wctx, msgIs("tunnel connected", "transport", transport, "peer", "app"))
+		l.waitLog(t, wctx, msgIs("peer certificate expires soon: its tunnel closes then", "level", "WARN", "peer", "app"))
+		if time.Until(notAfter) < time.Second {
+			t.Skip("the tunnel came up too late to observe a stream before the certificate expired (a loaded machine)")
+		}
+		fctx := within(t, ctx, 30*time.Second)
+		f, err := topoStartFlow(fctx, d.forward[""], randomBytes(1500, 16<<20), 20*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.wait(fctx); err == nil {
+			t.Fatal("the stream through the expired peer's tunnel completed")
+		}
+		late := time.Since(notAfter)
+		revoked := l.waitLog(t, within(t, ctx, 5*time.Second), msgIs("peer revoked", "peer", "app", "reason", "certificate expired"))
+		t.Logf("tunnel of the expired certificate closed %s after its NotAfter", late.Round(time.Millisecond))
+		if late < 0 || late > time.Second {
+			t.Errorf("the stream ended %s after the certificate's NotAfter, want within 1s after it (%v)", late, revoked)
+		}
+	})
+}

@@ -284,6 +284,68 @@ func (e *Engine) warnOpenRoutes() {
 	}
 }
 
+// expiryWarnings are how long before a CA-mode peer's certificate expires
+// its tunnel says so, from the earliest; a tunnel admitted later than one
+// of them says so at once.
+var expiryWarnings = []time.Duration{24 * time.Hour, time.Hour}
+
+// watchExpiry closes a CA-mode tunnel when the peer's certificate (or one
+// it sent with it) expires, warning ahead of time: the handshake checked the
+// dates only once, and a tunnel may live for months.
+func (e *Engine) watchExpiry(t *tunnel) {
+	certs := t.s.Info().TLS.PeerCertificates
+	if e.cfg.TLS.Material().Pinned() || len(certs) == 0 {
+		return // a pin does not expire; the identity certificate's dates are not relied on
+	}
+	notAfter := certs[0].NotAfter
+	for _, c := range certs[1:] {
+		if c.NotAfter.Before(notAfter) {
+			notAfter = c.NotAfter
+		}
+	}
+	e.loops.Add(1)
+	go func() {
+		defer e.loops.Done()
+		e.routineExpire(t, notAfter)
+	}()
+}
+
+func (e *Engine) routineExpire(t *tunnel, notAfter time.Time) {
+	warned := false
+	for _, before := range expiryWarnings {
+		at := notAfter.Add(-before)
+		if time.Until(at) > 0 {
+			if !sleepUntilDone(t, at) {
+				return
+			}
+		} else if warned {
+			continue // one warning for the points already past
+		}
+		warned = true
+		t.log.Warn("peer certificate expires soon: its tunnel closes then", "not_after", notAfter.UTC(), "in", time.Until(notAfter).Round(time.Second))
+	}
+	if !sleepUntilDone(t, notAfter) {
+		return
+	}
+	e.tunnels.remove(t)
+	_ = t.s.Close() // expired: its streams end with it
+	e.metrics.revoked.WithLabelValues(t.peerLabel).Inc()
+	t.log.Warn("peer revoked", "reason", "certificate expired", "not_after", notAfter.UTC(), "streams", t.active.Load())
+}
+
+// sleepUntilDone waits until at and reports true, or false as soon as t's
+// session ends.
+func sleepUntilDone(t *tunnel, at time.Time) bool {
+	timer := time.NewTimer(time.Until(at))
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-t.s.Done():
+		return false
+	}
+}
+
 // Reauthorize checks every live tunnel's peer against the TLS material in
 // force (call it after Store.Swap) and closes, with its streams, each tunnel
 // whose peer is no longer accepted or now has another name, which may
@@ -619,6 +681,7 @@ func (e *Engine) admit(t *tunnel) bool {
 		log.Warn("tunnel secrets written to the key log: anyone who reads it can decrypt this tunnel", "keylog", e.cfg.KeyLog)
 	}
 	e.metrics.tunnelUp(info)
+	e.watchExpiry(t)
 	// A reload between this tunnel's handshake and its joining the pool
 	// found it in neither place; the pool holds it now, so any later
 	// Reauthorize sees it, and this check covers the reload before. A
