@@ -19,10 +19,10 @@ func TestRelayRouteBoundToOnePeer(t *testing.T) {
 		ctx := testContext(t, 90*time.Second)
 		originA, originB := startEcho(t), startEcho(t)
 		idA, idB := identityNamed(t, "dial"), identityNamed(t, "authz-b")
-		web := loopback(freePort(t))
+		web, admin := loopback(freePort(t)), loopback(freePort(t))
 		l := startListen(t, ctx, 0, transport, map[string]string{
-			"PQT_PEERS":   "origin-a=" + idA.pin + ",origin-b=" + idB.pin,
-			"PQT_FORWARD": "web=" + web + "@origin-a",
+			"PQT_PEERS":   "origin-a=" + idA.pin + ",origin-b=" + idB.pin + ",origin-c=" + identityNamed(t, "authz-c").pin,
+			"PQT_FORWARD": "web=" + web + "@origin-a,admin=" + admin + "@origin-c",
 		})
 		a := startDial(t, ctx, l.tunnelAddr, transport, []string{}, map[string]string{"PQT_TARGET": "web=" + originA.addr(), "PQT_CONNECTIONS": "1"})
 		b := startDial(t, ctx, l.tunnelAddr, transport, []string{}, map[string]string{"PQT_TARGET": "web=" + originB.addr(), "PQT_CONNECTIONS": "8", "PQT_IDENTITY": idB.path})
@@ -42,6 +42,12 @@ func TestRelayRouteBoundToOnePeer(t *testing.T) {
 				t.Fatalf("visitor %d: %v", i, err)
 			}
 		}
+		// origin-c has no tunnel up: its visitors are refused at once, and
+		// carried by no other peer.
+		if err := expectClosedPromptly(ctx, admin, time.Second); err != nil {
+			t.Errorf("visitor of a route whose only peer has no tunnel: %v", err)
+		}
+		l.waitLog(t, within(t, ctx, 5*time.Second), msgIs("client refused", "route", "admin", "reason", "no tunnel connection of an allowed peer up"))
 		gotA, gotB := originA.acceptCount(), originB.acceptCount()
 		t.Logf("of %d visitors: origin A %d, origin B %d (B holds 8 tunnel connections, A 1)", visitors, gotA, gotB)
 		if gotB != 0 || gotA != visitors {

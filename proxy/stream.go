@@ -85,7 +85,11 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	// with the stream's preamble, so the choice is made before any is read.
 	t := e.tunnels.pick(r)
 	if t == nil {
-		e.warnRefusal(log, "client refused", "no tunnel connection up")
+		if len(r.Allow) > 0 {
+			e.warnRefusal(log, "client refused", "no tunnel connection of an allowed peer up", "allow", strings.Join(r.Allow, "+"))
+		} else {
+			e.warnRefusal(log, "client refused", "no tunnel connection up")
+		}
 		m.streamsFailed.WithLabelValues(route, "no_tunnel").Inc()
 		client.abort()
 		return
