@@ -8,13 +8,17 @@ import (
 
 // AllowRule accepts a CA-issued peer certificate by one of its names.
 type AllowRule struct {
+	// Name, if set, names the peers the rule accepts (for route allow lists
+	// and logs) instead of their certificate's name.
+	Name string
 	// Kind is "dns", "uri" or "cn".
 	Kind string
 	// Value is the name; for dns a leading "*." matches one label.
 	Value string
 }
 
-// ParseAllow parses a list of allow rules: comma-separated dns:NAME, uri:URI, cn:NAME.
+// ParseAllow parses a list of allow rules: comma-separated dns:NAME,
+// uri:URI, cn:NAME, each optionally named as peer=dns:NAME.
 func ParseAllow(s string) ([]AllowRule, error) {
 	var out []AllowRule
 	for _, f := range strings.Split(s, ",") {
@@ -23,16 +27,42 @@ func ParseAllow(s string) ([]AllowRule, error) {
 			continue
 		}
 		kind, value, ok := strings.Cut(f, ":")
+		// A name comes before the kind, so an '=' in a URI is never taken for one.
+		name, kind, named := strings.Cut(kind, "=")
+		if !named {
+			name, kind = "", name
+		}
 		kind = strings.ToLower(kind)
 		if !ok || value == "" || (kind != "dns" && kind != "uri" && kind != "cn") {
-			return nil, fmt.Errorf("rule %q: want dns:NAME, uri:URI or cn:NAME", f)
+			return nil, fmt.Errorf("rule %q: want dns:NAME, uri:URI or cn:NAME, optionally after peer=", f)
 		}
-		out = append(out, AllowRule{Kind: kind, Value: value})
+		if named {
+			if err := CheckPeerName(name); err != nil {
+				return nil, fmt.Errorf("rule %q: %w (want peer=dns:NAME, uri:URI or cn:NAME)", f, err)
+			}
+		}
+		out = append(out, AllowRule{Name: name, Kind: kind, Value: value})
 	}
 	return out, nil
 }
 
-func (r AllowRule) String() string { return r.Kind + ":" + r.Value }
+// CheckPeerName accepts a name for a peer: 1 to 64 letters, digits, '-',
+// '_' and '.', so that it reads unquoted in logs and lists.
+func CheckPeerName(name string) error {
+	if name == "" || len(name) > 64 || strings.IndexFunc(name, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.')
+	}) >= 0 {
+		return fmt.Errorf("peer name %q: want 1 to 64 letters, digits, '-', '_' or '.'", name)
+	}
+	return nil
+}
+
+func (r AllowRule) String() string {
+	if r.Name != "" {
+		return r.Name + "=" + r.Kind + ":" + r.Value
+	}
+	return r.Kind + ":" + r.Value
+}
 
 // Match reports whether the certificate carries the rule's name.
 func (r AllowRule) Match(c *x509.Certificate) bool {

@@ -18,15 +18,18 @@ func TestParseAllow(t *testing.T) {
 	}{
 		{name: "empty", in: ""},
 		{name: "blank fields", in: " , ,"},
-		{name: "dns", in: "dns:a.example.com", want: []AllowRule{{"dns", "a.example.com"}}},
-		{name: "kind case-insensitive", in: "DNS:*.example.com", want: []AllowRule{{"dns", "*.example.com"}}},
-		{name: "uri keeps its colons", in: "uri:spiffe://cluster.local/ns/x/sa/y", want: []AllowRule{{"uri", "spiffe://cluster.local/ns/x/sa/y"}}},
-		{name: "list with spaces", in: " dns:a , cn:Tunnel Peer ,uri:https://x/ ", want: []AllowRule{{"dns", "a"}, {"cn", "Tunnel Peer"}, {"uri", "https://x/"}}},
+		{name: "dns", in: "dns:a.example.com", want: []AllowRule{{Kind: "dns", Value: "a.example.com"}}},
+		{name: "kind case-insensitive", in: "DNS:*.example.com", want: []AllowRule{{Kind: "dns", Value: "*.example.com"}}},
+		{name: "uri keeps its colons", in: "uri:spiffe://cluster.local/ns/x/sa/y", want: []AllowRule{{Kind: "uri", Value: "spiffe://cluster.local/ns/x/sa/y"}}},
+		{name: "list with spaces", in: " dns:a , cn:Tunnel Peer ,uri:https://x/ ", want: []AllowRule{{Kind: "dns", Value: "a"}, {Kind: "cn", Value: "Tunnel Peer"}, {Kind: "uri", Value: "https://x/"}}},
 		{name: "no kind", in: "example.com", wantErr: true},
 		{name: "empty value", in: "dns:", wantErr: true},
 		{name: "empty kind", in: ":example.com", wantErr: true},
 		{name: "unknown kind", in: "ip:10.0.0.1", wantErr: true},
 		{name: "one bad in list", in: "dns:a,email:x@y", wantErr: true},
+		{name: "named", in: "web=dns:web.internal, jobs=uri:spiffe://corp/jobs?a=b", want: []AllowRule{{Name: "web", Kind: "dns", Value: "web.internal"}, {Name: "jobs", Kind: "uri", Value: "spiffe://corp/jobs?a=b"}}},
+		{name: "empty name", in: "=dns:a", wantErr: true},
+		{name: "bad name", in: "a b=dns:a", wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -72,25 +75,25 @@ func TestAllowRuleMatch(t *testing.T) {
 		cert *x509.Certificate
 		want bool
 	}{
-		{AllowRule{"dns", "a.example.com"}, cert("", []string{"a.example.com"}), true},
-		{AllowRule{"dns", "a.example.com"}, cert("", []string{"b.example.com", "A.Example.COM"}), true},
-		{AllowRule{"dns", "a.example.com"}, cert("a.example.com", nil), false}, // CN is not a DNS SAN
-		{AllowRule{"dns", "*.example.com"}, cert("", []string{"a.example.com"}), true},
-		{AllowRule{"dns", "*.Example.com"}, cert("", []string{"A.example.COM"}), true},
-		{AllowRule{"dns", "*.example.com"}, cert("", []string{"a.b.example.com"}), false},
-		{AllowRule{"dns", "*.example.com"}, cert("", []string{"example.com"}), false},
-		{AllowRule{"dns", "*.example.com"}, cert("", []string{".example.com"}), false},
-		{AllowRule{"dns", "*.example.com"}, cert("", []string{"a.example.org"}), false},
-		{AllowRule{"dns", "*.example.com"}, cert("", []string{"aexample.com"}), false},
-		{AllowRule{"dns", "*.example.com"}, cert("", nil), false},
-		{AllowRule{"uri", "spiffe://td/ns/a/sa/b"}, cert("", nil, "spiffe://td/ns/a/sa/b"), true},
-		{AllowRule{"uri", "spiffe://td/ns/a/sa/b"}, cert("", nil, "spiffe://td/ns/a/sa/c", "spiffe://td/ns/a/sa/b"), true},
-		{AllowRule{"uri", "spiffe://td/ns/a/sa/b"}, cert("", nil, "spiffe://td/ns/a/sa/bb"), false},
-		{AllowRule{"uri", "spiffe://td/ns/a/sa/b"}, cert("spiffe://td/ns/a/sa/b", []string{"spiffe://td/ns/a/sa/b"}), false},
-		{AllowRule{"cn", "peer one"}, cert("peer one", nil), true},
-		{AllowRule{"cn", "peer one"}, cert("Peer One", nil), false},
-		{AllowRule{"cn", "peer one"}, cert("", []string{"peer one"}), false},
-		{AllowRule{"bogus", "x"}, cert("x", []string{"x"}), false},
+		{AllowRule{Kind: "dns", Value: "a.example.com"}, cert("", []string{"a.example.com"}), true},
+		{AllowRule{Kind: "dns", Value: "a.example.com"}, cert("", []string{"b.example.com", "A.Example.COM"}), true},
+		{AllowRule{Kind: "dns", Value: "a.example.com"}, cert("a.example.com", nil), false}, // CN is not a DNS SAN
+		{AllowRule{Kind: "dns", Value: "*.example.com"}, cert("", []string{"a.example.com"}), true},
+		{AllowRule{Kind: "dns", Value: "*.Example.com"}, cert("", []string{"A.example.COM"}), true},
+		{AllowRule{Kind: "dns", Value: "*.example.com"}, cert("", []string{"a.b.example.com"}), false},
+		{AllowRule{Kind: "dns", Value: "*.example.com"}, cert("", []string{"example.com"}), false},
+		{AllowRule{Kind: "dns", Value: "*.example.com"}, cert("", []string{".example.com"}), false},
+		{AllowRule{Kind: "dns", Value: "*.example.com"}, cert("", []string{"a.example.org"}), false},
+		{AllowRule{Kind: "dns", Value: "*.example.com"}, cert("", []string{"aexample.com"}), false},
+		{AllowRule{Kind: "dns", Value: "*.example.com"}, cert("", nil), false},
+		{AllowRule{Kind: "uri", Value: "spiffe://td/ns/a/sa/b"}, cert("", nil, "spiffe://td/ns/a/sa/b"), true},
+		{AllowRule{Kind: "uri", Value: "spiffe://td/ns/a/sa/b"}, cert("", nil, "spiffe://td/ns/a/sa/c", "spiffe://td/ns/a/sa/b"), true},
+		{AllowRule{Kind: "uri", Value: "spiffe://td/ns/a/sa/b"}, cert("", nil, "spiffe://td/ns/a/sa/bb"), false},
+		{AllowRule{Kind: "uri", Value: "spiffe://td/ns/a/sa/b"}, cert("spiffe://td/ns/a/sa/b", []string{"spiffe://td/ns/a/sa/b"}), false},
+		{AllowRule{Kind: "cn", Value: "peer one"}, cert("peer one", nil), true},
+		{AllowRule{Kind: "cn", Value: "peer one"}, cert("Peer One", nil), false},
+		{AllowRule{Kind: "cn", Value: "peer one"}, cert("", []string{"peer one"}), false},
+		{AllowRule{Kind: "bogus", Value: "x"}, cert("x", []string{"x"}), false},
 	}
 	for _, tt := range tests {
 		if got := tt.rule.Match(tt.cert); got != tt.want {
@@ -105,6 +108,8 @@ func FuzzParseAllow(f *testing.F) {
 	f.Add(" , dns:x ,")
 	f.Add("ip:1.2.3.4")
 	f.Add("dns:")
+	f.Add("web=dns:web.internal,jobs=uri:spiffe://corp/jobs?a=b")
+	f.Add(AllowRule{Name: "x", Kind: "cn", Value: "a=b:c"}.String())
 	f.Fuzz(func(t *testing.T, s string) {
 		rules, err := ParseAllow(s)
 		if err != nil {
@@ -117,6 +122,9 @@ func FuzzParseAllow(f *testing.F) {
 			}
 			if r.Value == "" {
 				t.Fatalf("ParseAllow(%q) gave an empty value", s)
+			}
+			if r.Name != "" && CheckPeerName(r.Name) != nil {
+				t.Fatalf("ParseAllow(%q) gave the invalid name %q", s, r.Name)
 			}
 			texts[i] = r.String()
 		}

@@ -118,6 +118,9 @@ func TestCAModeAllowRules(t *testing.T) {
 		{name: "uri denied", client: clientA, allow: "uri:spiffe://test/ns/b"},
 		{name: "cn", client: clientB, allow: "cn:client b", ok: true, wantName: "b.other.test"},
 		{name: "cn denied", client: clientA, allow: "cn:client b"},
+		{name: "named rule names the peer", client: clientA, allow: "web=dns:*.clients.test", ok: true, wantName: "web"},
+		{name: "first named match wins over unnamed", client: clientA, allow: "uri:spiffe://test/ns/a,jobs=cn:client a,web=dns:*.clients.test", ok: true, wantName: "jobs"},
+		{name: "named rule denied", client: clientB, allow: "web=dns:*.clients.test"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -146,6 +149,51 @@ func TestCAModeAllowRules(t *testing.T) {
 				t.Errorf("CA mode negotiated %s, want X25519MLKEM768", GroupName(g))
 			}
 		})
+	}
+}
+
+// TestCAModeRecheck re-checks an established CA-mode peer after the
+// material changes: a CA that no longer signs it, or rules that no longer
+// match it, refuse it; a renamed rule renames it.
+func TestCAModeRecheck(t *testing.T) {
+	ca, other := newTestCA(t, "test CA"), newTestCA(t, "other CA")
+	serverCert := ca.leaf(t, "tunnel server", []string{"server.tunnel.test"})
+	clientCert := ca.leaf(t, "client", []string{"client.test"})
+	client := caSide(t, ca, clientCert, "server.tunnel.test", "")
+	server := caSide(t, ca, serverCert, "", "app=dns:client.test")
+	c, s, cr, sr := connect(t, client, server)
+	if cr.err != nil || sr.err != nil {
+		t.Fatalf("client err %v, server err %v", cr.err, sr.err)
+	}
+	cs := s.ConnectionState()
+	swap := func(cas *x509.CertPool, allow string) {
+		t.Helper()
+		rules, err := ParseAllow(allow)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := server.store.Swap(&Material{Certificate: serverCert, CAs: cas, Allow: rules}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if name, err := server.store.Recheck(&cs, RoleServer); err != nil || name != "app" {
+		t.Errorf("Recheck = %q, %v; want app", name, err)
+	}
+	swap(ca.pool, "db=dns:client.test")
+	if name, err := server.store.Recheck(&cs, RoleServer); err != nil || name != "db" {
+		t.Errorf("Recheck after renaming the rule = %q, %v; want db", name, err)
+	}
+	swap(ca.pool, "dns:someone.else")
+	if _, err := server.store.Recheck(&cs, RoleServer); !errors.Is(err, ErrPeerNotAllowed) {
+		t.Errorf("Recheck with no matching rule = %v, want ErrPeerNotAllowed", err)
+	}
+	swap(other.pool, "")
+	if _, err := server.store.Recheck(&cs, RoleServer); !errors.Is(err, ErrBadCertificate) {
+		t.Errorf("Recheck against another CA = %v, want ErrBadCertificate", err)
+	}
+	ccs := c.ConnectionState()
+	if name, err := client.store.Recheck(&ccs, RoleClient); err != nil || name != "server.tunnel.test" {
+		t.Errorf("client Recheck = %q, %v; want server.tunnel.test", name, err)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync/atomic"
 )
 
@@ -20,8 +21,11 @@ import (
 type Material struct {
 	// Identity is this side's hybrid identity (pinned mode).
 	Identity *Identity
-	// Peers are the pins this side accepts (pinned mode).
+	// Peers are the pins this side accepts (pinned mode); none accepts nobody.
 	Peers []Pin
+	// Names gives some of Peers a name from configuration (pinned mode); a
+	// pin without one is named by its text form.
+	Names map[Pin]string
 
 	// Certificate, CAs and Allow configure CA-based mTLS instead of pins.
 	Certificate *tls.Certificate
@@ -50,9 +54,7 @@ func (m *Material) Validate() error {
 	case m.Identity != nil && m.Certificate != nil:
 		return errors.New("both a pinned identity and a CA certificate are configured; use one")
 	case m.Identity != nil:
-		if len(m.Peers) == 0 {
-			return errors.New("no peer pins: a pinned identity needs the pins it accepts")
-		}
+		// No pins is valid: it accepts nobody (an emptied pins file revokes everyone).
 	case m.Certificate != nil:
 		if m.CAs == nil {
 			return errors.New("a CA certificate needs the CA that signs the peer's certificate")
@@ -61,6 +63,44 @@ func (m *Material) Validate() error {
 		return errors.New("no identity: configure a pinned identity or CA certificates")
 	}
 	return nil
+}
+
+// PeerName is the configured name of an accepted pin, else the pin's text form.
+func (m *Material) PeerName(p Pin) string {
+	if n, ok := m.Names[p]; ok {
+		return n
+	}
+	return p.String()
+}
+
+// Defines reports whether name is a peer name this material configures: a
+// pin's name or text form, or a named PQT_ALLOW rule. Only such names may
+// appear in route allow lists and metric labels, since they never come
+// from the peer.
+func (m *Material) Defines(name string) bool {
+	if m.Pinned() {
+		for _, p := range m.Peers {
+			if m.PeerName(p) == name {
+				return true
+			}
+		}
+		return false
+	}
+	for _, r := range m.Allow {
+		if r.Name != "" && r.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// AcceptsSeveral reports whether more than one peer may authenticate: more
+// than one pin, or in CA mode anything but a single rule for one exact name.
+func (m *Material) AcceptsSeveral() bool {
+	if m.Pinned() {
+		return len(m.Peers) > 1
+	}
+	return len(m.Allow) != 1 || m.Allow[0].Kind == "dns" && strings.HasPrefix(m.Allow[0].Value, "*.")
 }
 
 // Policy is the key-exchange and naming policy, fixed for the process.
@@ -329,32 +369,56 @@ func (s *Store) verifyPeer(m *Material, cs *tls.ConnectionState, server bool) er
 	if err := checkGroup(cs.CurveID, s.policy.Mode, s.policy.curves(), s.policy.name); err != nil {
 		return err
 	}
-	if len(cs.PeerCertificates) == 0 {
-		return fmt.Errorf("%w: peer presented no certificate", ErrPeerNotAllowed)
-	}
-	leaf := cs.PeerCertificates[0]
-	if m.Pinned() {
-		pin, err := PinOf(leaf)
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrPeerNotAllowed, err)
-		}
-		if !slices.Contains(m.Peers, pin) {
-			return fmt.Errorf("%w: pin %s is not in %s", ErrPeerNotAllowed, pin, s.policy.name(SettingPeers))
-		}
-		if s.policy.RequireMLDSA87 {
-			if ok, why := ChainMLDSA87([]*x509.Certificate{leaf}); !ok {
-				return fmt.Errorf("%w: %s (the peer needs an identity from 'pqtunnel keygen --profile cnsa2')", ErrNotCNSA2, why)
-			}
-		}
-		return nil
-	}
 	chains, err := peerChains(m, cs, server, s.policy.name(SettingCAs))
 	if err != nil {
 		return err
 	}
+	_, err = s.accept(m, cs.PeerCertificates, chains)
+	return err
+}
+
+// Recheck tells whether the peer of an established connection is still
+// accepted by the material in force now (after a reload), and by which
+// name; role is this side's role in that connection. The chain is verified
+// again, against the current CAs and clock.
+func (s *Store) Recheck(cs *tls.ConnectionState, role Role) (string, error) {
+	m := s.material.Load()
+	usage := x509.ExtKeyUsageServerAuth
+	if role == RoleServer {
+		usage = x509.ExtKeyUsageClientAuth
+	}
+	chains, err := verifyChains(m, cs.PeerCertificates, usage, s.policy.name(SettingCAs))
+	if err != nil {
+		return "", err
+	}
+	return s.accept(m, cs.PeerCertificates, chains)
+}
+
+// accept applies the pins or the CA-mode rules to a peer whose chains (CA
+// mode) are verified, and returns the peer's name.
+func (s *Store) accept(m *Material, certs []*x509.Certificate, chains [][]*x509.Certificate) (string, error) {
+	if len(certs) == 0 {
+		return "", fmt.Errorf("%w: peer presented no certificate", ErrPeerNotAllowed)
+	}
+	leaf := certs[0]
+	if m.Pinned() {
+		pin, err := PinOf(leaf)
+		if err != nil {
+			return "", fmt.Errorf("%w: %w", ErrPeerNotAllowed, err)
+		}
+		if !slices.Contains(m.Peers, pin) {
+			return "", fmt.Errorf("%w: pin %s is not in %s", ErrPeerNotAllowed, pin, s.policy.name(SettingPeers))
+		}
+		if s.policy.RequireMLDSA87 {
+			if ok, why := ChainMLDSA87([]*x509.Certificate{leaf}); !ok {
+				return "", fmt.Errorf("%w: %s (the peer needs an identity from 'pqtunnel keygen --profile cnsa2')", ErrNotCNSA2, why)
+			}
+		}
+		return m.PeerName(pin), nil
+	}
 	if s.policy.RequirePQAuth {
 		if pq, why := chainsPQ(chains); !pq {
-			return fmt.Errorf("%w: %s", ErrClassicalAuth, why)
+			return "", fmt.Errorf("%w: %s", ErrClassicalAuth, why)
 		}
 	}
 	if s.policy.RequireMLDSA87 {
@@ -365,18 +429,27 @@ func (s *Store) verifyPeer(m *Material, cs *tls.ConnectionState, server bool) er
 			}
 		}
 		if !ok {
-			return fmt.Errorf("%w: %s", ErrNotCNSA2, why)
+			return "", fmt.Errorf("%w: %s", ErrNotCNSA2, why)
 		}
 	}
 	if len(m.Allow) == 0 {
-		return nil
+		return certName(leaf), nil
 	}
+	// The first matching named rule names the peer, so that a name in a
+	// route's allow list never depends on the order of unnamed rules.
+	matched := false
 	for _, r := range m.Allow {
 		if r.Match(leaf) {
-			return nil
+			if r.Name != "" {
+				return r.Name, nil
+			}
+			matched = true
 		}
 	}
-	return fmt.Errorf("%w: certificate %q matches no %s rule", ErrPeerNotAllowed, certName(leaf), s.policy.name(SettingAllow))
+	if matched {
+		return certName(leaf), nil
+	}
+	return "", fmt.Errorf("%w: certificate %q matches no %s rule", ErrPeerNotAllowed, certName(leaf), s.policy.name(SettingAllow))
 }
 
 // peerChains returns the CA-mode peer's verified chains. A client has them
@@ -386,12 +459,21 @@ func peerChains(m *Material, cs *tls.ConnectionState, server bool, caName string
 	if !server {
 		return cs.VerifiedChains, nil
 	}
+	return verifyChains(m, cs.PeerCertificates, x509.ExtKeyUsageClientAuth, caName)
+}
+
+// verifyChains verifies a CA-mode peer's certificates against m.CAs for
+// usage; in pinned mode there is no chain to verify.
+func verifyChains(m *Material, certs []*x509.Certificate, usage x509.ExtKeyUsage, caName string) ([][]*x509.Certificate, error) {
+	if m.Pinned() || len(certs) == 0 {
+		return nil, nil
+	}
 	inter := x509.NewCertPool()
-	for _, c := range cs.PeerCertificates[1:] {
+	for _, c := range certs[1:] {
 		inter.AddCert(c)
 	}
-	chains, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
-		Roots: m.CAs, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	chains, err := certs[0].Verify(x509.VerifyOptions{
+		Roots: m.CAs, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{usage},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w against %s: %w", ErrBadCertificate, caName, err)
@@ -401,7 +483,9 @@ func peerChains(m *Material, cs *tls.ConnectionState, server bool, caName string
 
 // Peer describes an authenticated peer.
 type Peer struct {
-	// Name is the pin in pinned mode, else the certificate's name.
+	// Name comes from this side's configuration, never from the peer: the
+	// pin's name (or the pin) in pinned mode; in CA mode the name of the
+	// first named PQT_ALLOW rule it matches, else the certificate's name.
 	Name string
 	// PQAuth is true when the peer authenticated with ML-DSA: its
 	// CertificateVerify and, in CA mode, every signature up to the root.
@@ -440,16 +524,19 @@ func (s *Store) Authenticate(cs *tls.ConnectionState, rw io.ReadWriter, role Rol
 		return Peer{}, err
 	}
 	leaf := cs.PeerCertificates[0]
-	p := Peer{Name: certName(leaf), Sig: SignatureScheme(leaf)}
-	if m.Pinned() {
-		pin, _ := PinOf(leaf) // checked in VerifyConnection
-		p.Name = pin.String()
-		p.PQAuth = true // PinOf accepts only ML-DSA-65 keys
-		return p, nil
-	}
+	p := Peer{Sig: SignatureScheme(leaf)}
 	chains, err := peerChains(m, cs, role == RoleServer, s.policy.name(SettingCAs))
 	if err != nil {
 		return Peer{}, err
+	}
+	// The same material VerifyConnection checked (m is loaded once per
+	// connection), so this only names the peer.
+	if p.Name, err = s.accept(m, cs.PeerCertificates, chains); err != nil {
+		return Peer{}, err
+	}
+	if m.Pinned() {
+		p.PQAuth = true // PinOf accepts only ML-DSA-65 and ML-DSA-87 keys
+		return p, nil
 	}
 	p.PQAuth, p.ClassicalReason = chainsPQ(chains)
 	return p, nil

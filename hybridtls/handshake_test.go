@@ -634,8 +634,9 @@ func TestHandshakeNoResumption(t *testing.T) {
 func TestStoreSwapKeepsOldMaterialOnError(t *testing.T) {
 	client, _ := pinnedPair(t)
 	old := client.store.Material()
-	if err := client.store.Swap(&Material{Identity: old.Identity}); err == nil {
-		t.Fatal("Swap accepted an identity without peers")
+	cert := old.Identity.Certificate
+	if err := client.store.Swap(&Material{Identity: old.Identity, Peers: old.Peers, Certificate: &cert}); err == nil {
+		t.Fatal("Swap accepted both an identity and a certificate")
 	}
 	if client.store.Material() != old {
 		t.Fatal("a failed Swap replaced the material")
@@ -662,6 +663,45 @@ func TestServerConfigReadsMaterialPerHandshake(t *testing.T) {
 	}
 }
 
+// TestNamedPeersAndRecheck checks that a configured name, not the pin, names
+// the peer, and that Recheck follows the material in force: a renamed peer
+// gets its new name, a removed pin and an empty list refuse it.
+func TestNamedPeersAndRecheck(t *testing.T) {
+	client, server := pinnedPair(t)
+	m := server.store.Material()
+	named := &Material{Identity: server.id, Peers: m.Peers, Names: map[Pin]string{m.Peers[0]: "app1"}}
+	if err := server.store.Swap(named); err != nil {
+		t.Fatal(err)
+	}
+	_, s, cr, sr := connect(t, client, server)
+	if cr.err != nil || sr.err != nil {
+		t.Fatalf("client err %v, server err %v", cr.err, sr.err)
+	}
+	if sr.peer.Name != "app1" {
+		t.Errorf("server names its peer %q, want app1", sr.peer.Name)
+	}
+	cs := s.ConnectionState()
+	if name, err := server.store.Recheck(&cs, RoleServer); err != nil || name != "app1" {
+		t.Errorf("Recheck = %q, %v; want app1", name, err)
+	}
+	renamed := &Material{Identity: server.id, Peers: m.Peers, Names: map[Pin]string{m.Peers[0]: "app2"}}
+	if err := server.store.Swap(renamed); err != nil {
+		t.Fatal(err)
+	}
+	if name, err := server.store.Recheck(&cs, RoleServer); err != nil || name != "app2" {
+		t.Errorf("Recheck after a rename = %q, %v; want app2", name, err)
+	}
+	if err := server.store.Swap(&Material{Identity: server.id}); err != nil {
+		t.Fatalf("an empty pin list is valid (it accepts nobody): %v", err)
+	}
+	if _, err := server.store.Recheck(&cs, RoleServer); !errors.Is(err, ErrPeerNotAllowed) {
+		t.Errorf("Recheck with no pins = %v, want ErrPeerNotAllowed", err)
+	}
+	if _, _, _, serr := handshake(t, client.store.ClientConfig(), server.store.ServerConfig()); !errors.Is(serr, ErrPeerNotAllowed) {
+		t.Errorf("handshake with no pins: %v, want ErrPeerNotAllowed", serr)
+	}
+}
+
 func TestNewStoreAndValidate(t *testing.T) {
 	id := mustIdentity(t)
 	cert := id.Certificate
@@ -673,7 +713,6 @@ func TestNewStoreAndValidate(t *testing.T) {
 	}{
 		{"no groups", Policy{Mode: Strict}, &Material{Identity: id, Peers: []Pin{id.Pin}}, "no key-exchange groups"},
 		{"nothing", Policy{Mode: Strict, Groups: DefaultGroups}, &Material{}, "no identity"},
-		{"no peers", Policy{Mode: Strict, Groups: DefaultGroups}, &Material{Identity: id}, "no peer pins"},
 		{"both", Policy{Mode: Strict, Groups: DefaultGroups}, &Material{Identity: id, Peers: []Pin{id.Pin}, Certificate: &cert}, "use one"},
 		{"cert without CA", Policy{Mode: Strict, Groups: DefaultGroups}, &Material{Certificate: &cert}, "needs the CA"},
 	}

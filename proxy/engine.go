@@ -265,9 +265,129 @@ func (e *Engine) handshakeFailed(remote net.Addr, err error) {
 	e.log.Warn("tunnel handshake failed", "remote", remote.String(), "reason", reason, "err", err)
 }
 
+// warnOpenRoutes says, once per route, when a side that accepts more than
+// one peer has a route without an allow list: every one of those peers may
+// use it.
+func (e *Engine) warnOpenRoutes() {
+	if !e.cfg.TLS.Material().AcceptsSeveral() {
+		return
+	}
+	for _, rs := range []struct {
+		kind   string
+		routes []Route
+	}{{"forward", e.cfg.Forward}, {"target", e.cfg.Target}} {
+		for _, r := range rs.routes {
+			if len(r.Allow) == 0 {
+				e.log.Warn("route open to every accepted peer: name the peers allowed on it with @peer+peer", "route", routeName(r.Name), "kind", rs.kind)
+			}
+		}
+	}
+}
+
+// expiryWarnings are how long before a CA-mode peer's certificate expires
+// its tunnel says so, from the earliest; a tunnel admitted later than one
+// of them says so at once.
+var expiryWarnings = []time.Duration{24 * time.Hour, time.Hour}
+
+// watchExpiry closes a CA-mode tunnel when the peer's certificate (or one
+// it sent with it) expires, warning ahead of time: the handshake checked the
+// dates only once, and a tunnel may live for months.
+func (e *Engine) watchExpiry(t *tunnel) {
+	certs := t.s.Info().TLS.PeerCertificates
+	if e.cfg.TLS.Material().Pinned() || len(certs) == 0 {
+		return // a pin does not expire; the identity certificate's dates are not relied on
+	}
+	notAfter := certs[0].NotAfter
+	for _, c := range certs[1:] {
+		if c.NotAfter.Before(notAfter) {
+			notAfter = c.NotAfter
+		}
+	}
+	e.loops.Add(1)
+	go func() {
+		defer e.loops.Done()
+		e.routineExpire(t, notAfter)
+	}()
+}
+
+func (e *Engine) routineExpire(t *tunnel, notAfter time.Time) {
+	warned := false
+	for _, before := range expiryWarnings {
+		at := notAfter.Add(-before)
+		if time.Until(at) > 0 {
+			if !sleepUntilDone(t, at) {
+				return
+			}
+		} else if warned {
+			continue // one warning for the points already past
+		}
+		warned = true
+		t.log.Warn("peer certificate expires soon: its tunnel closes then", "not_after", notAfter.UTC(), "in", time.Until(notAfter).Round(time.Second))
+	}
+	if !sleepUntilDone(t, notAfter) {
+		return
+	}
+	e.tunnels.remove(t)
+	_ = t.s.Close() // expired: its streams end with it
+	e.metrics.revoked.WithLabelValues(t.peerLabel).Inc()
+	t.log.Warn("peer revoked", "reason", "certificate expired", "not_after", notAfter.UTC(), "streams", t.active.Load())
+}
+
+// sleepUntilDone waits until at and reports true, or false as soon as t's
+// session ends.
+func sleepUntilDone(t *tunnel, at time.Time) bool {
+	timer := time.NewTimer(time.Until(at))
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-t.s.Done():
+		return false
+	}
+}
+
+// Reauthorize checks every live tunnel's peer against the TLS material in
+// force (call it after Store.Swap) and closes, with its streams, each tunnel
+// whose peer is no longer accepted or now has another name, which may
+// change the routes it is allowed. It returns how many it closed.
+func (e *Engine) Reauthorize() int {
+	n := 0
+	for _, t := range e.tunnels.snapshot() {
+		if e.revokeIfRejected(t) {
+			n++
+		}
+	}
+	return n
+}
+
+// revokeIfRejected closes t, logged as "peer revoked", when the material in
+// force no longer accepts its peer under the same name.
+func (e *Engine) revokeIfRejected(t *tunnel) bool {
+	role := hybridtls.RoleClient
+	if e.cfg.Mode == ModeListen {
+		role = hybridtls.RoleServer
+	}
+	info := t.s.Info()
+	name, err := e.cfg.TLS.Recheck(&info.TLS, role)
+	if err == nil && name == t.peer {
+		return false
+	}
+	// Out of the pool first, so that no new client is sent to it.
+	e.tunnels.remove(t)
+	_ = t.s.Close() // revoked: its streams end with it
+	e.metrics.revoked.WithLabelValues(t.peerLabel).Inc()
+	if err != nil {
+		t.log.Warn("peer revoked", "reason", "no longer accepted", "streams", t.active.Load(), "err", err)
+	} else {
+		t.log.Warn("peer revoked", "reason", "renamed", "new_name", name, "streams", t.active.Load())
+	}
+	return true
+}
+
 // Run serves until ctx ends, then drains: it stops accepting, lets open
 // streams finish for up to DrainTimeout, and closes every tunnel connection.
 func (e *Engine) Run(ctx context.Context) error {
+	e.warnOpenRoutes()
 	for i, ln := range e.forwardLns {
 		e.loops.Add(1)
 		go e.routineForward(ln, e.cfg.Forward[i])
@@ -521,8 +641,8 @@ func (e *Engine) routineAcceptSessions(ln transport.Listener) {
 func (e *Engine) serveSession(s transport.Session) { e.serveTunnel(e.newTunnel(s)) }
 
 func (e *Engine) newTunnel(s transport.Session) *tunnel {
-	t := &tunnel{s: s, id: e.nextID.Add(1), since: time.Now()}
 	info := s.Info()
+	t := &tunnel{s: s, id: e.nextID.Add(1), since: time.Now(), peer: info.Peer.Name, peerLabel: e.peerLabel(info.Peer.Name)}
 	t.log = e.log.With("tunnel", t.id, "transport", info.Transport, "group", hybridtls.GroupName(info.TLS.CurveID), "sig", info.Peer.Sig, "peer", info.Peer.Name)
 	return t
 }
@@ -561,6 +681,12 @@ func (e *Engine) admit(t *tunnel) bool {
 		log.Warn("tunnel secrets written to the key log: anyone who reads it can decrypt this tunnel", "keylog", e.cfg.KeyLog)
 	}
 	e.metrics.tunnelUp(info)
+	e.watchExpiry(t)
+	// A reload between this tunnel's handshake and its joining the pool
+	// found it in neither place; the pool holds it now, so any later
+	// Reauthorize sees it, and this check covers the reload before. A
+	// revoked tunnel is closed and serveAdmitted winds it down as usual.
+	e.revokeIfRejected(t)
 	return true
 }
 

@@ -206,13 +206,13 @@ func TestEngineEndToEnd(t *testing.T) {
 			var listenLogs logtest.Recorder
 			listen := runEngine(t, Config{
 				Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr,
-				Target: []Route{{"echo", echo}, {"refused", closedAddr(t)}},
+				Target: []Route{{Name: "echo", Addr: echo}, {Name: "refused", Addr: closedAddr(t)}},
 				TLS:    listenStore,
 				Logger: slog.New(&listenLogs),
 			})
 			dial := runEngine(t, Config{
 				Mode: ModeDial, Tunnel: []string{listen.TunnelAddr().String()}, Transport: tr, Connections: 1,
-				Forward: []Route{{"echo", "127.0.0.1:0"}, {"nope", "127.0.0.1:0"}, {"refused", "127.0.0.1:0"}},
+				Forward: []Route{{Name: "echo", Addr: "127.0.0.1:0"}, {Name: "nope", Addr: "127.0.0.1:0"}, {Name: "refused", Addr: "127.0.0.1:0"}},
 				TLS:     dialStore,
 			})
 			fwd := dial.ForwardAddrs()
@@ -303,7 +303,7 @@ func TestEngineRefusesClientsWithoutTunnel(t *testing.T) {
 	_, dialStore := pinnedStores(t)
 	dial := runEngine(t, Config{
 		Mode: ModeDial, Tunnel: []string{"127.0.0.1:1"}, Transport: memtransport.New(),
-		Forward: []Route{{"", "127.0.0.1:0"}},
+		Forward: []Route{{Name: "", Addr: "127.0.0.1:0"}},
 		TLS:     dialStore,
 	})
 	expectRefused(t, dial.ForwardAddrs()[0].String())
@@ -322,13 +322,13 @@ func TestEngineMovesTunnelToSuccessor(t *testing.T) {
 	listenStore, dialStore := pinnedStores(t)
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: auto,
-		Target: []Route{{"echo", echo}}, TLS: listenStore,
+		Target: []Route{{Name: "echo", Addr: echo}}, TLS: listenStore,
 	})
 	prim.Blocked.Store(true)
 	var logs logtest.Recorder
 	dial := runEngine(t, Config{
 		Mode: ModeDial, Tunnel: []string{listen.TunnelAddr().String()}, Transport: auto, Connections: 1,
-		Forward: []Route{{"echo", "127.0.0.1:0"}}, TLS: dialStore,
+		Forward: []Route{{Name: "echo", Addr: "127.0.0.1:0"}}, TLS: dialStore,
 		FallbackTimeout: 200 * time.Millisecond, QUICRetry: 100 * time.Millisecond,
 		Logger: slog.New(&logs),
 	})
@@ -370,7 +370,7 @@ func TestEngineRefusesUnknownKind(t *testing.T) {
 	listenStore, dialStore := pinnedStores(t)
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: mem,
-		Target: []Route{{"echo", startEcho(t)}}, TLS: listenStore,
+		Target: []Route{{Name: "echo", Addr: startEcho(t)}}, TLS: listenStore,
 	})
 	s, err := mem.Dial(transporttest.Ctx(t), listen.TunnelAddr().String(), &transport.Config{
 		TLS: dialStore.ClientConfig(), Authenticate: transporttest.StoreAuth(dialStore),
@@ -411,13 +411,13 @@ func TestEngineRefusesClientPastConnMemory(t *testing.T) {
 	listenStore, dialStore := pinnedStores(t)
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tlsmux.Transport{},
-		Target: []Route{{"echo", echo}}, TLS: listenStore,
+		Target: []Route{{Name: "echo", Addr: echo}}, TLS: listenStore,
 	})
 	var logs logtest.Recorder
 	// 1 MiB leaves room for two streams of this side's own.
 	dial := runEngine(t, Config{
 		Mode: ModeDial, Tunnel: []string{listen.TunnelAddr().String()}, Transport: tlsmux.Transport{}, Connections: 1,
-		Forward: []Route{{"echo", "127.0.0.1:0"}}, TLS: dialStore, Logger: slog.New(&logs),
+		Forward: []Route{{Name: "echo", Addr: "127.0.0.1:0"}}, TLS: dialStore, Logger: slog.New(&logs),
 		Mux: transport.Config{MaxConnMemory: 1 << 20},
 	})
 	waitTunnels(t, dial)

@@ -26,6 +26,8 @@ type Metrics struct {
 	bytes             *prometheus.CounterVec
 	originDial        *prometheus.HistogramVec
 	reconnects        prometheus.Counter
+	notAllowed        *prometheus.CounterVec
+	revoked           *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them, with the Go runtime
@@ -65,8 +67,14 @@ func NewMetrics() *Metrics {
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pqtunnel_reconnects_total", Help: "Tunnel connections re-established by a dial side after one was lost.",
 		}),
+		notAllowed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pqtunnel_streams_not_allowed_total", Help: "Streams refused because the route's allow list (@) does not name the peer, by route and peer (a configured name, or other).",
+		}, []string{"route", "peer"}),
+		revoked: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pqtunnel_tunnels_revoked_total", Help: "Live tunnel connections closed because a reload no longer accepts their peer, by peer (a name the configuration defined).",
+		}, []string{"peer"}),
 	}
-	m.reg.MustRegister(m.tunnelsUp, m.handshakes, m.handshakeFailures, m.handshakeSeconds,
+	m.reg.MustRegister(m.notAllowed, m.revoked, m.tunnelsUp, m.handshakes, m.handshakeFailures, m.handshakeSeconds,
 		m.streamsOpened, m.streamsActive, m.streamsFailed, m.bytes, m.originDial, m.reconnects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

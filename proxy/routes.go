@@ -3,9 +3,11 @@ package proxy
 import (
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/wire"
 )
 
@@ -15,17 +17,31 @@ type Route struct {
 	// Name is "" for the single unnamed route.
 	Name string
 	Addr string
+	// Allow names the peers that may use the route (forward: whose tunnels
+	// carry it; target: who may open streams to it); empty allows every
+	// accepted peer.
+	Allow []string
 }
 
 func (r Route) String() string {
-	if r.Name == "" {
-		return r.Addr
+	s := r.Addr
+	if len(r.Allow) > 0 {
+		s += "@" + strings.Join(r.Allow, "+")
 	}
-	return r.Name + "=" + r.Addr
+	if r.Name == "" {
+		return s
+	}
+	return r.Name + "=" + s
+}
+
+// allows reports whether the peer of that name may use the route.
+func (r Route) allows(peer string) bool {
+	return len(r.Allow) == 0 || slices.Contains(r.Allow, peer)
 }
 
 // ParseRoutes parses "host:port" (one unnamed route) or
-// "name=host:port,name=host:port".
+// "name=host:port,name=host:port", each address optionally followed by
+// "@peer+peer", the peers allowed on the route.
 func ParseRoutes(s string) ([]Route, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
@@ -50,6 +66,18 @@ func ParseRoutes(s string) ([]Route, error) {
 				return nil, fmt.Errorf("route %q has no name: with several routes each needs name=host:port", f)
 			}
 			r = Route{Addr: f}
+		}
+		if addr, allow, ok := strings.Cut(r.Addr, "@"); ok {
+			r.Addr = strings.TrimSpace(addr)
+			for _, p := range strings.Split(allow, "+") {
+				p = strings.TrimSpace(p)
+				if err := hybridtls.CheckPeerName(p); err != nil {
+					return nil, fmt.Errorf("route %q: after '@': %w", f, err)
+				}
+				if !slices.Contains(r.Allow, p) {
+					r.Allow = append(r.Allow, p)
+				}
+			}
 		}
 		if err := CheckHostPort(r.Addr); err != nil {
 			return nil, fmt.Errorf("route %q: %w", f, err)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -23,10 +24,10 @@ func TestParseRoutes(t *testing.T) {
 		{name: "unnamed IPv6", in: "[::1]:5432", want: []Route{{Addr: "[::1]:5432"}}},
 		{name: "single named", in: "redis=127.0.0.1:6379", want: []Route{{Name: "redis", Addr: "127.0.0.1:6379"}}},
 		{name: "named list", in: "redis=127.0.0.1:6379,pg=db.internal:5432",
-			want: []Route{{"redis", "127.0.0.1:6379"}, {"pg", "db.internal:5432"}}},
+			want: []Route{{Name: "redis", Addr: "127.0.0.1:6379"}, {Name: "pg", Addr: "db.internal:5432"}}},
 		{name: "named list with spaces", in: " redis = 127.0.0.1:6379 , pg=[::1]:5432 ",
-			want: []Route{{"redis", "127.0.0.1:6379"}, {"pg", "[::1]:5432"}}},
-		{name: "port zero", in: "a=127.0.0.1:0", want: []Route{{"a", "127.0.0.1:0"}}},
+			want: []Route{{Name: "redis", Addr: "127.0.0.1:6379"}, {Name: "pg", Addr: "[::1]:5432"}}},
+		{name: "port zero", in: "a=127.0.0.1:0", want: []Route{{Name: "a", Addr: "127.0.0.1:0"}}},
 		{name: "port 65535", in: "127.0.0.1:65535", want: []Route{{Addr: "127.0.0.1:65535"}}},
 		{name: "unnamed in a list", in: "redis=127.0.0.1:6379,127.0.0.1:5432", wantErr: "has no name"},
 		{name: "two unnamed", in: "127.0.0.1:1,127.0.0.1:2", wantErr: "has no name"},
@@ -38,6 +39,13 @@ func TestParseRoutes(t *testing.T) {
 		{name: "negative port", in: "127.0.0.1:-1", wantErr: "not a number"},
 		{name: "missing port", in: "a=127.0.0.1", wantErr: "host:port"},
 		{name: "empty address", in: "a=", wantErr: "host:port"},
+		{name: "allow list", in: "redis=127.0.0.1:6379@app1+app2,pg=127.0.0.1:5432@app2",
+			want: []Route{{Name: "redis", Addr: "127.0.0.1:6379", Allow: []string{"app1", "app2"}}, {Name: "pg", Addr: "127.0.0.1:5432", Allow: []string{"app2"}}}},
+		{name: "allow list unnamed IPv6", in: "[::1]:80 @ origin-a", want: []Route{{Addr: "[::1]:80", Allow: []string{"origin-a"}}}},
+		{name: "allow list repeated peer", in: "a=127.0.0.1:1@x+x", want: []Route{{Name: "a", Addr: "127.0.0.1:1", Allow: []string{"x"}}}},
+		{name: "empty allow list", in: "a=127.0.0.1:1@", wantErr: "after '@'"},
+		{name: "empty peer in allow list", in: "a=127.0.0.1:1@x++y", wantErr: "after '@'"},
+		{name: "two @", in: "a=127.0.0.1:1@x@y", wantErr: "after '@'"},
 		{name: "empty name", in: "=127.0.0.1:1", wantErr: "empty name"},
 		{name: "blank name", in: " =127.0.0.1:1", wantErr: "empty name"},
 		{name: "name with space", in: "my route=127.0.0.1:1", wantErr: "without spaces"},
@@ -60,7 +68,7 @@ func TestParseRoutes(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ParseRoutes(%q): %v", tt.in, err)
 			}
-			if !slices.Equal(got, tt.want) {
+			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("ParseRoutes(%q) = %v, want %v", tt.in, got, tt.want)
 			}
 		})
@@ -86,6 +94,8 @@ func FuzzParseRoutes(f *testing.F) {
 	f.Add("a=127.0.0.1:1,127.0.0.1:2")
 	f.Add("a=b=c:1")
 	f.Add("=:")
+	f.Add("redis=127.0.0.1:6379@app1+app2,pg=127.0.0.1:5432@app2")
+	f.Add("[::1]:80@origin-a")
 	f.Fuzz(func(t *testing.T, s string) {
 		routes, err := ParseRoutes(s)
 		if err != nil {
@@ -116,7 +126,9 @@ func FuzzParseRoutes(f *testing.F) {
 		if err != nil {
 			t.Fatalf("re-parse of %q: %v", strings.Join(texts, ","), err)
 		}
-		if !slices.Equal(again, routes) {
+		if !slices.EqualFunc(again, routes, func(a, b Route) bool {
+			return a.Name == b.Name && a.Addr == b.Addr && slices.Equal(a.Allow, b.Allow)
+		}) {
 			t.Fatalf("round trip %v -> %v", routes, again)
 		}
 	})

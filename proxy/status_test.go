@@ -48,12 +48,12 @@ func TestStatusShowsTunnelsRoutesAndLimits(t *testing.T) {
 	listenStore, dialStore := pinnedStores(t)
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr,
-		Target: []Route{{"echo", echo}, {"refused", refused}},
+		Target: []Route{{Name: "echo", Addr: echo}, {Name: "refused", Addr: refused}},
 		TLS:    listenStore, MaxConnections: 7,
 	})
 	dial := runEngine(t, Config{
 		Mode: ModeDial, Tunnel: []string{listen.TunnelAddr().String()}, Transport: tr, Connections: 1,
-		Forward: []Route{{"echo", "127.0.0.1:0"}, {"refused", "127.0.0.1:0"}},
+		Forward: []Route{{Name: "echo", Addr: "127.0.0.1:0"}, {Name: "refused", Addr: "127.0.0.1:0"}},
 		TLS:     dialStore, MaxTotalStreams: 100, Mux: transport.Config{MaxStreams: 50},
 	})
 	waitTunnels(t, dial)
@@ -137,7 +137,7 @@ func TestStatusHandlers(t *testing.T) {
 	listenStore, _ := pinnedStores(t)
 	e := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: memtransport.New(),
-		Target: []Route{{"", "127.0.0.1:1"}}, TLS: listenStore,
+		Target: []Route{{Name: "", Addr: "127.0.0.1:1"}}, TLS: listenStore,
 	})
 	srv := httptest.NewServer(e.Handler())
 	defer srv.Close()

@@ -81,9 +81,15 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 		return
 	}
 	undo.add(e.releaseSlot)
-	t := e.tunnels.pick()
+	// Only a tunnel of an allowed peer: the visitor's first bytes go out
+	// with the stream's preamble, so the choice is made before any is read.
+	t := e.tunnels.pick(r)
 	if t == nil {
-		e.warnRefusal(log, "client refused", "no tunnel connection up")
+		if len(r.Allow) > 0 {
+			e.warnRefusal(log, "client refused", "no tunnel connection of an allowed peer up", "allow", strings.Join(r.Allow, "+"))
+		} else {
+			e.warnRefusal(log, "client refused", "no tunnel connection up")
+		}
 		m.streamsFailed.WithLabelValues(route, "no_tunnel").Inc()
 		client.abort()
 		return
@@ -238,6 +244,7 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 	if known {
 		route = routeName(req.Route)
 	}
+	allowed := known && target.allows(t.peer)
 	log = log.With("route", routeName(req.Route), "client", req.Client)
 	m := e.metrics
 	m.streamsOpened.WithLabelValues(route, "in").Inc()
@@ -264,13 +271,25 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 		refuse(wire.StatusUnknownKind, fmt.Sprintf("stream kind %s is not one this peer delivers", req.Kind), nil)
 		return
 	}
-	if !known {
-		refuse(wire.StatusUnknownRoute, fmt.Sprintf("route %q is not in the peer's PQT_TARGET (it has: %s)", routeName(req.Route), e.targetNames()), nil)
+	if !allowed {
+		// The same answer for a route that exists but is not this peer's as
+		// for one that does not exist, listing only the peer's own routes,
+		// so that a peer learns nothing of the routes of others.
+		unknown := fmt.Sprintf("route %q is not in the peer's PQT_TARGET (it has: %s)", routeName(req.Route), e.targetNames(t.peer))
+		if known {
+			m.streamsFailed.WithLabelValues(route, "not_allowed").Inc()
+			m.notAllowed.WithLabelValues(route, e.peerLabel(t.peer)).Inc()
+			e.warnRefusal(log, "stream refused", "not_allowed", "allow", strings.Join(target.Allow, "+"))
+			_, _ = st.Write(wire.AppendResponse(nil, wire.Response{Status: wire.StatusUnknownRoute, Message: unknown})) // best effort: we close next
+			_ = st.Close()
+			return
+		}
+		refuse(wire.StatusUnknownRoute, unknown, nil)
 		return
 	}
 	d := net.Dialer{Timeout: e.dialTimeout()}
 	dialStart := time.Now()
-	oc, err := d.Dial("tcp", target)
+	oc, err := d.Dial("tcp", target.Addr)
 	m.originDial.WithLabelValues(route).Observe(time.Since(dialStart).Seconds())
 	e.routeStats.dialed(route, dialStart, err)
 	if err != nil {
@@ -281,13 +300,13 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 		case isRefused(err):
 			status = wire.StatusOriginRefused
 		}
-		refuse(status, fmt.Sprintf("dial origin %s: %v", target, err), err)
+		refuse(status, fmt.Sprintf("dial origin %s: %v", target.Addr, err), err)
 		return
 	}
 	if e.cfg.ProxyProtocol != 0 {
 		if err := writeProxyHeader(oc, e.cfg.ProxyProtocol, req.Client, req.Server); err != nil {
 			_ = oc.Close()
-			refuse(wire.StatusOriginError, fmt.Sprintf("send PROXY header to origin %s: %v", target, err), err)
+			refuse(wire.StatusOriginError, fmt.Sprintf("send PROXY header to origin %s: %v", target.Addr, err), err)
 			return
 		}
 	}
@@ -298,7 +317,7 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 		return
 	}
 	origin := tcpEnd{oc.(*net.TCPConn)}
-	e.carry(&undo, func() { e.pipeInbound(t.counted(st, 0), origin, route, target, log, start) })
+	e.carry(&undo, func() { e.pipeInbound(t.counted(st, 0), origin, route, target.Addr, log, start) })
 }
 
 func (e *Engine) pipeInbound(st transport.Stream, origin tcpEnd, route, target string, log *slog.Logger, start time.Time) {
@@ -314,24 +333,37 @@ func (e *Engine) pipeInbound(st transport.Stream, origin tcpEnd, route, target s
 	log.Debug("stream closed", "origin", target, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond))
 }
 
-func (e *Engine) target(name string) (string, bool) {
+func (e *Engine) target(name string) (Route, bool) {
 	for _, r := range e.cfg.Target {
 		if r.Name == name {
-			return r.Addr, true
+			return r, true
 		}
 	}
-	return "", false
+	return Route{}, false
 }
 
-func (e *Engine) targetNames() string {
-	if len(e.cfg.Target) == 0 {
+// targetNames lists the target routes the peer of that name may use.
+func (e *Engine) targetNames(peer string) string {
+	var names []string
+	for _, r := range e.cfg.Target {
+		if r.allows(peer) {
+			names = append(names, routeName(r.Name))
+		}
+	}
+	if len(names) == 0 {
 		return "no targets"
 	}
-	names := make([]string, len(e.cfg.Target))
-	for i, r := range e.cfg.Target {
-		names[i] = routeName(r.Name)
-	}
 	return strings.Join(names, ", ")
+}
+
+// peerLabel is the peer's name as a metric label: only names this side's
+// configuration defines, so that a peer cannot grow the series (in CA mode
+// an unnamed rule names the peer by its certificate).
+func (e *Engine) peerLabel(peer string) string {
+	if e.cfg.TLS.Material().Defines(peer) {
+		return peer
+	}
+	return "other"
 }
 
 func errOr(err error, msg string) any {

@@ -15,10 +15,15 @@ import (
 type tunnel struct {
 	s transport.Session
 	// log carries the tunnel's id, transport, group and peer.
-	log    *slog.Logger
-	id     uint64
-	since  time.Time
-	active atomic.Int64
+	log   *slog.Logger
+	id    uint64
+	since time.Time
+	// peer is the authenticated peer's name, from this side's configuration.
+	peer string
+	// peerLabel is peer as a metric label (see Engine.peerLabel), fixed at
+	// admission, when the material that named the peer was in force.
+	peerLabel string
+	active    atomic.Int64
 
 	// traffic is the stream payload each way, for the status.
 	traffic traffic
@@ -78,9 +83,9 @@ func (ts *tunnelSet) remove(t *tunnel) {
 	}
 }
 
-// pick returns the least-loaded live tunnel, or nil if none is up. Ties go
-// round-robin, so sequential short connections spread too.
-func (ts *tunnelSet) pick() *tunnel {
+// pick returns the least-loaded live tunnel of a peer r allows, or nil if
+// none is up. Ties go round-robin, so sequential short connections spread too.
+func (ts *tunnelSet) pick(r Route) *tunnel {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	var best *tunnel
@@ -92,6 +97,9 @@ func (ts *tunnelSet) pick() *tunnel {
 		case <-t.s.Done():
 			continue // dead, not yet removed
 		default:
+		}
+		if !r.allows(t.peer) {
+			continue
 		}
 		if best == nil || t.active.Load() < best.active.Load() {
 			best = t

@@ -261,6 +261,7 @@ func runTunnel(args []string, environ map[string]string, stdout, stderr io.Write
 	log.Info("pqtunnel starting", "version", buildVersion(), "mode", pc.Mode, "transport", pc.Transport.Name(),
 		"pq", pc.TLS.Policy().Mode, "profile", c.Profile, "groups", hybridtls.GroupNames(pc.TLS.Policy().Groups), "identity", pc.TLS.Material().Name())
 
+	warnNoPeers(c.Material, log)
 	if c.KeyLog != "" {
 		log.Warn("PQT_KEYLOG is on: TLS secrets of every tunnel are written to the key log, and anyone who reads it can decrypt the traffic", "keylog", c.KeyLog)
 	}
@@ -290,7 +291,7 @@ func runTunnel(args []string, environ map[string]string, stdout, stderr io.Write
 		case s := <-sigs:
 			switch {
 			case s == syscall.SIGHUP:
-				reload(c, pc.TLS, log)
+				reload(c, pc.TLS, e, log)
 			case stopping:
 				log.Warn("second signal: exiting now", "signal", s.String())
 				e.Close() // tell peers at once rather than let them time out
@@ -306,7 +307,8 @@ func runTunnel(args []string, environ map[string]string, stdout, stderr io.Write
 
 // reload re-reads identity, certificates and pins; on any error the
 // material in force stays.
-func reload(c *config.Config, store *hybridtls.Store, log *slog.Logger) {
+// Live tunnels of peers no longer accepted are closed at once.
+func reload(c *config.Config, store *hybridtls.Store, e *proxy.Engine, log *slog.Logger) {
 	m, err := c.LoadMaterial()
 	if err == nil {
 		err = store.Swap(m)
@@ -315,7 +317,16 @@ func reload(c *config.Config, store *hybridtls.Store, log *slog.Logger) {
 		log.Error("reload failed: keeping the identity and pins in force", "err", err)
 		return
 	}
-	log.Info("reloaded identity and pins", "identity", m.Name(), "peers", len(m.Peers))
+	warnNoPeers(m, log)
+	log.Info("reloaded identity and pins", "identity", m.Name(), "peers", len(m.Peers), "revoked", e.Reauthorize())
+}
+
+// warnNoPeers says loudly when pinned material accepts nobody (an empty
+// pins file): every peer is refused.
+func warnNoPeers(m *hybridtls.Material, log *slog.Logger) {
+	if m.Pinned() && len(m.Peers) == 0 {
+		log.Warn("PQT_PEERS lists no peer: every peer is refused and live tunnels are closed")
+	}
 }
 
 // serveMetrics starts the HTTP server for /metrics, /healthz and /readyz;

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 
 	"github.com/caarlos0/env/v11"
@@ -79,7 +80,30 @@ func parse(environ map[string]string) (*Config, error) {
 		return nil, err
 	}
 	c.Material = m
+	if err := checkAllowNames(m, c.Engine.Forward, "PQT_FORWARD"); err != nil {
+		return nil, err
+	}
+	if err := checkAllowNames(m, c.Engine.Target, "PQT_TARGET"); err != nil {
+		return nil, err
+	}
 	return c, nil
+}
+
+// checkAllowNames refuses a route allow list naming a peer the material
+// does not define, most likely a typing error that would lock the peer out.
+func checkAllowNames(m *hybridtls.Material, routes []proxy.Route, variable string) error {
+	defines := "PQT_PEERS"
+	if !m.Pinned() {
+		defines = "PQT_ALLOW"
+	}
+	for _, r := range routes {
+		for _, p := range r.Allow {
+			if !m.Defines(p) {
+				return fmt.Errorf("%s: route %q: peer %q after '@' is not a name %s defines", variable, r.String(), p, defines)
+			}
+		}
+	}
+	return nil
 }
 
 // envError rewrites the env library's errors to name the variable.
@@ -379,10 +403,11 @@ func (v *Vars) loadPinned() (*hybridtls.Material, error) {
 	} else if m.Identity, err = hybridtls.ParseIdentityPEM([]byte(v.IdentityPEM)); err != nil {
 		return nil, fmt.Errorf("PQT_IDENTITY_PEM: %w", err)
 	}
-	if m.Peers, err = readPeers(v.Peers); err != nil {
+	var files int
+	if m.Peers, m.Names, files, err = readPeers(v.Peers); err != nil {
 		return nil, fmt.Errorf("PQT_PEERS: %w", err)
 	}
-	if len(m.Peers) == 0 {
+	if len(m.Peers) == 0 && files == 0 {
 		return nil, errors.New("PQT_PEERS: not set: list the pin of each peer this side accepts (print it with 'pqtunnel pin FILE' on the peer)")
 	}
 	if v.Allow != "" {
@@ -421,27 +446,77 @@ func (v *Vars) loadCA() (*hybridtls.Material, error) {
 	return m, nil
 }
 
-// readPeers parses PQT_PEERS: pins, and files of pins (one per line, '#'
-// comments) named by entries that start with '/' or '.'.
-func readPeers(s string) ([]hybridtls.Pin, error) {
-	var pins []string
+// readPeers parses PQT_PEERS: pins, each optionally named (app1=pqt1_…),
+// and files of pins (one per line, optionally "app1 pqt1_…", '#' comments)
+// named by entries that start with '/' or '.'. files counts the files read:
+// an empty file is valid and accepts nobody.
+func readPeers(s string) (pins []hybridtls.Pin, names map[hybridtls.Pin]string, files int, err error) {
+	names = map[hybridtls.Pin]string{}
+	byName := map[string]hybridtls.Pin{}
+	add := func(entry, name, pin string) error {
+		p, err := hybridtls.ParsePin(pin)
+		if err != nil {
+			return fmt.Errorf("%q: %w", entry, err)
+		}
+		if slices.Contains(pins, p) {
+			if name != "" && names[p] != name {
+				return fmt.Errorf("%q: pin %s is listed twice under different names", entry, p)
+			}
+			return nil // the same pin again changes nothing
+		}
+		if name != "" {
+			if err := hybridtls.CheckPeerName(name); err != nil {
+				return fmt.Errorf("%q: %w", entry, err)
+			}
+			if _, dup := byName[name]; dup {
+				return fmt.Errorf("%q: name %s is given to two pins", entry, name)
+			}
+			byName[name] = p
+			names[p] = name
+		}
+		pins = append(pins, p)
+		return nil
+	}
 	for _, f := range strings.Split(s, ",") {
 		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
 		if !strings.HasPrefix(f, "/") && !strings.HasPrefix(f, ".") {
-			pins = append(pins, f)
+			name, pin, ok := strings.Cut(f, "=")
+			if !ok {
+				name, pin = "", f
+			}
+			if err := add(f, strings.TrimSpace(name), pin); err != nil {
+				return nil, nil, 0, err
+			}
 			continue
 		}
 		data, err := os.ReadFile(f)
 		if err != nil {
-			return nil, fmt.Errorf("pins file: %w", err)
+			return nil, nil, 0, fmt.Errorf("pins file: %w", err)
 		}
-		for _, line := range strings.Split(string(data), "\n") {
-			if line, _, _ = strings.Cut(line, "#"); strings.TrimSpace(line) != "" {
-				pins = append(pins, line)
+		files++
+		for i, line := range strings.Split(string(data), "\n") {
+			line, _, _ = strings.Cut(line, "#")
+			fields := strings.Fields(strings.Replace(line, "=", " ", 1))
+			var err error
+			switch len(fields) {
+			case 0:
+				continue
+			case 1:
+				err = add(fields[0], "", fields[0])
+			case 2:
+				err = add(strings.TrimSpace(line), fields[0], fields[1])
+			default:
+				err = fmt.Errorf("%q: want a pin or NAME PIN", strings.TrimSpace(line))
+			}
+			if err != nil {
+				return nil, nil, 0, fmt.Errorf("pins file %s line %d: %w", f, i+1, err)
 			}
 		}
 	}
-	return hybridtls.ParsePins(strings.Join(pins, ","))
+	return pins, names, files, nil
 }
 
 // Explain names the variable behind a library's typed error (a

@@ -167,6 +167,11 @@ func TestParseConfigErrorsNameTheVariable(t *testing.T) {
 		{name: "identity PEM garbage", set: map[string]string{"PQT_IDENTITY_PEM": "garbage"}, unset: []string{"PQT_IDENTITY"}, want: "PQT_IDENTITY_PEM"},
 		{name: "peers missing", unset: []string{"PQT_PEERS"}, want: "PQT_PEERS", also: []string{"pqtunnel pin"}},
 		{name: "peers bad", set: map[string]string{"PQT_PEERS": "pqt1_nope"}, want: "PQT_PEERS"},
+		{name: "peers bad name", set: map[string]string{"PQT_PEERS": "app 1=" + te.peerPin}, want: "PQT_PEERS", also: []string{"peer name"}},
+		{name: "peers one pin two names", set: map[string]string{"PQT_PEERS": "a=" + te.peerPin + ",b=" + te.peerPin}, want: "PQT_PEERS", also: []string{"different names"}},
+		{name: "target allows an undefined peer", set: map[string]string{"PQT_PEERS": "app1=" + te.peerPin, "PQT_TARGET": "redis=127.0.0.1:6379@app1+app2"}, want: "PQT_TARGET", also: []string{`"app2"`, "PQT_PEERS"}},
+		{name: "forward allows an undefined peer", set: map[string]string{"PQT_FORWARD": "web=127.0.0.1:80@origin-a"}, want: "PQT_FORWARD", also: []string{`"origin-a"`}},
+		{name: "route allow list bad", set: map[string]string{"PQT_TARGET": "redis=127.0.0.1:6379@"}, want: "PQT_TARGET", also: []string{"after '@'"}},
 		{name: "peers file missing", set: map[string]string{"PQT_PEERS": filepath.Join(te.dir, "nope.txt")}, want: "PQT_PEERS"},
 		{name: "allow with pins", set: map[string]string{"PQT_ALLOW": "dns:x"}, want: "PQT_ALLOW"},
 		{name: "pins and CA mode", set: map[string]string{"PQT_CERT": "/x.pem"}, want: "PQT_IDENTITY and PQT_CERT"},
@@ -213,6 +218,90 @@ func TestMaterialLoadsIdentityAndPins(t *testing.T) {
 	if err := m.Validate(); err != nil {
 		t.Errorf("material does not validate: %v", err)
 	}
+}
+
+// TestNamedPeers reads names from PQT_PEERS and from a pins file, keeps a
+// bare pin named by itself, and takes an empty pins file as accepting nobody.
+func TestNamedPeers(t *testing.T) {
+	te := newTestEnv(t)
+	other := writeIdentity(t, filepath.Join(te.dir, "other.id"))
+	third := writeIdentity(t, filepath.Join(te.dir, "third.id"))
+	pinsFile := filepath.Join(te.dir, "peers.txt")
+	if err := os.WriteFile(pinsFile, []byte("# named and bare\napp2 "+other+"  # the second\n"+third+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	environ := maps.Clone(te.base)
+	environ["PQT_PEERS"] = "app1=" + te.peerPin + "," + pinsFile
+	environ["PQT_TARGET"] = "redis=127.0.0.1:6379@app1+app2,pg=127.0.0.1:5432@" + third
+	c, err := Parse(environ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := c.Material
+	for pin, want := range map[string]string{te.peerPin: "app1", other: "app2", third: third} {
+		p, err := hybridtls.ParsePin(pin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := m.PeerName(p); got != want {
+			t.Errorf("pin %s named %q, want %q", pin, got, want)
+		}
+	}
+	if got := c.Engine.Target[0].Allow; !reflect.DeepEqual(got, []string{"app1", "app2"}) {
+		t.Errorf("redis allows %v, want app1 and app2", got)
+	}
+
+	empty := filepath.Join(te.dir, "empty.txt")
+	if err := os.WriteFile(empty, []byte("# nobody for now\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	environ = maps.Clone(te.base)
+	environ["PQT_PEERS"] = empty
+	c, err = Parse(environ)
+	if err != nil {
+		t.Fatalf("an empty pins file: %v", err)
+	}
+	if n := len(c.Material.Peers); n != 0 {
+		t.Errorf("an empty pins file accepts %d peers", n)
+	}
+}
+
+// FuzzReadPeers parses PQT_PEERS without files and checks that writing
+// the result back as name=pin entries reads the same.
+func FuzzReadPeers(f *testing.F) {
+	id, err := hybridtls.GenerateIdentity()
+	if err != nil {
+		f.Fatal(err)
+	}
+	pin := id.Pin.String()
+	f.Add("app1=" + pin)
+	f.Add(pin)
+	f.Add(" a = " + pin + " , " + pin)
+	f.Add("a=b=" + pin)
+	f.Fuzz(func(t *testing.T, s string) {
+		if strings.Contains(s, "/") || strings.Contains(s, ".") {
+			return // file names: not read here
+		}
+		pins, names, _, err := readPeers(s)
+		if err != nil {
+			return
+		}
+		var entries []string
+		for _, p := range pins {
+			if n, ok := names[p]; ok {
+				entries = append(entries, n+"="+p.String())
+			} else {
+				entries = append(entries, p.String())
+			}
+		}
+		again, againNames, _, err := readPeers(strings.Join(entries, ","))
+		if err != nil {
+			t.Fatalf("re-read of %q: %v", strings.Join(entries, ","), err)
+		}
+		if !reflect.DeepEqual(again, pins) || !maps.Equal(againNames, names) {
+			t.Fatalf("round trip %v %v -> %v %v", pins, names, again, againNames)
+		}
+	})
 }
 
 // writeIdentity writes a new identity file with mode 0600, as keygen does,

@@ -18,8 +18,8 @@ import (
 type Vars struct {
 	Mode      string `env:"PQT_MODE" help:"listen or dial (required). Only says who opens the tunnel connection."`
 	Tunnel    string `env:"PQT_TUNNEL" help:"listen: the address to accept tunnel connections on (UDP and TCP); dial: the peer's host:port, or several comma-separated."`
-	Forward   string `env:"PQT_FORWARD" help:"Where this side accepts plain TCP to send through the tunnel: host:port, or name=host:port,... for named routes."`
-	Target    string `env:"PQT_TARGET" help:"Where streams from the tunnel are delivered: host:port, or name=host:port,... Only these addresses are ever dialled."`
+	Forward   string `env:"PQT_FORWARD" help:"Where this side accepts plain TCP to send through the tunnel: host:port, or name=host:port,... for named routes; host:port@peer+peer carries the route only over tunnels of those peers (names from PQT_PEERS or PQT_ALLOW)."`
+	Target    string `env:"PQT_TARGET" help:"Where streams from the tunnel are delivered: host:port, or name=host:port,... Only these addresses are ever dialled; host:port@peer+peer accepts streams for the route only from those peers."`
 	Transport string `env:"PQT_TRANSPORT" envDefault:"auto" help:"quic, tcp (TLS 1.3 over TCP with yamux) or auto: a listen side serves both on one port; a dial side tries QUIC and falls back to TCP."`
 
 	Connections int `env:"PQT_CONNECTIONS" envDefault:"2" help:"Tunnel connections a dial side keeps, spread over the PQT_TUNNEL peers; two survive the loss of one."`
@@ -29,11 +29,11 @@ type Vars struct {
 
 	Identity    string `env:"PQT_IDENTITY" help:"Path of this side's identity file (from 'pqtunnel keygen'); mode 0600."`
 	IdentityPEM string `env:"PQT_IDENTITY_PEM" help:"This side's identity as PEM text, instead of PQT_IDENTITY."`
-	Peers       string `env:"PQT_PEERS" help:"Pins of the peers this side accepts (from 'pqtunnel pin FILE'), comma-separated; an entry starting with / or . is a file of pins, one per line, re-read on SIGHUP."`
+	Peers       string `env:"PQT_PEERS" help:"Pins of the peers this side accepts (from 'pqtunnel pin FILE'), comma-separated, each optionally named (app1=pqt1_...); an entry starting with / or . is a file of pins, one per line (optionally 'app1 pqt1_...'), re-read on SIGHUP, where removing a pin closes that peer's live tunnels and an empty file accepts nobody."`
 	Cert        string `env:"PQT_CERT" help:"CA mode: this side's certificate chain (PEM file)."`
 	Key         string `env:"PQT_KEY" help:"CA mode: this side's private key (PEM file)."`
 	CA          string `env:"PQT_CA" help:"CA mode: the CA bundle that signs peer certificates (PEM file)."`
-	Allow       string `env:"PQT_ALLOW" help:"CA mode: peers accepted by certificate name: dns:NAME, uri:URI, cn:NAME, comma-separated; empty accepts any the CA signed."`
+	Allow       string `env:"PQT_ALLOW" help:"CA mode: peers accepted by certificate name: dns:NAME, uri:URI, cn:NAME, comma-separated, each optionally named (web=dns:NAME) for @ lists in routes; empty accepts any the CA signed."`
 	ServerName  string `env:"PQT_SERVER_NAME" help:"CA mode: the name a dial side verifies in the peer's certificate; default the host of PQT_TUNNEL."`
 	Profile     string `env:"PQT_PROFILE" help:"cnsa2: the CNSA 2.0 profile in one switch: key exchange MLKEM1024 only, ML-DSA-87 authentication (identities from 'pqtunnel keygen --profile cnsa2', CA chains ML-DSA-87 end to end), PQT_KEYLOG refused. Off when empty."`
 	Auth        string `env:"PQT_AUTH" envDefault:"any" help:"CA mode: pq refuses a peer whose certificate chain is not ML-DSA end to end (leaf key and every signature up to PQT_CA); any accepts classical and mixed chains, logged pq_auth=false with the reason."`
