@@ -315,8 +315,8 @@ func TestStalledQUICHandshakesAreBounded(t *testing.T) {
 // TestMemoryFloodIntoASlowOriginIsBounded pushes as fast as it can over
 // 1,000 streams of one tunnel connection into an origin that reads nothing:
 // the listen side holds no more than its per-connection memory bound
-// (64 MiB by default) in receive windows, so its RSS stays under that plus
-// a fixed allowance, on both transports.
+// (PQT_MAX_CONN_MEMORY=64MiB here) in receive windows, so its RSS stays
+// under that plus a fixed allowance, on both transports.
 func TestMemoryFloodIntoASlowOriginIsBounded(t *testing.T) {
 	transports(t, func(t *testing.T, transport string) {
 		const (
@@ -344,7 +344,7 @@ func TestMemoryFloodIntoASlowOriginIsBounded(t *testing.T) {
 				close(release)
 			}
 		})
-		p := startPair(t, ctx, pairOptions{transport: transport, target: o.addr(), dialEnv: map[string]string{"PQT_CONNECTIONS": "1"}})
+		p := startPair(t, ctx, pairOptions{transport: transport, target: o.addr(), dialEnv: map[string]string{"PQT_CONNECTIONS": "1"}, listenEnv: map[string]string{"PQT_MAX_CONN_MEMORY": "64MiB"}})
 		pid := p.listen.cmd.Process.Pid
 		baseRSS := hosRSS(t, pid)
 

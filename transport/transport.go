@@ -235,7 +235,7 @@ type Config struct {
 	// is slowed by flow control rather than buffered. Over TCP the peer
 	// may then have at most MaxConnMemory/512 KiB streams open (yamux's
 	// smallest window is 256 KiB, and half the bound is kept for them).
-	// Zero means 64 MiB; less than 1 MiB means 1 MiB.
+	// Zero means defaults.MaxConnMemory (256 MiB); less than 1 MiB means 1 MiB.
 	MaxConnMemory int
 	// WrapConn, if set, wraps each dialled TCP connection (to measure it).
 	WrapConn func(net.Conn) net.Conn

@@ -398,7 +398,7 @@ func TestMaxConnMemoryReachesTheTransport(t *testing.T) {
 	for _, tc := range []struct {
 		set  string
 		want int
-	}{{"", 64 << 20}, {"8MiB", 8 << 20}, {"1GiB", 1 << 30}} {
+	}{{"", 256 << 20}, {"8MiB", 8 << 20}, {"1GiB", 1 << 30}} {
 		environ := maps.Clone(te.base)
 		if tc.set != "" {
 			environ["PQT_MAX_CONN_MEMORY"] = tc.set

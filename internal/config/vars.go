@@ -48,7 +48,7 @@ type Vars struct {
 	MaxTotalStreams  int           `env:"PQT_MAX_TOTAL_STREAMS" envDefault:"65536" help:"Streams this process carries at once over all tunnel connections; past it new clients and streams are refused."`
 	MaxHandshakes    int           `env:"PQT_MAX_HANDSHAKES" envDefault:"64" help:"Tunnel handshakes a listen side runs at once; more are refused until one finishes."`
 	MaxConnections   int           `env:"PQT_MAX_CONNECTIONS" envDefault:"256" help:"Tunnel connections a listen side accepts at once."`
-	MaxConnMemory    ByteSize      `env:"PQT_MAX_CONN_MEMORY" envDefault:"64MiB" help:"Memory one tunnel connection may hold for data its peer sent and the origin has not read (receive windows); a faster peer is slowed by flow control. Over tcp it also caps the peer's streams open at once on that connection at this/512KiB - 1 (127 at 64MiB). Units KiB, MiB, GiB; at least 1MiB."`
+	MaxConnMemory    ByteSize      `env:"PQT_MAX_CONN_MEMORY" envDefault:"256MiB" help:"Memory one tunnel connection may hold for data its peer sent and the origin has not read (receive windows); a faster peer is slowed by flow control. Over tcp it also caps the streams open at once on that connection at about this/512KiB each way (511 at 256MiB). Units KiB, MiB, GiB; at least 1MiB."`
 	DrainTimeout     time.Duration `env:"PQT_DRAIN_TIMEOUT" envDefault:"30s" help:"On SIGTERM/SIGINT, how long open streams may finish before they are closed."`
 
 	Metrics       string `env:"PQT_METRICS" help:"Address of the HTTP server for /metrics, /healthz, /readyz and /status (pqtunnel status reads it); a bare port binds 127.0.0.1. Off when empty."`
