@@ -257,7 +257,7 @@ func TestEngineEndToEnd(t *testing.T) {
 			})
 			t.Run("unknown route", func(t *testing.T) {
 				expectRefused(t, nopeAddr)
-				if !listenLogs.Contains("stream refused", "reason=unknown route", `route "nope"`) {
+				if !listenLogs.Contains("stream refused", "reason=unknown route", `route "nope"`, "is not in this side's PQT_TARGET") {
 					t.Errorf("listen side did not log the unknown route; logs: %q", listenLogs.All())
 				}
 				// A peer-chosen route name never becomes a metric label.

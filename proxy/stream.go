@@ -284,7 +284,8 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 			_ = st.Close()
 			return
 		}
-		refuse(wire.StatusUnknownRoute, unknown, nil)
+		// The peer reads "the peer's PQT_TARGET"; this side's own log says whose.
+		refuse(wire.StatusUnknownRoute, unknown, fmt.Errorf("route %q is not in this side's PQT_TARGET (it has: %s)", routeName(req.Route), e.targetNames(t.peer)))
 		return
 	}
 	d := net.Dialer{Timeout: e.dialTimeout()}
