@@ -12,6 +12,7 @@ import (
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
 	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
+	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 	"github.com/pqtunnel/pqtunnel/wire"
 )
 
@@ -309,7 +310,7 @@ func benchEchoOnce(b *testing.B, addr string) {
 func BenchmarkStreamRoundTrip(b *testing.B) {
 	for _, tr := range []transport.Transport{tlsmux.Transport{}, quic.Transport{}} {
 		b.Run(tr.Name(), func(b *testing.B) {
-			origin := startEcho(b)
+			origin := transporttest.EchoOrigin(b)
 			forward := benchTunnel(b, tr, origin)
 			benchEchoOnce(b, forward) // the first stream pays for warming up
 			b.ReportAllocs()

@@ -30,41 +30,6 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// startEcho runs a TCP echo origin that half-closes after echoing; it stops
-// and waits for its connections at cleanup.
-func startEcho(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-				if _, err := io.Copy(c, c); err == nil {
-					_ = c.(*net.TCPConn).CloseWrite()
-				}
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		wg.Wait()
-	})
-	return ln.Addr().String()
-}
-
 // closedAddr returns a loopback address where nothing listens.
 func closedAddr(t *testing.T) string {
 	t.Helper()
@@ -201,7 +166,7 @@ func TestEngineEndToEnd(t *testing.T) {
 	// transports on loopback show that it behaves the same.
 	for _, tr := range []transport.Transport{memtransport.New(), quic.Transport{}, tlsmux.Transport{}} {
 		t.Run(tr.Name(), func(t *testing.T) {
-			echo := startEcho(t)
+			echo := transporttest.EchoOrigin(t)
 			listenStore, dialStore := pinnedStores(t)
 			var listenLogs logtest.Recorder
 			listen := runEngine(t, Config{
@@ -318,7 +283,7 @@ func TestEngineRefusesClientsWithoutTunnel(t *testing.T) {
 func TestEngineMovesTunnelToSuccessor(t *testing.T) {
 	prim := transporttest.NewBlockable()
 	auto := transport.Fallback(prim, memtransport.New())
-	echo := startEcho(t)
+	echo := transporttest.EchoOrigin(t)
 	listenStore, dialStore := pinnedStores(t)
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: auto,
@@ -370,7 +335,7 @@ func TestEngineRefusesUnknownKind(t *testing.T) {
 	listenStore, dialStore := pinnedStores(t)
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: mem,
-		Target: []Route{{Name: "echo", Addr: startEcho(t)}}, TLS: listenStore,
+		Target: []Route{{Name: "echo", Addr: transporttest.EchoOrigin(t)}}, TLS: listenStore,
 	})
 	s, err := mem.Dial(transporttest.Ctx(t), listen.TunnelAddr().String(), &transport.Config{
 		TLS: dialStore.ClientConfig(), Authenticate: transporttest.StoreAuth(dialStore),
@@ -407,7 +372,7 @@ func TestEngineRefusesUnknownKind(t *testing.T) {
 // bound is refused with a line naming PQT_MAX_CONN_MEMORY, and the clients
 // already carried keep working.
 func TestEngineRefusesClientPastConnMemory(t *testing.T) {
-	echo := startEcho(t)
+	echo := transporttest.EchoOrigin(t)
 	listenStore, dialStore := pinnedStores(t)
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tlsmux.Transport{},

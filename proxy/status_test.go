@@ -12,6 +12,7 @@ import (
 
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
+	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 )
 
 // waitStatus polls e's status until ok accepts it, and fails after 10 s
@@ -43,7 +44,7 @@ func routeOf(st Status, kind, name string) RouteStatus {
 
 func TestStatusShowsTunnelsRoutesAndLimits(t *testing.T) {
 	tr := memtransport.New()
-	echo := startEcho(t)
+	echo := transporttest.EchoOrigin(t)
 	refused := closedAddr(t)
 	listenStore, dialStore := pinnedStores(t)
 	listen := runEngine(t, Config{

@@ -18,6 +18,7 @@ import (
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
 	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
+	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 )
 
 const benchALPN = "pqtunnel-bench/1"
@@ -165,37 +166,6 @@ func benchDirectOnce(addr string) error {
 	return nil
 }
 
-// benchDirectEcho serves the plain-TCP equivalent of benchServeEcho.
-func benchDirectEcho(b *testing.B) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_, _ = io.Copy(c, c) // the client sees a failure as a short echo
-				_ = c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	b.Cleanup(func() {
-		_ = ln.Close()
-		wg.Wait()
-	})
-	return ln.Addr().String()
-}
-
 // BenchmarkStreamOpenClose is one stream's life on a live session: open,
 // 1-byte echo, FIN both ways. The same number of plain TCP connections
 // (connect, echo, FIN both ways) follows; x-direct is the stream rate over
@@ -205,7 +175,7 @@ func BenchmarkStreamOpenClose(b *testing.B) {
 		b.Run(tr.Name(), func(b *testing.B) {
 			client, server := benchSessions(b, tr)
 			benchServeEcho(b, server)
-			direct := benchDirectEcho(b)
+			direct := transporttest.EchoOrigin(b)
 			ctx := context.Background()
 			if err := benchStreamOnce(ctx, client); err != nil {
 				b.Fatal(err)

@@ -1,6 +1,6 @@
 // Package transporttest holds what the tests of every transport share: a
-// pair of hybridtls stores that accept each other, configurations, and
-// helpers that connect sessions and streams.
+// pair of hybridtls stores that accept each other, configurations,
+// helpers that connect sessions and streams, and a plain TCP echo origin.
 package transporttest
 
 import (
@@ -9,6 +9,8 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"io"
+	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -150,4 +152,40 @@ func OpenAccepted(t testing.TB, from, to transport.Session, first []byte) (opene
 	_ = opened.SetDeadline(deadline)
 	_ = accepted.SetDeadline(deadline)
 	return opened, accepted
+}
+
+// EchoOrigin runs a TCP echo origin on loopback that half-closes after
+// echoing, and returns its address; it stops and waits for its
+// connections at cleanup.
+func EchoOrigin(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+				if _, err := io.Copy(c, c); err == nil {
+					_ = c.(*net.TCPConn).CloseWrite()
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		wg.Wait()
+	})
+	return ln.Addr().String()
 }
