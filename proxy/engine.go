@@ -17,13 +17,15 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/defaults"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/wire"
 )
+
+// nextTunnelID numbers tunnel connections across every engine in the
+// process, so that engines sharing one Metrics report distinct series.
+var nextTunnelID atomic.Uint64
 
 // Mode says who opens the tunnel connection.
 type Mode string
@@ -144,7 +146,6 @@ type Engine struct {
 	slots   chan struct{}
 	streams *inflight      // client and inbound stream handlers
 	loops   sync.WaitGroup // accept loops, session servers, dialers
-	nextID  atomic.Uint64
 
 	// routeStats are the clients and origin dials per route, for the status.
 	routeStats routeStats
@@ -171,15 +172,11 @@ func New(cfg Config) (*Engine, error) {
 		e.slots = make(chan struct{}, cfg.MaxTotalStreams)
 	}
 	e.tunnels.init()
-	e.metrics.reg.MustRegister(&quicCollector{
-		e:    e,
-		rtt:  prometheus.NewDesc("pqtunnel_quic_rtt_seconds", "Smoothed RTT of a QUIC tunnel connection.", []string{"tunnel"}, nil),
-		lost: prometheus.NewDesc("pqtunnel_quic_packets_lost_total", "Packets lost on a QUIC tunnel connection.", []string{"tunnel"}, nil),
-	})
 	if err := e.bind(); err != nil {
 		e.closeListeners()
 		return nil, err
 	}
+	e.metrics.attach(e)
 	return e, nil
 }
 
@@ -423,6 +420,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.tunnels.closeAll()
 	e.loops.Wait()
 	e.streams.wait(0)
+	e.metrics.detach(e)
 	return nil
 }
 
@@ -471,6 +469,7 @@ func (e *Engine) Close() {
 	e.draining.Store(true)
 	e.closeListeners()
 	e.tunnels.closeAll()
+	e.metrics.detach(e)
 }
 
 // routineMaintain keeps one tunnel connection to peer up until ctx ends,
@@ -642,7 +641,7 @@ func (e *Engine) serveSession(s transport.Session) { e.serveTunnel(e.newTunnel(s
 
 func (e *Engine) newTunnel(s transport.Session) *tunnel {
 	info := s.Info()
-	t := &tunnel{s: s, id: e.nextID.Add(1), since: time.Now(), peer: info.Peer.Name, peerLabel: e.peerLabel(info.Peer.Name)}
+	t := &tunnel{s: s, id: nextTunnelID.Add(1), since: time.Now(), peer: info.Peer.Name, peerLabel: e.peerLabel(info.Peer.Name)}
 	t.log = e.log.With("tunnel", t.id, "transport", info.Transport, "group", hybridtls.GroupName(info.TLS.CurveID), "sig", info.Peer.Sig, "peer", info.Peer.Name)
 	return t
 }

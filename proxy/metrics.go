@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/json"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +29,12 @@ type Metrics struct {
 	reconnects        prometheus.Counter
 	notAllowed        *prometheus.CounterVec
 	revoked           *prometheus.CounterVec
+
+	// engines are the engines reporting into these metrics; the QUIC
+	// collector reads their live tunnels. Several engines may share one
+	// Metrics (one registry) because the collector is registered once.
+	mu      sync.Mutex
+	engines map[*Engine]struct{}
 }
 
 // NewMetrics creates the collectors and registers them, with the Go runtime
@@ -74,9 +81,15 @@ func NewMetrics() *Metrics {
 			Name: "pqtunnel_tunnels_revoked_total", Help: "Live tunnel connections closed because a reload no longer accepts their peer, by peer (a name the configuration defined).",
 		}, []string{"peer"}),
 	}
+	m.engines = map[*Engine]struct{}{}
 	m.reg.MustRegister(m.notAllowed, m.revoked, m.tunnelsUp, m.handshakes, m.handshakeFailures, m.handshakeSeconds,
 		m.streamsOpened, m.streamsActive, m.streamsFailed, m.bytes, m.originDial, m.reconnects,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&quicCollector{
+			m:    m,
+			rtt:  prometheus.NewDesc("pqtunnel_quic_rtt_seconds", "Smoothed RTT of a QUIC tunnel connection.", []string{"tunnel"}, nil),
+			lost: prometheus.NewDesc("pqtunnel_quic_packets_lost_total", "Packets lost on a QUIC tunnel connection.", []string{"tunnel"}, nil),
+		})
 	return m
 }
 
@@ -97,23 +110,49 @@ func (m *Metrics) tunnelDown(info transport.Info) {
 	m.tunnelsUp.WithLabelValues(info.Transport, hybridtls.GroupName(info.TLS.CurveID), info.Peer.Sig).Dec()
 }
 
-// quicCollector reports RTT and loss of live QUIC tunnel connections.
+func (m *Metrics) attach(e *Engine) {
+	m.mu.Lock()
+	m.engines[e] = struct{}{}
+	m.mu.Unlock()
+}
+
+func (m *Metrics) detach(e *Engine) {
+	m.mu.Lock()
+	delete(m.engines, e)
+	m.mu.Unlock()
+}
+
+func (m *Metrics) attached() []*Engine {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]*Engine, 0, len(m.engines))
+	for e := range m.engines {
+		out = append(out, e)
+	}
+	return out
+}
+
+// quicCollector reports RTT and loss of the live QUIC tunnel connections of
+// every attached engine. Tunnel ids are unique in the process, so the
+// engines' series never collide.
 type quicCollector struct {
-	e         *Engine
+	m         *Metrics
 	rtt, lost *prometheus.Desc
 }
 
 func (c *quicCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.rtt; ch <- c.lost }
 
 func (c *quicCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, t := range c.e.tunnels.snapshot() {
-		st, ok := transport.SessionStats(t.s)
-		if !ok {
-			continue
+	for _, e := range c.m.attached() {
+		for _, t := range e.tunnels.snapshot() {
+			st, ok := transport.SessionStats(t.s)
+			if !ok {
+				continue
+			}
+			id := t.label()
+			ch <- prometheus.MustNewConstMetric(c.rtt, prometheus.GaugeValue, st.RTT.Seconds(), id)
+			ch <- prometheus.MustNewConstMetric(c.lost, prometheus.CounterValue, float64(st.PacketsLost), id)
 		}
-		id := t.label()
-		ch <- prometheus.MustNewConstMetric(c.rtt, prometheus.GaugeValue, st.RTT.Seconds(), id)
-		ch <- prometheus.MustNewConstMetric(c.lost, prometheus.CounterValue, float64(st.PacketsLost), id)
 	}
 }
 
