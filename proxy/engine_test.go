@@ -306,9 +306,10 @@ func TestEngineMovesTunnelToSuccessor(t *testing.T) {
 		t.Fatalf("no fallback was logged; logs: %q", logs.All())
 	}
 
+	fallen := fmt.Sprintf("tunnel=%d", dial.Readiness().Tunnels[0].ID)
 	prim.Blocked.Store(false)
 	timeout := time.After(10 * time.Second)
-	for !logs.Contains("fakeudp works again: moving tunnel back from mem", "tunnel=1") {
+	for !logs.Contains("fakeudp works again: moving tunnel back from mem", fallen) {
 		select {
 		case <-dial.TunnelsChanged():
 		case <-time.After(50 * time.Millisecond): // the log line may follow the change
