@@ -175,9 +175,9 @@ func (p *Policy) name(s Setting) string {
 	return s.String()
 }
 
-// curves is the list offered and accepted: in prefer mode X25519 is added
+// Curves is the list offered and accepted: in prefer mode X25519 is added
 // last so a classical-only peer can still connect.
-func (p *Policy) curves() []tls.CurveID {
+func (p *Policy) Curves() []tls.CurveID {
 	cs := slices.Clone(p.Groups)
 	if p.Mode == Prefer && !slices.Contains(cs, tls.X25519) {
 		cs = append(cs, tls.X25519)
@@ -229,7 +229,7 @@ func (s *Store) baseConfig(m *Material) *tls.Config {
 	c := &tls.Config{
 		MinVersion:       tls.VersionTLS13,
 		MaxVersion:       tls.VersionTLS13,
-		CurvePreferences: s.policy.curves(),
+		CurvePreferences: s.policy.Curves(),
 		NextProtos:       []string{s.policy.ALPN},
 		// Resumption would skip the certificate exchange; tunnels are
 		// long-lived, so every connection does a full handshake instead.
@@ -321,7 +321,7 @@ func (e *VersionError) HandshakeReason() string { return "version_mismatch" }
 // checkOffered refuses a ClientHello that shares no group with the policy,
 // with an error that names both lists.
 func (s *Store) checkOffered(hello *tls.ClientHelloInfo) error {
-	ours := s.policy.curves()
+	ours := s.policy.Curves()
 	for _, g := range hello.SupportedCurves {
 		if slices.Contains(ours, g) {
 			return nil
@@ -366,7 +366,7 @@ func LoggedRefusal(reason string) bool {
 var ErrPeerNotAllowed error = &RefusalError{"peer_not_allowed", "peer not allowed"}
 
 func (s *Store) verifyPeer(m *Material, cs *tls.ConnectionState, server bool) error {
-	if err := checkGroup(cs.CurveID, s.policy.Mode, s.policy.curves(), s.policy.name); err != nil {
+	if err := checkGroup(cs.CurveID, s.policy.Mode, s.policy.Curves(), s.policy.name); err != nil {
 		return err
 	}
 	chains, err := peerChains(m, cs, server, s.policy.name(SettingCAs))
@@ -506,7 +506,7 @@ func (s *Store) Authenticate(cs *tls.ConnectionState, rw io.ReadWriter, role Rol
 	if cs.Version != tls.VersionTLS13 {
 		return Peer{}, fmt.Errorf("negotiated TLS version %#x, want TLS 1.3", cs.Version)
 	}
-	if err := checkGroup(cs.CurveID, s.policy.Mode, s.policy.curves(), s.policy.name); err != nil {
+	if err := checkGroup(cs.CurveID, s.policy.Mode, s.policy.Curves(), s.policy.name); err != nil {
 		return Peer{}, err
 	}
 	msg, err := AppendProof(nil, cs, identityEd25519(m.Identity), role)

@@ -193,11 +193,11 @@ func TestCheckGroup(t *testing.T) {
 
 func TestPolicyCurves(t *testing.T) {
 	strict := Policy{Mode: Strict, Groups: DefaultGroups}
-	if got := strict.curves(); !slices.Equal(got, DefaultGroups) {
+	if got := strict.Curves(); !slices.Equal(got, DefaultGroups) {
 		t.Errorf("strict curves = %s, want %s", GroupNames(got), GroupNames(DefaultGroups))
 	}
 	prefer := Policy{Mode: Prefer, Groups: DefaultGroups}
-	got := prefer.curves()
+	got := prefer.Curves()
 	if want := append(slices.Clone(DefaultGroups), tls.X25519); !slices.Equal(got, want) {
 		t.Errorf("prefer curves = %s, want %s", GroupNames(got), GroupNames(want))
 	}
@@ -205,7 +205,7 @@ func TestPolicyCurves(t *testing.T) {
 		t.Fatal("curves() modified DefaultGroups")
 	}
 	withX := Policy{Mode: Prefer, Groups: []tls.CurveID{tls.X25519MLKEM768, tls.X25519}}
-	if got := withX.curves(); len(got) != 2 {
+	if got := withX.Curves(); len(got) != 2 {
 		t.Errorf("prefer curves with X25519 listed = %s, want it once", GroupNames(got))
 	}
 }

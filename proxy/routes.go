@@ -11,20 +11,64 @@ import (
 	"github.com/pqtunnel/pqtunnel/wire"
 )
 
+// Scheme is how a route's address is spoken to: plain TCP, or TLS with a
+// standard client or server on the other end. Another kind of address
+// (a Unix socket) is another Scheme with its own address check.
+type Scheme string
+
+const (
+	// SchemeTCP is a plain TCP host:port, written without a scheme.
+	SchemeTCP Scheme = ""
+	// SchemeTLS is tls://host:port: a forward route terminates TLS 1.3 from
+	// standard clients, a target route originates TLS 1.3 to a standard server.
+	SchemeTLS Scheme = "tls"
+)
+
+// schemes are the schemes a route address may name, each with the check of
+// the address after "scheme://".
+var schemes = map[Scheme]func(string) error{
+	SchemeTLS: checkTLSAddr,
+}
+
+// checkTLSAddr accepts host:port; a host name has no '/'.
+func checkTLSAddr(addr string) error {
+	if strings.Contains(addr, "/") {
+		return fmt.Errorf("want tls://host:port, not %q after tls://", addr)
+	}
+	return CheckHostPort(addr)
+}
+
 // Route binds a route name to an address: where clients connect (forward)
 // or where streams are delivered (target).
 type Route struct {
 	// Name is "" for the single unnamed route.
 	Name string
+	// Scheme is SchemeTCP for a plain host:port.
+	Scheme Scheme
+	// Addr is the address without its scheme: host:port.
 	Addr string
 	// Allow names the peers that may use the route (forward: whose tunnels
 	// carry it; target: who may open streams to it); empty allows every
 	// accepted peer.
 	Allow []string
+	// ALPN are the application protocols a TLS route offers or accepts, in
+	// order; none when empty (PQT_TLS_ALPN).
+	ALPN []string
+	// ServerName is the name a TLS target's certificate must carry, also
+	// sent as SNI; empty means the host of Addr (PQT_TLS_SERVER_NAME).
+	ServerName string
 }
 
+// IsTLS reports whether the route speaks TLS to a standard client or server.
+func (r Route) IsTLS() bool { return r.Scheme == SchemeTLS }
+
+// String is the route as ParseRoutes reads it. ALPN and ServerName come
+// from other settings and are not part of it.
 func (r Route) String() string {
 	s := r.Addr
+	if r.Scheme != SchemeTCP {
+		s = string(r.Scheme) + "://" + s
+	}
 	if len(r.Allow) > 0 {
 		s += "@" + strings.Join(r.Allow, "+")
 	}
@@ -40,8 +84,9 @@ func (r Route) allows(peer string) bool {
 }
 
 // ParseRoutes parses "host:port" (one unnamed route) or
-// "name=host:port,name=host:port", each address optionally followed by
-// "@peer+peer", the peers allowed on the route.
+// "name=host:port,name=host:port", each address optionally written
+// "tls://host:port" and followed by "@peer+peer", the peers allowed on
+// the route.
 func ParseRoutes(s string) ([]Route, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
@@ -79,7 +124,14 @@ func ParseRoutes(s string) ([]Route, error) {
 				}
 			}
 		}
-		if err := CheckHostPort(r.Addr); err != nil {
+		check := CheckHostPort
+		if scheme, rest, ok := strings.Cut(r.Addr, "://"); ok {
+			r.Scheme, r.Addr = Scheme(strings.ToLower(scheme)), rest
+			if check = schemes[r.Scheme]; check == nil || r.Scheme == SchemeTCP {
+				return nil, fmt.Errorf("route %q: unknown scheme %q (want tls:// or none for plain TCP)", f, scheme)
+			}
+		}
+		if err := check(r.Addr); err != nil {
 			return nil, fmt.Errorf("route %q: %w", f, err)
 		}
 		if seen[r.Name] {

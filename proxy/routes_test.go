@@ -51,6 +51,15 @@ func TestParseRoutes(t *testing.T) {
 		{name: "name with space", in: "my route=127.0.0.1:1", wantErr: "without spaces"},
 		{name: "name with colon", in: "a:b=127.0.0.1:1", wantErr: "without spaces"},
 		{name: "name with slash", in: "a/b=127.0.0.1:1", wantErr: "without spaces"},
+		{name: "tls forward", in: "web=tls://0.0.0.0:8443", want: []Route{{Name: "web", Scheme: SchemeTLS, Addr: "0.0.0.0:8443"}}},
+		{name: "tls unnamed upper case", in: "TLS://[::1]:443", want: []Route{{Scheme: SchemeTLS, Addr: "[::1]:443"}}},
+		{name: "tls and plain with allow list", in: "api=tls://api.example.com:443@app1,pg=127.0.0.1:5432",
+			want: []Route{{Name: "api", Scheme: SchemeTLS, Addr: "api.example.com:443", Allow: []string{"app1"}}, {Name: "pg", Addr: "127.0.0.1:5432"}}},
+		{name: "unknown scheme", in: "a=udp://127.0.0.1:1", wantErr: `unknown scheme "udp"`},
+		{name: "empty scheme", in: "a=://127.0.0.1:1", wantErr: "unknown scheme"},
+		{name: "tls without port", in: "a=tls://example.com", wantErr: "host:port"},
+		{name: "tls twice", in: "a=tls://tls://h:1", wantErr: "after tls://"},
+		{name: "tls with a path", in: "a=tls://h:1/x", wantErr: "after tls://"},
 		{name: "name too long", in: strings.Repeat("n", 256) + "=127.0.0.1:1", wantErr: "at most 255"},
 	}
 	for _, tt := range tests {
@@ -82,6 +91,9 @@ func TestRouteStringAndName(t *testing.T) {
 	if s := (Route{Name: "n", Addr: "h:1"}).String(); s != "n=h:1" {
 		t.Errorf("named route String = %q", s)
 	}
+	if s := (Route{Name: "n", Scheme: SchemeTLS, Addr: "h:1", Allow: []string{"a"}}).String(); s != "n=tls://h:1@a" {
+		t.Errorf("TLS route String = %q", s)
+	}
 	if routeName("") != "default" || routeName("x") != "x" {
 		t.Error("routeName does not call the unnamed route default")
 	}
@@ -96,6 +108,8 @@ func FuzzParseRoutes(f *testing.F) {
 	f.Add("=:")
 	f.Add("redis=127.0.0.1:6379@app1+app2,pg=127.0.0.1:5432@app2")
 	f.Add("[::1]:80@origin-a")
+	f.Add(Route{Name: "web", Scheme: SchemeTLS, Addr: "0.0.0.0:8443", Allow: []string{"a"}}.String() + "," + Route{Name: "pg", Addr: ":1"}.String())
+	f.Add("TLS://h:1")
 	f.Fuzz(func(t *testing.T, s string) {
 		routes, err := ParseRoutes(s)
 		if err != nil {
@@ -127,7 +141,7 @@ func FuzzParseRoutes(f *testing.F) {
 			t.Fatalf("re-parse of %q: %v", strings.Join(texts, ","), err)
 		}
 		if !slices.EqualFunc(again, routes, func(a, b Route) bool {
-			return a.Name == b.Name && a.Addr == b.Addr && slices.Equal(a.Allow, b.Allow)
+			return a.Name == b.Name && a.Scheme == b.Scheme && a.Addr == b.Addr && slices.Equal(a.Allow, b.Allow)
 		}) {
 			t.Fatalf("round trip %v -> %v", routes, again)
 		}
