@@ -84,6 +84,10 @@ func GroupName(g tls.CurveID) string {
 		return "P-384"
 	case tls.CurveP521:
 		return "P-521"
+	case 30: // offered by OpenSSL; crypto/tls has no name for these
+		return "X448"
+	case 256, 257, 258, 259, 260:
+		return fmt.Sprintf("ffdhe%d", []int{2048, 3072, 4096, 6144, 8192}[g-256])
 	}
 	return g.String()
 }

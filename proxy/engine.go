@@ -19,6 +19,7 @@ import (
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/defaults"
+	"github.com/pqtunnel/pqtunnel/tlsroute"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/wire"
 )
@@ -33,11 +34,14 @@ type Mode string
 const (
 	ModeListen Mode = "listen"
 	ModeDial   Mode = "dial"
+	// ModeLocal runs no tunnel: every route joins a route of the same name
+	// on this side (see LocalJoins), as a TLS wrapper in stunnel's style.
+	ModeLocal Mode = "local"
 )
 
 // Config is the engine's whole policy. It must not change once New returns.
 type Config struct {
-	// Mode is ModeListen or ModeDial; it has no default.
+	// Mode is ModeListen, ModeDial or ModeLocal; it has no default.
 	Mode Mode
 	// Tunnel is the address to listen on (listen) or the peers to dial (dial).
 	Tunnel []string
@@ -57,8 +61,12 @@ type Config struct {
 	// Target are the routes to which this side delivers streams from the
 	// tunnel, the only addresses it dials; none when empty.
 	Target []Route
-	// TLS holds the identity, pins and key-exchange policy; it is required.
+	// TLS holds the identity, pins and key-exchange policy of tunnels; it
+	// is required except in ModeLocal.
 	TLS *hybridtls.Store
+	// TLSRoutes holds the certificates, roots and key-exchange policy of
+	// tls:// routes; it is required when a route is one.
+	TLSRoutes *tlsroute.Store
 	// Mux holds transport timeouts and limits; TLS, Authenticate, Logger,
 	// FallbackTimeout and RetryPrimary are set by the engine.
 	Mux transport.Config
@@ -149,6 +157,8 @@ type Engine struct {
 
 	// routeStats are the clients and origin dials per route, for the status.
 	routeStats routeStats
+	// tls is the machinery of tls:// routes and of routes joined locally.
+	tls tlsRoutes
 }
 
 // New checks cfg and binds every listening socket, so that an address in
@@ -158,10 +168,10 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.TLS == nil {
+	if cfg.Mode != ModeLocal && cfg.TLS == nil {
 		return nil, errors.New("proxy: no TLS store")
 	}
-	if cfg.Transport == nil {
+	if cfg.Mode != ModeLocal && cfg.Transport == nil {
 		return nil, errors.New("proxy: no transport")
 	}
 	if cfg.Metrics == nil {
@@ -170,6 +180,9 @@ func New(cfg Config) (*Engine, error) {
 	e := &Engine{cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, streams: newInflight(), refusals: newLogLimiter(time.Second)}
 	if cfg.MaxTotalStreams > 0 {
 		e.slots = make(chan struct{}, cfg.MaxTotalStreams)
+	}
+	if err := e.tls.init(cfg); err != nil {
+		return nil, err
 	}
 	e.tunnels.init()
 	if err := e.bind(); err != nil {
@@ -266,7 +279,7 @@ func (e *Engine) handshakeFailed(remote net.Addr, err error) {
 // one peer has a route without an allow list: every one of those peers may
 // use it.
 func (e *Engine) warnOpenRoutes() {
-	if !e.cfg.TLS.Material().AcceptsSeveral() {
+	if e.cfg.TLS == nil || !e.cfg.TLS.Material().AcceptsSeveral() {
 		return
 	}
 	for _, rs := range []struct {
@@ -274,7 +287,7 @@ func (e *Engine) warnOpenRoutes() {
 		routes []Route
 	}{{"forward", e.cfg.Forward}, {"target", e.cfg.Target}} {
 		for _, r := range rs.routes {
-			if len(r.Allow) == 0 {
+			if len(r.Allow) == 0 && !e.tls.joined(r.Name) {
 				e.log.Warn("route open to every accepted peer: name the peers allowed on it with @peer+peer", "route", routeName(r.Name), "kind", rs.kind)
 			}
 		}
@@ -388,7 +401,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	for i, ln := range e.forwardLns {
 		e.loops.Add(1)
 		go e.routineForward(ln, e.cfg.Forward[i])
-		e.log.Info("forwarding", "route", routeName(e.cfg.Forward[i].Name), "listen", ln.Addr().String())
+		e.logForwarding(e.cfg.Forward[i], ln.Addr())
 	}
 	for _, ln := range e.tunnelLns {
 		e.loops.Add(1)
@@ -733,7 +746,7 @@ func (e *Engine) routineForward(ln net.Listener, r Route) {
 		e.streams.add()
 		go func() {
 			defer e.streams.done()
-			e.handleClient(c.(*net.TCPConn), r)
+			e.handleAccepted(c.(*net.TCPConn), r)
 		}()
 	}
 }

@@ -29,6 +29,9 @@ type Metrics struct {
 	reconnects        prometheus.Counter
 	notAllowed        *prometheus.CounterVec
 	revoked           *prometheus.CounterVec
+	tlsHandshakes     *prometheus.CounterVec
+	tlsRefused        *prometheus.CounterVec
+	tlsSeconds        *prometheus.HistogramVec
 
 	// engines are the engines reporting into these metrics; the QUIC
 	// collector reads their live tunnels. Several engines may share one
@@ -80,9 +83,20 @@ func NewMetrics() *Metrics {
 		revoked: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pqtunnel_tunnels_revoked_total", Help: "Live tunnel connections closed because a reload no longer accepts their peer, by peer (a name the configuration defined).",
 		}, []string{"peer"}),
+		tlsHandshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pqtunnel_tls_handshakes_total",
+			Help: "TLS handshakes of tls:// routes with standard clients (side terminate) or servers (side originate), by route, group, post_quantum (false only with PQT_PQ=prefer), the server's signature scheme (resumed for a resumed session), sni (the certificate name it matched, none, or other) and alpn.",
+		}, []string{"route", "side", "group", "post_quantum", "sig", "sni", "alpn", "resumed"}),
+		tlsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pqtunnel_tls_refused_total", Help: "TLS handshakes of tls:// routes that failed or were refused, by route, side and reason (not_post_quantum, no_common_group, bad_certificate, client_not_allowed, timeout, busy, tls).",
+		}, []string{"route", "side", "reason"}),
+		tlsSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "pqtunnel_tls_handshake_duration_seconds", Help: "Time of a tls:// route's TLS handshake, by side.",
+			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14),
+		}, []string{"side"}),
 	}
 	m.engines = map[*Engine]struct{}{}
-	m.reg.MustRegister(m.notAllowed, m.revoked, m.tunnelsUp, m.handshakes, m.handshakeFailures, m.handshakeSeconds,
+	m.reg.MustRegister(m.tlsHandshakes, m.tlsRefused, m.tlsSeconds, m.notAllowed, m.revoked, m.tunnelsUp, m.handshakes, m.handshakeFailures, m.handshakeSeconds,
 		m.streamsOpened, m.streamsActive, m.streamsFailed, m.bytes, m.originDial, m.reconnects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&quicCollector{
@@ -195,7 +209,7 @@ func (e *Engine) Readiness() Readiness {
 	switch {
 	case e.draining.Load():
 		st.State = "draining"
-	case e.cfg.Mode == ModeListen:
+	case e.cfg.Mode == ModeListen || e.cfg.Mode == ModeLocal:
 		st.Ready = true
 	default:
 		st.Ready = len(st.Tunnels) > 0

@@ -8,6 +8,7 @@ import (
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/defaults"
+	"github.com/pqtunnel/pqtunnel/tlsroute"
 	"github.com/pqtunnel/pqtunnel/transport"
 )
 
@@ -52,12 +53,40 @@ type TunnelDetail struct {
 
 // RouteStatus is one configured route and the clients it carries now.
 type RouteStatus struct {
-	Kind    string `json:"kind"` // forward or target
-	Name    string `json:"name"`
+	Kind string `json:"kind"` // forward or target
+	Name string `json:"name"`
+	// Scheme is "tls" for a tls:// route, empty for plain TCP.
+	Scheme  string `json:"scheme,omitempty"`
 	Addr    string `json:"addr"`
 	Clients int64  `json:"clients"`
+	// Local says the route joins the route of the same name on this side,
+	// without a tunnel.
+	Local bool `json:"local,omitempty"`
 	// LastDial is the last origin dial of a target; nil before the first.
 	LastDial *DialResult `json:"last_dial,omitempty"`
+	// TLS is a tls:// route's handshakes; nil for plain TCP.
+	TLS *TLSRouteStatus `json:"tls,omitempty"`
+}
+
+// TLSRouteStatus counts a tls:// route's handshakes with standard clients
+// (forward: terminated) or servers (target: originated) and shows the last.
+type TLSRouteStatus struct {
+	Handshakes int64 `json:"handshakes"`
+	Refused    int64 `json:"refused"`
+	// Last is the last completed handshake; nil before the first.
+	Last *TLSHandshake `json:"last,omitempty"`
+}
+
+// TLSHandshake is what one tls:// route handshake negotiated.
+type TLSHandshake struct {
+	Time    time.Time `json:"time"`
+	Group   string    `json:"group"`
+	PQ      bool      `json:"post_quantum"`
+	Sig     string    `json:"sig"`
+	SNI     string    `json:"sni,omitempty"`
+	ALPN    string    `json:"alpn,omitempty"`
+	Resumed bool      `json:"resumed"`
+	Client  string    `json:"client_cert,omitempty"`
 }
 
 // DialResult is how one origin dial ended.
@@ -181,9 +210,12 @@ type routeStats struct {
 type routeKey struct{ kind, name string }
 
 type routeStat struct {
-	clients atomic.Int64
-	mu      sync.Mutex
-	last    *DialResult
+	clients    atomic.Int64
+	tlsOK      atomic.Int64
+	tlsRefused atomic.Int64
+	mu         sync.Mutex
+	last       *DialResult
+	lastTLS    *TLSHandshake
 }
 
 func (rs *routeStats) get(kind, name string) *routeStat {
@@ -221,13 +253,34 @@ func (rs *routeStats) dialed(route string, start time.Time, err error) {
 	s.mu.Unlock()
 }
 
-func (rs *routeStats) status(kind string, r Route) RouteStatus {
+// tlsConnected records a completed handshake of the tls:// route.
+func (rs *routeStats) tlsConnected(kind, route string, info tlsroute.Info) {
+	s := rs.get(kind, route)
+	s.tlsOK.Add(1)
+	h := &TLSHandshake{Time: time.Now(), Group: hybridtls.GroupName(info.Group), PQ: info.PostQuantum(), Sig: info.Sig,
+		SNI: info.SNI, ALPN: info.ALPN, Resumed: info.Resumed, Client: info.Client}
+	s.mu.Lock()
+	s.lastTLS = h
+	s.mu.Unlock()
+}
+
+// tlsRefused counts a failed handshake of the tls:// route.
+func (rs *routeStats) tlsRefused(kind, route string) { rs.get(kind, route).tlsRefused.Add(1) }
+
+func (rs *routeStats) status(kind string, r Route, local bool) RouteStatus {
 	s := rs.get(kind, routeName(r.Name))
-	out := RouteStatus{Kind: kind, Name: routeName(r.Name), Addr: r.Addr, Clients: s.clients.Load()}
+	out := RouteStatus{Kind: kind, Name: routeName(r.Name), Scheme: string(r.Scheme), Addr: r.Addr, Clients: s.clients.Load(), Local: local}
+	if r.IsTLS() {
+		out.TLS = &TLSRouteStatus{Handshakes: s.tlsOK.Load(), Refused: s.tlsRefused.Load()}
+	}
 	s.mu.Lock()
 	if s.last != nil {
 		last := *s.last
 		out.LastDial = &last
+	}
+	if s.lastTLS != nil && out.TLS != nil {
+		last := *s.lastTLS
+		out.TLS.Last = &last
 	}
 	s.mu.Unlock()
 	return out
@@ -262,10 +315,10 @@ func (e *Engine) Status() Status {
 		if i < len(e.forwardLns) {
 			r.Addr = e.forwardLns[i].Addr().String() // the port bound for port 0
 		}
-		st.Routes = append(st.Routes, e.routeStats.status(KindForward, r))
+		st.Routes = append(st.Routes, e.routeStats.status(KindForward, r, e.tls.joined(r.Name)))
 	}
 	for _, r := range e.cfg.Target {
-		st.Routes = append(st.Routes, e.routeStats.status(KindTarget, r))
+		st.Routes = append(st.Routes, e.routeStats.status(KindTarget, r, e.tls.joined(r.Name)))
 	}
 	st.Limits = e.limits()
 	return st

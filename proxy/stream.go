@@ -60,10 +60,10 @@ func (e *Engine) warnRefusal(log *slog.Logger, msg, reason string, attrs ...any)
 	log.Warn(msg, attrs...)
 }
 
-// handleClient carries one plain TCP client through a tunnel stream.
-func (e *Engine) handleClient(c *net.TCPConn, r Route) {
+// handleClient carries one client of a forward route through a tunnel
+// stream: client is c itself, or the TLS connection terminated over it.
+func (e *Engine) handleClient(client end, c *net.TCPConn, r Route) {
 	start := time.Now()
-	client := tcpEnd{c}
 	route := routeName(r.Name)
 	log := e.log.With("route", route, "client", c.RemoteAddr().String())
 	m := e.metrics
@@ -115,7 +115,8 @@ func (e *Engine) handleClient(c *net.TCPConn, r Route) {
 	buf := firstFrames.Get().(*[]byte)
 	hdr, err := wire.AppendRequest((*buf)[:0], wire.Request{Route: r.Name, Client: c.RemoteAddr().String(), Server: c.LocalAddr().String()})
 	preamble := len(hdr)
-	if err == nil {
+	if _, plain := client.(tcpEnd); plain && err == nil {
+		// Bytes read past a TLS handshake are inside the TLS connection.
 		hdr, err = appendEarly(c, hdr)
 	}
 	if err == nil {
@@ -170,7 +171,7 @@ func appendEarly(c *net.TCPConn, dst []byte) ([]byte, error) {
 	return dst[:n0+n], nil
 }
 
-func (e *Engine) pipeClient(client tcpEnd, opened *openedStream, early int64, route string, log *slog.Logger, start time.Time) {
+func (e *Engine) pipeClient(client end, opened *openedStream, early int64, route string, log *slog.Logger, start time.Time) {
 	m := e.metrics
 	up, down, err := join(client, streamEnd{opened})
 	up += early
@@ -288,40 +289,29 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 		refuse(wire.StatusUnknownRoute, unknown, fmt.Errorf("route %q is not in this side's PQT_TARGET (it has: %s)", routeName(req.Route), e.targetNames(t.peer)))
 		return
 	}
-	d := net.Dialer{Timeout: e.dialTimeout()}
-	dialStart := time.Now()
-	oc, err := d.Dial("tcp", target.Addr)
-	m.originDial.WithLabelValues(route).Observe(time.Since(dialStart).Seconds())
-	e.routeStats.dialed(route, dialStart, err)
+	origin, err := e.dialTarget(target, req.Client, req.Server, log)
 	if err != nil {
 		status := wire.StatusOriginError
+		var de *dialError
 		switch {
-		case isTimeout(err):
+		case errors.As(err, &de) && isTimeout(err):
 			status = wire.StatusOriginTimeout
-		case isRefused(err):
+		case errors.As(err, &de) && isRefused(err):
 			status = wire.StatusOriginRefused
 		}
-		refuse(status, fmt.Sprintf("dial origin %s: %v", target.Addr, err), err)
+		refuse(status, err.Error(), err)
 		return
-	}
-	if e.cfg.ProxyProtocol != 0 {
-		if err := writeProxyHeader(oc, e.cfg.ProxyProtocol, req.Client, req.Server); err != nil {
-			_ = oc.Close()
-			refuse(wire.StatusOriginError, fmt.Sprintf("send PROXY header to origin %s: %v", target.Addr, err), err)
-			return
-		}
 	}
 	if _, err := st.Write(wire.AppendResponse(nil, wire.Response{Status: wire.StatusOK})); err != nil {
 		log.Info("stream aborted before reply", "err", err)
 		st.Reset()
-		_ = oc.Close()
+		_ = origin.Close()
 		return
 	}
-	origin := tcpEnd{oc.(*net.TCPConn)}
 	e.carry(&undo, func() { e.pipeInbound(t.counted(st, 0), origin, route, target.Addr, log, start) })
 }
 
-func (e *Engine) pipeInbound(st transport.Stream, origin tcpEnd, route, target string, log *slog.Logger, start time.Time) {
+func (e *Engine) pipeInbound(st transport.Stream, origin end, route, target string, log *slog.Logger, start time.Time) {
 	m := e.metrics
 	up, down, err := join(streamEnd{st}, origin)
 	m.bytes.WithLabelValues(route, "up").Add(float64(up))
@@ -334,9 +324,11 @@ func (e *Engine) pipeInbound(st transport.Stream, origin tcpEnd, route, target s
 	log.Debug("stream closed", "origin", target, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond))
 }
 
+// target is the target route a peer's stream names. A target joined to a
+// forward route of this side serves that route only.
 func (e *Engine) target(name string) (Route, bool) {
 	for _, r := range e.cfg.Target {
-		if r.Name == name {
+		if r.Name == name && !e.tls.joined(name) {
 			return r, true
 		}
 	}
@@ -347,7 +339,7 @@ func (e *Engine) target(name string) (Route, bool) {
 func (e *Engine) targetNames(peer string) string {
 	var names []string
 	for _, r := range e.cfg.Target {
-		if r.allows(peer) {
+		if r.allows(peer) && !e.tls.joined(r.Name) {
 			names = append(names, routeName(r.Name))
 		}
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/config"
 	"github.com/pqtunnel/pqtunnel/proxy"
+	"github.com/pqtunnel/pqtunnel/tlsroute"
 	"github.com/pqtunnel/pqtunnel/transport"
 )
 
@@ -231,12 +232,18 @@ func engineConfig(c *config.Config, log *slog.Logger) (proxy.Config, error) {
 	if keyLog != nil {
 		policy.KeyLog = keyLog // open for the life of the process
 	}
-	store, err := hybridtls.NewStore(policy, c.Material)
-	if err != nil {
-		return proxy.Config{}, fmt.Errorf("tls: %w", err)
-	}
 	pc := c.Engine
-	pc.TLS, pc.Metrics, pc.Logger = store, metrics, log
+	pc.Metrics, pc.Logger = metrics, log
+	if c.Material != nil {
+		if pc.TLS, err = hybridtls.NewStore(policy, c.Material); err != nil {
+			return proxy.Config{}, fmt.Errorf("tls: %w", err)
+		}
+	}
+	if c.TLSMaterial != nil {
+		if pc.TLSRoutes, err = tlsroute.NewStore(policy, c.TLSMaterial, log); err != nil {
+			return proxy.Config{}, fmt.Errorf("tls routes: %w", err)
+		}
+	}
 	return pc, nil
 }
 
@@ -258,14 +265,21 @@ func runTunnel(args []string, environ map[string]string, stdout, stderr io.Write
 	if err != nil {
 		return config.Explain(err)
 	}
-	log.Info("pqtunnel starting", "version", buildVersion(), "mode", pc.Mode, "transport", pc.Transport.Name(),
-		"pq", pc.TLS.Policy().Mode, "profile", c.Profile, "groups", hybridtls.GroupNames(pc.TLS.Policy().Groups), "identity", pc.TLS.Material().Name())
+	if pc.Mode == proxy.ModeLocal {
+		log.Info("pqtunnel starting", "version", buildVersion(), "mode", pc.Mode, "pq", c.Policy.Mode, "profile", c.Profile,
+			"groups", hybridtls.GroupNames(c.Policy.Groups), "tunnel", "none: every route joins a route of the same name on this side")
+	} else {
+		log.Info("pqtunnel starting", "version", buildVersion(), "mode", pc.Mode, "transport", pc.Transport.Name(),
+			"pq", pc.TLS.Policy().Mode, "profile", c.Profile, "groups", hybridtls.GroupNames(pc.TLS.Policy().Groups), "identity", pc.TLS.Material().Name())
+	}
 
-	warnNoPeers(c.Material, log)
+	if c.Material != nil {
+		warnNoPeers(c.Material, log)
+	}
 	if c.KeyLog != "" {
 		log.Warn("PQT_KEYLOG is on: TLS secrets of every tunnel are written to the key log, and anyone who reads it can decrypt the traffic", "keylog", c.KeyLog)
 	}
-	if transport.UsesUDP(pc.Transport) {
+	if pc.Transport != nil && transport.UsesUDP(pc.Transport) {
 		warnUDPBuffers(log)
 	}
 	if c.MetricsAddr != "" {
@@ -292,6 +306,7 @@ func runTunnel(args []string, environ map[string]string, stdout, stderr io.Write
 			switch {
 			case s == syscall.SIGHUP:
 				reload(c, pc.TLS, e, log)
+				reloadTLSRoutes(c, pc.TLSRoutes, log)
 			case stopping:
 				log.Warn("second signal: exiting now", "signal", s.String())
 				e.Close() // tell peers at once rather than let them time out
@@ -309,6 +324,9 @@ func runTunnel(args []string, environ map[string]string, stdout, stderr io.Write
 // material in force stays.
 // Live tunnels of peers no longer accepted are closed at once.
 func reload(c *config.Config, store *hybridtls.Store, e *proxy.Engine, log *slog.Logger) {
+	if store == nil {
+		return // no tunnel
+	}
 	m, err := c.LoadMaterial()
 	if err == nil {
 		err = store.Swap(m)
@@ -319,6 +337,28 @@ func reload(c *config.Config, store *hybridtls.Store, e *proxy.Engine, log *slog
 	}
 	warnNoPeers(m, log)
 	log.Info("reloaded identity and pins", "identity", m.Name(), "peers", len(m.Peers), "revoked", e.Reauthorize())
+}
+
+// reloadTLSRoutes re-reads the certificates and CA bundles of tls://
+// routes; on any error the material in force stays. Connections already
+// up keep theirs.
+func reloadTLSRoutes(c *config.Config, store *tlsroute.Store, log *slog.Logger) {
+	if store == nil {
+		return
+	}
+	m, err := c.LoadTLSMaterial()
+	if err == nil {
+		err = store.Swap(m)
+	}
+	if err != nil {
+		log.Error("reload failed: keeping the certificates of tls:// routes in force", "err", err)
+		return
+	}
+	names := make([]string, len(m.Certificates))
+	for i, cert := range m.Certificates {
+		names[i] = tlsroute.Describe(cert.Leaf)
+	}
+	log.Info("reloaded certificates of tls:// routes", "certificates", strings.Join(names, ", "))
 }
 
 // warnNoPeers says loudly when pinned material accepts nobody (an empty

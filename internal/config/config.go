@@ -17,6 +17,7 @@ import (
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/proxy"
+	"github.com/pqtunnel/pqtunnel/tlsroute"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/wire"
 )
@@ -28,8 +29,12 @@ type Config struct {
 	Engine proxy.Config
 	// Policy is the TLS policy; Logger and OnRefused are left for the caller.
 	Policy hybridtls.Policy
-	// Material is the identity, certificates and pins as loaded by Parse.
+	// Material is the identity, certificates and pins as loaded by Parse;
+	// nil when no route goes through a tunnel (proxy.ModeLocal).
 	Material *hybridtls.Material
+	// TLSMaterial is what tls:// routes serve and verify with, as loaded
+	// by Parse; nil when no route is one.
+	TLSMaterial *tlsroute.Material
 	// MetricsAddr is where the metrics server listens; empty when it is off.
 	MetricsAddr string
 	LogLevel    slog.Level
@@ -75,6 +80,15 @@ func parse(environ map[string]string) (*Config, error) {
 	if err := c.parseOperation(&v); err != nil {
 		return nil, err
 	}
+	if err := c.parseTLSRoutes(&v); err != nil {
+		return nil, err
+	}
+	if c.Engine.Mode == proxy.ModeLocal {
+		if err := v.checkNoTunnelMaterial(c.Engine.Forward, c.Engine.Target); err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
 	m, err := v.loadMaterial()
 	if err != nil {
 		return nil, err
@@ -119,11 +133,27 @@ func envError(err error) error {
 
 func (c *Config) parseTunnel(v *Vars) error {
 	e := &c.Engine
+	var err error
+	if e.Forward, err = proxy.ParseRoutes(v.Forward); err != nil {
+		return fmt.Errorf("PQT_FORWARD: %w", err)
+	}
+	if e.Target, err = proxy.ParseRoutes(v.Target); err != nil {
+		return fmt.Errorf("PQT_TARGET: %w", err)
+	}
+	if len(e.Forward) == 0 && len(e.Target) == 0 {
+		return errors.New("PQT_FORWARD and PQT_TARGET: neither is set, so nothing would be carried (a forward dial side sets PQT_FORWARD, its listen side PQT_TARGET)")
+	}
+	// A side whose every route joins one of its own needs no tunnel: it
+	// runs as a local TLS wrapper, without PQT_MODE, PQT_TUNNEL or identity.
+	if v.Mode == "" && v.Tunnel == "" && !proxy.NeedsTunnel(e.Forward, e.Target) {
+		e.Mode = proxy.ModeLocal
+		return nil
+	}
 	switch proxy.Mode(v.Mode) {
 	case proxy.ModeListen, proxy.ModeDial:
 		e.Mode = proxy.Mode(v.Mode)
 	case "":
-		return errors.New("PQT_MODE: not set (want listen or dial)")
+		return errors.New("PQT_MODE: not set (want listen or dial; only a side whose every route joins a route of the same name, one of them tls://, runs without)")
 	default:
 		return fmt.Errorf("PQT_MODE: %q is not listen or dial", v.Mode)
 	}
@@ -143,16 +173,6 @@ func (c *Config) parseTunnel(v *Vars) error {
 		if err := proxy.CheckHostPort(t); err != nil {
 			return fmt.Errorf("PQT_TUNNEL: %q: %w", t, err)
 		}
-	}
-	var err error
-	if e.Forward, err = proxy.ParseRoutes(v.Forward); err != nil {
-		return fmt.Errorf("PQT_FORWARD: %w", err)
-	}
-	if e.Target, err = proxy.ParseRoutes(v.Target); err != nil {
-		return fmt.Errorf("PQT_TARGET: %w", err)
-	}
-	if len(e.Forward) == 0 && len(e.Target) == 0 {
-		return errors.New("PQT_FORWARD and PQT_TARGET: neither is set, so nothing would be carried (a forward dial side sets PQT_FORWARD, its listen side PQT_TARGET)")
 	}
 	// The transports are those the program registered (cmd/pqtunnel).
 	if e.Transport, err = transport.Lookup(v.Transport); err != nil {
@@ -342,7 +362,13 @@ func (c *Config) parseOperation(v *Vars) error {
 // LoadMaterial reads identity, certificates and pins again from the files
 // the environment names, for a reload on SIGHUP; Parse has already loaded
 // them once into Material.
-func (c *Config) LoadMaterial() (*hybridtls.Material, error) { return c.vars.loadMaterial() }
+// It returns nil when this side has no tunnel (proxy.ModeLocal).
+func (c *Config) LoadMaterial() (*hybridtls.Material, error) {
+	if c.Material == nil {
+		return nil, nil
+	}
+	return c.vars.loadMaterial()
+}
 
 func (v *Vars) loadMaterial() (*hybridtls.Material, error) {
 	pinned := v.Identity != "" || v.IdentityPEM != ""
