@@ -1,0 +1,427 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/mldsa"
+	crand "crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// trIssue signs a server and client certificate for dns names with an
+// ECDSA P-256 key, or ML-DSA-65 when pq is set, and writes it as
+// dir/name.crt and dir/name.key.
+func trIssue(t *testing.T, ca *hosCA, dir, name string, pq bool, dns ...string) hosLeaf {
+	t.Helper()
+	var key crypto.Signer
+	var err error
+	if pq {
+		key, err = mldsa.GenerateKey(mldsa.MLDSA65())
+	} else {
+		key, err = ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn, err := crand.Int(crand.Reader, big.NewInt(1<<62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: sn, Subject: pkix.Name{CommonName: dns[0]}, DNSNames: dns,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(crand.Reader, tmpl, ca.cert, key.Public(), ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk8, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := hosLeaf{
+		certPath: hosPEM(t, dir, name+".crt", &pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		keyPath:  hosPEM(t, dir, name+".key", &pem.Block{Type: "PRIVATE KEY", Bytes: pk8}),
+	}
+	if l.tls, err = tls.LoadX509KeyPair(l.certPath, l.keyPath); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// trLocal starts a side with no tunnel (every route joins locally) with
+// env, and waits until its n forward routes listen.
+func trLocal(t *testing.T, ctx context.Context, name string, n int, env map[string]string) *proc {
+	t.Helper()
+	e := map[string]string{"PQT_LOG_FORMAT": "json"}
+	for k, v := range env {
+		e[k] = v
+	}
+	p := startProc(t, ctx, name, e, pqtunnelBin)
+	if _, err := p.awaitLogs(within(t, ctx, 15*time.Second), n, msgIs("forwarding")); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// trNginx runs nginx on a free loopback port serving one page whose text
+// is body, and returns its address.
+func trNginx(t *testing.T, ctx context.Context, body string) string {
+	t.Helper()
+	bin, err := exec.LookPath("nginx")
+	if err != nil {
+		if _, serr := os.Stat("/usr/sbin/nginx"); serr != nil {
+			t.Fatalf("nginx is not installed (apt-get install nginx-light): %v", err)
+		}
+		bin = "/usr/sbin/nginx"
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "index.html"), []byte("<!doctype html><html><body><h1 id=m>"+body+"</h1></body></html>\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	conf := fmt.Sprintf(`daemon off;
+master_process off;
+pid %[1]s/nginx.pid;
+error_log stderr notice;
+events { worker_connections 64; }
+http {
+	access_log off;
+	client_body_temp_path %[1]s/body;
+	proxy_temp_path %[1]s/proxy;
+	fastcgi_temp_path %[1]s/fastcgi;
+	uwsgi_temp_path %[1]s/uwsgi;
+	scgi_temp_path %[1]s/scgi;
+	server {
+		listen 127.0.0.1:%[2]d;
+		root %[1]s;
+		location = /favicon.ico { return 204; }
+	}
+}
+`, dir, port)
+	path := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startProc(t, ctx, "nginx", nil, bin, "-e", "stderr", "-p", dir, "-c", path)
+	addr := loopback(port)
+	var d net.Dialer
+	ok := metPoll(within(t, ctx, 10*time.Second), 50*time.Millisecond, func() bool {
+		if p.exited() {
+			return true
+		}
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return false
+		}
+		_ = c.Close() // only probing
+		return true
+	})
+	if !ok || p.exited() {
+		t.Fatalf("nginx did not start listening on %s:\n%s", addr, p.stderr.String())
+	}
+	return addr
+}
+
+// TestTLSTerminatorServesChromiumThroughTheTunnel: headless Chromium loads
+// a page from nginx through a tls:// forward route on the dial side, whose
+// clients go through the tunnel to the listen side's plain target; the dial
+// side logs the browser's hybrid group, the SNI, the ALPN and the ML-DSA-65
+// certificate (Chromium 156 offers ML-DSA in its signature algorithms, so
+// it is chosen over the ECDSA one beside it), and /status shows them.
+func TestTLSTerminatorServesChromiumThroughTheTunnel(t *testing.T) {
+	ctx := testContext(t, 150*time.Second)
+	dir := t.TempDir()
+	ca := hosNewCA(t, dir, "web-ca")
+	ec := trIssue(t, ca, dir, "web-ec", false, "www.example.test")
+	pq := trIssue(t, ca, dir, "web-pq", true, "www.example.test")
+	nginx := trNginx(t, ctx, "served-through-pqtunnel")
+
+	l := startListen(t, ctx, 0, "tcp", map[string]string{"PQT_TARGET": "web=" + nginx})
+	self, peer := identityNamed(t, "dial"), identityNamed(t, "listen")
+	env := sideEnv("dial", "tcp", self, peer, nil)
+	web := loopback(freePort(t))
+	met := metAddr(t)
+	env["PQT_TUNNEL"] = l.tunnelAddr
+	env["PQT_CONNECTIONS"] = "1"
+	env["PQT_FORWARD"] = "web=tls://" + web
+	env["PQT_TLS_CERT"] = pq.certPath + "," + ec.certPath
+	env["PQT_TLS_KEY"] = pq.keyPath + "," + ec.keyPath
+	env["PQT_TLS_ALPN"] = "web=http/1.1"
+	env["PQT_METRICS"] = met
+	d := startProc(t, ctx, "dial side", env, pqtunnelBin)
+	d.waitLog(t, within(t, ctx, 20*time.Second), msgIs("tunnel connected", "group", "X25519MLKEM768"))
+
+	_, port, _ := net.SplitHostPort(web)
+	dom := string(runChromium(t, ctx, "https://www.example.test:"+port+"/", "--dump-dom",
+		"--host-resolver-rules=MAP www.example.test 127.0.0.1", "--ignore-certificate-errors"))
+	if !strings.Contains(dom, "served-through-pqtunnel") {
+		t.Fatalf("chromium did not get nginx's page through the terminator; DOM:\n%s", dom)
+	}
+	got := d.waitLog(t, within(t, ctx, 10*time.Second), msgIs("TLS connected", "tls", "terminate", "route", "web"))
+	t.Logf("dial side: %v", got)
+	want := map[string]string{"group": "X25519MLKEM768", "sig": "ML-DSA-65", "sni": "www.example.test", "alpn": "http/1.1"}
+	for k, v := range want {
+		if got.str(k) != v {
+			t.Errorf("TLS connected %s=%q, want %q", k, got.str(k), v)
+		}
+	}
+	_, body, err := metGet(ctx, met, "/status.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Routes []struct {
+			Name, Scheme string
+			TLS          *struct {
+				Handshakes int64
+				Last       *struct{ Group, Sig, SNI, ALPN string }
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Routes) != 1 || st.Routes[0].Scheme != "tls" || st.Routes[0].TLS == nil || st.Routes[0].TLS.Last == nil ||
+		st.Routes[0].TLS.Last.Group != "X25519MLKEM768" || st.Routes[0].TLS.Last.SNI != "www.example.test" || st.Routes[0].TLS.Handshakes < 1 {
+		t.Errorf("/status.json does not show the terminated handshake: %s", body)
+	}
+}
+
+// trCurl runs curl against https://www.example.test:PORT/ mapped to addr
+// and returns its exit code and output.
+func trCurl(t *testing.T, ctx context.Context, addr, caPath string) (int, string) {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(addr)
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, "curl", "-sS", "--max-time", "10", "--cacert", caPath,
+		"--resolve", "www.example.test:"+port+":127.0.0.1", "https://www.example.test:"+port+"/")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), string(out)
+	}
+	if err != nil {
+		t.Fatalf("run curl: %v", err)
+	}
+	return 0, string(out)
+}
+
+// TestTLSTerminatorClassicalCurl: curl with Debian's OpenSSL 3.0 offers
+// only classical groups. In strict mode it gets a handshake_failure alert,
+// and three attempts in a row make one log line with reason
+// not_post_quantum naming what curl offered and three counts; in prefer mode
+// it gets the page, logged at WARN and counted as not post-quantum, with
+// the ECDSA certificate (OpenSSL 3.0 cannot verify the ML-DSA one). Both
+// sides run without a tunnel: the tls:// route joins nginx locally.
+func TestTLSTerminatorClassicalCurl(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Fatalf("curl is not installed: %v", err)
+	}
+	ctx := testContext(t, 90*time.Second)
+	dir := t.TempDir()
+	ca := hosNewCA(t, dir, "web-ca")
+	ec := trIssue(t, ca, dir, "web", false, "www.example.test")
+	mldsaLeaf := trIssue(t, ca, dir, "web-pq", true, "www.example.test")
+	nginx := trNginx(t, ctx, "hello-curl")
+	start := func(t *testing.T, pq string) (*proc, string, string) {
+		web, met := loopback(freePort(t)), metAddr(t)
+		p := trLocal(t, ctx, "terminator "+pq, 1, map[string]string{
+			"PQT_PQ": pq, "PQT_FORWARD": "web=tls://" + web, "PQT_TARGET": "web=" + nginx,
+			"PQT_TLS_CERT": mldsaLeaf.certPath + "," + ec.certPath, "PQT_TLS_KEY": mldsaLeaf.keyPath + "," + ec.keyPath, "PQT_METRICS": met,
+		})
+		return p, web, met
+	}
+
+	t.Run("strict", func(t *testing.T) {
+		p, web, met := start(t, "strict")
+		for i := range 3 {
+			code, out := trCurl(t, ctx, web, ca.path)
+			if code != 35 || !strings.Contains(out, "handshake failure") {
+				t.Fatalf("curl %d: exit %d, %q; want 35 (TLS handshake failed) with a handshake failure alert", i, code, out)
+			}
+		}
+		refused := p.waitLog(t, within(t, ctx, 10*time.Second), msgIs("TLS handshake refused", "reason", "not_post_quantum", "tls", "terminate"))
+		t.Logf("terminator: %v", refused)
+		if off := refused.str("offered"); !strings.Contains(off, "X25519") || strings.Contains(off, "MLKEM") {
+			t.Errorf("offered=%q, want curl's classical groups", off)
+		}
+		metAwait(t, ctx, "terminator", met, 10*time.Second, func(m metSet) error {
+			return metExpect(m, false, 3, "pqtunnel_tls_refused_total", "route", "web", "side", "terminate", "reason", "not_post_quantum")
+		})
+		if n := len(p.logs(msgIs("TLS handshake refused"))); n > 2 {
+			t.Errorf("%d refusal lines for 3 attempts within a second or two: not rate-limited", n)
+		}
+	})
+	t.Run("prefer", func(t *testing.T) {
+		p, web, met := start(t, "prefer")
+		code, out := trCurl(t, ctx, web, ca.path)
+		if code != 0 || !strings.Contains(out, "hello-curl") {
+			t.Fatalf("curl: exit %d, %q; want nginx's page", code, out)
+		}
+		got := p.waitLog(t, within(t, ctx, 10*time.Second), msgIs("TLS connected WITHOUT post-quantum key exchange (PQT_PQ=prefer)", "group", "X25519"))
+		t.Logf("terminator: %v", got)
+		if got.str("level") != "WARN" || got.str("sig") != "ECDSA-P256-SHA256" {
+			t.Errorf("classical connection logged at %s with sig %s, want WARN and ECDSA-P256-SHA256", got.str("level"), got.str("sig"))
+		}
+		metAwait(t, ctx, "terminator", met, 10*time.Second, func(m metSet) error {
+			return metExpect(m, false, 1, "pqtunnel_tls_handshakes_total", "route", "web", "side", "terminate", "group", "X25519", "post_quantum", "false")
+		})
+	})
+}
+
+// trServe runs a crypto/tls server with cfg on loopback that answers each
+// connection's first line with "tls:" and the line, until the test ends.
+func trServe(t *testing.T, cfg *tls.Config) string {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() { _ = ln.Close(); <-done })
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+				line, err := readLine(c)
+				if err == nil {
+					_, _ = c.Write([]byte("tls:" + line)) // the client reports what it got
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func readLine(r io.Reader) (string, error) {
+	var b []byte
+	one := make([]byte, 1)
+	for len(b) < 4096 {
+		if _, err := r.Read(one); err != nil {
+			return "", err
+		}
+		b = append(b, one[0])
+		if one[0] == '\n' {
+			return string(b), nil
+		}
+	}
+	return "", errors.New("line too long")
+}
+
+// trAsk sends a line to addr, half-closes, and returns all that comes back.
+func trAsk(ctx context.Context, addr, line string) (string, error) {
+	c, err := dialClient(ctx, addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte(line)); err != nil {
+		return "", err
+	}
+	// Half-close: the FIN crosses both TLS hops as close_notify, and the
+	// echo origin behind the terminator ends its side in turn.
+	if err := c.CloseWrite(); err != nil {
+		return "", err
+	}
+	var buf bytes.Buffer
+	_, err = io.Copy(&buf, c)
+	return buf.String(), err
+}
+
+// TestTLSOriginate: a plain forward route joined to a tls:// target (a
+// local TLS wrapper for a legacy client) reaches a crypto/tls server and a
+// pqtunnel terminator, verifying their certificates against PQT_TLS_CA for
+// the name in PQT_TLS_SERVER_NAME, with a hybrid group; a server that only
+// does X25519 is refused in strict mode, and one with a certificate from
+// another CA too.
+func TestTLSOriginate(t *testing.T) {
+	ctx := testContext(t, 120*time.Second)
+	dir := t.TempDir()
+	ca := hosNewCA(t, dir, "api-ca")
+	other := hosNewCA(t, dir, "other-ca")
+	ec := trIssue(t, ca, dir, "api-ec", false, "api.example.test")
+	pq := trIssue(t, ca, dir, "api-pq", true, "api.example.test")
+
+	goServer := trServe(t, &tls.Config{Certificates: []tls.Certificate{ec.tls}})
+	classical := trServe(t, &tls.Config{Certificates: []tls.Certificate{ec.tls}, CurvePreferences: []tls.CurveID{tls.X25519}})
+	foreign := trServe(t, &tls.Config{Certificates: []tls.Certificate{trIssue(t, other, dir, "foreign", false, "api.example.test").tls}})
+
+	// A pqtunnel terminator in front of an echo origin, serving an ML-DSA
+	// certificate to clients that offer ML-DSA (Go's do) and ECDSA to others.
+	echoO := startEcho(t)
+	termAddr := loopback(freePort(t))
+	trLocal(t, ctx, "terminator", 1, map[string]string{
+		"PQT_FORWARD": "echo=tls://" + termAddr, "PQT_TARGET": "echo=" + echoO.addr(),
+		"PQT_TLS_CERT": ec.certPath + "," + pq.certPath, "PQT_TLS_KEY": ec.keyPath + "," + pq.keyPath,
+	})
+
+	routes := map[string]string{"go": goServer, "pqt": termAddr, "classical": classical, "foreign": foreign}
+	forward := map[string]string{}
+	var fwd, tgt, sni []string
+	for _, name := range []string{"go", "pqt", "classical", "foreign"} {
+		forward[name] = loopback(freePort(t))
+		fwd = append(fwd, name+"="+forward[name])
+		tgt = append(tgt, name+"=tls://"+routes[name])
+		sni = append(sni, name+"=api.example.test")
+	}
+	o := trLocal(t, ctx, "originator", len(fwd), map[string]string{
+		"PQT_FORWARD": strings.Join(fwd, ","), "PQT_TARGET": strings.Join(tgt, ","),
+		"PQT_TLS_CA": ca.path, "PQT_TLS_SERVER_NAME": strings.Join(sni, ","),
+	})
+
+	for _, tt := range []struct {
+		route, want, sig string
+	}{{"go", "tls:hello go\n", "ECDSA-P256-SHA256"}, {"pqt", "hello pqt\n", "ML-DSA-65"}} {
+		got, err := trAsk(within(t, ctx, 15*time.Second), forward[tt.route], "hello "+tt.route+"\n")
+		if err != nil || got != tt.want {
+			t.Fatalf("route %s: got %q, %v; want %q", tt.route, got, err, tt.want)
+		}
+		l := o.waitLog(t, within(t, ctx, 10*time.Second), msgIs("TLS connected", "tls", "originate", "route", tt.route))
+		t.Logf("originator: %v", l)
+		if l.str("group") != "X25519MLKEM768" || l.str("sig") != tt.sig || l.str("sni") != "api.example.test" {
+			t.Errorf("route %s: group=%s sig=%s sni=%s, want X25519MLKEM768, %s, api.example.test", tt.route, l.str("group"), l.str("sig"), l.str("sni"), tt.sig)
+		}
+	}
+	for _, tt := range []struct{ route, reason string }{{"classical", "not_post_quantum"}, {"foreign", "bad_certificate"}} {
+		got, err := trAsk(within(t, ctx, 15*time.Second), forward[tt.route], "hello\n")
+		if err == nil && got != "" {
+			t.Errorf("route %s: the client got %q from a server that must be refused", tt.route, got)
+		}
+		l := o.waitLog(t, within(t, ctx, 10*time.Second), msgIs("TLS handshake refused", "tls", "originate", "route", tt.route))
+		t.Logf("originator: %v", l)
+		if l.str("reason") != tt.reason {
+			t.Errorf("route %s: reason=%s, want %s", tt.route, l.str("reason"), tt.reason)
+		}
+	}
+	if n := len(o.logs(msgIs("TLS connected", "route", "classical"))); n != 0 {
+		t.Errorf("the X25519-only server was connected %d times", n)
+	}
+}
