@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -423,5 +424,83 @@ func TestTLSOriginate(t *testing.T) {
 	}
 	if n := len(o.logs(msgIs("TLS connected", "route", "classical"))); n != 0 {
 		t.Errorf("the X25519-only server was connected %d times", n)
+	}
+}
+
+// TestTLSTerminatorResumesAndReloads: a crypto/tls client reconnecting with
+// its session ticket resumes, and the terminator logs resumed=true with the
+// hybrid group (resumption runs the key exchange again); after the
+// certificate files are replaced and SIGHUP sent, new connections get the
+// new certificate, and a broken file keeps the one in force.
+func TestTLSTerminatorResumesAndReloads(t *testing.T) {
+	ctx := testContext(t, 90*time.Second)
+	dir := t.TempDir()
+	ca := hosNewCA(t, dir, "web-ca")
+	first := trIssue(t, ca, dir, "first", false, "www.example.test")
+	second := trIssue(t, ca, dir, "second", true, "www.example.test")
+	certPath, keyPath := filepath.Join(dir, "live.crt"), filepath.Join(dir, "live.key")
+	install := func(l hosLeaf) {
+		t.Helper()
+		for src, dst := range map[string]string{l.certPath: certPath, l.keyPath: keyPath} {
+			b, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(dst, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	install(first)
+	echoO := startEcho(t)
+	web := loopback(freePort(t))
+	p := trLocal(t, ctx, "terminator", 1, map[string]string{
+		"PQT_FORWARD": "web=tls://" + web, "PQT_TARGET": "web=" + echoO.addr(), "PQT_TLS_CERT": certPath, "PQT_TLS_KEY": keyPath,
+	})
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.cert)
+	cc := &tls.Config{RootCAs: pool, ServerName: "www.example.test", ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	connect := func() *x509.Certificate {
+		t.Helper()
+		d := tls.Dialer{Config: cc}
+		c, err := d.DialContext(within(t, ctx, 10*time.Second), "tcp", web)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		tc := c.(*tls.Conn)
+		// The echo makes the client read, and so take the ticket.
+		if _, err := tc.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(tc, buf); err != nil {
+			t.Fatal(err)
+		}
+		return tc.ConnectionState().PeerCertificates[0]
+	}
+	if got := connect(); !bytes.Equal(got.Raw, first.tls.Leaf.Raw) {
+		t.Fatal("the first connection did not get the first certificate")
+	}
+	connect()
+	lines := p.waitLogs(t, within(t, ctx, 10*time.Second), 2, msgIs("TLS connected", "tls", "terminate"))
+	if lines[1].str("resumed") != "true" || lines[1].str("group") != "X25519MLKEM768" || lines[1].str("sig") != "resumed" {
+		t.Errorf("second connection logged %v, want resumed=true with group X25519MLKEM768", lines[1])
+	}
+
+	if err := os.WriteFile(keyPath, []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.signal(t, syscall.SIGHUP)
+	p.waitLog(t, within(t, ctx, 10*time.Second), msgIs("reload failed: keeping the certificates of tls:// routes in force"))
+	cc.ClientSessionCache = nil // full handshakes from here
+	if got := connect(); !bytes.Equal(got.Raw, first.tls.Leaf.Raw) {
+		t.Error("a failed reload replaced the certificate")
+	}
+	install(second)
+	p.signal(t, syscall.SIGHUP)
+	p.waitLog(t, within(t, ctx, 10*time.Second), msgIs("reloaded certificates of tls:// routes"))
+	if got := connect(); !bytes.Equal(got.Raw, second.tls.Leaf.Raw) {
+		t.Error("after SIGHUP the terminator still serves the old certificate")
 	}
 }

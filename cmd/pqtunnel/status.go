@@ -158,7 +158,7 @@ func formatStatus(w io.Writer, st proxy.Status) error {
 	if len(st.Routes) == 0 {
 		fmt.Fprintln(tw, "  none")
 	} else {
-		fmt.Fprintln(tw, "  KIND\tROUTE\tADDRESS\tCLIENTS\tLAST ORIGIN DIAL")
+		fmt.Fprintln(tw, "  KIND\tROUTE\tADDRESS\tCLIENTS\tLAST ORIGIN DIAL\tTLS")
 	}
 	for _, r := range st.Routes {
 		last := ""
@@ -171,7 +171,14 @@ func formatStatus(w io.Writer, st proxy.Status) error {
 		default:
 			last = fmt.Sprintf("FAILED %s ago: %s", roundDuration(st.Time.Sub(d.Time)), d.Error)
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\n", r.Kind, r.Name, r.Addr, r.Clients, last)
+		addr := r.Addr
+		if r.Scheme != "" {
+			addr = r.Scheme + "://" + addr
+		}
+		if r.Local {
+			addr += " (local)"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\t%s\n", r.Kind, r.Name, addr, r.Clients, last, tlsSummary(r.TLS, st.Time))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -260,4 +267,28 @@ func byteCount(n int64) string {
 		unit++
 	}
 	return fmt.Sprintf("%.1f %ciB", v, "KMGT"[unit-1])
+}
+
+// tlsSummary is a tls:// route's handshakes in one cell: the last one's
+// group, signature scheme, SNI and ALPN, and how many completed and failed.
+func tlsSummary(t *proxy.TLSRouteStatus, now time.Time) string {
+	if t == nil {
+		return ""
+	}
+	counts := fmt.Sprintf("%d ok, %d refused", t.Handshakes, t.Refused)
+	l := t.Last
+	if l == nil {
+		return counts
+	}
+	s := fmt.Sprintf("%s %s", l.Group, l.Sig)
+	if l.SNI != "" {
+		s += " sni=" + l.SNI
+	}
+	if l.ALPN != "" {
+		s += " alpn=" + l.ALPN
+	}
+	if l.Resumed {
+		s += " resumed"
+	}
+	return fmt.Sprintf("%s, %s ago; %s", s, roundDuration(now.Sub(l.Time)), counts)
 }
