@@ -255,7 +255,9 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 	undo.add(e.routeStats.opened(KindTarget, route))
 	refuse := func(s wire.Status, msg string, err error) {
 		m.streamsFailed.WithLabelValues(route, s.Label()).Inc()
-		e.warnRefusal(log, "stream refused", s.String(), "err", errOr(err, msg))
+		if !isTLSRefusal(err) { // a failed TLS handshake with the origin is logged already
+			e.warnRefusal(log, "stream refused", s.String(), "err", errOr(err, msg))
+		}
 		_, _ = st.Write(wire.AppendResponse(nil, wire.Response{Status: s, Message: msg})) // best effort: we close next
 		_ = st.Close()
 	}

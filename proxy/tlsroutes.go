@@ -232,14 +232,16 @@ func (e *Engine) tlsFailed(log *slog.Logger, route, side string, err error) {
 	policy := e.cfg.TLSRoutes.Policy()
 	switch reason {
 	case tlsroute.ReasonNotPostQuantum:
-		attrs = append(attrs, "pq", policy.Mode, "accepts", hybridtls.GroupNames(policy.Curves()))
+		attrs = append(attrs, "pq", policy.Mode)
 		if side == sideTerminate {
-			attrs = append(attrs, "hint", "the client offered no post-quantum key exchange; it needs e.g. OpenSSL 3.5, a current browser or Go 1.24+ (or set PQT_PQ=prefer to accept it, logged and counted)")
+			attrs = append(attrs, "accepts", hybridtls.GroupNames(policy.Curves()), "hint", "the client offered no post-quantum key exchange; it needs e.g. OpenSSL 3.5, a current browser or Go 1.24+ (or set PQT_PQ=prefer to accept it, logged and counted)")
 		} else {
 			attrs = append(attrs, "hint", "the server accepted none of the offered post-quantum groups: it is not post-quantum, or lists other groups (set PQT_PQ=prefer to accept X25519, logged and counted)")
 		}
 	case tlsroute.ReasonNoCommonGroup:
-		attrs = append(attrs, "accepts", hybridtls.GroupNames(policy.Curves()))
+		if side == sideTerminate {
+			attrs = append(attrs, "accepts", hybridtls.GroupNames(policy.Curves()))
+		}
 	}
 	e.warnRefusal(log, "TLS handshake refused", reason, append(attrs, "err", err)...)
 }
@@ -300,6 +302,13 @@ func (e *Engine) dialTarget(target Route, client, server string, log *slog.Logge
 	return te, nil
 }
 
+// isTLSRefusal reports a failed tls:// route handshake, which tlsFailed
+// has logged and counted already.
+func isTLSRefusal(err error) bool {
+	var he *tlsroute.HandshakeError
+	return errors.As(err, &he)
+}
+
 // dialError is a failure to connect to an origin, as opposed to one after
 // connecting (PROXY header, TLS).
 type dialError struct{ err error }
@@ -338,9 +347,13 @@ func (e *Engine) joinLocal(client end, c *net.TCPConn, r, target Route) {
 			reason = "origin_timeout"
 		case errors.As(err, &de) && isRefused(err):
 			reason = "origin_refused"
+		case isTLSRefusal(err):
+			reason = "origin_tls"
 		}
 		m.streamsFailed.WithLabelValues(route, reason).Inc()
-		e.warnRefusal(log, "client refused", reason, "origin", target.Addr, "err", err)
+		if reason != "origin_tls" { // tlsFailed logged that one
+			e.warnRefusal(log, "client refused", reason, "origin", target.Addr, "err", err)
+		}
 		client.abort()
 		return
 	}

@@ -276,6 +276,9 @@ func runTunnel(args []string, environ map[string]string, stdout, stderr io.Write
 	if c.Material != nil {
 		warnNoPeers(c.Material, log)
 	}
+	if m := c.TLSMaterial; m != nil && len(m.Certificates) > 0 {
+		log.Info("tls:// routes serve", "certificates", certificateNames(m), "client_auth", m.ClientCAs != nil)
+	}
 	if c.KeyLog != "" {
 		log.Warn("PQT_KEYLOG is on: TLS secrets of every tunnel are written to the key log, and anyone who reads it can decrypt the traffic", "keylog", c.KeyLog)
 	}
@@ -354,11 +357,16 @@ func reloadTLSRoutes(c *config.Config, store *tlsroute.Store, log *slog.Logger) 
 		log.Error("reload failed: keeping the certificates of tls:// routes in force", "err", err)
 		return
 	}
+	log.Info("reloaded certificates of tls:// routes", "certificates", certificateNames(m))
+}
+
+// certificateNames lists the certificates of tls:// routes for the log.
+func certificateNames(m *tlsroute.Material) string {
 	names := make([]string, len(m.Certificates))
 	for i, cert := range m.Certificates {
 		names[i] = tlsroute.Describe(cert.Leaf)
 	}
-	log.Info("reloaded certificates of tls:// routes", "certificates", strings.Join(names, ", "))
+	return strings.Join(names, ", ")
 }
 
 // warnNoPeers says loudly when pinned material accepts nobody (an empty
