@@ -61,6 +61,11 @@ var blockSpecs = []blockSpec{
 		setup: writeMLDSARequest, check: checkCAFiles,
 		want: []string{`(?m)^ML-DSA-65 CA "pqtunnel CA" valid until`, `(?m)^ML-DSA-65 certificate for dns:web.internal,uri:spiffe://cluster.local/ns/app/sa/web valid until`}},
 
+	{file: "README.md", contains: "PQT_FORWARD=web=tls://127.0.0.1:8443",
+		skip: "runs until stopped and needs the HTTP origin and certificates the prose names; TestTLSTerminatorClassicalCurl and TestTLSTerminatorResumesAndReloads (integration) run this setup"},
+	{file: "README.md", contains: "PQT_TARGET=app=tls://127.0.0.1:8443",
+		skip: "runs until stopped and needs the terminator above; TestTLSOriginate (integration) runs this setup"},
+
 	{file: "examples/README.md", contains: "go build", dir: "repo",
 		check: func(t *testing.T, e *blockEnv) {
 			if out, err := exec.Command(filepath.Join(e.dir, "out", "pqtunnel"), "version").CombinedOutput(); err != nil {

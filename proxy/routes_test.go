@@ -147,3 +147,37 @@ func FuzzParseRoutes(f *testing.F) {
 		}
 	})
 }
+
+func TestLocalJoins(t *testing.T) {
+	plain := func(n string) Route { return Route{Name: n, Addr: "127.0.0.1:1"} }
+	tlsR := func(n string) Route { return Route{Name: n, Scheme: SchemeTLS, Addr: "127.0.0.1:2"} }
+	for _, tt := range []struct {
+		name            string
+		forward, target []Route
+		joined          []string
+		needsTunnel     bool
+	}{
+		{"plain and plain go through the tunnel", []Route{plain("a")}, []Route{plain("a")}, nil, true},
+		{"terminate to a local plain target", []Route{tlsR("a")}, []Route{plain("a")}, []string{"a"}, false},
+		{"plain to a local tls target", []Route{plain("a")}, []Route{tlsR("a")}, []string{"a"}, false},
+		{"terminated route without a target of its name", []Route{tlsR("a")}, []Route{plain("b")}, nil, true},
+		{"one joined, one through the tunnel", []Route{tlsR("a"), plain("b")}, []Route{plain("a")}, []string{"a"}, true},
+		{"a target left for the peer", []Route{tlsR("a")}, []Route{plain("a"), plain("b")}, []string{"a"}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			j := LocalJoins(tt.forward, tt.target)
+			var got []string
+			for _, f := range tt.forward {
+				if _, ok := j[f.Name]; ok {
+					got = append(got, f.Name)
+				}
+			}
+			if !slices.Equal(got, tt.joined) {
+				t.Errorf("joined %v, want %v", got, tt.joined)
+			}
+			if n := NeedsTunnel(tt.forward, tt.target); n != tt.needsTunnel {
+				t.Errorf("NeedsTunnel = %v, want %v", n, tt.needsTunnel)
+			}
+		})
+	}
+}
