@@ -504,3 +504,76 @@ func TestTLSTerminatorResumesAndReloads(t *testing.T) {
 		t.Error("after SIGHUP the terminator still serves the old certificate")
 	}
 }
+
+// TestTLSOriginateThroughTheTunnel: a listen side's tls:// target serves the
+// tunnel's streams (the reverse-tunnel case with a TLS origin): the dial
+// side's plain client reaches a crypto/tls server, verified and hybrid.
+func TestTLSOriginateThroughTheTunnel(t *testing.T) {
+	ctx := testContext(t, 90*time.Second)
+	dir := t.TempDir()
+	ca := hosNewCA(t, dir, "api-ca")
+	server := trServe(t, &tls.Config{Certificates: []tls.Certificate{trIssue(t, ca, dir, "api", false, "api.example.test").tls}})
+	p := startPair(t, ctx, pairOptions{
+		transport: "tcp", target: "api=tls://" + server, routes: []string{"api"},
+		listenEnv: map[string]string{"PQT_TLS_CA": ca.path, "PQT_TLS_SERVER_NAME": "api=api.example.test"},
+		dialEnv:   map[string]string{"PQT_CONNECTIONS": "1"},
+	})
+	got, err := trAsk(within(t, ctx, 15*time.Second), p.dial.forward["api"], "through\n")
+	if err != nil || got != "tls:through\n" {
+		t.Fatalf("got %q, %v; want the TLS server's answer", got, err)
+	}
+	l := p.listen.waitLog(t, within(t, ctx, 10*time.Second), msgIs("TLS connected", "tls", "originate", "route", "api"))
+	if l.str("group") != "X25519MLKEM768" || l.str("sni") != "api.example.test" {
+		t.Errorf("listen side logged %v, want group X25519MLKEM768 and sni api.example.test", l)
+	}
+}
+
+// TestTLSTerminatorHandshakeBounds: with PQT_MAX_HANDSHAKES=1, of two
+// clients that connect and never send a ClientHello one holds the slot
+// and is cut off after PQT_HANDSHAKE_TIMEOUT (reason=timeout), and the other
+// is reset at once (reason=busy); both are counted.
+func TestTLSTerminatorHandshakeBounds(t *testing.T) {
+	ctx := testContext(t, 60*time.Second)
+	dir := t.TempDir()
+	ca := hosNewCA(t, dir, "web-ca")
+	leaf := trIssue(t, ca, dir, "web", false, "www.example.test")
+	web, met := loopback(freePort(t)), metAddr(t)
+	p := trLocal(t, ctx, "terminator", 1, map[string]string{
+		"PQT_FORWARD": "web=tls://" + web, "PQT_TARGET": "web=" + startEcho(t).addr(),
+		"PQT_TLS_CERT": leaf.certPath, "PQT_TLS_KEY": leaf.keyPath, "PQT_METRICS": met,
+		"PQT_HANDSHAKE_TIMEOUT": "1500ms", "PQT_MAX_HANDSHAKES": "1",
+	})
+	start := time.Now()
+	ended := make(chan time.Duration, 2)
+	for range 2 {
+		c, err := dialClient(within(t, ctx, 5*time.Second), web)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		go func() {
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err := c.Read(make([]byte, 1))
+			if err == nil {
+				t.Error("a silent client read data")
+			}
+			ended <- time.Since(start)
+		}()
+	}
+	first, second := <-ended, <-ended
+	t.Logf("silent clients cut off after %s and %s", first.Round(time.Millisecond), second.Round(time.Millisecond))
+	if first > time.Second {
+		t.Errorf("the client beyond PQT_MAX_HANDSHAKES=1 was cut off after %s, want at once", first)
+	}
+	if second < 1400*time.Millisecond || second > 5*time.Second {
+		t.Errorf("the client holding the handshake was cut off after %s, want about PQT_HANDSHAKE_TIMEOUT=1.5s", second)
+	}
+	p.waitLog(t, within(t, ctx, 5*time.Second), msgIs("TLS handshake refused", "reason", "timeout"))
+	p.waitLog(t, within(t, ctx, 5*time.Second), msgIs("TLS handshake refused", "reason", "busy"))
+	metAwait(t, ctx, "terminator", met, 10*time.Second, func(m metSet) error {
+		if err := metExpect(m, false, 1, "pqtunnel_tls_refused_total", "route", "web", "side", "terminate", "reason", "timeout"); err != nil {
+			return err
+		}
+		return metExpect(m, false, 1, "pqtunnel_tls_refused_total", "route", "web", "side", "terminate", "reason", "busy")
+	})
+}
