@@ -48,7 +48,6 @@ func NewTerminator(s *Store, alpn []string) *Terminator {
 type hello struct {
 	offered []tls.CurveID
 	sig     string
-	client  string
 }
 
 // noteConn carries a connection's hello record into crypto/tls's
