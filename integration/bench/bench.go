@@ -142,7 +142,7 @@ func (b *bench) runAll(ctx context.Context) error {
 	phases := []struct {
 		name string
 		run  func(context.Context) error
-	}{{"memory", b.runMemoryPhase}, {"bulk", b.runBulkPhase}, {"rate", b.runRatePhase}, {"handshake", b.runHandshakePhase}}
+	}{{"memory", b.runMemoryPhase}, {"bulk", b.runBulkPhase}, {"rate", b.runRatePhase}, {"handshake", b.runHandshakePhase}, {"tls", func(ctx context.Context) error { return b.runTLSPhase(ctx, bin, dir, sup) }}}
 	for _, phase := range phases {
 		if len(b.o.only) > 0 && !slices.Contains(b.o.only, phase.name) {
 			continue
@@ -238,7 +238,7 @@ func (b *bench) runRatePhase(ctx context.Context) error {
 			workers int
 		}{{"sequential", 1}, {"concurrent_32", 32}} {
 			for _, m := range rotate([]string{modeDirect, modeTCP, modeQUIC}, rep) {
-				s, err := runConnRate(ctx, b.top.paths[m].routes[routeEcho], spec.workers, warm, b.o.rate)
+				s, err := runConnRate(ctx, dialLoopback, b.top.paths[m].routes[routeEcho], spec.workers, warm, b.o.rate)
 				if ctx.Err() != nil {
 					return context.Cause(ctx)
 				}
@@ -344,7 +344,7 @@ func (b *bench) finish(started time.Time) {
 		}
 	}
 	r.CPU = b.cpu.figures() // no direct process to compare with, so no ratio
-	for _, tr := range []string{tlsmux.Name, quic.Name} {
+	for _, tr := range []string{tlsmux.Name, quic.Name, modeTLS} {
 		classical := b.hs[tr+"/X25519"]
 		for _, g := range handshakeGroupList {
 			acc := b.hs[tr+"/"+hybridtls.GroupName(g)]

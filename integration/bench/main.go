@@ -12,7 +12,10 @@
 //     ClientHello/ServerHello sizes (TCP) and first flight (QUIC);
 //   - RSS and goroutines of each side per idle proxied connection, and
 //     after those connections close;
-//   - CPU seconds per GB moved, each side.
+//   - CPU seconds per GB moved, each side;
+//   - TLS terminated by a local pqtunnel (tls:// routes joined to the
+//     origin, no tunnel): connection rate, 1-stream bulk, and full
+//     handshakes per second per group relative to X25519 (phase tls).
 //
 // Each figure is printed as median and min–max over the repetitions with its
 // ratio to direct from the same run; a table goes to stdout and the whole
@@ -83,7 +86,7 @@ type options struct {
 	wanBlackhole time.Duration
 }
 
-var phaseNames = []string{"memory", "bulk", "rate", "handshake"}
+var phaseNames = []string{"memory", "bulk", "rate", "handshake", "tls"}
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options

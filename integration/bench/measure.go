@@ -55,8 +55,15 @@ type bulkSample struct {
 	cpuPerGB []float64
 }
 
-// dialFunc connects a client to addr.
+// dialFunc connects a client to addr; the conn it returns is a bulkConn.
 type dialFunc func(ctx context.Context, addr string) (net.Conn, error)
+
+// bulkConn is a client connection that can half-close: TCP, or TLS
+// (where CloseWrite sends close_notify).
+type bulkConn interface {
+	net.Conn
+	CloseWrite() error
+}
 
 // dialLoopback is how clients connect on loopback.
 func dialLoopback(ctx context.Context, addr string) (net.Conn, error) {
@@ -78,7 +85,7 @@ func runBulk(ctx context.Context, org *origin, dial dialFunc, addr string, uploa
 		arrived, route = org.sinkBytes.Load, routeSink
 	}
 	deadline := time.Now().Add(warm + window + linger)
-	conns := make([]*net.TCPConn, 0, streams)
+	conns := make([]bulkConn, 0, streams)
 	defer func() {
 		for _, c := range conns {
 			_ = c.Close() // already closed on the normal path
@@ -90,7 +97,7 @@ func runBulk(ctx context.Context, org *origin, dial dialFunc, addr string, uploa
 			return bulkSample{}, fmt.Errorf("connect %s: %w", addr, err)
 		}
 		_ = c.SetDeadline(deadline) // a failure shows as an I/O error
-		conns = append(conns, c.(*net.TCPConn))
+		conns = append(conns, c.(bulkConn))
 	}
 	stop := make(chan struct{})
 	errs := make([]error, streams)
@@ -110,8 +117,10 @@ func runBulk(ctx context.Context, org *origin, dial dialFunc, addr string, uploa
 	idle := 10 * time.Second
 	if abort {
 		for _, c := range conns {
-			_ = c.SetLinger(0) // then Close resets
-			_ = c.Close()      // ends the stream routines with an error that says so
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetLinger(0) // then Close resets
+			}
+			_ = c.Close() // ends the stream routines with an error that says so
 		}
 		idle = 30 * time.Second
 	}
@@ -160,7 +169,7 @@ func measureWindow(ctx context.Context, arrived func() int64, warm, window time.
 
 // uploadStream writes until stop, half-closes, and waits for the sink's
 // close, which comes once it has read everything.
-func uploadStream(c *net.TCPConn, stop <-chan struct{}) error {
+func uploadStream(c bulkConn, stop <-chan struct{}) error {
 	defer c.Close()
 	for {
 		select {
@@ -182,7 +191,7 @@ func uploadStream(c *net.TCPConn, stop <-chan struct{}) error {
 
 // downloadStream reads, counting into received, until stop; then it
 // half-closes, which stops the source, and reads to its EOF.
-func downloadStream(c *net.TCPConn, stop <-chan struct{}, received *atomic.Int64) error {
+func downloadStream(c bulkConn, stop <-chan struct{}, received *atomic.Int64) error {
 	defer c.Close()
 	done := make(chan error, 1)
 	go func() {
@@ -223,10 +232,11 @@ func errOr(err, def error) error {
 	return def
 }
 
-// echoOnce connects to addr, sends one byte, reads it back and closes.
-func echoOnce(addr string) (time.Duration, error) {
+// echoOnce connects to addr with dial, sends one byte, reads it back and
+// closes.
+func echoOnce(ctx context.Context, dial dialFunc, addr string) (time.Duration, error) {
 	start := time.Now()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	c, err := dial(ctx, addr)
 	if err != nil {
 		return 0, err
 	}
@@ -256,7 +266,7 @@ type rateSample struct {
 
 // runConnRate runs echoOnce against addr from workers concurrent clients:
 // operations started in warm are not counted, and none start after window.
-func runConnRate(ctx context.Context, addr string, workers int, warm, window time.Duration) (rateSample, error) {
+func runConnRate(ctx context.Context, dial dialFunc, addr string, workers int, warm, window time.Duration) (rateSample, error) {
 	start := time.Now()
 	from, until := start.Add(warm), start.Add(warm+window)
 	lat := make([][]time.Duration, workers)
@@ -272,7 +282,7 @@ func runConnRate(ctx context.Context, addr string, workers int, warm, window tim
 				if !t.Before(until) {
 					return
 				}
-				d, err := echoOnce(addr)
+				d, err := echoOnce(ctx, dial, addr)
 				if err != nil {
 					errs[w]++
 					if firstErr[w] == nil {

@@ -165,7 +165,7 @@ type Target struct {
 	Met   bool    `json:"met"`
 }
 
-var modeOrder = []string{modeDirect, modeTCP, modeQUIC, modeTCP4Conn, modeQUIC4Conn}
+var modeOrder = []string{modeDirect, modeTCP, modeQUIC, modeTCP4Conn, modeQUIC4Conn, modeTLS}
 
 // collector gathers samples keyed by figure and mode (mode/side for
 // per-process figures) and repetition as the run goes.
@@ -310,7 +310,9 @@ func checkTargets(r *Result) []Target {
 		}
 	}
 	for _, h := range r.Handshake {
-		if h.Group == "X25519" {
+		// The target is for tunnels; a terminated handshake has no ML-DSA
+		// proof to dilute the key exchange's cost, so its ratio is reported only.
+		if h.Group == "X25519" || h.Transport == modeTLS {
 			continue
 		}
 		out = append(out, Target{Name: fmt.Sprintf("%s %s establishment vs X25519", h.Transport, h.Group), Want: "≤ 1.50× classical time", Unit: "×", Value: h.TimeRatioToX25519, Met: h.TimeRatioToX25519 > 0 && h.TimeRatioToX25519 <= 1.5})
