@@ -49,7 +49,7 @@ demo:
 
 # The browser test of /status leaves its screenshot in test-artifacts/.
 unit:
-	TEST_ARTIFACTS_DIR=$(CURDIR)/test-artifacts go test -race -count=1 ./...
+	TEST_ARTIFACTS_DIR=$(CURDIR)/test-artifacts go test -race -count=1 -timeout 30m ./...
 
 fuzz:
 	@set -e; for pkg in $(FUZZ_PKGS); do \
