@@ -52,7 +52,8 @@ func yamuxConfig(c *transport.Config, mem *connMemory) *yamux.Config {
 	y.MaxIncomingStreams = uint32(mem.peerStreams)
 	y.MaxStreamWindowSize = uint32(c.StreamWindow)
 	// Frames are written as soon as they are ready: waiting to coalesce
-	// would add latency to every small request.
+	// would add latency to every small request. Frames that are ready
+	// together leave together all the same (groupWriter).
 	y.WriteCoalesceDelay = 0
 	y.ReadBufSize = 64 << 10
 	// A frame carries what one copy-loop read returns (up to 256 KiB in
@@ -110,13 +111,15 @@ func handshakeTCP(ctx context.Context, rc *recordConn, c *transport.Config, clie
 	}
 	_ = tc.SetDeadline(time.Time{}) // yamux keep-alives take over liveness
 	mem := newConnMemory(c.MaxConnMemory, c.MaxStreams)
+	gw := newGroupWriter(&batchedTLS{tc, rc}, rc.Conn)
 	var ys *yamux.Session
 	if client {
-		ys, err = yamux.Client(&batchedTLS{tc, rc}, yamuxConfig(c, mem), mem.span)
+		ys, err = yamux.Client(gw, yamuxConfig(c, mem), mem.span)
 	} else {
-		ys, err = yamux.Server(&batchedTLS{tc, rc}, yamuxConfig(c, mem), mem.span)
+		ys, err = yamux.Server(gw, yamuxConfig(c, mem), mem.span)
 	}
 	if err != nil {
+		_ = gw.Close() // the configuration error is what matters
 		return nil, fmt.Errorf("start yamux: %w", err)
 	}
 	s := &tcpSession{ys: ys, mem: mem, info: transport.Info{
