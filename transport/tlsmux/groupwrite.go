@@ -3,6 +3,7 @@ package tlsmux
 import (
 	"io"
 	"net"
+	"runtime"
 	"sync"
 )
 
@@ -136,11 +137,24 @@ func (w *groupWriter) routineFlush() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for {
+		idle := false
 		for (len(w.pending) == 0 || w.writing) && w.usableLocked() {
 			w.cond.Wait()
+			idle = true
 		}
 		if !w.usableLocked() {
 			return
+		}
+		if idle {
+			// Woken by the first frame after a pause: let the goroutines
+			// that are runnable now (readers woken by the same poll, as
+			// under many clients) queue their frames first, so that they
+			// leave in this write. With nothing else runnable the yield
+			// returns at once; it waits for no time and no event.
+			w.mu.Unlock()
+			runtime.Gosched()
+			w.mu.Lock()
+			continue
 		}
 		batch := w.pending
 		w.pending = nil
