@@ -21,15 +21,18 @@ import (
 
 // bench is one run: its options, the processes, and what was measured.
 type bench struct {
-	o    options
-	log  io.Writer
-	org  *origin
-	top  *topology
-	res  *Result
-	col  *collector // bulk and connection-rate figures
-	cpu  *collector // CPU per GB, keyed mode/side
-	hs   map[string]*hsAcc
-	errs []string
+	o   options
+	log io.Writer
+	org *origin
+	top *topology
+	res *Result
+	col *collector // bulk and connection-rate figures
+	cpu *collector // CPU per GB, keyed mode/side
+	// redis holds the redis-benchmark figures, redisCPU their CPU per
+	// request keyed mode/side.
+	redis, redisCPU *collector
+	hs              map[string]*hsAcc
+	errs            []string
 }
 
 // hsAcc gathers one transport and group's handshake samples.
@@ -56,7 +59,7 @@ func loadavg() string {
 // returns what was measured so far with the error.
 func runBench(ctx context.Context, o options, log io.Writer) (*Result, error) {
 	started := time.Now()
-	b := &bench{o: o, log: log, col: newCollector(), cpu: newCollector(), hs: map[string]*hsAcc{}}
+	b := &bench{o: o, log: log, col: newCollector(), cpu: newCollector(), redis: newCollector(), redisCPU: newCollector(), hs: map[string]*hsAcc{}}
 	b.res = &Result{Meta: Meta{
 		Started: started.UTC().Truncate(time.Second), Smoke: o.smoke, Reps: o.reps,
 		BulkWindow: o.bulk.String(), Warmup: o.warm.String(), RateWindow: o.rate.String(), HandshakeWindow: o.handshake.String(),
@@ -125,12 +128,22 @@ func (b *bench) runAll(ctx context.Context) error {
 	if maxStreams != 4096 {
 		b.note("PQT_MAX_STREAMS=%d on every side (default 4096) so that %d idle connections fit on one tunnel connection", maxStreams, b.o.idle)
 	}
-	b.progress("starting origin, echo helper, 3 listen sides and 4 dial sides")
+	b.progress("starting origin, echo helper, redis-server, 3 listen sides and 4 dial sides")
 	_, idleOrigin, err := startEchoHelper(ctx, sup)
 	if err != nil {
 		return err
 	}
-	top, err := startTopology(ctx, sup, bin, dir, org, idleOrigin, maxStreams)
+	extra := map[string]string{}
+	if len(b.o.only) == 0 || slices.Contains(b.o.only, "redis") {
+		redisAddr, err := startRedis(ctx, sup)
+		if err != nil {
+			return err
+		}
+		if redisAddr != "" {
+			extra[routeRedis] = redisAddr
+		}
+	}
+	top, err := startTopology(ctx, sup, bin, dir, org, idleOrigin, extra, maxStreams)
 	if err != nil {
 		return err
 	}
@@ -142,7 +155,7 @@ func (b *bench) runAll(ctx context.Context) error {
 	phases := []struct {
 		name string
 		run  func(context.Context) error
-	}{{"memory", b.runMemoryPhase}, {"bulk", b.runBulkPhase}, {"rate", b.runRatePhase}, {"handshake", b.runHandshakePhase}, {"tls", func(ctx context.Context) error { return b.runTLSPhase(ctx, bin, dir, sup) }}}
+	}{{"memory", b.runMemoryPhase}, {"bulk", b.runBulkPhase}, {"rate", b.runRatePhase}, {"redis", b.runRedisPhase}, {"handshake", b.runHandshakePhase}, {"tls", func(ctx context.Context) error { return b.runTLSPhase(ctx, bin, dir, sup) }}}
 	for _, phase := range phases {
 		if len(b.o.only) > 0 && !slices.Contains(b.o.only, phase.name) {
 			continue
@@ -344,6 +357,8 @@ func (b *bench) finish(started time.Time) {
 		}
 	}
 	r.CPU = b.cpu.figures() // no direct process to compare with, so no ratio
+	r.Redis = b.redis.figures()
+	r.RedisCPU = b.redisCPU.figures()
 	for _, tr := range []string{tlsmux.Name, quic.Name, modeTLS} {
 		classical := b.hs[tr+"/X25519"]
 		for _, g := range handshakeGroupList {

@@ -7,6 +7,10 @@
 //   - bulk throughput of 1 and 4 parallel streams, upload and download;
 //   - connection rate and latency of connect + 1-byte echo + close,
 //     sequential and with 32 concurrent clients;
+//   - a real client: redis-benchmark GET against a redis-server the
+//     harness starts, with 50 persistent clients and with a new connection
+//     per request (8 clients), and the CPU microseconds per request of
+//     each side (skipped when redis-server is not installed);
 //   - tunnel establishment (TLS with ML-DSA-65 + session proof) per key-exchange group,
 //     as handshakes per second relative to classical X25519, with the
 //     ClientHello/ServerHello sizes (TCP) and first flight (QUIC);
@@ -86,7 +90,7 @@ type options struct {
 	wanBlackhole time.Duration
 }
 
-var phaseNames = []string{"memory", "bulk", "rate", "handshake", "tls"}
+var phaseNames = []string{"memory", "bulk", "rate", "redis", "handshake", "tls"}
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options

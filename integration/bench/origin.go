@@ -25,9 +25,6 @@ var routeNames = []string{routeEcho, routeSink, routeSource}
 // of the idle connections so that the harness needs one file per connection.
 const routeIdle = "idle"
 
-// tunnelRoutes are the routes in PQT_TARGET and PQT_FORWARD.
-var tunnelRoutes = []string{routeEcho, routeSink, routeSource, routeIdle}
-
 // chunkSize is the size of each write in bulk transfers, both ways.
 const chunkSize = 64 << 10
 

@@ -35,6 +35,11 @@ var figureTitles = map[string]string{
 	"concurrent_32_rate": "32 concurrent rate",
 	"concurrent_32_p50":  "32 concurrent p50",
 	"concurrent_32_p99":  "32 concurrent p99",
+
+	"redis_get_persistent_50":     "GET, 50 persistent clients",
+	"redis_get_persistent_50_p50": "  p50",
+	"redis_get_new_conn_8":        "GET, new conn per request, 8 clients",
+	"redis_get_new_conn_8_p50":    "  p50",
 }
 
 func title(fig string) string {
@@ -124,14 +129,25 @@ func writeTable(w io.Writer, r *Result) {
 	section("CONNECT + 1-BYTE ECHO + CLOSE\tmode\tmedian\tmin–max\t×direct")
 	figures(r.ConnRate)
 
-	section("CPU PER GB MOVED (s/GB)\tmode\tside\tmedian\tmin–max")
-	last := ""
-	for _, f := range r.CPU {
-		name := ""
-		if f.Figure != last {
-			name, last = title(f.Figure), f.Figure
+	if len(r.Redis) > 0 {
+		section("REDIS-BENCHMARK\tmode\tmedian\tmin–max\t×direct")
+		figures(r.Redis)
+	}
+	perSide := func(figs []Figure) {
+		last := ""
+		for _, f := range figs {
+			name := ""
+			if f.Figure != last {
+				name, last = title(f.Figure), f.Figure
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s%s\n", name, f.Mode, f.Side, num(f.Median), minMax(f.Stat), errNote(f.Errors))
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s%s\n", name, f.Mode, f.Side, num(f.Median), minMax(f.Stat), errNote(f.Errors))
+	}
+	section("CPU PER GB MOVED (s/GB)\tmode\tside\tmedian\tmin–max")
+	perSide(r.CPU)
+	if len(r.RedisCPU) > 0 {
+		section("CPU PER REDIS REQUEST (µs/req)\tmode\tside\tmedian\tmin–max")
+		perSide(r.RedisCPU)
 	}
 
 	section("TUNNEL ESTABLISHMENT\tgroup\thandshakes/s\tmin–max\t×X25519 time\tp50 ms\tClientHello/ServerHello B\tfirst flight B/pkts")

@@ -15,7 +15,11 @@ type Result struct {
 	Handshake []HandshakeFigure `json:"handshake"`
 	Memory    []MemoryFigure    `json:"memory"`
 	CPU       []Figure          `json:"cpu"`
-	Targets   []Target          `json:"targets"`
+	// Redis is redis-benchmark GET (req/s, p50 ms); RedisCPU its CPU
+	// microseconds per request, each side.
+	Redis    []Figure `json:"redis"`
+	RedisCPU []Figure `json:"redis_cpu"`
+	Targets  []Target `json:"targets"`
 	// Errors are the measurements that failed; their figures are missing
 	// or partial.
 	Errors []string `json:"errors"`
@@ -302,6 +306,10 @@ func checkTargets(r *Result) []Target {
 			out = append(out, Target{Name: m + " sequential p50 added latency", Want: "≤ 0.50 ms", Unit: "ms"})
 		}
 		ratio(r.ConnRate, "concurrent_32_rate", m, m+" 32-concurrent connection rate", 0.40)
+	}
+	for _, m := range []string{modeTCP, modeQUIC} {
+		ratio(r.Redis, "redis_get_persistent_50", m, m+" Redis GET, 50 persistent clients", 0.50)
+		ratio(r.Redis, "redis_get_new_conn_8", m, m+" Redis GET, new connection per request, 8 clients", 0.25)
 	}
 	for _, mf := range r.Memory {
 		for _, s := range mf.Sides {

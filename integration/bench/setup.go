@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -50,9 +52,10 @@ type topology struct {
 // handshakeGroups is PQT_GROUPS of the handshake listen side.
 const handshakeGroups = "X25519MLKEM768,SecP256r1MLKEM768,SecP384r1MLKEM1024,X25519"
 
+// routeList is addrs as PQT_TARGET or PQT_FORWARD, in route name order.
 func routeList(addrs map[string]string) string {
 	var parts []string
-	for _, r := range tunnelRoutes {
+	for _, r := range slices.Sorted(maps.Keys(addrs)) {
 		parts = append(parts, r+"="+addrs[r])
 	}
 	return strings.Join(parts, ",")
@@ -92,7 +95,9 @@ func startSide(ctx context.Context, sup *supervisor, bin, name string, tunnels i
 
 // startTopology starts two listen sides (TCP, QUIC), a dial side of one
 // tunnel connection and one of four for each, and the handshake listen side.
-func startTopology(ctx context.Context, sup *supervisor, bin, dir string, org *origin, idleOrigin string, maxStreams int) (*topology, error) {
+// Besides the origin's routes and the idle route, every side carries the
+// routes of extra (route name → origin address), such as a Redis server.
+func startTopology(ctx context.Context, sup *supervisor, bin, dir string, org *origin, idleOrigin string, extra map[string]string, maxStreams int) (*topology, error) {
 	listenID, dialID := filepath.Join(dir, "listen.id"), filepath.Join(dir, "dial.id")
 	listenPin, err := keygen(ctx, bin, listenID)
 	if err != nil {
@@ -102,7 +107,11 @@ func startTopology(ctx context.Context, sup *supervisor, bin, dir string, org *o
 	if err != nil {
 		return nil, err
 	}
-	targets := map[string]string{routeIdle: idleOrigin}
+	targets := maps.Clone(extra)
+	if targets == nil {
+		targets = map[string]string{}
+	}
+	targets[routeIdle] = idleOrigin
 	for _, r := range routeNames {
 		targets[r] = org.addr(r)
 	}
@@ -166,7 +175,7 @@ func startTopology(ctx context.Context, sup *supervisor, bin, dir string, org *o
 	}{{modeTCP, modeTCP, 1}, {modeQUIC, modeQUIC, 1}, {modeTCP4Conn, modeTCP, 4}, {modeQUIC4Conn, modeQUIC, 4}} {
 		routes := map[string]string{}
 		c, _, err := startSide(ctx, sup, bin, "dial-"+d.mode, d.conns, func() (map[string]string, error) {
-			for _, r := range tunnelRoutes {
+			for r := range targets {
 				p, err := freePort()
 				if err != nil {
 					return nil, err
