@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -311,5 +312,58 @@ func TestFramesOfReadersWokenTogetherShareWrites(t *testing.T) {
 	t.Logf("%d frames: %d writes", n, w1-w0)
 	if w1-w0 > n/4 {
 		t.Fatalf("%d frames of readers woken together took %d writes", n, w1-w0)
+	}
+}
+
+// BenchmarkConcurrentRequests is clients streams of one tunnel connection,
+// each sending a small request and waiting for its echo, as Redis clients
+// do through a sidecar; writes/req counts the requesting side's socket
+// writes.
+func BenchmarkConcurrentRequests(b *testing.B) {
+	for _, clients := range []int{1, 50} {
+		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
+			cc, sc := transporttest.Configs(b)
+			var gc *gatedConn
+			cc.WrapConn = func(c net.Conn) net.Conn { gc = &gatedConn{Conn: c}; return gc }
+			client, server := transporttest.SessionPair(b, Transport{}, cc, sc)
+			opened := make([]transport.Stream, clients)
+			var echoes sync.WaitGroup
+			for i := range clients {
+				var accepted transport.Stream
+				opened[i], accepted = transporttest.OpenAccepted(b, client, server, []byte("x"))
+				_ = opened[i].SetDeadline(time.Time{})
+				_ = accepted.SetDeadline(time.Time{})
+				echoes.Go(func() { _, _ = io.Copy(accepted, accepted) })
+			}
+			var next atomic.Int64
+			w0, _ := gc.counts()
+			b.ReportAllocs()
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for _, st := range opened {
+				wg.Go(func() {
+					req := []byte("*2\r\n$3\r\nGET\r\n$8\r\nkey:0001\r\n")
+					resp := make([]byte, len(req))
+					for next.Add(1) <= int64(b.N) {
+						if _, err := st.Write(req); err != nil {
+							b.Error(err)
+							return
+						}
+						if _, err := io.ReadFull(st, resp); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			w1, _ := gc.counts()
+			b.ReportMetric(float64(w1-w0)/float64(b.N), "writes/req")
+			for _, st := range opened {
+				_ = st.CloseWrite()
+			}
+			echoes.Wait()
+		})
 	}
 }
