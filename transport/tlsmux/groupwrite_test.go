@@ -2,12 +2,14 @@ package tlsmux
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -120,121 +122,133 @@ func TestConcurrentSmallFramesShareRecordsAndWrites(t *testing.T) {
 	}
 }
 
-// pipePair is a groupWriter over one end of a pipe, and the other end.
-func pipePair(t *testing.T) (*groupWriter, net.Conn) {
-	t.Helper()
+// sinkRecorder is a frameSink that keeps each write it is given.
+type sinkRecorder struct {
+	writes [][]byte
+	err    error
+}
+
+func (r *sinkRecorder) writeFrames(a, b []byte) error {
+	if r.err != nil {
+		return r.err
+	}
+	r.writes = append(r.writes, append(slices.Clone(a), b...))
+	return nil
+}
+
+// dataFrame is a yamux data frame of stream id carrying body.
+func dataFrame(id uint32, body []byte) []byte {
+	f := make([]byte, yamuxHeaderLen, yamuxHeaderLen+len(body))
+	f[0], f[1] = 0, yamuxTypeData
+	binary.BigEndian.PutUint32(f[4:8], id)
+	binary.BigEndian.PutUint32(f[8:12], uint32(len(body)))
+	return append(f, body...)
+}
+
+// A frame with nothing queued behind it leaves at once; frames queued
+// behind one another leave together when the last arrives, in order, and
+// a run never exceeds one batch; large frames are written from yamux's
+// buffer after what was held.
+func TestGroupWriterHoldsOnlyWhileFramesQueued(t *testing.T) {
+	sink := &sinkRecorder{}
+	w := newGroupWriter(nil, sink)
+	write := func(f []byte) {
+		t.Helper()
+		if n, err := w.Write(f); err != nil || n != len(f) {
+			t.Fatalf("Write: %d, %v", n, err)
+		}
+		clear(f) // yamux reuses its frame buffer as soon as Write returns
+	}
+
+	alone := dataFrame(1, []byte("alone"))
+	want := slices.Clone(alone)
+	w.streamWrote(5)
+	write(alone)
+	if len(sink.writes) != 1 || !bytes.Equal(sink.writes[0], want) {
+		t.Fatalf("a lone frame: %d writes", len(sink.writes))
+	}
+
+	// Ten streams' Writes have returned: their frames are all queued.
+	sink.writes = nil
+	var frames [][]byte
+	for i := range 10 {
+		frames = append(frames, dataFrame(uint32(i), bytes.Repeat([]byte{byte('a' + i)}, 100)))
+	}
+	w.streamWrote(10 * 100)
+	want = bytes.Join(frames, nil)
+	for _, f := range frames {
+		write(f)
+	}
+	if len(sink.writes) != 1 || !bytes.Equal(sink.writes[0], want) {
+		t.Fatalf("ten queued frames took %d writes, want one with all of them in order", len(sink.writes))
+	}
+
+	// More queued than a batch holds: each write is at most one batch.
+	sink.writes = nil
+	const n, size = 200, 1000
+	w.streamWrote(n * size)
+	want = nil
+	for i := range n {
+		f := dataFrame(uint32(i), bytes.Repeat([]byte{byte(i)}, size))
+		want = append(want, f...)
+		write(f)
+	}
+	if got := bytes.Join(sink.writes, nil); !bytes.Equal(got, want) {
+		t.Fatal("bytes changed or out of order")
+	}
+	for i, b := range sink.writes {
+		if len(b) > maxGroupBatch {
+			t.Fatalf("write %d is %d bytes, more than a batch (%d)", i, len(b), maxGroupBatch)
+		}
+	}
+	if len(sink.writes) > n*(size+yamuxHeaderLen)/maxGroupBatch+1 {
+		t.Fatalf("%d writes for %d bytes", len(sink.writes), len(want))
+	}
+
+	// A large frame follows what is held, in the same write.
+	sink.writes = nil
+	small, large := dataFrame(1, []byte("held")), dataFrame(2, make([]byte, directWriteMin))
+	want = append(slices.Clone(small), large...)
+	w.streamWrote(4 + directWriteMin)
+	write(small)
+	write(large)
+	if len(sink.writes) != 1 || !bytes.Equal(sink.writes[0], want) {
+		t.Fatalf("held frame and large frame: %d writes", len(sink.writes))
+	}
+}
+
+// A failed write is returned to yamux unwrapped, a timeout as one
+// (os.IsTimeout), so that yamux ends the session with its own error.
+func TestGroupWriterReturnsWriteErrors(t *testing.T) {
 	a, b := net.Pipe()
-	w := newGroupWriter(a, a)
-	t.Cleanup(func() { _ = w.Close(); _ = b.Close() })
-	return w, b
-}
-
-// Frames small and large arrive in the order written, whichever path they
-// took, and a single frame on an idle connection leaves without another
-// following it.
-func TestGroupWriterKeepsOrder(t *testing.T) {
-	w, peer := pipePair(t)
-	one := []byte("alone")
-	if _, err := w.Write(one); err != nil {
+	defer a.Close()
+	defer b.Close()
+	w := newGroupWriter(a, pipeSink{a})
+	if err := a.SetWriteDeadline(time.Now().Add(20 * time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
-	got := make([]byte, len(one))
-	if _, err := io.ReadFull(peer, got); err != nil || !bytes.Equal(got, one) {
-		t.Fatalf("read %q, %v", got, err)
+	if _, err := w.Write(dataFrame(1, []byte("never read"))); !os.IsTimeout(err) {
+		t.Fatalf("Write to a peer that does not read: %v, want a timeout", err)
 	}
-
-	var want bytes.Buffer
-	sizes := []int{10, directWriteMin, 200, maxGroupBatch - 1, 3, directWriteMin - 1, directWriteMin - 1, directWriteMin - 1, 1}
-	done := make(chan error, 1)
-	go func() {
-		for i, n := range sizes {
-			p := bytes.Repeat([]byte{byte('a' + i)}, n)
-			want.Write(p)
-			if _, err := w.Write(p); err != nil {
-				done <- err
-				return
-			}
-			clear(p) // yamux reuses its frame buffer as soon as Write returns
-		}
-		done <- nil
-	}()
-	total := 0
-	for _, n := range sizes {
-		total += n
-	}
-	got = make([]byte, total)
-	if _, err := io.ReadFull(peer, got); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, want.Bytes()) {
-		t.Fatal("bytes arrived out of order or changed")
+	sink := &sinkRecorder{err: io.ErrClosedPipe}
+	w = newGroupWriter(nil, sink)
+	if _, err := w.Write(dataFrame(1, nil)); !errors.Is(err, io.ErrClosedPipe) {
+		t.Fatalf("Write: %v, want the sink's error", err)
 	}
 }
 
-// A peer that reads nothing holds the writer to one batch: Write blocks
-// instead of buffering without bound, and Close releases it.
-func TestGroupWriterBoundsPendingAndCloseUnblocks(t *testing.T) {
-	w, _ := pipePair(t)
-	frame := make([]byte, 1000)
-	blocked := make(chan error, 1)
-	go func() {
-		for {
-			if _, err := w.Write(frame); err != nil {
-				blocked <- err
-				return
+// pipeSink writes frames to a net.Conn one after the other.
+type pipeSink struct{ net.Conn }
+
+func (p pipeSink) writeFrames(a, b []byte) error {
+	for _, f := range [][]byte{a, b} {
+		if len(f) > 0 {
+			if _, err := p.Write(f); err != nil {
+				return err
 			}
 		}
-	}()
-	// The flusher holds one batch in a write the peer never reads; the
-	// next batch fills and the writer waits for room.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		w.mu.Lock()
-		pending, writing := len(w.pending), w.writing
-		w.mu.Unlock()
-		if pending > maxGroupBatch {
-			t.Fatalf("%d bytes pending, more than the %d bound", pending, maxGroupBatch)
-		}
-		if writing && pending+len(frame) > maxGroupBatch {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("batch never filled: %d bytes pending, writing %v", pending, writing)
-		}
-		time.Sleep(time.Millisecond) // polling a state no event announces
 	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-blocked; !errors.Is(err, io.ErrClosedPipe) && !errors.Is(err, net.ErrClosed) {
-		t.Fatalf("blocked Write returned %v after Close, want closed", err)
-	}
-}
-
-// A write that misses its deadline fails the writer: the socket is
-// closed, and the next Write returns the error unwrapped, a timeout as
-// yamux tells one (os.IsTimeout).
-func TestGroupWriterWriteTimeout(t *testing.T) {
-	w, peer := pipePair(t)
-	if err := w.SetWriteDeadline(time.Now().Add(20 * time.Millisecond)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write([]byte("never read")); err != nil {
-		t.Fatalf("first write queued: %v", err)
-	}
-	var err error
-	for err == nil {
-		_, err = w.Write([]byte("x"))
-	}
-	if !os.IsTimeout(err) {
-		t.Fatalf("Write after a timed-out write: %v, want a timeout", err)
-	}
-	if _, rerr := peer.Read(make([]byte, 1)); !errors.Is(rerr, io.EOF) {
-		t.Fatalf("peer read %v, want EOF: the failed writer closes the socket", rerr)
-	}
+	return nil
 }
 
 // Frames of goroutines woken by one poll (proxy readers whose clients

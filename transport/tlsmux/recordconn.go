@@ -136,18 +136,25 @@ func (c *recordConn) flush() error {
 	return err
 }
 
-// batchedTLS is the tls.Conn yamux writes to: each Write leaves the socket
-// as one system call however many records it takes.
+// batchedTLS is the tls.Conn under yamux's groupWriter: each write of
+// frames leaves the socket as one system call however many records it takes.
 type batchedTLS struct {
 	*tls.Conn
 	raw *recordConn
 }
 
-func (b *batchedTLS) Write(p []byte) (int, error) {
+// writeFrames writes a then b through TLS and leaves the socket in one
+// system call; either may be empty.
+func (b *batchedTLS) writeFrames(a, c []byte) error {
 	b.raw.begin()
-	n, err := b.Conn.Write(p)
-	if ferr := b.raw.flush(); err == nil && ferr != nil {
-		return 0, ferr
+	var err error
+	for _, p := range [][]byte{a, c} {
+		if len(p) > 0 && err == nil {
+			_, err = b.Conn.Write(p)
+		}
 	}
-	return n, err
+	if ferr := b.raw.flush(); err == nil {
+		err = ferr
+	}
+	return err
 }

@@ -111,7 +111,8 @@ func handshakeTCP(ctx context.Context, rc *recordConn, c *transport.Config, clie
 	}
 	_ = tc.SetDeadline(time.Time{}) // yamux keep-alives take over liveness
 	mem := newConnMemory(c.MaxConnMemory, c.MaxStreams)
-	gw := newGroupWriter(&batchedTLS{tc, rc}, rc.Conn)
+	bt := &batchedTLS{tc, rc}
+	gw := newGroupWriter(bt, bt)
 	var ys *yamux.Session
 	if client {
 		ys, err = yamux.Client(gw, yamuxConfig(c, mem), mem.span)
@@ -119,10 +120,9 @@ func handshakeTCP(ctx context.Context, rc *recordConn, c *transport.Config, clie
 		ys, err = yamux.Server(gw, yamuxConfig(c, mem), mem.span)
 	}
 	if err != nil {
-		_ = gw.Close() // the configuration error is what matters
 		return nil, fmt.Errorf("start yamux: %w", err)
 	}
-	s := &tcpSession{ys: ys, mem: mem, info: transport.Info{
+	s := &tcpSession{ys: ys, gw: gw, mem: mem, info: transport.Info{
 		Transport: Name,
 		TLS:       cs,
 		Peer:      peer,
@@ -135,6 +135,7 @@ func handshakeTCP(ctx context.Context, rc *recordConn, c *transport.Config, clie
 
 type tcpSession struct {
 	ys   *yamux.Session
+	gw   *groupWriter
 	mem  *connMemory
 	info transport.Info
 
@@ -152,7 +153,7 @@ func (s *tcpSession) OpenStream(ctx context.Context) (transport.Stream, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open yamux stream: %w", err)
 	}
-	return &tcpStream{st}, nil
+	return &tcpStream{st, s.gw}, nil
 }
 
 func (s *tcpSession) AcceptStream(ctx context.Context) (transport.Stream, error) {
@@ -193,7 +194,7 @@ func (s *tcpSession) accepted(st *yamux.Stream, err error) (transport.Stream, er
 		}
 		return nil, fmt.Errorf("accept yamux stream: %w", err)
 	}
-	return &tcpStream{st}, nil
+	return &tcpStream{st, s.gw}, nil
 }
 
 type acceptResult struct {
@@ -205,7 +206,18 @@ func (s *tcpSession) Close() error          { return s.ys.Close() }
 func (s *tcpSession) Done() <-chan struct{} { return s.ys.CloseChan() }
 func (s *tcpSession) Info() transport.Info  { return s.info }
 
-type tcpStream struct{ *yamux.Stream }
+type tcpStream struct {
+	*yamux.Stream
+	gw *groupWriter
+}
+
+// Write tells the session's groupWriter what yamux queued, so that it can
+// hold a frame while others wait behind it.
+func (t *tcpStream) Write(p []byte) (int, error) {
+	n, err := t.Stream.Write(p)
+	t.gw.streamWrote(n)
+	return n, err
+}
 
 // Reset aborts both directions; the peer's reads and writes fail at once.
 func (t *tcpStream) Reset() { _ = t.Stream.Reset() }
