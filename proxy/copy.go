@@ -5,11 +5,12 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
-// halfConn is one end of a proxied connection: a client or origin TCP
-// connection, or a tunnel stream.
+// halfConn is one end of a proxied connection: a client or origin socket
+// (TCP or Unix), or a tunnel stream.
 type halfConn interface {
 	io.Reader
 	io.Writer
@@ -18,12 +19,23 @@ type halfConn interface {
 	SetDeadline(time.Time) error
 }
 
-// tcpEnd adapts a TCP connection: abort sends RST rather than FIN.
-type tcpEnd struct{ *net.TCPConn }
+// sockConn is a client or origin socket: *net.TCPConn or *net.UnixConn,
+// both of which half-close.
+type sockConn interface {
+	net.Conn
+	CloseWrite() error
+	syscall.Conn
+}
 
-func (t tcpEnd) abort() {
-	_ = t.SetLinger(0) // RST tells the peer the stream failed
-	_ = t.Close()
+// sockEnd adapts a client or origin socket: abort sends a TCP RST rather
+// than FIN; a Unix socket has no reset, so abort closes it.
+type sockEnd struct{ sockConn }
+
+func (s sockEnd) abort() {
+	if t, ok := s.sockConn.(*net.TCPConn); ok {
+		_ = t.SetLinger(0) // RST tells the peer the stream failed
+	}
+	_ = s.Close()
 }
 
 // streamEnd adapts a tunnel stream: abort resets it.

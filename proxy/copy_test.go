@@ -60,7 +60,7 @@ func startJoin(t *testing.T) (client, origin *net.TCPConn, done <-chan joinResul
 	go func() {
 		defer close(returned)
 		var r joinResult
-		r.aToB, r.bToA, r.err = join(tcpEnd{proxyA}, tcpEnd{proxyB})
+		r.aToB, r.bToA, r.err = join(sockEnd{proxyA}, sockEnd{proxyB})
 		ch <- r
 	}()
 	t.Cleanup(func() {
@@ -196,7 +196,7 @@ func TestJoinAbortPropagatesPromptly(t *testing.T) {
 				t.Fatal(err)
 			}
 			start := time.Now()
-			tcpEnd{resetter}.abort() // SO_LINGER 0: RST
+			sockEnd{resetter}.abort() // SO_LINGER 0: RST
 			r := waitJoin(t, done)
 			if r.err == nil {
 				t.Error("join returned no error after a reset")

@@ -195,7 +195,13 @@ func New(cfg Config) (*Engine, error) {
 
 func (e *Engine) bind() error {
 	for _, r := range e.cfg.Forward {
-		ln, err := net.Listen("tcp", r.Addr)
+		var ln net.Listener
+		var err error
+		if r.IsUnix() {
+			ln, err = listenUnix(r.Addr)
+		} else {
+			ln, err = net.Listen("tcp", r.Addr)
+		}
 		if err != nil {
 			return &ConfigError{Field: "Forward", Err: fmt.Errorf("route %s: %w", routeName(r.Name), err)}
 		}
@@ -727,7 +733,7 @@ func (e *Engine) serveAdmitted(t *tunnel) {
 	}
 }
 
-// routineForward accepts plain TCP clients on one forward route.
+// routineForward accepts clients on one forward route's TCP or Unix socket.
 func (e *Engine) routineForward(ln net.Listener, r Route) {
 	defer e.loops.Done()
 	backoff := 5 * time.Millisecond
@@ -746,7 +752,7 @@ func (e *Engine) routineForward(ln net.Listener, r Route) {
 		e.streams.add()
 		go func() {
 			defer e.streams.done()
-			e.handleAccepted(c.(*net.TCPConn), r)
+			e.handleAccepted(c.(sockConn), r) // *net.TCPConn or *net.UnixConn
 		}()
 	}
 }

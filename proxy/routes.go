@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -11,9 +13,8 @@ import (
 	"github.com/pqtunnel/pqtunnel/wire"
 )
 
-// Scheme is how a route's address is spoken to: plain TCP, or TLS with a
-// standard client or server on the other end. Another kind of address
-// (a Unix socket) is another Scheme with its own address check.
+// Scheme is how a route's address is spoken to: plain TCP, TLS with a
+// standard client or server on the other end, or a Unix stream socket.
 type Scheme string
 
 const (
@@ -22,12 +23,20 @@ const (
 	// SchemeTLS is tls://host:port: a forward route terminates TLS 1.3 from
 	// standard clients, a target route originates TLS 1.3 to a standard server.
 	SchemeTLS Scheme = "tls"
+	// SchemeUnix is unix:///absolute/path: a forward route listens on a Unix
+	// stream socket at that path, a target route connects to one.
+	SchemeUnix Scheme = "unix"
 )
+
+// maxUnixPath is the longest socket path every platform binds: sun_path
+// holds 104 bytes on the BSDs and macOS (108 on Linux), with a final NUL.
+const maxUnixPath = 103
 
 // schemes are the schemes a route address may name, each with the check of
 // the address after "scheme://".
 var schemes = map[Scheme]func(string) error{
-	SchemeTLS: checkTLSAddr,
+	SchemeTLS:  checkTLSAddr,
+	SchemeUnix: checkUnixAddr,
 }
 
 // checkTLSAddr accepts host:port; a host name has no '/'.
@@ -38,6 +47,20 @@ func checkTLSAddr(addr string) error {
 	return CheckHostPort(addr)
 }
 
+// checkUnixAddr accepts an absolute path that fits in a socket address.
+// Abstract sockets (@name) are not routes: '@' starts the allow list.
+func checkUnixAddr(path string) error {
+	switch {
+	case !filepath.IsAbs(path) || strings.HasPrefix(path, "//"):
+		return fmt.Errorf("want unix:///absolute/path, not %q after unix://", path)
+	case len(path) > maxUnixPath:
+		return fmt.Errorf("socket path of %d bytes, at most %d fit in a socket address", len(path), maxUnixPath)
+	case strings.ContainsRune(path, 0):
+		return errors.New("socket path contains a NUL byte")
+	}
+	return nil
+}
+
 // Route binds a route name to an address: where clients connect (forward)
 // or where streams are delivered (target).
 type Route struct {
@@ -45,7 +68,7 @@ type Route struct {
 	Name string
 	// Scheme is SchemeTCP for a plain host:port.
 	Scheme Scheme
-	// Addr is the address without its scheme: host:port.
+	// Addr is the address without its scheme: host:port, or a socket path.
 	Addr string
 	// Allow names the peers that may use the route (forward: whose tunnels
 	// carry it; target: who may open streams to it); empty allows every
@@ -61,6 +84,17 @@ type Route struct {
 
 // IsTLS reports whether the route speaks TLS to a standard client or server.
 func (r Route) IsTLS() bool { return r.Scheme == SchemeTLS }
+
+// IsUnix reports whether the route's address is a Unix socket path.
+func (r Route) IsUnix() bool { return r.Scheme == SchemeUnix }
+
+// network is the route's address family for net.Dial and net.Listen.
+func (r Route) network() string {
+	if r.IsUnix() {
+		return "unix"
+	}
+	return "tcp"
+}
 
 // String is the route as ParseRoutes reads it. ALPN and ServerName come
 // from other settings and are not part of it.
@@ -85,7 +119,7 @@ func (r Route) allows(peer string) bool {
 
 // ParseRoutes parses "host:port" (one unnamed route) or
 // "name=host:port,name=host:port", each address optionally written
-// "tls://host:port" and followed by "@peer+peer", the peers allowed on
+// "tls://host:port" or "unix:///path" and followed by "@peer+peer", the peers allowed on
 // the route.
 func ParseRoutes(s string) ([]Route, error) {
 	s = strings.TrimSpace(s)
@@ -128,7 +162,7 @@ func ParseRoutes(s string) ([]Route, error) {
 		if scheme, rest, ok := strings.Cut(r.Addr, "://"); ok {
 			r.Scheme, r.Addr = Scheme(strings.ToLower(scheme)), rest
 			if check = schemes[r.Scheme]; check == nil || r.Scheme == SchemeTCP {
-				return nil, fmt.Errorf("route %q: unknown scheme %q (want tls:// or none for plain TCP)", f, scheme)
+				return nil, fmt.Errorf("route %q: unknown scheme %q (want tls://, unix:// or none for plain TCP)", f, scheme)
 			}
 		}
 		if err := check(r.Addr); err != nil {

@@ -60,6 +60,17 @@ func TestParseRoutes(t *testing.T) {
 		{name: "tls without port", in: "a=tls://example.com", wantErr: "host:port"},
 		{name: "tls twice", in: "a=tls://tls://h:1", wantErr: "after tls://"},
 		{name: "tls with a path", in: "a=tls://h:1/x", wantErr: "after tls://"},
+		{name: "unix target", in: "app=unix:///run/app.sock", want: []Route{{Name: "app", Scheme: SchemeUnix, Addr: "/run/app.sock"}}},
+		{name: "unix unnamed upper case", in: "UNIX:///run/app.sock", want: []Route{{Scheme: SchemeUnix, Addr: "/run/app.sock"}}},
+		{name: "unix named with allow list", in: "app=unix:///run/pqt/app.sock@web+db",
+			want: []Route{{Name: "app", Scheme: SchemeUnix, Addr: "/run/pqt/app.sock", Allow: []string{"web", "db"}}}},
+		{name: "unix relative path", in: "a=unix://run/app.sock", wantErr: "unix:///absolute/path"},
+		{name: "unix host form", in: "a=unix:////run/app.sock", wantErr: "unix:///absolute/path"},
+		{name: "unix empty path", in: "a=unix://", wantErr: "unix:///absolute/path"},
+		{name: "unix abstract", in: "a=unix://@name", wantErr: "unix:///absolute/path"},
+		{name: "unix path too long", in: "a=unix:///" + strings.Repeat("p", maxUnixPath), wantErr: "at most 103"},
+		{name: "unix path longest", in: "a=unix:///" + strings.Repeat("p", maxUnixPath-1), want: []Route{{Name: "a", Scheme: SchemeUnix, Addr: "/" + strings.Repeat("p", maxUnixPath-1)}}},
+		{name: "unix NUL", in: "a=unix:///x\x00y", wantErr: "NUL"},
 		{name: "name too long", in: strings.Repeat("n", 256) + "=127.0.0.1:1", wantErr: "at most 255"},
 	}
 	for _, tt := range tests {
@@ -94,6 +105,9 @@ func TestRouteStringAndName(t *testing.T) {
 	if s := (Route{Name: "n", Scheme: SchemeTLS, Addr: "h:1", Allow: []string{"a"}}).String(); s != "n=tls://h:1@a" {
 		t.Errorf("TLS route String = %q", s)
 	}
+	if s := (Route{Name: "n", Scheme: SchemeUnix, Addr: "/run/a.sock"}).String(); s != "n=unix:///run/a.sock" {
+		t.Errorf("Unix route String = %q", s)
+	}
 	if routeName("") != "default" || routeName("x") != "x" {
 		t.Error("routeName does not call the unnamed route default")
 	}
@@ -110,6 +124,8 @@ func FuzzParseRoutes(f *testing.F) {
 	f.Add("[::1]:80@origin-a")
 	f.Add(Route{Name: "web", Scheme: SchemeTLS, Addr: "0.0.0.0:8443", Allow: []string{"a"}}.String() + "," + Route{Name: "pg", Addr: ":1"}.String())
 	f.Add("TLS://h:1")
+	f.Add(Route{Name: "app", Scheme: SchemeUnix, Addr: "/run/app.sock", Allow: []string{"a", "b"}}.String() + "," + Route{Name: "t", Scheme: SchemeTLS, Addr: ":1"}.String())
+	f.Add("unix://relative")
 	f.Fuzz(func(t *testing.T, s string) {
 		routes, err := ParseRoutes(s)
 		if err != nil {
@@ -128,8 +144,12 @@ func FuzzParseRoutes(f *testing.F) {
 			if len(r.Name) > wire.MaxField {
 				t.Fatalf("route name of %d bytes cannot go in a preamble", len(r.Name))
 			}
-			if err := CheckHostPort(r.Addr); err != nil {
-				t.Fatalf("ParseRoutes(%q) accepted address %q: %v", s, r.Addr, err)
+			check := CheckHostPort
+			if r.Scheme != SchemeTCP {
+				check = schemes[r.Scheme]
+			}
+			if err := check(r.Addr); err != nil {
+				t.Fatalf("ParseRoutes(%q) accepted %s address %q: %v", s, r.Scheme, r.Addr, err)
 			}
 			if _, err := wire.AppendRequest(nil, wire.Request{Route: r.Name}); err != nil {
 				t.Fatalf("route name %q cannot be sent: %v", r.Name, err)

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/pires/go-proxyproto"
@@ -62,10 +63,10 @@ func (e *Engine) warnRefusal(log *slog.Logger, msg, reason string, attrs ...any)
 
 // handleClient carries one client of a forward route through a tunnel
 // stream: client is c itself, or the TLS connection terminated over it.
-func (e *Engine) handleClient(client end, c *net.TCPConn, r Route) {
+func (e *Engine) handleClient(client end, c sockConn, r Route) {
 	start := time.Now()
 	route := routeName(r.Name)
-	log := e.log.With("route", route, "client", c.RemoteAddr().String())
+	log := e.log.With("route", route, "client", clientLabel(c))
 	m := e.metrics
 	m.streamsOpened.WithLabelValues(route, "out").Inc()
 	active := m.streamsActive.WithLabelValues(route, "out")
@@ -96,7 +97,7 @@ func (e *Engine) handleClient(client end, c *net.TCPConn, r Route) {
 	}
 	t.active.Add(1)
 	undo.add(func() { t.active.Add(-1) })
-	log = t.log.With("route", route, "client", c.RemoteAddr().String())
+	log = t.log.With("route", route, "client", clientLabel(c))
 	ctx, cancel := context.WithTimeout(context.Background(), e.dialTimeout()+orDefault(e.cfg.Mux.HandshakeTimeout, defaults.HandshakeTimeout))
 	st, err := t.s.OpenStream(ctx)
 	cancel()
@@ -113,9 +114,9 @@ func (e *Engine) handleClient(client end, c *net.TCPConn, r Route) {
 		return
 	}
 	buf := firstFrames.Get().(*[]byte)
-	hdr, err := wire.AppendRequest((*buf)[:0], wire.Request{Route: r.Name, Client: c.RemoteAddr().String(), Server: c.LocalAddr().String()})
+	hdr, err := wire.AppendRequest((*buf)[:0], wire.Request{Route: r.Name, Client: wireAddr(c.RemoteAddr()), Server: wireAddr(c.LocalAddr())})
 	preamble := len(hdr)
-	if _, plain := client.(tcpEnd); plain && err == nil {
+	if _, plain := client.(sockEnd); plain && err == nil {
 		// Bytes read past a TLS handshake are inside the TLS connection.
 		hdr, err = appendEarly(c, hdr)
 	}
@@ -149,7 +150,7 @@ var firstFrames = sync.Pool{New: func() any { b := make([]byte, 0, 1024+earlyDat
 // same frame as the preamble, which saves the far side a wake-up per
 // connection. A client that sent nothing, or only its FIN, adds nothing: the
 // copy that follows reads the FIN again.
-func appendEarly(c *net.TCPConn, dst []byte) ([]byte, error) {
+func appendEarly(c syscall.Conn, dst []byte) ([]byte, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return dst, nil // nothing early then; the copy reads it all
@@ -374,9 +375,31 @@ func benign(err error) bool {
 	return errors.Is(err, net.ErrClosed)
 }
 
+// clientLabel is how logs name a client: its ip:port, or for a client of
+// a Unix socket forward (whose own socket is unnamed) the socket it came
+// through, "unix:/path".
+func clientLabel(c net.Conn) string {
+	if a, ok := c.LocalAddr().(*net.UnixAddr); ok {
+		return "unix:" + a.Name
+	}
+	return c.RemoteAddr().String()
+}
+
+// wireAddr is an address as the preamble carries it: ip:port, or
+// wire.AddrLocal for a Unix socket, whose path means nothing to the peer.
+func wireAddr(a net.Addr) string {
+	if _, ok := a.(*net.UnixAddr); ok {
+		return wire.AddrLocal
+	}
+	return a.String()
+}
+
 // writeProxyHeader tells the origin the original client's address and the
 // address it connected to, both carried in the stream preamble, as a PROXY
-// protocol v1 or v2 header.
+// protocol v1 or v2 header. A client of a Unix socket (wire.AddrLocal) is
+// sent as UNKNOWN (v1) or LOCAL (v2); a TCP client delivered to a Unix
+// target is sent as TCP4/TCP6 with the forward listener's address, which is
+// what the origin wants to know, rather than as AF_UNIX.
 func writeProxyHeader(origin net.Conn, version byte, client, server string) error {
 	var src net.Addr
 	if ap, err := netip.ParseAddrPort(client); err == nil {

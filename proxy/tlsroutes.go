@@ -123,29 +123,26 @@ func (e *Engine) logForwarding(r Route, addr net.Addr) {
 	e.log.Info("forwarding", attrs...)
 }
 
-// tlsEnd adapts a TLS connection over TCP: CloseWrite sends close_notify,
-// abort resets the TCP connection under it.
+// tlsEnd adapts a TLS connection over a socket: CloseWrite sends
+// close_notify, abort resets (TCP) or closes (Unix) the socket under it.
 type tlsEnd struct {
 	*tls.Conn
-	raw *net.TCPConn
+	raw sockConn
 }
 
-func (t tlsEnd) abort() {
-	_ = t.raw.SetLinger(0) // RST tells the peer the connection failed
-	_ = t.raw.Close()
-}
+func (t tlsEnd) abort() { sockEnd{t.raw}.abort() }
 
 // handleAccepted serves one client of a forward route: a plain route goes
 // through the tunnel at once; a tls:// route first completes the TLS
 // handshake; a route joined locally is carried to its target here.
-func (e *Engine) handleAccepted(c *net.TCPConn, r Route) {
+func (e *Engine) handleAccepted(c sockConn, r Route) {
 	term := e.terminator(r)
 	target, local := e.tls.local[r.Name]
 	if term == nil && !local {
-		e.handleClient(tcpEnd{c}, c, r)
+		e.handleClient(sockEnd{c}, c, r)
 		return
 	}
-	var client end = tcpEnd{c}
+	var client end = sockEnd{c}
 	if term != nil {
 		tc, ok := e.terminate(c, r, term)
 		if !ok {
@@ -176,16 +173,16 @@ func (e *Engine) tlsHandshakeTimeout() time.Duration {
 
 // terminate runs the TLS handshake with a client of a tls:// forward route,
 // bounded in time and in how many run at once, and reports it.
-func (e *Engine) terminate(c *net.TCPConn, r Route, term *tlsroute.Terminator) (*tls.Conn, bool) {
+func (e *Engine) terminate(c sockConn, r Route, term *tlsroute.Terminator) (*tls.Conn, bool) {
 	route := routeName(r.Name)
-	log := e.log.With("route", route, "tls", sideTerminate, "client", c.RemoteAddr().String())
+	log := e.log.With("route", route, "tls", sideTerminate, "client", clientLabel(c))
 	select {
 	case e.tls.handshakes <- struct{}{}:
 		defer func() { <-e.tls.handshakes }()
 	default:
 		e.warnRefusal(log, "TLS handshake refused", "busy", "limit", cap(e.tls.handshakes), "hint", "PQT_MAX_HANDSHAKES handshakes are running")
 		e.metrics.tlsRefused.WithLabelValues(route, sideTerminate, "busy").Inc()
-		tcpEnd{c}.abort()
+		sockEnd{c}.abort()
 		return nil, false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), e.tlsHandshakeTimeout())
@@ -201,7 +198,7 @@ func (e *Engine) terminate(c *net.TCPConn, r Route, term *tlsroute.Terminator) (
 }
 
 // originate runs the TLS handshake with a tls:// target's server over oc.
-func (e *Engine) originate(oc *net.TCPConn, r Route, log *slog.Logger) (tlsEnd, error) {
+func (e *Engine) originate(oc sockConn, r Route, log *slog.Logger) (tlsEnd, error) {
 	route := routeName(r.Name)
 	o := e.tls.originators[r.Name]
 	log = log.With("tls", sideOriginate, "server", r.Addr)
@@ -278,13 +275,13 @@ func (e *Engine) dialTarget(target Route, client, server string, log *slog.Logge
 	route := routeName(target.Name)
 	d := net.Dialer{Timeout: e.dialTimeout()}
 	dialStart := time.Now()
-	c, err := d.Dial("tcp", target.Addr)
+	c, err := d.Dial(target.network(), target.Addr)
 	e.metrics.originDial.WithLabelValues(route).Observe(time.Since(dialStart).Seconds())
 	e.routeStats.dialed(route, dialStart, err)
 	if err != nil {
 		return nil, &dialError{fmt.Errorf("dial origin %s: %w", target.Addr, err)}
 	}
-	oc := c.(*net.TCPConn)
+	oc := c.(sockConn) // *net.TCPConn or *net.UnixConn
 	if e.cfg.ProxyProtocol != 0 {
 		if err := writeProxyHeader(oc, e.cfg.ProxyProtocol, client, server); err != nil {
 			_ = oc.Close()
@@ -292,7 +289,7 @@ func (e *Engine) dialTarget(target Route, client, server string, log *slog.Logge
 		}
 	}
 	if !target.IsTLS() {
-		return tcpEnd{oc}, nil
+		return sockEnd{oc}, nil
 	}
 	te, err := e.originate(oc, target, log)
 	if err != nil {
@@ -319,10 +316,10 @@ func (e *dialError) Unwrap() error { return e.err }
 
 // joinLocal carries a client of a forward route to the target route of
 // the same name on this side, without a tunnel.
-func (e *Engine) joinLocal(client end, c *net.TCPConn, r, target Route) {
+func (e *Engine) joinLocal(client end, c sockConn, r, target Route) {
 	start := time.Now()
 	route := routeName(r.Name)
-	log := e.log.With("route", route, "client", c.RemoteAddr().String())
+	log := e.log.With("route", route, "client", clientLabel(c))
 	m := e.metrics
 	m.streamsOpened.WithLabelValues(route, "local").Inc()
 	active := m.streamsActive.WithLabelValues(route, "local")
@@ -338,7 +335,7 @@ func (e *Engine) joinLocal(client end, c *net.TCPConn, r, target Route) {
 		return
 	}
 	undo.add(e.releaseSlot)
-	origin, err := e.dialTarget(target, c.RemoteAddr().String(), c.LocalAddr().String(), log)
+	origin, err := e.dialTarget(target, wireAddr(c.RemoteAddr()), wireAddr(c.LocalAddr()), log)
 	if err != nil {
 		reason := "origin_error"
 		var de *dialError

@@ -70,9 +70,11 @@ type Request struct {
 	Kind Kind
 	// Route names the target at the far side; "" is the unnamed route.
 	Route string
-	// Client is the original client's address ("ip:port"), for PROXY protocol.
+	// Client is the original client's address ("ip:port", or AddrLocal),
+	// for PROXY protocol.
 	Client string
-	// Server is the address the client connected to, for PROXY protocol.
+	// Server is the address the client connected to ("ip:port", or
+	// AddrLocal), for PROXY protocol.
 	Server string
 	// Extensions are carried in order; nil when there are none.
 	Extensions []Extension
@@ -137,6 +139,11 @@ type Response struct {
 }
 
 // ErrPreamble is wrapped by every malformed preamble or response.
+// AddrLocal stands for an address that is no ip:port: the client came
+// through a Unix socket on the opener's host. A receiver accepts it as a
+// client without a network address (PROXY protocol LOCAL or UNKNOWN).
+const AddrLocal = "local"
+
 var ErrPreamble = errors.New("malformed stream preamble")
 
 // MaxField bounds every length-prefixed field: route, addresses, message, extension value.

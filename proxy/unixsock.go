@@ -1,0 +1,64 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"time"
+)
+
+// UnixSocketMode is the mode of a unix:// forward route's socket: owner and
+// group may connect, others not. The directory around it is the place to
+// restrict further (or to widen, with a group both processes share).
+const UnixSocketMode fs.FileMode = 0o660
+
+// ErrSocketInUse is a unix:// forward route's path where another process
+// accepts connections already.
+var ErrSocketInUse = errors.New("socket is in use by another process")
+
+// listenUnix listens on a unix:// forward route's path. A socket file left
+// by a process that is gone is removed first; any other file at the path,
+// or a socket some process still serves, is an error and stays untouched.
+// The listener removes the socket file when it is closed.
+func listenUnix(path string) (*net.UnixListener, error) {
+	if err := removeStaleSocket(path); err != nil {
+		return nil, err
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on unix socket: %w", err)
+	}
+	// Between bind and this chmod the socket has the umask's mode: the
+	// directory around it is what keeps others out for that moment.
+	if err := os.Chmod(path, UnixSocketMode); err != nil {
+		_ = ln.Close() // removes the socket file again
+		return nil, fmt.Errorf("set mode of unix socket: %w", err)
+	}
+	return ln, nil
+}
+
+// removeStaleSocket removes the socket file at path when no process accepts
+// on it. A path that does not exist is fine.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("check unix socket path: %w", err)
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("%s exists and is not a socket (%s): not removed", path, fi.Mode().Type())
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		_ = c.Close() // it only told us that someone listens
+		return fmt.Errorf("%s: %w", path, ErrSocketInUse)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove stale unix socket: %w", err)
+	}
+	return nil
+}
