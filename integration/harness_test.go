@@ -625,10 +625,23 @@ func dialClient(ctx context.Context, addr string) (*net.TCPConn, error) {
 // echoExact sends payload through addr to an echo origin, half-closes, and
 // checks that exactly payload comes back followed by EOF.
 func echoExact(ctx context.Context, addr string, payload []byte) error {
-	c, err := dialClient(ctx, addr)
+	return echoExactOn(ctx, "tcp", addr, payload)
+}
+
+// echoExactOn is echoExact over a "tcp" or "unix" client connection.
+func echoExactOn(ctx context.Context, network, addr string, payload []byte) error {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, network, addr)
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", addr, err)
 	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(dl) // a failure shows up as an I/O error
+	}
+	c := nc.(interface {
+		net.Conn
+		CloseWrite() error
+	})
 	defer c.Close()
 	werr := make(chan error, 1)
 	go func() {
