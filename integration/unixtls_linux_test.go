@@ -3,6 +3,7 @@ package integration
 import (
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -13,6 +14,7 @@ import (
 // joined to a tls:// target originates TLS to a pqtunnel terminator, whose
 // tls:// forward route is joined to a unix:// target, an echo on a Unix
 // socket; a client's half-close crosses both TLS hops and both sockets.
+// PQT_UNIX_MODE sets the forward socket's mode.
 func TestUnixRoutesJoinTLSRoutes(t *testing.T) {
 	ctx := testContext(t, 60*time.Second)
 	dir := t.TempDir()
@@ -57,8 +59,11 @@ func TestUnixRoutesJoinTLSRoutes(t *testing.T) {
 	fwdSock := filepath.Join(dir, "fwd.sock")
 	o := trLocal(t, ctx, "originator", 1, map[string]string{
 		"PQT_FORWARD": "web=unix://" + fwdSock, "PQT_TARGET": "web=tls://" + termAddr,
-		"PQT_TLS_CA": ca.path, "PQT_TLS_SERVER_NAME": "web=web.example.test",
+		"PQT_TLS_CA": ca.path, "PQT_TLS_SERVER_NAME": "web=web.example.test", "PQT_UNIX_MODE": "0600",
 	})
+	if fi, err := os.Lstat(fwdSock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("forward socket with PQT_UNIX_MODE=0600: %v, %v", fi, err)
+	}
 	if err := echoExactOn(within(t, ctx, 30*time.Second), "unix", fwdSock, randomBytes(7, 256<<10)); err != nil {
 		t.Fatalf("echo through unix:// → tls:// → tls:// → unix://: %v", err)
 	}

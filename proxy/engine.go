@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"sync"
@@ -90,6 +91,12 @@ type Config struct {
 	// get StatusBusy. Zero means defaults.MaxTotalStreams (65,536); negative
 	// means no bound.
 	MaxTotalStreams int
+	// UnixSocketMode is the mode of the sockets unix:// forward routes
+	// create. Zero means defaults.UnixSocketMode (0660).
+	UnixSocketMode fs.FileMode
+	// UnixSocketGroup, a group name or number, is given to those sockets;
+	// empty keeps the process's group.
+	UnixSocketGroup string
 	// ProxyProtocol, 1 or 2, makes this side send a PROXY protocol header of
 	// that version to each origin it dials; zero sends none.
 	ProxyProtocol byte
@@ -122,6 +129,9 @@ func (c Config) withDefaults() Config {
 	}
 	c.DialTimeout = orDefault(c.DialTimeout, defaults.DialTimeout)
 	c.DrainTimeout = orDefault(c.DrainTimeout, defaults.DrainTimeout)
+	if c.UnixSocketMode == 0 {
+		c.UnixSocketMode = defaults.UnixSocketMode
+	}
 	return c
 }
 
@@ -198,7 +208,7 @@ func (e *Engine) bind() error {
 		var ln net.Listener
 		var err error
 		if r.IsUnix() {
-			ln, err = listenUnix(r.Addr)
+			ln, err = listenUnix(r.Addr, e.cfg.UnixSocketMode, e.cfg.UnixSocketGroup)
 		} else {
 			ln, err = net.Listen("tcp", r.Addr)
 		}

@@ -6,13 +6,10 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"os/user"
+	"strconv"
 	"time"
 )
-
-// UnixSocketMode is the mode of a unix:// forward route's socket: owner and
-// group may connect, others not. The directory around it is the place to
-// restrict further (or to widen, with a group both processes share).
-const UnixSocketMode fs.FileMode = 0o660
 
 // ErrSocketInUse is a unix:// forward route's path where another process
 // accepts connections already.
@@ -21,8 +18,9 @@ var ErrSocketInUse = errors.New("socket is in use by another process")
 // listenUnix listens on a unix:// forward route's path. A socket file left
 // by a process that is gone is removed first; any other file at the path,
 // or a socket some process still serves, is an error and stays untouched.
-// The listener removes the socket file when it is closed.
-func listenUnix(path string) (*net.UnixListener, error) {
+// The socket gets mode and, unless group is empty, that group (a name or
+// number). The listener removes the socket file when it is closed.
+func listenUnix(path string, mode fs.FileMode, group string) (*net.UnixListener, error) {
 	if err := removeStaleSocket(path); err != nil {
 		return nil, err
 	}
@@ -32,11 +30,35 @@ func listenUnix(path string) (*net.UnixListener, error) {
 	}
 	// Between bind and this chmod the socket has the umask's mode: the
 	// directory around it is what keeps others out for that moment.
-	if err := os.Chmod(path, UnixSocketMode); err != nil {
+	if err := os.Chmod(path, mode); err != nil {
 		_ = ln.Close() // removes the socket file again
 		return nil, fmt.Errorf("set mode of unix socket: %w", err)
 	}
+	if group != "" {
+		if err := chownGroup(path, group); err != nil {
+			_ = ln.Close()
+			return nil, err
+		}
+	}
 	return ln, nil
+}
+
+// chownGroup gives the file at path the group named (or numbered) group.
+func chownGroup(path, group string) error {
+	gid, err := strconv.Atoi(group)
+	if err != nil {
+		g, lerr := user.LookupGroup(group)
+		if lerr != nil {
+			return fmt.Errorf("group of unix socket: %w", lerr)
+		}
+		if gid, err = strconv.Atoi(g.Gid); err != nil {
+			return fmt.Errorf("group %s has gid %q, not a number: %w", group, g.Gid, err)
+		}
+	}
+	if err := os.Lchown(path, -1, gid); err != nil {
+		return fmt.Errorf("set group of unix socket: %w", err)
+	}
+	return nil
 }
 
 // removeStaleSocket removes the socket file at path when no process accepts

@@ -1,3 +1,5 @@
+//go:build unix
+
 package proxy
 
 import (
@@ -8,12 +10,15 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pires/go-proxyproto"
 
+	"github.com/pqtunnel/pqtunnel/internal/defaults"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
 )
 
@@ -113,8 +118,8 @@ func TestEngineUnixForwardAndTarget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fi.Mode().Type() != fs.ModeSocket || fi.Mode().Perm() != UnixSocketMode {
-		t.Errorf("forward socket is %s, want a socket with mode %s", fi.Mode(), UnixSocketMode)
+	if fi.Mode().Type() != fs.ModeSocket || fi.Mode().Perm() != defaults.UnixSocketMode {
+		t.Errorf("forward socket is %s, want a socket with mode %o", fi.Mode(), defaults.UnixSocketMode)
 	}
 
 	t.Run("unix client", func(t *testing.T) {
@@ -144,7 +149,7 @@ func TestEngineUnixForwardAndTarget(t *testing.T) {
 
 func TestListenUnixSocketFile(t *testing.T) {
 	dir := t.TempDir()
-	t.Run("stale socket replaced, removed on close", func(t *testing.T) {
+	t.Run("stale socket replaced with mode and group, removed on close", func(t *testing.T) {
 		path := filepath.Join(dir, "stale.sock")
 		old, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 		if err != nil {
@@ -152,13 +157,17 @@ func TestListenUnixSocketFile(t *testing.T) {
 		}
 		old.SetUnlinkOnClose(false) // as a killed process leaves it
 		_ = old.Close()
-		ln, err := listenUnix(path)
+		gid := os.Getgid()
+		ln, err := listenUnix(path, 0o640, strconv.Itoa(gid))
 		if err != nil {
 			t.Fatalf("listen over a stale socket: %v", err)
 		}
 		fi, err := os.Lstat(path)
-		if err != nil || fi.Mode().Perm() != UnixSocketMode {
-			t.Errorf("socket mode %v (%v), want %s", fi.Mode(), err, UnixSocketMode)
+		if err != nil || fi.Mode().Perm() != 0o640 {
+			t.Errorf("socket mode %v (%v), want 0640", fi.Mode(), err)
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Gid) != gid {
+			t.Errorf("socket group %v, want %d", fi.Sys(), gid)
 		}
 		_ = ln.Close()
 		if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
@@ -172,7 +181,7 @@ func TestListenUnixSocketFile(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer busy.Close()
-		if ln, err := listenUnix(path); !errors.Is(err, ErrSocketInUse) {
+		if ln, err := listenUnix(path, 0o660, ""); !errors.Is(err, ErrSocketInUse) {
 			if ln != nil {
 				_ = ln.Close()
 			}
@@ -184,7 +193,7 @@ func TestListenUnixSocketFile(t *testing.T) {
 		if err := os.WriteFile(path, []byte("keep me"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if ln, err := listenUnix(path); err == nil {
+		if ln, err := listenUnix(path, 0o660, ""); err == nil {
 			_ = ln.Close()
 			t.Fatal("listen over a regular file succeeded")
 		}

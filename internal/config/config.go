@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/caarlos0/env/v11"
@@ -337,6 +339,12 @@ func (c *Config) parseOperation(v *Vars) error {
 			return fmt.Errorf("PQT_METRICS: %q: %w", v.Metrics, err)
 		}
 	}
+	mode, err := strconv.ParseUint(v.UnixMode, 8, 32)
+	if err != nil || mode == 0 || mode > 0o777 {
+		return fmt.Errorf("PQT_UNIX_MODE: %q is not an octal mode from 0001 to 0777", v.UnixMode)
+	}
+	c.Engine.UnixSocketMode = fs.FileMode(mode)
+	c.Engine.UnixSocketGroup = v.UnixGroup
 	switch strings.ToLower(v.ProxyProtocol) {
 	case "":
 	case "v1", "1":

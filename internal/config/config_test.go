@@ -69,6 +69,10 @@ func TestParseConfigValid(t *testing.T) {
 		}},
 		{name: "tcp transport, json logs", set: map[string]string{"PQT_TRANSPORT": "tcp", "PQT_LOG_FORMAT": "json", "PQT_LOG_LEVEL": "debug"}},
 		{name: "pq authentication required", set: map[string]string{"PQT_AUTH": "pq"}},
+		{name: "unix routes, mode and group", set: map[string]string{
+			"PQT_MODE": "dial", "PQT_TUNNEL": "peer.example:8443",
+			"PQT_FORWARD": "app=unix:///run/pqtunnel/app.sock", "PQT_UNIX_MODE": "0600", "PQT_UNIX_GROUP": "app",
+		}, unset: []string{"PQT_TARGET"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -106,6 +110,9 @@ func TestParseConfigDefaults(t *testing.T) {
 		if got := cv.Field(i).Interface(); got != defaultValue(t, got, def) {
 			t.Errorf("%s defaults to %v, tag says %q", f.Tag.Get("env"), got, def)
 		}
+	}
+	if c.Engine.UnixSocketMode != 0o660 || c.Engine.UnixSocketGroup != "" {
+		t.Errorf("unix socket mode %o, group %q; want 0660 and the process's", c.Engine.UnixSocketMode, c.Engine.UnixSocketGroup)
 	}
 	if c.Policy.Mode != hybridtls.Strict || c.Engine.Transport.Name() != "auto" {
 		t.Errorf("PQ %q, transport %q; want strict, auto", c.Policy.Mode, c.Engine.Transport.Name())
@@ -152,6 +159,10 @@ func TestParseConfigErrorsNameTheVariable(t *testing.T) {
 		{name: "keepalive not below idle", set: map[string]string{"PQT_KEEPALIVE": "10s", "PQT_IDLE_TIMEOUT": "10s"}, want: "PQT_KEEPALIVE", also: []string{"PQT_IDLE_TIMEOUT"}},
 		{name: "metrics bad", set: map[string]string{"PQT_METRICS": "localhost:metrics"}, want: "PQT_METRICS"},
 		{name: "proxy protocol bad", set: map[string]string{"PQT_PROXY_PROTOCOL": "v3"}, want: "PQT_PROXY_PROTOCOL"},
+		{name: "unix mode not octal", set: map[string]string{"PQT_UNIX_MODE": "0698"}, want: "PQT_UNIX_MODE"},
+		{name: "unix mode too wide", set: map[string]string{"PQT_UNIX_MODE": "4770"}, want: "PQT_UNIX_MODE"},
+		{name: "unix mode zero", set: map[string]string{"PQT_UNIX_MODE": "0"}, want: "PQT_UNIX_MODE"},
+		{name: "unix route relative", set: map[string]string{"PQT_TARGET": "a=unix://run/a.sock"}, want: "PQT_TARGET"},
 		{name: "log level bad", set: map[string]string{"PQT_LOG_LEVEL": "loud"}, want: "PQT_LOG_LEVEL"},
 		{name: "log format bad", set: map[string]string{"PQT_LOG_FORMAT": "xml"}, want: "PQT_LOG_FORMAT"},
 		{name: "auth bad", set: map[string]string{"PQT_AUTH": "mldsa"}, want: "PQT_AUTH"},

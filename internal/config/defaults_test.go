@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"reflect"
 	"slices"
 	"strconv"
@@ -33,6 +34,7 @@ var table = map[string]any{
 	"DrainTimeout":     defaults.DrainTimeout,
 	"LogLevel":         defaults.LogLevel,
 	"LogFormat":        defaults.LogFormat,
+	"UnixMode":         fmt.Sprintf("%04o", defaults.UnixSocketMode),
 }
 
 func TestEnvDefaultsAgreeWithTheTable(t *testing.T) {

@@ -18,7 +18,7 @@ import (
 type Vars struct {
 	Mode      string `env:"PQT_MODE" help:"listen or dial (required unless every route joins locally). Only says who opens the tunnel connection."`
 	Tunnel    string `env:"PQT_TUNNEL" help:"listen: the address to accept tunnel connections on (UDP and TCP); dial: the peer's host:port, or several comma-separated."`
-	Forward   string `env:"PQT_FORWARD" help:"Where this side accepts plain TCP to send through the tunnel: host:port, or name=host:port,... for named routes; host:port@peer+peer carries the route only over tunnels of those peers (names from PQT_PEERS or PQT_ALLOW). tls://host:port terminates TLS 1.3 from standard clients (browsers, curl) with PQT_TLS_CERT. unix:///path listens on a Unix stream socket at that path (mode 0660; a stale socket file is replaced, any other file refused; removed on exit). A route with a PQT_TARGET route of the same name, one of them tls://, joins it on this side without a tunnel."`
+	Forward   string `env:"PQT_FORWARD" help:"Where this side accepts plain TCP to send through the tunnel: host:port, or name=host:port,... for named routes; host:port@peer+peer carries the route only over tunnels of those peers (names from PQT_PEERS or PQT_ALLOW). tls://host:port terminates TLS 1.3 from standard clients (browsers, curl) with PQT_TLS_CERT. unix:///path listens on a Unix stream socket at that path (PQT_UNIX_MODE, PQT_UNIX_GROUP; a stale socket file is replaced, any other file refused; removed on exit). A route with a PQT_TARGET route of the same name, one of them tls://, joins it on this side without a tunnel."`
 	Target    string `env:"PQT_TARGET" help:"Where streams from the tunnel are delivered: host:port, or name=host:port,... Only these addresses are ever dialled; host:port@peer+peer accepts streams for the route only from those peers. tls://host:port dials TLS 1.3 to a standard server, verified against PQT_TLS_CA or the system roots. unix:///path connects to a Unix stream socket."`
 	Transport string `env:"PQT_TRANSPORT" envDefault:"auto" help:"quic, tcp (TLS 1.3 over TCP with yamux) or auto: a listen side serves both on one port; a dial side tries QUIC and falls back to TCP."`
 
@@ -59,6 +59,8 @@ type Vars struct {
 	DrainTimeout     time.Duration `env:"PQT_DRAIN_TIMEOUT" envDefault:"30s" help:"On SIGTERM/SIGINT, how long open streams may finish before they are closed."`
 
 	Metrics       string `env:"PQT_METRICS" help:"Address of the HTTP server for /metrics, /healthz, /readyz and /status (pqtunnel status reads it); a bare port binds 127.0.0.1. Off when empty."`
+	UnixMode      string `env:"PQT_UNIX_MODE" envDefault:"0660" help:"Octal mode of the sockets unix:// forward routes create; 0660 lets the owner and group connect."`
+	UnixGroup     string `env:"PQT_UNIX_GROUP" help:"Group (name or number) given to the sockets unix:// forward routes create; this process must be a member (or root). Empty keeps the process's group."`
 	ProxyProtocol string `env:"PQT_PROXY_PROTOCOL" help:"v1 or v2: send a PROXY protocol header with the original client address to each origin this side dials (a client of a unix:// forward route is sent as UNKNOWN/LOCAL). Off when empty."`
 
 	KeyLog string `env:"PQT_KEYLOG" help:"File to append TLS secrets to in the NSS key log format (both transports), so Wireshark or tshark can decrypt a capture and show the signature algorithm. Debugging only: anyone with the file can decrypt the tunnel; each tunnel logs a WARN while it is on. Off when empty."`

@@ -67,6 +67,10 @@ const (
 	MaxConnMemory = 256 << 20
 )
 
+// UnixSocketMode is the mode of a unix:// forward route's socket: its
+// owner and group may connect, others not.
+const UnixSocketMode = 0o660
+
 // Logging.
 const (
 	LogLevel  = "info"
