@@ -95,7 +95,8 @@ func halfCloseRoundTrip(t *testing.T, c sockConn, payload []byte) {
 
 // A client of a unix:// forward route reaches a unix:// target through the
 // tunnel with half-close in both directions and arrives as PROXY LOCAL; a
-// TCP client of the same target arrives with its own address.
+// TCP client of the same target arrives with its own address; a refused
+// stream closes a Unix client promptly.
 func TestEngineUnixForwardAndTarget(t *testing.T) {
 	dir := t.TempDir()
 	originPath := filepath.Join(dir, "origin.sock")
@@ -104,13 +105,15 @@ func TestEngineUnixForwardAndTarget(t *testing.T) {
 	tr := memtransport.New()
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr, ProxyProtocol: 2,
-		Target: []Route{{Name: "viaunix", Scheme: SchemeUnix, Addr: originPath}, {Name: "viatcp", Scheme: SchemeUnix, Addr: originPath}},
+		Target: []Route{{Name: "viaunix", Scheme: SchemeUnix, Addr: originPath}, {Name: "viatcp", Scheme: SchemeUnix, Addr: originPath},
+			{Name: "gone", Scheme: SchemeUnix, Addr: filepath.Join(dir, "nothing.sock")}},
 		TLS:    listenStore,
 	})
 	fwdPath := filepath.Join(dir, "fwd.sock")
 	dial := runEngine(t, Config{
 		Mode: ModeDial, Tunnel: []string{listen.TunnelAddr().String()}, Transport: tr, Connections: 1,
-		Forward: []Route{{Name: "viaunix", Scheme: SchemeUnix, Addr: fwdPath}, {Name: "viatcp", Addr: "127.0.0.1:0"}},
+		Forward: []Route{{Name: "viaunix", Scheme: SchemeUnix, Addr: fwdPath}, {Name: "viatcp", Addr: "127.0.0.1:0"},
+			{Name: "gone", Scheme: SchemeUnix, Addr: filepath.Join(dir, "gone.sock")}},
 		TLS:     dialStore,
 	})
 	waitTunnels(t, dial)
@@ -131,6 +134,25 @@ func TestEngineUnixForwardAndTarget(t *testing.T) {
 		h := <-headers
 		if h.Command != proxyproto.LOCAL {
 			t.Errorf("PROXY header for a Unix client: command %v, want LOCAL", h.Command)
+		}
+	})
+	t.Run("refused stream closes the unix client", func(t *testing.T) {
+		c, err := net.Dial("unix", filepath.Join(dir, "gone.sock"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		start := time.Now()
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		n, err := c.Read(make([]byte, 1))
+		if n != 0 || !errors.Is(err, io.EOF) {
+			t.Fatalf("read from a client whose target is missing: %d, %v; want EOF (a Unix socket has no reset)", n, err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("closed after %s, want promptly", d)
 		}
 	})
 	t.Run("tcp client", func(t *testing.T) {
