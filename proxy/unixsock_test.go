@@ -107,14 +107,14 @@ func TestEngineUnixForwardAndTarget(t *testing.T) {
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr, ProxyProtocol: 2,
 		Target: []Route{{Name: "viaunix", Scheme: SchemeUnix, Addr: originPath}, {Name: "viatcp", Scheme: SchemeUnix, Addr: originPath},
 			{Name: "gone", Scheme: SchemeUnix, Addr: filepath.Join(dir, "nothing.sock")}},
-		TLS:    listenStore,
+		TLS: listenStore,
 	})
 	fwdPath := filepath.Join(dir, "fwd.sock")
 	dial := runEngine(t, Config{
 		Mode: ModeDial, Tunnel: []string{listen.TunnelAddr().String()}, Transport: tr, Connections: 1,
 		Forward: []Route{{Name: "viaunix", Scheme: SchemeUnix, Addr: fwdPath}, {Name: "viatcp", Addr: "127.0.0.1:0"},
 			{Name: "gone", Scheme: SchemeUnix, Addr: filepath.Join(dir, "gone.sock")}},
-		TLS:     dialStore,
+		TLS: dialStore,
 	})
 	waitTunnels(t, dial)
 	fi, err := os.Lstat(fwdPath)
