@@ -354,7 +354,7 @@ func TestEngineRefusesUnknownKind(t *testing.T) {
 			t.Fatal(err)
 		}
 		_ = st.SetDeadline(time.Now().Add(5 * time.Second))
-		hdr, err := wire.AppendRequest(nil, wire.Request{Kind: tt.kind, Route: "echo", Client: "192.0.2.1:1"})
+		hdr, err := wire.AppendRequest(nil, wire.Request{Kind: tt.kind, Route: "echo", Client: "192.0.2.1:1", Server: "192.0.2.2:2"})
 		if err != nil {
 			t.Fatal(err)
 		}

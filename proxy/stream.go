@@ -292,7 +292,14 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 		refuse(wire.StatusUnknownRoute, unknown, fmt.Errorf("route %q is not in this side's PQT_TARGET (it has: %s)", routeName(req.Route), e.targetNames(t.peer)))
 		return
 	}
-	origin, err := e.dialTarget(target, req.Client, req.Server, log)
+	// The addresses are the peer's word: refused when they are not ip:port
+	// rather than passed on to the origin as an unknown source.
+	client, server, err := preambleAddrs(req)
+	if err != nil {
+		refuse(wire.StatusBadPreamble, err.Error(), err)
+		return
+	}
+	origin, err := e.dialTarget(target, client, server, t.peer, log)
 	if err != nil {
 		status := wire.StatusOriginError
 		var de *dialError
@@ -394,25 +401,68 @@ func wireAddr(a net.Addr) string {
 	return a.String()
 }
 
+// localAddrPort is a connection's address as preambleAddrs would return it:
+// the ip:port of a TCP address, the zero AddrPort for a Unix socket.
+func localAddrPort(a net.Addr) netip.AddrPort {
+	if t, ok := a.(*net.TCPAddr); ok {
+		ap := t.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}
+
+// PP2TypePeer is the PROXY protocol v2 TLV type (in the range 0xE0-0xEF
+// the specification leaves to applications) whose value is the name of the
+// authenticated peer the connection came through: its name from PQT_PEERS
+// or PQT_ALLOW, else its pin or certificate name. The addresses in the
+// header are that peer's word; the TLV lets an origin tell whose.
+const PP2TypePeer = 0xE0
+
+// errBadAddress is wrapped by preambleAddrs for an address that is not
+// ip:port or wire.AddrLocal.
+var errBadAddress = errors.New("address is not ip:port")
+
+// preambleAddrs parses the client's address and the one it connected to,
+// which the peer wrote in the preamble. wire.AddrLocal (a client of a Unix
+// socket forward) reads as the zero AddrPort. IPv4-mapped IPv6 addresses
+// are unmapped so that an IPv4 client reads as one.
+func preambleAddrs(req wire.Request) (client, server netip.AddrPort, err error) {
+	parse := func(which, s string) (netip.AddrPort, error) {
+		if s == wire.AddrLocal {
+			return netip.AddrPort{}, nil
+		}
+		a, err := netip.ParseAddrPort(s)
+		if err != nil {
+			return a, fmt.Errorf("%s %w: %q", which, errBadAddress, s)
+		}
+		return netip.AddrPortFrom(a.Addr().Unmap(), a.Port()), nil
+	}
+	if client, err = parse("client", req.Client); err != nil {
+		return client, server, err
+	}
+	server, err = parse("server", req.Server)
+	return client, server, err
+}
+
 // writeProxyHeader tells the origin the original client's address and the
-// address it connected to, both carried in the stream preamble, as a PROXY
-// protocol v1 or v2 header. A client of a Unix socket (wire.AddrLocal) is
-// sent as UNKNOWN (v1) or LOCAL (v2); a TCP client delivered to a Unix
-// target is sent as TCP4/TCP6 with the forward listener's address, which is
-// what the origin wants to know, rather than as AF_UNIX.
-func writeProxyHeader(origin net.Conn, version byte, client, server string) error {
-	var src net.Addr
-	if ap, err := netip.ParseAddrPort(client); err == nil {
-		src = net.TCPAddrFromAddrPort(ap)
+// address it connected to, as the peer stated them in the stream preamble
+// (or as this side saw them, for a local join without a peer), as a PROXY
+// protocol v1 or v2 header; v2 also names the peer, if any, in a
+// PP2TypePeer TLV. A client of a Unix socket (the zero AddrPort) is sent as
+// UNKNOWN (v1) or LOCAL (v2); a TCP client delivered to a Unix target is
+// sent as TCP4/TCP6 with the forward listener's address rather than as
+// AF_UNIX.
+func writeProxyHeader(origin net.Conn, version byte, client, server netip.AddrPort, peer string) error {
+	var src, dst net.Addr
+	if client.IsValid() && server.IsValid() {
+		src, dst = net.TCPAddrFromAddrPort(client), net.TCPAddrFromAddrPort(server)
 	}
-	dst := origin.RemoteAddr()
-	if ap, err := netip.ParseAddrPort(server); err == nil {
-		dst = net.TCPAddrFromAddrPort(ap)
-	}
-	// An unknown source makes the header say UNKNOWN (v1) or LOCAL (v2).
+	// Without addresses the header says UNKNOWN (v1) or LOCAL (v2).
 	h := proxyproto.HeaderProxyFromAddrs(version, src, dst)
-	if src == nil {
-		h.Command = proxyproto.LOCAL
+	if version == 2 && peer != "" {
+		if err := h.SetTLVs([]proxyproto.TLV{{Type: PP2TypePeer, Value: []byte(peer)}}); err != nil {
+			return fmt.Errorf("PROXY v2 peer TLV: %w", err)
+		}
 	}
 	if _, err := h.WriteTo(origin); err != nil {
 		return fmt.Errorf("write PROXY v%d header: %w", version, err)

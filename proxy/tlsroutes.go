@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -271,7 +272,7 @@ func tlsKind(side string) string {
 
 // dialTarget dials a target route's origin, sends the PROXY header when
 // configured, and for a tls:// target completes the TLS handshake.
-func (e *Engine) dialTarget(target Route, client, server string, log *slog.Logger) (end, error) {
+func (e *Engine) dialTarget(target Route, client, server netip.AddrPort, peer string, log *slog.Logger) (end, error) {
 	route := routeName(target.Name)
 	d := net.Dialer{Timeout: e.dialTimeout()}
 	dialStart := time.Now()
@@ -283,7 +284,7 @@ func (e *Engine) dialTarget(target Route, client, server string, log *slog.Logge
 	}
 	oc := c.(sockConn) // *net.TCPConn or *net.UnixConn
 	if e.cfg.ProxyProtocol != 0 {
-		if err := writeProxyHeader(oc, e.cfg.ProxyProtocol, client, server); err != nil {
+		if err := writeProxyHeader(oc, e.cfg.ProxyProtocol, client, server, peer); err != nil {
 			_ = oc.Close()
 			return nil, fmt.Errorf("send PROXY header to origin %s: %w", target.Addr, err)
 		}
@@ -335,7 +336,8 @@ func (e *Engine) joinLocal(client end, c sockConn, r, target Route) {
 		return
 	}
 	undo.add(e.releaseSlot)
-	origin, err := e.dialTarget(target, wireAddr(c.RemoteAddr()), wireAddr(c.LocalAddr()), log)
+	// No peer: the addresses are those of the client this side accepted.
+	origin, err := e.dialTarget(target, localAddrPort(c.RemoteAddr()), localAddrPort(c.LocalAddr()), "", log)
 	if err != nil {
 		reason := "origin_error"
 		var de *dialError

@@ -103,6 +103,10 @@ const (
 	StatusDraining
 	// StatusUnknownKind refuses a stream of a kind this side cannot deliver.
 	StatusUnknownKind
+	// StatusBadPreamble refuses a stream whose preamble decoded but carries
+	// a value the acceptor cannot use, such as a client address that is not
+	// ip:port.
+	StatusBadPreamble
 	statusEnd
 )
 
@@ -124,6 +128,8 @@ func (s Status) String() string {
 		return "draining"
 	case StatusUnknownKind:
 		return "unknown kind"
+	case StatusBadPreamble:
+		return "bad preamble"
 	}
 	return fmt.Sprintf("status(%d)", byte(s))
 }

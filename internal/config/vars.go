@@ -61,7 +61,7 @@ type Vars struct {
 	Metrics       string `env:"PQT_METRICS" help:"Address of the HTTP server for /metrics, /healthz, /readyz and /status (pqtunnel status reads it); a bare port binds 127.0.0.1. Off when empty."`
 	UnixMode      string `env:"PQT_UNIX_MODE" envDefault:"0660" help:"Octal mode of the sockets unix:// forward routes create; 0660 lets the owner and group connect."`
 	UnixGroup     string `env:"PQT_UNIX_GROUP" help:"Group (name or number) given to the sockets unix:// forward routes create; this process must be a member (or root). Empty keeps the process's group."`
-	ProxyProtocol string `env:"PQT_PROXY_PROTOCOL" help:"v1 or v2: send a PROXY protocol header with the original client address to each origin this side dials (a client of a unix:// forward route is sent as UNKNOWN/LOCAL). Off when empty."`
+	ProxyProtocol string `env:"PQT_PROXY_PROTOCOL" help:"v1 or v2: send a PROXY protocol header with the client address the peer states to each origin this side dials (a client of a unix:// forward route is sent as UNKNOWN/LOCAL); a stream whose addresses are neither ip:port nor local is refused; v2 names the peer in TLV 0xE0. Off when empty."`
 
 	KeyLog string `env:"PQT_KEYLOG" help:"File to append TLS secrets to in the NSS key log format (both transports), so Wireshark or tshark can decrypt a capture and show the signature algorithm. Debugging only: anyone with the file can decrypt the tunnel; each tunnel logs a WARN while it is on. Off when empty."`
 
