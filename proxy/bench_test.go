@@ -136,7 +136,7 @@ func BenchmarkJoin(b *testing.B) {
 	proxyB, origin := benchPair(b)
 	done := make(chan error, 1)
 	go func() {
-		_, _, err := join(sockEnd{proxyA}, sockEnd{proxyB})
+		_, _, err := join(sockEnd{proxyA}, sockEnd{proxyB}, 0)
 		done <- err
 	}()
 	b.SetBytes(benchChunk)

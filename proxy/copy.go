@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"io"
 	"net"
 	"sync"
@@ -85,10 +86,15 @@ func bulkBuffer() (buf *[]byte, give func()) {
 	return b, func() { mediumBuffers.Put(b) }
 }
 
+// errStreamIdle is join's error for a stream closed by its idle timeout.
+var errStreamIdle = errors.New("no byte in either direction for the stream idle timeout (PQT_STREAM_IDLE_TIMEOUT)")
+
 // join copies both ways between a and b until both directions end. A clean
 // EOF is passed on as a half-close; an error aborts both ends at once so that
-// nothing waits on a dead peer. It returns the bytes copied a→b and b→a.
-func join(a, b end) (aToB, bToA int64, err error) {
+// nothing waits on a dead peer. With idle positive, both ends are aborted
+// with errStreamIdle once no byte has been read from either for that long.
+// It returns the bytes copied a→b and b→a.
+func join(a, b end, idle time.Duration) (aToB, bToA int64, err error) {
 	var wg sync.WaitGroup
 	var once sync.Once
 	var firstErr error
@@ -98,6 +104,13 @@ func join(a, b end) (aToB, bToA int64, err error) {
 			a.abort()
 			b.abort()
 		})
+	}
+	if idle > 0 {
+		w := &idleWatch{}
+		w.touch()
+		a, b = activeEnd{a, w}, activeEnd{b, w}
+		stop := w.start(idle, func() { abort(errStreamIdle) })
+		defer stop()
 	}
 	wg.Add(1)
 	go func() {
@@ -167,4 +180,53 @@ func copyAdaptive(dst io.Writer, src io.Reader) (int64, error) {
 			give, buf = nil, small
 		}
 	}
+}
+
+// idleWatch notes when a stream last moved a byte, for the idle timeout.
+type idleWatch struct{ last atomic.Int64 }
+
+func (w *idleWatch) touch() { w.last.Store(time.Now().UnixNano()) }
+
+// start calls fire once no touch has happened for idle, checking only when
+// the timeout could have passed (one timer per stream, rearmed for the
+// rest of the time), and returns a function that stops the watch.
+func (w *idleWatch) start(idle time.Duration, fire func()) (stop func()) {
+	var t *time.Timer
+	var mu sync.Mutex
+	stopped := false
+	check := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		if left := idle - time.Since(time.Unix(0, w.last.Load())); left > 0 {
+			t.Reset(left)
+			return
+		}
+		fire()
+	}
+	mu.Lock()
+	t = time.AfterFunc(idle, check)
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		t.Stop()
+	}
+}
+
+// activeEnd is an end whose reads touch an idleWatch.
+type activeEnd struct {
+	end
+	w *idleWatch
+}
+
+func (a activeEnd) Read(p []byte) (int, error) {
+	n, err := a.end.Read(p)
+	if n > 0 {
+		a.w.touch()
+	}
+	return n, err
 }

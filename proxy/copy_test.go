@@ -60,7 +60,7 @@ func startJoin(t *testing.T) (client, origin *net.TCPConn, done <-chan joinResul
 	go func() {
 		defer close(returned)
 		var r joinResult
-		r.aToB, r.bToA, r.err = join(sockEnd{proxyA}, sockEnd{proxyB})
+		r.aToB, r.bToA, r.err = join(sockEnd{proxyA}, sockEnd{proxyB}, 0)
 		ch <- r
 	}()
 	t.Cleanup(func() {

@@ -14,6 +14,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -97,6 +98,24 @@ type Config struct {
 	// UnixSocketGroup, a group name or number, is given to those sockets;
 	// empty keeps the process's group.
 	UnixSocketGroup string
+	// MaxClientsPerIP bounds the clients one source (an IPv4 address, or an
+	// IPv6 /64) may have open at once on the forward routes, so that one
+	// visitor cannot hold every stream slot. Zero means a quarter of
+	// MaxTotalStreams (defaults.ClientsPerIPShare; 16,384 by default);
+	// negative means no bound. Clients of a sidecar all come from loopback
+	// and share one count.
+	MaxClientsPerIP int
+	// PeerShare is the percentage of MaxConnections and of MaxTotalStreams
+	// one peer may hold when the TLS material accepts more than one peer:
+	// the tunnel connections it opens to a listen side and the streams it
+	// opens, so that one peer cannot lock the others out. With a single
+	// peer accepted it may hold everything. Zero means defaults.PeerShare
+	// (50); values are clipped to 1..100.
+	PeerShare int
+	// StreamIdleTimeout closes a stream on which no byte moved in either
+	// direction for this long, freeing its slots. Zero means never: database
+	// pools legitimately idle for hours.
+	StreamIdleTimeout time.Duration
 	// ProxyProtocol, 1 or 2, makes this side send a PROXY protocol header of
 	// that version to each origin it dials; zero sends none.
 	ProxyProtocol byte
@@ -127,6 +146,10 @@ func (c Config) withDefaults() Config {
 	if c.MaxTotalStreams == 0 {
 		c.MaxTotalStreams = defaults.MaxTotalStreams
 	}
+	if c.MaxClientsPerIP == 0 {
+		c.MaxClientsPerIP = share(c.MaxTotalStreams, defaults.ClientsPerIPShare)
+	}
+	c.PeerShare = min(orDefault(c.PeerShare, defaults.PeerShare), 100)
 	c.DialTimeout = orDefault(c.DialTimeout, defaults.DialTimeout)
 	c.DrainTimeout = orDefault(c.DrainTimeout, defaults.DrainTimeout)
 	if c.UnixSocketMode == 0 {
@@ -169,6 +192,11 @@ type Engine struct {
 	routeStats routeStats
 	// tls is the machinery of tls:// routes and of routes joined locally.
 	tls tlsRoutes
+
+	// clientsByIP are the forward clients open per source (MaxClientsPerIP),
+	// peerStreams the streams open per peer that it opened (PeerShare).
+	clientsByIP quota[netip.Prefix]
+	peerStreams quota[string]
 }
 
 // New checks cfg and binds every listening socket, so that an address in
@@ -604,6 +632,16 @@ func (e *Engine) retire(t *tunnel) {
 	}()
 }
 
+// peerShare is the part of total (a limit, zero or negative for none) one
+// peer may hold: PeerShare of it when the material in force accepts
+// several peers, else all of it.
+func (e *Engine) peerShare(total int) int {
+	if !e.cfg.TLS.Material().AcceptsSeveral() {
+		return total
+	}
+	return share(total, e.cfg.PeerShare)
+}
+
 // acquireSlot reserves room for one more stream under MaxTotalStreams.
 func (e *Engine) acquireSlot() bool {
 	if e.slots == nil {
@@ -691,8 +729,12 @@ func (e *Engine) admit(t *tunnel) bool {
 	if e.cfg.Mode == ModeListen {
 		limit = e.cfg.MaxConnections
 	}
-	if err := e.tunnels.add(t, limit); err != nil {
-		log.Warn("tunnel refused", "reason", err.Error(), "limit", limit, "remote", info.Remote.String())
+	peerLimit := e.peerShare(limit)
+	if err := e.tunnels.add(t, limit, peerLimit); err != nil {
+		if errors.Is(err, errPeerShare) {
+			limit = peerLimit
+		}
+		e.warnRefusal(log, "tunnel refused", err.Error(), "limit", limit, "remote", info.Remote.String())
 		e.metrics.HandshakeFailed("busy")
 		_ = s.Close() // refused
 		return false

@@ -75,6 +75,14 @@ func (e *Engine) handleClient(client end, c sockConn, r Route) {
 	active.Inc()
 	undo.add(active.Dec)
 	undo.add(e.routeStats.opened(KindForward, route))
+	source := clientKey(c.RemoteAddr())
+	if !e.clientsByIP.take(source, e.cfg.MaxClientsPerIP) {
+		e.warnRefusal(log, "client refused", "PQT_MAX_CLIENTS_PER_IP reached", "limit", e.cfg.MaxClientsPerIP, "source", source.String())
+		m.streamsFailed.WithLabelValues(route, "client_limit").Inc()
+		client.abort()
+		return
+	}
+	undo.add(func() { e.clientsByIP.give(source) })
 	if !e.acquireSlot() {
 		e.warnRefusal(log, "client refused", "PQT_MAX_TOTAL_STREAMS reached", "limit", e.cfg.MaxTotalStreams)
 		m.streamsFailed.WithLabelValues(route, "busy").Inc()
@@ -174,7 +182,7 @@ func appendEarly(c syscall.Conn, dst []byte) ([]byte, error) {
 
 func (e *Engine) pipeClient(client end, opened *openedStream, early int64, route string, log *slog.Logger, start time.Time) {
 	m := e.metrics
-	up, down, err := join(client, streamEnd{opened})
+	up, down, err := join(client, streamEnd{opened}, e.cfg.StreamIdleTimeout)
 	up += early
 	m.bytes.WithLabelValues(route, "up").Add(float64(up))
 	m.bytes.WithLabelValues(route, "down").Add(float64(down))
@@ -183,6 +191,9 @@ func (e *Engine) pipeClient(client end, opened *openedStream, early int64, route
 	case errors.As(err, &refused):
 		m.streamsFailed.WithLabelValues(route, refused.resp.Status.Label()).Inc()
 		e.warnRefusal(log, "stream refused by peer", refused.resp.Status.String(), "err", refused.resp.Message)
+	case errors.Is(err, errStreamIdle):
+		m.streamsFailed.WithLabelValues(route, "idle").Inc()
+		log.Info("stream closed: idle", "idle_timeout", e.cfg.StreamIdleTimeout, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond))
 	case err != nil && !benign(err):
 		m.streamsFailed.WithLabelValues(route, "aborted").Inc()
 		log.Info("stream aborted", "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond), "err", err)
@@ -271,6 +282,11 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 		return
 	}
 	undo.add(e.releaseSlot)
+	if n := e.peerShare(e.cfg.MaxTotalStreams); !e.peerStreams.take(t.peer, n) {
+		refuse(wire.StatusBusy, fmt.Sprintf("peer carries %d streams this side opened already, its share (PQT_MAX_PEER_SHARE) of PQT_MAX_TOTAL_STREAMS=%d", n, e.cfg.MaxTotalStreams), nil)
+		return
+	}
+	undo.add(func() { e.peerStreams.give(t.peer) })
 	if req.Kind != wire.KindTCP {
 		refuse(wire.StatusUnknownKind, fmt.Sprintf("stream kind %s is not one this peer delivers", req.Kind), nil)
 		return
@@ -323,9 +339,14 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 
 func (e *Engine) pipeInbound(st transport.Stream, origin end, route, target string, log *slog.Logger, start time.Time) {
 	m := e.metrics
-	up, down, err := join(streamEnd{st}, origin)
+	up, down, err := join(streamEnd{st}, origin, e.cfg.StreamIdleTimeout)
 	m.bytes.WithLabelValues(route, "up").Add(float64(up))
 	m.bytes.WithLabelValues(route, "down").Add(float64(down))
+	if errors.Is(err, errStreamIdle) {
+		m.streamsFailed.WithLabelValues(route, "idle").Inc()
+		log.Info("stream closed: idle", "origin", target, "idle_timeout", e.cfg.StreamIdleTimeout, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond))
+		return
+	}
 	if err != nil && !benign(err) {
 		m.streamsFailed.WithLabelValues(route, "aborted").Inc()
 		log.Info("stream aborted", "origin", target, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond), "err", err)

@@ -361,7 +361,7 @@ func (e *Engine) joinLocal(client end, c sockConn, r, target Route) {
 
 func (e *Engine) pipeLocal(client, origin end, route, target string, log *slog.Logger, start time.Time) {
 	m := e.metrics
-	up, down, err := join(client, origin)
+	up, down, err := join(client, origin, e.cfg.StreamIdleTimeout)
 	m.bytes.WithLabelValues(route, "up").Add(float64(up))
 	m.bytes.WithLabelValues(route, "down").Add(float64(down))
 	if err != nil && !benign(err) {

@@ -49,15 +49,16 @@ func (ts *tunnelSet) notifyLocked() {
 	ts.changed = make(chan struct{})
 }
 
-// errPoolFull and errPoolClosed say why add refused a tunnel.
+// errPoolFull, errPeerShare and errPoolClosed say why add refused a tunnel.
 var (
 	errPoolFull   = errors.New("PQT_MAX_CONNECTIONS reached")
+	errPeerShare  = errors.New("the peer holds its share of PQT_MAX_CONNECTIONS (PQT_MAX_PEER_SHARE)")
 	errPoolClosed = errors.New("shutting down")
 )
 
 // add puts t in the pool unless limit (when positive) tunnels are there
-// already or the pool is closed.
-func (ts *tunnelSet) add(t *tunnel, limit int) error {
+// already, or peerLimit (when positive) of t's peer, or the pool is closed.
+func (ts *tunnelSet) add(t *tunnel, limit, peerLimit int) error {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	if ts.closed {
@@ -65,6 +66,17 @@ func (ts *tunnelSet) add(t *tunnel, limit int) error {
 	}
 	if limit > 0 && len(ts.list) >= limit {
 		return errPoolFull
+	}
+	if peerLimit > 0 {
+		n := 0
+		for _, x := range ts.list {
+			if x.peer == t.peer {
+				n++
+			}
+		}
+		if n >= peerLimit {
+			return errPeerShare
+		}
 	}
 	ts.list = append(ts.list, t)
 	ts.notifyLocked()

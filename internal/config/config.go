@@ -307,6 +307,15 @@ func (c *Config) parseLimits(v *Vars) error {
 	if v.MaxConnMemory < 1<<20 {
 		return fmt.Errorf("PQT_MAX_CONN_MEMORY: %s is less than the 1MiB a tunnel connection needs", v.MaxConnMemory)
 	}
+	if v.MaxClientsPerIP < -1 {
+		return fmt.Errorf("PQT_MAX_CLIENTS_PER_IP: %d is not a bound (want a positive number, 0 for a quarter of PQT_MAX_TOTAL_STREAMS, or -1 for none)", v.MaxClientsPerIP)
+	}
+	if v.MaxPeerShare < 1 || v.MaxPeerShare > 100 {
+		return fmt.Errorf("PQT_MAX_PEER_SHARE: %d is not a percentage from 1 to 100", v.MaxPeerShare)
+	}
+	if v.StreamIdleTimeout < 0 {
+		return fmt.Errorf("PQT_STREAM_IDLE_TIMEOUT: %s is negative (0 or empty turns it off)", v.StreamIdleTimeout)
+	}
 	if v.KeepAlive >= v.IdleTimeout {
 		return fmt.Errorf("PQT_KEEPALIVE: %s must be shorter than PQT_IDLE_TIMEOUT (%s)", v.KeepAlive, v.IdleTimeout)
 	}
@@ -318,6 +327,9 @@ func (c *Config) parseLimits(v *Vars) error {
 	e.FallbackTimeout = v.FallbackTimeout
 	e.QUICRetry = v.QUICRetry
 	e.DrainTimeout = v.DrainTimeout
+	e.MaxClientsPerIP = v.MaxClientsPerIP
+	e.PeerShare = v.MaxPeerShare
+	e.StreamIdleTimeout = v.StreamIdleTimeout
 	e.Mux = transport.Config{
 		HandshakeTimeout: v.HandshakeTimeout,
 		KeepAlive:        v.KeepAlive,

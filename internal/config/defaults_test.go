@@ -31,6 +31,8 @@ var table = map[string]any{
 	"MaxHandshakes":    defaults.MaxHandshakes,
 	"MaxConnections":   defaults.MaxConnections,
 	"MaxConnMemory":    ByteSize(defaults.MaxConnMemory),
+	"MaxClientsPerIP":  defaults.MaxClientsPerIP,
+	"MaxPeerShare":     defaults.PeerShare,
 	"DrainTimeout":     defaults.DrainTimeout,
 	"LogLevel":         defaults.LogLevel,
 	"LogFormat":        defaults.LogFormat,

@@ -38,25 +38,28 @@ type Vars struct {
 	Profile     string `env:"PQT_PROFILE" help:"cnsa2: the CNSA 2.0 profile in one switch: key exchange MLKEM1024 only, ML-DSA-87 authentication (identities from 'pqtunnel keygen --profile cnsa2', CA chains ML-DSA-87 end to end), PQT_KEYLOG refused. Off when empty."`
 	Auth        string `env:"PQT_AUTH" envDefault:"any" help:"CA mode: pq refuses a peer whose certificate chain is not ML-DSA end to end (leaf key and every signature up to PQT_CA); any accepts classical and mixed chains, logged pq_auth=false with the reason."`
 
-	TLSCert          string        `env:"PQT_TLS_CERT" help:"tls:// forward routes: the certificate chains (PEM files) served to standard TLS clients, comma-separated, paired by position with PQT_TLS_KEY; e.g. an ECDSA one for browsers and an ML-DSA one, which clients that offer ML-DSA get. The client's server name (SNI) and signature algorithms choose among them. Re-read on SIGHUP."`
-	TLSKey           string        `env:"PQT_TLS_KEY" help:"tls:// forward routes: the private keys (PEM files, mode 0600) of PQT_TLS_CERT, in the same order."`
-	TLSClientCA      string        `env:"PQT_TLS_CLIENT_CA" help:"tls:// forward routes: CA bundle (PEM file); when set, clients must present a certificate it signed. Re-read on SIGHUP."`
-	TLSAllow         string        `env:"PQT_TLS_ALLOW" help:"tls:// forward routes with PQT_TLS_CLIENT_CA: client certificates accepted by name, dns:NAME, uri:URI, cn:NAME, comma-separated; empty accepts any the CA signed."`
-	TLSCA            string        `env:"PQT_TLS_CA" help:"tls:// target routes: CA bundle (PEM file) that server certificates must chain to; default the system's roots. Re-read on SIGHUP."`
-	TLSALPN          string        `env:"PQT_TLS_ALPN" help:"tls:// routes: application protocols (ALPN) offered or accepted, per route: web=h2+http/1.1,api=http/1.1 ('+' between protocols, ',' between routes; h2+http/1.1 alone for the unnamed route). None when empty."`
-	TLSServerName    string        `env:"PQT_TLS_SERVER_NAME" help:"tls:// target routes: the name the server's certificate must carry, also sent as SNI, per route: api=api.example.com; default the host of the route's address."`
-	HandshakeTimeout time.Duration `env:"PQT_HANDSHAKE_TIMEOUT" envDefault:"10s" help:"Bound on a tunnel handshake including the session proof, and on a tls:// route's TLS handshake."`
-	DialTimeout      time.Duration `env:"PQT_DIAL_TIMEOUT" envDefault:"5s" help:"Bound on dialling an origin."`
-	IdleTimeout      time.Duration `env:"PQT_IDLE_TIMEOUT" envDefault:"8s" help:"A tunnel connection whose peer is silent this long is dead."`
-	KeepAlive        time.Duration `env:"PQT_KEEPALIVE" envDefault:"2s" help:"Interval of tunnel keep-alives."`
-	FallbackTimeout  time.Duration `env:"PQT_FALLBACK_TIMEOUT" envDefault:"3s" help:"With PQT_TRANSPORT=auto: how long a dial side waits for a QUIC handshake before it uses TCP."`
-	QUICRetry        time.Duration `env:"PQT_QUIC_RETRY" envDefault:"30s" help:"With PQT_TRANSPORT=auto: how often a dial side that fell back to TCP tries QUIC again, moving back when it works."`
-	MaxStreams       int           `env:"PQT_MAX_STREAMS" envDefault:"4096" help:"Streams the peer may have open at once on one tunnel connection."`
-	MaxTotalStreams  int           `env:"PQT_MAX_TOTAL_STREAMS" envDefault:"65536" help:"Streams this process carries at once over all tunnel connections; past it new clients and streams are refused."`
-	MaxHandshakes    int           `env:"PQT_MAX_HANDSHAKES" envDefault:"64" help:"Tunnel handshakes a listen side runs at once, and TLS handshakes the tls:// forward routes run at once; more are refused until one finishes."`
-	MaxConnections   int           `env:"PQT_MAX_CONNECTIONS" envDefault:"256" help:"Tunnel connections a listen side accepts at once."`
-	MaxConnMemory    ByteSize      `env:"PQT_MAX_CONN_MEMORY" envDefault:"256MiB" help:"Memory one tunnel connection may hold for data its peer sent and the origin has not read (receive windows); a faster peer is slowed by flow control. Over tcp it also caps the streams open at once on that connection at about this/512KiB each way (511 at 256MiB). Units KiB, MiB, GiB; at least 1MiB."`
-	DrainTimeout     time.Duration `env:"PQT_DRAIN_TIMEOUT" envDefault:"30s" help:"On SIGTERM/SIGINT, how long open streams may finish before they are closed."`
+	TLSCert           string        `env:"PQT_TLS_CERT" help:"tls:// forward routes: the certificate chains (PEM files) served to standard TLS clients, comma-separated, paired by position with PQT_TLS_KEY; e.g. an ECDSA one for browsers and an ML-DSA one, which clients that offer ML-DSA get. The client's server name (SNI) and signature algorithms choose among them. Re-read on SIGHUP."`
+	TLSKey            string        `env:"PQT_TLS_KEY" help:"tls:// forward routes: the private keys (PEM files, mode 0600) of PQT_TLS_CERT, in the same order."`
+	TLSClientCA       string        `env:"PQT_TLS_CLIENT_CA" help:"tls:// forward routes: CA bundle (PEM file); when set, clients must present a certificate it signed. Re-read on SIGHUP."`
+	TLSAllow          string        `env:"PQT_TLS_ALLOW" help:"tls:// forward routes with PQT_TLS_CLIENT_CA: client certificates accepted by name, dns:NAME, uri:URI, cn:NAME, comma-separated; empty accepts any the CA signed."`
+	TLSCA             string        `env:"PQT_TLS_CA" help:"tls:// target routes: CA bundle (PEM file) that server certificates must chain to; default the system's roots. Re-read on SIGHUP."`
+	TLSALPN           string        `env:"PQT_TLS_ALPN" help:"tls:// routes: application protocols (ALPN) offered or accepted, per route: web=h2+http/1.1,api=http/1.1 ('+' between protocols, ',' between routes; h2+http/1.1 alone for the unnamed route). None when empty."`
+	TLSServerName     string        `env:"PQT_TLS_SERVER_NAME" help:"tls:// target routes: the name the server's certificate must carry, also sent as SNI, per route: api=api.example.com; default the host of the route's address."`
+	HandshakeTimeout  time.Duration `env:"PQT_HANDSHAKE_TIMEOUT" envDefault:"10s" help:"Bound on a tunnel handshake including the session proof, and on a tls:// route's TLS handshake."`
+	DialTimeout       time.Duration `env:"PQT_DIAL_TIMEOUT" envDefault:"5s" help:"Bound on dialling an origin."`
+	IdleTimeout       time.Duration `env:"PQT_IDLE_TIMEOUT" envDefault:"8s" help:"A tunnel connection whose peer is silent this long is dead."`
+	KeepAlive         time.Duration `env:"PQT_KEEPALIVE" envDefault:"2s" help:"Interval of tunnel keep-alives."`
+	FallbackTimeout   time.Duration `env:"PQT_FALLBACK_TIMEOUT" envDefault:"3s" help:"With PQT_TRANSPORT=auto: how long a dial side waits for a QUIC handshake before it uses TCP."`
+	QUICRetry         time.Duration `env:"PQT_QUIC_RETRY" envDefault:"30s" help:"With PQT_TRANSPORT=auto: how often a dial side that fell back to TCP tries QUIC again, moving back when it works."`
+	MaxStreams        int           `env:"PQT_MAX_STREAMS" envDefault:"4096" help:"Streams the peer may have open at once on one tunnel connection."`
+	MaxTotalStreams   int           `env:"PQT_MAX_TOTAL_STREAMS" envDefault:"65536" help:"Streams this process carries at once over all tunnel connections; past it new clients and streams are refused."`
+	MaxHandshakes     int           `env:"PQT_MAX_HANDSHAKES" envDefault:"64" help:"Tunnel handshakes a listen side runs at once, and TLS handshakes the tls:// forward routes run at once; more are refused until one finishes."`
+	MaxConnections    int           `env:"PQT_MAX_CONNECTIONS" envDefault:"256" help:"Tunnel connections a listen side accepts at once."`
+	MaxConnMemory     ByteSize      `env:"PQT_MAX_CONN_MEMORY" envDefault:"256MiB" help:"Memory one tunnel connection may hold for data its peer sent and the origin has not read (receive windows); a faster peer is slowed by flow control. Over tcp it also caps the streams open at once on that connection at about this/512KiB each way (511 at 256MiB). Units KiB, MiB, GiB; at least 1MiB."`
+	MaxClientsPerIP   int           `env:"PQT_MAX_CLIENTS_PER_IP" envDefault:"0" help:"Clients one source address (an IPv4 address, or an IPv6 /64) may have open at once on the forward routes; more are refused. 0: a quarter of PQT_MAX_TOTAL_STREAMS (16384 by default); -1: no bound. A sidecar's clients all come from loopback and share one count."`
+	MaxPeerShare      int           `env:"PQT_MAX_PEER_SHARE" envDefault:"50" help:"Percent of PQT_MAX_CONNECTIONS and of PQT_MAX_TOTAL_STREAMS one peer may hold (the tunnel connections and the streams it opens) when more than one peer is accepted, so that one peer cannot lock the others out; 1 to 100. With one peer accepted it may hold everything."`
+	StreamIdleTimeout time.Duration `env:"PQT_STREAM_IDLE_TIMEOUT" help:"Close a stream on which no byte moved in either direction for this long. Off when empty or 0: database pools legitimately idle for hours."`
+	DrainTimeout      time.Duration `env:"PQT_DRAIN_TIMEOUT" envDefault:"30s" help:"On SIGTERM/SIGINT, how long open streams may finish before they are closed."`
 
 	Metrics       string `env:"PQT_METRICS" help:"Address of the HTTP server for /metrics, /healthz, /readyz and /status (pqtunnel status reads it); a bare port binds 127.0.0.1. Off when empty."`
 	UnixMode      string `env:"PQT_UNIX_MODE" envDefault:"0660" help:"Octal mode of the sockets unix:// forward routes create; 0660 lets the owner and group connect."`

@@ -65,6 +65,18 @@ const (
 	// per connection: 256 MiB leaves room for 511 each way (64 MiB would
 	// leave 127, fewer than an ordinary pool of idle connections).
 	MaxConnMemory = 256 << 20
+	// MaxClientsPerIP zero means ClientsPerIPShare of MaxTotalStreams.
+	MaxClientsPerIP = 0
+	// ClientsPerIPShare is the percentage of MaxTotalStreams one client
+	// source may hold on forward routes when MaxClientsPerIP is zero: a
+	// quarter, so that four visitors are needed to fill the process, while
+	// no ordinary client pool (a sidecar's, all from loopback) comes near
+	// 16,384 connections.
+	ClientsPerIPShare = 25
+	// PeerShare is the percentage of MaxConnections and MaxTotalStreams one
+	// peer may hold when several are accepted: half leaves the other half
+	// for the rest, whichever peer misbehaves.
+	PeerShare = 50
 )
 
 // UnixSocketMode is the mode of a unix:// forward route's socket: its
