@@ -196,7 +196,9 @@ func TestClassicalOnlyPeerRefused(t *testing.T) {
 func TestMissingProofRefused(t *testing.T) {
 	ctx := testContext(t, 60*time.Second)
 	o := startEcho(t)
-	l := startListen(t, ctx, 0, "tcp", map[string]string{"PQT_TARGET": o.addr(), "PQT_HANDSHAKE_TIMEOUT": "1s"})
+	// At debug each failure has its own line: past the first per source and
+	// reason they are logged at DEBUG only.
+	l := startListen(t, ctx, 0, "tcp", map[string]string{"PQT_TARGET": o.addr(), "PQT_HANDSHAKE_TIMEOUT": "1s", "PQT_LOG_LEVEL": "debug"})
 
 	store := dialStore(t)
 

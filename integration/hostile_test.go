@@ -213,6 +213,9 @@ func TestHostilePeers(t *testing.T) {
 		"PQT_TARGET":            o.addr(),
 		"PQT_HANDSHAKE_TIMEOUT": handshakeTime.String(),
 		"PQT_METRICS":           lm,
+		// Each failure's own line: past the first per source and reason
+		// they are logged at DEBUG only.
+		"PQT_LOG_LEVEL": "debug",
 	})
 	var dials []*side
 	for _, tr := range []string{"quic", "tcp"} {
@@ -721,6 +724,9 @@ func TestCAModeRefusals(t *testing.T) {
 		"PQT_TARGET":  o.addr(),
 		"PQT_ALLOW":   "dns:good.example",
 		"PQT_METRICS": lm,
+		// Each refusal's own line: past the first per source and reason
+		// they are logged at DEBUG only.
+		"PQT_LOG_LEVEL": "debug",
 	}))
 	roots := x509.NewCertPool()
 	roots.AddCert(ca.cert)

@@ -321,6 +321,9 @@ func TestLimitsMaxHandshakes(t *testing.T) {
 		"PQT_MAX_HANDSHAKES":    "2",
 		"PQT_HANDSHAKE_TIMEOUT": timeout.String(),
 		"PQT_METRICS":           lm,
+		// Each failure's own line: past the first per source and reason
+		// they are logged at DEBUG only.
+		"PQT_LOG_LEVEL": "debug",
 	})
 	baseG := metGoroutines(t, ctx, "listen side", lm)
 

@@ -119,6 +119,10 @@ type Config struct {
 	// ProxyProtocol, 1 or 2, makes this side send a PROXY protocol header of
 	// that version to each origin it dials; zero sends none.
 	ProxyProtocol byte
+	// HandshakeLog limits the lines about failed tunnel handshakes; give
+	// the TLS policy's Logger the same one. Nil means one of the engine's
+	// own over Logger.
+	HandshakeLog *HandshakeLog
 	// Metrics receives the engine's measurements; nil means a private set.
 	Metrics *Metrics
 	// KeyLog names the file the TLS stack writes session secrets to
@@ -183,6 +187,7 @@ type Engine struct {
 
 	draining atomic.Bool
 	refusals *logLimiter
+	hslog    *HandshakeLog
 	// slots holds a token per stream in flight when MaxTotalStreams is set.
 	slots   chan struct{}
 	streams *inflight      // client and inbound stream handlers
@@ -215,7 +220,11 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics()
 	}
-	e := &Engine{cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, streams: newInflight(), refusals: newLogLimiter(time.Second)}
+	if cfg.HandshakeLog == nil {
+		cfg.HandshakeLog = NewHandshakeLog(cfg.Logger.Handler(), 0)
+	}
+	e := &Engine{cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, streams: newInflight(), refusals: newLogLimiter(time.Second),
+		hslog: cfg.HandshakeLog}
 	if cfg.MaxTotalStreams > 0 {
 		e.slots = make(chan struct{}, cfg.MaxTotalStreams)
 	}
@@ -310,13 +319,14 @@ func (e *Engine) handshakeFailed(remote net.Addr, err error) {
 		return // the TLS policy logged and counted it with its reason already
 	}
 	e.metrics.HandshakeFailed(string(reason))
+	log := slog.New(e.hslog)
 	if reason == transport.ReasonVersionMismatch {
 		// crypto/tls names only what the peer offered.
-		e.log.Warn("tunnel handshake failed", "remote", remote.String(), "reason", reason, "version", wire.ALPN, "err", err,
+		log.Warn("tunnel handshake failed", "remote", remote.String(), "reason", reason, "version", wire.ALPN, "err", err,
 			"hint", "the peer speaks another pqtunnel protocol version than this side's "+wire.ALPN+": run the same release on both sides")
 		return
 	}
-	e.log.Warn("tunnel handshake failed", "remote", remote.String(), "reason", reason, "err", err)
+	log.Warn("tunnel handshake failed", "remote", remote.String(), "reason", reason, "err", err)
 }
 
 // warnOpenRoutes says, once per route, when a side that accepts more than
@@ -459,6 +469,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	go e.routineReleaseMemory(loopCtx, time.Second)
 	e.loops.Add(1)
 	go e.routineSampleTraffic(loopCtx)
+	e.loops.Add(1)
+	go e.routineSummarizeHandshakes(loopCtx)
 	if e.cfg.Mode == ModeDial {
 		n := max(e.cfg.Connections, 1)
 		for i := range n {
