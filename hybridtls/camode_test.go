@@ -187,6 +187,18 @@ func TestCAModeRecheck(t *testing.T) {
 	if _, err := server.store.Recheck(&cs, RoleServer); !errors.Is(err, ErrPeerNotAllowed) {
 		t.Errorf("Recheck with no matching rule = %v, want ErrPeerNotAllowed", err)
 	}
+	// An empty list of rules from a file accepts nobody; an empty PQT_ALLOW
+	// accepts any certificate the CA signed.
+	if err := server.store.Swap(&Material{Certificate: serverCert, CAs: ca.pool, AllowListed: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := server.store.Recheck(&cs, RoleServer); !errors.Is(err, ErrPeerNotAllowed) {
+		t.Errorf("Recheck with an empty listed allow file = %v, want ErrPeerNotAllowed", err)
+	}
+	swap(ca.pool, "")
+	if name, err := server.store.Recheck(&cs, RoleServer); err != nil || name != "client.test" {
+		t.Errorf("Recheck with no rules = %q, %v; want client.test", name, err)
+	}
 	swap(other.pool, "")
 	if _, err := server.store.Recheck(&cs, RoleServer); !errors.Is(err, ErrBadCertificate) {
 		t.Errorf("Recheck against another CA = %v, want ErrBadCertificate", err)

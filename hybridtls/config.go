@@ -31,6 +31,11 @@ type Material struct {
 	Certificate *tls.Certificate
 	CAs         *x509.CertPool
 	Allow       []AllowRule
+	// AllowListed makes an empty Allow accept nobody rather than every
+	// certificate the CA signed: the rules came from a file (PQT_ALLOW
+	// naming one), and an emptied file revokes everyone, as an emptied
+	// pins file does.
+	AllowListed bool
 }
 
 // Pinned reports whether the material uses pinned identities rather than a CA.
@@ -432,7 +437,7 @@ func (s *Store) accept(m *Material, certs []*x509.Certificate, chains [][]*x509.
 			return "", fmt.Errorf("%w: %s", ErrNotCNSA2, why)
 		}
 	}
-	if len(m.Allow) == 0 {
+	if len(m.Allow) == 0 && !m.AllowListed {
 		return certName(leaf), nil
 	}
 	// The first matching named rule names the peer, so that a name in a

@@ -224,7 +224,9 @@ func isTerminal(w io.Writer) bool {
 func engineConfig(c *config.Config, log *slog.Logger) (proxy.Config, error) {
 	metrics := proxy.NewMetrics()
 	policy := c.Policy
-	policy.Logger, policy.OnRefused = log, metrics.HandshakeFailed
+	// One limit for the handshake lines of the TLS policy and of the engine.
+	hslog := proxy.NewHandshakeLog(log.Handler(), 0)
+	policy.Logger, policy.OnRefused = slog.New(hslog), metrics.HandshakeFailed
 	keyLog, err := c.OpenKeyLog()
 	if err != nil {
 		return proxy.Config{}, err
@@ -233,7 +235,7 @@ func engineConfig(c *config.Config, log *slog.Logger) (proxy.Config, error) {
 		policy.KeyLog = keyLog // open for the life of the process
 	}
 	pc := c.Engine
-	pc.Metrics, pc.Logger = metrics, log
+	pc.Metrics, pc.Logger, pc.HandshakeLog = metrics, log, hslog
 	if c.Material != nil {
 		if pc.TLS, err = hybridtls.NewStore(policy, c.Material); err != nil {
 			return proxy.Config{}, fmt.Errorf("tls: %w", err)
@@ -339,7 +341,7 @@ func reload(c *config.Config, store *hybridtls.Store, e *proxy.Engine, log *slog
 		return
 	}
 	warnNoPeers(m, log)
-	log.Info("reloaded identity and pins", "identity", m.Name(), "peers", len(m.Peers), "revoked", e.Reauthorize())
+	log.Info("reloaded identity and pins", "identity", m.Name(), "peers", len(m.Peers), "allow", len(m.Allow), "revoked", e.Reauthorize())
 }
 
 // reloadTLSRoutes re-reads the certificates and CA bundles of tls://
@@ -369,11 +371,14 @@ func certificateNames(m *tlsroute.Material) string {
 	return strings.Join(names, ", ")
 }
 
-// warnNoPeers says loudly when pinned material accepts nobody (an empty
-// pins file): every peer is refused.
+// warnNoPeers says loudly when the material accepts nobody (an empty pins
+// file, or an empty file of allow rules): every peer is refused.
 func warnNoPeers(m *hybridtls.Material, log *slog.Logger) {
-	if m.Pinned() && len(m.Peers) == 0 {
+	switch {
+	case m.Pinned() && len(m.Peers) == 0:
 		log.Warn("PQT_PEERS lists no peer: every peer is refused and live tunnels are closed")
+	case !m.Pinned() && m.AllowListed && len(m.Allow) == 0:
+		log.Warn("PQT_ALLOW lists no rule: every peer is refused and live tunnels are closed")
 	}
 }
 

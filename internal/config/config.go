@@ -479,6 +479,9 @@ func (v *Vars) loadCA() (*hybridtls.Material, error) {
 		return nil, fmt.Errorf("PQT_CERT/PQT_KEY: %w", err)
 	}
 	m := &hybridtls.Material{Certificate: &cert, CAs: x509.NewCertPool()}
+	if err := hybridtls.CheckTrustFileMode(v.CA, "CA bundle"); err != nil {
+		return nil, fmt.Errorf("PQT_CA: %w", err)
+	}
 	caPEM, err := os.ReadFile(v.CA)
 	if err != nil {
 		return nil, fmt.Errorf("PQT_CA: %w", err)
@@ -486,10 +489,48 @@ func (v *Vars) loadCA() (*hybridtls.Material, error) {
 	if !m.CAs.AppendCertsFromPEM(caPEM) {
 		return nil, fmt.Errorf("PQT_CA: %s holds no PEM certificate", v.CA)
 	}
-	if m.Allow, err = hybridtls.ParseAllow(v.Allow); err != nil {
+	var files int
+	if m.Allow, files, err = readAllow(v.Allow); err != nil {
 		return nil, fmt.Errorf("PQT_ALLOW: %w", err)
 	}
+	m.AllowListed = files > 0
 	return m, nil
+}
+
+// readAllow parses PQT_ALLOW: rules, and files of rules (one or more per
+// line, comma-separated, '#' comments) named by entries that start with '/'
+// or '.', re-read on SIGHUP. files counts the files read: a rule list that
+// comes from files and is empty accepts nobody.
+func readAllow(s string) (rules []hybridtls.AllowRule, files int, err error) {
+	var inline []string
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if !strings.HasPrefix(f, "/") && !strings.HasPrefix(f, ".") {
+			inline = append(inline, f)
+			continue
+		}
+		if err := hybridtls.CheckTrustFileMode(f, "allow file"); err != nil {
+			return nil, 0, err
+		}
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, 0, fmt.Errorf("allow file: %w", err)
+		}
+		files++
+		for i, line := range strings.Split(string(data), "\n") {
+			line, _, _ = strings.Cut(line, "#")
+			rs, err := hybridtls.ParseAllow(line)
+			if err != nil {
+				return nil, 0, fmt.Errorf("allow file %s line %d: %w", f, i+1, err)
+			}
+			rules = append(rules, rs...)
+		}
+	}
+	rs, err := hybridtls.ParseAllow(strings.Join(inline, ","))
+	if err != nil {
+		return nil, 0, err
+	}
+	return append(rs, rules...), files, nil
 }
 
 // readPeers parses PQT_PEERS: pins, each optionally named (app1=pqt1_…),
@@ -537,6 +578,9 @@ func readPeers(s string) (pins []hybridtls.Pin, names map[hybridtls.Pin]string, 
 				return nil, nil, 0, err
 			}
 			continue
+		}
+		if err := hybridtls.CheckTrustFileMode(f, "pins file"); err != nil {
+			return nil, nil, 0, err
 		}
 		data, err := os.ReadFile(f)
 		if err != nil {

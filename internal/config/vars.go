@@ -33,7 +33,7 @@ type Vars struct {
 	Cert        string `env:"PQT_CERT" help:"CA mode: this side's certificate chain (PEM file)."`
 	Key         string `env:"PQT_KEY" help:"CA mode: this side's private key (PEM file)."`
 	CA          string `env:"PQT_CA" help:"CA mode: the CA bundle that signs peer certificates (PEM file)."`
-	Allow       string `env:"PQT_ALLOW" help:"CA mode: peers accepted by certificate name: dns:NAME, uri:URI, cn:NAME, comma-separated, each optionally named (web=dns:NAME) for @ lists in routes; empty accepts any the CA signed."`
+	Allow       string `env:"PQT_ALLOW" help:"CA mode: peers accepted by certificate name: dns:NAME, uri:URI, cn:NAME, comma-separated, each optionally named (web=dns:NAME) for @ lists in routes; an entry starting with / or . is a file of rules (one or more per line), re-read on SIGHUP, where a peer no longer matching has its live tunnels closed and an empty file accepts nobody; empty accepts any the CA signed."`
 	ServerName  string `env:"PQT_SERVER_NAME" help:"CA mode: the name a dial side verifies in the peer's certificate; default the host of PQT_TUNNEL."`
 	Profile     string `env:"PQT_PROFILE" help:"cnsa2: the CNSA 2.0 profile in one switch: key exchange MLKEM1024 only, ML-DSA-87 authentication (identities from 'pqtunnel keygen --profile cnsa2', CA chains ML-DSA-87 end to end), PQT_KEYLOG refused. Off when empty."`
 	Auth        string `env:"PQT_AUTH" envDefault:"any" help:"CA mode: pq refuses a peer whose certificate chain is not ML-DSA end to end (leaf key and every signature up to PQT_CA); any accepts classical and mixed chains, logged pq_auth=false with the reason."`
