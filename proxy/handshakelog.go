@@ -56,7 +56,9 @@ func NewHandshakeLog(inner slog.Handler, interval time.Duration) *HandshakeLog {
 }
 
 // Enabled implements slog.Handler.
-func (h *HandshakeLog) Enabled(ctx context.Context, l slog.Level) bool { return h.inner.Enabled(ctx, l) }
+func (h *HandshakeLog) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.inner.Enabled(ctx, l)
+}
 
 // WithAttrs implements slog.Handler; the limit stays shared.
 func (h *HandshakeLog) WithAttrs(as []slog.Attr) slog.Handler {
