@@ -537,7 +537,9 @@ func TestMetricsHandshakeRefusals(t *testing.T) {
 		o := startEcho(t)
 		lm := metAddr(t)
 		stranger := identityNamed(t, "stranger")
-		l := startListen(t, ctx, 0, transport, map[string]string{"PQT_TARGET": o.addr(), "PQT_PEERS": stranger.pin, "PQT_METRICS": lm})
+		// At debug each refusal has its own line: past the first per source
+		// and reason they are logged at DEBUG only.
+		l := startListen(t, ctx, 0, transport, map[string]string{"PQT_TARGET": o.addr(), "PQT_PEERS": stranger.pin, "PQT_METRICS": lm, "PQT_LOG_LEVEL": "debug"})
 
 		// counted waits for reason's counter to reach at least one and
 		// checks it against the refusals logged: the listen side logs each

@@ -69,7 +69,9 @@ func TestCAModeWithPQTunnelCA(t *testing.T) {
 	transports(t, func(t *testing.T, transport string) {
 		ctx := testContext(t, 60*time.Second)
 		o := startEcho(t)
-		lenv := server.env(map[string]string{"PQT_TARGET": o.addr(), "PQT_AUTH": "pq", "PQT_ALLOW": "dns:good.example", "PQT_CA": bundle})
+		// At debug each refusal has its own line: past the first per source
+		// and reason they are logged at DEBUG only.
+		lenv := server.env(map[string]string{"PQT_TARGET": o.addr(), "PQT_AUTH": "pq", "PQT_ALLOW": "dns:good.example", "PQT_CA": bundle, "PQT_LOG_LEVEL": "debug"})
 		l := startListen(t, ctx, 0, transport, lenv)
 		dialEnv := func(f caFiles) map[string]string {
 			return f.env(map[string]string{"PQT_CONNECTIONS": "1", "PQT_SERVER_NAME": "server.example", "PQT_AUTH": "pq", "PQT_CA": server.ca})
