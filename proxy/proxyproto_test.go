@@ -27,6 +27,9 @@ func TestPreambleAddrs(t *testing.T) {
 		{"192.0.2.1:1234", "192.0.2.2:80", true, "192.0.2.1:1234"},
 		{"[2001:db8::1]:1234", "[2001:db8::2]:443", true, "[2001:db8::1]:1234"},
 		{"[::ffff:192.0.2.1]:1234", "192.0.2.2:80", true, "192.0.2.1:1234"},
+		// A client of a Unix socket forward: no address, the zero AddrPort.
+		{wire.AddrLocal, wire.AddrLocal, true, "invalid AddrPort"},
+		{"Local", "192.0.2.2:80", false, ""},
 		{"", "192.0.2.2:80", false, ""},
 		{"192.0.2.1:1234", "", false, ""},
 		{"unknown", "192.0.2.2:80", false, ""},
