@@ -259,6 +259,14 @@ func (e *Engine) bind() error {
 	}
 	mc := e.muxConfig(e.cfg.TLS.ServerConfig())
 	mc.OnHandshakeError = e.handshakeFailed
+	// Derived from the identity, the key is the same after a restart, so the
+	// new process resets the old one's QUIC connections at their next packet
+	// and dial sides reconnect at once instead of waiting for a timeout.
+	if key, err := e.cfg.TLS.Material().DeriveKey("quic stateless reset"); err == nil {
+		mc.StatelessResetKey = &key
+	} else {
+		e.log.Warn("no QUIC stateless reset key: after a restart, peers notice only by their keep-alive timeout", "err", err)
+	}
 	ln, err := e.cfg.Transport.Listen(e.cfg.Tunnel[0], mc)
 	if err != nil {
 		return &ConfigError{Field: "Tunnel", Err: err}
@@ -392,7 +400,7 @@ func (e *Engine) routineExpire(t *tunnel, notAfter time.Time) {
 		return
 	}
 	e.tunnels.remove(t)
-	_ = t.s.Close() // expired: its streams end with it
+	t.closeFor(closeExpired) // its streams end with it
 	e.metrics.revoked.WithLabelValues(t.peerLabel).Inc()
 	t.log.Warn("peer revoked", "reason", "certificate expired", "not_after", notAfter.UTC(), "streams", t.active.Load())
 }
@@ -438,7 +446,7 @@ func (e *Engine) revokeIfRejected(t *tunnel) bool {
 	}
 	// Out of the pool first, so that no new client is sent to it.
 	e.tunnels.remove(t)
-	_ = t.s.Close() // revoked: its streams end with it
+	t.closeFor(closeRevoked) // its streams end with it
 	e.metrics.revoked.WithLabelValues(t.peerLabel).Inc()
 	if err != nil {
 		t.log.Warn("peer revoked", "reason", "no longer accepted", "streams", t.active.Load(), "err", err)
@@ -640,7 +648,7 @@ func (e *Engine) retire(t *tunnel) {
 				return
 			}
 		}
-		_ = t.s.Close() // retired; its streams are done
+		t.closeFor(closeMoved) // its streams are done
 	}()
 }
 
@@ -778,14 +786,22 @@ func (e *Engine) serveAdmitted(t *tunnel) {
 	s := t.s
 	info := s.Info()
 	log := t.log
+	var err error
 	defer func() {
 		e.tunnels.remove(t)
-		e.metrics.tunnelDown(info)
+		reason := t.closeReason(err)
+		e.metrics.tunnelDown(info, reason)
 		_ = s.Close() // already gone, or being torn down
-		log.Info("tunnel disconnected")
+		attrs := []any{"reason", reason, "up", time.Since(t.since).Round(time.Millisecond), "streams", t.active.Load(), "err", err}
+		if expectedClose(reason) {
+			log.Info("tunnel disconnected", attrs...)
+		} else {
+			log.Warn("tunnel disconnected", attrs...)
+		}
 	}()
 	for {
-		st, err := s.AcceptStream(context.Background())
+		var st transport.Stream
+		st, err = s.AcceptStream(context.Background())
 		if err != nil {
 			return
 		}
@@ -795,6 +811,16 @@ func (e *Engine) serveAdmitted(t *tunnel) {
 			e.handleInbound(st, t)
 		}()
 	}
+}
+
+// expectedClose reports whether a tunnel that ended for reason was closed on
+// purpose, by either side, rather than lost.
+func expectedClose(reason string) bool {
+	switch reason {
+	case string(transport.ClosePeer), string(transport.CloseLocal), closeShutdown, closeRevoked, closeExpired, closeMoved:
+		return true
+	}
+	return false
 }
 
 // routineForward accepts clients on one forward route's TCP or Unix socket.

@@ -38,6 +38,8 @@ type Metrics struct {
 	// Metrics (one registry) because the collector is registered once.
 	mu      sync.Mutex
 	engines map[*Engine]struct{}
+
+	disconnects *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them, with the Go runtime
@@ -94,9 +96,12 @@ func NewMetrics() *Metrics {
 			Name: "pqtunnel_tls_handshake_duration_seconds", Help: "Time of a tls:// route's TLS handshake, by side.",
 			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14),
 		}, []string{"side"}),
+		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pqtunnel_tunnel_disconnects_total", Help: "Tunnel connections that ended, by transport and reason (peer_closed, keepalive_lost, idle_timeout, stateless_reset, connection_reset, tls_error, transport_error, shutdown, revoked, certificate_expired, moved, local_close, unknown).",
+		}, []string{"transport", "reason"}),
 	}
 	m.engines = map[*Engine]struct{}{}
-	m.reg.MustRegister(m.tlsHandshakes, m.tlsRefused, m.tlsSeconds, m.notAllowed, m.revoked, m.tunnelsUp, m.handshakes, m.handshakeFailures, m.handshakeSeconds,
+	m.reg.MustRegister(m.disconnects, m.tlsHandshakes, m.tlsRefused, m.tlsSeconds, m.notAllowed, m.revoked, m.tunnelsUp, m.handshakes, m.handshakeFailures, m.handshakeSeconds,
 		m.streamsOpened, m.streamsActive, m.streamsFailed, m.bytes, m.originDial, m.reconnects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&quicCollector{
@@ -120,8 +125,9 @@ func (m *Metrics) tunnelUp(info transport.Info) {
 	m.handshakeSeconds.WithLabelValues(info.Transport).Observe(info.Handshake.Seconds())
 }
 
-func (m *Metrics) tunnelDown(info transport.Info) {
+func (m *Metrics) tunnelDown(info transport.Info, reason string) {
 	m.tunnelsUp.WithLabelValues(info.Transport, hybridtls.GroupName(info.TLS.CurveID), info.Peer.Sig).Dec()
+	m.disconnects.WithLabelValues(info.Transport, reason).Inc()
 }
 
 func (m *Metrics) attach(e *Engine) {

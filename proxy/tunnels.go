@@ -24,12 +24,39 @@ type tunnel struct {
 	// admission, when the material that named the peer was in force.
 	peerLabel string
 	active    atomic.Int64
+	// closing is why this side closed the tunnel (see closeFor), when it did.
+	closing atomic.Pointer[string]
 
 	// traffic is the stream payload each way, for the status.
 	traffic traffic
 }
 
 func (t *tunnel) label() string { return strconv.FormatUint(t.id, 10) }
+
+// Reasons this side closes a tunnel for, as the "reason" of "tunnel
+// disconnected" next to the transport's own (transport.CloseReason).
+const (
+	closeShutdown = "shutdown"            // the engine is stopping
+	closeRevoked  = "revoked"             // a reload no longer accepts the peer
+	closeExpired  = "certificate_expired" // the peer's CA-mode certificate expired
+	closeMoved    = "moved"               // retired after its successor joined the pool
+)
+
+// closeFor closes t's session, recording reason as why; the first reason
+// given is the one reported.
+func (t *tunnel) closeFor(reason string) {
+	t.closing.CompareAndSwap(nil, &reason)
+	_ = t.s.Close() // the reason is what is reported; the session is gone either way
+}
+
+// closeReason is why t's session ended: this side's reason when it closed
+// it, else what the transport says of err, AcceptStream's last error.
+func (t *tunnel) closeReason(err error) string {
+	if r := t.closing.Load(); r != nil {
+		return *r
+	}
+	return string(transport.ReasonOf(err))
+}
 
 // tunnelSet is the pool of live tunnel connections new streams are spread over.
 type tunnelSet struct {
@@ -148,6 +175,6 @@ func (ts *tunnelSet) closeAll() {
 	list := append([]*tunnel(nil), ts.list...)
 	ts.mu.Unlock()
 	for _, t := range list {
-		_ = t.s.Close() // shutting down; nothing to do with the error
+		t.closeFor(closeShutdown)
 	}
 }

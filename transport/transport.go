@@ -220,6 +220,21 @@ type Config struct {
 	// Zero means defaults.IdleTimeout (8s), or four KeepAlive intervals when
 	// that is longer, so that a dead peer is noticed within seconds.
 	IdleTimeout time.Duration
+	// KeepAliveTimeout closes a connection whose keep-alive probes have
+	// gone unanswered this long, even while packets from the peer still
+	// arrive (a path dead one way): probes go out every ProbeInterval, and
+	// on TCP the kernel gives up on data unacknowledged for about this
+	// long. A slow or busy path is not mistaken for a dead one, since any
+	// acknowledgement (TCP) or answered probe (QUIC) counts. Zero means
+	// defaults.KeepAliveTimeout (3s); negative turns the probes off, which
+	// leaves IdleTimeout alone to notice a dead peer.
+	KeepAliveTimeout time.Duration
+	// StatelessResetKey, if set, lets a QUIC listener answer packets of
+	// connections it does not know with a stateless reset, so that after a
+	// restart with the same key the peers of the old process learn at once
+	// that their connections are gone. It should be derived from the
+	// listener's long-term secret and be the same across restarts.
+	StatelessResetKey *[32]byte
 	// MaxStreams bounds the streams a peer may have open at once on one
 	// session. Zero means defaults.MaxStreams (4096).
 	MaxStreams int
@@ -273,6 +288,25 @@ func (c *Config) idleTimeout() time.Duration {
 		return c.IdleTimeout
 	}
 	return max(defaults.IdleTimeout, 4*c.keepAlive())
+}
+
+func (c *Config) keepAliveTimeout() time.Duration {
+	if c.KeepAliveTimeout != 0 {
+		return c.KeepAliveTimeout
+	}
+	return defaults.KeepAliveTimeout
+}
+
+// ProbeInterval is how often a connection whose KeepAliveTimeout is on
+// sends a keep-alive probe: KeepAlive, or a quarter of KeepAliveTimeout
+// when that is shorter, so that several probes fit into the timeout and
+// one lost probe does not end a connection. Zero when the probes are off.
+func (c *Config) ProbeInterval() time.Duration {
+	t := c.keepAliveTimeout()
+	if t <= 0 {
+		return 0
+	}
+	return min(c.keepAlive(), t/4)
 }
 
 func (c *Config) maxStreams() int {
@@ -331,6 +365,7 @@ func (c *Config) WithDefaults() *Config {
 	d.HandshakeTimeout = c.handshakeTimeout()
 	d.KeepAlive = c.keepAlive()
 	d.IdleTimeout = c.idleTimeout()
+	d.KeepAliveTimeout = c.keepAliveTimeout()
 	d.MaxStreams = c.maxStreams()
 	d.MaxHandshakes = c.maxHandshakes()
 	d.StreamWindow = c.streamWindow()

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caarlos0/env/v11"
 
@@ -316,6 +317,9 @@ func (c *Config) parseLimits(v *Vars) error {
 	if v.StreamIdleTimeout < 0 {
 		return fmt.Errorf("PQT_STREAM_IDLE_TIMEOUT: %s is negative (0 or empty turns it off)", v.StreamIdleTimeout)
 	}
+	if v.KeepAliveTimeout < 0 {
+		return fmt.Errorf("PQT_KEEPALIVE_TIMEOUT: %s is negative; 0 turns the keep-alive probes off", v.KeepAliveTimeout)
+	}
 	if v.KeepAlive >= v.IdleTimeout {
 		return fmt.Errorf("PQT_KEEPALIVE: %s must be shorter than PQT_IDLE_TIMEOUT (%s)", v.KeepAlive, v.IdleTimeout)
 	}
@@ -334,11 +338,21 @@ func (c *Config) parseLimits(v *Vars) error {
 		HandshakeTimeout: v.HandshakeTimeout,
 		KeepAlive:        v.KeepAlive,
 		IdleTimeout:      v.IdleTimeout,
+		KeepAliveTimeout: keepAliveTimeout(v.KeepAliveTimeout),
 		MaxStreams:       v.MaxStreams,
 		MaxHandshakes:    v.MaxHandshakes,
 		MaxConnMemory:    int(v.MaxConnMemory),
 	}
 	return nil
+}
+
+// keepAliveTimeout is PQT_KEEPALIVE_TIMEOUT as transport.Config takes it,
+// where zero is the default and a negative value turns the probes off.
+func keepAliveTimeout(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 func (c *Config) parseOperation(v *Vars) error {

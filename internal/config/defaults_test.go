@@ -24,6 +24,7 @@ var table = map[string]any{
 	"DialTimeout":      defaults.DialTimeout,
 	"IdleTimeout":      defaults.IdleTimeout,
 	"KeepAlive":        defaults.KeepAlive,
+	"KeepAliveTimeout": defaults.KeepAliveTimeout,
 	"FallbackTimeout":  defaults.FallbackTimeout,
 	"QUICRetry":        defaults.QUICRetry,
 	"MaxStreams":       defaults.MaxStreams,

@@ -49,6 +49,7 @@ type Vars struct {
 	DialTimeout       time.Duration `env:"PQT_DIAL_TIMEOUT" envDefault:"5s" help:"Bound on dialling an origin."`
 	IdleTimeout       time.Duration `env:"PQT_IDLE_TIMEOUT" envDefault:"8s" help:"A tunnel connection whose peer is silent this long is dead."`
 	KeepAlive         time.Duration `env:"PQT_KEEPALIVE" envDefault:"2s" help:"Interval of tunnel keep-alives."`
+	KeepAliveTimeout  time.Duration `env:"PQT_KEEPALIVE_TIMEOUT" envDefault:"3s" help:"A tunnel connection whose keep-alive probes go unanswered this long is closed (reason keepalive_lost), also while the peer's packets still arrive (a path dead one way); probes go out every PQT_KEEPALIVE or a quarter of this, whichever is shorter, and a slow but live path keeps answering. 0 turns the probes off, leaving PQT_IDLE_TIMEOUT."`
 	FallbackTimeout   time.Duration `env:"PQT_FALLBACK_TIMEOUT" envDefault:"3s" help:"With PQT_TRANSPORT=auto: how long a dial side waits for a QUIC handshake before it uses TCP."`
 	QUICRetry         time.Duration `env:"PQT_QUIC_RETRY" envDefault:"30s" help:"With PQT_TRANSPORT=auto: how often a dial side that fell back to TCP tries QUIC again, moving back when it works."`
 	MaxStreams        int           `env:"PQT_MAX_STREAMS" envDefault:"4096" help:"Streams the peer may have open at once on one tunnel connection."`

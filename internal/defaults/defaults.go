@@ -42,6 +42,11 @@ const (
 	// IdleTimeout ends a tunnel connection whose peer is silent this long:
 	// four keep-alives, so a dead peer is noticed within seconds.
 	IdleTimeout = 8 * time.Second
+	// KeepAliveTimeout ends a tunnel connection whose keep-alive probes go
+	// unanswered this long, even while the peer's packets still arrive (a
+	// path dead one way), so that clients move to a live tunnel or are
+	// refused within seconds.
+	KeepAliveTimeout = 3 * time.Second
 	// DrainTimeout bounds how long open streams may finish at shutdown.
 	DrainTimeout = 30 * time.Second
 )

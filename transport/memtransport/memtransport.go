@@ -196,7 +196,7 @@ func handshake(ctx context.Context, ctl *conn, lk *link, c *transport.Config, cl
 	go func() {
 		defer lk.wg.Done()
 		_, _ = io.Copy(io.Discard, tc) // ends when either side closes
-		lk.shutdown()
+		lk.shutdown(-1)
 	}()
 	return s, nil
 }
@@ -214,10 +214,13 @@ type link struct {
 	ctls    []*tls.Conn // the control connections of the sides that joined
 	streams map[*end]struct{}
 	wg      sync.WaitGroup
+	// closedBy is the side whose Close ended the link, or -1 when none did
+	// (the control connection failed); set before done is closed.
+	closedBy int
 }
 
 func newLink() *link {
-	return &link{ready: make(chan struct{}), done: make(chan struct{}), streams: map[*end]struct{}{}}
+	return &link{ready: make(chan struct{}), done: make(chan struct{}), streams: map[*end]struct{}{}, closedBy: -1}
 }
 
 // join adds a side whose handshake succeeded and counts its control reader
@@ -245,9 +248,11 @@ func (lk *link) join(side int, c *transport.Config, ctl *tls.Conn) bool {
 }
 
 // shutdown ends the connection: streams fail, both sessions are Done.
-func (lk *link) shutdown() {
+// shutdown ends the link; by is the side that closed it, or -1.
+func (lk *link) shutdown(by int) {
 	lk.once.Do(func() {
 		lk.mu.Lock()
+		lk.closedBy = by
 		close(lk.done)
 		streams := lk.streams
 		lk.streams = nil
@@ -320,7 +325,7 @@ func (s *session) AcceptStream(ctx context.Context) (transport.Stream, error) {
 	select {
 	case <-s.lk.ready:
 	case <-s.lk.done:
-		return nil, fmt.Errorf("accept %s stream: %w", Name, net.ErrClosed)
+		return nil, s.closedErr()
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -328,15 +333,30 @@ func (s *session) AcceptStream(ctx context.Context) (transport.Stream, error) {
 	case e := <-s.lk.queues[s.side]:
 		return e, nil
 	case <-s.lk.done:
-		return nil, fmt.Errorf("accept %s stream: %w", Name, net.ErrClosed)
+		return nil, s.closedErr()
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
 }
 
+// closedErr is AcceptStream's error once the link is done.
+func (s *session) closedErr() error {
+	s.lk.mu.Lock()
+	by := s.lk.closedBy
+	s.lk.mu.Unlock()
+	reason := transport.CloseTransportError
+	switch by {
+	case s.side:
+		reason = transport.CloseLocal
+	case 1 - s.side:
+		reason = transport.ClosePeer
+	}
+	return fmt.Errorf("accept %s stream: %w: %w", Name, net.ErrClosed, &transport.ClosedError{Reason: reason, Err: net.ErrClosed})
+}
+
 // Close ends the session on both sides and waits for its goroutines.
 func (s *session) Close() error {
-	s.lk.shutdown()
+	s.lk.shutdown(s.side)
 	s.lk.wg.Wait()
 	return nil
 }

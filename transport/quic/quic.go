@@ -53,6 +53,9 @@ const (
 	codeNormal quic.ApplicationErrorCode = 0
 	codeAuth   quic.ApplicationErrorCode = 1
 	codeBusy   quic.ApplicationErrorCode = 2
+	// codeKeepAlive closes a connection whose keep-alive probes went
+	// unanswered, so that the peer, if it still hears us, knows why.
+	codeKeepAlive quic.ApplicationErrorCode = 3
 	codeDone   quic.StreamErrorCode      = 0
 	codeReset  quic.StreamErrorCode      = 1
 )
@@ -77,6 +80,8 @@ func quicConfig(c *transport.Config) *quic.Config {
 		// the memory a connection may hold.
 		InitialConnectionReceiveWindow: uint64(min(1<<20, connWindow)),
 		MaxConnectionReceiveWindow:     uint64(connWindow),
+		// Datagrams carry the keep-alive probes (probe.go).
+		EnableDatagrams: true,
 	}
 }
 
@@ -166,14 +171,16 @@ func authenticateQUIC(ctx context.Context, conn *quic.Conn, c *transport.Config,
 	}
 	_ = st.Close() // the proof is sent; the stream has done its job
 	st.CancelRead(codeDone)
-	return &quicSession{conn: conn, info: transport.Info{
+	s := &quicSession{conn: conn, info: transport.Info{
 		Transport: Name,
 		TLS:       cs,
 		Peer:      peer,
 		Local:     conn.LocalAddr(),
 		Remote:    conn.RemoteAddr(),
 		Handshake: time.Since(start),
-	}}, nil
+	}}
+	startProbing(s, c)
+	return s, nil
 }
 
 type quicSession struct {
@@ -183,6 +190,7 @@ type quicSession struct {
 	// own socket, or the session's reference to its listener's.
 	release   func()
 	closeOnce sync.Once
+	wg        sync.WaitGroup // the keep-alive probes
 }
 
 func (s *quicSession) OpenStream(ctx context.Context) (transport.Stream, error) {
@@ -196,8 +204,10 @@ func (s *quicSession) OpenStream(ctx context.Context) (transport.Stream, error) 
 func (s *quicSession) AcceptStream(ctx context.Context) (transport.Stream, error) {
 	st, err := s.conn.AcceptStream(ctx)
 	if err != nil {
-		if s.conn.Context().Err() != nil {
-			return nil, fmt.Errorf("accept quic stream: %w: %w", net.ErrClosed, err)
+		// The error that ends a connection may come before its context is
+		// done; the error's type says so too.
+		if r := closeReason(err); r != transport.CloseUnknown || s.conn.Context().Err() != nil {
+			return nil, fmt.Errorf("accept quic stream: %w: %w", net.ErrClosed, &transport.ClosedError{Reason: r, Err: err})
 		}
 		return nil, fmt.Errorf("accept quic stream: %w", err)
 	}
@@ -206,6 +216,7 @@ func (s *quicSession) AcceptStream(ctx context.Context) (transport.Stream, error
 
 func (s *quicSession) Close() error {
 	err := s.conn.CloseWithError(codeNormal, "closed")
+	s.wg.Wait() // the probes end with the connection
 	s.closeOnce.Do(func() {
 		if s.release != nil {
 			s.release()
@@ -301,6 +312,9 @@ func Listen(pc net.PacketConn, c *transport.Config) (transport.Listener, error) 
 	c = c.WithDefaults()
 	l := &quicListener{Core: accept.New(c.MaxHandshakes), pc: pc, c: c, refs: 1, refused: recentRefusals{window: c.HandshakeTimeout}}
 	l.tr = &quic.Transport{Conn: pc, ConnContext: l.connContext, VerifySourceAddress: l.mustRetry}
+	if c.StatelessResetKey != nil {
+		l.tr.StatelessResetKey = (*quic.StatelessResetKey)(c.StatelessResetKey)
+	}
 	ln, err := l.tr.Listen(c.TLS, quicConfig(c))
 	if err != nil {
 		_ = l.tr.Close() // the listen error is what matters
@@ -425,4 +439,34 @@ func (l *quicListener) Close() error {
 	err := l.Shutdown(l.ln.Close)
 	l.closeRef.Do(l.unref)
 	return err
+}
+
+// closeReason says why a connection ended, from the error quic-go ended it with.
+func closeReason(err error) transport.CloseReason {
+	if _, ok := errors.AsType[*quic.StatelessResetError](err); ok {
+		return transport.CloseStatelessReset
+	}
+	if _, ok := errors.AsType[*quic.IdleTimeoutError](err); ok {
+		return transport.CloseIdleTimeout
+	}
+	if ae, ok := errors.AsType[*quic.ApplicationError](err); ok {
+		switch {
+		case ae.ErrorCode == codeKeepAlive:
+			return transport.CloseKeepAliveLost
+		case ae.Remote:
+			return transport.ClosePeer
+		default:
+			return transport.CloseLocal
+		}
+	}
+	if te, ok := errors.AsType[*quic.TransportError](err); ok {
+		if te.ErrorCode.IsCryptoError() {
+			return transport.CloseTLS
+		}
+		if te.Remote && te.ErrorCode == quic.NoError {
+			return transport.ClosePeer
+		}
+		return transport.CloseTransportError
+	}
+	return transport.CloseUnknown
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/libp2p/go-yamux/v5"
@@ -46,6 +47,12 @@ func yamuxConfig(c *transport.Config, mem *connMemory) *yamux.Config {
 	y.AcceptBacklog = 256
 	y.EnableKeepAlive = true
 	y.KeepAliveInterval = c.KeepAlive
+	if p := c.ProbeInterval(); p > 0 {
+		// Each ping is data the kernel must see acknowledged within the
+		// user timeout (keepalive_linux.go), so an idle connection on a dead
+		// path is noticed within KeepAliveTimeout too.
+		y.KeepAliveInterval = p
+	}
 	// A keep-alive ping waits this long for its answer, so a silent peer is
 	// declared dead about IdleTimeout after it went quiet.
 	y.ConnectionWriteTimeout = max(c.IdleTimeout-c.KeepAlive, c.KeepAlive)
@@ -76,6 +83,7 @@ func Dial(ctx context.Context, addr string, c *transport.Config) (transport.Sess
 	if err != nil {
 		return nil, transport.NewHandshakeError(Name, transport.StageConnect, fmt.Errorf("dial tcp %s: %w", addr, err))
 	}
+	setUserTimeout(raw, c)
 	conn := raw
 	if c.WrapConn != nil {
 		conn = c.WrapConn(raw)
@@ -190,7 +198,7 @@ func (s *tcpSession) AcceptStream(ctx context.Context) (transport.Stream, error)
 func (s *tcpSession) accepted(st *yamux.Stream, err error) (transport.Stream, error) {
 	if err != nil {
 		if s.ys.IsClosed() || errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("accept yamux stream: %w: %w", net.ErrClosed, err)
+			return nil, fmt.Errorf("accept yamux stream: %w: %w", net.ErrClosed, &transport.ClosedError{Reason: closeReason(err), Err: err})
 		}
 		return nil, fmt.Errorf("accept yamux stream: %w", err)
 	}
@@ -256,6 +264,7 @@ func (l *tcpListener) routineAccept() {
 			continue
 		}
 		backoff = 5 * time.Millisecond
+		setUserTimeout(raw, l.c)
 		release, ok := l.Acquire(raw.RemoteAddr())
 		if !ok {
 			l.c.HandshakeFailed(raw.RemoteAddr(), transport.NewHandshakeError(Name, transport.StageAccept, transport.ErrBusy))
@@ -321,4 +330,34 @@ func withAlert(tc *tls.Conn, err error) error {
 		}
 	}
 	return err
+}
+
+// closeReason says why a session ended, from the error yamux ended it
+// with: its own, or the TLS connection's, or the socket's.
+func closeReason(err error) transport.CloseReason {
+	if ga, ok := errors.AsType[*yamux.GoAwayError](err); ok {
+		if ga.Remote {
+			return transport.ClosePeer
+		}
+		return transport.CloseLocal
+	}
+	switch {
+	case errors.Is(err, io.EOF):
+		return transport.ClosePeer // the peer's close_notify, or its FIN
+	case errors.Is(err, yamux.ErrKeepAliveTimeout), errors.Is(err, yamux.ErrConnectionWriteTimeout),
+		errors.Is(err, syscall.ETIMEDOUT): // the kernel's user timeout
+		return transport.CloseKeepAliveLost
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return transport.CloseConnReset
+	}
+	if _, ok := transport.PeerAlertOf(err); ok {
+		return transport.CloseTLS
+	}
+	if _, ok := errors.AsType[tls.AlertError](err); ok {
+		return transport.CloseTLS
+	}
+	if errors.Is(err, net.ErrClosed) {
+		return transport.CloseLocal
+	}
+	return transport.CloseTransportError
 }
