@@ -26,7 +26,9 @@ type ClosedError struct {
 	Err    error
 }
 
-func (e *ClosedError) Error() string { return "tunnel connection closed (" + string(e.Reason) + "): " + e.Err.Error() }
+func (e *ClosedError) Error() string {
+	return "tunnel connection closed (" + string(e.Reason) + "): " + e.Err.Error()
+}
 func (e *ClosedError) Unwrap() error { return e.Err }
 
 // ReasonOf returns the reason err carries as a *ClosedError, or

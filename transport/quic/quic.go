@@ -56,8 +56,8 @@ const (
 	// codeKeepAlive closes a connection whose keep-alive probes went
 	// unanswered, so that the peer, if it still hears us, knows why.
 	codeKeepAlive quic.ApplicationErrorCode = 3
-	codeDone   quic.StreamErrorCode      = 0
-	codeReset  quic.StreamErrorCode      = 1
+	codeDone      quic.StreamErrorCode      = 0
+	codeReset     quic.StreamErrorCode      = 1
 )
 
 // c has its defaults applied.
