@@ -280,3 +280,45 @@ func FuzzParseIdentityPEM(f *testing.F) {
 		}
 	})
 }
+
+// DeriveKey gives the same key for the same identity and purpose in every
+// process, and unrelated keys for another purpose or another identity.
+func TestDeriveKey(t *testing.T) {
+	a, err := GenerateIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := GenerateIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemA, err := a.MarshalPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := ParseIdentityPEM(pemA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := func(id *Identity, purpose string) [32]byte {
+		t.Helper()
+		k, err := (&Material{Identity: id}).DeriveKey(purpose)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	k := key(a, "quic stateless reset")
+	if key(again, "quic stateless reset") != k {
+		t.Error("the same identity, loaded again, derives another key")
+	}
+	if key(a, "another purpose") == k {
+		t.Error("two purposes derive the same key")
+	}
+	if key(b, "quic stateless reset") == k {
+		t.Error("two identities derive the same key")
+	}
+	if _, err := (&Material{}).DeriveKey("x"); err == nil {
+		t.Error("material without a private key derives a key")
+	}
+}

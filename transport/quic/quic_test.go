@@ -41,3 +41,27 @@ func TestHandshakeErrorReadsQUICCodes(t *testing.T) {
 		t.Errorf("a local crypto error does not carry its alert: %v", local)
 	}
 }
+
+// closeReason reads quic-go's error types, never their text.
+func TestCloseReason(t *testing.T) {
+	tests := []struct {
+		err  error
+		want transport.CloseReason
+	}{
+		{&quic.StatelessResetError{}, transport.CloseStatelessReset},
+		{&quic.IdleTimeoutError{}, transport.CloseIdleTimeout},
+		{&quic.ApplicationError{Remote: true, ErrorCode: codeKeepAlive}, transport.CloseKeepAliveLost},
+		{&quic.ApplicationError{ErrorCode: codeKeepAlive}, transport.CloseKeepAliveLost},
+		{&quic.ApplicationError{Remote: true, ErrorCode: codeNormal}, transport.ClosePeer},
+		{&quic.ApplicationError{ErrorCode: codeNormal}, transport.CloseLocal},
+		{&quic.TransportError{Remote: true, ErrorCode: 0x100 + 42}, transport.CloseTLS},
+		{&quic.TransportError{Remote: true, ErrorCode: quic.NoError}, transport.ClosePeer},
+		{&quic.TransportError{ErrorCode: quic.ProtocolViolation}, transport.CloseTransportError},
+		{errors.New("something else"), transport.CloseUnknown},
+	}
+	for _, tt := range tests {
+		if got := closeReason(fmt.Errorf("wrapped: %w", tt.err)); got != tt.want {
+			t.Errorf("closeReason(%v) = %q, want %q", tt.err, got, tt.want)
+		}
+	}
+}

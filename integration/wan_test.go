@@ -1,0 +1,450 @@
+//go:build linux
+
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pqtunnel/pqtunnel/integration/wan"
+	"github.com/pqtunnel/pqtunnel/integration/wan/netem"
+)
+
+// The tests in this file run the real binary in the two network namespaces
+// of a wan.Bed: the dial side in A, the listen side and an echo origin in B,
+// an emulated link between them whose paths the tests break. They need root
+// and skip without it.
+
+// Addresses inside the namespaces, which nothing else uses.
+const (
+	wanTunnel  = wan.AddrB + ":8443"
+	wanForward = "127.0.0.1:7000"
+	wanDialMet = "127.0.0.1:9101"
+	wanListMet = "127.0.0.1:9100"
+)
+
+// slack is what a busy 2-core machine running the race detector may add to
+// a deadline the product promises.
+const slack = 1500 * time.Millisecond
+
+// wanBed is a bed, its echo origin in B, and the sides started on it.
+type wanBed struct {
+	*wan.Bed
+	origin string // the echo origin's address inside B
+}
+
+// newWANBed builds a bed with a 20 ms RTT link and an echo origin in B, or
+// skips the test when the bed cannot be built here (not root).
+func newWANBed(t *testing.T, ctx context.Context) *wanBed {
+	t.Helper()
+	if err := wan.Available(); err != nil {
+		t.Skipf("skipping WAN test: %v", err)
+	}
+	bed, err := wan.New(ctx, "it")
+	if err != nil {
+		t.Fatalf("WAN bed: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := bed.Close(); err != nil {
+			t.Errorf("close WAN bed: %v", err)
+		}
+	})
+	bed.Link.SetBoth(netem.Config{Delay: 10 * time.Millisecond, RateBits: 200e6})
+	ln, err := bed.B.Listen(ctx, &net.ListenConfig{}, "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("origin in B: %v", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				echo(c.(*net.TCPConn))
+			}()
+		}
+	}()
+	// Registered after the bed's: runs before it, so the namespace is free.
+	t.Cleanup(func() {
+		_ = ln.Close() // stops the accept loop; echo's deadline ends stragglers
+		<-done
+	})
+	return &wanBed{Bed: bed, origin: ln.Addr().String()}
+}
+
+// startIn starts pqtunnel inside ns with env (PQT_LOG_FORMAT=json added).
+func startIn(t *testing.T, ctx context.Context, ns *wan.Namespace, name string, env map[string]string) *proc {
+	t.Helper()
+	env["PQT_LOG_FORMAT"] = "json"
+	return startProc(t, ctx, name, env, "ip", "netns", "exec", ns.Name, pqtunnelBin)
+}
+
+// listenIn starts a listen side in B serving the echo origin.
+func (b *wanBed) listenIn(t *testing.T, ctx context.Context, transport string, extra map[string]string) *proc {
+	t.Helper()
+	env := map[string]string{
+		"PQT_MODE": "listen", "PQT_TUNNEL": wanTunnel, "PQT_TARGET": b.origin, "PQT_TRANSPORT": transport,
+		"PQT_IDENTITY": identityNamed(t, "listen").path, "PQT_PEERS": identityNamed(t, "dial").pin,
+		"PQT_METRICS": wanListMet,
+	}
+	for k, v := range extra {
+		env[k] = v
+	}
+	p := startIn(t, ctx, b.B, "listen side", env)
+	n := 1
+	if transport == "auto" {
+		n = 2
+	}
+	p.waitLogs(t, within(t, ctx, 15*time.Second), n, msgIs("tunnel listening"))
+	return p
+}
+
+// dialIn starts a dial side in A forwarding wanForward to the listen side.
+func (b *wanBed) dialIn(t *testing.T, ctx context.Context, transport string, extra map[string]string) *proc {
+	t.Helper()
+	env := map[string]string{
+		"PQT_MODE": "dial", "PQT_TUNNEL": wanTunnel, "PQT_FORWARD": wanForward, "PQT_TRANSPORT": transport,
+		"PQT_IDENTITY": identityNamed(t, "dial").path, "PQT_PEERS": identityNamed(t, "listen").pin,
+		"PQT_METRICS": wanDialMet,
+	}
+	for k, v := range extra {
+		env[k] = v
+	}
+	p := startIn(t, ctx, b.A, "dial side", env)
+	p.waitLog(t, within(t, ctx, 15*time.Second), msgIs("forwarding"))
+	return p
+}
+
+// echoFromA sends payload through the dial side's forward route from
+// inside A and checks that exactly it comes back.
+func (b *wanBed) echoFromA(ctx context.Context, payload []byte) error {
+	c, err := b.A.Dial(ctx, "tcp", wanForward)
+	if err != nil {
+		return fmt.Errorf("dial %s in A: %w", wanForward, err)
+	}
+	defer c.Close()
+	tc := c.(*net.TCPConn)
+	if dl, ok := ctx.Deadline(); ok {
+		_ = tc.SetDeadline(dl) // a failure shows as an I/O error
+	}
+	if _, err := tc.Write(payload); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	_ = tc.CloseWrite() // a failure shows as a short echo
+	got, err := io.ReadAll(tc)
+	if err != nil {
+		return fmt.Errorf("read after %d bytes: %w", len(got), err)
+	}
+	return sameBytes(got, payload)
+}
+
+// clientOutcome connects a client in A that sends a line and reports how it
+// ended and when: "answered" (the echo came back), "refused" (EOF or reset
+// before any byte), or an error after limit.
+func (b *wanBed) clientOutcome(ctx context.Context, limit time.Duration) (string, time.Duration, error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	c, err := b.A.Dial(ctx, "tcp", wanForward)
+	if err != nil {
+		return "", 0, fmt.Errorf("dial %s in A: %w", wanForward, err)
+	}
+	defer c.Close()
+	dl, _ := ctx.Deadline()
+	_ = c.SetDeadline(dl) // a connection left hanging shows as a timeout
+	msg := []byte("are you there?\n")
+	_, _ = c.Write(msg) // a reset may already be there; the read says
+	buf := make([]byte, len(msg))
+	n, err := io.ReadFull(c, buf)
+	took := time.Since(start)
+	switch {
+	case err == nil && string(buf) == string(msg):
+		return "answered", took, nil
+	case errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || (errors.Is(err, io.ErrUnexpectedEOF) && n == 0):
+		return "refused", took, nil
+	case errors.Is(err, context.DeadlineExceeded) || isTimeoutErr(err):
+		return "", took, fmt.Errorf("client still waiting after %s", took.Round(time.Millisecond))
+	}
+	return "", took, fmt.Errorf("client read %q: %w", buf[:n], err)
+}
+
+func isTimeoutErr(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// wanMetric reads one counter or gauge of the process whose metrics listen
+// on addr inside ns; labels are name, value pairs.
+func wanMetric(ctx context.Context, ns *wan.Namespace, addr, name string, labels ...string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := ns.HTTPClient(5 * time.Second).Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	m, err := metParse(string(body))
+	if err != nil {
+		return 0, err
+	}
+	v, _ := m.value(name, labels...)
+	return v, nil
+}
+
+// logTime is when a log line was written.
+func logTime(t *testing.T, l logLine) time.Time {
+	t.Helper()
+	at, err := time.Parse(time.RFC3339Nano, l.str("time"))
+	if err != nil {
+		t.Fatalf("log time %q: %v", l.str("time"), err)
+	}
+	return at
+}
+
+// disconnectedWithin waits for n "tunnel disconnected" lines of p after
+// since, and fails if one came later than limit after it or gave a reason
+// other than those listed ("a|b").
+func disconnectedWithin(t *testing.T, ctx context.Context, p *proc, n int, reasons string, since time.Time, limit time.Duration) {
+	t.Helper()
+	lines, err := p.awaitLogs(within(t, ctx, limit+10*time.Second), n, msgIs("tunnel disconnected"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range lines[len(lines)-n:] {
+		d := logTime(t, l).Sub(since)
+		t.Logf("%s: tunnel %s (%s) disconnected %s after the fault, reason=%s err=%s", p.name, l.str("tunnel"), l.str("transport"), d.Round(time.Millisecond), l.str("reason"), truncateText(l.str("err"), 200))
+		if !slices.Contains(strings.Split(reasons, "|"), l.str("reason")) {
+			t.Errorf("%s: tunnel %s disconnected with reason %q, want %s", p.name, l.str("tunnel"), l.str("reason"), reasons)
+		}
+		if d > limit {
+			t.Errorf("%s: tunnel %s disconnected %s after the fault, want within %s", p.name, l.str("tunnel"), d.Round(time.Millisecond), limit)
+		}
+	}
+}
+
+func truncateText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// TestWANAsymmetricUDPBlackholeFallsBackToTCP drops the dial side's UDP
+// packets to the listen side while the listen side's still arrive: both
+// sides declare their QUIC tunnels dead within PQT_KEEPALIVE_TIMEOUT (3 s)
+// although packets keep arriving at the dial side, a client arriving
+// meanwhile is answered or refused within that time rather than left
+// hanging, and the dial side is carried by TCP within PQT_FALLBACK_TIMEOUT
+// after that.
+func TestWANAsymmetricUDPBlackholeFallsBackToTCP(t *testing.T) {
+	ctx := testContext(t, 2*time.Minute)
+	b := newWANBed(t, ctx)
+	l := b.listenIn(t, ctx, "auto", nil)
+	d := b.dialIn(t, ctx, "auto", nil)
+	quicUp := msgIs("tunnel connected", "transport", "quic")
+	d.waitLogs(t, within(t, ctx, 20*time.Second), 2, quicUp)
+	l.waitLogs(t, within(t, ctx, 20*time.Second), 2, quicUp)
+	if err := b.echoFromA(within(t, ctx, 10*time.Second), randomBytes(1601, 256<<10)); err != nil {
+		t.Fatalf("traffic before the blackhole: %v", err)
+	}
+
+	b.Link.Set(netem.AtoB, netem.Config{Delay: 10 * time.Millisecond, RateBits: 200e6, BlackholeUDP: true})
+	fault := time.Now()
+	outcome := make(chan error, 1)
+	go func() {
+		// A client arriving just after the path died.
+		time.Sleep(300 * time.Millisecond) // arrive on the silently dead tunnel
+		how, took, err := b.clientOutcome(ctx, 3*time.Second+slack)
+		if err == nil {
+			t.Logf("client arriving 300ms into the blackhole: %s after %s", how, took.Round(time.Millisecond))
+		}
+		outcome <- err
+	}()
+	disconnectedWithin(t, ctx, d, 2, "keepalive_lost", fault, 3*time.Second+slack)
+	disconnectedWithin(t, ctx, l, 2, "keepalive_lost", fault, 3*time.Second+slack)
+	if err := <-outcome; err != nil {
+		t.Errorf("client arriving during the blackhole: %v", err)
+	}
+
+	tcpUp := msgIs("tunnel connected", "transport", "tcp")
+	lines := d.waitLogs(t, within(t, ctx, 20*time.Second), 2, tcpUp)
+	for _, ln := range lines {
+		dt := logTime(t, ln).Sub(fault)
+		t.Logf("dial side: tunnel %s on tcp %s after the blackhole began", ln.str("tunnel"), dt.Round(time.Millisecond))
+		if limit := 3*time.Second + 3*time.Second + 2*slack; dt > limit {
+			t.Errorf("tunnel %s on tcp %s after the blackhole began, want within %s (keep-alive timeout + fallback timeout)", ln.str("tunnel"), dt.Round(time.Millisecond), limit)
+		}
+	}
+	if n := len(d.logs(msgIs("quic handshake timed out, falling back to tcp"))); n == 0 {
+		t.Error("the dial side did not log why it fell back")
+	}
+	if err := b.echoFromA(within(t, ctx, 10*time.Second), randomBytes(1602, 256<<10)); err != nil {
+		t.Fatalf("traffic over the fallback: %v", err)
+	}
+	v, err := wanMetric(ctx, b.A, wanDialMet, "pqtunnel_tunnel_disconnects_total", "transport", "quic", "reason", "keepalive_lost")
+	if err != nil || v < 2 {
+		t.Errorf("dial side pqtunnel_tunnel_disconnects_total{transport=quic,reason=keepalive_lost} = %v (%v), want at least 2", v, err)
+	}
+}
+
+// TestWANBlackholeDetectedPromptly blackholes the whole link: on each
+// transport both sides declare their tunnels dead (keepalive_lost) within
+// PQT_KEEPALIVE_TIMEOUT, a client arriving meanwhile is refused within it,
+// and once the path returns the dial side is back; before that, a slow
+// path with a full queue (2 Mbit/s, 200 ms RTT) carrying a bulk upload
+// loses no tunnel.
+func TestWANBlackholeDetectedPromptly(t *testing.T) {
+	transports(t, func(t *testing.T, transport string) {
+		ctx := testContext(t, 2*time.Minute)
+		b := newWANBed(t, ctx)
+		l := b.listenIn(t, ctx, transport, nil)
+		d := b.dialIn(t, ctx, transport, nil)
+		up := msgIs("tunnel connected", "transport", transport)
+		d.waitLogs(t, within(t, ctx, 20*time.Second), 2, up)
+		l.waitLogs(t, within(t, ctx, 20*time.Second), 2, up)
+
+		slow := netem.Config{Delay: 100 * time.Millisecond, RateBits: 2e6, QueueBytes: 256 << 10}
+		b.Link.SetBoth(slow)
+		start := time.Now()
+		if err := b.echoFromA(within(t, ctx, 60*time.Second), randomBytes(1603, 1<<20)); err != nil {
+			t.Fatalf("bulk over the slow path: %v", err)
+		}
+		t.Logf("1 MiB echoed over 2 Mbit/s, 200 ms RTT in %s", time.Since(start).Round(time.Millisecond))
+		for _, p := range []*proc{d, l} {
+			if n := len(p.logs(msgIs("tunnel disconnected"))); n != 0 {
+				t.Fatalf("%s: %d tunnels declared dead on a slow but live path", p.name, n)
+			}
+		}
+
+		b.Link.SetBoth(netem.Config{Delay: 10 * time.Millisecond, Blackhole: true})
+		fault := time.Now()
+		how, took, err := b.clientOutcome(ctx, 3*time.Second+slack)
+		if err != nil {
+			t.Errorf("client arriving during the blackhole: %v", err)
+		} else if how != "refused" {
+			t.Errorf("client arriving during the blackhole was %s, want refused", how)
+		} else {
+			t.Logf("client arriving during the blackhole refused after %s", took.Round(time.Millisecond))
+		}
+		disconnectedWithin(t, ctx, d, 2, "keepalive_lost", fault, 3*time.Second+slack)
+		disconnectedWithin(t, ctx, l, 2, "keepalive_lost", fault, 3*time.Second+slack)
+
+		b.Link.SetBoth(netem.Config{Delay: 10 * time.Millisecond, RateBits: 200e6})
+		back := time.Now()
+		d.waitLogs(t, within(t, ctx, 30*time.Second), 4, up)
+		t.Logf("dial side back %s after the path returned", time.Since(back).Round(time.Millisecond))
+		if err := b.echoFromA(within(t, ctx, 10*time.Second), randomBytes(1604, 64<<10)); err != nil {
+			t.Fatalf("traffic after the path returned: %v", err)
+		}
+	})
+}
+
+// TestWANListenSideKilled kills the listen side with SIGKILL. A client
+// arriving at once on the dead tunnel is refused within
+// PQT_KEEPALIVE_TIMEOUT (QUIC) or at once (TCP: the kernel closes the dead
+// process's sockets). With the keep-alive timeout made long, a listen side
+// restarted at once resets the old QUIC connections with a stateless reset
+// (its key derived from the identity), so the dial side reconnects about
+// one round trip after the restart instead of after a timeout.
+func TestWANListenSideKilled(t *testing.T) {
+	transports(t, func(t *testing.T, transport string) {
+		ctx := testContext(t, 2*time.Minute)
+		b := newWANBed(t, ctx)
+		l := b.listenIn(t, ctx, transport, nil)
+		d := b.dialIn(t, ctx, transport, nil)
+		up := msgIs("tunnel connected", "transport", transport)
+		d.waitLogs(t, within(t, ctx, 20*time.Second), 2, up)
+		l.waitLogs(t, within(t, ctx, 20*time.Second), 2, up)
+
+		l.signal(t, syscall.SIGKILL)
+		l.wait(t, within(t, ctx, 5*time.Second))
+		killed := time.Now()
+		how, took, err := b.clientOutcome(ctx, 3*time.Second+slack)
+		if err != nil {
+			t.Errorf("client arriving after kill -9: %v", err)
+		} else if how != "refused" {
+			t.Errorf("client arriving after kill -9 was %s, want refused", how)
+		} else {
+			t.Logf("client arriving after kill -9 refused after %s", took.Round(time.Millisecond))
+		}
+		want := "keepalive_lost"
+		if transport == "tcp" {
+			want = "peer_closed|connection_reset" // the kernel closes the dead process's sockets
+		}
+		disconnectedWithin(t, ctx, d, 2, want, killed, 3*time.Second+slack)
+	})
+
+	t.Run("quic stateless reset after restart", func(t *testing.T) {
+		ctx := testContext(t, 2*time.Minute)
+		b := newWANBed(t, ctx)
+		// Long timeouts: only a stateless reset can end the old tunnels soon.
+		long := map[string]string{"PQT_KEEPALIVE_TIMEOUT": "30s", "PQT_IDLE_TIMEOUT": "30s"}
+		l := b.listenIn(t, ctx, "quic", long)
+		d := b.dialIn(t, ctx, "quic", long)
+		up := msgIs("tunnel connected", "transport", "quic")
+		d.waitLogs(t, within(t, ctx, 20*time.Second), 2, up)
+		l.signal(t, syscall.SIGKILL)
+		l.wait(t, within(t, ctx, 5*time.Second))
+		l2 := b.listenIn(t, ctx, "quic", long)
+		restarted := time.Now()
+		// Probes go out every PQT_KEEPALIVE (2 s); the first one after the
+		// restart draws the reset.
+		disconnectedWithin(t, ctx, d, 2, "stateless_reset", restarted, 2*time.Second+slack)
+		d.waitLogs(t, within(t, ctx, 10*time.Second), 4, up)
+		l2.waitLogs(t, within(t, ctx, 10*time.Second), 2, up)
+		t.Logf("dial side reconnected %s after the restart", time.Since(restarted).Round(time.Millisecond))
+		if err := b.echoFromA(within(t, ctx, 10*time.Second), randomBytes(1605, 64<<10)); err != nil {
+			t.Fatalf("traffic after the restart: %v", err)
+		}
+		v, err := wanMetric(ctx, b.A, wanDialMet, "pqtunnel_tunnel_disconnects_total", "transport", "quic", "reason", "stateless_reset")
+		if err != nil || v != 2 {
+			t.Errorf("dial side pqtunnel_tunnel_disconnects_total{transport=quic,reason=stateless_reset} = %v (%v), want 2", v, err)
+		}
+	})
+}
+
+// TestWANDisconnectReasons stops the listen side gracefully on each
+// transport: it logs its tunnels as closed for shutdown, the dial side
+// logs them closed by the peer, and both count them by reason.
+func TestWANDisconnectReasons(t *testing.T) {
+	transports(t, func(t *testing.T, transport string) {
+		ctx := testContext(t, time.Minute)
+		b := newWANBed(t, ctx)
+		l := b.listenIn(t, ctx, transport, map[string]string{"PQT_DRAIN_TIMEOUT": "1s"})
+		d := b.dialIn(t, ctx, transport, nil)
+		up := msgIs("tunnel connected", "transport", transport)
+		d.waitLogs(t, within(t, ctx, 20*time.Second), 2, up)
+		l.waitLogs(t, within(t, ctx, 20*time.Second), 2, up)
+		// The listen side's count, before it exits.
+		stopped := time.Now()
+		l.signal(t, syscall.SIGTERM)
+		disconnectedWithin(t, ctx, l, 2, "shutdown", stopped, 5*time.Second)
+		disconnectedWithin(t, ctx, d, 2, "peer_closed", stopped, 5*time.Second)
+		if code := l.wait(t, within(t, ctx, 10*time.Second)); code != 0 {
+			t.Errorf("listen side exited %d after SIGTERM, want 0", code)
+		}
+		v, err := wanMetric(ctx, b.A, wanDialMet, "pqtunnel_tunnel_disconnects_total", "transport", transport, "reason", "peer_closed")
+		if err != nil || v < 2 {
+			t.Errorf("dial side pqtunnel_tunnel_disconnects_total{transport=%s,reason=peer_closed} = %v (%v), want at least 2", transport, v, err)
+		}
+	})
+}
