@@ -229,6 +229,11 @@ type Config struct {
 	// defaults.KeepAliveTimeout (3s); negative turns the probes off, which
 	// leaves IdleTimeout alone to notice a dead peer.
 	KeepAliveTimeout time.Duration
+	// TCPCongestion names the congestion control of the tunnel's TCP
+	// sockets (Linux: TCP_CONGESTION), such as "bbr", which keeps a lossy
+	// long path fast where loss-based CUBIC collapses. Empty leaves the
+	// kernel's default.
+	TCPCongestion string
 	// StatelessResetKey, if set, lets a QUIC listener answer packets of
 	// connections it does not know with a stateless reset, so that after a
 	// restart with the same key the peers of the old process learn at once

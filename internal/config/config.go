@@ -317,6 +317,9 @@ func (c *Config) parseLimits(v *Vars) error {
 	if v.StreamIdleTimeout < 0 {
 		return fmt.Errorf("PQT_STREAM_IDLE_TIMEOUT: %s is negative (0 or empty turns it off)", v.StreamIdleTimeout)
 	}
+	if err := checkCongestion(v.TCPCongestion); err != nil {
+		return err
+	}
 	if v.KeepAliveTimeout < 0 {
 		return fmt.Errorf("PQT_KEEPALIVE_TIMEOUT: %s is negative; 0 turns the keep-alive probes off", v.KeepAliveTimeout)
 	}
@@ -339,9 +342,31 @@ func (c *Config) parseLimits(v *Vars) error {
 		KeepAlive:        v.KeepAlive,
 		IdleTimeout:      v.IdleTimeout,
 		KeepAliveTimeout: keepAliveTimeout(v.KeepAliveTimeout),
+		TCPCongestion:    v.TCPCongestion,
 		MaxStreams:       v.MaxStreams,
 		MaxHandshakes:    v.MaxHandshakes,
 		MaxConnMemory:    int(v.MaxConnMemory),
+	}
+	return nil
+}
+
+// availableCongestion lists the congestion controls the kernel offers.
+const availableCongestion = "/proc/sys/net/ipv4/tcp_available_congestion_control"
+
+// checkCongestion refuses a PQT_TCP_CONGESTION the kernel does not offer,
+// so that a typo or a missing module is a start-up error rather than a
+// warning per tunnel connection.
+func checkCongestion(name string) error {
+	if name == "" {
+		return nil
+	}
+	b, err := os.ReadFile(availableCongestion)
+	if err != nil {
+		return fmt.Errorf("PQT_TCP_CONGESTION: %q: cannot read the congestion controls this system offers (Linux only): %w", name, err)
+	}
+	offered := strings.Fields(string(b))
+	if !slices.Contains(offered, name) {
+		return fmt.Errorf("PQT_TCP_CONGESTION: %q is not offered by this kernel (it offers %s): load its module (modprobe tcp_%s) or leave PQT_TCP_CONGESTION empty for the kernel's default", name, strings.Join(offered, ", "), name)
 	}
 	return nil
 }

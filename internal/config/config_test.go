@@ -73,6 +73,7 @@ func TestParseConfigValid(t *testing.T) {
 			"PQT_MODE": "dial", "PQT_TUNNEL": "peer.example:8443",
 			"PQT_FORWARD": "app=unix:///run/pqtunnel/app.sock", "PQT_UNIX_MODE": "0600", "PQT_UNIX_GROUP": "app",
 		}, unset: []string{"PQT_TARGET"}},
+		{name: "keep-alive probes off", set: map[string]string{"PQT_KEEPALIVE_TIMEOUT": "0"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -156,6 +157,8 @@ func TestParseConfigErrorsNameTheVariable(t *testing.T) {
 		{name: "max streams negative", set: map[string]string{"PQT_MAX_STREAMS": "-1"}, want: "PQT_MAX_STREAMS"},
 		{name: "conn memory below 1MiB", set: map[string]string{"PQT_MAX_CONN_MEMORY": "512KiB"}, want: "PQT_MAX_CONN_MEMORY", also: []string{"1MiB"}},
 		{name: "conn memory without a unit we know", set: map[string]string{"PQT_MAX_CONN_MEMORY": "64MB"}, want: "PQT_MAX_CONN_MEMORY", also: []string{"KiB, MiB or GiB"}},
+		{name: "keepalive timeout negative", set: map[string]string{"PQT_KEEPALIVE_TIMEOUT": "-1s"}, want: "PQT_KEEPALIVE_TIMEOUT"},
+		{name: "congestion control not offered", set: map[string]string{"PQT_TCP_CONGESTION": "no-such-cc"}, want: "PQT_TCP_CONGESTION", also: []string{"no-such-cc"}},
 		{name: "keepalive not below idle", set: map[string]string{"PQT_KEEPALIVE": "10s", "PQT_IDLE_TIMEOUT": "10s"}, want: "PQT_KEEPALIVE", also: []string{"PQT_IDLE_TIMEOUT"}},
 		{name: "metrics bad", set: map[string]string{"PQT_METRICS": "localhost:metrics"}, want: "PQT_METRICS"},
 		{name: "proxy protocol bad", set: map[string]string{"PQT_PROXY_PROTOCOL": "v3"}, want: "PQT_PROXY_PROTOCOL"},

@@ -1,6 +1,7 @@
 package tlsmux
 
 import (
+	"fmt"
 	"net"
 	"time"
 
@@ -9,28 +10,49 @@ import (
 	"github.com/pqtunnel/pqtunnel/transport"
 )
 
-// setUserTimeout makes the kernel end the tunnel's TCP connection when
-// data sent on it stays unacknowledged for half of KeepAliveTimeout: the
-// keep-alive pings (every ProbeInterval) keep data in flight on an idle
-// connection, so a dead path is noticed within KeepAliveTimeout, while a
-// slow but live path keeps acknowledging and is left alone. c has its
-// defaults applied; with the probes off nothing changes.
-func setUserTimeout(conn net.Conn, c *transport.Config) {
-	probe := c.ProbeInterval()
+// tuneSocket sets the tunnel socket's options from c, which has its
+// defaults applied: the congestion control, when c names one, and the
+// user timeout (see below). A failure is logged and the kernel's defaults
+// stay in place.
+func tuneSocket(conn net.Conn, c *transport.Config) {
 	tc, ok := conn.(*net.TCPConn)
-	if probe <= 0 || !ok {
+	if !ok {
 		return
 	}
-	// The first ping after the path died goes out up to one interval
-	// later, and the kernel acts on its retransmission timer, which lags:
-	// two intervals short of the timeout keeps the whole within it.
-	timeout := max(c.KeepAliveTimeout-2*probe, time.Second)
 	rc, err := tc.SyscallConn()
 	if err != nil {
-		return // not a socket: yamux's own keep-alive timeout still applies
+		return // not a socket: nothing to tune
 	}
+	var serr error
 	_ = rc.Control(func(fd uintptr) {
-		// A failure leaves yamux's own keep-alive timeout in charge.
-		_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(timeout.Milliseconds()))
+		if c.TCPCongestion != "" {
+			if err := unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, c.TCPCongestion); err != nil {
+				serr = fmt.Errorf("set congestion control %s: %w", c.TCPCongestion, err)
+			}
+		}
+		if timeout, ok := userTimeout(c); ok {
+			if err := unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(timeout.Milliseconds())); err != nil && serr == nil {
+				serr = fmt.Errorf("set user timeout: %w", err)
+			}
+		}
 	})
+	if serr != nil {
+		c.Logger.Warn("tunnel socket option not set: the kernel's default applies", "transport", Name, "err", serr)
+	}
+}
+
+// userTimeout is how long the kernel may leave data sent on the tunnel's
+// TCP connection unacknowledged before it ends the connection: the
+// keep-alive pings (every ProbeInterval) keep data in flight on an idle
+// connection, so a dead path is noticed within KeepAliveTimeout, while a
+// slow but live path keeps acknowledging and is left alone. The first ping
+// after the path died goes out up to one interval later, and the kernel
+// acts on its retransmission timer, which lags: two intervals short of the
+// timeout keeps the whole within it. With the probes off there is none.
+func userTimeout(c *transport.Config) (time.Duration, bool) {
+	probe := c.ProbeInterval()
+	if probe <= 0 {
+		return 0, false
+	}
+	return max(c.KeepAliveTimeout-2*probe, time.Second), true
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/pqtunnel/pqtunnel/transport"
 )
 
-// setUserTimeout does nothing where TCP_USER_TIMEOUT is not offered: yamux's
-// own keep-alive timeout notices a dead path, later.
-func setUserTimeout(net.Conn, *transport.Config) {}
+// tuneSocket does nothing where TCP_USER_TIMEOUT and TCP_CONGESTION are
+// not offered: yamux's own keep-alive timeout notices a dead path, later,
+// and the configuration refuses a congestion control there.
+func tuneSocket(net.Conn, *transport.Config) {}

@@ -49,7 +49,7 @@ func yamuxConfig(c *transport.Config, mem *connMemory) *yamux.Config {
 	y.KeepAliveInterval = c.KeepAlive
 	if p := c.ProbeInterval(); p > 0 {
 		// Each ping is data the kernel must see acknowledged within the
-		// user timeout (keepalive_linux.go), so an idle connection on a dead
+		// user timeout (userTimeout in keepalive_linux.go), so an idle connection on a dead
 		// path is noticed within KeepAliveTimeout too.
 		y.KeepAliveInterval = p
 	}
@@ -83,7 +83,7 @@ func Dial(ctx context.Context, addr string, c *transport.Config) (transport.Sess
 	if err != nil {
 		return nil, transport.NewHandshakeError(Name, transport.StageConnect, fmt.Errorf("dial tcp %s: %w", addr, err))
 	}
-	setUserTimeout(raw, c)
+	tuneSocket(raw, c)
 	conn := raw
 	if c.WrapConn != nil {
 		conn = c.WrapConn(raw)
@@ -264,7 +264,7 @@ func (l *tcpListener) routineAccept() {
 			continue
 		}
 		backoff = 5 * time.Millisecond
-		setUserTimeout(raw, l.c)
+		tuneSocket(raw, l.c)
 		release, ok := l.Acquire(raw.RemoteAddr())
 		if !ok {
 			l.c.HandshakeFailed(raw.RemoteAddr(), transport.NewHandshakeError(Name, transport.StageAccept, transport.ErrBusy))

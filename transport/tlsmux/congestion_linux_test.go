@@ -1,0 +1,92 @@
+package tlsmux
+
+import (
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pqtunnel/pqtunnel/transport/transporttest"
+)
+
+// capturingListener remembers the connections it accepts.
+type capturingListener struct {
+	net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func (l *capturingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.mu.Lock()
+		l.conns = append(l.conns, c)
+		l.mu.Unlock()
+	}
+	return c, err
+}
+
+func congestionOf(t *testing.T, c net.Conn) string {
+	t.Helper()
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var name string
+	var gerr error
+	if err := rc.Control(func(fd uintptr) {
+		name, gerr = unix.GetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION)
+	}); err != nil || gerr != nil {
+		t.Fatalf("read TCP_CONGESTION: %v %v", err, gerr)
+	}
+	return name
+}
+
+// TCPCongestion reaches both ends' sockets: one the kernel offers that is
+// not its default is what each tunnel socket then uses.
+func TestTCPCongestionIsSetOnBothSockets(t *testing.T) {
+	avail, err := os.ReadFile("/proc/sys/net/ipv4/tcp_available_congestion_control")
+	if err != nil {
+		t.Skipf("no congestion controls to read: %v", err)
+	}
+	def, err := os.ReadFile("/proc/sys/net/ipv4/tcp_congestion_control")
+	if err != nil {
+		t.Skipf("no default congestion control to read: %v", err)
+	}
+	i := slices.IndexFunc(strings.Fields(string(avail)), func(s string) bool { return s != strings.TrimSpace(string(def)) })
+	if i < 0 {
+		t.Skip("the kernel offers only its default congestion control")
+	}
+	want := strings.Fields(string(avail))[i]
+	cc, sc := transporttest.Configs(t)
+	cc.TCPCongestion, sc.TCPCongestion = want, want
+	var dialled net.Conn
+	cc.WrapConn = func(c net.Conn) net.Conn { dialled = c; return c }
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &capturingListener{Listener: raw}
+	ln := Listen(cl, sc)
+	defer ln.Close()
+	s, err := Dial(transporttest.Ctx(t), ln.Addr().String(), cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := congestionOf(t, dialled); got != want {
+		t.Errorf("dialled socket uses %q, want %q", got, want)
+	}
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if len(cl.conns) != 1 {
+		t.Fatalf("listener accepted %d connections, want 1", len(cl.conns))
+	}
+	if got := congestionOf(t, cl.conns[0]); got != want {
+		t.Errorf("accepted socket uses %q, want %q", got, want)
+	}
+}
