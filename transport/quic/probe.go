@@ -46,13 +46,22 @@ func parseProbe(b []byte) (kind byte, seq uint64, err error) {
 }
 
 // prober keeps one session's keep-alive probes going and closes the
-// connection with codeKeepAlive when no pong has come back for timeout.
+// connection with codeKeepAlive when nothing has shown for timeout that
+// the peer hears us: no pong, and no acknowledgement of our packets. A
+// new RTT sample is what shows an acknowledgement (quic-go takes one for
+// each ACK that newly acknowledges the packet sent last, and every probe
+// is such a packet), so a busy connection whose pongs are late behind its
+// data, or lost on a lossy path, is not mistaken for a dead one; on a path
+// dead towards the peer neither arrives, whatever still comes from it.
 type prober struct {
 	conn     *quic.Conn
 	interval time.Duration
 	timeout  time.Duration
-	// answered is when the last pong arrived, in UnixNano.
+	// answered is when the peer last showed that it hears us (a pong, or
+	// an acknowledgement seen by routineSend), in UnixNano.
 	answered atomic.Int64
+	// rtt is the RTT estimate routineSend saw last; a change is a new sample.
+	rtt [3]time.Duration
 }
 
 // startProbing runs the probes of s until its connection ends, if the peer
@@ -110,6 +119,10 @@ func (p *prober) routineSend() {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
+		}
+		if st := p.conn.ConnectionStats(); [3]time.Duration{st.LatestRTT, st.SmoothedRTT, st.MeanDeviation} != p.rtt {
+			p.rtt = [3]time.Duration{st.LatestRTT, st.SmoothedRTT, st.MeanDeviation}
+			p.answered.Store(time.Now().UnixNano())
 		}
 		silent := time.Since(time.Unix(0, p.answered.Load()))
 		if silent >= p.timeout {

@@ -3,6 +3,7 @@ package tlsmux
 import (
 	"fmt"
 	"net"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -10,13 +11,16 @@ import (
 	"github.com/pqtunnel/pqtunnel/transport"
 )
 
-// tuneSocket sets the tunnel socket's options from c, which has its
-// defaults applied: the congestion control, when c names one, and the
-// user timeout (see below). A failure is logged and the kernel's defaults
-// stay in place.
+// ackWatch says that watchAcks watches the connection, not yamux's own
+// keep-alive.
+const ackWatch = true
+
+// tuneSocket sets the congestion control of the tunnel's socket when c
+// names one; c has its defaults applied. A failure is logged and the
+// kernel's default stays in place.
 func tuneSocket(conn net.Conn, c *transport.Config) {
 	tc, ok := conn.(*net.TCPConn)
-	if !ok {
+	if !ok || c.TCPCongestion == "" {
 		return
 	}
 	rc, err := tc.SyscallConn()
@@ -25,34 +29,83 @@ func tuneSocket(conn net.Conn, c *transport.Config) {
 	}
 	var serr error
 	_ = rc.Control(func(fd uintptr) {
-		if c.TCPCongestion != "" {
-			if err := unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, c.TCPCongestion); err != nil {
-				serr = fmt.Errorf("set congestion control %s: %w", c.TCPCongestion, err)
-			}
-		}
-		if timeout, ok := userTimeout(c); ok {
-			if err := unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(timeout.Milliseconds())); err != nil && serr == nil {
-				serr = fmt.Errorf("set user timeout: %w", err)
-			}
-		}
+		serr = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, c.TCPCongestion)
 	})
 	if serr != nil {
-		c.Logger.Warn("tunnel socket option not set: the kernel's default applies", "transport", Name, "err", serr)
+		c.Logger.Warn("tunnel socket congestion control not set: the kernel's default applies", "transport", Name,
+			"err", fmt.Errorf("set congestion control %s: %w", c.TCPCongestion, serr))
 	}
 }
 
-// userTimeout is how long the kernel may leave data sent on the tunnel's
-// TCP connection unacknowledged before it ends the connection: the
-// keep-alive pings (every ProbeInterval) keep data in flight on an idle
-// connection, so a dead path is noticed within KeepAliveTimeout, while a
-// slow but live path keeps acknowledging and is left alone. The first ping
-// after the path died goes out up to one interval later, and the kernel
-// acts on its retransmission timer, which lags: two intervals short of the
-// timeout keeps the whole within it. With the probes off there is none.
-func userTimeout(c *transport.Config) (time.Duration, bool) {
+// watchAcks closes s as keep-alive lost once data sent on its TCP
+// connection has gone unacknowledged by the peer's kernel for about
+// KeepAliveTimeout: it pings every ProbeInterval, which keeps data in
+// flight on an idle connection, so a dead path is noticed within the
+// timeout, while a slow path, or a peer too busy to read (its kernel still
+// acknowledges, if only a zero window), is left alone. The kernel's own
+// TCP_USER_TIMEOUT is not used: it also ends a connection whose peer
+// advertises a zero window for that long. c has its defaults applied;
+// with the probes off nothing is watched.
+func watchAcks(s *tcpSession, conn net.Conn, c *transport.Config) {
 	probe := c.ProbeInterval()
-	if probe <= 0 {
-		return 0, false
+	tc, ok := conn.(*net.TCPConn)
+	if probe <= 0 || !ok {
+		return
 	}
-	return max(c.KeepAliveTimeout-2*probe, time.Second), true
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return // not a socket: yamux's own keep-alive timeout applies
+	}
+	// Checked every interval, so the last check is at most one late.
+	limit := c.KeepAliveTimeout - probe
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		s.routineWatchAcks(rc, probe, limit)
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.routinePing(probe)
+	}()
+}
+
+// routinePing pings every interval until the session ends. A late or
+// missing pong ends nothing here: the acknowledgements say whether the
+// path lives.
+func (s *tcpSession) routinePing(every time.Duration) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.ys.CloseChan():
+			return
+		case <-tick.C:
+		}
+		_, _ = s.ys.Ping() // only the data in flight matters
+	}
+}
+
+func (s *tcpSession) routineWatchAcks(rc syscall.RawConn, every, limit time.Duration) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.ys.CloseChan():
+			return
+		case <-tick.C:
+		}
+		var info *unix.TCPInfo
+		var err error
+		if cerr := rc.Control(func(fd uintptr) {
+			info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		}); cerr != nil || err != nil {
+			return // the socket is closed, or says nothing: yamux's own timeout applies
+		}
+		waiting := info.Unacked > 0 || info.Probes > 0
+		if waiting && time.Duration(info.Last_ack_recv)*time.Millisecond >= limit {
+			s.lost.Store(true)
+			_ = s.ys.Close() // the reason is recorded; the session is gone either way
+			return
+		}
+	}
 }

@@ -8,7 +8,13 @@ import (
 	"github.com/pqtunnel/pqtunnel/transport"
 )
 
-// tuneSocket does nothing where TCP_USER_TIMEOUT and TCP_CONGESTION are
-// not offered: yamux's own keep-alive timeout notices a dead path, later,
-// and the configuration refuses a congestion control there.
+// ackWatch is false: yamux's own keep-alive watches the connection.
+const ackWatch = false
+
+// tuneSocket does nothing where TCP_CONGESTION is not offered; the
+// configuration refuses a congestion control there.
 func tuneSocket(net.Conn, *transport.Config) {}
+
+// watchAcks does nothing where TCP_INFO is not read: yamux's own
+// keep-alive timeout notices a dead path, later.
+func watchAcks(*tcpSession, net.Conn, *transport.Config) {}

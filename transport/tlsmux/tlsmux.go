@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,11 +48,11 @@ func yamuxConfig(c *transport.Config, mem *connMemory) *yamux.Config {
 	y.AcceptBacklog = 256
 	y.EnableKeepAlive = true
 	y.KeepAliveInterval = c.KeepAlive
-	if p := c.ProbeInterval(); p > 0 {
-		// Each ping is data the kernel must see acknowledged within the
-		// user timeout (userTimeout in keepalive_linux.go), so an idle connection on a dead
-		// path is noticed within KeepAliveTimeout too.
-		y.KeepAliveInterval = p
+	if ackWatch && c.ProbeInterval() > 0 {
+		// watchAcks pings instead and judges by the kernel's
+		// acknowledgements: yamux's own keep-alive would end a live but
+		// busy connection whose pong comes late behind its data.
+		y.EnableKeepAlive = false
 	}
 	// A keep-alive ping waits this long for its answer, so a silent peer is
 	// declared dead about IdleTimeout after it went quiet.
@@ -93,10 +94,11 @@ func Dial(ctx context.Context, addr string, c *transport.Config) (transport.Sess
 		_ = raw.Close() // the handshake error is what matters
 		return nil, transport.NewHandshakeError(Name, transport.StageTLS, err)
 	}
+	watchAcks(s, raw, c)
 	return s, nil
 }
 
-func handshakeTCP(ctx context.Context, rc *recordConn, c *transport.Config, client bool, start time.Time) (transport.Session, error) {
+func handshakeTCP(ctx context.Context, rc *recordConn, c *transport.Config, client bool, start time.Time) (*tcpSession, error) {
 	tc := tls.Server(rc, c.TLS)
 	if client {
 		tc = tls.Client(rc, c.TLS)
@@ -149,6 +151,9 @@ type tcpSession struct {
 
 	mu      sync.Mutex
 	pending chan acceptResult // an accept whose caller gave up
+
+	lost atomic.Bool    // watchAcks closed the session: the path is dead
+	wg   sync.WaitGroup // watchAcks
 }
 
 // OpenStream does not block at the peer's MaxStreams: yamux has no stream
@@ -198,7 +203,11 @@ func (s *tcpSession) AcceptStream(ctx context.Context) (transport.Stream, error)
 func (s *tcpSession) accepted(st *yamux.Stream, err error) (transport.Stream, error) {
 	if err != nil {
 		if s.ys.IsClosed() || errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("accept yamux stream: %w: %w", net.ErrClosed, &transport.ClosedError{Reason: closeReason(err), Err: err})
+			reason := closeReason(err)
+			if s.lost.Load() {
+				reason = transport.CloseKeepAliveLost
+			}
+			return nil, fmt.Errorf("accept yamux stream: %w: %w", net.ErrClosed, &transport.ClosedError{Reason: reason, Err: err})
 		}
 		return nil, fmt.Errorf("accept yamux stream: %w", err)
 	}
@@ -210,7 +219,12 @@ type acceptResult struct {
 	err error
 }
 
-func (s *tcpSession) Close() error          { return s.ys.Close() }
+func (s *tcpSession) Close() error {
+	err := s.ys.Close()
+	s.wg.Wait() // watchAcks ends with the session
+	return err
+}
+
 func (s *tcpSession) Done() <-chan struct{} { return s.ys.CloseChan() }
 func (s *tcpSession) Info() transport.Info  { return s.info }
 
@@ -295,7 +309,7 @@ func (l *tcpListener) routineHandshake(raw net.Conn, release func()) {
 		// "closed", the cause is the timeout.
 		err = fmt.Errorf("%w: %w", ctx.Err(), err)
 	}
-	var s transport.Session
+	var s *tcpSession
 	if err == nil {
 		s, err = handshakeTCP(ctx, rc, l.c, false, start)
 	}
@@ -310,6 +324,7 @@ func (l *tcpListener) routineHandshake(raw net.Conn, release func()) {
 		_ = raw.Close()
 		return
 	}
+	watchAcks(s, raw, l.c)
 	l.Deliver(s)
 }
 
