@@ -360,7 +360,7 @@ func closeReason(err error) transport.CloseReason {
 	case errors.Is(err, io.EOF):
 		return transport.ClosePeer // the peer's close_notify, or its FIN
 	case errors.Is(err, yamux.ErrKeepAliveTimeout), errors.Is(err, yamux.ErrConnectionWriteTimeout),
-		errors.Is(err, syscall.ETIMEDOUT): // the kernel's user timeout
+		errors.Is(err, syscall.ETIMEDOUT): // the kernel gave up retransmitting
 		return transport.CloseKeepAliveLost
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
 		return transport.CloseConnReset
