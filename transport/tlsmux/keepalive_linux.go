@@ -44,7 +44,9 @@ func tuneSocket(conn net.Conn, c *transport.Config) {
 // timeout, while a slow path, or a peer too busy to read (its kernel still
 // acknowledges, if only a zero window), is left alone. The kernel's own
 // TCP_USER_TIMEOUT is not used: it also ends a connection whose peer
-// advertises a zero window for that long. c has its defaults applied;
+// advertises a zero window for that long. A peer whose kernel acknowledges
+// but that has sent nothing, not even a pong, for IdleTimeout is stopped or
+// stuck: that ends the session too, as idle. c has its defaults applied;
 // with the probes off nothing is watched.
 func watchAcks(s *tcpSession, conn net.Conn, c *transport.Config) {
 	probe := c.ProbeInterval()
@@ -61,7 +63,7 @@ func watchAcks(s *tcpSession, conn net.Conn, c *transport.Config) {
 	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
-		s.routineWatchAcks(rc, probe, limit)
+		s.routineWatchAcks(rc, probe, limit, c.IdleTimeout)
 	}()
 	go func() {
 		defer s.wg.Done()
@@ -85,7 +87,7 @@ func (s *tcpSession) routinePing(every time.Duration) {
 	}
 }
 
-func (s *tcpSession) routineWatchAcks(rc syscall.RawConn, every, limit time.Duration) {
+func (s *tcpSession) routineWatchAcks(rc syscall.RawConn, every, limit, idle time.Duration) {
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
@@ -101,11 +103,17 @@ func (s *tcpSession) routineWatchAcks(rc syscall.RawConn, every, limit time.Dura
 		}); cerr != nil || err != nil {
 			return // the socket is closed, or says nothing: yamux's own timeout applies
 		}
-		waiting := info.Unacked > 0 || info.Probes > 0
-		if waiting && time.Duration(info.Last_ack_recv)*time.Millisecond >= limit {
-			s.lost.Store(true)
-			_ = s.ys.Close() // the reason is recorded; the session is gone either way
-			return
+		var reason transport.CloseReason
+		switch waiting := info.Unacked > 0 || info.Probes > 0; {
+		case waiting && time.Duration(info.Last_ack_recv)*time.Millisecond >= limit:
+			reason = transport.CloseKeepAliveLost
+		case s.rc.silence() >= idle:
+			reason = transport.CloseIdleTimeout
+		default:
+			continue
 		}
+		s.lost.Store(&reason)
+		_ = s.ys.Close() // the reason is recorded; the session is gone either way
+		return
 	}
 }

@@ -27,6 +27,11 @@ type recordConn struct {
 	// alert record, the only way to learn which alert crypto/tls sent.
 	handshook atomic.Bool
 	alert     atomic.Int32 // the alert description plus one; 0 for none
+
+	// lastRead is when bytes last came from the peer, in UnixNano: a peer
+	// whose kernel still acknowledges but that sends nothing, not even a
+	// pong, is stopped or stuck (see watchAcks).
+	lastRead atomic.Int64
 }
 
 // recordBufSize is what recordConn reads ahead: sixteen 4 KiB pages, four
@@ -41,10 +46,23 @@ const maxRecordLen = 1<<14 + 256
 const keepOutBuf = 320 << 10
 
 func newRecordConn(c net.Conn) *recordConn {
-	return &recordConn{Conn: c, r: bufio.NewReaderSize(c, recordBufSize)}
+	rc := &recordConn{Conn: c, r: bufio.NewReaderSize(c, recordBufSize)}
+	rc.lastRead.Store(time.Now().UnixNano())
+	return rc
 }
 
-func (c *recordConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *recordConn) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if n > 0 {
+		c.lastRead.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+// silence is how long the peer has sent nothing.
+func (c *recordConn) silence() time.Duration {
+	return time.Since(time.Unix(0, c.lastRead.Load()))
+}
 
 // awaitFirstRecord waits until the first TLS record has arrived whole, or
 // fails at deadline. It

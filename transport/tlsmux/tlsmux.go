@@ -132,7 +132,7 @@ func handshakeTCP(ctx context.Context, rc *recordConn, c *transport.Config, clie
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
 	}
-	s := &tcpSession{ys: ys, gw: gw, mem: mem, info: transport.Info{
+	s := &tcpSession{ys: ys, gw: gw, mem: mem, rc: rc, info: transport.Info{
 		Transport: Name,
 		TLS:       cs,
 		Peer:      peer,
@@ -152,7 +152,9 @@ type tcpSession struct {
 	mu      sync.Mutex
 	pending chan acceptResult // an accept whose caller gave up
 
-	lost atomic.Bool    // watchAcks closed the session: the path is dead
+	rc *recordConn
+	// lost is why watchAcks closed the session, when it did.
+	lost atomic.Pointer[transport.CloseReason]
 	wg   sync.WaitGroup // watchAcks
 }
 
@@ -204,8 +206,8 @@ func (s *tcpSession) accepted(st *yamux.Stream, err error) (transport.Stream, er
 	if err != nil {
 		if s.ys.IsClosed() || errors.Is(err, io.EOF) {
 			reason := closeReason(err)
-			if s.lost.Load() {
-				reason = transport.CloseKeepAliveLost
+			if r := s.lost.Load(); r != nil {
+				reason = *r
 			}
 			return nil, fmt.Errorf("accept yamux stream: %w: %w", net.ErrClosed, &transport.ClosedError{Reason: reason, Err: err})
 		}
