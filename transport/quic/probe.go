@@ -114,16 +114,24 @@ func (p *prober) routineSend() {
 	var out []byte
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	// checked is when the RTT estimate was read before: a change seen now
+	// happened after it, and it is counted from then, so that the timeout
+	// runs from the last acknowledgement rather than from when it was seen.
+	checked := time.Now()
 	for seq := uint64(0); ; seq++ {
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
 		}
+		now := time.Now()
 		if st := p.conn.ConnectionStats(); [3]time.Duration{st.LatestRTT, st.SmoothedRTT, st.MeanDeviation} != p.rtt {
 			p.rtt = [3]time.Duration{st.LatestRTT, st.SmoothedRTT, st.MeanDeviation}
-			p.answered.Store(time.Now().UnixNano())
+			if checked.UnixNano() > p.answered.Load() {
+				p.answered.Store(checked.UnixNano())
+			}
 		}
+		checked = now
 		silent := time.Since(time.Unix(0, p.answered.Load()))
 		if silent >= p.timeout {
 			_ = p.conn.CloseWithError(codeKeepAlive, "keep-alive lost") // the connection ends either way
