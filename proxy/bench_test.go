@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"testing"
 	"time"
@@ -160,7 +161,7 @@ func BenchmarkJoin(b *testing.B) {
 }
 
 // benchEngine starts one engine that runs until cleanup.
-func benchEngine(b *testing.B, mode Mode, tr transport.Transport, tunnel string, self, peer *hybridtls.Identity, fwd, tgt []Route) *Engine {
+func benchEngine(b *testing.B, mode Mode, tr transport.Transport, tunnel string, self, peer *hybridtls.Identity, fwd, tgt []Route, opts benchOptions) *Engine {
 	b.Helper()
 	store, err := hybridtls.NewStore(hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: wire.ALPN},
 		&hybridtls.Material{Identity: self, Peers: []hybridtls.Pin{peer.Pin}})
@@ -170,6 +171,7 @@ func benchEngine(b *testing.B, mode Mode, tr transport.Transport, tunnel string,
 	e, err := New(Config{
 		Mode: mode, Tunnel: []string{tunnel}, Transport: tr, Connections: 1,
 		Forward: fwd, Target: tgt, TLS: store, DrainTimeout: time.Second,
+		AccessLog: opts.accessLog, Logger: opts.logger,
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -187,9 +189,15 @@ func benchEngine(b *testing.B, mode Mode, tr transport.Transport, tunnel string,
 	return e
 }
 
+// benchOptions are the engine settings a benchmark varies.
+type benchOptions struct {
+	accessLog bool
+	logger    *slog.Logger // nil discards
+}
+
 // benchTunnel starts a listen side delivering to origin and a dial side
 // forwarding to it over transport, and returns the forward address.
-func benchTunnel(b *testing.B, tr transport.Transport, origin string) string {
+func benchTunnel(b *testing.B, tr transport.Transport, origin string, opts benchOptions) string {
 	b.Helper()
 	listenID, err := hybridtls.GenerateIdentity()
 	if err != nil {
@@ -199,8 +207,8 @@ func benchTunnel(b *testing.B, tr transport.Transport, origin string) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	listen := benchEngine(b, ModeListen, tr, "127.0.0.1:0", listenID, dialID, nil, []Route{{Name: "bench", Addr: origin}})
-	dial := benchEngine(b, ModeDial, tr, listen.TunnelAddr().String(), dialID, listenID, []Route{{Name: "bench", Addr: "127.0.0.1:0"}}, nil)
+	listen := benchEngine(b, ModeListen, tr, "127.0.0.1:0", listenID, dialID, nil, []Route{{Name: "bench", Addr: origin}}, opts)
+	dial := benchEngine(b, ModeDial, tr, listen.TunnelAddr().String(), dialID, listenID, []Route{{Name: "bench", Addr: "127.0.0.1:0"}}, nil, opts)
 	deadline := time.After(15 * time.Second)
 	for {
 		changed := dial.TunnelsChanged()
@@ -251,7 +259,7 @@ func BenchmarkTunnelBulk(b *testing.B) {
 	for _, tr := range []transport.Transport{tlsmux.Transport{}, quic.Transport{}} {
 		b.Run(tr.Name(), func(b *testing.B) {
 			origin, accepted := benchAccept(b)
-			forward := benchTunnel(b, tr, origin)
+			forward := benchTunnel(b, tr, origin, benchOptions{})
 			c, err := net.DialTimeout("tcp", forward, 5*time.Second)
 			if err != nil {
 				b.Fatal(err)
@@ -309,25 +317,54 @@ func benchEchoOnce(b *testing.B, addr string) {
 // direct's and us-added/op the latency the tunnel adds.
 func BenchmarkStreamRoundTrip(b *testing.B) {
 	for _, tr := range []transport.Transport{tlsmux.Transport{}, quic.Transport{}} {
-		b.Run(tr.Name(), func(b *testing.B) {
-			origin := transporttest.EchoOrigin(b)
-			forward := benchTunnel(b, tr, origin)
-			benchEchoOnce(b, forward) // the first stream pays for warming up
-			b.ReportAllocs()
-			b.ResetTimer()
-			start := time.Now()
-			for range b.N {
-				benchEchoOnce(b, forward)
-			}
-			tunnel := time.Since(start)
-			b.StopTimer()
-			start = time.Now()
-			for range b.N {
-				benchEchoOnce(b, origin)
-			}
-			direct := time.Since(start)
-			b.ReportMetric(direct.Seconds()/tunnel.Seconds(), "x-direct")
-			b.ReportMetric(float64((tunnel-direct).Microseconds())/float64(b.N), "us-added/op")
+		b.Run(tr.Name(), func(b *testing.B) { benchRoundTrip(b, tr, benchOptions{}) })
+	}
+}
+
+// BenchmarkStreamRoundTripAccessLog is BenchmarkStreamRoundTrip over TCP
+// with both sides' JSON logs written (to nowhere) at INFO, with the access
+// log off and on: the difference is what PQT_ACCESS_LOG=on costs a
+// connection.
+func BenchmarkStreamRoundTripAccessLog(b *testing.B) {
+	for _, on := range []bool{false, true} {
+		b.Run(map[bool]string{false: "off", true: "on"}[on], func(b *testing.B) {
+			benchRoundTrip(b, tlsmux.Transport{}, benchOptions{accessLog: on, logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
 		})
 	}
+}
+
+// BenchmarkAccessLogLine is the cost of writing one access-log line
+// through slog's JSON handler.
+func BenchmarkAccessLogLine(b *testing.B) {
+	e := &Engine{cfg: Config{AccessLog: true}, log: slog.New(slog.NewJSONHandler(io.Discard, nil))}
+	b.ReportAllocs()
+	for b.Loop() {
+		r := e.newAccessRecord("out", "redis", "127.0.0.1:50312", time.Now())
+		r.peer, r.tunnel, r.transport = "pqt1_7qyx7sz4cmzcs3xghe6gcu45fkhsnac3iwryu2lesdm2tb6vrleq", 3, "quic"
+		r.finished(1200, 53000, nil)
+		e.logAccess(r)
+	}
+}
+
+// benchRoundTrip measures connect + 1-byte echo + close through a tunnel
+// over tr, then as often directly.
+func benchRoundTrip(b *testing.B, tr transport.Transport, opts benchOptions) {
+	origin := transporttest.EchoOrigin(b)
+	forward := benchTunnel(b, tr, origin, opts)
+	benchEchoOnce(b, forward) // the first stream pays for warming up
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	for range b.N {
+		benchEchoOnce(b, forward)
+	}
+	tunnel := time.Since(start)
+	b.StopTimer()
+	start = time.Now()
+	for range b.N {
+		benchEchoOnce(b, origin)
+	}
+	direct := time.Since(start)
+	b.ReportMetric(direct.Seconds()/tunnel.Seconds(), "x-direct")
+	b.ReportMetric(float64((tunnel-direct).Microseconds())/float64(b.N), "us-added/op")
 }

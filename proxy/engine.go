@@ -129,6 +129,10 @@ type Config struct {
 	// (PQT_KEYLOG), so that every tunnel can warn that its traffic is
 	// readable; empty when off.
 	KeyLog string
+	// AccessLog logs one INFO line per proxied connection when it ends
+	// (route, peer, client, bytes each way, duration, how it ended); off
+	// when false.
+	AccessLog bool
 }
 
 func orDefault[T int | time.Duration](d, def T) T {

@@ -72,6 +72,13 @@ func (e *Engine) handleClient(client end, c sockConn, r Route) {
 	active := m.streamsActive.WithLabelValues(route, "out")
 	var undo undoList
 	defer undo.run()
+	rec := e.newAccessRecord("out", route, clientLabel(c), start)
+	undo.add(func() { e.logAccess(rec) }) // first in, so it runs last: once the connection has ended
+	fail := func(reason string, err error) {
+		m.streamsFailed.WithLabelValues(route, reason).Inc()
+		rec.refused(reason, err)
+		client.abort()
+	}
 	active.Inc()
 	undo.add(active.Dec)
 	undo.add(e.routeStats.opened(KindForward, route))
@@ -85,8 +92,7 @@ func (e *Engine) handleClient(client end, c sockConn, r Route) {
 	undo.add(func() { e.clientsByIP.give(source) })
 	if !e.acquireSlot() {
 		e.warnRefusal(log, "client refused", "PQT_MAX_TOTAL_STREAMS reached", "limit", e.cfg.MaxTotalStreams)
-		m.streamsFailed.WithLabelValues(route, "busy").Inc()
-		client.abort()
+		fail("busy", nil)
 		return
 	}
 	undo.add(e.releaseSlot)
@@ -99,26 +105,24 @@ func (e *Engine) handleClient(client end, c sockConn, r Route) {
 		} else {
 			e.warnRefusal(log, "client refused", "no tunnel connection up")
 		}
-		m.streamsFailed.WithLabelValues(route, "no_tunnel").Inc()
-		client.abort()
+		fail("no_tunnel", nil)
 		return
 	}
 	t.active.Add(1)
 	undo.add(func() { t.active.Add(-1) })
+	rec.via(t)
 	log = t.log.With("route", route, "client", clientLabel(c))
 	ctx, cancel := context.WithTimeout(context.Background(), e.dialTimeout()+orDefault(e.cfg.Mux.HandshakeTimeout, defaults.HandshakeTimeout))
 	st, err := t.s.OpenStream(ctx)
 	cancel()
 	if errors.Is(err, transport.ErrConnMemory) {
 		e.warnRefusal(log, "client refused", "PQT_MAX_CONN_MEMORY reached", "limit", orDefault(e.cfg.Mux.MaxConnMemory, defaults.MaxConnMemory), "err", err)
-		m.streamsFailed.WithLabelValues(route, "busy").Inc()
-		client.abort()
+		fail("busy", err)
 		return
 	}
 	if err != nil {
 		e.warnRefusal(log, "client refused", "open stream failed", "err", err)
-		m.streamsFailed.WithLabelValues(route, "open_failed").Inc()
-		client.abort()
+		fail("open_failed", err)
 		return
 	}
 	buf := firstFrames.Get().(*[]byte)
@@ -134,15 +138,14 @@ func (e *Engine) handleClient(client end, c sockConn, r Route) {
 	firstFrames.Put(buf) // Write does not keep hdr
 	if err != nil {
 		e.warnRefusal(log, "client refused", "send preamble failed", "err", err)
-		m.streamsFailed.WithLabelValues(route, "open_failed").Inc()
 		st.Reset()
-		client.abort()
+		fail("open_failed", err)
 		return
 	}
 	early := int64(len(hdr) - preamble)
 	// The client's bytes flow at once; the peer's answer gates the other direction.
 	opened := &openedStream{Stream: t.counted(st, early), timeout: e.dialTimeout() + 5*time.Second}
-	e.carry(&undo, func() { e.pipeClient(client, opened, early, route, log, start) })
+	e.carry(&undo, func() { e.pipeClient(client, opened, early, route, log, start, rec) })
 }
 
 // earlyDataSize bounds the client bytes that travel in the preamble's frame.
@@ -180,15 +183,23 @@ func appendEarly(c syscall.Conn, dst []byte) ([]byte, error) {
 	return dst[:n0+n], nil
 }
 
-func (e *Engine) pipeClient(client end, opened *openedStream, early int64, route string, log *slog.Logger, start time.Time) {
+func (e *Engine) pipeClient(client end, opened *openedStream, early int64, route string, log *slog.Logger, start time.Time, rec *accessRecord) {
 	m := e.metrics
 	up, down, err := join(client, streamEnd{opened}, e.cfg.StreamIdleTimeout)
 	up += early
 	m.bytes.WithLabelValues(route, "up").Add(float64(up))
 	m.bytes.WithLabelValues(route, "down").Add(float64(down))
 	var refused *refusedError
+	if errors.As(err, &refused) {
+		rec.refused(refused.resp.Status.Label(), errors.New(refused.resp.Message))
+	}
+	if benign(err) {
+		rec.finished(up, down, nil)
+	} else {
+		rec.finished(up, down, err)
+	}
 	switch {
-	case errors.As(err, &refused):
+	case refused != nil:
 		m.streamsFailed.WithLabelValues(route, refused.resp.Status.Label()).Inc()
 		e.warnRefusal(log, "stream refused by peer", refused.resp.Status.String(), "err", refused.resp.Message)
 	case errors.Is(err, errStreamIdle):
@@ -249,6 +260,9 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 		st.Reset()
 		return
 	}
+	rec := e.newAccessRecord("in", routeName(req.Route), req.Client, start)
+	rec.via(t)
+	undo.add(func() { e.logAccess(rec) })
 	_ = st.SetReadDeadline(time.Time{})
 	// The peer chooses the route name: only names in PQT_TARGET become metric
 	// labels, so a peer cannot grow the metric series without bound.
@@ -267,6 +281,7 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 	undo.add(e.routeStats.opened(KindTarget, route))
 	refuse := func(s wire.Status, msg string, err error) {
 		m.streamsFailed.WithLabelValues(route, s.Label()).Inc()
+		rec.refused(s.Label(), errOrMsg(err, msg))
 		if !isTLSRefusal(err) { // a failed TLS handshake with the origin is logged already
 			e.warnRefusal(log, "stream refused", s.String(), "err", errOr(err, msg))
 		}
@@ -300,6 +315,7 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 			m.streamsFailed.WithLabelValues(route, "not_allowed").Inc()
 			m.notAllowed.WithLabelValues(route, e.peerLabel(t.peer)).Inc()
 			e.warnRefusal(log, "stream refused", "not_allowed", "allow", strings.Join(target.Allow, "+"))
+			rec.refused("not_allowed", nil)
 			_, _ = st.Write(wire.AppendResponse(nil, wire.Response{Status: wire.StatusUnknownRoute, Message: unknown})) // best effort: we close next
 			_ = st.Close()
 			return
@@ -314,6 +330,9 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 	if err != nil {
 		refuse(wire.StatusBadPreamble, err.Error(), err)
 		return
+	}
+	if rec != nil {
+		rec.target = target.Addr
 	}
 	origin, err := e.dialTarget(target, client, server, t.peer, log)
 	if err != nil {
@@ -330,18 +349,24 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 	}
 	if _, err := st.Write(wire.AppendResponse(nil, wire.Response{Status: wire.StatusOK})); err != nil {
 		log.Info("stream aborted before reply", "err", err)
+		rec.finished(0, 0, err)
 		st.Reset()
 		_ = origin.Close()
 		return
 	}
-	e.carry(&undo, func() { e.pipeInbound(t.counted(st, 0), origin, route, target.Addr, log, start) })
+	e.carry(&undo, func() { e.pipeInbound(t.counted(st, 0), origin, route, target.Addr, log, start, rec) })
 }
 
-func (e *Engine) pipeInbound(st transport.Stream, origin end, route, target string, log *slog.Logger, start time.Time) {
+func (e *Engine) pipeInbound(st transport.Stream, origin end, route, target string, log *slog.Logger, start time.Time, rec *accessRecord) {
 	m := e.metrics
 	up, down, err := join(streamEnd{st}, origin, e.cfg.StreamIdleTimeout)
 	m.bytes.WithLabelValues(route, "up").Add(float64(up))
 	m.bytes.WithLabelValues(route, "down").Add(float64(down))
+	if benign(err) {
+		rec.finished(up, down, nil)
+	} else {
+		rec.finished(up, down, err)
+	}
 	if errors.Is(err, errStreamIdle) {
 		m.streamsFailed.WithLabelValues(route, "idle").Inc()
 		log.Info("stream closed: idle", "origin", target, "idle_timeout", e.cfg.StreamIdleTimeout, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond))
@@ -395,6 +420,14 @@ func errOr(err error, msg string) any {
 		return err
 	}
 	return msg
+}
+
+// errOrMsg is err, or an error saying msg when err is nil.
+func errOrMsg(err error, msg string) error {
+	if err != nil {
+		return err
+	}
+	return errors.New(msg)
 }
 
 // benign reports errors that mean "the other end went away", which are

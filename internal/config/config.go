@@ -405,6 +405,13 @@ func (c *Config) parseOperation(v *Vars) error {
 	default:
 		return fmt.Errorf("PQT_PROXY_PROTOCOL: %q is not v1 or v2", v.ProxyProtocol)
 	}
+	switch strings.ToLower(v.AccessLog) {
+	case "off":
+	case "on":
+		c.Engine.AccessLog = true
+	default:
+		return fmt.Errorf("PQT_ACCESS_LOG: %q is not on or off", v.AccessLog)
+	}
 	if err := c.LogLevel.UnmarshalText([]byte(v.LogLevel)); err != nil {
 		return fmt.Errorf("PQT_LOG_LEVEL: %q is not debug, info, warn or error", v.LogLevel)
 	}

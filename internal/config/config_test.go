@@ -120,6 +120,26 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 }
 
+func TestAccessLogSetting(t *testing.T) {
+	te := newTestEnv(t)
+	for _, tt := range []struct {
+		value string
+		want  bool
+	}{{"", false}, {"off", false}, {"on", true}, {"ON", true}} {
+		environ := maps.Clone(te.base)
+		if tt.value != "" {
+			environ["PQT_ACCESS_LOG"] = tt.value
+		}
+		c, err := Parse(environ)
+		if err != nil {
+			t.Fatalf("PQT_ACCESS_LOG=%q: %v", tt.value, err)
+		}
+		if c.Engine.AccessLog != tt.want {
+			t.Errorf("PQT_ACCESS_LOG=%q: engine AccessLog %t, want %t", tt.value, c.Engine.AccessLog, tt.want)
+		}
+	}
+}
+
 func TestParseConfigErrorsNameTheVariable(t *testing.T) {
 	te := newTestEnv(t)
 	open := filepath.Join(te.dir, "open.id")
@@ -166,6 +186,7 @@ func TestParseConfigErrorsNameTheVariable(t *testing.T) {
 		{name: "unix mode too wide", set: map[string]string{"PQT_UNIX_MODE": "4770"}, want: "PQT_UNIX_MODE"},
 		{name: "unix mode zero", set: map[string]string{"PQT_UNIX_MODE": "0"}, want: "PQT_UNIX_MODE"},
 		{name: "unix route relative", set: map[string]string{"PQT_TARGET": "a=unix://run/a.sock"}, want: "PQT_TARGET"},
+		{name: "access log bad", set: map[string]string{"PQT_ACCESS_LOG": "yes"}, want: "PQT_ACCESS_LOG"},
 		{name: "log level bad", set: map[string]string{"PQT_LOG_LEVEL": "loud"}, want: "PQT_LOG_LEVEL"},
 		{name: "log format bad", set: map[string]string{"PQT_LOG_FORMAT": "xml"}, want: "PQT_LOG_FORMAT"},
 		{name: "auth bad", set: map[string]string{"PQT_AUTH": "mldsa"}, want: "PQT_AUTH"},

@@ -38,6 +38,7 @@ var table = map[string]any{
 	"LogLevel":         defaults.LogLevel,
 	"LogFormat":        defaults.LogFormat,
 	"UnixMode":         fmt.Sprintf("%04o", defaults.UnixSocketMode),
+	"AccessLog":        defaults.AccessLog,
 }
 
 func TestEnvDefaultsAgreeWithTheTable(t *testing.T) {

@@ -68,6 +68,8 @@ type Vars struct {
 	UnixGroup     string `env:"PQT_UNIX_GROUP" help:"Group (name or number) given to the sockets unix:// forward routes create; this process must be a member (or root). Empty keeps the process's group."`
 	ProxyProtocol string `env:"PQT_PROXY_PROTOCOL" help:"v1 or v2: send a PROXY protocol header with the client address the peer states to each origin this side dials (a client of a unix:// forward route is sent as UNKNOWN/LOCAL); a stream whose addresses are neither ip:port nor local is refused; v2 names the peer in TLV 0xE0. Off when empty."`
 
+	AccessLog string `env:"PQT_ACCESS_LOG" envDefault:"off" help:"on: log one INFO line per proxied connection when it ends (direction, route, client, peer, tunnel, bytes each way, duration, end=closed|aborted|refused with the reason), never rate-limited; off: only refusals and aborts are logged."`
+
 	KeyLog string `env:"PQT_KEYLOG" help:"File to append TLS secrets to in the NSS key log format (both transports), so Wireshark or tshark can decrypt a capture and show the signature algorithm. Debugging only: anyone with the file can decrypt the tunnel; each tunnel logs a WARN while it is on. Off when empty."`
 
 	LogLevel  string `env:"PQT_LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error."`

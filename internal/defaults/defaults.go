@@ -92,4 +92,7 @@ const UnixSocketMode = 0o660
 const (
 	LogLevel  = "info"
 	LogFormat = "text"
+	// AccessLog is off: a busy side would otherwise log a line per client
+	// connection; PQT_ACCESS_LOG=on turns the per-connection lines on.
+	AccessLog = "off"
 )
