@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -38,13 +39,43 @@ type Probe struct {
 	// server's first reply (QUIC only).
 	FirstFlight, FirstFlightPackets int
 
+	// Routes are the peer's answers about this side's forward routes, when
+	// asked (ProbeRoutes).
+	Routes []RouteAnswer
+
 	tr transport.Transport
 }
+
+// RouteAnswer is what the peer said about one of this side's forward routes.
+type RouteAnswer struct {
+	// Route is the route's name as logs show it ("default" for the unnamed one).
+	Route string
+	// Known is whether the peer delivers the route to this side.
+	Known bool
+	// NotCarried is true for a route whose @ list excludes this peer: it
+	// is never sent there, so the peer was not asked.
+	NotCarried bool
+	// Message is the peer's words: the routes it has, or its origin's state.
+	Message string
+	// Err is why no answer came (ErrQueryUnsupported from a peer that
+	// predates route queries).
+	Err error
+}
+
+// ErrQueryUnsupported is the answer of a peer too old to answer route queries.
+var ErrQueryUnsupported = errors.New("the peer's release does not answer route queries")
 
 // ProbeTunnel runs one handshake plus authentication against peer over tr,
 // offering exactly groups, and closes it at once.
 func ProbeTunnel(ctx context.Context, cfg Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID) Probe {
-	return probeTunnel(ctx, cfg, peer, tr, mode, groups, false)
+	return probeTunnel(ctx, cfg, peer, tr, mode, groups, false, false)
+}
+
+// ProbeRoutes is ProbeTunnel that, once the tunnel is up, also asks the
+// peer about each of cfg.Forward's routes that may be carried to it, and
+// fills Probe.Routes with the answers.
+func ProbeRoutes(ctx context.Context, cfg Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID) Probe {
+	return probeTunnel(ctx, cfg, peer, tr, mode, groups, false, true)
 }
 
 // ErrClassicalProbeStopped ends a ProbeClassical handshake on purpose: the
@@ -59,10 +90,10 @@ var ErrClassicalProbeStopped = errors.New("check: classical probe stopped after 
 // CertificateVerify or its session proof would be sent. A peer that accepts
 // X25519 yields Err wrapping ErrClassicalProbeStopped and Group X25519.
 func ProbeClassical(ctx context.Context, cfg Config, peer string, tr transport.Transport) Probe {
-	return probeTunnel(ctx, cfg, peer, tr, hybridtls.Prefer, []tls.CurveID{tls.X25519}, true)
+	return probeTunnel(ctx, cfg, peer, tr, hybridtls.Prefer, []tls.CurveID{tls.X25519}, true, false)
 }
 
-func probeTunnel(ctx context.Context, cfg Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID, stopAtServer bool) Probe {
+func probeTunnel(ctx context.Context, cfg Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID, stopAtServer, askRoutes bool) Probe {
 	p := Probe{Peer: peer, Transport: tr.Name(), Offered: groups, tr: tr}
 	pol := cfg.TLS.Policy()
 	pol.Mode, pol.Groups = mode, groups
@@ -97,7 +128,17 @@ func probeTunnel(ctx context.Context, cfg Config, peer string, tr transport.Tran
 	var pc *countingPacketConn
 	mc.WrapConn = func(c net.Conn) net.Conn { tc = &recordingConn{Conn: c}; return tc }
 	mc.WrapPacketConn = func(c net.PacketConn) net.PacketConn { pc = &countingPacketConn{PacketConn: c}; return pc }
+	if transport.UsesUDP(tr) {
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		stop := watchPortUnreachable(ctx, peer, cancel)
+		defer stop()
+	}
 	s, err := tr.Dial(ctx, peer, &mc)
+	if cause := context.Cause(ctx); err != nil && errors.Is(cause, ErrPortUnreachable) {
+		err = fmt.Errorf("%w (%w)", cause, err)
+	}
 	if tc != nil {
 		p.ClientHello, p.ServerHello, p.WireGroup = tc.hellos()
 	}
@@ -114,9 +155,87 @@ func probeTunnel(ctx context.Context, cfg Config, peer string, tr transport.Tran
 		return p
 	}
 	info := s.Info()
-	_ = s.Close() // a probe only
 	p.Group, p.PeerName, p.PQAuth, p.Sig, p.Handshake = info.TLS.CurveID, info.Peer.Name, info.Peer.PQAuth, info.Peer.Sig, info.Handshake
+	if askRoutes {
+		for _, r := range cfg.Forward {
+			a := RouteAnswer{Route: routeName(r.Name)}
+			if !r.allows(info.Peer.Name) {
+				a.NotCarried = true
+			} else {
+				a.Known, a.Message, a.Err = queryRoute(ctx, s, r.Name)
+			}
+			p.Routes = append(p.Routes, a)
+		}
+	}
+	_ = s.Close() // a probe only
 	return p
+}
+
+// queryRoute asks the peer on s whether it delivers route to this side.
+func queryRoute(ctx context.Context, s transport.Session, route string) (known bool, msg string, err error) {
+	st, err := s.OpenStream(ctx)
+	if err != nil {
+		return false, "", fmt.Errorf("open route query stream: %w", err)
+	}
+	defer st.Reset() // the answer is all it carries
+	if dl, ok := ctx.Deadline(); ok {
+		_ = st.SetDeadline(dl) // a failure shows as a failed read
+	}
+	req, err := wire.AppendRequest(nil, wire.Request{Kind: wire.KindRouteQuery, Route: route})
+	if err == nil {
+		_, err = st.Write(req)
+	}
+	if err != nil {
+		return false, "", fmt.Errorf("send route query: %w", err)
+	}
+	resp, err := wire.ReadResponse(st)
+	if err != nil {
+		return false, "", fmt.Errorf("read route query answer: %w", err)
+	}
+	switch resp.Status {
+	case wire.StatusOK:
+		return true, resp.Message, nil
+	case wire.StatusUnknownRoute:
+		return false, resp.Message, nil
+	case wire.StatusUnknownKind:
+		return false, resp.Message, ErrQueryUnsupported
+	}
+	return false, resp.Message, fmt.Errorf("route query answered %s: %s", resp.Status, resp.Message)
+}
+
+// ErrPortUnreachable is a UDP probe's failure when the peer's host answers
+// with ICMP port unreachable: nothing listens on that UDP port, or a
+// firewall rejects (rather than drops) UDP to it.
+var ErrPortUnreachable = errors.New("ICMP port unreachable: nothing listens on the peer's UDP port, or a firewall rejects UDP to it")
+
+// watchPortUnreachable sends empty datagrams to peer from a connected UDP
+// socket, which unlike quic-go's unconnected one hears ICMP errors, and
+// cancels with ErrPortUnreachable when one says the port is closed, so that
+// a probe fails at once rather than at the handshake timeout. A QUIC
+// server drops an empty datagram unread. stop ends the watch and waits.
+func watchPortUnreachable(ctx context.Context, peer string, cancel context.CancelCauseFunc) (stop func()) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "udp", peer)
+	if err != nil {
+		return func() {} // the probe's own dial reports the address
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1)
+		for ctx.Err() == nil {
+			_, _ = c.Write(nil) // the answer, if any, comes to the read
+			_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			if _, err := c.Read(buf); errors.Is(err, syscall.ECONNREFUSED) {
+				cancel(ErrPortUnreachable)
+				return
+			}
+		}
+	}()
+	return func() {
+		_ = c.Close() // unblocks the read
+		<-done
+	}
 }
 
 // recordingConn keeps what was written before the first read (the
@@ -205,24 +324,40 @@ func ServerHelloKeyShare(msg []byte) (tls.CurveID, error) {
 	return 0, errors.New("ServerHello has no key_share")
 }
 
-// countingPacketConn counts the datagrams sent before the server's first
-// flight arrives. A server may acknowledge the first Initial packet at once
-// with a small datagram, so only a large one (its ServerHello and
-// certificate) ends the count.
+// countingPacketConn counts the datagrams of the client's first flight:
+// those sent at once at the start, before the server's first flight
+// arrives. A server may acknowledge the first Initial packet at once with a
+// small datagram, so only a large one (its ServerHello and certificate)
+// ends the count.
 const serverFlightMin = 1000
+
+// firstFlightGap ends the first flight at the first pause this long between
+// two datagrams. quic-go sends the whole flight in one go and, while the
+// server is silent, retransmits it only when its first probe timeout fires,
+// 200 ms later (twice its initial RTT estimate of 100 ms). Counting those
+// retransmissions, as check once did, reported 4 or 8 datagrams for a
+// 2-datagram flight whenever the listen side took longer than that to
+// answer (a busy machine, SecP384r1MLKEM1024).
+const firstFlightGap = 100 * time.Millisecond
 
 type countingPacketConn struct {
 	net.PacketConn
 	mu               sync.Mutex
-	received         bool
+	received, paused bool
+	last             time.Time // when the last counted datagram was sent
 	sentBytes, sentN int
 }
 
 func (c *countingPacketConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	c.mu.Lock()
-	if !c.received {
+	now := time.Now()
+	if c.sentN > 0 && now.Sub(c.last) >= firstFlightGap {
+		c.paused = true
+	}
+	if !c.received && !c.paused {
 		c.sentBytes += len(b)
 		c.sentN++
+		c.last = now
 	}
 	c.mu.Unlock()
 	return c.PacketConn.WriteTo(b, addr)
@@ -264,6 +399,7 @@ type Diagnosis int
 const (
 	DiagnosisOK              Diagnosis = iota
 	DiagnosisNoUDPAnswer               // the UDP port is blocked or unserved
+	DiagnosisPortUnreachable           // ICMP port unreachable for the UDP port
 	DiagnosisRefused                   // nothing listens on the TCP port
 	DiagnosisTimeout                   // the handshake did not complete
 	DiagnosisPeerNotAllowed            // we do not accept the peer's identity
@@ -277,7 +413,14 @@ const (
 // Unreachable reports whether the peer could not be reached at all, so
 // that probing other groups would say the same.
 func (d Diagnosis) Unreachable() bool {
-	return d == DiagnosisNoUDPAnswer || d == DiagnosisRefused || d == DiagnosisTimeout
+	return d == DiagnosisNoUDPAnswer || d == DiagnosisPortUnreachable || d == DiagnosisRefused || d == DiagnosisTimeout
+}
+
+// AboutIdentity reports whether the failure is about who the sides are
+// (or which protocol they speak), not about the groups offered, so that
+// probing other groups would say the same.
+func (d Diagnosis) AboutIdentity() bool {
+	return d == DiagnosisPeerNotAllowed || d == DiagnosisRejectedByPeer || d == DiagnosisProofFailed || d == DiagnosisVersionMismatch
 }
 
 // Diagnosis classifies the probe's failure.
@@ -313,6 +456,8 @@ func diagnose(err error, tr transport.Transport, offered []tls.CurveID, ours *hy
 	he, _ := errors.AsType[*transport.HandshakeError](err)
 	overUDP := tr != nil && transport.UsesUDP(tr) && he != nil && he.Transport == tr.Name()
 	switch {
+	case errors.Is(err, ErrPortUnreachable):
+		return DiagnosisPortUnreachable, "refused over UDP: " + ErrPortUnreachable.Error() + "; open UDP on the peer's port or set PQT_TRANSPORT=tcp"
 	case overUDP && isTimeout(err):
 		return DiagnosisNoUDPAnswer, "no answer over UDP: the UDP port is blocked or nothing listens there; open UDP on the peer's port or set PQT_TRANSPORT=tcp"
 	case isRefused(err):

@@ -129,6 +129,12 @@ type Config struct {
 	// (PQT_KEYLOG), so that every tunnel can warn that its traffic is
 	// readable; empty when off.
 	KeyLog string
+	// ReadyTargetDown is how long a target route's origin dials may fail
+	// before the side reports not ready; a probe dials idle targets so
+	// that it notices without clients. Zero means
+	// defaults.ReadyTargetDown (10s); negative turns target readiness and
+	// the probe off.
+	ReadyTargetDown time.Duration
 	// AccessLog logs one INFO line per proxied connection when it ends
 	// (route, peer, client, bytes each way, duration, how it ended); off
 	// when false.
@@ -158,6 +164,9 @@ func (c Config) withDefaults() Config {
 		c.MaxClientsPerIP = share(c.MaxTotalStreams, defaults.ClientsPerIPShare)
 	}
 	c.PeerShare = min(orDefault(c.PeerShare, defaults.PeerShare), 100)
+	if c.ReadyTargetDown == 0 {
+		c.ReadyTargetDown = defaults.ReadyTargetDown
+	}
 	c.DialTimeout = orDefault(c.DialTimeout, defaults.DialTimeout)
 	c.DrainTimeout = orDefault(c.DrainTimeout, defaults.DrainTimeout)
 	if c.UnixSocketMode == 0 {
@@ -483,6 +492,10 @@ func (e *Engine) Run(ctx context.Context) error {
 	go e.routineSampleTraffic(loopCtx)
 	e.loops.Add(1)
 	go e.routineSummarizeHandshakes(loopCtx)
+	if e.cfg.ReadyTargetDown > 0 && len(e.cfg.Target) > 0 {
+		e.loops.Add(1)
+		go e.routineProbeTargets(loopCtx)
+	}
 	if e.cfg.Mode == ModeDial {
 		n := max(e.cfg.Connections, 1)
 		for i := range n {

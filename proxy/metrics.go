@@ -197,13 +197,16 @@ type Readiness struct {
 	Mode    Mode           `json:"mode"`
 	State   string         `json:"state"`
 	Tunnels []TunnelStatus `json:"tunnels"`
+	// Targets are the target routes and their origins' state.
+	Targets []TargetStatus `json:"targets"`
 }
 
 // Readiness reports readiness: a dial side is ready with at least one tunnel
 // connection up; a listen side once its listeners are up. Neither is ready
-// while draining.
+// while draining, nor while a target route is down (its origin dials have
+// failed for ReadyTargetDown).
 func (e *Engine) Readiness() Readiness {
-	st := Readiness{Mode: e.cfg.Mode, State: "serving", Tunnels: []TunnelStatus{}}
+	st := Readiness{Mode: e.cfg.Mode, State: "serving", Tunnels: []TunnelStatus{}, Targets: e.targetStatuses()}
 	for _, t := range e.tunnels.snapshot() {
 		info := t.s.Info()
 		st.Tunnels = append(st.Tunnels, TunnelStatus{
@@ -219,6 +222,11 @@ func (e *Engine) Readiness() Readiness {
 		st.Ready = true
 	default:
 		st.Ready = len(st.Tunnels) > 0
+	}
+	for _, ts := range st.Targets {
+		if ts.State == TargetDown {
+			st.Ready = false
+		}
 	}
 	return st
 }

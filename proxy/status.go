@@ -66,6 +66,12 @@ type RouteStatus struct {
 	LastDial *DialResult `json:"last_dial,omitempty"`
 	// TLS is a tls:// route's handshakes; nil for plain TCP.
 	TLS *TLSRouteStatus `json:"tls,omitempty"`
+	// State is a target's origin as readiness sees it (TargetUp,
+	// TargetFailing, TargetDown, TargetUnknown); empty for a forward route.
+	State string `json:"state,omitempty"`
+	// FailingSince is when a target's dials began to fail, with none
+	// succeeding since; nil while it is not failing.
+	FailingSince *time.Time `json:"failing_since,omitempty"`
 }
 
 // TLSRouteStatus counts a tls:// route's handshakes with standard clients
@@ -95,6 +101,8 @@ type DialResult struct {
 	OK      bool      `json:"ok"`
 	Error   string    `json:"error,omitempty"`
 	Seconds float64   `json:"seconds"`
+	// Probe is true for the readiness probe's dial, false for a client's.
+	Probe bool `json:"probe,omitempty"`
 }
 
 // Limits are the bounds the engine runs with, defaults applied, and how much
@@ -216,6 +224,9 @@ type routeStat struct {
 	mu         sync.Mutex
 	last       *DialResult
 	lastTLS    *TLSHandshake
+	// failingSince is the first failed dial after the last one that
+	// worked; zero while the last dial worked or before any.
+	failingSince time.Time
 }
 
 func (rs *routeStats) get(kind, name string) *routeStat {
@@ -241,15 +252,22 @@ func (rs *routeStats) opened(kind, route string) func() {
 	return func() { s.clients.Add(-1) }
 }
 
-// dialed records how the target route's last origin dial, begun at start, ended.
-func (rs *routeStats) dialed(route string, start time.Time, err error) {
-	r := &DialResult{Time: start, OK: err == nil, Seconds: time.Since(start).Seconds()}
+// dialed records how the target route's last origin dial, begun at start,
+// ended; probe says whether it was the readiness probe's.
+func (rs *routeStats) dialed(route string, start time.Time, err error, probe bool) {
+	r := &DialResult{Time: start, OK: err == nil, Seconds: time.Since(start).Seconds(), Probe: probe}
 	if err != nil {
 		r.Error = err.Error()
 	}
 	s := rs.get(KindTarget, route)
 	s.mu.Lock()
 	s.last = r
+	switch {
+	case err == nil:
+		s.failingSince = time.Time{}
+	case s.failingSince.IsZero():
+		s.failingSince = start
+	}
 	s.mu.Unlock()
 }
 
@@ -267,13 +285,17 @@ func (rs *routeStats) tlsConnected(kind, route string, info tlsroute.Info) {
 // tlsRefused counts a failed handshake of the tls:// route.
 func (rs *routeStats) tlsRefused(kind, route string) { rs.get(kind, route).tlsRefused.Add(1) }
 
-func (rs *routeStats) status(kind string, r Route, local bool) RouteStatus {
+// status describes route r; local says it is joined on this side, and
+// downAfter is how long a target may fail before it is down (negative:
+// never).
+func (rs *routeStats) status(kind string, r Route, local bool, now time.Time, downAfter time.Duration) RouteStatus {
 	s := rs.get(kind, routeName(r.Name))
 	out := RouteStatus{Kind: kind, Name: routeName(r.Name), Scheme: string(r.Scheme), Addr: r.Addr, Clients: s.clients.Load(), Local: local}
 	if r.IsTLS() {
 		out.TLS = &TLSRouteStatus{Handshakes: s.tlsOK.Load(), Refused: s.tlsRefused.Load()}
 	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.last != nil {
 		last := *s.last
 		out.LastDial = &last
@@ -282,7 +304,13 @@ func (rs *routeStats) status(kind string, r Route, local bool) RouteStatus {
 		last := *s.lastTLS
 		out.TLS.Last = &last
 	}
-	s.mu.Unlock()
+	if kind == KindTarget {
+		out.State = targetState(s.last, s.failingSince, now, downAfter)
+		if !s.failingSince.IsZero() {
+			since := s.failingSince
+			out.FailingSince = &since
+		}
+	}
 	return out
 }
 
@@ -315,10 +343,10 @@ func (e *Engine) Status() Status {
 		if i < len(e.forwardLns) {
 			r.Addr = e.forwardLns[i].Addr().String() // the port bound for port 0
 		}
-		st.Routes = append(st.Routes, e.routeStats.status(KindForward, r, e.tls.joined(r.Name)))
+		st.Routes = append(st.Routes, e.routeStats.status(KindForward, r, e.tls.joined(r.Name), now, e.cfg.ReadyTargetDown))
 	}
 	for _, r := range e.cfg.Target {
-		st.Routes = append(st.Routes, e.routeStats.status(KindTarget, r, e.tls.joined(r.Name)))
+		st.Routes = append(st.Routes, e.routeStats.status(KindTarget, r, e.tls.joined(r.Name), now, e.cfg.ReadyTargetDown))
 	}
 	st.Limits = e.limits()
 	return st

@@ -260,6 +260,10 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 		st.Reset()
 		return
 	}
+	if req.Kind == wire.KindRouteQuery {
+		e.answerRouteQuery(st, t, req.Route)
+		return
+	}
 	rec := e.newAccessRecord("in", routeName(req.Route), req.Client, start)
 	rec.via(t)
 	undo.add(func() { e.logAccess(rec) })
@@ -310,7 +314,7 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 		// The same answer for a route that exists but is not this peer's as
 		// for one that does not exist, listing only the peer's own routes,
 		// so that a peer learns nothing of the routes of others.
-		unknown := fmt.Sprintf("route %q is not in the peer's PQT_TARGET (it has: %s)", routeName(req.Route), e.targetNames(t.peer))
+		unknown := e.unknownRouteMessage(req.Route, t.peer)
 		if known {
 			m.streamsFailed.WithLabelValues(route, "not_allowed").Inc()
 			m.notAllowed.WithLabelValues(route, e.peerLabel(t.peer)).Inc()
@@ -378,6 +382,28 @@ func (e *Engine) pipeInbound(st transport.Stream, origin end, route, target stri
 		return
 	}
 	log.Debug("stream closed", "origin", target, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond))
+}
+
+// unknownRouteMessage is the answer to a peer that names a route it may
+// not use: the same whether the route does not exist or is another peer's,
+// listing only the routes this peer may use.
+func (e *Engine) unknownRouteMessage(route, peer string) string {
+	return fmt.Sprintf("route %q is not in the peer's PQT_TARGET (it has: %s)", routeName(route), e.targetNames(peer))
+}
+
+// answerRouteQuery tells the peer whether this side delivers route to it
+// ('pqtunnel check' asks before any client does), with the answer a stream
+// for that route would get, and dials nothing.
+func (e *Engine) answerRouteQuery(st transport.Stream, t *tunnel, route string) {
+	resp := wire.Response{Status: wire.StatusOK}
+	if target, known := e.target(route); !known || !target.allows(t.peer) {
+		resp = wire.Response{Status: wire.StatusUnknownRoute, Message: e.unknownRouteMessage(route, t.peer)}
+	} else {
+		resp.Message = e.targetHealth(routeName(route))
+	}
+	t.log.Debug("route query answered", "route", routeName(route), "status", resp.Status.String())
+	_, _ = st.Write(wire.AppendResponse(nil, resp)) // best effort: the asker reads it or gives up
+	_ = st.Close()
 }
 
 // target is the target route a peer's stream names. A target joined to a

@@ -278,7 +278,7 @@ func (e *Engine) dialTarget(target Route, client, server netip.AddrPort, peer st
 	dialStart := time.Now()
 	c, err := d.Dial(target.network(), target.Addr)
 	e.metrics.originDial.WithLabelValues(route).Observe(time.Since(dialStart).Seconds())
-	e.routeStats.dialed(route, dialStart, err)
+	e.routeStats.dialed(route, dialStart, err, false)
 	if err != nil {
 		return nil, &dialError{fmt.Errorf("dial origin %s: %w", target.Addr, err)}
 	}

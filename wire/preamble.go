@@ -45,11 +45,21 @@ type Kind byte
 const (
 	// KindTCP is a byte stream to a TCP target route.
 	KindTCP Kind = 0
+	// KindRouteQuery asks whether the acceptor delivers the request's
+	// route to this peer, for 'pqtunnel check'; no payload follows. The
+	// acceptor dials nothing and answers StatusOK, or StatusUnknownRoute
+	// with the routes the peer may use; an acceptor that predates the
+	// query answers StatusUnknownKind. Its value is the last one, so that
+	// kinds that deliver streams count up from KindTCP without meeting it.
+	KindRouteQuery Kind = 0xff
 )
 
 func (k Kind) String() string {
-	if k == KindTCP {
+	switch k {
+	case KindTCP:
 		return "tcp"
+	case KindRouteQuery:
+		return "route query"
 	}
 	return fmt.Sprintf("kind(%d)", byte(k))
 }

@@ -16,6 +16,7 @@ func TestRequestRoundTrip(t *testing.T) {
 		{Route: "ünïcode", Client: "x"},
 		{Route: strings.Repeat("r", 255), Client: strings.Repeat("c", 255), Server: strings.Repeat("s", 255)},
 		{Kind: 7, Route: "unix", Extensions: []Extension{{Type: 1, Value: []byte("v")}, {Type: 200, Value: []byte{}}}},
+		{Kind: KindRouteQuery, Route: "pg"},
 	}
 	for _, want := range tests {
 		enc, err := AppendRequest([]byte("prefix"), want)

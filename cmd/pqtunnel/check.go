@@ -46,13 +46,19 @@ func check(args []string, environ map[string]string, stdout, stderr io.Writer) e
 		fmt.Fprintf(stdout, "peer %s  (%s=%s %s=%s %s=%s)\n", peer, transportVar, pc.Transport.Name(), pqVar, mode, groupsVar, hybridtls.GroupNames(groups))
 		works := map[string]bool{}
 		var advice []string
+		var routes []proxy.RouteAnswer
+		asked := false
 		for _, tr := range basicTransports {
-			full := probe(stdout, pc, peer, tr, mode, groups, ours)
+			// The first transport that connects also asks about the routes.
+			full := probeWith(stdout, pc, peer, tr, mode, groups, ours, !asked)
 			works[tr.Name()] = full.Err == nil
+			if full.Err == nil && !asked {
+				routes, asked = full.Routes, true
+			}
 			if full.Err != nil {
 				advice = append(advice, fmt.Sprintf("%s: %s", tr.Name(), full.Verdict(ours)))
 			}
-			if full.Err != nil && full.Diagnosis().Unreachable() {
+			if d := full.Diagnosis(); full.Err != nil && (d.Unreachable() || d.AboutIdentity()) {
 				continue // per-group probes would say the same
 			}
 			var accepted []string
@@ -84,6 +90,7 @@ func check(args []string, environ map[string]string, stdout, stderr io.Writer) e
 				ok = ok || w
 			}
 		}
+		missing := printRoutes(stdout, routes)
 		for _, a := range advice {
 			fmt.Fprintln(stdout, "  advice:", a)
 		}
@@ -92,6 +99,12 @@ func check(args []string, environ map[string]string, stdout, stderr io.Writer) e
 			for _, tr := range basicTransports {
 				each = append(each, fmt.Sprintf("%s: %s", tr.Name(), yesNo(works[tr.Name()])))
 			}
+			if len(missing) > 0 {
+				failed++
+				fmt.Fprintf(stdout, "  verdict: the tunnel would connect (%s), but the peer's %s lacks %s: clients on %s would be refused\n",
+					strings.Join(each, ", "), config.Name("Target"), oneMany(len(missing), "route", "routes")+" "+strings.Join(missing, ", "), oneMany(len(missing), "it", "them"))
+				continue
+			}
 			fmt.Fprintf(stdout, "  verdict: would connect (%s)\n", strings.Join(each, ", "))
 		} else {
 			failed++
@@ -99,9 +112,39 @@ func check(args []string, environ map[string]string, stdout, stderr io.Writer) e
 		}
 	}
 	if failed > 0 {
-		return fmt.Errorf("check: %d of %d peers would not connect", failed, len(pc.Tunnel))
+		return fmt.Errorf("check: %d of %d peers would not connect or lack routes", failed, len(pc.Tunnel))
 	}
 	return nil
+}
+
+// printRoutes prints the peer's answer about each forward route and
+// returns the names of those it lacks.
+func printRoutes(w io.Writer, routes []proxy.RouteAnswer) (missing []string) {
+	forwardVar, targetVar := config.Name("Forward"), config.Name("Target")
+	for _, a := range routes {
+		switch {
+		case a.NotCarried:
+			fmt.Fprintf(w, "  route %-12s not carried to this peer: its @ list in %s does not name it\n", a.Route, forwardVar)
+		case errors.Is(a.Err, proxy.ErrQueryUnsupported):
+			fmt.Fprintf(w, "  route %-12s not checked: %v\n", a.Route, a.Err)
+		case a.Err != nil:
+			fmt.Fprintf(w, "  route %-12s not checked: %v\n", a.Route, a.Err)
+		case a.Known:
+			fmt.Fprintf(w, "  route %-12s ok: in the peer's %s (%s)\n", a.Route, targetVar, a.Message)
+		default:
+			missing = append(missing, a.Route)
+			fmt.Fprintf(w, "  route %-12s MISSING: %s\n", a.Route, a.Message)
+		}
+	}
+	return missing
+}
+
+// oneMany is one or many by n.
+func oneMany(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 // probeClassicalGroup reports whether peer accepts classical X25519 over
@@ -120,9 +163,27 @@ func probeClassicalGroup(w io.Writer, pc proxy.Config, peer string, tr transport
 }
 
 func probe(w io.Writer, pc proxy.Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID, ours *hybridtls.Material) proxy.Probe {
+	return probeWith(w, pc, peer, tr, mode, groups, ours, false)
+}
+
+// progressInterval is how often a probe that is still waiting says so.
+const progressInterval = 2 * time.Second
+
+// probeWith runs one probe, asking about the forward routes too when
+// askRoutes, prints a line every progressInterval while it waits, and
+// then its result.
+func probeWith(w io.Writer, pc proxy.Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID, ours *hybridtls.Material, askRoutes bool) proxy.Probe {
 	ctx, cancel := context.WithTimeout(context.Background(), pc.Mux.HandshakeTimeout)
 	defer cancel()
-	p := proxy.ProbeTunnel(ctx, pc, peer, tr, mode, groups)
+	offered := hybridtls.GroupNames(groups)
+	stop := progress(w, fmt.Sprintf("  %-4s offer %-52s", tr.Name(), offered), pc.Mux.HandshakeTimeout)
+	var p proxy.Probe
+	if askRoutes {
+		p = proxy.ProbeRoutes(ctx, pc, peer, tr, mode, groups)
+	} else {
+		p = proxy.ProbeTunnel(ctx, pc, peer, tr, mode, groups)
+	}
+	stop()
 	var sizes string
 	if p.ClientHello > 0 {
 		sizes = fmt.Sprintf(" ClientHello=%dB", p.ClientHello)
@@ -133,7 +194,6 @@ func probe(w io.Writer, pc proxy.Config, peer string, tr transport.Transport, mo
 	if p.FirstFlight > 0 {
 		sizes = fmt.Sprintf(" first_flight=%dB/%d packets", p.FirstFlight, p.FirstFlightPackets)
 	}
-	offered := hybridtls.GroupNames(groups)
 	if p.Err != nil {
 		fmt.Fprintf(w, "  %-4s offer %-52s FAIL%s  %s\n", tr.Name(), offered, sizes, p.Verdict(ours))
 		return p
@@ -141,6 +201,30 @@ func probe(w io.Writer, pc proxy.Config, peer string, tr transport.Transport, mo
 	fmt.Fprintf(w, "  %-4s offer %-52s ok   group=%s sig=%s handshake=%s%s peer=%s pq_auth=%t\n", tr.Name(), offered,
 		hybridtls.GroupName(p.Group), p.Sig, p.Handshake.Round(10*time.Microsecond), sizes, p.PeerName, p.PQAuth)
 	return p
+}
+
+// progress prints prefix and how long it has waited every
+// progressInterval until stop is called; stop waits for the printer.
+func progress(w io.Writer, prefix string, timeout time.Duration) (stop func()) {
+	start := time.Now()
+	done, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		tick := time.NewTicker(progressInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				fmt.Fprintf(w, "%s still waiting: no answer after %s (gives up after %s)\n", prefix, time.Since(start).Round(time.Second), timeout)
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+	}
 }
 
 func yesNo(b bool) string {

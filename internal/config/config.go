@@ -305,6 +305,9 @@ func (c *Config) parseLimits(v *Vars) error {
 			return fmt.Errorf("%s: must be positive", p.name)
 		}
 	}
+	if v.ReadyTargetDown < 0 {
+		return fmt.Errorf("PQT_READY_TARGET_DOWN: %s is negative (0 turns the check off)", v.ReadyTargetDown)
+	}
 	if v.MaxConnMemory < 1<<20 {
 		return fmt.Errorf("PQT_MAX_CONN_MEMORY: %s is less than the 1MiB a tunnel connection needs", v.MaxConnMemory)
 	}
@@ -337,6 +340,10 @@ func (c *Config) parseLimits(v *Vars) error {
 	e.MaxClientsPerIP = v.MaxClientsPerIP
 	e.PeerShare = v.MaxPeerShare
 	e.StreamIdleTimeout = v.StreamIdleTimeout
+	e.ReadyTargetDown = v.ReadyTargetDown
+	if v.ReadyTargetDown == 0 {
+		e.ReadyTargetDown = -1 // the engine's zero is its default
+	}
 	e.Mux = transport.Config{
 		HandshakeTimeout: v.HandshakeTimeout,
 		KeepAlive:        v.KeepAlive,

@@ -35,6 +35,7 @@ var table = map[string]any{
 	"MaxClientsPerIP":  defaults.MaxClientsPerIP,
 	"MaxPeerShare":     defaults.PeerShare,
 	"DrainTimeout":     defaults.DrainTimeout,
+	"ReadyTargetDown":  defaults.ReadyTargetDown,
 	"LogLevel":         defaults.LogLevel,
 	"LogFormat":        defaults.LogFormat,
 	"UnixMode":         fmt.Sprintf("%04o", defaults.UnixSocketMode),

@@ -62,6 +62,7 @@ type Vars struct {
 	MaxPeerShare      int           `env:"PQT_MAX_PEER_SHARE" envDefault:"50" help:"Percent of PQT_MAX_CONNECTIONS and of PQT_MAX_TOTAL_STREAMS one peer may hold (the tunnel connections and the streams it opens) when more than one peer is accepted, so that one peer cannot lock the others out; 1 to 100. With one peer accepted it may hold everything."`
 	StreamIdleTimeout time.Duration `env:"PQT_STREAM_IDLE_TIMEOUT" help:"Close a stream on which no byte moved in either direction for this long. Off when empty or 0: database pools legitimately idle for hours."`
 	DrainTimeout      time.Duration `env:"PQT_DRAIN_TIMEOUT" envDefault:"30s" help:"On SIGTERM/SIGINT, how long open streams may finish before they are closed."`
+	ReadyTargetDown   time.Duration `env:"PQT_READY_TARGET_DOWN" envDefault:"10s" help:"A side with PQT_TARGET is not ready (/readyz 503) while a target's origin dials have failed for this long; idle targets are probed with a TCP connect every half of it (at most 5s). 0 turns the probe and this check off."`
 
 	Metrics       string `env:"PQT_METRICS" help:"Address of the HTTP server for /metrics, /healthz, /readyz and /status (pqtunnel status reads it); a bare port binds 127.0.0.1. Off when empty."`
 	UnixMode      string `env:"PQT_UNIX_MODE" envDefault:"0660" help:"Octal mode of the sockets unix:// forward routes create; 0660 lets the owner and group connect."`

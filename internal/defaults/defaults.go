@@ -49,6 +49,10 @@ const (
 	KeepAliveTimeout = 3 * time.Second
 	// DrainTimeout bounds how long open streams may finish at shutdown.
 	DrainTimeout = 30 * time.Second
+	// ReadyTargetDown is how long a target's origin dials may fail before
+	// the side reports not ready: long enough to ride out an origin's
+	// restart, short enough that Kubernetes stops sending traffic soon.
+	ReadyTargetDown = 10 * time.Second
 )
 
 // Limits.

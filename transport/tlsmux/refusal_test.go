@@ -3,6 +3,8 @@ package tlsmux
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -91,5 +93,44 @@ func TestALPNMismatchIsVersionMismatch(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("OnHandshakeError was not called")
+	}
+}
+
+// A TLS 1.3 client learns that its certificate was refused only after it
+// has finished the handshake and sent its proof. The server drains that
+// proof before closing, so that the client reads the alert instead of a
+// reset, every time: here the proof is 64 KiB, so that it is still
+// arriving when the server refuses.
+func TestClientReadsRefusalOfItsCertificate(t *testing.T) {
+	_, sc := transporttest.Configs(t)
+	_, server := transporttest.Stores(t)
+	stranger, err := hybridtls.GenerateIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The stranger accepts the server, which does not accept it.
+	cs, err := hybridtls.NewStore(server.Policy(), &hybridtls.Material{Identity: stranger, Peers: []hybridtls.Pin{server.Material().Identity.Pin}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.TLS, sc.Authenticate = server.ServerConfig(), transporttest.StoreAuth(server)
+	cc := &transport.Config{TLS: cs.ClientConfig(), HandshakeTimeout: 10 * time.Second}
+	cc.Authenticate = func(_ *tls.ConnectionState, rw io.ReadWriter, _ bool) (transport.Peer, error) {
+		if _, err := rw.Write(make([]byte, 64<<10)); err != nil {
+			return transport.Peer{}, fmt.Errorf("send proof: %w", err)
+		}
+		_, err := rw.Read(make([]byte, 1))
+		return transport.Peer{}, fmt.Errorf("read proof: %w", err)
+	}
+	ln := transporttest.Listen(t, Transport{}, sc)
+	for i := range 20 {
+		s, err := Dial(transporttest.Ctx(t), ln.Addr().String(), cc)
+		if err == nil {
+			_ = s.Close()
+			t.Fatal("a refused client connected")
+		}
+		if r := transport.Classify(err); r != transport.ReasonRejectedByPeer {
+			t.Fatalf("attempt %d: client reason %q for %v, want rejected_by_peer", i, r, err)
+		}
 	}
 }

@@ -319,6 +319,9 @@ func (l *tcpListener) routineHandshake(raw net.Conn, release func()) {
 		_ = s.Close()
 		err = transport.NewHandshakeError(Name, transport.StageTLS, fmt.Errorf("handshake: %w", ctx.Err()))
 	}
+	if err != nil && ctx.Err() == nil {
+		lingerClose(raw)
+	}
 	cancel()
 	release()
 	if err != nil {
@@ -328,6 +331,28 @@ func (l *tcpListener) routineHandshake(raw net.Conn, release func()) {
 	}
 	watchAcks(s, raw, l.c)
 	l.Deliver(s)
+}
+
+// lingerTimeout bounds how long a refused connection is drained before it
+// is closed; the handshake slot stays taken meanwhile, so MaxHandshakes
+// bounds the lingering connections too.
+const lingerTimeout = 250 * time.Millisecond
+
+// lingerClose ends a refused connection so that the peer can read why: a
+// TLS 1.3 client has finished its handshake and sent its session proof
+// before it can learn that its certificate was refused, and closing a
+// socket with that proof unread makes the kernel answer with a reset,
+// which throws away the alert the client has not read yet ("send proof:
+// broken pipe" instead of "the peer refused our identity"). So it sends
+// FIN after the alert and reads what the client still sends, for a moment,
+// before the caller closes the socket.
+func lingerClose(raw net.Conn) {
+	cw, ok := raw.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	_ = raw.SetReadDeadline(time.Now().Add(lingerTimeout)) // the deadline ends the drain
+	_, _ = io.CopyN(io.Discard, raw, 64<<10)               // until EOF, the deadline or 64 KiB: what is read is discarded
 }
 
 func (l *tcpListener) Transport() string { return Name }

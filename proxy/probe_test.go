@@ -1,0 +1,181 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/transport"
+	"github.com/pqtunnel/pqtunnel/transport/memtransport"
+	"github.com/pqtunnel/pqtunnel/transport/quic"
+	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
+)
+
+// blackholeUDP is a UDP socket that reads every datagram and answers none,
+// as a peer behind a firewall that drops the server's replies looks.
+func blackholeUDP(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		_ = pc.Close()
+		<-done
+	})
+	return pc.LocalAddr().String()
+}
+
+func probeConfig(t *testing.T, timeout time.Duration) Config {
+	_, dialStore := pinnedStores(t)
+	return Config{TLS: dialStore, Mux: transport.Config{HandshakeTimeout: timeout}}
+}
+
+// The first flight is what the client sends at once; quic-go resends it
+// every probe timeout (200 ms, then 400 ms, …) while the server is silent,
+// and those copies are not part of it.
+func TestFirstFlightCountsNoRetransmission(t *testing.T) {
+	addr := blackholeUDP(t)
+	for _, groups := range [][]tls.CurveID{hybridtls.DefaultGroups, {tls.SecP384r1MLKEM1024}} {
+		t.Run(hybridtls.GroupNames(groups), func(t *testing.T) {
+			timeout := 1500 * time.Millisecond // room for three retransmissions
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			p := ProbeTunnel(ctx, probeConfig(t, timeout), addr, quic.Transport{}, hybridtls.Strict, groups)
+			if p.Err == nil {
+				t.Fatal("a handshake with a silent peer succeeded")
+			}
+			if p.FirstFlightPackets != 2 || p.FirstFlight != 2*1280 {
+				t.Errorf("first flight %d B in %d datagrams, want 2560 B in 2 (every hybrid ClientHello fits in two padded datagrams)", p.FirstFlight, p.FirstFlightPackets)
+			}
+			if d := p.Diagnosis(); d != DiagnosisNoUDPAnswer {
+				t.Errorf("diagnosis %d for %v, want no UDP answer", d, p.Err)
+			}
+		})
+	}
+}
+
+// A closed UDP port answers with ICMP port unreachable: the QUIC probe
+// says so at once instead of waiting for its handshake timeout.
+func TestProbeFailsFastOnPortUnreachable(t *testing.T) {
+	addr := closedUDPAddr(t)
+	timeout := 10 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	start := time.Now()
+	p := ProbeTunnel(ctx, probeConfig(t, timeout), addr, quic.Transport{}, hybridtls.Strict, hybridtls.DefaultGroups)
+	took := time.Since(start)
+	if !errors.Is(p.Err, ErrPortUnreachable) {
+		t.Fatalf("probe error %v, want ErrPortUnreachable", p.Err)
+	}
+	if took > 3*time.Second {
+		t.Errorf("the probe took %s to notice a closed port, want well under its %s timeout", took.Round(time.Millisecond), timeout)
+	}
+	if d := p.Diagnosis(); d != DiagnosisPortUnreachable || !d.Unreachable() {
+		t.Errorf("diagnosis %d, want port unreachable, which is unreachable", d)
+	}
+	// Over TCP a closed port is a refused connection, fast by itself.
+	p = ProbeTunnel(ctx, probeConfig(t, timeout), closedAddr(t), tlsmux.Transport{}, hybridtls.Strict, hybridtls.DefaultGroups)
+	if d := p.Diagnosis(); d != DiagnosisRefused {
+		t.Errorf("tcp probe of a closed port: diagnosis %d for %v, want refused", d, p.Err)
+	}
+}
+
+// closedUDPAddr returns a loopback UDP address where nothing listens.
+func closedUDPAddr(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := pc.LocalAddr().String()
+	_ = pc.Close()
+	return addr
+}
+
+// check asks the peer about each forward route: one it delivers, one it
+// lacks (the answer lists what it has), and one whose @ list does not name
+// the peer, which is not asked at all. The peer dials nothing for a query.
+func TestProbeRoutesAsksThePeer(t *testing.T) {
+	tr := memtransport.New()
+	origin := startCountingOrigin(t)
+	listenStore, dialStore := pinnedStores(t)
+	listen := runEngine(t, Config{
+		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr,
+		Target: []Route{{Name: "echo", Addr: origin.addr}}, TLS: listenStore, ReadyTargetDown: -1,
+	})
+	cfg := Config{
+		TLS: dialStore, Mux: transport.Config{HandshakeTimeout: 10 * time.Second},
+		Forward: []Route{{Name: "echo"}, {Name: "pg"}, {Name: "web", Allow: []string{"someone-else"}}},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p := ProbeRoutes(ctx, cfg, listen.TunnelAddr().String(), tr, hybridtls.Strict, hybridtls.DefaultGroups)
+	if p.Err != nil {
+		t.Fatal(p.Err)
+	}
+	if len(p.Routes) != 3 {
+		t.Fatalf("answers %+v, want 3", p.Routes)
+	}
+	echo, pg, web := p.Routes[0], p.Routes[1], p.Routes[2]
+	if !echo.Known || echo.Err != nil || echo.Route != "echo" {
+		t.Errorf("echo: %+v, want known", echo)
+	}
+	if pg.Known || pg.Err != nil || !strings.Contains(pg.Message, `route "pg" is not in the peer's PQT_TARGET (it has: echo)`) {
+		t.Errorf("pg: %+v, want unknown with the peer's routes", pg)
+	}
+	if !web.NotCarried || web.Known {
+		t.Errorf("web: %+v, want not carried to this peer", web)
+	}
+	if n := origin.accepted.Load(); n != 0 {
+		t.Errorf("the route query made the peer dial its origin %d times", n)
+	}
+}
+
+// countingOrigin accepts and closes connections, counting them.
+type countingOrigin struct {
+	addr     string
+	accepted atomic.Int64
+}
+
+func startCountingOrigin(t *testing.T) *countingOrigin {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &countingOrigin{addr: ln.Addr().String()}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			o.accepted.Add(1)
+			_ = c.Close()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		<-done
+	})
+	return o
+}
