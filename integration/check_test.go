@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"net"
 	"regexp"
 	"strings"
 	"testing"
@@ -78,12 +79,52 @@ func TestCheck(t *testing.T) {
 		if strings.Contains(out, "advice:") {
 			t.Errorf("advice given for a healthy peer")
 		}
+		if !regexp.MustCompile(`(?m)^  route default +ok: in the peer's PQT_TARGET`).MatchString(out) {
+			t.Errorf("output does not say that the peer has the unnamed route")
+		}
+	})
+
+	t.Run("route missing at the peer", func(t *testing.T) {
+		l := startListen(t, ctx, 0, "auto", map[string]string{"PQT_TARGET": "redis=" + loopback(freePort(t))})
+		env := chkDialEnv(t, l.tunnelAddr, "auto", nil)
+		env["PQT_FORWARD"] = "redis=" + loopback(freePort(t)) + ",pg=" + loopback(freePort(t))
+		out, code := chkRun(t, ctx, env)
+		t.Logf("pqtunnel check (exit %d):\n%s", code, out)
+		if code == 0 {
+			t.Errorf("check exited 0 although the peer lacks route pg")
+		}
+		if !regexp.MustCompile(`(?m)^  route redis +ok: in the peer's PQT_TARGET`).MatchString(out) {
+			t.Errorf("output does not say that the peer has route redis")
+		}
+		if !regexp.MustCompile(`(?m)^  route pg +MISSING: route "pg" is not in the peer's PQT_TARGET \(it has: redis\)`).MatchString(out) {
+			t.Errorf("output does not say that route pg is missing, with the routes the peer has")
+		}
+		if !strings.Contains(out, "verdict: the tunnel would connect (quic: yes, tcp: yes), but the peer's PQT_TARGET lacks route pg") {
+			t.Errorf("the verdict does not say that the peer lacks route pg")
+		}
+		if strings.Contains(out, "verdict: would connect") {
+			t.Errorf("the verdict says \"would connect\" although a route is missing")
+		}
+		// The query dials nothing and is no stream: the listen side counts none.
+		if n := len(l.logs(msgIs("stream refused"))); n != 0 {
+			t.Errorf("the listen side logged %d refused streams for route queries", n)
+		}
 	})
 
 	t.Run("no UDP", func(t *testing.T) {
 		l := startListen(t, ctx, 0, "tcp", map[string]string{"PQT_TARGET": loopback(freePort(t))})
-		out, code := chkRun(t, ctx, chkDialEnv(t, l.tunnelAddr, "auto", nil))
-		t.Logf("pqtunnel check, PQT_TRANSPORT=auto (exit %d):\n%s", code, out)
+		// Nothing listens on the UDP port: the ICMP port unreachable that
+		// answers says so at once, well before the handshake timeout.
+		start := time.Now()
+		out, code := chkRun(t, ctx, chkDialEnv(t, l.tunnelAddr, "auto", map[string]string{"PQT_HANDSHAKE_TIMEOUT": "20s"}))
+		took := time.Since(start)
+		t.Logf("pqtunnel check, PQT_TRANSPORT=auto (exit %d, %s):\n%s", code, took.Round(time.Millisecond), out)
+		if took > 10*time.Second {
+			t.Errorf("check took %s against a closed UDP port; want a fast failure, not the 20s handshake timeout", took.Round(time.Millisecond))
+		}
+		if !chkLine("quic", all, `FAIL.*ICMP port unreachable`).MatchString(out) {
+			t.Errorf("the quic probe does not name ICMP port unreachable")
+		}
 		if code != 0 {
 			t.Errorf("check exited %d with PQT_TRANSPORT=auto against a TCP-only peer, want 0 (auto connects over tcp)", code)
 		}
@@ -101,6 +142,36 @@ func TestCheck(t *testing.T) {
 		}
 		if !strings.Contains(out, "verdict: would NOT connect with PQT_TRANSPORT=quic") {
 			t.Errorf("output lacks \"verdict: would NOT connect with PQT_TRANSPORT=quic\"")
+		}
+	})
+
+	t.Run("UDP dropped", func(t *testing.T) {
+		l := startListen(t, ctx, 0, "tcp", map[string]string{"PQT_TARGET": loopback(freePort(t))})
+		// A socket on the listen side's UDP port that reads and never
+		// answers is a firewall dropping UDP: check says it is waiting.
+		pc, err := net.ListenPacket("udp", l.tunnelAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		go func() {
+			buf := make([]byte, 2048)
+			for {
+				if _, _, err := pc.ReadFrom(buf); err != nil {
+					return
+				}
+			}
+		}()
+		out, code := chkRun(t, ctx, chkDialEnv(t, l.tunnelAddr, "quic", map[string]string{"PQT_HANDSHAKE_TIMEOUT": "5s"}))
+		t.Logf("pqtunnel check (exit %d):\n%s", code, out)
+		if !chkLine("quic", all, `still waiting: no answer after 2s \(gives up after 5s\)`).MatchString(out) {
+			t.Errorf("no progress line after 2s of waiting")
+		}
+		if !chkLine("quic", all, `still waiting: no answer after 4s`).MatchString(out) {
+			t.Errorf("no progress line after 4s of waiting")
+		}
+		if !regexp.MustCompile(`(?m)^  advice: quic: no answer over UDP`).MatchString(out) {
+			t.Errorf("the advice does not say that UDP went unanswered")
 		}
 	})
 

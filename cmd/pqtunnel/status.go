@@ -158,7 +158,7 @@ func formatStatus(w io.Writer, st proxy.Status) error {
 	if len(st.Routes) == 0 {
 		fmt.Fprintln(tw, "  none")
 	} else {
-		fmt.Fprintln(tw, "  KIND\tROUTE\tADDRESS\tCLIENTS\tLAST ORIGIN DIAL\tTLS")
+		fmt.Fprintln(tw, "  KIND\tROUTE\tADDRESS\tCLIENTS\tSTATE\tLAST ORIGIN DIAL\tTLS")
 	}
 	for _, r := range st.Routes {
 		last := ""
@@ -171,6 +171,13 @@ func formatStatus(w io.Writer, st proxy.Status) error {
 		default:
 			last = fmt.Sprintf("FAILED %s ago: %s", roundDuration(st.Time.Sub(d.Time)), d.Error)
 		}
+		if d := r.LastDial; d != nil && d.Probe {
+			last += " (readiness probe)"
+		}
+		state := r.State
+		if r.FailingSince != nil {
+			state += fmt.Sprintf(" for %s", roundDuration(st.Time.Sub(*r.FailingSince)))
+		}
 		addr := r.Addr
 		if r.Scheme != "" {
 			addr = r.Scheme + "://" + addr
@@ -178,7 +185,7 @@ func formatStatus(w io.Writer, st proxy.Status) error {
 		if r.Local {
 			addr += " (local)"
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\t%s\n", r.Kind, r.Name, addr, r.Clients, last, tlsSummary(r.TLS, st.Time))
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.Kind, r.Name, addr, r.Clients, state, last, tlsSummary(r.TLS, st.Time))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -27,10 +27,11 @@ func sampleStatus() proxy.Status {
 		},
 		Routes: []proxy.RouteStatus{
 			{Kind: proxy.KindTarget, Name: "redis", Addr: "127.0.0.1:6379", Clients: 2,
-				LastDial: &proxy.DialResult{Time: now.Add(-12 * time.Second), OK: true, Seconds: 0.00031}},
+				LastDial: &proxy.DialResult{Time: now.Add(-12 * time.Second), OK: true, Seconds: 0.00031}, State: proxy.TargetUp},
 			{Kind: proxy.KindTarget, Name: "pg", Addr: "127.0.0.1:5432",
-				LastDial: &proxy.DialResult{Time: now.Add(-3 * time.Second), Error: "connection refused"}},
-			{Kind: proxy.KindTarget, Name: "idle", Addr: "127.0.0.1:1"},
+				LastDial: &proxy.DialResult{Time: now.Add(-3 * time.Second), Error: "connection refused", Probe: true},
+				State:    proxy.TargetDown, FailingSince: new(now.Add(-14 * time.Second))},
+			{Kind: proxy.KindTarget, Name: "idle", Addr: "127.0.0.1:1", State: proxy.TargetUnknown},
 		},
 		Limits: proxy.Limits{MaxConnections: 256, MaxStreams: 4096, MaxTotalStreams: -1, TotalStreams: 2,
 			HandshakeTimeout: "10s", DialTimeout: "5s", IdleTimeout: "8s", KeepAlive: "2s", DrainTimeout: "30s"},
@@ -56,7 +57,8 @@ func TestPrintStatus(t *testing.T) {
 	for _, want := range []string{
 		"pqt1_abc", "quic", "X25519MLKEM768", "ML-DSA-65", "127.0.0.1:50000", "420µs", "1m30s", "3.0 MiB", "1.5 KiB",
 		"web.example (classical auth)", "X25519 (NOT post-quantum)",
-		"ok in 310µs, 12s ago", "FAILED 3s ago: connection refused", "none yet",
+		"ok in 310µs, 12s ago", "FAILED 3s ago: connection refused (readiness probe)", "none yet",
+		"down for 14s", "STATE",
 		"2 of at most 256", "2 (no bound)", "PQT_MAX_TOTAL_STREAMS", "2s, 8s",
 		"LAST 40s", "                ▁▂█▅",
 	} {
