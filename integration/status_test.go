@@ -114,3 +114,24 @@ func TestStatusWithoutARunningSide(t *testing.T) {
 		})
 	}
 }
+
+// TestStatusOverTheControlSocket asks a side that runs without PQT_METRICS:
+// 'pqtunnel status' with the same environment finds its control socket.
+func TestStatusOverTheControlSocket(t *testing.T) {
+	ctx := testContext(t, 60*time.Second)
+	runtimeDir := t.TempDir()
+	o := startEcho(t)
+	target := "echo=" + o.addr()
+	l := startListen(t, ctx, 0, "tcp", map[string]string{"PQT_TARGET": target, "XDG_RUNTIME_DIR": runtimeDir})
+	l.waitLog(t, within(t, ctx, 10*time.Second), msgIs("control socket listening"))
+	env := map[string]string{"PQT_MODE": "listen", "PQT_TUNNEL": l.tunnelAddr, "PQT_TARGET": target, "XDG_RUNTIME_DIR": runtimeDir}
+	code, out, errOut := runStatus(t, ctx, env)
+	if code != 0 || !strings.Contains(out, "pqtunnel listen side, serving") || !strings.Contains(out, o.addr()) {
+		t.Fatalf("pqtunnel status over the control socket: exit %d\n%s\n%s", code, out, errOut)
+	}
+	// Another environment names another side: nothing answers for it.
+	env["PQT_TARGET"] = "other=" + o.addr()
+	if code, _, errOut := runStatus(t, ctx, env); code != 1 || !strings.Contains(errOut, "control socket") {
+		t.Errorf("status for another environment: exit %d, %q; want 1 naming the control socket", code, errOut)
+	}
+}

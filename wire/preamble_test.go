@@ -203,7 +203,7 @@ func TestReadResponseErrors(t *testing.T) {
 
 func FuzzReadRequest(f *testing.F) {
 	for _, r := range []Request{{}, {Route: "redis", Client: "127.0.0.1:1234"}, {Route: strings.Repeat("r", 255), Client: "[::1]:1"}, {Route: "app", Client: AddrLocal, Server: AddrLocal},
-		{Kind: 9, Route: "x", Extensions: []Extension{{Type: 1, Value: []byte("abc")}, {Type: 255}}}} {
+		{Kind: 9, Route: "x", Extensions: []Extension{{Type: 1, Value: []byte("abc")}, {Type: 255}}}, {Kind: KindRouteQuery, Route: "pg"}} {
 		enc, err := AppendRequest(nil, r)
 		if err != nil {
 			f.Fatal(err)

@@ -294,6 +294,11 @@ func runTunnel(args []string, environ map[string]string, stdout, stderr io.Write
 		}
 		defer stop()
 	}
+	stopControl, err := serveControl(c.Control, e.Handler(), log)
+	if err != nil {
+		return err
+	}
+	defer stopControl()
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

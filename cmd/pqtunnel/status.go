@@ -25,24 +25,46 @@ const statusTimeout = 5 * time.Second
 var errNoMetrics = errors.New("no metrics server to ask")
 
 // status asks the process that runs with this environment for its status,
-// at /status.json on its PQT_METRICS server, and prints it.
+// at /status.json on its control socket or else its PQT_METRICS server,
+// and prints it.
 func status(args []string, environ map[string]string, stdout, stderr io.Writer) error {
-	metricsVar := config.Name("Metrics")
+	metricsVar, controlVar := config.Name("Metrics"), config.Name("Control")
 	fs := newFlags("status", "status [--json]",
-		"show the tunnels, routes and limits of the pqtunnel that runs with this environment, asked at its "+metricsVar+" server (also at http://"+metricsVar+"/status)")
+		"show the tunnels, routes and limits of the pqtunnel that runs with this environment, asked at its control socket ("+controlVar+") or its "+metricsVar+" server (also at http://"+metricsVar+"/status)")
 	asJSON := fs.Bool("json", false, "print the status as JSON (the /status.json body), for scripts")
 	if err := fs.parse(args, 0, stdout, stderr); err != nil {
 		return err
 	}
-	url, err := statusURL(environ[metricsVar])
-	if err != nil {
-		return fmt.Errorf("status: %s: %w", metricsVar, err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
 	defer cancel()
-	body, err := fetchStatus(ctx, url)
-	if err != nil {
-		return fmt.Errorf("status: pqtunnel not reachable at %s=%s (is it running with this environment?): %w", metricsVar, environ[metricsVar], err)
+	var body []byte
+	var url string
+	var errs []error
+	if ctl := config.ControlOf(environ); ctl.Path != "" {
+		url = "unix:" + ctl.Path
+		b, err := fetchStatus(ctx, controlClient(ctl.Path), "http://pqtunnel/status.json")
+		if err == nil {
+			body = b
+		} else {
+			errs = append(errs, fmt.Errorf("not reachable at its control socket %s (%s): %w", ctl.Path, controlVar, err))
+		}
+	}
+	if body == nil {
+		u, err := statusURL(environ[metricsVar])
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s: %w", metricsVar, err))
+		default:
+			url = u
+			b, err := fetchStatus(ctx, http.DefaultClient, u)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("pqtunnel not reachable at %s=%s (is it running with this environment?): %w", metricsVar, environ[metricsVar], err))
+			}
+			body = b
+		}
+	}
+	if body == nil {
+		return fmt.Errorf("status: %w", errors.Join(errs...))
 	}
 	if *asJSON {
 		_, err := stdout.Write(body)
@@ -78,12 +100,24 @@ func statusURL(v string) (string, error) {
 	return "http://" + net.JoinHostPort(host, port) + "/status.json", nil
 }
 
-func fetchStatus(ctx context.Context, url string) ([]byte, error) {
+// controlClient is an HTTP client whose every request goes to the Unix
+// socket at path.
+func controlClient(path string) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DisableKeepAlives: true, // one request: no idle connection left behind
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}
+}
+
+func fetchStatus(ctx context.Context, client *http.Client, url string) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, fmt.Errorf("build request: %w", err)
 	}
-	res, err := http.DefaultClient.Do(req)
+	res, err := client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("request status: %w", err)
 	}

@@ -40,6 +40,8 @@ type Config struct {
 	TLSMaterial *tlsroute.Material
 	// MetricsAddr is where the metrics server listens; empty when it is off.
 	MetricsAddr string
+	// Control is the control socket 'pqtunnel status' asks.
+	Control Control
 	LogLevel    slog.Level
 	// LogJSON selects slog's JSON handler instead of text.
 	LogJSON bool
@@ -83,6 +85,7 @@ func parse(environ map[string]string) (*Config, error) {
 	if err := c.parseOperation(&v); err != nil {
 		return nil, err
 	}
+	c.Control = ControlOf(environ)
 	if err := c.parseTLSRoutes(&v); err != nil {
 		return nil, err
 	}

@@ -40,6 +40,7 @@ var table = map[string]any{
 	"LogFormat":        defaults.LogFormat,
 	"UnixMode":         fmt.Sprintf("%04o", defaults.UnixSocketMode),
 	"AccessLog":        defaults.AccessLog,
+	"Control":          defaults.Control,
 }
 
 func TestEnvDefaultsAgreeWithTheTable(t *testing.T) {

@@ -96,6 +96,9 @@ const UnixSocketMode = 0o660
 const (
 	LogLevel  = "info"
 	LogFormat = "text"
+	// Control serves the control socket at a path derived from the
+	// environment, so that 'pqtunnel status' works without PQT_METRICS.
+	Control = "auto"
 	// AccessLog is off: a busy side would otherwise log a line per client
 	// connection; PQT_ACCESS_LOG=on turns the per-connection lines on.
 	AccessLog = "off"
