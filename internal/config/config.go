@@ -41,8 +41,8 @@ type Config struct {
 	// MetricsAddr is where the metrics server listens; empty when it is off.
 	MetricsAddr string
 	// Control is the control socket 'pqtunnel status' asks.
-	Control Control
-	LogLevel    slog.Level
+	Control  Control
+	LogLevel slog.Level
 	// LogJSON selects slog's JSON handler instead of text.
 	LogJSON bool
 	// Profile is PQT_PROFILE: ProfileCNSA2 or empty.
