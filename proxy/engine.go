@@ -130,8 +130,8 @@ type Config struct {
 	// readable; empty when off.
 	KeyLog string
 	// ReadyTargetDown is how long a target route's origin dials may fail
-	// before the side reports not ready; a probe dials idle targets so
-	// that it notices without clients. Zero means
+	// before the side reports not ready; while readiness is asked, a probe
+	// dials idle targets so that it notices without clients. Zero means
 	// defaults.ReadyTargetDown (10s); negative turns target readiness and
 	// the probe off.
 	ReadyTargetDown time.Duration
@@ -215,6 +215,8 @@ type Engine struct {
 	// peerStreams the streams open per peer that it opened (PeerShare).
 	clientsByIP quota[netip.Prefix]
 	peerStreams quota[string]
+	// probeKick asks routineProbeTargets for a round of probes.
+	probeKick chan struct{}
 }
 
 // New checks cfg and binds every listening socket, so that an address in
@@ -237,7 +239,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.HandshakeLog = NewHandshakeLog(cfg.Logger.Handler(), 0)
 	}
 	e := &Engine{cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, streams: newInflight(), refusals: newLogLimiter(time.Second),
-		hslog: cfg.HandshakeLog}
+		hslog: cfg.HandshakeLog, probeKick: make(chan struct{}, 1)}
 	if cfg.MaxTotalStreams > 0 {
 		e.slots = make(chan struct{}, cfg.MaxTotalStreams)
 	}

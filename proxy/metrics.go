@@ -206,6 +206,7 @@ type Readiness struct {
 // while draining, nor while a target route is down (its origin dials have
 // failed for ReadyTargetDown).
 func (e *Engine) Readiness() Readiness {
+	e.kickProbe() // what it finds shows in the next answer
 	st := Readiness{Mode: e.cfg.Mode, State: "serving", Tunnels: []TunnelStatus{}, Targets: e.targetStatuses()}
 	for _, t := range e.tunnels.snapshot() {
 		info := t.s.Info()

@@ -80,23 +80,39 @@ func (e *Engine) targetHealth(route string) string {
 	return "delivered here"
 }
 
-// probeInterval is how often the readiness probe dials an idle target:
-// often enough that a target is found down within about ReadyTargetDown
-// of its failing, at most every 5 s and at least every 100 ms.
+// probeInterval is how often at most the readiness probe dials an idle
+// target: often enough that a target is found down within about
+// ReadyTargetDown of its failing, and never more often than every 100 ms.
 func (e *Engine) probeInterval() time.Duration {
 	return min(max(e.cfg.ReadyTargetDown/2, 100*time.Millisecond), 5*time.Second)
 }
 
-// routineProbeTargets dials each target route's origin every probeInterval
-// unless a client's stream dialled it more recently, so that an idle side
-// notices an origin that went away (and one that came back) before a
-// client does. It runs only when ReadyTargetDown is set.
+// kickProbe asks routineProbeTargets for a round of probes; a round
+// already asked for covers this one too.
+func (e *Engine) kickProbe() {
+	select {
+	case e.probeKick <- struct{}{}:
+	default:
+	}
+}
+
+// routineProbeTargets dials each target route's origin, when asked by a
+// readiness query (kickProbe), unless a dial (a client's stream, or the
+// last probe) is more recent than probeInterval, so that an idle side
+// notices an origin that went away, and one that came back, before a
+// client does. Probing only when readiness is asked means an origin sees
+// no connection of pqtunnel's own unless something (a Kubernetes readiness
+// probe, a load balancer) watches the side. It runs only when
+// ReadyTargetDown is set.
 func (e *Engine) routineProbeTargets(ctx context.Context) {
 	defer e.loops.Done()
 	interval := e.probeInterval()
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
 	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.probeKick:
+		}
 		for _, r := range e.cfg.Target {
 			s := e.routeStats.get(KindTarget, routeName(r.Name))
 			s.mu.Lock()
@@ -105,11 +121,6 @@ func (e *Engine) routineProbeTargets(ctx context.Context) {
 			if !recent {
 				e.probeTarget(ctx, r, min(e.dialTimeout(), interval))
 			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
 		}
 	}
 }

@@ -93,16 +93,46 @@ func TestReadinessFollowsTheTarget(t *testing.T) {
 }
 
 // With the check off (negative), a target that cannot be dialled never
-// makes the side unready, and nothing probes it.
+// makes the side unready, and nothing probes it however often readiness
+// is asked.
 func TestReadinessTargetCheckOff(t *testing.T) {
 	listenStore, _ := pinnedStores(t)
+	origin := startCountingOrigin(t)
 	e := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: memtransport.New(),
-		Target: []Route{{Name: "app", Addr: closedAddr(t)}}, TLS: listenStore, ReadyTargetDown: -1,
+		Target: []Route{{Name: "app", Addr: origin.addr}}, TLS: listenStore, ReadyTargetDown: -1,
 	})
-	time.Sleep(300 * time.Millisecond) // what a probe would have had to run in
-	r := e.Readiness()
-	if !r.Ready || r.Targets[0].State != TargetUnknown {
-		t.Errorf("readiness %t, target %+v; want ready and no dial", r.Ready, r.Targets[0])
+	for deadline := time.Now().Add(300 * time.Millisecond); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if r := e.Readiness(); !r.Ready || r.Targets[0].State != TargetUnknown {
+			t.Fatalf("readiness %t, target %+v; want ready and no dial", r.Ready, r.Targets[0])
+		}
+	}
+	if n := origin.accepted.Load(); n != 0 {
+		t.Errorf("the origin saw %d probe connections with the check off", n)
+	}
+}
+
+// Nothing probes a target while readiness is not asked: an origin sees
+// only its clients' connections. The first question starts a probe.
+func TestReadinessProbesOnlyWhenAsked(t *testing.T) {
+	listenStore, _ := pinnedStores(t)
+	origin := startCountingOrigin(t)
+	e := runEngine(t, Config{
+		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: memtransport.New(),
+		Target: []Route{{Name: "app", Addr: origin.addr}}, TLS: listenStore, ReadyTargetDown: 200 * time.Millisecond,
+	})
+	time.Sleep(500 * time.Millisecond) // five probe intervals, had it probed by itself
+	if n := origin.accepted.Load(); n != 0 {
+		t.Fatalf("the origin saw %d probe connections while nobody asked readiness", n)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for e.Readiness().Targets[0].State != TargetUp {
+		if time.Now().After(deadline) {
+			t.Fatal("asking readiness did not probe the target")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := origin.accepted.Load(); n < 1 {
+		t.Errorf("target up, yet the origin saw %d connections", n)
 	}
 }
