@@ -43,6 +43,13 @@ func (r *accessRecord) via(t *tunnel) {
 	r.peer, r.tunnel, r.transport = t.peer, t.id, t.s.Info().Transport
 }
 
+// delivers names the origin the connection is delivered to.
+func (r *accessRecord) delivers(target string) {
+	if r != nil {
+		r.target = target
+	}
+}
+
 // refused records a refusal with its metric label.
 func (r *accessRecord) refused(reason string, err error) {
 	if r == nil {

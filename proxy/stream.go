@@ -335,9 +335,7 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 		refuse(wire.StatusBadPreamble, err.Error(), err)
 		return
 	}
-	if rec != nil {
-		rec.target = target.Addr
-	}
+	rec.delivers(target.Addr)
 	origin, err := e.dialTarget(target, client, server, t.peer, log)
 	if err != nil {
 		status := wire.StatusOriginError

@@ -312,14 +312,19 @@ func (l *tcpListener) routineHandshake(raw net.Conn, release func()) {
 		err = fmt.Errorf("%w: %w", ctx.Err(), err)
 	}
 	var s *tcpSession
+	refused := false // the peer spoke TLS and this side refused it
 	if err == nil {
 		s, err = handshakeTCP(ctx, rc, l.c, false, start)
+		refused = err != nil
 	}
 	if !stop() && err == nil {
 		_ = s.Close()
 		err = transport.NewHandshakeError(Name, transport.StageTLS, fmt.Errorf("handshake: %w", ctx.Err()))
 	}
-	if err != nil && ctx.Err() == nil {
+	// Only a refusal the peer should read lingers; a socket that sent no
+	// ClientHello, or a handshake cut by the timeout or the listener's
+	// close, is closed at once.
+	if refused && ctx.Err() == nil {
 		lingerClose(raw)
 	}
 	cancel()
