@@ -583,3 +583,63 @@ func TestTLSTerminatorHandshakeBounds(t *testing.T) {
 		return metExpect(m, false, 1, "pqtunnel_tls_refused_total", "route", "web", "side", "terminate", "reason", "busy")
 	})
 }
+
+// TestTLSTerminatorClientsPerIP gives a terminating route joined to a local
+// echo PQT_MAX_CLIENTS_PER_IP=2: two silent sockets from 127.0.0.1 hold its
+// bound during their handshakes, so a third from there is cut off at once,
+// while a client from 127.0.0.2 completes its handshake and is served.
+func TestTLSTerminatorClientsPerIP(t *testing.T) {
+	ctx := testContext(t, 60*time.Second)
+	dir := t.TempDir()
+	ca := hosNewCA(t, dir, "web-ca")
+	leaf := trIssue(t, ca, dir, "web", false, "www.example.test")
+	web := loopback(freePort(t))
+	p := trLocal(t, ctx, "terminator", 1, map[string]string{
+		"PQT_FORWARD": "web=tls://" + web, "PQT_TARGET": "web=" + startEcho(t).addr(),
+		"PQT_TLS_CERT": leaf.certPath, "PQT_TLS_KEY": leaf.keyPath,
+		"PQT_HANDSHAKE_TIMEOUT": "20s", "PQT_MAX_CLIENTS_PER_IP": "2",
+	})
+	dialFrom := func(ip string) (net.Conn, error) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		return d.DialContext(within(t, ctx, 5*time.Second), "tcp", web)
+	}
+	for range 2 {
+		c, err := dialFrom("127.0.0.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	third, err := dialFrom("127.0.0.1")
+	if err == nil {
+		defer third.Close()
+		_ = third.SetReadDeadline(time.Now().Add(5 * time.Second))
+		start := time.Now()
+		if _, err := third.Read(make([]byte, 1)); err == nil {
+			t.Error("the third silent client from 127.0.0.1 read data")
+		} else if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("the third client from 127.0.0.1 was cut off after %s, want at once: %v", d, err)
+		}
+	}
+	p.waitLog(t, within(t, ctx, 5*time.Second), msgIs("client refused", "reason", "PQT_MAX_CLIENTS_PER_IP reached"))
+
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.cert)
+	d := tls.Dialer{NetDialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}},
+		Config: &tls.Config{RootCAs: roots, ServerName: "www.example.test"}}
+	dctx := within(t, ctx, 10*time.Second)
+	c, err := d.DialContext(dctx, "tcp", web)
+	if err != nil {
+		t.Fatalf("a client from 127.0.0.2 while 127.0.0.1 holds its bound: %v", err)
+	}
+	defer c.Close()
+	if dl, ok := dctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Errorf("echo for the client from 127.0.0.2: %v", err)
+	}
+}

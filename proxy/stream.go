@@ -63,7 +63,8 @@ func (e *Engine) warnRefusal(log *slog.Logger, msg, reason string, attrs ...any)
 
 // handleClient carries one client of a forward route through a tunnel
 // stream: client is c itself, or the TLS connection terminated over it.
-func (e *Engine) handleClient(client end, c sockConn, r Route) {
+// done runs once the client is gone.
+func (e *Engine) handleClient(client end, c sockConn, r Route, done func()) {
 	start := time.Now()
 	route := routeName(r.Name)
 	log := e.log.With("route", route, "client", clientLabel(c))
@@ -72,6 +73,7 @@ func (e *Engine) handleClient(client end, c sockConn, r Route) {
 	active := m.streamsActive.WithLabelValues(route, "out")
 	var undo undoList
 	defer undo.run()
+	undo.add(done)
 	rec := e.newAccessRecord("out", route, clientLabel(c), start)
 	undo.add(func() { e.logAccess(rec) }) // first in, so it runs last: once the connection has ended
 	fail := func(reason string, err error) {
@@ -82,14 +84,6 @@ func (e *Engine) handleClient(client end, c sockConn, r Route) {
 	active.Inc()
 	undo.add(active.Dec)
 	undo.add(e.routeStats.opened(KindForward, route))
-	source := clientKey(c.RemoteAddr())
-	if !e.clientsByIP.take(source, e.cfg.MaxClientsPerIP) {
-		e.warnRefusal(log, "client refused", "PQT_MAX_CLIENTS_PER_IP reached", "limit", e.cfg.MaxClientsPerIP, "source", source.String())
-		m.streamsFailed.WithLabelValues(route, "client_limit").Inc()
-		client.abort()
-		return
-	}
-	undo.add(func() { e.clientsByIP.give(source) })
 	if !e.acquireSlot() {
 		e.warnRefusal(log, "client refused", "PQT_MAX_TOTAL_STREAMS reached", "limit", e.cfg.MaxTotalStreams)
 		fail("busy", nil)

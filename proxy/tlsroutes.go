@@ -137,25 +137,39 @@ func (t tlsEnd) abort() { sockEnd{t.raw}.abort() }
 // through the tunnel at once; a tls:// route first completes the TLS
 // handshake; a route joined locally is carried to its target here.
 func (e *Engine) handleAccepted(c sockConn, r Route) {
+	// The per-source bound comes first, so that it also bounds the TLS
+	// handshakes of a tls:// route and the clients of a local join.
+	source := clientKey(c.RemoteAddr())
+	if !e.clientsByIP.take(source, e.cfg.MaxClientsPerIP) {
+		route := routeName(r.Name)
+		e.warnRefusal(e.log.With("route", route, "client", clientLabel(c)), "client refused", "PQT_MAX_CLIENTS_PER_IP reached", "limit", e.cfg.MaxClientsPerIP, "source", source.String())
+		e.metrics.streamsFailed.WithLabelValues(route, "client_limit").Inc()
+		sockEnd{c}.abort()
+		return
+	}
+	// The handlers hand the connection on to a goroutine of its own; the
+	// one that ends it gives the source's slot back.
+	give := func() { e.clientsByIP.give(source) }
 	term := e.terminator(r)
 	target, local := e.tls.local[r.Name]
 	if term == nil && !local {
-		e.handleClient(sockEnd{c}, c, r)
+		e.handleClient(sockEnd{c}, c, r, give)
 		return
 	}
 	var client end = sockEnd{c}
 	if term != nil {
 		tc, ok := e.terminate(c, r, term)
 		if !ok {
+			give()
 			return
 		}
 		client = tlsEnd{tc, c}
 	}
 	if local {
-		e.joinLocal(client, c, r, target)
+		e.joinLocal(client, c, r, target, give)
 		return
 	}
-	e.handleClient(client, c, r)
+	e.handleClient(client, c, r, give)
 }
 
 func (e *Engine) terminator(r Route) *tlsroute.Terminator {
@@ -316,8 +330,9 @@ func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
 // joinLocal carries a client of a forward route to the target route of
-// the same name on this side, without a tunnel.
-func (e *Engine) joinLocal(client end, c sockConn, r, target Route) {
+// the same name on this side, without a tunnel; done runs once the client
+// is gone.
+func (e *Engine) joinLocal(client end, c sockConn, r, target Route, done func()) {
 	start := time.Now()
 	route := routeName(r.Name)
 	log := e.log.With("route", route, "client", clientLabel(c))
@@ -326,6 +341,7 @@ func (e *Engine) joinLocal(client end, c sockConn, r, target Route) {
 	active := m.streamsActive.WithLabelValues(route, "local")
 	var undo undoList
 	defer undo.run()
+	undo.add(done)
 	active.Inc()
 	undo.add(active.Dec)
 	undo.add(e.routeStats.opened(KindForward, route))
