@@ -19,7 +19,9 @@
 //   - CPU seconds per GB moved, each side;
 //   - TLS terminated by a local pqtunnel (tls:// routes joined to the
 //     origin, no tunnel): connection rate, 1-stream bulk, and full
-//     handshakes per second per group relative to X25519 (phase tls).
+//     handshakes per second per group relative to X25519 (phase tls);
+//     with -ghostunnel, the same connection rates and bulk through
+//     ghostunnel in server mode, alternating with pqtunnel.
 //
 // Each figure is printed as median and min–max over the repetitions with its
 // ratio to direct from the same run; a table goes to stdout and the whole
@@ -29,6 +31,7 @@
 //	go run ./integration/bench -smoke          # about 20 s: checks that it works
 //	go run ./integration/bench -out /tmp/r.json
 //	go run ./integration/bench -only bulk,rate # some phases; the others are left out of the table
+//	go run ./integration/bench -only tls -ghostunnel /path/to/ghostunnel
 //
 // It is not part of 'go test'. It does not tune the kernel; it raises its own
 // RLIMIT_NOFILE, which the processes it starts inherit.
@@ -78,6 +81,9 @@ type options struct {
 	verbose bool
 	// only names the phases to run; empty runs all.
 	only []string
+	// ghostunnel is a ghostunnel binary the tls phase also measures in
+	// server mode; empty leaves that comparison out.
+	ghostunnel string
 
 	// wan runs the WAN matrix instead (see wan.go): round-trip times,
 	// loss fractions, the rate cap in bits/s, the queue as time at that
@@ -106,6 +112,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.idle, "idle", 0, "idle proxied connections for the memory figure (default 10000, smoke 500)")
 	fs.BoolVar(&o.verbose, "v", false, "log each measurement to stderr as it is taken")
 	only := fs.String("only", "", "run only these comma-separated phases: "+strings.Join(phaseNames, ","))
+	fs.StringVar(&o.ghostunnel, "ghostunnel", "", "tls phase: also measure this ghostunnel binary in server mode, alternating with pqtunnel's terminator (empty: not compared)")
 	fs.BoolVar(&o.wan, "wan", false, "run the WAN matrix over an emulated link between two network namespaces (needs root)")
 	rtts := fs.String("wan-rtt", "", "WAN round-trip times in ms, comma-separated (default 2,20,80,200; smoke 20)")
 	losses := fs.String("wan-loss", "", "WAN random loss in percent, comma-separated (default 0,0.1,1; smoke 0,1)")

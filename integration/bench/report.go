@@ -129,6 +129,12 @@ func writeTable(w io.Writer, r *Result) {
 	section("CONNECT + 1-BYTE ECHO + CLOSE\tmode\tmedian\tmin–max\t×direct")
 	figures(r.ConnRate)
 
+	if rows := terminatorRows(r); len(rows) > 0 {
+		section("TERMINATED TLS ×direct, median (min–max) of the paired ratios\t" + modeTLS + "\t" + modeGhostunnel)
+		for _, row := range rows {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\n", row[0], row[1], row[2])
+		}
+	}
 	if len(r.Redis) > 0 {
 		section("REDIS-BENCHMARK\tmode\tmedian\tmin–max\t×direct")
 		figures(r.Redis)
@@ -222,4 +228,30 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+// terminatorRows are the tls phase's figures with pqtunnel's and
+// ghostunnel's ratio to direct side by side; none when ghostunnel was not
+// measured.
+func terminatorRows(r *Result) [][3]string {
+	var rows [][3]string
+	for _, figs := range [][]Figure{r.Bulk, r.ConnRate} {
+		for _, f := range figs {
+			if f.Mode != modeGhostunnel {
+				continue
+			}
+			rows = append(rows, [3]string{title(f.Figure) + " (" + f.Unit + ")", ratioSpread(findFigure(figs, f.Figure, modeTLS)), ratioSpread(&f)})
+		}
+	}
+	return rows
+}
+
+// ratioSpread prints f's ratio to direct with the range of its paired
+// ratios, "-" when it has none.
+func ratioSpread(f *Figure) string {
+	if f == nil || len(f.PairedRatios) == 0 {
+		return "-"
+	}
+	s := newStat(f.PairedRatios)
+	return fmt.Sprintf("%.2f× (%.2f–%.2f)", f.RatioToDirect, s.Min, s.Max)
 }

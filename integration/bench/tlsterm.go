@@ -77,9 +77,17 @@ func tlsDialer(pool *x509.CertPool, groups ...tls.CurveID) dialFunc {
 	}
 }
 
+// tlsPath is how a client of the tls phase reaches the origin: its dialer
+// and the address of each route.
+type tlsPath struct {
+	dial   dialFunc
+	routes map[string]string
+}
+
 // runTLSPhase starts a terminator and measures, against direct TCP in the
-// same repetitions, the connection rate and 1-stream bulk through it, and
-// the full handshakes per second it completes for each group.
+// same repetitions, the connection rate and 1-stream bulk through it (and
+// through ghostunnel when -ghostunnel names it), and the full handshakes per
+// second it completes for each group.
 func (b *bench) runTLSPhase(ctx context.Context, bin, dir string, sup *supervisor) error {
 	certPath, keyPath, pool, err := writeBenchCert(dir)
 	if err != nil {
@@ -110,18 +118,45 @@ func (b *bench) runTLSPhase(ctx context.Context, bin, dir string, sup *superviso
 		return nil
 	}
 	defer sup.stop(term)
-	b.res.Meta.Processes = append(b.res.Meta.Processes, fmt.Sprintf("%s: local pqtunnel pid %d terminating TLS (PQT_PQ=prefer PQT_GROUPS=%s, ECDSA P-256 certificate, log level warn)", modeTLS, term.pid(), handshakeGroups))
-	paths := map[string]struct {
-		dial   dialFunc
-		routes map[string]string
-	}{
+	group, err := waitTLSReady(ctx, term, tlsDialer(pool), routes[routeEcho], 10*time.Second)
+	if err != nil {
+		b.failed("tls terminator handshake", err)
+		return nil
+	}
+	b.res.Meta.Processes = append(b.res.Meta.Processes, fmt.Sprintf("%s: local pqtunnel pid %d terminating TLS (PQT_PQ=prefer PQT_GROUPS=%s, ECDSA P-256 certificate, log level warn), negotiates %s with the client's default groups", modeTLS, term.pid(), handshakeGroups, group))
+	paths := map[string]tlsPath{
 		modeDirect: {dialLoopback, b.top.paths[modeDirect].routes},
 		modeTLS:    {tlsDialer(pool), routes},
+	}
+	modes := []string{modeDirect, modeTLS}
+	if b.o.ghostunnel == "" {
+		b.note("%s: not compared with ghostunnel (no -ghostunnel binary given)", modeTLS)
+	} else {
+		ver, err := ghostunnelVersion(ctx, b.o.ghostunnel)
+		if err != nil {
+			b.failed("ghostunnel", err)
+			return nil
+		}
+		groutes, gs, ggroup, err := b.startGhostunnels(ctx, sup, certPath, keyPath, pool)
+		for _, c := range gs {
+			defer sup.stop(c)
+		}
+		if err != nil {
+			b.failed("ghostunnel", err)
+			return nil
+		}
+		pids := make([]string, len(gs))
+		for i, c := range gs {
+			pids[i] = fmt.Sprint(c.pid())
+		}
+		b.res.Meta.Processes = append(b.res.Meta.Processes, fmt.Sprintf("%s: %s (%s), server mode, pids %s, one per route, the same ECDSA P-256 certificate, no client authentication, --quiet=conns, negotiates %s", modeGhostunnel, b.o.ghostunnel, ver, strings.Join(pids, " "), ggroup))
+		paths[modeGhostunnel] = tlsPath{tlsDialer(pool), groutes}
+		modes = append(modes, modeGhostunnel)
 	}
 	warm := b.o.warm / 2
 	for rep := range b.o.reps {
 		b.progress("terminated TLS, repetition %d of %d", rep+1, b.o.reps)
-		for _, m := range rotate([]string{modeDirect, modeTLS}, rep) {
+		for _, m := range rotate(modes, rep) {
 			p := paths[m]
 			for _, spec := range []struct {
 				name    string
