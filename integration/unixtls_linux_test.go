@@ -1,13 +1,12 @@
 package integration
 
 import (
-	"io"
-	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 )
 
 // TestUnixRoutesJoinTLSRoutes: with no tunnel, a unix:// forward route
@@ -22,34 +21,7 @@ func TestUnixRoutesJoinTLSRoutes(t *testing.T) {
 	leaf := trIssue(t, ca, dir, "web", false, "web.example.test")
 
 	echoSock := filepath.Join(dir, "echo.sock")
-	ln, err := net.Listen("unix", echoSock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(time.Minute))
-				if _, err := io.Copy(c, c); err == nil {
-					_ = c.(*net.UnixConn).CloseWrite()
-				}
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		wg.Wait()
-	})
+	transporttest.EchoOriginOn(t, "unix", echoSock)
 
 	termAddr := loopback(freePort(t))
 	trLocal(t, ctx, "terminator", 1, map[string]string{

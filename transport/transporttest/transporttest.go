@@ -157,9 +157,13 @@ func OpenAccepted(t testing.TB, from, to transport.Session, first []byte) (opene
 // EchoOrigin runs a TCP echo origin on loopback that half-closes after
 // echoing, and returns its address; it stops and waits for its
 // connections at cleanup.
-func EchoOrigin(t testing.TB) string {
+func EchoOrigin(t testing.TB) string { return EchoOriginOn(t, "tcp", "127.0.0.1:0") }
+
+// EchoOriginOn is EchoOrigin on any stream network that half-closes
+// ("tcp", "unix"), listening on addr.
+func EchoOriginOn(t testing.TB, network, addr string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +182,7 @@ func EchoOrigin(t testing.TB) string {
 				defer c.Close()
 				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
 				if _, err := io.Copy(c, c); err == nil {
-					_ = c.(*net.TCPConn).CloseWrite()
+					_ = c.(interface{ CloseWrite() error }).CloseWrite()
 				}
 			}()
 		}
