@@ -11,14 +11,18 @@ import (
 
 // TestTrustFilesWritableByOthersRefused starts a listen side whose pins file,
 // and then a CA-mode listen side whose PQT_CA bundle, others may write: each
-// refuses to start with one error naming the variable, the file and its mode.
-// A pins file behind Kubernetes-Secret-style links is accepted.
+// refuses to start with one error naming the variable, the file and its mode;
+// so do local wrappers whose tls:// routes' PQT_TLS_CLIENT_CA or PQT_TLS_CA
+// others may write. A pins file behind Kubernetes-Secret-style links is
+// accepted.
 func TestTrustFilesWritableByOthersRefused(t *testing.T) {
 	ctx := testContext(t, 60*time.Second)
 	refused := func(t *testing.T, env map[string]string, variable, path, mode string) {
 		t.Helper()
-		env["PQT_TUNNEL"] = loopback(freePort(t))
-		env["PQT_TARGET"] = loopback(freePort(t))
+		if env["PQT_MODE"] != "" {
+			env["PQT_TUNNEL"] = loopback(freePort(t))
+			env["PQT_TARGET"] = loopback(freePort(t))
+		}
 		p := startProc(t, ctx, "pqtunnel", env, pqtunnelBin)
 		if code := p.wait(t, within(t, ctx, 10*time.Second)); code == 0 {
 			t.Fatal("exit code 0, want non-zero")
@@ -29,7 +33,7 @@ func TestTrustFilesWritableByOthersRefused(t *testing.T) {
 				t.Errorf("stderr does not contain %q:\n%s", want, out)
 			}
 		}
-		if strings.Contains(out, "tunnel listening") {
+		if strings.Contains(out, "tunnel listening") || strings.Contains(out, `"msg":"forwarding"`) {
 			t.Errorf("started listening with the writable file:\n%s", out)
 		}
 	}
@@ -52,6 +56,26 @@ func TestTrustFilesWritableByOthersRefused(t *testing.T) {
 		}
 		refused(t, sideEnv("listen", "tcp", identity{}, identity{}, hosCAEnv(server, ca, nil)), "PQT_CA", ca.path, "0666")
 	})
+	tlsRoute := func(t *testing.T, variable string) {
+		dir := t.TempDir()
+		ca := hosNewCA(t, dir, "ca")
+		if err := os.Chmod(ca.path, 0o646); err != nil {
+			t.Fatal(err)
+		}
+		env := map[string]string{"PQT_LOG_FORMAT": "json", variable: ca.path}
+		if variable == "PQT_TLS_CLIENT_CA" {
+			server := ca.issue(t, dir, "server", "server.example", time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+			env["PQT_FORWARD"] = "web=tls://" + loopback(freePort(t))
+			env["PQT_TARGET"] = "web=" + loopback(freePort(t))
+			env["PQT_TLS_CERT"], env["PQT_TLS_KEY"] = server.certPath, server.keyPath
+		} else {
+			env["PQT_FORWARD"] = "api=" + loopback(freePort(t))
+			env["PQT_TARGET"] = "api=tls://" + loopback(freePort(t))
+		}
+		refused(t, env, variable, ca.path, "0646")
+	}
+	t.Run("client CA of a tls:// forward route", func(t *testing.T) { tlsRoute(t, "PQT_TLS_CLIENT_CA") })
+	t.Run("CA of a tls:// target route", func(t *testing.T) { tlsRoute(t, "PQT_TLS_CA") })
 	t.Run("Kubernetes Secret mount", func(t *testing.T) {
 		dir := t.TempDir()
 		ts := filepath.Join(dir, "..2026_12_01_22_00_00.1")

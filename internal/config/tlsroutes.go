@@ -127,7 +127,7 @@ func (v *Vars) loadTLSMaterial(forward []proxy.Route) (*tlsroute.Material, error
 	}
 	var err error
 	if v.TLSClientCA != "" {
-		if m.ClientCAs, err = readPool(v.TLSClientCA); err != nil {
+		if m.ClientCAs, err = readPool(v.TLSClientCA, "client CA bundle"); err != nil {
 			return nil, fmt.Errorf("PQT_TLS_CLIENT_CA: %w", err)
 		}
 	}
@@ -138,7 +138,7 @@ func (v *Vars) loadTLSMaterial(forward []proxy.Route) (*tlsroute.Material, error
 		return nil, errors.New("PQT_TLS_ALLOW: needs PQT_TLS_CLIENT_CA, the CA that signs the client certificates it names")
 	}
 	if v.TLSCA != "" {
-		if m.RootCAs, err = readPool(v.TLSCA); err != nil {
+		if m.RootCAs, err = readPool(v.TLSCA, "CA bundle"); err != nil {
 			return nil, fmt.Errorf("PQT_TLS_CA: %w", err)
 		}
 	}
@@ -155,7 +155,13 @@ func splitList(s string) []string {
 	return out
 }
 
-func readPool(path string) (*x509.CertPool, error) {
+// readPool reads a CA bundle of a tls:// route. It is trust material like
+// PQT_CA: whoever can change it chooses which clients or servers are
+// accepted, so it gets the same permission check.
+func readPool(path, what string) (*x509.CertPool, error) {
+	if err := hybridtls.CheckTrustFileMode(path, what); err != nil {
+		return nil, err
+	}
 	pem, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
