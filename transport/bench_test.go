@@ -12,7 +12,6 @@ import (
 	"math/big"
 	"net"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -251,58 +250,15 @@ func BenchmarkStreamBulk(b *testing.B) {
 // through a sidecar, on each transport; with -cpuprofile it shows where a
 // transport's CPU per small request goes.
 func BenchmarkStreamRequests(b *testing.B) {
-	const clients = 50
 	for _, tr := range []transport.Transport{tlsmux.Transport{}, quic.Transport{}} {
 		b.Run(tr.Name(), func(b *testing.B) {
-			client, server := benchSessions(b, tr)
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			req := []byte("*2\r\n$3\r\nGET\r\n$8\r\nkey:0001\r\n")
-			streams := make([]transport.Stream, clients)
-			var echoes sync.WaitGroup
-			for i := range streams {
-				st, err := client.OpenStream(ctx)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if _, err := st.Write(req[:1]); err != nil { // the QUIC peer sees a stream at its first frame
-					b.Fatal(err)
-				}
-				acc, err := server.AcceptStream(ctx)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if _, err := io.ReadFull(acc, make([]byte, 1)); err != nil {
-					b.Fatal(err)
-				}
-				echoes.Go(func() { _, _ = io.Copy(acc, acc) })
-				streams[i] = st
-			}
-			var next atomic.Int64
+			cc, sc := transporttest.Configs(b)
+			client, server := transporttest.SessionPair(b, tr, cc, sc)
+			streams := transporttest.EchoedStreams(b, client, server, 50)
 			b.ReportAllocs()
 			b.ResetTimer()
-			var wg sync.WaitGroup
-			for _, st := range streams {
-				wg.Go(func() {
-					resp := make([]byte, len(req))
-					for next.Add(1) <= int64(b.N) {
-						if _, err := st.Write(req); err != nil {
-							b.Error(err)
-							return
-						}
-						if _, err := io.ReadFull(st, resp); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				})
-			}
-			wg.Wait()
+			transporttest.RequestLoad(b, streams, transporttest.RedisGET, b.N)
 			b.StopTimer()
-			for _, st := range streams {
-				_ = st.CloseWrite()
-			}
-			echoes.Wait()
 		})
 	}
 }

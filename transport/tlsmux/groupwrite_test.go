@@ -11,7 +11,6 @@ import (
 	"runtime"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -340,44 +339,14 @@ func BenchmarkConcurrentRequests(b *testing.B) {
 			var gc *gatedConn
 			cc.WrapConn = func(c net.Conn) net.Conn { gc = &gatedConn{Conn: c}; return gc }
 			client, server := transporttest.SessionPair(b, Transport{}, cc, sc)
-			opened := make([]transport.Stream, clients)
-			var echoes sync.WaitGroup
-			for i := range clients {
-				var accepted transport.Stream
-				opened[i], accepted = transporttest.OpenAccepted(b, client, server, []byte("x"))
-				_ = opened[i].SetDeadline(time.Time{})
-				_ = accepted.SetDeadline(time.Time{})
-				echoes.Go(func() { _, _ = io.Copy(accepted, accepted) })
-			}
-			var next atomic.Int64
+			streams := transporttest.EchoedStreams(b, client, server, clients)
 			w0, _ := gc.counts()
 			b.ReportAllocs()
 			b.ResetTimer()
-			var wg sync.WaitGroup
-			for _, st := range opened {
-				wg.Go(func() {
-					req := []byte("*2\r\n$3\r\nGET\r\n$8\r\nkey:0001\r\n")
-					resp := make([]byte, len(req))
-					for next.Add(1) <= int64(b.N) {
-						if _, err := st.Write(req); err != nil {
-							b.Error(err)
-							return
-						}
-						if _, err := io.ReadFull(st, resp); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				})
-			}
-			wg.Wait()
+			transporttest.RequestLoad(b, streams, transporttest.RedisGET, b.N)
 			b.StopTimer()
 			w1, _ := gc.counts()
 			b.ReportMetric(float64(w1-w0)/float64(b.N), "writes/req")
-			for _, st := range opened {
-				_ = st.CloseWrite()
-			}
-			echoes.Wait()
 		})
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -152,6 +153,56 @@ func OpenAccepted(t testing.TB, from, to transport.Session, first []byte) (opene
 	_ = opened.SetDeadline(deadline)
 	_ = accepted.SetDeadline(deadline)
 	return opened, accepted
+}
+
+// RedisGET is a Redis GET request as a client sends it.
+var RedisGET = []byte("*2\r\n$3\r\nGET\r\n$8\r\nkey:0001\r\n")
+
+// EchoedStreams opens n streams from client whose accepted ends on server
+// echo what they read until the opener half-closes, with no deadlines:
+// the streams of persistent clients, for a benchmark's load.
+func EchoedStreams(t testing.TB, client, server transport.Session, n int) []transport.Stream {
+	t.Helper()
+	streams := make([]transport.Stream, n)
+	var echoes sync.WaitGroup
+	for i := range streams {
+		opened, accepted := OpenAccepted(t, client, server, []byte("x"))
+		_ = opened.SetDeadline(time.Time{})
+		_ = accepted.SetDeadline(time.Time{})
+		echoes.Go(func() { _, _ = io.Copy(accepted, accepted) })
+		streams[i] = opened
+	}
+	t.Cleanup(func() {
+		for _, st := range streams {
+			_ = st.CloseWrite()
+		}
+		echoes.Wait()
+	})
+	return streams
+}
+
+// RequestLoad has every stream send req and read its echo in turn, as
+// persistent clients of a request/response service do, until n requests
+// have been made in all.
+func RequestLoad(b *testing.B, streams []transport.Stream, req []byte, n int) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for _, st := range streams {
+		wg.Go(func() {
+			resp := make([]byte, len(req))
+			for next.Add(1) <= int64(n) {
+				if _, err := st.Write(req); err != nil {
+					b.Error(err)
+					return
+				}
+				if _, err := io.ReadFull(st, resp); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // EchoOrigin runs a TCP echo origin on loopback that half-closes after
