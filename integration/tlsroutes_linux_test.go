@@ -235,7 +235,10 @@ func trCurl(t *testing.T, ctx context.Context, addr, caPath string) (int, string
 // not_post_quantum naming what curl offered and three counts; in prefer mode
 // it gets the page, logged at WARN and counted as not post-quantum, with
 // the ECDSA certificate (OpenSSL 3.0 cannot verify the ML-DSA one). Both
-// sides run without a tunnel: the tls:// route joins nginx locally.
+// sides run without a tunnel: the tls:// route joins nginx locally. With
+// PQT_ACCESS_LOG=on each refused attempt has its own access line
+// (end=refused, reason=not_post_quantum), not rate-limited, and the served
+// one its line with the bytes each way.
 func TestTLSTerminatorClassicalCurl(t *testing.T) {
 	if _, err := exec.LookPath("curl"); err != nil {
 		t.Fatalf("curl is not installed: %v", err)
@@ -251,6 +254,7 @@ func TestTLSTerminatorClassicalCurl(t *testing.T) {
 		p := trLocal(t, ctx, "terminator "+pq, 1, map[string]string{
 			"PQT_PQ": pq, "PQT_FORWARD": "web=tls://" + web, "PQT_TARGET": "web=" + nginx,
 			"PQT_TLS_CERT": mldsaLeaf.certPath + "," + ec.certPath, "PQT_TLS_KEY": mldsaLeaf.keyPath + "," + ec.keyPath, "PQT_METRICS": met,
+			"PQT_ACCESS_LOG": "on",
 		})
 		return p, web, met
 	}
@@ -274,6 +278,17 @@ func TestTLSTerminatorClassicalCurl(t *testing.T) {
 		if n := len(p.logs(msgIs("TLS handshake refused"))); n > 2 {
 			t.Errorf("%d refusal lines for 3 attempts within a second or two: not rate-limited", n)
 		}
+		refusedLine := msgIs("connection", "direction", "local", "route", "web", "end", "refused", "reason", "not_post_quantum", "bytes_up", "0", "bytes_down", "0")
+		lines, err := p.awaitLogs(within(t, ctx, 10*time.Second), 3, refusedLine)
+		if err != nil {
+			t.Fatalf("access lines of the refused clients: %v\n%s", err, p.stderr.String())
+		}
+		if n := len(p.logs(msgIs("connection"))); n != 3 {
+			t.Errorf("%d access lines for 3 refused clients", n)
+		}
+		if lines[0].str("client") == "" || lines[0].str("err") == "" || lines[0].str("target") != nginx {
+			t.Errorf("refused client's access line %v: want its client, the error and target %s", lines[0], nginx)
+		}
 	})
 	t.Run("prefer", func(t *testing.T) {
 		p, web, met := start(t, "prefer")
@@ -289,6 +304,10 @@ func TestTLSTerminatorClassicalCurl(t *testing.T) {
 		metAwait(t, ctx, "terminator", met, 10*time.Second, func(m metSet) error {
 			return metExpect(m, false, 1, "pqtunnel_tls_handshakes_total", "route", "web", "side", "terminate", "group", "X25519", "post_quantum", "false")
 		})
+		acc := p.waitLog(t, within(t, ctx, 10*time.Second), msgIs("connection", "direction", "local", "route", "web", "target", nginx, "end", "closed"))
+		if acc.str("bytes_up") == "0" || acc.str("bytes_down") == "0" || acc.str("client") == "" {
+			t.Errorf("served client's access line %v: want its client and bytes both ways", acc)
+		}
 	})
 }
 

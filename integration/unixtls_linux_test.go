@@ -3,6 +3,7 @@ package integration
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -13,7 +14,8 @@ import (
 // joined to a tls:// target originates TLS to a pqtunnel terminator, whose
 // tls:// forward route is joined to a unix:// target, an echo on a Unix
 // socket; a client's half-close crosses both TLS hops and both sockets.
-// PQT_UNIX_MODE sets the forward socket's mode.
+// PQT_UNIX_MODE sets the forward socket's mode. With PQT_ACCESS_LOG=on
+// each side logs the local join's one access line with its bytes.
 func TestUnixRoutesJoinTLSRoutes(t *testing.T) {
 	ctx := testContext(t, 60*time.Second)
 	dir := t.TempDir()
@@ -24,20 +26,30 @@ func TestUnixRoutesJoinTLSRoutes(t *testing.T) {
 	transporttest.EchoOriginOn(t, "unix", echoSock)
 
 	termAddr := loopback(freePort(t))
-	trLocal(t, ctx, "terminator", 1, map[string]string{
+	term := trLocal(t, ctx, "terminator", 1, map[string]string{
 		"PQT_FORWARD": "web=tls://" + termAddr, "PQT_TARGET": "web=unix://" + echoSock,
-		"PQT_TLS_CERT": leaf.certPath, "PQT_TLS_KEY": leaf.keyPath,
+		"PQT_TLS_CERT": leaf.certPath, "PQT_TLS_KEY": leaf.keyPath, "PQT_ACCESS_LOG": "on",
 	})
 	fwdSock := filepath.Join(dir, "fwd.sock")
 	o := trLocal(t, ctx, "originator", 1, map[string]string{
 		"PQT_FORWARD": "web=unix://" + fwdSock, "PQT_TARGET": "web=tls://" + termAddr,
 		"PQT_TLS_CA": ca.path, "PQT_TLS_SERVER_NAME": "web=web.example.test", "PQT_UNIX_MODE": "0600",
+		"PQT_ACCESS_LOG": "on",
 	})
 	if fi, err := os.Lstat(fwdSock); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("forward socket with PQT_UNIX_MODE=0600: %v, %v", fi, err)
 	}
-	if err := echoExactOn(within(t, ctx, 30*time.Second), "unix", fwdSock, randomBytes(7, 256<<10)); err != nil {
+	payload := randomBytes(7, 256<<10)
+	if err := echoExactOn(within(t, ctx, 30*time.Second), "unix", fwdSock, payload); err != nil {
 		t.Fatalf("echo through unix:// → tls:// → tls:// → unix://: %v", err)
+	}
+	n := strconv.Itoa(len(payload))
+	o.waitLog(t, within(t, ctx, 10*time.Second), msgIs("connection", "direction", "local", "route", "web", "client", "unix:"+fwdSock,
+		"target", termAddr, "bytes_up", n, "bytes_down", n, "end", "closed"))
+	in := term.waitLog(t, within(t, ctx, 10*time.Second), msgIs("connection", "direction", "local", "route", "web",
+		"target", echoSock, "bytes_up", n, "bytes_down", n, "end", "closed"))
+	if in.str("client") == "" {
+		t.Errorf("terminator's access line has no client: %v", in)
 	}
 	l := o.waitLog(t, within(t, ctx, 10*time.Second), msgIs("TLS connected", "tls", "originate", "route", "web"))
 	if l.str("group") != "X25519MLKEM768" {

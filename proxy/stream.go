@@ -63,8 +63,8 @@ func (e *Engine) warnRefusal(log *slog.Logger, msg, reason string, attrs ...any)
 
 // handleClient carries one client of a forward route through a tunnel
 // stream: client is c itself, or the TLS connection terminated over it.
-// done runs once the client is gone.
-func (e *Engine) handleClient(client end, c sockConn, r Route, done func()) {
+// done runs once the client is gone, and then rec's access line is written.
+func (e *Engine) handleClient(client end, c sockConn, r Route, rec *accessRecord, done func()) {
 	start := time.Now()
 	route := routeName(r.Name)
 	log := e.log.With("route", route, "client", clientLabel(c))
@@ -74,8 +74,7 @@ func (e *Engine) handleClient(client end, c sockConn, r Route, done func()) {
 	var undo undoList
 	defer undo.run()
 	undo.add(done)
-	rec := e.newAccessRecord("out", route, clientLabel(c), start)
-	undo.add(func() { e.logAccess(rec) }) // first in, so it runs last: once the connection has ended
+	undo.add(func() { e.logAccess(rec) }) // runs after the cleanups added below: once the connection has ended
 	fail := func(reason string, err error) {
 		m.streamsFailed.WithLabelValues(route, reason).Inc()
 		rec.refused(reason, err)

@@ -137,39 +137,54 @@ func (t tlsEnd) abort() { sockEnd{t.raw}.abort() }
 // through the tunnel at once; a tls:// route first completes the TLS
 // handshake; a route joined locally is carried to its target here.
 func (e *Engine) handleAccepted(c sockConn, r Route) {
+	route := routeName(r.Name)
+	term := e.terminator(r)
+	target, local := e.tls.local[r.Name]
+	// The access record starts at accept, so that a client refused before
+	// it is carried (per-source bound, TLS handshake) has its line too, and
+	// a tls:// client's duration includes its handshake.
+	direction := "out"
+	if local {
+		direction = "local"
+	}
+	rec := e.newAccessRecord(direction, route, clientLabel(c), time.Now())
+	if local {
+		rec.delivers(target.Addr)
+	}
 	// The per-source bound comes first, so that it also bounds the TLS
 	// handshakes of a tls:// route and the clients of a local join.
 	source := clientKey(c.RemoteAddr())
 	if !e.clientsByIP.take(source, e.cfg.MaxClientsPerIP) {
-		route := routeName(r.Name)
 		e.warnRefusal(e.log.With("route", route, "client", clientLabel(c)), "client refused", "PQT_MAX_CLIENTS_PER_IP reached", "limit", e.cfg.MaxClientsPerIP, "source", source.String())
 		e.metrics.streamsFailed.WithLabelValues(route, "client_limit").Inc()
 		sockEnd{c}.abort()
+		rec.refused("client_limit", nil)
+		e.logAccess(rec)
 		return
 	}
 	// The handlers hand the connection on to a goroutine of its own; the
-	// one that ends it gives the source's slot back.
+	// one that ends it gives the source's slot back and writes the access
+	// line.
 	give := func() { e.clientsByIP.give(source) }
-	term := e.terminator(r)
-	target, local := e.tls.local[r.Name]
 	if term == nil && !local {
-		e.handleClient(sockEnd{c}, c, r, give)
+		e.handleClient(sockEnd{c}, c, r, rec, give)
 		return
 	}
 	var client end = sockEnd{c}
 	if term != nil {
-		tc, ok := e.terminate(c, r, term)
+		tc, ok := e.terminate(c, r, term, rec)
 		if !ok {
 			give()
+			e.logAccess(rec)
 			return
 		}
 		client = tlsEnd{tc, c}
 	}
 	if local {
-		e.joinLocal(client, c, r, target, give)
+		e.joinLocal(client, c, r, target, rec, give)
 		return
 	}
-	e.handleClient(client, c, r, give)
+	e.handleClient(client, c, r, rec, give)
 }
 
 func (e *Engine) terminator(r Route) *tlsroute.Terminator {
@@ -187,8 +202,9 @@ func (e *Engine) tlsHandshakeTimeout() time.Duration {
 }
 
 // terminate runs the TLS handshake with a client of a tls:// forward route,
-// bounded in time and in how many run at once, and reports it.
-func (e *Engine) terminate(c sockConn, r Route, term *tlsroute.Terminator) (*tls.Conn, bool) {
+// bounded in time and in how many run at once, and reports it; a refusal
+// goes into rec too.
+func (e *Engine) terminate(c sockConn, r Route, term *tlsroute.Terminator, rec *accessRecord) (*tls.Conn, bool) {
 	route := routeName(r.Name)
 	log := e.log.With("route", route, "tls", sideTerminate, "client", clientLabel(c))
 	select {
@@ -198,13 +214,14 @@ func (e *Engine) terminate(c sockConn, r Route, term *tlsroute.Terminator) (*tls
 		e.warnRefusal(log, "TLS handshake refused", "busy", "limit", cap(e.tls.handshakes), "hint", "PQT_MAX_HANDSHAKES handshakes are running")
 		e.metrics.tlsRefused.WithLabelValues(route, sideTerminate, "busy").Inc()
 		sockEnd{c}.abort()
+		rec.refused("busy", nil)
 		return nil, false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), e.tlsHandshakeTimeout())
 	defer cancel()
 	tc, info, err := term.Handshake(ctx, c)
 	if err != nil {
-		e.tlsFailed(log, route, sideTerminate, err)
+		rec.refused(e.tlsFailed(log, route, sideTerminate, err), err)
 		_ = c.Close() // after the alert, a FIN: the client reads the alert
 		return nil, false
 	}
@@ -229,8 +246,8 @@ func (e *Engine) originate(oc sockConn, r Route, log *slog.Logger) (tlsEnd, erro
 }
 
 // tlsFailed logs a failed tls:// route handshake, at most once a second per
-// reason, and counts it.
-func (e *Engine) tlsFailed(log *slog.Logger, route, side string, err error) {
+// reason, and counts it; it returns the reason, the metric's label.
+func (e *Engine) tlsFailed(log *slog.Logger, route, side string, err error) string {
 	reason := tlsroute.ReasonTLS
 	attrs := []any{}
 	var he *tlsroute.HandshakeError
@@ -256,6 +273,7 @@ func (e *Engine) tlsFailed(log *slog.Logger, route, side string, err error) {
 		}
 	}
 	e.warnRefusal(log, "TLS handshake refused", reason, append(attrs, "err", err)...)
+	return reason
 }
 
 // tlsConnected logs and counts one completed tls:// route handshake.
@@ -331,8 +349,8 @@ func (e *dialError) Unwrap() error { return e.err }
 
 // joinLocal carries a client of a forward route to the target route of
 // the same name on this side, without a tunnel; done runs once the client
-// is gone.
-func (e *Engine) joinLocal(client end, c sockConn, r, target Route, done func()) {
+// is gone, and then its access line is written.
+func (e *Engine) joinLocal(client end, c sockConn, r, target Route, rec *accessRecord, done func()) {
 	start := time.Now()
 	route := routeName(r.Name)
 	log := e.log.With("route", route, "client", clientLabel(c))
@@ -342,12 +360,14 @@ func (e *Engine) joinLocal(client end, c sockConn, r, target Route, done func())
 	var undo undoList
 	defer undo.run()
 	undo.add(done)
+	undo.add(func() { e.logAccess(rec) }) // runs after the cleanups added below: once the connection has ended
 	active.Inc()
 	undo.add(active.Dec)
 	undo.add(e.routeStats.opened(KindForward, route))
 	if !e.acquireSlot() {
 		e.warnRefusal(log, "client refused", "PQT_MAX_TOTAL_STREAMS reached", "limit", e.cfg.MaxTotalStreams)
 		m.streamsFailed.WithLabelValues(route, "busy").Inc()
+		rec.refused("busy", nil)
 		client.abort()
 		return
 	}
@@ -366,20 +386,26 @@ func (e *Engine) joinLocal(client end, c sockConn, r, target Route, done func())
 			reason = "origin_tls"
 		}
 		m.streamsFailed.WithLabelValues(route, reason).Inc()
+		rec.refused(reason, err)
 		if reason != "origin_tls" { // tlsFailed logged that one
 			e.warnRefusal(log, "client refused", reason, "origin", target.Addr, "err", err)
 		}
 		client.abort()
 		return
 	}
-	e.carry(&undo, func() { e.pipeLocal(client, origin, route, target.Addr, log, start) })
+	e.carry(&undo, func() { e.pipeLocal(client, origin, route, target.Addr, log, start, rec) })
 }
 
-func (e *Engine) pipeLocal(client, origin end, route, target string, log *slog.Logger, start time.Time) {
+func (e *Engine) pipeLocal(client, origin end, route, target string, log *slog.Logger, start time.Time, rec *accessRecord) {
 	m := e.metrics
 	up, down, err := join(client, origin, e.cfg.StreamIdleTimeout)
 	m.bytes.WithLabelValues(route, "up").Add(float64(up))
 	m.bytes.WithLabelValues(route, "down").Add(float64(down))
+	if benign(err) {
+		rec.finished(up, down, nil)
+	} else {
+		rec.finished(up, down, err)
+	}
 	if err != nil && !benign(err) {
 		m.streamsFailed.WithLabelValues(route, "aborted").Inc()
 		log.Info("connection aborted", "origin", target, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond), "err", err)
