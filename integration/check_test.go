@@ -162,7 +162,8 @@ func TestCheck(t *testing.T) {
 				}
 			}
 		}()
-		out, code := chkRun(t, ctx, chkDialEnv(t, l.tunnelAddr, "quic", map[string]string{"PQT_HANDSHAKE_TIMEOUT": "5s"}))
+		// QUIC gives a silent peer half of PQT_HANDSHAKE_TIMEOUT.
+		out, code := chkRun(t, ctx, chkDialEnv(t, l.tunnelAddr, "quic", map[string]string{"PQT_HANDSHAKE_TIMEOUT": "10s"}))
 		t.Logf("pqtunnel check (exit %d):\n%s", code, out)
 		if !chkLine("quic", all, `still waiting: no answer after 2s \(gives up after 5s\)`).MatchString(out) {
 			t.Errorf("no progress line after 2s of waiting")

@@ -677,16 +677,18 @@ func (r *topoRelay) upstreamFor(from *net.UDPAddr) *net.UDPConn {
 }
 
 // TestAutoTransport checks PQT_TRANSPORT=auto on a dial side: it falls
-// back to TCP when QUIC gets no answer, and moves back to QUIC once UDP
-// works, without breaking a transfer that runs on the TCP tunnel meanwhile.
+// back to TCP when QUIC gets no answer, at once when the UDP port answers
+// ICMP port unreachable, and moves back to QUIC once UDP works, without
+// breaking a transfer that runs on the TCP tunnel meanwhile.
 func TestAutoTransport(t *testing.T) {
 	t.Run("fallback to tcp", func(t *testing.T) {
 		ctx := testContext(t, 30*time.Second)
 		o := startEcho(t)
 		l := startListen(t, ctx, 0, "tcp", map[string]string{"PQT_TARGET": o.addr()})
-		d := startDial(t, ctx, l.tunnelAddr, "auto", nil, map[string]string{"PQT_CONNECTIONS": "1", "PQT_FALLBACK_TIMEOUT": "1s"})
+		relay := topoStartRelay(t, l.tunnelAddr) // drops every UDP datagram: no answer at all
+		d := startDial(t, ctx, relay.addr, "auto", nil, map[string]string{"PQT_CONNECTIONS": "1", "PQT_FALLBACK_TIMEOUT": "1s"})
 		wctx := within(t, ctx, 15*time.Second)
-		fb := d.waitLog(t, wctx, msgIs("quic handshake timed out, falling back to tcp", "peer", l.tunnelAddr))
+		fb := d.waitLog(t, wctx, msgIs("quic handshake timed out, falling back to tcp", "peer", relay.addr))
 		conn := d.waitLog(t, wctx, msgIs("tunnel connected", "transport", "tcp", "group", "X25519MLKEM768"))
 		l.waitLog(t, wctx, msgIs("tunnel connected", "transport", "tcp", "group", "X25519MLKEM768"))
 		started := topoLogTime(t, d.logs(msgIs("pqtunnel starting"))[0])
@@ -697,6 +699,42 @@ func TestAutoTransport(t *testing.T) {
 		}
 		if err := echoExact(within(t, ctx, 10*time.Second), d.forward[""], randomBytes(700, 1<<20)); err != nil {
 			t.Fatalf("traffic over the fallback tunnel: %v", err)
+		}
+	})
+
+	// A listen side with only the tcp transport: its host answers QUIC's
+	// datagrams with ICMP port unreachable, and the dial side uses TCP at
+	// once. Before, it waited as for silence: quic-go's handshake idle
+	// timeout, half of PQT_FALLBACK_TIMEOUT (here 5s of 10s, so that the
+	// bound below holds on a loaded machine and fails without the fix).
+	t.Run("port unreachable", func(t *testing.T) {
+		ctx := testContext(t, 30*time.Second)
+		o := startEcho(t)
+		l := startListen(t, ctx, 0, "tcp", map[string]string{"PQT_TARGET": o.addr()})
+		d := startDial(t, ctx, l.tunnelAddr, "auto", nil, map[string]string{"PQT_CONNECTIONS": "1", "PQT_FALLBACK_TIMEOUT": "10s"})
+		started := topoLogTime(t, d.logs(msgIs("pqtunnel starting"))[0])
+		// Clients refused while no tunnel is up are refused at once, so
+		// the first one served marks when the tunnel became usable.
+		var served time.Duration
+		for served == 0 {
+			err := echoExact(within(t, ctx, 2*time.Second), d.forward[""], []byte("first"))
+			if err == nil {
+				served = time.Since(started)
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("no client served: %v", err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Logf("first client served %s after start (PQT_FALLBACK_TIMEOUT=10s)", served.Round(time.Millisecond))
+		if served > 1500*time.Millisecond {
+			t.Errorf("first client served %s after start, want well under the 5s QUIC waits for silence", served.Round(time.Millisecond))
+		}
+		fb := d.waitLog(t, within(t, ctx, 5*time.Second), msgIs("quic port unreachable, falling back to tcp", "peer", l.tunnelAddr))
+		t.Logf("fell back %s after start", topoLogTime(t, fb).Sub(started).Round(time.Millisecond))
+		if l := d.logs(msgIs("quic handshake timed out, falling back to tcp")); len(l) > 0 {
+			t.Errorf("fell back by timeout, not at the ICMP answer: %v", l)
 		}
 	})
 

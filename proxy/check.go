@@ -128,17 +128,7 @@ func probeTunnel(ctx context.Context, cfg Config, peer string, tr transport.Tran
 	var pc *countingPacketConn
 	mc.WrapConn = func(c net.Conn) net.Conn { tc = &recordingConn{Conn: c}; return tc }
 	mc.WrapPacketConn = func(c net.PacketConn) net.PacketConn { pc = &countingPacketConn{PacketConn: c}; return pc }
-	if transport.UsesUDP(tr) {
-		var cancel context.CancelCauseFunc
-		ctx, cancel = context.WithCancelCause(ctx)
-		defer cancel(nil)
-		stop := watchPortUnreachable(ctx, peer, cancel)
-		defer stop()
-	}
 	s, err := tr.Dial(ctx, peer, &mc)
-	if cause := context.Cause(ctx); err != nil && errors.Is(cause, ErrPortUnreachable) {
-		err = fmt.Errorf("%w (%w)", cause, err)
-	}
 	if tc != nil {
 		p.ClientHello, p.ServerHello, p.WireGroup = tc.hellos()
 	}
@@ -204,39 +194,8 @@ func queryRoute(ctx context.Context, s transport.Session, route string) (known b
 }
 
 // ErrPortUnreachable is a UDP probe's failure when the peer's host answers
-// with ICMP port unreachable: nothing listens on that UDP port, or a
-// firewall rejects (rather than drops) UDP to it.
-var ErrPortUnreachable = errors.New("ICMP port unreachable: nothing listens on the peer's UDP port, or a firewall rejects UDP to it")
-
-// watchPortUnreachable sends empty datagrams to peer from a connected UDP
-// socket, which unlike quic-go's unconnected one hears ICMP errors, and
-// cancels with ErrPortUnreachable when one says the port is closed, so that
-// a probe fails at once rather than at the handshake timeout. A QUIC
-// server drops an empty datagram unread. stop ends the watch and waits.
-func watchPortUnreachable(ctx context.Context, peer string, cancel context.CancelCauseFunc) (stop func()) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "udp", peer)
-	if err != nil {
-		return func() {} // the probe's own dial reports the address
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 1)
-		for ctx.Err() == nil {
-			_, _ = c.Write(nil) // the answer, if any, comes to the read
-			_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-			if _, err := c.Read(buf); errors.Is(err, syscall.ECONNREFUSED) {
-				cancel(ErrPortUnreachable)
-				return
-			}
-		}
-	}()
-	return func() {
-		_ = c.Close() // unblocks the read
-		<-done
-	}
-}
+// with ICMP port unreachable, which the QUIC dial hears at once.
+var ErrPortUnreachable = transport.ErrPortUnreachable
 
 // recordingConn keeps what was written before the first read (the
 // ClientHello) and the first bytes read (the ServerHello record).

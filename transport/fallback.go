@@ -21,15 +21,16 @@ func Fallback(primary, secondary Transport) Transport {
 	return &fallback{
 		primary: primary, secondary: secondary,
 		// Messages are fixed per pair; for auto they read as they always did.
-		msgFellBack: p + " handshake timed out, falling back to " + s,
-		msgStill:    p + " still unavailable, staying on " + s,
-		msgBack:     p + " works again: moving tunnel back from " + s,
+		msgFellBack:    p + " handshake timed out, falling back to " + s,
+		msgUnreachable: p + " port unreachable, falling back to " + s,
+		msgStill:       p + " still unavailable, staying on " + s,
+		msgBack:        p + " works again: moving tunnel back from " + s,
 	}
 }
 
 type fallback struct {
-	primary, secondary             Transport
-	msgFellBack, msgStill, msgBack string
+	primary, secondary                             Transport
+	msgFellBack, msgUnreachable, msgStill, msgBack string
 }
 
 func (f *fallback) Name() string { return FallbackName }
@@ -79,14 +80,22 @@ func (f *fallback) listenOn(addr, second string, c *Config) (Listener, error) {
 	return newJointListener(lp, ls), nil
 }
 
-// Dial tries primary, then secondary if primary timed out.
+// Dial tries primary, then secondary if primary timed out or its port is
+// unreachable.
 func (f *fallback) Dial(ctx context.Context, addr string, c *Config) (Session, error) {
 	c = c.WithDefaults()
 	s, err := f.dialPrimary(ctx, addr, c)
-	if err == nil || ctx.Err() != nil || Classify(err) != ReasonTimeout {
+	if err == nil || ctx.Err() != nil {
 		return s, err
 	}
-	c.Logger.Warn(f.msgFellBack, "peer", addr, "after", c.FallbackTimeout, "err", err)
+	switch Classify(err) {
+	case ReasonTimeout:
+		c.Logger.Warn(f.msgFellBack, "peer", addr, "after", c.FallbackTimeout, "err", err)
+	case ReasonPortUnreachable:
+		c.Logger.Warn(f.msgUnreachable, "peer", addr, "err", err)
+	default:
+		return s, err
+	}
 	s, err = f.secondary.Dial(ctx, addr, c)
 	if err != nil {
 		return nil, err

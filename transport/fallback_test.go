@@ -11,6 +11,8 @@ import (
 	"github.com/pqtunnel/pqtunnel/internal/logtest"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
+	"github.com/pqtunnel/pqtunnel/transport/quic"
+	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
 	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 )
 
@@ -183,5 +185,44 @@ func TestFallbackListenRetriesAPortTakenOnTheSecondary(t *testing.T) {
 	parts := transport.Parts(ln)
 	if got := ln.Addr().String(); got != "127.0.0.1:3" || parts[0].Addr().String() != parts[1].Addr().String() {
 		t.Errorf("listening on %v and %v, want both on 127.0.0.1:3", parts[0].Addr(), parts[1].Addr())
+	}
+}
+
+// A peer whose UDP port answers ICMP port unreachable has nothing on QUIC:
+// auto moves to TCP at once instead of after FallbackTimeout, and a plain
+// QUIC dial fails at once with the reason port_unreachable.
+func TestFallbackMovesAtOnceOnPortUnreachable(t *testing.T) {
+	cc, sc := transporttest.Configs(t)
+	ln := transporttest.Listen(t, tlsmux.Transport{}, sc) // TCP only: nothing on the UDP port
+	acceptAll(t, ln)
+	var logs logtest.Recorder
+	cc.Logger = slog.New(&logs)
+	cc.FallbackTimeout = 10 * time.Second
+	addr := ln.Addr().String()
+
+	start := time.Now()
+	_, err := quic.Transport{}.Dial(transporttest.Ctx(t), addr, cc)
+	var he *transport.HandshakeError
+	if !errors.As(err, &he) || he.Reason != transport.ReasonPortUnreachable || he.Stage != transport.StageConnect || !errors.Is(err, transport.ErrPortUnreachable) {
+		t.Fatalf("QUIC dial of a closed UDP port: %v (%+v), want port_unreachable at connect", err, he)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("QUIC dial of a closed UDP port failed after %v, want at once", d)
+	}
+
+	start = time.Now()
+	s, err := transport.Fallback(quic.Transport{}, tlsmux.Transport{}).Dial(transporttest.Ctx(t), addr, cc)
+	if err != nil {
+		t.Fatalf("auto dial: %v", err)
+	}
+	defer s.Close()
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("auto reached TCP after %v, want at once, not after FallbackTimeout (10s)", d)
+	}
+	if s.Info().Transport != tlsmux.Name {
+		t.Errorf("auto session over %s, want %s", s.Info().Transport, tlsmux.Name)
+	}
+	if !logs.Contains("quic port unreachable, falling back to tcp", "peer="+addr) {
+		t.Errorf("no fallback warning; logs: %q", logs.All())
 	}
 }

@@ -21,9 +21,16 @@ const (
 	ReasonProofFailed     Reason = "proof_failed"     // the post-handshake proof failed
 	ReasonVersionMismatch Reason = "version_mismatch" // no common ALPN: the peer speaks another protocol version
 	ReasonTimeout         Reason = "timeout"
-	ReasonBusy            Reason = "busy" // the listener sheds load
-	ReasonTLS             Reason = "tls"  // anything else
+	ReasonPortUnreachable Reason = "port_unreachable" // ICMP port unreachable for the peer's UDP port
+	ReasonBusy            Reason = "busy"             // the listener sheds load
+	ReasonTLS             Reason = "tls"              // anything else
 )
+
+// ErrPortUnreachable is a UDP transport's dial failure when the peer's host
+// answers with ICMP port unreachable: nothing listens on that UDP port, or a
+// firewall rejects (rather than drops) UDP to it. A Fallback dial then
+// tries its secondary at once.
+var ErrPortUnreachable = errors.New("ICMP port unreachable: nothing listens on the peer's UDP port, or a firewall rejects UDP to it")
 
 // Stage says how far a handshake got before it failed.
 type Stage string
@@ -117,6 +124,9 @@ func Classify(err error) Reason {
 	}
 	if errors.Is(err, ErrBusy) {
 		return ReasonBusy
+	}
+	if errors.Is(err, ErrPortUnreachable) {
+		return ReasonPortUnreachable
 	}
 	peer, fromPeer := PeerAlertOf(err)
 	local, sent := errors.AsType[tls.AlertError](err)

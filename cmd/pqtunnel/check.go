@@ -15,6 +15,7 @@ import (
 	"github.com/pqtunnel/pqtunnel/internal/config"
 	"github.com/pqtunnel/pqtunnel/proxy"
 	"github.com/pqtunnel/pqtunnel/transport"
+	"github.com/pqtunnel/pqtunnel/transport/quic"
 )
 
 // check probes each configured peer over each transport, with the whole
@@ -176,7 +177,11 @@ func probeWith(w io.Writer, pc proxy.Config, peer string, tr transport.Transport
 	ctx, cancel := context.WithTimeout(context.Background(), pc.Mux.HandshakeTimeout)
 	defer cancel()
 	offered := hybridtls.GroupNames(groups)
-	stop := progress(w, fmt.Sprintf("  %-4s offer %-52s", tr.Name(), offered), pc.Mux.HandshakeTimeout)
+	giveUp := pc.Mux.HandshakeTimeout
+	if tr.Name() == quic.Name {
+		giveUp = quic.SilenceTimeout(giveUp) // a peer that never answers
+	}
+	stop := progress(w, fmt.Sprintf("  %-4s offer %-52s", tr.Name(), offered), giveUp)
 	var p proxy.Probe
 	if askRoutes {
 		p = proxy.ProbeRoutes(ctx, pc, peer, tr, mode, groups)

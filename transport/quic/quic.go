@@ -60,15 +60,18 @@ const (
 	codeReset     quic.StreamErrorCode      = 1
 )
 
+// SilenceTimeout is how long a QUIC dial with handshakeTimeout waits for a
+// peer that sends nothing at all: quic-go ends a handshake after twice its
+// idle timeout, or after the idle timeout without a packet from the peer,
+// so half of handshakeTimeout bounds the whole handshake by it.
+func SilenceTimeout(handshakeTimeout time.Duration) time.Duration { return handshakeTimeout / 2 }
+
 // c has its defaults applied.
 func quicConfig(c *transport.Config) *quic.Config {
 	connWindow := min(4*c.StreamWindow, c.MaxConnMemory)
 	streamWindow := min(c.StreamWindow, connWindow)
 	return &quic.Config{
-		// quic-go ends a handshake after twice this, or after this long
-		// without a packet from the peer: half bounds the whole handshake
-		// by HandshakeTimeout.
-		HandshakeIdleTimeout:       c.HandshakeTimeout / 2,
+		HandshakeIdleTimeout:       SilenceTimeout(c.HandshakeTimeout),
 		MaxIdleTimeout:             c.IdleTimeout,
 		KeepAlivePeriod:            c.KeepAlive,
 		MaxIncomingStreams:         int64(c.MaxStreams),
@@ -127,10 +130,18 @@ func Dial(ctx context.Context, addr string, c *transport.Config) (transport.Sess
 		pc = c.WrapPacketConn(pc)
 	}
 	tr := &quic.Transport{Conn: pc}
-	conn, err := tr.Dial(ctx, raddr, c.TLS, quicConfig(c))
+	hctx, cancelHandshake := context.WithCancelCause(ctx)
+	stopWatch := watchPortUnreachable(hctx, raddr, cancelHandshake)
+	conn, err := tr.Dial(hctx, raddr, c.TLS, quicConfig(c))
+	stopWatch()
+	cause := context.Cause(hctx)
+	cancelHandshake(nil)
 	if err != nil {
 		_ = tr.Close() // the handshake error is what matters
 		_ = pc.Close()
+		if errors.Is(cause, transport.ErrPortUnreachable) {
+			return nil, transport.NewHandshakeError(Name, transport.StageConnect, fmt.Errorf("quic handshake with %s: %w (%w)", addr, cause, err))
+		}
 		return nil, handshakeError(transport.StageTLS, fmt.Errorf("quic handshake with %s: %w", addr, err))
 	}
 	s, err := authenticateQUIC(ctx, conn, c, true, start)
