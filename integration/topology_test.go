@@ -332,9 +332,8 @@ func TestReverseSeveralDialSides(t *testing.T) {
 			_ = c.Close() // done
 		}
 
-		// Sequential clients: ties in load go to the first tunnel connection
-		// in the pool (proxy.tunnelSet.pick), so one dial side gets (nearly)
-		// all of them. Reported as a bug; the spread is only logged here.
+		// Sequential clients: every tunnel is idle when the next one comes,
+		// and ties go round-robin, so both dial sides serve them.
 		const clients = 20
 		for i := range clients {
 			if err := echoExact(within(t, ctx, 10*time.Second), fwd, randomBytes(uint64(200+i), 64<<10)); err != nil {
@@ -346,8 +345,8 @@ func TestReverseSeveralDialSides(t *testing.T) {
 		if a2+b2 != clients {
 			t.Errorf("origins accepted %d connections, want %d", a2+b2, clients)
 		}
-		if a2 < 3 || b2 < 3 {
-			t.Logf("BUG (not asserted): sequential clients are not spread over both dial sides")
+		if a2 < clients/4 || b2 < clients/4 {
+			t.Errorf("%d sequential clients: dial side A served %d, B %d; want at least %d each", clients, a2, b2, clients/4)
 		}
 
 		start := time.Now()
@@ -367,6 +366,53 @@ func TestReverseSeveralDialSides(t *testing.T) {
 			t.Errorf("listen side lost %d tunnel connections of the surviving dial side", n)
 		}
 	})
+}
+
+// TestReverseRouteOfOnePeerSpreads: a listen side's forward route that
+// only dial side B may carry (@b) spreads sequential clients evenly over
+// B's two tunnels, although dial side A's two tunnels come first in the
+// pool. Before, the round-robin start ran over the whole pool, and the
+// first allowed tunnel after A's took three clients in four.
+func TestReverseRouteOfOnePeerSpreads(t *testing.T) {
+	ctx := testContext(t, 60*time.Second)
+	idA, idB := identityNamed(t, "topo-dial-a"), identityNamed(t, "topo-dial-b")
+	oa, ob := startEcho(t), startEcho(t)
+	fwd := loopback(freePort(t))
+	l := startListen(t, ctx, 0, "tcp", map[string]string{
+		"PQT_FORWARD": "web=" + fwd + "@b", "PQT_PEERS": "a=" + idA.pin + ",b=" + idB.pin, "PQT_ACCESS_LOG": "on",
+	})
+	dial := func(id identity, o *origin) {
+		startDial(t, ctx, l.tunnelAddr, "tcp", []string{}, map[string]string{"PQT_IDENTITY": id.path, "PQT_TARGET": "web=" + o.addr(), "PQT_CONNECTIONS": "2"})
+	}
+	wctx := within(t, ctx, 20*time.Second)
+	dial(idA, oa) // first, so that its tunnels lead the listen side's pool
+	l.waitLogs(t, wctx, 2, msgIs("tunnel connected", "peer", "a"))
+	dial(idB, ob)
+	bTunnels := l.waitLogs(t, wctx, 2, msgIs("tunnel connected", "peer", "b"))
+
+	const clients = 20
+	for i := range clients {
+		if err := echoExact(within(t, ctx, 10*time.Second), fwd, randomBytes(uint64(400+i), 4<<10)); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+	}
+	lines, err := l.awaitLogs(within(t, ctx, 10*time.Second), clients, msgIs("connection", "direction", "out", "route", "web", "end", "closed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	byTunnel := map[string]int{}
+	for _, line := range lines {
+		byTunnel[line.str("tunnel")]++
+	}
+	t.Logf("%d sequential clients by tunnel: %v; origins A %d, B %d", clients, byTunnel, oa.acceptCount(), ob.acceptCount())
+	if oa.acceptCount() != 0 || ob.acceptCount() != clients {
+		t.Errorf("origins A and B accepted %d and %d connections, want 0 and %d", oa.acceptCount(), ob.acceptCount(), clients)
+	}
+	for _, bt := range bTunnels {
+		if n := byTunnel[bt.str("tunnel")]; n < clients*2/5 {
+			t.Errorf("tunnel %s of dial side B carried %d of %d sequential clients, want about half: %v", bt.str("tunnel"), n, clients, byTunnel)
+		}
+	}
 }
 
 // topoTagEcho is an echo origin that first reads an 8-byte tag and records

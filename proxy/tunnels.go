@@ -66,7 +66,7 @@ type tunnelSet struct {
 	// closed is set by closeAll: a session that arrives after it is refused,
 	// so shutdown never waits on a tunnel it did not close.
 	closed bool
-	next   int // where pick starts, for round-robin among equals
+	next   int // pick's round-robin counter among equally loaded tunnels
 }
 
 func (ts *tunnelSet) init() { ts.changed = make(chan struct{}) }
@@ -123,15 +123,17 @@ func (ts *tunnelSet) remove(t *tunnel) {
 }
 
 // pick returns the least-loaded live tunnel of a peer r allows, or nil if
-// none is up. Ties go round-robin, so sequential short connections spread too.
+// none is up. Ties go round-robin among the tied tunnels themselves, so
+// sequential short connections spread evenly: rotating the start over the
+// whole pool instead favoured the first allowed tunnel after a run of
+// tunnels r does not allow (or dead ones).
 func (ts *tunnelSet) pick(r Route) *tunnel {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
-	var best *tunnel
-	n := len(ts.list)
-	ts.next++
-	for i := range n {
-		t := ts.list[(ts.next+i)%n]
+	var buf [8]*tunnel
+	tied := buf[:0]
+	var least int64
+	for _, t := range ts.list {
 		select {
 		case <-t.s.Done():
 			continue // dead, not yet removed
@@ -140,11 +142,18 @@ func (ts *tunnelSet) pick(r Route) *tunnel {
 		if !r.allows(t.peer) {
 			continue
 		}
-		if best == nil || t.active.Load() < best.active.Load() {
-			best = t
+		switch n := t.active.Load(); {
+		case len(tied) == 0 || n < least:
+			least, tied = n, append(tied[:0], t)
+		case n == least:
+			tied = append(tied, t)
 		}
 	}
-	return best
+	if len(tied) == 0 {
+		return nil
+	}
+	ts.next++
+	return tied[ts.next%len(tied)]
 }
 
 func (ts *tunnelSet) snapshot() []*tunnel {
