@@ -1,9 +1,13 @@
+//go:build !windows
+
 // Package examples_test keeps the examples and the READMEs working and in
 // step with pqtunnel: it runs the run-local.sh scripts and the READMEs' shell
 // blocks, validates the compose file with docker-compose, parses the
 // Kubernetes YAML, checks the systemd unit, runs pqtunnel on an identity laid
 // out as a Kubernetes Secret, and checks that every PQT_* variable the
-// examples name is one that 'pqtunnel help' prints.
+// examples name is one that 'pqtunnel help' prints. It builds on Unix only:
+// the scripts and README blocks need a Unix shell, and the Secret test runs
+// pqtunnel as another user.
 package examples_test
 
 import (

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,12 +48,23 @@ func checkTLSAddr(addr string) error {
 	return CheckHostPort(addr)
 }
 
+// unixForm is how a unix:// route is written on this platform: Windows
+// (10 and later have AF_UNIX) names sockets by drive-letter paths.
+func unixForm() string {
+	if runtime.GOOS == "windows" {
+		return `unix://C:\absolute\path`
+	}
+	return "unix:///absolute/path"
+}
+
 // checkUnixAddr accepts an absolute path that fits in a socket address.
-// Abstract sockets (@name) are not routes: '@' starts the allow list.
+// Abstract sockets (@name) are not routes: '@' starts the allow list. A
+// path starting with two slashes is refused: a host part on Unix, a
+// network share on Windows, where AF_UNIX does not reach.
 func checkUnixAddr(path string) error {
 	switch {
-	case !filepath.IsAbs(path) || strings.HasPrefix(path, "//"):
-		return fmt.Errorf("want unix:///absolute/path, not %q after unix://", path)
+	case !filepath.IsAbs(path) || strings.HasPrefix(path, "//") || strings.HasPrefix(path, `\\`):
+		return fmt.Errorf("want %s, not %q after unix://", unixForm(), path)
 	case len(path) > maxUnixPath:
 		return fmt.Errorf("socket path of %d bytes, at most %d fit in a socket address", len(path), maxUnixPath)
 	case strings.ContainsRune(path, 0):

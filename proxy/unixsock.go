@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/user"
+	"runtime"
 	"strconv"
 	"time"
 )
@@ -18,8 +19,9 @@ var ErrSocketInUse = errors.New("socket is in use by another process")
 // listenUnix listens on a unix:// forward route's path. A socket file left
 // by a process that is gone is removed first; any other file at the path,
 // or a socket some process still serves, is an error and stays untouched.
-// The socket gets mode and, unless group is empty, that group (a name or
-// number). The listener removes the socket file when it is closed.
+// The socket gets mode (not on Windows) and, unless group is empty, that
+// group (a name or number; an error on Windows, which has no file groups).
+// The listener removes the socket file when it is closed.
 func listenUnix(path string, mode fs.FileMode, group string) (*net.UnixListener, error) {
 	if err := removeStaleSocket(path); err != nil {
 		return nil, err
@@ -29,10 +31,14 @@ func listenUnix(path string, mode fs.FileMode, group string) (*net.UnixListener,
 		return nil, fmt.Errorf("listen on unix socket: %w", err)
 	}
 	// Between bind and this chmod the socket has the umask's mode: the
-	// directory around it is what keeps others out for that moment.
-	if err := os.Chmod(path, mode); err != nil {
-		_ = ln.Close() // removes the socket file again
-		return nil, fmt.Errorf("set mode of unix socket: %w", err)
+	// directory around it is what keeps others out for that moment. Windows
+	// decides who may connect by the socket file's access control list,
+	// inherited from its directory; mode bits mean nothing there.
+	if runtime.GOOS != "windows" {
+		if err := os.Chmod(path, mode); err != nil {
+			_ = ln.Close() // removes the socket file again
+			return nil, fmt.Errorf("set mode of unix socket: %w", err)
+		}
 	}
 	if group != "" {
 		if err := chownGroup(path, group); err != nil {
