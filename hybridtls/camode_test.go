@@ -1,105 +1,33 @@
 package hybridtls
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
-	"math/big"
 	"net/url"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/pqtunnel/pqtunnel/internal/testutil/testca"
 )
 
-// testCA is a throwaway certificate authority for CA-mode tests.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{cert: cert, key: key, pool: pool}
-}
-
-// leaf issues a certificate for both client and server use.
-func (ca *testCA) leaf(t *testing.T, cn string, dns []string, uris ...string) *tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sn, err := rand.Int(rand.Reader, big.NewInt(1<<62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: sn,
-		Subject:      pkix.Name{CommonName: cn},
-		DNSNames:     dns,
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	for _, u := range uris {
-		tmpl.URIs = append(tmpl.URIs, mustURL(t, u))
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
-}
-
-func caSide(t *testing.T, ca *testCA, cert *tls.Certificate, serverName, allow string) side {
+func caSide(t *testing.T, ca *testca.CA, cert *tls.Certificate, serverName, allow string) side {
 	t.Helper()
 	rules, err := ParseAllow(allow)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return side{store: newStore(t, Policy{Mode: Strict, Groups: DefaultGroups, ServerName: serverName},
-		&Material{Certificate: cert, CAs: ca.pool, Allow: rules})}
+		&Material{Certificate: cert, CAs: ca.Pool, Allow: rules})}
 }
 
 func TestCAModeAllowRules(t *testing.T) {
-	ca := newTestCA(t, "test CA")
-	serverCert := ca.leaf(t, "tunnel server", []string{"server.tunnel.test"})
-	clientA := ca.leaf(t, "client a", []string{"a.clients.test"}, "spiffe://test/ns/a")
-	clientB := ca.leaf(t, "client b", []string{"b.other.test"})
-	clientDeep := ca.leaf(t, "client deep", []string{"x.a.clients.test"})
+	ca := testca.New(t, "test CA")
+	serverCert := &ca.Issue(t, testca.Leaf{CN: "tunnel server", DNS: []string{"server.tunnel.test"}}).Certificate
+	clientA := &ca.Issue(t, testca.Leaf{CN: "client a", DNS: []string{"a.clients.test"}, URIs: []string{"spiffe://test/ns/a"}}).Certificate
+	clientB := &ca.Issue(t, testca.Leaf{CN: "client b", DNS: []string{"b.other.test"}}).Certificate
+	clientDeep := &ca.Issue(t, testca.Leaf{CN: "client deep", DNS: []string{"x.a.clients.test"}}).Certificate
 
 	tests := []struct {
 		name      string
@@ -156,9 +84,9 @@ func TestCAModeAllowRules(t *testing.T) {
 // material changes: a CA that no longer signs it, or rules that no longer
 // match it, refuse it; a renamed rule renames it.
 func TestCAModeRecheck(t *testing.T) {
-	ca, other := newTestCA(t, "test CA"), newTestCA(t, "other CA")
-	serverCert := ca.leaf(t, "tunnel server", []string{"server.tunnel.test"})
-	clientCert := ca.leaf(t, "client", []string{"client.test"})
+	ca, other := testca.New(t, "test CA"), testca.New(t, "other CA")
+	serverCert := &ca.Issue(t, testca.Leaf{CN: "tunnel server", DNS: []string{"server.tunnel.test"}}).Certificate
+	clientCert := &ca.Issue(t, testca.Leaf{CN: "client", DNS: []string{"client.test"}}).Certificate
 	client := caSide(t, ca, clientCert, "server.tunnel.test", "")
 	server := caSide(t, ca, serverCert, "", "app=dns:client.test")
 	c, s, cr, sr := connect(t, client, server)
@@ -179,27 +107,27 @@ func TestCAModeRecheck(t *testing.T) {
 	if name, err := server.store.Recheck(&cs, RoleServer); err != nil || name != "app" {
 		t.Errorf("Recheck = %q, %v; want app", name, err)
 	}
-	swap(ca.pool, "db=dns:client.test")
+	swap(ca.Pool, "db=dns:client.test")
 	if name, err := server.store.Recheck(&cs, RoleServer); err != nil || name != "db" {
 		t.Errorf("Recheck after renaming the rule = %q, %v; want db", name, err)
 	}
-	swap(ca.pool, "dns:someone.else")
+	swap(ca.Pool, "dns:someone.else")
 	if _, err := server.store.Recheck(&cs, RoleServer); !errors.Is(err, ErrPeerNotAllowed) {
 		t.Errorf("Recheck with no matching rule = %v, want ErrPeerNotAllowed", err)
 	}
 	// An empty list of rules from a file accepts nobody; an empty PQT_ALLOW
 	// accepts any certificate the CA signed.
-	if err := server.store.Swap(&Material{Certificate: serverCert, CAs: ca.pool, AllowListed: true}); err != nil {
+	if err := server.store.Swap(&Material{Certificate: serverCert, CAs: ca.Pool, AllowListed: true}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := server.store.Recheck(&cs, RoleServer); !errors.Is(err, ErrPeerNotAllowed) {
 		t.Errorf("Recheck with an empty listed allow file = %v, want ErrPeerNotAllowed", err)
 	}
-	swap(ca.pool, "")
+	swap(ca.Pool, "")
 	if name, err := server.store.Recheck(&cs, RoleServer); err != nil || name != "client.test" {
 		t.Errorf("Recheck with no rules = %q, %v; want client.test", name, err)
 	}
-	swap(other.pool, "")
+	swap(other.Pool, "")
 	if _, err := server.store.Recheck(&cs, RoleServer); !errors.Is(err, ErrBadCertificate) {
 		t.Errorf("Recheck against another CA = %v, want ErrBadCertificate", err)
 	}
@@ -210,9 +138,9 @@ func TestCAModeRecheck(t *testing.T) {
 }
 
 func TestCAModeClientAllowRules(t *testing.T) {
-	ca := newTestCA(t, "test CA")
-	serverCert := ca.leaf(t, "tunnel server", []string{"server.tunnel.test"})
-	clientCert := ca.leaf(t, "client", []string{"client.test"})
+	ca := testca.New(t, "test CA")
+	serverCert := &ca.Issue(t, testca.Leaf{CN: "tunnel server", DNS: []string{"server.tunnel.test"}}).Certificate
+	clientCert := &ca.Issue(t, testca.Leaf{CN: "client", DNS: []string{"client.test"}}).Certificate
 	server := caSide(t, ca, serverCert, "", "")
 
 	client := caSide(t, ca, clientCert, "server.tunnel.test", "cn:someone else")
@@ -226,12 +154,12 @@ func TestCAModeClientAllowRules(t *testing.T) {
 }
 
 func TestCAModeRefusesOtherCAAndWrongName(t *testing.T) {
-	ca, rogue := newTestCA(t, "test CA"), newTestCA(t, "rogue CA")
-	serverCert := ca.leaf(t, "tunnel server", []string{"server.tunnel.test"})
+	ca, rogue := testca.New(t, "test CA"), testca.New(t, "rogue CA")
+	serverCert := &ca.Issue(t, testca.Leaf{CN: "tunnel server", DNS: []string{"server.tunnel.test"}}).Certificate
 	server := caSide(t, ca, serverCert, "", "")
 
 	t.Run("client from another CA", func(t *testing.T) {
-		client := caSide(t, ca, rogue.leaf(t, "rogue", []string{"a.clients.test"}), "server.tunnel.test", "")
+		client := caSide(t, ca, &rogue.Issue(t, testca.Leaf{CN: "rogue", DNS: []string{"a.clients.test"}}).Certificate, "server.tunnel.test", "")
 		_, _, cr, sr := connect(t, client, server)
 		// The client has no certificate from a CA the server asks for, so
 		// crypto/tls sends none; either way the server must refuse.
@@ -244,7 +172,7 @@ func TestCAModeRefusesOtherCAAndWrongName(t *testing.T) {
 		}
 	})
 	t.Run("server name mismatch", func(t *testing.T) {
-		client := caSide(t, ca, ca.leaf(t, "client", []string{"client.test"}), "other.tunnel.test", "")
+		client := caSide(t, ca, &ca.Issue(t, testca.Leaf{CN: "client", DNS: []string{"client.test"}}).Certificate, "other.tunnel.test", "")
 		_, _, cr, _ := connect(t, client, server)
 		var herr x509.HostnameError
 		if !errors.As(cr.err, &herr) {

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/pqtunnel/pqtunnel/internal/testutil/testca"
 	"github.com/pqtunnel/pqtunnel/internal/tlswire"
 )
 
@@ -73,7 +74,7 @@ func TestPinOfRefusesNonIdentityCertificates(t *testing.T) {
 	withoutEd := *id.Certificate.Leaf
 	withoutEd.Extensions = nil
 	for name, cert := range map[string]*x509.Certificate{
-		"ECDSA certificate":  newTestCA(t, "plain").cert,
+		"ECDSA certificate":  testca.New(t, "plain").Cert,
 		"no Ed25519 key ext": &withoutEd,
 	} {
 		if _, err := PinOf(cert); !errors.Is(err, ErrNotIdentity) {

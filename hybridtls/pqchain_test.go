@@ -1,131 +1,50 @@
 package hybridtls
 
 import (
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/mldsa"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
-	"math/big"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/pqtunnel/pqtunnel/internal/testutil/testca"
 )
-
-// keyKind names the key types the chain tests use.
-type keyKind string
-
-const (
-	kMLDSA44 keyKind = "ML-DSA-44"
-	kMLDSA65 keyKind = "ML-DSA-65"
-	kMLDSA87 keyKind = "ML-DSA-87"
-	kP256    keyKind = "P-256"
-)
-
-func newKey(t *testing.T, k keyKind) crypto.Signer {
-	t.Helper()
-	var key crypto.Signer
-	var err error
-	switch k {
-	case kMLDSA44:
-		key, err = mldsa.GenerateKey(mldsa.MLDSA44())
-	case kMLDSA65:
-		key, err = mldsa.GenerateKey(mldsa.MLDSA65())
-	case kMLDSA87:
-		key, err = mldsa.GenerateKey(mldsa.MLDSA87())
-	case kP256:
-		key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	}
-	if err != nil || key == nil {
-		t.Fatalf("generate %s key: %v", k, err)
-	}
-	return key
-}
-
-// chainCert is one certificate of a test chain and its key.
-type chainCert struct {
-	cert *x509.Certificate
-	key  crypto.Signer
-}
-
-// issueCert signs a certificate for key by parent (nil: self-signed).
-func issueCert(t *testing.T, cn string, key crypto.Signer, parent *chainCert, isCA bool, dns ...string) *chainCert {
-	t.Helper()
-	sn, err := rand.Int(rand.Reader, big.NewInt(1<<62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: sn,
-		Subject:      pkix.Name{CommonName: cn},
-		DNSNames:     dns,
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-	}
-	if isCA {
-		tmpl.IsCA, tmpl.BasicConstraintsValid, tmpl.KeyUsage = true, true, x509.KeyUsageCertSign
-	} else {
-		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
-	}
-	issuer, signer := tmpl, key
-	if parent != nil {
-		issuer, signer = parent.cert, parent.key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, key.Public(), signer)
-	if err != nil {
-		t.Fatalf("create %s: %v", cn, err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &chainCert{cert: cert, key: key}
-}
 
 // testChain builds root → intermediates → leaf with the given key kinds
 // (root first, leaf last) and returns the leaf as a tls.Certificate with
 // its intermediates, and a pool holding the root.
-func testChain(t *testing.T, name string, kinds ...keyKind) (*tls.Certificate, *x509.CertPool) {
+func testChain(t *testing.T, name string, kinds ...testca.Kind) (*tls.Certificate, *x509.CertPool) {
 	t.Helper()
-	root := issueCert(t, name+" root", newKey(t, kinds[0]), nil, true)
-	parent := root
-	var inters [][]byte
+	ca := testca.NewRoot(t, name+" root", kinds[0])
 	for i, k := range kinds[1 : len(kinds)-1] {
-		parent = issueCert(t, name+" intermediate "+string(rune('a'+i)), newKey(t, k), parent, true)
-		inters = append([][]byte{parent.cert.Raw}, inters...)
+		ca = ca.Intermediate(t, name+" intermediate "+string(rune('a'+i)), k)
 	}
-	leaf := issueCert(t, name+" leaf", newKey(t, kinds[len(kinds)-1]), parent, false, name+".test")
-	pool := x509.NewCertPool()
-	pool.AddCert(root.cert)
-	return &tls.Certificate{Certificate: append([][]byte{leaf.cert.Raw}, inters...), PrivateKey: leaf.key, Leaf: leaf.cert}, pool
+	leaf := ca.Issue(t, testca.Leaf{CN: name + " leaf", DNS: []string{name + ".test"}, Key: kinds[len(kinds)-1]})
+	return &leaf.Certificate, ca.Pool
 }
 
 func TestCAModeMLDSAChains(t *testing.T) {
 	tests := []struct {
 		name  string
-		kinds []keyKind // root first, leaf last
+		kinds []testca.Kind // root first, leaf last
 		pq    bool
 		why   string // in the reason when not pq
 		sig   tls.SignatureScheme
 	}{
-		{"ML-DSA-44 root and leaf", []keyKind{kMLDSA44, kMLDSA44}, true, "", tls.MLDSA44},
-		{"ML-DSA-65 root and leaf", []keyKind{kMLDSA65, kMLDSA65}, true, "", tls.MLDSA65},
-		{"ML-DSA-87 root, intermediate, leaf", []keyKind{kMLDSA87, kMLDSA87, kMLDSA87}, true, "", tls.MLDSA87},
-		{"ML-DSA-87 root, ML-DSA-65 leaf", []keyKind{kMLDSA87, kMLDSA65}, true, "", tls.MLDSA65},
-		{"classical chain", []keyKind{kP256, kP256}, false, `leaf "classical chain.test": ECDSA P-256 key`, tls.ECDSAWithP256AndSHA256},
-		{"classical root, ML-DSA leaf", []keyKind{kP256, kMLDSA65}, false, `leaf "classical root, ML-DSA leaf.test": signed with ECDSA-SHA256`, tls.MLDSA65},
-		{"ML-DSA root, classical intermediate", []keyKind{kMLDSA65, kP256, kMLDSA65}, false, "signed with ECDSA-SHA256", tls.MLDSA65},
-		{"ML-DSA root, classical leaf", []keyKind{kMLDSA65, kP256}, false, "ECDSA P-256 key", tls.ECDSAWithP256AndSHA256},
+		{"ML-DSA-44 root and leaf", []testca.Kind{testca.MLDSA44, testca.MLDSA44}, true, "", tls.MLDSA44},
+		{"ML-DSA-65 root and leaf", []testca.Kind{testca.MLDSA65, testca.MLDSA65}, true, "", tls.MLDSA65},
+		{"ML-DSA-87 root, intermediate, leaf", []testca.Kind{testca.MLDSA87, testca.MLDSA87, testca.MLDSA87}, true, "", tls.MLDSA87},
+		{"ML-DSA-87 root, ML-DSA-65 leaf", []testca.Kind{testca.MLDSA87, testca.MLDSA65}, true, "", tls.MLDSA65},
+		{"classical chain", []testca.Kind{testca.P256, testca.P256}, false, `leaf "classical chain.test": ECDSA P-256 key`, tls.ECDSAWithP256AndSHA256},
+		{"classical root, ML-DSA leaf", []testca.Kind{testca.P256, testca.MLDSA65}, false, `leaf "classical root, ML-DSA leaf.test": signed with ECDSA-SHA256`, tls.MLDSA65},
+		{"ML-DSA root, classical intermediate", []testca.Kind{testca.MLDSA65, testca.P256, testca.MLDSA65}, false, "signed with ECDSA-SHA256", tls.MLDSA65},
+		{"ML-DSA root, classical leaf", []testca.Kind{testca.MLDSA65, testca.P256}, false, "ECDSA P-256 key", tls.ECDSAWithP256AndSHA256},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			clientCert, clientPool := testChain(t, tt.name, tt.kinds...)
-			serverCert, serverPool := testChain(t, "server", kMLDSA65, kMLDSA65)
+			serverCert, serverPool := testChain(t, "server", testca.MLDSA65, testca.MLDSA65)
 			for _, require := range []bool{false, true} {
 				p := Policy{Mode: Strict, Groups: DefaultGroups, ServerName: "server.test", RequirePQAuth: require}
 				client := side{store: newStore(t, p, &Material{Certificate: clientCert, CAs: serverPool})}
@@ -158,8 +77,8 @@ func TestCAModeMLDSAChains(t *testing.T) {
 }
 
 func TestCAModeClientRefusesClassicalServerUnderPQAuth(t *testing.T) {
-	clientCert, clientPool := testChain(t, "client", kMLDSA65, kMLDSA65)
-	serverCert, serverPool := testChain(t, "server", kP256, kP256)
+	clientCert, clientPool := testChain(t, "client", testca.MLDSA65, testca.MLDSA65)
+	serverCert, serverPool := testChain(t, "server", testca.P256, testca.P256)
 	p := Policy{Mode: Strict, Groups: DefaultGroups, ServerName: "server.test", RequirePQAuth: true}
 	client := side{store: newStore(t, p, &Material{Certificate: clientCert, CAs: serverPool})}
 	server := side{store: newStore(t, Policy{Mode: Strict, Groups: DefaultGroups}, &Material{Certificate: serverCert, CAs: clientPool})}
@@ -170,7 +89,7 @@ func TestCAModeClientRefusesClassicalServerUnderPQAuth(t *testing.T) {
 }
 
 func TestChainPQ(t *testing.T) {
-	leaf, pool := testChain(t, "x", kMLDSA65, kMLDSA65)
+	leaf, pool := testChain(t, "x", testca.MLDSA65, testca.MLDSA65)
 	chains, err := leaf.Leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 	if err != nil {
 		t.Fatal(err)
@@ -181,7 +100,7 @@ func TestChainPQ(t *testing.T) {
 	if pq, why := ChainPQ(nil); pq || why == "" {
 		t.Errorf("ChainPQ(nil) = %v, %q", pq, why)
 	}
-	if pq, _ := ChainPQ([]*x509.Certificate{chains[0][0], newTestCA(t, "ecdsa").cert}); pq {
+	if pq, _ := ChainPQ([]*x509.Certificate{chains[0][0], testca.New(t, "ecdsa").Cert}); pq {
 		t.Error("ChainPQ accepted an ECDSA root")
 	}
 }
@@ -219,14 +138,14 @@ func TestRequireMLDSA87(t *testing.T) {
 		}
 	})
 	t.Run("CA chains", func(t *testing.T) {
-		serverCert, serverPool := testChain(t, "server", kMLDSA87, kMLDSA87)
+		serverCert, serverPool := testChain(t, "server", testca.MLDSA87, testca.MLDSA87)
 		for _, tt := range []struct {
-			kinds []keyKind
+			kinds []testca.Kind
 			ok    bool
 		}{
-			{[]keyKind{kMLDSA87, kMLDSA87}, true},
-			{[]keyKind{kMLDSA87, kMLDSA65}, false},
-			{[]keyKind{kMLDSA65, kMLDSA87}, false},
+			{[]testca.Kind{testca.MLDSA87, testca.MLDSA87}, true},
+			{[]testca.Kind{testca.MLDSA87, testca.MLDSA65}, false},
+			{[]testca.Kind{testca.MLDSA65, testca.MLDSA87}, false},
 		} {
 			clientCert, clientPool := testChain(t, "client", tt.kinds...)
 			p := cnsa2

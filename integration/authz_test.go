@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pqtunnel/pqtunnel/internal/testutil/testca"
 )
 
 // TestRelayRouteBoundToOnePeer runs a relay (reverse mode) accepting two
@@ -193,11 +195,11 @@ func TestCAModeTunnelClosesAtCertificateExpiry(t *testing.T) {
 	transports(t, func(t *testing.T, transport string) {
 		ctx := testContext(t, 60*time.Second)
 		dir := t.TempDir()
-		ca := hosNewCA(t, dir, "ca")
+		ca := testca.New(t, "ca").Save(t, dir)
 		now := time.Now()
-		server := ca.issue(t, dir, "server", "server.example", now.Add(-time.Hour), now.Add(time.Hour))
-		short := ca.issue(t, dir, "short", "good.example", now.Add(-time.Hour), now.Add(8*time.Second))
-		notAfter := short.tls.Leaf.NotAfter // whole seconds, as X.509 stores it
+		server := ca.Issue(t, testca.Leaf{DNS: []string{"server.example"}}).Save(t, dir, "server")
+		short := ca.Issue(t, testca.Leaf{DNS: []string{"good.example"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(8 * time.Second)}).Save(t, dir, "short")
+		notAfter := short.Leaf.NotAfter // whole seconds, as X.509 stores it
 		o := startEcho(t)
 		l := startListen(t, ctx, 0, transport, hosCAEnv(server, ca, map[string]string{
 			"PQT_TARGET": o.addr(),

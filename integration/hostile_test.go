@@ -2,21 +2,14 @@ package integration
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	crand "crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"math/rand/v2"
 	"net"
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -27,6 +20,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/pqtunnel/pqtunnel/internal/testutil/testca"
 	"github.com/pqtunnel/pqtunnel/wire"
 )
 
@@ -579,106 +573,14 @@ func TestHostilePeers(t *testing.T) {
 	})
 }
 
-// hosCA is a throwaway certificate authority for CA-mode tests.
-type hosCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	path string // the CA certificate as a PEM file
-}
-
-// hosPEM writes PEM blocks to dir/name with mode 0600 and returns the path.
-func hosPEM(t *testing.T, dir, name string, blocks ...*pem.Block) string {
-	t.Helper()
-	var b []byte
-	for _, bl := range blocks {
-		b = append(b, pem.EncodeToMemory(bl)...)
-	}
-	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-func hosNewCA(t *testing.T, dir, name string) *hosCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(crand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &hosCA{cert: cert, key: key, path: hosPEM(t, dir, name+".ca.pem", &pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// hosLeaf is a CA-issued certificate and its key, in memory and as files.
-type hosLeaf struct {
-	tls               tls.Certificate
-	certPath, keyPath string
-}
-
-// issue signs a certificate for dns, valid from notBefore to notAfter, for
-// both client and server use.
-func (ca *hosCA) issue(t *testing.T, dir, name, dns string, notBefore, notAfter time.Time) hosLeaf {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sn, err := crand.Int(crand.Reader, big.NewInt(1<<62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: sn,
-		Subject:      pkix.Name{CommonName: dns},
-		DNSNames:     []string{dns},
-		NotBefore:    notBefore,
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(crand.Reader, tmpl, ca.cert, key.Public(), ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pk8, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := hosLeaf{
-		certPath: hosPEM(t, dir, name+".crt", &pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		keyPath:  hosPEM(t, dir, name+".key", &pem.Block{Type: "PRIVATE KEY", Bytes: pk8}),
-	}
-	if l.tls, err = tls.LoadX509KeyPair(l.certPath, l.keyPath); err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
-
 // hosCAEnv is the environment of a CA-mode side: no pinned identity.
-func hosCAEnv(leaf hosLeaf, ca *hosCA, extra map[string]string) map[string]string {
+func hosCAEnv(leaf *testca.Cert, ca *testca.CA, extra map[string]string) map[string]string {
 	env := map[string]string{
 		"PQT_IDENTITY": "",
 		"PQT_PEERS":    "",
-		"PQT_CERT":     leaf.certPath,
-		"PQT_KEY":      leaf.keyPath,
-		"PQT_CA":       ca.path,
+		"PQT_CERT":     leaf.CertPath,
+		"PQT_KEY":      leaf.KeyPath,
+		"PQT_CA":       ca.Path,
 	}
 	for k, v := range extra {
 		env[k] = v
@@ -696,10 +598,10 @@ func hosCAEnv(leaf hosLeaf, ca *hosCA, extra map[string]string) map[string]strin
 func TestCAModeRefusals(t *testing.T) {
 	ctx := testContext(t, 60*time.Second)
 	dir := t.TempDir()
-	ca, otherCA := hosNewCA(t, dir, "ca"), hosNewCA(t, dir, "other")
+	ca, otherCA := testca.New(t, "ca").Save(t, dir), testca.New(t, "other").Save(t, dir)
 	now := time.Now()
-	valid := func(c *hosCA, name, dns string) hosLeaf {
-		return c.issue(t, dir, name, dns, now.Add(-time.Hour), now.Add(time.Hour))
+	valid := func(c *testca.CA, name, dns string) *testca.Cert {
+		return c.Issue(t, testca.Leaf{DNS: []string{dns}}).Save(t, dir, name)
 	}
 	server := valid(ca, "server", "server.example")
 	good := valid(ca, "good", "good.example")
@@ -708,12 +610,12 @@ func TestCAModeRefusals(t *testing.T) {
 	cases := []struct {
 		name, reason, errHas string
 		clientHas            string // the TLS alert the client receives
-		leaf                 hosLeaf
+		leaf                 *testca.Cert
 		// quicLogged: the refusal is logged and counted over QUIC too; the
 		// chain is verified in pqtunnel's own VerifyConnection, so it is.
 		quicLogged bool
 	}{
-		{"expired", "bad_certificate", "expired", "bad certificate", ca.issue(t, dir, "expired", "good.example", now.Add(-48*time.Hour), now.Add(-24*time.Hour)), true},
+		{"expired", "bad_certificate", "expired", "bad certificate", ca.Issue(t, testca.Leaf{DNS: []string{"good.example"}, NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-24 * time.Hour)}).Save(t, dir, "expired"), true},
 		{"wrong CA", "bad_certificate", "unknown authority", "bad certificate", valid(otherCA, "stranger", "good.example"), true},
 		{"outside PQT_ALLOW", "peer_not_allowed", "evil.example", "bad certificate", valid(ca, "evil", "evil.example"), true},
 	}
@@ -729,7 +631,7 @@ func TestCAModeRefusals(t *testing.T) {
 		"PQT_LOG_LEVEL": "debug",
 	}))
 	roots := x509.NewCertPool()
-	roots.AddCert(ca.cert)
+	roots.AddCert(ca.Cert)
 	// refusals are the listen side's refusal lines in the order logged.
 	refusals := func() []logLine {
 		var out []logLine
@@ -749,7 +651,7 @@ func TestCAModeRefusals(t *testing.T) {
 					ctx := within(t, ctx, 20*time.Second)
 					before := len(refusals())
 					counted := failures(metAwait(t, ctx, "listen side", lm, 5*time.Second, func(metSet) error { return nil }))
-					leaf := tc.leaf.tls
+					leaf := tc.leaf.Certificate
 					conf := &tls.Config{
 						MinVersion:       tls.VersionTLS13,
 						CurvePreferences: []tls.CurveID{tls.X25519MLKEM768},

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pqtunnel/pqtunnel/internal/testutil/testca"
 )
 
 // pqtunnelCA runs 'pqtunnel ca ARGS...' and fails the test if it fails.
@@ -59,12 +61,12 @@ func TestCAModeWithPQTunnelCA(t *testing.T) {
 	good := issueWithCLI(t, caDir, dir, "good", "good.example")
 	evil := issueWithCLI(t, caDir, dir, "evil", "evil.example")
 	stranger := issueWithCLI(t, otherDir, dir, "stranger", "good.example")
-	classicalCA := hosNewCA(t, dir, "classical")
-	classical := classicalCA.issue(t, dir, "classical", "good.example", time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	classicalCA := testca.New(t, "classical").Save(t, dir)
+	classical := classicalCA.Issue(t, testca.Leaf{DNS: []string{"good.example"}}).Save(t, dir, "classical")
 	// The listen side trusts both roots, so the classical chain verifies and
 	// only PQT_AUTH=pq refuses it.
 	bundle := filepath.Join(dir, "bundle.pem")
-	writeBundle(t, bundle, server.ca, classicalCA.path)
+	writeBundle(t, bundle, server.ca, classicalCA.Path)
 
 	transports(t, func(t *testing.T, transport string) {
 		ctx := testContext(t, 60*time.Second)
@@ -95,7 +97,7 @@ func TestCAModeWithPQTunnelCA(t *testing.T) {
 			name, reason, errHas string
 			files                caFiles
 		}{
-			{"classical chain", "peer_not_allowed", "PQT_AUTH=pq accepts only ML-DSA certificate chains", caFiles{cert: classical.certPath, key: classical.keyPath, ca: server.ca}},
+			{"classical chain", "peer_not_allowed", "PQT_AUTH=pq accepts only ML-DSA certificate chains", caFiles{cert: classical.CertPath, key: classical.KeyPath, ca: server.ca}},
 			{"ML-DSA certificate from another CA", "bad_certificate", "unknown authority", stranger},
 			{"ML-DSA certificate outside PQT_ALLOW", "peer_not_allowed", `"spiffe://test/evil" matches no PQT_ALLOW rule`, evil},
 		}

@@ -3,20 +3,12 @@ package integration
 import (
 	"bytes"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/mldsa"
-	crand "crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -25,50 +17,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// trIssue signs a server and client certificate for dns names with an
-// ECDSA P-256 key, or ML-DSA-65 when pq is set, and writes it as
-// dir/name.crt and dir/name.key.
-func trIssue(t *testing.T, ca *hosCA, dir, name string, pq bool, dns ...string) hosLeaf {
-	t.Helper()
-	var key crypto.Signer
-	var err error
-	if pq {
-		key, err = mldsa.GenerateKey(mldsa.MLDSA65())
-	} else {
-		key, err = ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	sn, err := crand.Int(crand.Reader, big.NewInt(1<<62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: sn, Subject: pkix.Name{CommonName: dns[0]}, DNSNames: dns,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(crand.Reader, tmpl, ca.cert, key.Public(), ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pk8, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := hosLeaf{
-		certPath: hosPEM(t, dir, name+".crt", &pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		keyPath:  hosPEM(t, dir, name+".key", &pem.Block{Type: "PRIVATE KEY", Bytes: pk8}),
-	}
-	if l.tls, err = tls.LoadX509KeyPair(l.certPath, l.keyPath); err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
+	"github.com/pqtunnel/pqtunnel/internal/testutil/testca"
+)
 
 // trLocal starts a side with no tunnel (every route joins locally) with
 // env, and waits until its n forward routes listen.
@@ -153,9 +104,9 @@ http {
 func TestTLSTerminatorServesChromiumThroughTheTunnel(t *testing.T) {
 	ctx := testContext(t, 150*time.Second)
 	dir := t.TempDir()
-	ca := hosNewCA(t, dir, "web-ca")
-	ec := trIssue(t, ca, dir, "web-ec", false, "www.example.test")
-	pq := trIssue(t, ca, dir, "web-pq", true, "www.example.test")
+	ca := testca.New(t, "web-ca").Save(t, dir)
+	ec := ca.Issue(t, testca.Leaf{DNS: []string{"www.example.test"}}).Save(t, dir, "web-ec")
+	pq := ca.Issue(t, testca.Leaf{DNS: []string{"www.example.test"}, Key: testca.MLDSA65}).Save(t, dir, "web-pq")
 	nginx := trNginx(t, ctx, "served-through-pqtunnel")
 
 	l := startListen(t, ctx, 0, "tcp", map[string]string{"PQT_TARGET": "web=" + nginx})
@@ -166,8 +117,8 @@ func TestTLSTerminatorServesChromiumThroughTheTunnel(t *testing.T) {
 	env["PQT_TUNNEL"] = l.tunnelAddr
 	env["PQT_CONNECTIONS"] = "1"
 	env["PQT_FORWARD"] = "web=tls://" + web
-	env["PQT_TLS_CERT"] = pq.certPath + "," + ec.certPath
-	env["PQT_TLS_KEY"] = pq.keyPath + "," + ec.keyPath
+	env["PQT_TLS_CERT"] = pq.CertPath + "," + ec.CertPath
+	env["PQT_TLS_KEY"] = pq.KeyPath + "," + ec.KeyPath
 	env["PQT_TLS_ALPN"] = "web=http/1.1"
 	env["PQT_METRICS"] = met
 	d := startProc(t, ctx, "dial side", env, pqtunnelBin)
@@ -245,15 +196,15 @@ func TestTLSTerminatorClassicalCurl(t *testing.T) {
 	}
 	ctx := testContext(t, 90*time.Second)
 	dir := t.TempDir()
-	ca := hosNewCA(t, dir, "web-ca")
-	ec := trIssue(t, ca, dir, "web", false, "www.example.test")
-	mldsaLeaf := trIssue(t, ca, dir, "web-pq", true, "www.example.test")
+	ca := testca.New(t, "web-ca").Save(t, dir)
+	ec := ca.Issue(t, testca.Leaf{DNS: []string{"www.example.test"}}).Save(t, dir, "web")
+	mldsaLeaf := ca.Issue(t, testca.Leaf{DNS: []string{"www.example.test"}, Key: testca.MLDSA65}).Save(t, dir, "web-pq")
 	nginx := trNginx(t, ctx, "hello-curl")
 	start := func(t *testing.T, pq string) (*proc, string, string) {
 		web, met := loopback(freePort(t)), metAddr(t)
 		p := trLocal(t, ctx, "terminator "+pq, 1, map[string]string{
 			"PQT_PQ": pq, "PQT_FORWARD": "web=tls://" + web, "PQT_TARGET": "web=" + nginx,
-			"PQT_TLS_CERT": mldsaLeaf.certPath + "," + ec.certPath, "PQT_TLS_KEY": mldsaLeaf.keyPath + "," + ec.keyPath, "PQT_METRICS": met,
+			"PQT_TLS_CERT": mldsaLeaf.CertPath + "," + ec.CertPath, "PQT_TLS_KEY": mldsaLeaf.KeyPath + "," + ec.KeyPath, "PQT_METRICS": met,
 			"PQT_ACCESS_LOG": "on",
 		})
 		return p, web, met
@@ -262,7 +213,7 @@ func TestTLSTerminatorClassicalCurl(t *testing.T) {
 	t.Run("strict", func(t *testing.T) {
 		p, web, met := start(t, "strict")
 		for i := range 3 {
-			code, out := trCurl(t, ctx, web, ca.path)
+			code, out := trCurl(t, ctx, web, ca.Path)
 			if code != 35 || !strings.Contains(out, "handshake failure") {
 				t.Fatalf("curl %d: exit %d, %q; want 35 (TLS handshake failed) with a handshake failure alert", i, code, out)
 			}
@@ -292,7 +243,7 @@ func TestTLSTerminatorClassicalCurl(t *testing.T) {
 	})
 	t.Run("prefer", func(t *testing.T) {
 		p, web, met := start(t, "prefer")
-		code, out := trCurl(t, ctx, web, ca.path)
+		code, out := trCurl(t, ctx, web, ca.Path)
 		if code != 0 || !strings.Contains(out, "hello-curl") {
 			t.Fatalf("curl: exit %d, %q; want nginx's page", code, out)
 		}
@@ -385,14 +336,14 @@ func trAsk(ctx context.Context, addr, line string) (string, error) {
 func TestTLSOriginate(t *testing.T) {
 	ctx := testContext(t, 120*time.Second)
 	dir := t.TempDir()
-	ca := hosNewCA(t, dir, "api-ca")
-	other := hosNewCA(t, dir, "other-ca")
-	ec := trIssue(t, ca, dir, "api-ec", false, "api.example.test")
-	pq := trIssue(t, ca, dir, "api-pq", true, "api.example.test")
+	ca := testca.New(t, "api-ca").Save(t, dir)
+	other := testca.New(t, "other-ca").Save(t, dir)
+	ec := ca.Issue(t, testca.Leaf{DNS: []string{"api.example.test"}}).Save(t, dir, "api-ec")
+	pq := ca.Issue(t, testca.Leaf{DNS: []string{"api.example.test"}, Key: testca.MLDSA65}).Save(t, dir, "api-pq")
 
-	goServer := trServe(t, &tls.Config{Certificates: []tls.Certificate{ec.tls}})
-	classical := trServe(t, &tls.Config{Certificates: []tls.Certificate{ec.tls}, CurvePreferences: []tls.CurveID{tls.X25519}})
-	foreign := trServe(t, &tls.Config{Certificates: []tls.Certificate{trIssue(t, other, dir, "foreign", false, "api.example.test").tls}})
+	goServer := trServe(t, &tls.Config{Certificates: []tls.Certificate{ec.Certificate}})
+	classical := trServe(t, &tls.Config{Certificates: []tls.Certificate{ec.Certificate}, CurvePreferences: []tls.CurveID{tls.X25519}})
+	foreign := trServe(t, &tls.Config{Certificates: []tls.Certificate{other.Issue(t, testca.Leaf{DNS: []string{"api.example.test"}}).Save(t, dir, "foreign").Certificate}})
 
 	// A pqtunnel terminator in front of an echo origin, serving an ML-DSA
 	// certificate to clients that offer ML-DSA (Go's do) and ECDSA to others.
@@ -400,7 +351,7 @@ func TestTLSOriginate(t *testing.T) {
 	termAddr := loopback(freePort(t))
 	trLocal(t, ctx, "terminator", 1, map[string]string{
 		"PQT_FORWARD": "echo=tls://" + termAddr, "PQT_TARGET": "echo=" + echoO.addr(),
-		"PQT_TLS_CERT": ec.certPath + "," + pq.certPath, "PQT_TLS_KEY": ec.keyPath + "," + pq.keyPath,
+		"PQT_TLS_CERT": ec.CertPath + "," + pq.CertPath, "PQT_TLS_KEY": ec.KeyPath + "," + pq.KeyPath,
 	})
 
 	routes := map[string]string{"go": goServer, "pqt": termAddr, "classical": classical, "foreign": foreign}
@@ -414,7 +365,7 @@ func TestTLSOriginate(t *testing.T) {
 	}
 	o := trLocal(t, ctx, "originator", len(fwd), map[string]string{
 		"PQT_FORWARD": strings.Join(fwd, ","), "PQT_TARGET": strings.Join(tgt, ","),
-		"PQT_TLS_CA": ca.path, "PQT_TLS_SERVER_NAME": strings.Join(sni, ","),
+		"PQT_TLS_CA": ca.Path, "PQT_TLS_SERVER_NAME": strings.Join(sni, ","),
 	})
 
 	for _, tt := range []struct {
@@ -454,13 +405,13 @@ func TestTLSOriginate(t *testing.T) {
 func TestTLSTerminatorResumesAndReloads(t *testing.T) {
 	ctx := testContext(t, 90*time.Second)
 	dir := t.TempDir()
-	ca := hosNewCA(t, dir, "web-ca")
-	first := trIssue(t, ca, dir, "first", false, "www.example.test")
-	second := trIssue(t, ca, dir, "second", true, "www.example.test")
+	ca := testca.New(t, "web-ca").Save(t, dir)
+	first := ca.Issue(t, testca.Leaf{DNS: []string{"www.example.test"}}).Save(t, dir, "first")
+	second := ca.Issue(t, testca.Leaf{DNS: []string{"www.example.test"}, Key: testca.MLDSA65}).Save(t, dir, "second")
 	certPath, keyPath := filepath.Join(dir, "live.crt"), filepath.Join(dir, "live.key")
-	install := func(l hosLeaf) {
+	install := func(l *testca.Cert) {
 		t.Helper()
-		for src, dst := range map[string]string{l.certPath: certPath, l.keyPath: keyPath} {
+		for src, dst := range map[string]string{l.CertPath: certPath, l.KeyPath: keyPath} {
 			b, err := os.ReadFile(src)
 			if err != nil {
 				t.Fatal(err)
@@ -477,7 +428,7 @@ func TestTLSTerminatorResumesAndReloads(t *testing.T) {
 		"PQT_FORWARD": "web=tls://" + web, "PQT_TARGET": "web=" + echoO.addr(), "PQT_TLS_CERT": certPath, "PQT_TLS_KEY": keyPath,
 	})
 	pool := x509.NewCertPool()
-	pool.AddCert(ca.cert)
+	pool.AddCert(ca.Cert)
 	cc := &tls.Config{RootCAs: pool, ServerName: "www.example.test", ClientSessionCache: tls.NewLRUClientSessionCache(4)}
 	connect := func() *x509.Certificate {
 		t.Helper()
@@ -498,7 +449,7 @@ func TestTLSTerminatorResumesAndReloads(t *testing.T) {
 		}
 		return tc.ConnectionState().PeerCertificates[0]
 	}
-	if got := connect(); !bytes.Equal(got.Raw, first.tls.Leaf.Raw) {
+	if got := connect(); !bytes.Equal(got.Raw, first.Leaf.Raw) {
 		t.Fatal("the first connection did not get the first certificate")
 	}
 	connect()
@@ -513,13 +464,13 @@ func TestTLSTerminatorResumesAndReloads(t *testing.T) {
 	p.signal(t, syscall.SIGHUP)
 	p.waitLog(t, within(t, ctx, 10*time.Second), msgIs("reload failed: keeping the certificates of tls:// routes in force"))
 	cc.ClientSessionCache = nil // full handshakes from here
-	if got := connect(); !bytes.Equal(got.Raw, first.tls.Leaf.Raw) {
+	if got := connect(); !bytes.Equal(got.Raw, first.Leaf.Raw) {
 		t.Error("a failed reload replaced the certificate")
 	}
 	install(second)
 	p.signal(t, syscall.SIGHUP)
 	p.waitLog(t, within(t, ctx, 10*time.Second), msgIs("reloaded certificates of tls:// routes"))
-	if got := connect(); !bytes.Equal(got.Raw, second.tls.Leaf.Raw) {
+	if got := connect(); !bytes.Equal(got.Raw, second.Leaf.Raw) {
 		t.Error("after SIGHUP the terminator still serves the old certificate")
 	}
 }
@@ -530,11 +481,11 @@ func TestTLSTerminatorResumesAndReloads(t *testing.T) {
 func TestTLSOriginateThroughTheTunnel(t *testing.T) {
 	ctx := testContext(t, 90*time.Second)
 	dir := t.TempDir()
-	ca := hosNewCA(t, dir, "api-ca")
-	server := trServe(t, &tls.Config{Certificates: []tls.Certificate{trIssue(t, ca, dir, "api", false, "api.example.test").tls}})
+	ca := testca.New(t, "api-ca").Save(t, dir)
+	server := trServe(t, &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, testca.Leaf{DNS: []string{"api.example.test"}}).Save(t, dir, "api").Certificate}})
 	p := startPair(t, ctx, pairOptions{
 		transport: "tcp", target: "api=tls://" + server, routes: []string{"api"},
-		listenEnv: map[string]string{"PQT_TLS_CA": ca.path, "PQT_TLS_SERVER_NAME": "api=api.example.test"},
+		listenEnv: map[string]string{"PQT_TLS_CA": ca.Path, "PQT_TLS_SERVER_NAME": "api=api.example.test"},
 		dialEnv:   map[string]string{"PQT_CONNECTIONS": "1"},
 	})
 	got, err := trAsk(within(t, ctx, 15*time.Second), p.dial.forward["api"], "through\n")
@@ -554,12 +505,12 @@ func TestTLSOriginateThroughTheTunnel(t *testing.T) {
 func TestTLSTerminatorHandshakeBounds(t *testing.T) {
 	ctx := testContext(t, 60*time.Second)
 	dir := t.TempDir()
-	ca := hosNewCA(t, dir, "web-ca")
-	leaf := trIssue(t, ca, dir, "web", false, "www.example.test")
+	ca := testca.New(t, "web-ca").Save(t, dir)
+	leaf := ca.Issue(t, testca.Leaf{DNS: []string{"www.example.test"}}).Save(t, dir, "web")
 	web, met := loopback(freePort(t)), metAddr(t)
 	p := trLocal(t, ctx, "terminator", 1, map[string]string{
 		"PQT_FORWARD": "web=tls://" + web, "PQT_TARGET": "web=" + startEcho(t).addr(),
-		"PQT_TLS_CERT": leaf.certPath, "PQT_TLS_KEY": leaf.keyPath, "PQT_METRICS": met,
+		"PQT_TLS_CERT": leaf.CertPath, "PQT_TLS_KEY": leaf.KeyPath, "PQT_METRICS": met,
 		"PQT_HANDSHAKE_TIMEOUT": "1500ms", "PQT_MAX_HANDSHAKES": "1",
 	})
 	start := time.Now()
@@ -611,12 +562,12 @@ func TestTLSTerminatorHandshakeBounds(t *testing.T) {
 func TestTLSTerminatorClientsPerIP(t *testing.T) {
 	ctx := testContext(t, 60*time.Second)
 	dir := t.TempDir()
-	ca := hosNewCA(t, dir, "web-ca")
-	leaf := trIssue(t, ca, dir, "web", false, "www.example.test")
+	ca := testca.New(t, "web-ca").Save(t, dir)
+	leaf := ca.Issue(t, testca.Leaf{DNS: []string{"www.example.test"}}).Save(t, dir, "web")
 	web := loopback(freePort(t))
 	p := trLocal(t, ctx, "terminator", 1, map[string]string{
 		"PQT_FORWARD": "web=tls://" + web, "PQT_TARGET": "web=" + startEcho(t).addr(),
-		"PQT_TLS_CERT": leaf.certPath, "PQT_TLS_KEY": leaf.keyPath,
+		"PQT_TLS_CERT": leaf.CertPath, "PQT_TLS_KEY": leaf.KeyPath,
 		"PQT_HANDSHAKE_TIMEOUT": "20s", "PQT_MAX_CLIENTS_PER_IP": "2",
 	})
 	start := time.Now()
@@ -658,7 +609,7 @@ func TestTLSTerminatorClientsPerIP(t *testing.T) {
 	p.waitLog(t, within(t, ctx, 5*time.Second), msgIs("client refused", "reason", "PQT_MAX_CLIENTS_PER_IP reached"))
 
 	roots := x509.NewCertPool()
-	roots.AddCert(ca.cert)
+	roots.AddCert(ca.Cert)
 	d := tls.Dialer{NetDialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}},
 		Config: &tls.Config{RootCAs: roots, ServerName: "www.example.test"}}
 	dctx := within(t, ctx, 10*time.Second)

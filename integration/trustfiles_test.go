@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pqtunnel/pqtunnel/internal/testutil/testca"
 )
 
 // TestTrustFilesWritableByOthersRefused starts a listen side whose pins file,
@@ -49,30 +51,30 @@ func TestTrustFilesWritableByOthersRefused(t *testing.T) {
 	})
 	t.Run("CA bundle", func(t *testing.T) {
 		dir := t.TempDir()
-		ca := hosNewCA(t, dir, "ca")
-		server := ca.issue(t, dir, "server", "server.example", time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
-		if err := os.Chmod(ca.path, 0o666); err != nil {
+		ca := testca.New(t, "ca").Save(t, dir)
+		server := ca.Issue(t, testca.Leaf{DNS: []string{"server.example"}}).Save(t, dir, "server")
+		if err := os.Chmod(ca.Path, 0o666); err != nil {
 			t.Fatal(err)
 		}
-		refused(t, sideEnv("listen", "tcp", identity{}, identity{}, hosCAEnv(server, ca, nil)), "PQT_CA", ca.path, "0666")
+		refused(t, sideEnv("listen", "tcp", identity{}, identity{}, hosCAEnv(server, ca, nil)), "PQT_CA", ca.Path, "0666")
 	})
 	tlsRoute := func(t *testing.T, variable string) {
 		dir := t.TempDir()
-		ca := hosNewCA(t, dir, "ca")
-		if err := os.Chmod(ca.path, 0o646); err != nil {
+		ca := testca.New(t, "ca").Save(t, dir)
+		if err := os.Chmod(ca.Path, 0o646); err != nil {
 			t.Fatal(err)
 		}
-		env := map[string]string{"PQT_LOG_FORMAT": "json", variable: ca.path}
+		env := map[string]string{"PQT_LOG_FORMAT": "json", variable: ca.Path}
 		if variable == "PQT_TLS_CLIENT_CA" {
-			server := ca.issue(t, dir, "server", "server.example", time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+			server := ca.Issue(t, testca.Leaf{DNS: []string{"server.example"}}).Save(t, dir, "server")
 			env["PQT_FORWARD"] = "web=tls://" + loopback(freePort(t))
 			env["PQT_TARGET"] = "web=" + loopback(freePort(t))
-			env["PQT_TLS_CERT"], env["PQT_TLS_KEY"] = server.certPath, server.keyPath
+			env["PQT_TLS_CERT"], env["PQT_TLS_KEY"] = server.CertPath, server.KeyPath
 		} else {
 			env["PQT_FORWARD"] = "api=" + loopback(freePort(t))
 			env["PQT_TARGET"] = "api=tls://" + loopback(freePort(t))
 		}
-		refused(t, env, variable, ca.path, "0646")
+		refused(t, env, variable, ca.Path, "0646")
 	}
 	t.Run("client CA of a tls:// forward route", func(t *testing.T) { tlsRoute(t, "PQT_TLS_CLIENT_CA") })
 	t.Run("CA of a tls:// target route", func(t *testing.T) { tlsRoute(t, "PQT_TLS_CA") })
@@ -142,11 +144,10 @@ func TestAllowFileReloadRevokesLiveTunnel(t *testing.T) {
 	transports(t, func(t *testing.T, transport string) {
 		ctx := testContext(t, 60*time.Second)
 		dir := t.TempDir()
-		ca := hosNewCA(t, dir, "ca")
-		now := time.Now()
-		server := ca.issue(t, dir, "server", "server.example", now.Add(-time.Hour), now.Add(time.Hour))
-		good := ca.issue(t, dir, "good", "good.example", now.Add(-time.Hour), now.Add(time.Hour))
-		other := ca.issue(t, dir, "other", "other.example", now.Add(-time.Hour), now.Add(time.Hour))
+		ca := testca.New(t, "ca").Save(t, dir)
+		server := ca.Issue(t, testca.Leaf{DNS: []string{"server.example"}}).Save(t, dir, "server")
+		good := ca.Issue(t, testca.Leaf{DNS: []string{"good.example"}}).Save(t, dir, "good")
+		other := ca.Issue(t, testca.Leaf{DNS: []string{"other.example"}}).Save(t, dir, "other")
 		allow := filepath.Join(dir, "allow")
 		write := func(text string) {
 			t.Helper()
@@ -157,7 +158,7 @@ func TestAllowFileReloadRevokesLiveTunnel(t *testing.T) {
 		write("# tenants\napp=dns:good.example\nbatch=dns:other.example\n")
 		o := startEcho(t)
 		l := startListen(t, ctx, 0, transport, hosCAEnv(server, ca, map[string]string{"PQT_TARGET": o.addr(), "PQT_ALLOW": allow}))
-		dial := func(leaf hosLeaf) *side {
+		dial := func(leaf *testca.Cert) *side {
 			return startDial(t, ctx, l.tunnelAddr, transport, nil, hosCAEnv(leaf, ca, map[string]string{"PQT_CONNECTIONS": "1", "PQT_SERVER_NAME": "server.example"}))
 		}
 		a, b := dial(good), dial(other)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/internal/testutil/testca"
 	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 )
 
@@ -19,8 +20,8 @@ import (
 func TestUnixRoutesJoinTLSRoutes(t *testing.T) {
 	ctx := testContext(t, 60*time.Second)
 	dir := t.TempDir()
-	ca := hosNewCA(t, dir, "ca")
-	leaf := trIssue(t, ca, dir, "web", false, "web.example.test")
+	ca := testca.New(t, "ca").Save(t, dir)
+	leaf := ca.Issue(t, testca.Leaf{DNS: []string{"web.example.test"}}).Save(t, dir, "web")
 
 	echoSock := filepath.Join(dir, "echo.sock")
 	transporttest.EchoOriginOn(t, "unix", echoSock)
@@ -28,12 +29,12 @@ func TestUnixRoutesJoinTLSRoutes(t *testing.T) {
 	termAddr := loopback(freePort(t))
 	term := trLocal(t, ctx, "terminator", 1, map[string]string{
 		"PQT_FORWARD": "web=tls://" + termAddr, "PQT_TARGET": "web=unix://" + echoSock,
-		"PQT_TLS_CERT": leaf.certPath, "PQT_TLS_KEY": leaf.keyPath, "PQT_ACCESS_LOG": "on",
+		"PQT_TLS_CERT": leaf.CertPath, "PQT_TLS_KEY": leaf.KeyPath, "PQT_ACCESS_LOG": "on",
 	})
 	fwdSock := filepath.Join(dir, "fwd.sock")
 	o := trLocal(t, ctx, "originator", 1, map[string]string{
 		"PQT_FORWARD": "web=unix://" + fwdSock, "PQT_TARGET": "web=tls://" + termAddr,
-		"PQT_TLS_CA": ca.path, "PQT_TLS_SERVER_NAME": "web=web.example.test", "PQT_UNIX_MODE": "0600",
+		"PQT_TLS_CA": ca.Path, "PQT_TLS_SERVER_NAME": "web=web.example.test", "PQT_UNIX_MODE": "0600",
 		"PQT_ACCESS_LOG": "on",
 	})
 	if fi, err := os.Lstat(fwdSock); err != nil || fi.Mode().Perm() != 0o600 {

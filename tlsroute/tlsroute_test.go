@@ -2,16 +2,8 @@ package tlsroute
 
 import (
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/mldsa"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
-	"math/big"
 	"net"
 	"slices"
 	"testing"
@@ -20,72 +12,11 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/testutil/testca"
 	"github.com/pqtunnel/pqtunnel/transport"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// testCA issues certificates for the tests.
-type testCA struct {
-	cert *x509.Certificate
-	key  crypto.Signer
-	pool *x509.CertPool
-}
-
-func newCA(t *testing.T) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{cert: cert, key: key, pool: pool}
-}
-
-// issue makes a leaf for names with an ECDSA P-256 key, or ML-DSA-65 when
-// pq is set, for server and client use.
-func (ca *testCA) issue(t *testing.T, pq bool, names ...string) tls.Certificate {
-	t.Helper()
-	var key crypto.Signer
-	var err error
-	if pq {
-		key, err = mldsa.GenerateKey(mldsa.MLDSA65())
-	} else {
-		key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
-}
 
 func newStore(t *testing.T, mode hybridtls.PQMode, m *Material) *Store {
 	t.Helper()
@@ -145,15 +76,15 @@ func handshake(t *testing.T, term *Terminator, cc *tls.Config) (server result, c
 	return <-done, client, clientErr
 }
 
-func clientConfig(ca *testCA, name string) *tls.Config {
-	return &tls.Config{RootCAs: ca.pool, ServerName: name, MinVersion: tls.VersionTLS13}
+func clientConfig(ca *testca.CA, name string) *tls.Config {
+	return &tls.Config{RootCAs: ca.Pool, ServerName: name, MinVersion: tls.VersionTLS13}
 }
 
 func TestTerminatorCertificateChoice(t *testing.T) {
-	ca := newCA(t)
-	ecA := ca.issue(t, false, "a.example")
-	pqA := ca.issue(t, true, "a.example")
-	ecB := ca.issue(t, false, "b.example", "*.b.example")
+	ca := testca.New(t, "test CA")
+	ecA := ca.Issue(t, testca.Leaf{DNS: []string{"a.example"}}).Certificate
+	pqA := ca.Issue(t, testca.Leaf{DNS: []string{"a.example"}, Key: testca.MLDSA65}).Certificate
+	ecB := ca.Issue(t, testca.Leaf{DNS: []string{"b.example", "*.b.example"}}).Certificate
 	// The ML-DSA certificate is listed last; it is still preferred for
 	// clients that can verify it.
 	s := newStore(t, hybridtls.Strict, &Material{Certificates: []tls.Certificate{ecA, ecB, pqA}})
@@ -215,8 +146,8 @@ func TestTerminatorCertificateChoice(t *testing.T) {
 }
 
 func TestTerminatorGroupPolicy(t *testing.T) {
-	ca := newCA(t)
-	m := &Material{Certificates: []tls.Certificate{ca.issue(t, false, "a.example")}}
+	ca := testca.New(t, "test CA")
+	m := &Material{Certificates: []tls.Certificate{ca.Issue(t, testca.Leaf{DNS: []string{"a.example"}}).Certificate}}
 	classical := clientConfig(ca, "a.example")
 	classical.CurvePreferences = []tls.CurveID{tls.X25519, tls.CurveP256}
 
@@ -245,8 +176,8 @@ func TestTerminatorGroupPolicy(t *testing.T) {
 }
 
 func TestTerminatorResumptionKeepsHybridKeyExchange(t *testing.T) {
-	ca := newCA(t)
-	s := newStore(t, hybridtls.Strict, &Material{Certificates: []tls.Certificate{ca.issue(t, false, "a.example")}})
+	ca := testca.New(t, "test CA")
+	s := newStore(t, hybridtls.Strict, &Material{Certificates: []tls.Certificate{ca.Issue(t, testca.Leaf{DNS: []string{"a.example"}}).Certificate}})
 	term := NewTerminator(s, []string{"h2", "http/1.1"})
 	cc := clientConfig(ca, "a.example")
 	cc.ClientSessionCache = tls.NewLRUClientSessionCache(4)
@@ -256,7 +187,7 @@ func TestTerminatorResumptionKeepsHybridKeyExchange(t *testing.T) {
 		t.Fatalf("first: client %v, server %v, resumed %v", err, first.err, first.info.Resumed)
 	}
 	// A reload in between: tickets stay valid, the key exchange is fresh.
-	if err := s.Swap(&Material{Certificates: []tls.Certificate{ca.issue(t, false, "a.example")}}); err != nil {
+	if err := s.Swap(&Material{Certificates: []tls.Certificate{ca.Issue(t, testca.Leaf{DNS: []string{"a.example"}}).Certificate}}); err != nil {
 		t.Fatal(err)
 	}
 	second, cs, err := handshake(t, term, cc)
@@ -275,8 +206,8 @@ func TestTerminatorResumptionKeepsHybridKeyExchange(t *testing.T) {
 }
 
 func TestTerminatorReload(t *testing.T) {
-	ca := newCA(t)
-	old := ca.issue(t, false, "a.example")
+	ca := testca.New(t, "test CA")
+	old := ca.Issue(t, testca.Leaf{DNS: []string{"a.example"}}).Certificate
 	s := newStore(t, hybridtls.Strict, &Material{Certificates: []tls.Certificate{old}})
 	term := NewTerminator(s, nil)
 	_, cs, err := handshake(t, term, clientConfig(ca, "a.example"))
@@ -286,7 +217,7 @@ func TestTerminatorReload(t *testing.T) {
 	if err := s.Swap(&Material{Certificates: []tls.Certificate{{Certificate: old.Certificate}}}); err == nil {
 		t.Fatal("Swap took a certificate without a parsed leaf")
 	}
-	next := ca.issue(t, true, "a.example")
+	next := ca.Issue(t, testca.Leaf{DNS: []string{"a.example"}, Key: testca.MLDSA65}).Certificate
 	if err := s.Swap(&Material{Certificates: []tls.Certificate{next}}); err != nil {
 		t.Fatal(err)
 	}
@@ -297,22 +228,22 @@ func TestTerminatorReload(t *testing.T) {
 }
 
 func TestTerminatorClientAuth(t *testing.T) {
-	ca, clients := newCA(t), newCA(t)
+	ca, clients := testca.New(t, "test CA"), testca.New(t, "test CA")
 	rules, err := hybridtls.ParseAllow("dns:app.example")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := newStore(t, hybridtls.Strict, &Material{Certificates: []tls.Certificate{ca.issue(t, false, "a.example")}, ClientCAs: clients.pool, ClientAllow: rules})
+	s := newStore(t, hybridtls.Strict, &Material{Certificates: []tls.Certificate{ca.Issue(t, testca.Leaf{DNS: []string{"a.example"}}).Certificate}, ClientCAs: clients.Pool, ClientAllow: rules})
 	term := NewTerminator(s, nil)
 	for _, tt := range []struct {
 		name   string
 		cert   *tls.Certificate
 		reason string
 	}{
-		{"allowed", ptr(clients.issue(t, false, "app.example")), ""},
+		{"allowed", ptr(clients.Issue(t, testca.Leaf{DNS: []string{"app.example"}}).Certificate), ""},
 		{"no certificate", nil, ReasonTLS},
-		{"other name", ptr(clients.issue(t, false, "other.example")), ReasonNotAllowed},
-		{"other CA", ptr(ca.issue(t, false, "app.example")), ReasonBadCertificate},
+		{"other name", ptr(clients.Issue(t, testca.Leaf{DNS: []string{"other.example"}}).Certificate), ReasonNotAllowed},
+		{"other CA", ptr(ca.Issue(t, testca.Leaf{DNS: []string{"app.example"}}).Certificate), ReasonBadCertificate},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			cc := clientConfig(ca, "a.example")
@@ -379,10 +310,10 @@ func originate(t *testing.T, o *Originator, addr string) (Info, error) {
 }
 
 func TestOriginator(t *testing.T) {
-	ca := newCA(t)
-	cert := ca.issue(t, false, "api.example")
+	ca := testca.New(t, "test CA")
+	cert := ca.Issue(t, testca.Leaf{DNS: []string{"api.example"}}).Certificate
 	addr := serve(t, &tls.Config{Certificates: []tls.Certificate{cert}})
-	s := newStore(t, hybridtls.Strict, &Material{RootCAs: ca.pool})
+	s := newStore(t, hybridtls.Strict, &Material{RootCAs: ca.Pool})
 
 	info, err := originate(t, NewOriginator(s, "api.example", nil), addr)
 	if err != nil {
@@ -407,7 +338,7 @@ func TestOriginator(t *testing.T) {
 	if !errors.As(err, &he) || he.Reason != ReasonNotPostQuantum || !slices.Equal(he.Offered, hybridtls.DefaultGroups) {
 		t.Errorf("X25519-only server in strict mode: %v, want reason %s naming the groups offered", err, ReasonNotPostQuantum)
 	}
-	info, err = originate(t, NewOriginator(newStore(t, hybridtls.Prefer, &Material{RootCAs: ca.pool}), "api.example", nil), classical)
+	info, err = originate(t, NewOriginator(newStore(t, hybridtls.Prefer, &Material{RootCAs: ca.Pool}), "api.example", nil), classical)
 	if err != nil || info.Group != tls.X25519 {
 		t.Errorf("X25519-only server in prefer mode: %v, group %v", err, info.Group)
 	}
