@@ -12,9 +12,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/pqtunnel/pqtunnel/internal/logtest"
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/transport"
 )
 
@@ -55,45 +55,10 @@ func pinnedPair(t testing.TB) (client, server side) {
 	return pinnedSide(t, Strict, DefaultGroups, cid, sid.Pin), pinnedSide(t, Strict, DefaultGroups, sid, cid.Pin)
 }
 
-// tcpPair returns both ends of a loopback TCP connection, closed at cleanup.
-func tcpPair(t testing.TB) (client, server net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	type res struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		c, err := ln.Accept()
-		ch <- res{c, err}
-	}()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := <-ch
-	if r.err != nil {
-		client.Close()
-		t.Fatal(r.err)
-	}
-	server = r.c
-	deadline := time.Now().Add(20 * time.Second) // nothing in these tests may hang
-	for _, c := range []net.Conn{client, server} {
-		_ = c.SetDeadline(deadline)
-		t.Cleanup(func() { _ = c.Close() })
-	}
-	return client, server
-}
-
 // handshake runs a TLS handshake between the two configurations over loopback TCP.
 func handshake(t testing.TB, cc, sc *tls.Config) (c, s *tls.Conn, cerr, serr error) {
 	t.Helper()
-	rc, rs := tcpPair(t)
+	rc, rs := testutil.TCPPair(t)
 	c, s = tls.Client(rc, cc), tls.Server(rs, sc)
 	done := make(chan struct{})
 	go func() {

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/internal/testutil/testca"
 	"github.com/pqtunnel/pqtunnel/internal/tlswire"
 )
@@ -152,7 +153,7 @@ func TestHandshakeCertificateVerifyIsMLDSA65OnTheWire(t *testing.T) {
 	var keys bytes.Buffer
 	cc := client.store.ClientConfig()
 	cc.KeyLogWriter = &keys
-	rc, rs := tcpPair(t)
+	rc, rs := testutil.TCPPair(t)
 	tap := &tapConn{Conn: rc}
 	c, s := tls.Client(tap, cc), tls.Server(rs, server.store.ServerConfig())
 	var wg sync.WaitGroup

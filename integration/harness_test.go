@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
-	"github.com/pqtunnel/pqtunnel/internal/childproc"
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/wire"
 )
 
@@ -48,93 +48,34 @@ func within(t *testing.T, ctx context.Context, d time.Duration) context.Context 
 	return ctx
 }
 
-// textBuffer collects a process's output and tells waiters when it grows.
-type textBuffer struct {
-	mu      sync.Mutex
-	buf     bytes.Buffer
-	changed chan struct{}
-}
-
-func newTextBuffer() *textBuffer { return &textBuffer{changed: make(chan struct{})} }
-
-func (b *textBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.buf.Write(p)
-	close(b.changed)
-	b.changed = make(chan struct{})
-	return len(p), nil
-}
-
-// snapshot returns the text so far and a channel closed at the next write.
-func (b *textBuffer) snapshot() (string, <-chan struct{}) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String(), b.changed
-}
-
-func (b *textBuffer) String() string {
-	s, _ := b.snapshot()
-	return s
-}
-
 // proc is one child process started by a test. It is killed and waited for
 // when the test ends, or earlier if the test's context ends.
 type proc struct {
 	name   string
 	cmd    *exec.Cmd
-	stdout *textBuffer
-	stderr *textBuffer
-	done   chan struct{} // closed once the process has exited and its output is in
-	err    error         // from Wait; read only after done
+	stdout *testutil.Output
+	stderr *testutil.Output
+	child  *testutil.Proc
+	done   <-chan struct{} // closed once the process has exited and its output is in
 }
 
-// childEnv is the test's environment without any PQT_* variable, plus env.
-func childEnv(env map[string]string) []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PQT_") {
-			out = append(out, kv)
-		}
-	}
-	for k, v := range env {
-		out = append(out, k+"="+v)
-	}
-	return out
-}
-
-// startProc starts path with args and the environment childEnv(env).
+// startProc starts path with args and the environment testutil.ChildEnv(env).
 func startProc(t *testing.T, ctx context.Context, name string, env map[string]string, path string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: name, stdout: newTextBuffer(), stderr: newTextBuffer(), done: make(chan struct{})}
+	p := &proc{name: name, stdout: &testutil.Output{}, stderr: &testutil.Output{}}
 	p.cmd = exec.Command(path, args...)
-	p.cmd.Env = childEnv(env)
+	p.cmd.Env = testutil.ChildEnv(env)
 	p.cmd.Stdout = p.stdout
 	p.cmd.Stderr = p.stderr
-	p.cmd.WaitDelay = 5 * time.Second
 	// If the test binary dies (a panic on 'go test -timeout'), so does the child.
-	p.cmd.SysProcAttr = childproc.Attr(false)
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
+	child, err := testutil.Start(name, p.cmd, false)
+	if err != nil {
+		t.Fatal(err)
 	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
-	go func() {
-		select {
-		case <-ctx.Done():
-			_ = p.cmd.Process.Kill() // the test ran out of time; Wait reports it
-		case <-p.done:
-		}
-	}()
+	p.child, p.done = child, child.Done()
+	child.KillWith(ctx)
 	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = p.cmd.Process.Kill() // it may exit on its own meanwhile
-			<-p.done
-		}
+		child.Kill()
 		out := p.stderr.String()
 		if strings.Contains(out, "WARNING: DATA RACE") || strings.Contains(out, "panic: ") {
 			t.Errorf("%s reported a data race or panic", name)
@@ -149,14 +90,7 @@ func startProc(t *testing.T, ctx context.Context, name string, env map[string]st
 	return p
 }
 
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
+func (p *proc) exited() bool { return p.child.Exited() }
 
 // signal sends sig to the process.
 func (p *proc) signal(t *testing.T, sig os.Signal) {
@@ -176,8 +110,8 @@ func (p *proc) wait(t *testing.T, ctx context.Context) int {
 		t.Fatalf("%s did not exit: %v", p.name, ctx.Err())
 	}
 	var ee *exec.ExitError
-	if p.err != nil && !errors.As(p.err, &ee) {
-		t.Fatalf("wait for %s: %v", p.name, p.err)
+	if err := p.child.Err(); err != nil && !errors.As(err, &ee) {
+		t.Fatalf("wait for %s: %v", p.name, err)
 	}
 	return p.cmd.ProcessState.ExitCode()
 }
@@ -256,7 +190,7 @@ func (p *proc) logs(m logMatch) []logLine {
 // the process exits or ctx ends first.
 func (p *proc) awaitLogs(ctx context.Context, n int, m logMatch) ([]logLine, error) {
 	for {
-		text, changed := p.stderr.snapshot()
+		text, changed := p.stderr.Snapshot()
 		var got []logLine
 		for _, l := range parseLogs(text) {
 			if m.match(l) {
@@ -272,7 +206,7 @@ func (p *proc) awaitLogs(ctx context.Context, n int, m logMatch) ([]logLine, err
 			if text != p.stderr.String() {
 				continue // the last words arrived with the exit
 			}
-			return got, fmt.Errorf("%s exited (%v) after %d of %d log lines %s", p.name, p.err, len(got), n, m)
+			return got, fmt.Errorf("%s exited (%v) after %d of %d log lines %s", p.name, p.child.Err(), len(got), n, m)
 		case <-ctx.Done():
 			return got, fmt.Errorf("%s: %d of %d log lines %s: %w", p.name, len(got), n, m, ctx.Err())
 		}
@@ -300,10 +234,10 @@ func (p *proc) waitLogs(t *testing.T, ctx context.Context, n int, m logMatch) []
 }
 
 // waitText waits until the buffer holds substr.
-func waitText(t *testing.T, ctx context.Context, p *proc, b *textBuffer, substr string) string {
+func waitText(t *testing.T, ctx context.Context, p *proc, b *testutil.Output, substr string) string {
 	t.Helper()
 	for {
-		text, changed := b.snapshot()
+		text, changed := b.Snapshot()
 		if strings.Contains(text, substr) {
 			return text
 		}
@@ -313,47 +247,18 @@ func waitText(t *testing.T, ctx context.Context, p *proc, b *textBuffer, substr 
 			if text = b.String(); strings.Contains(text, substr) {
 				return text
 			}
-			t.Fatalf("%s exited (%v) without printing %q", p.name, p.err, substr)
+			t.Fatalf("%s exited (%v) without printing %q", p.name, p.child.Err(), substr)
 		case <-ctx.Done():
 			t.Fatalf("%s did not print %q: %v", p.name, substr, ctx.Err())
 		}
 	}
 }
 
-var (
-	portsMu   sync.Mutex
-	portsUsed = map[int]bool{}
-)
-
 // freePort returns a loopback port number free for both TCP and UDP at the
 // time of the call, never one returned before in this run.
-func freePort(t *testing.T) int {
-	t.Helper()
-	portsMu.Lock()
-	defer portsMu.Unlock()
-	for range 50 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("free port: %v", err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		pc, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		_ = ln.Close() // only probing
-		if err != nil || portsUsed[port] {
-			if pc != nil {
-				_ = pc.Close()
-			}
-			continue
-		}
-		_ = pc.Close()
-		portsUsed[port] = true
-		return port
-	}
-	t.Fatal("free port: found none free for both TCP and UDP")
-	return 0
-}
+func freePort(t *testing.T) int { return testutil.Port(t) }
 
-func loopback(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+func loopback(port int) string { return testutil.Loopback(port) }
 
 // identity is a pqtunnel identity file and its pin.
 type identity struct {
@@ -378,17 +283,12 @@ func identityNamed(t *testing.T, name string) identity {
 	path := filepath.Join(identityDir, name+".id")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, pqtunnelBin, "keygen", "-o", path)
-	cmd.Env = childEnv(nil)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	pin, err := testutil.Keygen(ctx, pqtunnelBin, path)
 	if err != nil {
-		t.Fatalf("pqtunnel keygen -o %s: %v\n%s", path, err, stderr.String())
+		t.Fatal(err)
 	}
-	pin := strings.TrimSpace(string(out))
 	if !strings.HasPrefix(pin, "pqt1_") || strings.ContainsAny(pin, " \n") {
-		t.Fatalf("pqtunnel keygen printed %q, want a pin alone", out)
+		t.Fatalf("pqtunnel keygen printed %q, want a pin alone", pin)
 	}
 	st, err := os.Stat(path)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/wire"
 )
 
@@ -259,7 +260,7 @@ func keygenCNSA2(t *testing.T, name string) identity {
 	defer cancel()
 	path := filepath.Join(t.TempDir(), name+".id")
 	cmd := exec.CommandContext(ctx, pqtunnelBin, "keygen", "--profile", "cnsa2", "-o", path)
-	cmd.Env = childEnv(nil)
+	cmd.Env = testutil.ChildEnv(nil)
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("pqtunnel keygen --profile cnsa2: %v", err)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/internal/testutil/testca"
 )
 
@@ -21,7 +22,7 @@ func pqtunnelCA(t *testing.T, args ...string) {
 	defer cancel()
 	var out bytes.Buffer
 	cmd := exec.CommandContext(ctx, pqtunnelBin, append([]string{"ca"}, args...)...)
-	cmd.Env = childEnv(nil)
+	cmd.Env = testutil.ChildEnv(nil)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("pqtunnel ca %s: %v\n%s", strings.Join(args, " "), err, out.String())

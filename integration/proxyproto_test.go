@@ -7,9 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -55,58 +52,10 @@ func ppStartOrigin(t *testing.T) (*origin, <-chan ppSeen) {
 // It returns the address nginx listens on.
 func ppNginx(t *testing.T, ctx context.Context) string {
 	t.Helper()
-	bin, err := exec.LookPath("nginx")
-	if err != nil {
-		if _, serr := os.Stat("/usr/sbin/nginx"); serr != nil {
-			t.Fatalf("nginx is not installed (apt-get install nginx-light): %v", err)
-		}
-		bin = "/usr/sbin/nginx"
-	}
-	dir := t.TempDir()
-	port := freePort(t)
-	conf := fmt.Sprintf(`daemon off;
-master_process off;
-pid %[1]s/nginx.pid;
-error_log stderr notice;
-events { worker_connections 64; }
-http {
-	access_log off;
-	client_body_temp_path %[1]s/body;
-	proxy_temp_path %[1]s/proxy;
-	fastcgi_temp_path %[1]s/fastcgi;
-	uwsgi_temp_path %[1]s/uwsgi;
-	scgi_temp_path %[1]s/scgi;
-	server {
-		listen 127.0.0.1:%[2]d proxy_protocol;
-		location / {
+	return startNginx(t, ctx, t.TempDir(), " proxy_protocol", `location / {
 			default_type text/plain;
 			return 200 "$proxy_protocol_addr:$proxy_protocol_port\n";
-		}
-	}
-}
-`, dir, port)
-	path := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p := startProc(t, ctx, "nginx", nil, bin, "-e", "stderr", "-p", dir, "-c", path)
-	addr := loopback(port)
-	var d net.Dialer
-	ok := metPoll(within(t, ctx, 10*time.Second), 50*time.Millisecond, func() bool {
-		if p.exited() {
-			return true
-		}
-		c, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return false
-		}
-		_ = c.Close() // only probing
-		return true
-	})
-	if !ok || p.exited() {
-		t.Fatalf("nginx did not start listening on %s:\n%s", addr, p.stderr.String())
-	}
-	return addr
+		}`)
 }
 
 // TestProxyProtocol runs a listen side with PQT_PROXY_PROTOCOL=v1 and v2

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 )
 
 // statusTunnel is the part of a /status.json tunnel the tests check.
@@ -26,7 +28,7 @@ func runStatus(t *testing.T, ctx context.Context, env map[string]string, args ..
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, pqtunnelBin, append([]string{"status"}, args...)...)
-	cmd.Env = childEnv(env)
+	cmd.Env = testutil.ChildEnv(env)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/internal/testutil/testca"
 )
 
@@ -40,59 +40,11 @@ func trLocal(t *testing.T, ctx context.Context, name string, n int, env map[stri
 // is body, and returns its address.
 func trNginx(t *testing.T, ctx context.Context, body string) string {
 	t.Helper()
-	bin, err := exec.LookPath("nginx")
-	if err != nil {
-		if _, serr := os.Stat("/usr/sbin/nginx"); serr != nil {
-			t.Fatalf("nginx is not installed (apt-get install nginx-light): %v", err)
-		}
-		bin = "/usr/sbin/nginx"
-	}
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "index.html"), []byte("<!doctype html><html><body><h1 id=m>"+body+"</h1></body></html>\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
-	conf := fmt.Sprintf(`daemon off;
-master_process off;
-pid %[1]s/nginx.pid;
-error_log stderr notice;
-events { worker_connections 64; }
-http {
-	access_log off;
-	client_body_temp_path %[1]s/body;
-	proxy_temp_path %[1]s/proxy;
-	fastcgi_temp_path %[1]s/fastcgi;
-	uwsgi_temp_path %[1]s/uwsgi;
-	scgi_temp_path %[1]s/scgi;
-	server {
-		listen 127.0.0.1:%[2]d;
-		root %[1]s;
-		location = /favicon.ico { return 204; }
-	}
-}
-`, dir, port)
-	path := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p := startProc(t, ctx, "nginx", nil, bin, "-e", "stderr", "-p", dir, "-c", path)
-	addr := loopback(port)
-	var d net.Dialer
-	ok := metPoll(within(t, ctx, 10*time.Second), 50*time.Millisecond, func() bool {
-		if p.exited() {
-			return true
-		}
-		c, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return false
-		}
-		_ = c.Close() // only probing
-		return true
-	})
-	if !ok || p.exited() {
-		t.Fatalf("nginx did not start listening on %s:\n%s", addr, p.stderr.String())
-	}
-	return addr
+	return startNginx(t, ctx, dir, "", "root "+dir+";\n\t\tlocation = /favicon.ico { return 204; }")
 }
 
 // TestTLSTerminatorServesChromiumThroughTheTunnel: headless Chromium loads
@@ -266,30 +218,13 @@ func TestTLSTerminatorClassicalCurl(t *testing.T) {
 // connection's first line with "tls:" and the line, until the test ends.
 func trServe(t *testing.T, cfg *tls.Config) string {
 	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	t.Cleanup(func() { _ = ln.Close(); <-done })
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-				line, err := readLine(c)
-				if err == nil {
-					_, _ = c.Write([]byte("tls:" + line)) // the client reports what it got
-				}
-			}()
+	return testutil.ServeTLS(t, cfg, func(c net.Conn) {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		line, err := readLine(c)
+		if err == nil {
+			_, _ = c.Write([]byte("tls:" + line)) // the client reports what it got
 		}
-	}()
-	return ln.Addr().String()
+	})
 }
 
 func readLine(r io.Reader) (string, error) {

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/internal/testutil/testca"
-	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 )
 
 // TestUnixRoutesJoinTLSRoutes: with no tunnel, a unix:// forward route
@@ -24,7 +24,7 @@ func TestUnixRoutesJoinTLSRoutes(t *testing.T) {
 	leaf := ca.Issue(t, testca.Leaf{DNS: []string{"web.example.test"}}).Save(t, dir, "web")
 
 	echoSock := filepath.Join(dir, "echo.sock")
-	transporttest.EchoOriginOn(t, "unix", echoSock)
+	testutil.EchoOriginOn(t, "unix", echoSock)
 
 	termAddr := loopback(freePort(t))
 	term := trLocal(t, ctx, "terminator", 1, map[string]string{

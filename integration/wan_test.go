@@ -17,6 +17,7 @@ import (
 
 	"github.com/pqtunnel/pqtunnel/integration/wan"
 	"github.com/pqtunnel/pqtunnel/integration/wan/netem"
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 )
 
 // The tests in this file run the real binary in the two network namespaces
@@ -63,25 +64,8 @@ func newWANBed(t *testing.T, ctx context.Context) *wanBed {
 	if err != nil {
 		t.Fatalf("origin in B: %v", err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				echo(c.(*net.TCPConn))
-			}()
-		}
-	}()
-	// Registered after the bed's: runs before it, so the namespace is free.
-	t.Cleanup(func() {
-		_ = ln.Close() // stops the accept loop; echo's deadline ends stragglers
-		<-done
-	})
+	// Registered after the bed's cleanup: runs before it, so the namespace is free.
+	testutil.Serve(t, ln, func(c net.Conn) { echo(c.(*net.TCPConn)) })
 	return &wanBed{Bed: bed, origin: ln.Addr().String()}
 }
 
@@ -126,6 +110,23 @@ func (b *wanBed) dialIn(t *testing.T, ctx context.Context, transport string, ext
 	p := startIn(t, ctx, b.A, "dial side", env)
 	p.waitLog(t, within(t, ctx, 15*time.Second), msgIs("forwarding"))
 	return p
+}
+
+// startSides starts a listen side in B and a dial side in A on transport,
+// each with its extra variables, and waits until both have their two
+// tunnel connections up (over QUIC when transport is auto).
+func (b *wanBed) startSides(t *testing.T, ctx context.Context, transport string, listenExtra, dialExtra map[string]string) (l, d *proc) {
+	t.Helper()
+	l = b.listenIn(t, ctx, transport, listenExtra)
+	d = b.dialIn(t, ctx, transport, dialExtra)
+	over := transport
+	if transport == "auto" {
+		over = "quic"
+	}
+	up := msgIs("tunnel connected", "transport", over)
+	d.waitLogs(t, within(t, ctx, 20*time.Second), 2, up)
+	l.waitLogs(t, within(t, ctx, 20*time.Second), 2, up)
+	return l, d
 }
 
 // echoFromA sends payload through the dial side's forward route from
@@ -258,11 +259,7 @@ func truncateText(s string, n int) string {
 func TestWANAsymmetricUDPBlackholeFallsBackToTCP(t *testing.T) {
 	ctx := testContext(t, 2*time.Minute)
 	b := newWANBed(t, ctx)
-	l := b.listenIn(t, ctx, "auto", nil)
-	d := b.dialIn(t, ctx, "auto", nil)
-	quicUp := msgIs("tunnel connected", "transport", "quic")
-	d.waitLogs(t, within(t, ctx, 20*time.Second), 2, quicUp)
-	l.waitLogs(t, within(t, ctx, 20*time.Second), 2, quicUp)
+	l, d := b.startSides(t, ctx, "auto", nil, nil)
 	if err := b.echoFromA(within(t, ctx, 10*time.Second), randomBytes(1601, 256<<10)); err != nil {
 		t.Fatalf("traffic before the blackhole: %v", err)
 	}
@@ -316,11 +313,8 @@ func TestWANBlackholeDetectedPromptly(t *testing.T) {
 	transports(t, func(t *testing.T, transport string) {
 		ctx := testContext(t, 2*time.Minute)
 		b := newWANBed(t, ctx)
-		l := b.listenIn(t, ctx, transport, nil)
-		d := b.dialIn(t, ctx, transport, nil)
+		l, d := b.startSides(t, ctx, transport, nil, nil)
 		up := msgIs("tunnel connected", "transport", transport)
-		d.waitLogs(t, within(t, ctx, 20*time.Second), 2, up)
-		l.waitLogs(t, within(t, ctx, 20*time.Second), 2, up)
 
 		slow := netem.Config{Delay: 100 * time.Millisecond, RateBits: 2e6, QueueBytes: 256 << 10}
 		b.Link.SetBoth(slow)
@@ -369,11 +363,7 @@ func TestWANListenSideKilled(t *testing.T) {
 	transports(t, func(t *testing.T, transport string) {
 		ctx := testContext(t, 2*time.Minute)
 		b := newWANBed(t, ctx)
-		l := b.listenIn(t, ctx, transport, nil)
-		d := b.dialIn(t, ctx, transport, nil)
-		up := msgIs("tunnel connected", "transport", transport)
-		d.waitLogs(t, within(t, ctx, 20*time.Second), 2, up)
-		l.waitLogs(t, within(t, ctx, 20*time.Second), 2, up)
+		l, d := b.startSides(t, ctx, transport, nil, nil)
 
 		l.signal(t, syscall.SIGKILL)
 		l.wait(t, within(t, ctx, 5*time.Second))
@@ -398,10 +388,8 @@ func TestWANListenSideKilled(t *testing.T) {
 		b := newWANBed(t, ctx)
 		// Long timeouts: only a stateless reset can end the old tunnels soon.
 		long := map[string]string{"PQT_KEEPALIVE_TIMEOUT": "30s", "PQT_IDLE_TIMEOUT": "30s"}
-		l := b.listenIn(t, ctx, "quic", long)
-		d := b.dialIn(t, ctx, "quic", long)
+		l, d := b.startSides(t, ctx, "quic", long, long)
 		up := msgIs("tunnel connected", "transport", "quic")
-		d.waitLogs(t, within(t, ctx, 20*time.Second), 2, up)
 		l.signal(t, syscall.SIGKILL)
 		l.wait(t, within(t, ctx, 5*time.Second))
 		l2 := b.listenIn(t, ctx, "quic", long)
@@ -429,11 +417,7 @@ func TestWANDisconnectReasons(t *testing.T) {
 	transports(t, func(t *testing.T, transport string) {
 		ctx := testContext(t, time.Minute)
 		b := newWANBed(t, ctx)
-		l := b.listenIn(t, ctx, transport, map[string]string{"PQT_DRAIN_TIMEOUT": "1s"})
-		d := b.dialIn(t, ctx, transport, nil)
-		up := msgIs("tunnel connected", "transport", transport)
-		d.waitLogs(t, within(t, ctx, 20*time.Second), 2, up)
-		l.waitLogs(t, within(t, ctx, 20*time.Second), 2, up)
+		l, d := b.startSides(t, ctx, transport, map[string]string{"PQT_DRAIN_TIMEOUT": "1s"}, nil)
 		// The listen side's count, before it exits.
 		stopped := time.Now()
 		l.signal(t, syscall.SIGTERM)

@@ -7,8 +7,10 @@ import (
 	"time"
 
 	"github.com/pqtunnel/pqtunnel/internal/logtest"
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
+	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
-	"github.com/pqtunnel/pqtunnel/transport/transporttest"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // accessLines returns the recorded access-log lines.
@@ -50,12 +52,12 @@ func TestAccessLog(t *testing.T) {
 		name := map[bool]string{true: "on", false: "off"}[on]
 		t.Run(name, func(t *testing.T) {
 			tr := memtransport.New()
-			echo := transporttest.EchoOrigin(t)
-			listenStore, dialStore := pinnedStores(t)
+			echo := testutil.EchoOrigin(t)
+			listenStore, dialStore := pinned.Stores(t, wire.ALPN)
 			var listenLogs, dialLogs logtest.Recorder
 			listen := runEngine(t, Config{
 				Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr,
-				Target: []Route{{Name: "echo", Addr: echo}, {Name: "down", Addr: closedAddr(t)}},
+				Target: []Route{{Name: "echo", Addr: echo}, {Name: "down", Addr: testutil.ClosedAddr(t)}},
 				TLS:    listenStore, Logger: slog.New(&listenLogs), AccessLog: on,
 			})
 			dial := runEngine(t, Config{
@@ -100,10 +102,10 @@ func TestAccessLog(t *testing.T) {
 // TestAccessLogNoTunnel checks the line for a client refused before any
 // tunnel carried it: no peer, reason no_tunnel.
 func TestAccessLogNoTunnel(t *testing.T) {
-	_, dialStore := pinnedStores(t)
+	_, dialStore := pinned.Stores(t, wire.ALPN)
 	var logs logtest.Recorder
 	dial := runEngine(t, Config{
-		Mode: ModeDial, Tunnel: []string{closedAddr(t)}, Transport: memtransport.New(), Connections: 1,
+		Mode: ModeDial, Tunnel: []string{testutil.ClosedAddr(t)}, Transport: memtransport.New(), Connections: 1,
 		Forward: []Route{{Name: "web", Addr: "127.0.0.1:0"}},
 		TLS:     dialStore, Logger: slog.New(&logs), AccessLog: true,
 	})

@@ -10,10 +10,11 @@ import (
 	"time"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
+	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
 	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
-	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 	"github.com/pqtunnel/pqtunnel/wire"
 )
 
@@ -199,14 +200,7 @@ type benchOptions struct {
 // forwarding to it over transport, and returns the forward address.
 func benchTunnel(b *testing.B, tr transport.Transport, origin string, opts benchOptions) string {
 	b.Helper()
-	listenID, err := hybridtls.GenerateIdentity()
-	if err != nil {
-		b.Fatal(err)
-	}
-	dialID, err := hybridtls.GenerateIdentity()
-	if err != nil {
-		b.Fatal(err)
-	}
+	listenID, dialID := pinned.Identities(b)
 	listen := benchEngine(b, ModeListen, tr, "127.0.0.1:0", listenID, dialID, nil, []Route{{Name: "bench", Addr: origin}}, opts)
 	dial := benchEngine(b, ModeDial, tr, listen.TunnelAddr().String(), dialID, listenID, []Route{{Name: "bench", Addr: "127.0.0.1:0"}}, nil, opts)
 	deadline := time.After(15 * time.Second)
@@ -349,7 +343,7 @@ func BenchmarkAccessLogLine(b *testing.B) {
 // benchRoundTrip measures connect + 1-byte echo + close through a tunnel
 // over tr, then as often directly.
 func benchRoundTrip(b *testing.B, tr transport.Transport, opts benchOptions) {
-	origin := transporttest.EchoOrigin(b)
+	origin := testutil.EchoOrigin(b)
 	forward := benchTunnel(b, tr, origin, opts)
 	benchEchoOnce(b, forward) // the first stream pays for warming up
 	b.ReportAllocs()

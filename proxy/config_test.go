@@ -7,7 +7,9 @@ import (
 	"testing"
 
 	"github.com/pqtunnel/pqtunnel/internal/defaults"
+	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // A zero Config gets package defaults, the same values the binary's
@@ -33,7 +35,7 @@ func TestNewReportsTheFieldAtFault(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	a, _ := pinnedStores(t)
+	a, _ := pinned.Stores(t, wire.ALPN)
 	tests := []struct {
 		name  string
 		cfg   Config

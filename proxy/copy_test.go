@@ -9,41 +9,9 @@ import (
 	"slices"
 	"testing"
 	"time"
-)
 
-// loopbackPair returns both ends of a loopback TCP connection, closed at cleanup.
-func loopbackPair(t *testing.T) (a, b *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	type res struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		c, err := ln.Accept()
-		ch <- res{c, err}
-	}()
-	ca, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := <-ch
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	a, b = ca.(*net.TCPConn), r.c.(*net.TCPConn)
-	deadline := time.Now().Add(30 * time.Second) // a hang fails the test, not the run
-	for _, c := range []*net.TCPConn{a, b} {
-		_ = c.SetDeadline(deadline)
-		t.Cleanup(func() { _ = c.Close() })
-	}
-	return a, b
-}
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
+)
 
 type joinResult struct {
 	aToB, bToA int64
@@ -53,8 +21,8 @@ type joinResult struct {
 // startJoin wires client <-> (proxyA, proxyB) <-> origin and runs join on the middle.
 func startJoin(t *testing.T) (client, origin *net.TCPConn, done <-chan joinResult) {
 	t.Helper()
-	client, proxyA := loopbackPair(t)
-	proxyB, origin := loopbackPair(t)
+	client, proxyA := testutil.TCPPair(t)
+	proxyB, origin := testutil.TCPPair(t)
 	ch := make(chan joinResult, 1)
 	returned := make(chan struct{})
 	go func() {
@@ -219,7 +187,7 @@ func TestJoinAbortPropagatesPromptly(t *testing.T) {
 }
 
 func TestAppendEarlyTakesWhatTheClientSent(t *testing.T) {
-	client, server := loopbackPair(t)
+	client, server := testutil.TCPPair(t)
 	hdr := []byte("preamble")
 
 	got, err := appendEarly(server, slices.Clone(hdr))

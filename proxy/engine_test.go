@@ -18,6 +18,8 @@ import (
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/logtest"
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
+	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
@@ -28,41 +30,6 @@ import (
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
-}
-
-// closedAddr returns a loopback address where nothing listens.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
-}
-
-// pinnedStores returns stores for two sides that accept each other.
-func pinnedStores(t *testing.T) (a, b *hybridtls.Store) {
-	t.Helper()
-	ida, err := hybridtls.GenerateIdentity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	idb, err := hybridtls.GenerateIdentity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: wire.ALPN}
-	a, err = hybridtls.NewStore(p, &hybridtls.Material{Identity: ida, Peers: []hybridtls.Pin{idb.Pin}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err = hybridtls.NewStore(p, &hybridtls.Material{Identity: idb, Peers: []hybridtls.Pin{ida.Pin}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a, b
 }
 
 // runEngine starts an engine; cleanup cancels it and requires Run to return.
@@ -166,12 +133,12 @@ func TestEngineEndToEnd(t *testing.T) {
 	// transports on loopback show that it behaves the same.
 	for _, tr := range []transport.Transport{memtransport.New(), quic.Transport{}, tlsmux.Transport{}} {
 		t.Run(tr.Name(), func(t *testing.T) {
-			echo := transporttest.EchoOrigin(t)
-			listenStore, dialStore := pinnedStores(t)
+			echo := testutil.EchoOrigin(t)
+			listenStore, dialStore := pinned.Stores(t, wire.ALPN)
 			var listenLogs logtest.Recorder
 			listen := runEngine(t, Config{
 				Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr,
-				Target: []Route{{Name: "echo", Addr: echo}, {Name: "refused", Addr: closedAddr(t)}},
+				Target: []Route{{Name: "echo", Addr: echo}, {Name: "refused", Addr: testutil.ClosedAddr(t)}},
 				TLS:    listenStore,
 				Logger: slog.New(&listenLogs),
 			})
@@ -265,7 +232,7 @@ func TestEngineEndToEnd(t *testing.T) {
 }
 
 func TestEngineRefusesClientsWithoutTunnel(t *testing.T) {
-	_, dialStore := pinnedStores(t)
+	_, dialStore := pinned.Stores(t, wire.ALPN)
 	dial := runEngine(t, Config{
 		Mode: ModeDial, Tunnel: []string{"127.0.0.1:1"}, Transport: memtransport.New(),
 		Forward: []Route{{Name: "", Addr: "127.0.0.1:0"}},
@@ -283,8 +250,8 @@ func TestEngineRefusesClientsWithoutTunnel(t *testing.T) {
 func TestEngineMovesTunnelToSuccessor(t *testing.T) {
 	prim := transporttest.NewBlockable()
 	auto := transport.Fallback(prim, memtransport.New())
-	echo := transporttest.EchoOrigin(t)
-	listenStore, dialStore := pinnedStores(t)
+	echo := testutil.EchoOrigin(t)
+	listenStore, dialStore := pinned.Stores(t, wire.ALPN)
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: auto,
 		Target: []Route{{Name: "echo", Addr: echo}}, TLS: listenStore,
@@ -333,10 +300,10 @@ func TestEngineMovesTunnelToSuccessor(t *testing.T) {
 // status; the tunnel stays up for the streams that follow.
 func TestEngineRefusesUnknownKind(t *testing.T) {
 	mem := memtransport.New()
-	listenStore, dialStore := pinnedStores(t)
+	listenStore, dialStore := pinned.Stores(t, wire.ALPN)
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: mem,
-		Target: []Route{{Name: "echo", Addr: transporttest.EchoOrigin(t)}}, TLS: listenStore,
+		Target: []Route{{Name: "echo", Addr: testutil.EchoOrigin(t)}}, TLS: listenStore,
 	})
 	s, err := mem.Dial(transporttest.Ctx(t), listen.TunnelAddr().String(), &transport.Config{
 		TLS: dialStore.ClientConfig(), Authenticate: transporttest.StoreAuth(dialStore),
@@ -373,8 +340,8 @@ func TestEngineRefusesUnknownKind(t *testing.T) {
 // bound is refused with a line naming PQT_MAX_CONN_MEMORY, and the clients
 // already carried keep working.
 func TestEngineRefusesClientPastConnMemory(t *testing.T) {
-	echo := transporttest.EchoOrigin(t)
-	listenStore, dialStore := pinnedStores(t)
+	echo := testutil.EchoOrigin(t)
+	listenStore, dialStore := pinned.Stores(t, wire.ALPN)
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tlsmux.Transport{},
 		Target: []Route{{Name: "echo", Addr: echo}}, TLS: listenStore,

@@ -3,7 +3,9 @@ package proxy
 import (
 	"testing"
 
+	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // TestEnginesShareOneMetrics runs both ends of a QUIC tunnel in one process
@@ -11,7 +13,7 @@ import (
 // tunnel as its own series.
 func TestEnginesShareOneMetrics(t *testing.T) {
 	m := NewMetrics()
-	listenStore, dialStore := pinnedStores(t)
+	listenStore, dialStore := pinned.Stores(t, wire.ALPN)
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: quic.Transport{},
 		TLS: listenStore, Metrics: m,

@@ -11,10 +11,13 @@ import (
 	"time"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
+	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
 	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // blackholeUDP is a UDP socket that reads every datagram and answers none,
@@ -43,7 +46,7 @@ func blackholeUDP(t *testing.T) string {
 }
 
 func probeConfig(t *testing.T, timeout time.Duration) Config {
-	_, dialStore := pinnedStores(t)
+	_, dialStore := pinned.Stores(t, wire.ALPN)
 	return Config{TLS: dialStore, Mux: transport.Config{HandshakeTimeout: timeout}}
 }
 
@@ -91,7 +94,7 @@ func TestProbeFailsFastOnPortUnreachable(t *testing.T) {
 		t.Errorf("diagnosis %d, want port unreachable, which is unreachable", d)
 	}
 	// Over TCP a closed port is a refused connection, fast by itself.
-	p = ProbeTunnel(ctx, probeConfig(t, timeout), closedAddr(t), tlsmux.Transport{}, hybridtls.Strict, hybridtls.DefaultGroups)
+	p = ProbeTunnel(ctx, probeConfig(t, timeout), testutil.ClosedAddr(t), tlsmux.Transport{}, hybridtls.Strict, hybridtls.DefaultGroups)
 	if d := p.Diagnosis(); d != DiagnosisRefused {
 		t.Errorf("tcp probe of a closed port: diagnosis %d for %v, want refused", d, p.Err)
 	}
@@ -115,7 +118,7 @@ func closedUDPAddr(t *testing.T) string {
 func TestProbeRoutesAsksThePeer(t *testing.T) {
 	tr := memtransport.New()
 	origin := startCountingOrigin(t)
-	listenStore, dialStore := pinnedStores(t)
+	listenStore, dialStore := pinned.Stores(t, wire.ALPN)
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr,
 		Target: []Route{{Name: "echo", Addr: origin.addr}}, TLS: listenStore, ReadyTargetDown: -1,

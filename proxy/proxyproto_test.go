@@ -13,6 +13,7 @@ import (
 	"github.com/pires/go-proxyproto"
 
 	"github.com/pqtunnel/pqtunnel/internal/logtest"
+	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
 	"github.com/pqtunnel/pqtunnel/transport/transporttest"
@@ -104,7 +105,7 @@ func TestWriteProxyHeaderNamesPeer(t *testing.T) {
 // the origin is never dialled, and the tunnel carries the next stream.
 func TestEngineRefusesUnparsableAddresses(t *testing.T) {
 	mem := memtransport.New()
-	listenStore, dialStore := pinnedStores(t)
+	listenStore, dialStore := pinned.Stores(t, wire.ALPN)
 	var logs logtest.Recorder
 	var dials int
 	origin, err := net.Listen("tcp", "127.0.0.1:0")

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 )
 
 func TestQuota(t *testing.T) {
@@ -89,8 +91,8 @@ func TestConfigDefaultsQuotas(t *testing.T) {
 func TestJoinIdleTimeout(t *testing.T) {
 	const idle = 300 * time.Millisecond
 	t.Run("silent", func(t *testing.T) {
-		clientA, proxyA := loopbackPair(t)
-		proxyB, originB := loopbackPair(t)
+		clientA, proxyA := testutil.TCPPair(t)
+		proxyB, originB := testutil.TCPPair(t)
 		defer clientA.Close()
 		defer originB.Close()
 		start := time.Now()
@@ -104,8 +106,8 @@ func TestJoinIdleTimeout(t *testing.T) {
 		}
 	})
 	t.Run("trickle", func(t *testing.T) {
-		clientA, proxyA := loopbackPair(t)
-		proxyB, originB := loopbackPair(t)
+		clientA, proxyA := testutil.TCPPair(t)
+		proxyB, originB := testutil.TCPPair(t)
 		defer originB.Close()
 		done := make(chan error, 1)
 		go func() { _, _, err := join(sockEnd{proxyA}, sockEnd{proxyB}, idle); done <- err }()

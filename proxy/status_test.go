@@ -10,9 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
+	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
-	"github.com/pqtunnel/pqtunnel/transport/transporttest"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // waitStatus polls e's status until ok accepts it, and fails after 10 s
@@ -44,9 +46,9 @@ func routeOf(st Status, kind, name string) RouteStatus {
 
 func TestStatusShowsTunnelsRoutesAndLimits(t *testing.T) {
 	tr := memtransport.New()
-	echo := transporttest.EchoOrigin(t)
-	refused := closedAddr(t)
-	listenStore, dialStore := pinnedStores(t)
+	echo := testutil.EchoOrigin(t)
+	refused := testutil.ClosedAddr(t)
+	listenStore, dialStore := pinned.Stores(t, wire.ALPN)
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr,
 		Target: []Route{{Name: "echo", Addr: echo}, {Name: "refused", Addr: refused}},
@@ -135,7 +137,7 @@ func TestStatusShowsTunnelsRoutesAndLimits(t *testing.T) {
 }
 
 func TestStatusHandlers(t *testing.T) {
-	listenStore, _ := pinnedStores(t)
+	listenStore, _ := pinned.Stores(t, wire.ALPN)
 	e := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: memtransport.New(),
 		Target: []Route{{Name: "", Addr: "127.0.0.1:1"}}, TLS: listenStore,

@@ -5,7 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 func TestTargetState(t *testing.T) {
@@ -58,7 +60,7 @@ func TestReadinessFollowsTheTarget(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
-	listenStore, _ := pinnedStores(t)
+	listenStore, _ := pinned.Stores(t, wire.ALPN)
 	e := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: memtransport.New(),
 		Target: []Route{{Name: "app", Addr: addr}}, TLS: listenStore, ReadyTargetDown: 400 * time.Millisecond,
@@ -96,7 +98,7 @@ func TestReadinessFollowsTheTarget(t *testing.T) {
 // makes the side unready, and nothing probes it however often readiness
 // is asked.
 func TestReadinessTargetCheckOff(t *testing.T) {
-	listenStore, _ := pinnedStores(t)
+	listenStore, _ := pinned.Stores(t, wire.ALPN)
 	origin := startCountingOrigin(t)
 	e := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: memtransport.New(),
@@ -115,7 +117,7 @@ func TestReadinessTargetCheckOff(t *testing.T) {
 // Nothing probes a target while readiness is not asked: an origin sees
 // only its clients' connections. The first question starts a probe.
 func TestReadinessProbesOnlyWhenAsked(t *testing.T) {
-	listenStore, _ := pinnedStores(t)
+	listenStore, _ := pinned.Stores(t, wire.ALPN)
 	origin := startCountingOrigin(t)
 	e := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: memtransport.New(),

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,7 +18,10 @@ import (
 	"github.com/pires/go-proxyproto"
 
 	"github.com/pqtunnel/pqtunnel/internal/defaults"
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
+	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // unixHalfCloseOrigin listens on a Unix socket at path. Each connection
@@ -34,40 +36,21 @@ func unixHalfCloseOrigin(t *testing.T, path string) <-chan *proxyproto.Header {
 		t.Fatal(err)
 	}
 	headers := make(chan *proxyproto.Header, 16)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-				br := bufio.NewReader(c)
-				h, err := proxyproto.Read(br)
-				if err != nil {
-					t.Errorf("origin: read PROXY header: %v", err)
-					return
-				}
-				headers <- h
-				if _, err := io.Copy(c, br); err != nil {
-					t.Errorf("origin: echo: %v", err)
-					return
-				}
-				if _, err := io.WriteString(c, "|eof"); err == nil {
-					_ = c.(*net.UnixConn).CloseWrite()
-				}
-			}()
+	testutil.Serve(t, ln, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		h, err := proxyproto.Read(br)
+		if err != nil {
+			t.Errorf("origin: read PROXY header: %v", err)
+			return
 		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		wg.Wait()
+		headers <- h
+		if _, err := io.Copy(c, br); err != nil {
+			t.Errorf("origin: echo: %v", err)
+			return
+		}
+		if _, err := io.WriteString(c, "|eof"); err == nil {
+			_ = c.(*net.UnixConn).CloseWrite()
+		}
 	})
 	return headers
 }
@@ -101,7 +84,7 @@ func TestEngineUnixForwardAndTarget(t *testing.T) {
 	dir := t.TempDir()
 	originPath := filepath.Join(dir, "origin.sock")
 	headers := unixHalfCloseOrigin(t, originPath)
-	listenStore, dialStore := pinnedStores(t)
+	listenStore, dialStore := pinned.Stores(t, wire.ALPN)
 	tr := memtransport.New()
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr, ProxyProtocol: 2,
@@ -222,7 +205,7 @@ func TestListenUnixSocketFile(t *testing.T) {
 	})
 	t.Run("engine removes its socket", func(t *testing.T) {
 		path := filepath.Join(dir, "engine.sock")
-		_, dialStore := pinnedStores(t)
+		_, dialStore := pinned.Stores(t, wire.ALPN)
 		e, err := New(Config{Mode: ModeDial, Tunnel: []string{"127.0.0.1:1"}, Transport: memtransport.New(),
 			Forward: []Route{{Scheme: SchemeUnix, Addr: path}}, TLS: dialStore})
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/internal/testutil/testca"
 	"github.com/pqtunnel/pqtunnel/transport"
 )
@@ -271,25 +272,10 @@ func ptr[T any](v T) *T { return &v }
 // each connection, until the test ends.
 func serve(t *testing.T, cfg *tls.Config) string {
 	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	t.Cleanup(func() { _ = ln.Close(); <-done })
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-			_, _ = c.Write([]byte("ok")) // runs the handshake; a failure is the client's to report
-			_ = c.Close()
-		}
-	}()
-	return ln.Addr().String()
+	return testutil.ServeTLS(t, cfg, func(c net.Conn) {
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = c.Write([]byte("ok")) // runs the handshake; a failure is the client's to report
+	})
 }
 
 func originate(t *testing.T, o *Originator, addr string) (Info, error) {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
 	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
@@ -175,7 +176,7 @@ func BenchmarkStreamOpenClose(b *testing.B) {
 		b.Run(tr.Name(), func(b *testing.B) {
 			client, server := benchSessions(b, tr)
 			benchServeEcho(b, server)
-			direct := transporttest.EchoOrigin(b)
+			direct := testutil.EchoOrigin(b)
 			ctx := context.Background()
 			if err := benchStreamOnce(ctx, client); err != nil {
 				b.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
@@ -43,7 +44,7 @@ func requireNoSession(t *testing.T, ln transport.Listener) {
 func TestSessionInfo(t *testing.T) {
 	for _, tr := range transports {
 		t.Run(tr.Name(), func(t *testing.T) {
-			cs, ss := transporttest.Stores(t)
+			cs, ss := pinned.Stores(t, transporttest.ALPN)
 			cc := &transport.Config{TLS: cs.ClientConfig(), Authenticate: transporttest.StoreAuth(cs)}
 			sc := &transport.Config{TLS: ss.ServerConfig(), Authenticate: transporttest.StoreAuth(ss)}
 			client, server := transporttest.SessionPair(t, tr, cc, sc)
@@ -305,7 +306,7 @@ func TestAuthenticatorErrorFailsHandshake(t *testing.T) {
 	for _, tr := range transports {
 		for _, failing := range []string{"client", "server"} {
 			t.Run(tr.Name()+"/"+failing, func(t *testing.T) {
-				cs, ss := transporttest.Stores(t)
+				cs, ss := pinned.Stores(t, transporttest.ALPN)
 				var clientFail, serverFail error
 				if failing == "client" {
 					clientFail = errClientRefuses
@@ -352,7 +353,7 @@ func TestAuthenticatorErrorFailsHandshake(t *testing.T) {
 func TestHybridAuthRefusesUnknownPeer(t *testing.T) {
 	for _, tr := range transports {
 		t.Run(tr.Name(), func(t *testing.T) {
-			cs, good := transporttest.Stores(t)
+			cs, good := pinned.Stores(t, transporttest.ALPN)
 			stranger, err := hybridtls.GenerateIdentity()
 			if err != nil {
 				t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 )
 
 // modeGhostunnel is the same client speaking TLS to ghostunnel in server
@@ -48,11 +49,11 @@ func (b *bench) startGhostunnels(ctx context.Context, sup *supervisor, certPath,
 	for _, r := range []string{routeEcho, routeSink, routeSource} {
 		var lastErr error
 		for range 3 {
-			p, err := freePort()
+			p, err := testutil.FreePort()
 			if err != nil {
 				return nil, started, "", err
 			}
-			addr := loopback(p)
+			addr := testutil.Loopback(p)
 			c, err := sup.start("ghostunnel-"+r, b.o.ghostunnel, ghostunnelArgs(addr, b.org.addr(r), certPath, keyPath), nil)
 			if err != nil {
 				return nil, started, "", err
@@ -99,7 +100,7 @@ func waitTLSReady(ctx context.Context, c *child, dial dialFunc, addr string, tim
 		lastErr = err
 		select {
 		case <-c.done:
-			return "", fmt.Errorf("%s exited (%v): %s", c.name, c.err, c.out.String())
+			return "", fmt.Errorf("%s exited (%v): %s", c.name, c.proc.Err(), c.out.String())
 		case <-ctx.Done():
 			return "", fmt.Errorf("%s: no TLS handshake on %s within %s: %w; its output: %s", c.name, addr, timeout, lastErr, c.out.String())
 		case <-tick.C:

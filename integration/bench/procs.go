@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,43 +17,20 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pqtunnel/pqtunnel/internal/childproc"
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 )
-
-// tailBuffer keeps the last max bytes written to it: a child's recent output.
-type tailBuffer struct {
-	mu  sync.Mutex
-	buf []byte
-	max int
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	if over := len(t.buf) - t.max; over > 0 {
-		t.buf = append(t.buf[:0:0], t.buf[over:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.buf)
-}
 
 // child is one pqtunnel process. Its metrics server answers on metrics.
 type child struct {
 	name    string
 	cmd     *exec.Cmd
-	out     *tailBuffer
+	proc    *testutil.Proc
+	out     *testutil.Output // the last 32 KiB of its stdout and stderr
 	metrics string
-	http    *http.Client   // reaches metrics; nil is httpClient
-	stdin   io.WriteCloser // held open: the echo helper exits when it closes
-	done    chan struct{}  // closed once the process exited and was waited for
-	err     error          // from Wait; read only after done
-	watched atomic.Bool    // set once ready: from then on an exit fails the run
+	http    *http.Client    // reaches metrics; nil is httpClient
+	stdin   io.WriteCloser  // held open: the echo helper exits when it closes
+	done    <-chan struct{} // closed once the process exited and was waited for
+	watched atomic.Bool     // set once ready: from then on an exit fails the run
 	// started is when the process was started; ready, when the WAN mode
 	// saw it ready.
 	started, ready time.Time
@@ -62,14 +38,7 @@ type child struct {
 
 func (c *child) pid() int { return c.cmd.Process.Pid }
 
-func (c *child) exited() bool {
-	select {
-	case <-c.done:
-		return true
-	default:
-		return false
-	}
-}
+func (c *child) exited() bool { return c.proc.Exited() }
 
 // supervisor owns every process the harness starts: stopAll kills and
 // waits for each, and a watched child that exits ends the run through ctx.
@@ -79,6 +48,7 @@ type supervisor struct {
 	closing  atomic.Bool
 	mu       sync.Mutex
 	children []*child
+	wg       sync.WaitGroup // the routineWatch of each child
 }
 
 func newSupervisor(parent context.Context) *supervisor {
@@ -86,34 +56,17 @@ func newSupervisor(parent context.Context) *supervisor {
 	return &supervisor{ctx: ctx, fail: fail}
 }
 
-// childEnv is the harness's environment without any PQT_* variable, plus env.
-func childEnv(env map[string]string) []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PQT_") {
-			out = append(out, kv)
-		}
-	}
-	for k, v := range env {
-		out = append(out, k+"="+v)
-	}
-	return out
-}
-
 // start runs bin with args and env. The child is killed if the harness dies.
 func (s *supervisor) start(name, bin string, args []string, env map[string]string) (*child, error) {
-	c := &child{name: name, out: &tailBuffer{max: 32 << 10}, metrics: env["PQT_METRICS"], done: make(chan struct{})}
+	c := &child{name: name, out: &testutil.Output{Max: 32 << 10}, metrics: env["PQT_METRICS"]}
 	cmd := exec.Command(bin, args...)
-	cmd.Env = childEnv(env)
+	cmd.Env = testutil.ChildEnv(env)
 	cmd.Stdout, cmd.Stderr = c.out, c.out
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	c.stdin = stdin
-	// Its own process group keeps a terminal's Ctrl-C for the harness, which
-	// then kills the children itself; on Linux, Pdeathsig covers the harness dying.
-	cmd.SysProcAttr = childproc.Attr(true)
 	cmd.WaitDelay = 2 * time.Second
 	c.cmd = cmd
 	s.mu.Lock()
@@ -122,21 +75,26 @@ func (s *supervisor) start(name, bin string, args []string, env map[string]strin
 		return nil, errors.New("shutting down")
 	}
 	c.started = time.Now()
-	if err := cmd.Start(); err != nil {
+	// Its own process group keeps a terminal's Ctrl-C for the harness, which
+	// then kills the children itself; on Linux, Pdeathsig covers the harness dying.
+	p, err := testutil.Start(name, cmd, true)
+	if err != nil {
 		_ = stdin.Close() // never used
-		return nil, fmt.Errorf("start %s: %w", name, err)
+		return nil, err
 	}
+	c.proc, c.done = p, p.Done()
 	s.children = append(s.children, c)
-	go s.routineWait(c)
+	s.wg.Add(1)
+	go s.routineWatch(c)
 	return c, nil
 }
 
-// routineWait reaps c; stopAll waits for it through c.done.
-func (s *supervisor) routineWait(c *child) {
-	c.err = c.cmd.Wait()
-	close(c.done)
+// routineWatch ends the run if c exits while watched.
+func (s *supervisor) routineWatch(c *child) {
+	defer s.wg.Done()
+	<-c.done
 	if c.watched.Load() && !s.closing.Load() {
-		s.fail(fmt.Errorf("%s exited during the run (%v); its last output:\n%s", c.name, c.err, c.out.String()))
+		s.fail(fmt.Errorf("%s exited during the run (%v); its last output:\n%s", c.name, c.proc.Err(), c.out.String()))
 	}
 }
 
@@ -144,7 +102,7 @@ func (s *supervisor) routineWait(c *child) {
 func (s *supervisor) watch(c *child) {
 	c.watched.Store(true)
 	if c.exited() && !s.closing.Load() {
-		s.fail(fmt.Errorf("%s exited (%v); its last output:\n%s", c.name, c.err, c.out.String()))
+		s.fail(fmt.Errorf("%s exited (%v); its last output:\n%s", c.name, c.proc.Err(), c.out.String()))
 	}
 }
 
@@ -152,10 +110,7 @@ func (s *supervisor) watch(c *child) {
 func (s *supervisor) stop(c *child) {
 	c.watched.Store(false)
 	_ = c.stdin.Close() // Wait closes it too
-	if !c.exited() {
-		_ = c.cmd.Process.Kill() // it may have exited meanwhile; Wait tells
-	}
-	<-c.done
+	c.proc.Kill()
 }
 
 // stopAll kills every child and waits for each.
@@ -173,6 +128,7 @@ func (s *supervisor) stopAll() {
 	for _, c := range list {
 		<-c.done
 	}
+	s.wg.Wait()
 	s.fail(errors.New("stopped"))
 }
 
@@ -200,7 +156,7 @@ func startEchoHelper(ctx context.Context, sup *supervisor) (*child, string, erro
 		}
 		select {
 		case <-c.done:
-			return nil, "", fmt.Errorf("echo helper exited (%v): %s", c.err, c.out.String())
+			return nil, "", fmt.Errorf("echo helper exited (%v): %s", c.proc.Err(), c.out.String())
 		case <-ctx.Done():
 			return nil, "", fmt.Errorf("echo helper did not say its address within 10s: %s", c.out.String())
 		case <-tick.C:
@@ -236,42 +192,6 @@ func buildBinary(ctx context.Context, dir string) (string, error) {
 	}
 	return bin, nil
 }
-
-// keygen writes an identity to path with 'pqtunnel keygen' and returns its pin.
-func keygen(ctx context.Context, bin, path string) (string, error) {
-	cmd := exec.CommandContext(ctx, bin, "keygen", "-o", path)
-	cmd.Env = childEnv(nil)
-	cmd.WaitDelay = 2 * time.Second
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("pqtunnel keygen -o %s: %w: %s", path, err, stderr.String())
-	}
-	return strings.TrimSpace(string(out)), nil
-}
-
-// freePort returns a loopback port that was free for both TCP and UDP.
-func freePort() (int, error) {
-	var lastErr error
-	for range 20 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, fmt.Errorf("find a free port: %w", err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		pc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
-		_ = ln.Close() // it only reserved the number
-		if err == nil {
-			_ = pc.Close()
-			return port, nil
-		}
-		lastErr = err
-	}
-	return 0, fmt.Errorf("find a port free for TCP and UDP: %w", lastErr)
-}
-
-func loopback(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
 
 var httpClient = &http.Client{Timeout: 3 * time.Second}
 
@@ -326,7 +246,7 @@ func waitReady(ctx context.Context, c *child, tunnels int, timeout time.Duration
 		}
 		select {
 		case <-c.done:
-			return fmt.Errorf("%s exited before it was ready (%v); its output:\n%s", c.name, c.err, c.out.String())
+			return fmt.Errorf("%s exited before it was ready (%v); its output:\n%s", c.name, c.proc.Err(), c.out.String())
 		case <-ctx.Done():
 			return fmt.Errorf("%s not ready within %s (last: %s); its output:\n%s", c.name, timeout, last, c.out.String())
 		case <-tick.C:

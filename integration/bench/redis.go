@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 )
 
 // routeRedis leads to a redis-server the harness starts, when it is
@@ -45,11 +47,11 @@ func startRedis(ctx context.Context, sup *supervisor) (string, error) {
 	}
 	var lastErr error
 	for range 3 {
-		port, err := freePort()
+		port, err := testutil.FreePort()
 		if err != nil {
 			return "", err
 		}
-		addr := loopback(port)
+		addr := testutil.Loopback(port)
 		c, err := sup.start("redis-server", server, []string{"--bind", "127.0.0.1", "--port", strconv.Itoa(port),
 			"--save", "", "--appendonly", "no", "--protected-mode", "no"}, nil)
 		if err != nil {

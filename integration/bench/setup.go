@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 )
 
 // Mode names: direct is the client talking to the origin itself.
@@ -72,11 +74,11 @@ func startSide(ctx context.Context, sup *supervisor, bin, name string, tunnels i
 		if err != nil {
 			return nil, nil, err
 		}
-		mport, err := freePort()
+		mport, err := testutil.FreePort()
 		if err != nil {
 			return nil, nil, err
 		}
-		env["PQT_METRICS"] = loopback(mport)
+		env["PQT_METRICS"] = testutil.Loopback(mport)
 		c, err := sup.start(name, bin, nil, env)
 		if err != nil {
 			return nil, nil, err
@@ -99,11 +101,11 @@ func startSide(ctx context.Context, sup *supervisor, bin, name string, tunnels i
 // routes of extra (route name → origin address), such as a Redis server.
 func startTopology(ctx context.Context, sup *supervisor, bin, dir string, org *origin, idleOrigin string, extra map[string]string, maxStreams int) (*topology, error) {
 	listenID, dialID := filepath.Join(dir, "listen.id"), filepath.Join(dir, "dial.id")
-	listenPin, err := keygen(ctx, bin, listenID)
+	listenPin, err := testutil.Keygen(ctx, bin, listenID)
 	if err != nil {
 		return nil, err
 	}
-	dialPin, err := keygen(ctx, bin, dialID)
+	dialPin, err := testutil.Keygen(ctx, bin, dialID)
 	if err != nil {
 		return nil, err
 	}
@@ -139,12 +141,12 @@ func startTopology(ctx context.Context, sup *supervisor, bin, dir string, org *o
 	listens := map[string]*child{}
 	for _, tr := range []string{modeTCP, modeQUIC} {
 		c, env, err := startSide(ctx, sup, bin, "listen-"+tr, 0, func() (map[string]string, error) {
-			p, err := freePort()
+			p, err := testutil.FreePort()
 			if err != nil {
 				return nil, err
 			}
 			env := common("listen", tr)
-			env["PQT_TUNNEL"] = loopback(p)
+			env["PQT_TUNNEL"] = testutil.Loopback(p)
 			env["PQT_TARGET"] = routeList(targets)
 			return env, nil
 		})
@@ -154,12 +156,12 @@ func startTopology(ctx context.Context, sup *supervisor, bin, dir string, org *o
 		listens[tr], tunnelAddr[tr] = c, env["PQT_TUNNEL"]
 	}
 	hs, hsEnv, err := startSide(ctx, sup, bin, "listen-handshake", 0, func() (map[string]string, error) {
-		p, err := freePort()
+		p, err := testutil.FreePort()
 		if err != nil {
 			return nil, err
 		}
 		env := common("listen", "auto")
-		env["PQT_TUNNEL"] = loopback(p)
+		env["PQT_TUNNEL"] = testutil.Loopback(p)
 		env["PQT_TARGET"] = routeList(targets)
 		env["PQT_PQ"] = "prefer"
 		env["PQT_GROUPS"] = handshakeGroups
@@ -176,11 +178,11 @@ func startTopology(ctx context.Context, sup *supervisor, bin, dir string, org *o
 		routes := map[string]string{}
 		c, _, err := startSide(ctx, sup, bin, "dial-"+d.mode, d.conns, func() (map[string]string, error) {
 			for r := range targets {
-				p, err := freePort()
+				p, err := testutil.FreePort()
 				if err != nil {
 					return nil, err
 				}
-				routes[r] = loopback(p)
+				routes[r] = testutil.Loopback(p)
 			}
 			env := common("dial", d.transport)
 			env["PQT_TUNNEL"] = tunnelAddr[d.transport]

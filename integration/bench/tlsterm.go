@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 )
 
 // modeTLS is a client speaking standard TLS 1.3 to a pqtunnel that
@@ -98,11 +99,11 @@ func (b *bench) runTLSPhase(ctx context.Context, bin, dir string, sup *superviso
 	term, _, err := startSide(ctx, sup, bin, "tls-terminator", 0, func() (map[string]string, error) {
 		var fwd, tgt []string
 		for _, r := range []string{routeEcho, routeSink, routeSource} {
-			p, err := freePort()
+			p, err := testutil.FreePort()
 			if err != nil {
 				return nil, err
 			}
-			routes[r] = loopback(p)
+			routes[r] = testutil.Loopback(p)
 			fwd = append(fwd, r+"=tls://"+routes[r])
 			tgt = append(tgt, r+"="+b.org.addr(r))
 		}

@@ -21,6 +21,7 @@ import (
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/integration/wan"
 	"github.com/pqtunnel/pqtunnel/integration/wan/netem"
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/proxy"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
@@ -121,7 +122,7 @@ func (w *wanRun) run(ctx context.Context) error {
 	}
 	for _, role := range []string{"listen", "dial"} {
 		w.ids[role] = filepath.Join(dir, role+".id")
-		if w.pins[role], err = keygen(ctx, w.bin, w.ids[role]); err != nil {
+		if w.pins[role], err = testutil.Keygen(ctx, w.bin, w.ids[role]); err != nil {
 			return err
 		}
 	}

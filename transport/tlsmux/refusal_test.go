@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 )
@@ -103,7 +104,7 @@ func TestALPNMismatchIsVersionMismatch(t *testing.T) {
 // arriving when the server refuses.
 func TestClientReadsRefusalOfItsCertificate(t *testing.T) {
 	_, sc := transporttest.Configs(t)
-	_, server := transporttest.Stores(t)
+	_, server := pinned.Stores(t, transporttest.ALPN)
 	stranger, err := hybridtls.GenerateIdentity()
 	if err != nil {
 		t.Fatal(err)

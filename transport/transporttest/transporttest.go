@@ -1,6 +1,6 @@
-// Package transporttest holds what the tests of every transport share: a
-// pair of hybridtls stores that accept each other, configurations,
-// helpers that connect sessions and streams, and a plain TCP echo origin.
+// Package transporttest holds what the tests of every transport share:
+// configurations of two sides that accept each other, and helpers that
+// connect sessions and streams.
 package transporttest
 
 import (
@@ -9,41 +9,18 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"io"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport"
 )
 
 // ALPN is the application protocol the test stores speak.
 const ALPN = "pqtunnel-transport-test/1"
-
-// Stores returns hybridtls stores for a client and a server that accept each other.
-func Stores(t testing.TB) (client, server *hybridtls.Store) {
-	t.Helper()
-	cid, err := hybridtls.GenerateIdentity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sid, err := hybridtls.GenerateIdentity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: ALPN}
-	client, err = hybridtls.NewStore(p, &hybridtls.Material{Identity: cid, Peers: []hybridtls.Pin{sid.Pin}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err = hybridtls.NewStore(p, &hybridtls.Material{Identity: sid, Peers: []hybridtls.Pin{cid.Pin}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return client, server
-}
 
 // StoreAuth adapts a hybridtls Store to an Authenticator.
 func StoreAuth(s *hybridtls.Store) transport.Authenticator {
@@ -61,7 +38,7 @@ func StoreAuth(s *hybridtls.Store) transport.Authenticator {
 // hybridtls, with short timeouts.
 func Configs(t testing.TB) (client, server *transport.Config) {
 	t.Helper()
-	cs, ss := Stores(t)
+	cs, ss := pinned.Stores(t, ALPN)
 	client = &transport.Config{TLS: cs.ClientConfig(), Authenticate: StoreAuth(cs), HandshakeTimeout: 10 * time.Second}
 	server = &transport.Config{TLS: ss.ServerConfig(), Authenticate: StoreAuth(ss), HandshakeTimeout: 10 * time.Second}
 	return client, server
@@ -203,44 +180,4 @@ func RequestLoad(b *testing.B, streams []transport.Stream, req []byte, n int) {
 		})
 	}
 	wg.Wait()
-}
-
-// EchoOrigin runs a TCP echo origin on loopback that half-closes after
-// echoing, and returns its address; it stops and waits for its
-// connections at cleanup.
-func EchoOrigin(t testing.TB) string { return EchoOriginOn(t, "tcp", "127.0.0.1:0") }
-
-// EchoOriginOn is EchoOrigin on any stream network that half-closes
-// ("tcp", "unix"), listening on addr.
-func EchoOriginOn(t testing.TB, network, addr string) string {
-	t.Helper()
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-				if _, err := io.Copy(c, c); err == nil {
-					_ = c.(interface{ CloseWrite() error }).CloseWrite()
-				}
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		wg.Wait()
-	})
-	return ln.Addr().String()
 }
