@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 )
 
 // modeRefusal is the start-up error for a key file that other users can
@@ -187,26 +188,9 @@ func waitHTTP(t *testing.T, p *process, url string) {
 // (a listen side uses one port number for QUIC and TLS/TCP).
 func freePorts(t *testing.T, n int) []int {
 	t.Helper()
-	var ports []int
-	var held []interface{ Close() error }
-	defer func() {
-		for _, c := range held {
-			c.Close()
-		}
-	}()
-	for len(ports) < n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, l)
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(port))
-		if err != nil {
-			continue
-		}
-		held = append(held, u)
-		ports = append(ports, port)
+	ports := make([]int, n)
+	for i := range ports {
+		ports[i] = testutil.Port(t)
 	}
 	return ports
 }
