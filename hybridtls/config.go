@@ -12,7 +12,6 @@ import (
 	"io"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync/atomic"
 )
 
@@ -43,15 +42,7 @@ func (m *Material) Pinned() bool { return m.Identity != nil }
 
 // Name is how this side presents itself: its pin, or in CA mode its
 // certificate's common name.
-func (m *Material) Name() string {
-	if m.Pinned() {
-		return m.Identity.Pin.String()
-	}
-	if m.Certificate != nil && m.Certificate.Leaf != nil {
-		return m.Certificate.Leaf.Subject.CommonName
-	}
-	return "(CA certificate)"
-}
+func (m *Material) Name() string { return m.mode().name() }
 
 // Validate checks that the material configures exactly one way to authenticate.
 func (m *Material) Validate() error {
@@ -82,31 +73,11 @@ func (m *Material) PeerName(p Pin) string {
 // pin's name or text form, or a named PQT_ALLOW rule. Only such names may
 // appear in route allow lists and metric labels, since they never come
 // from the peer.
-func (m *Material) Defines(name string) bool {
-	if m.Pinned() {
-		for _, p := range m.Peers {
-			if m.PeerName(p) == name {
-				return true
-			}
-		}
-		return false
-	}
-	for _, r := range m.Allow {
-		if r.Name != "" && r.Name == name {
-			return true
-		}
-	}
-	return false
-}
+func (m *Material) Defines(name string) bool { return m.mode().defines(name) }
 
 // AcceptsSeveral reports whether more than one peer may authenticate: more
 // than one pin, or in CA mode anything but a single rule for one exact name.
-func (m *Material) AcceptsSeveral() bool {
-	if m.Pinned() {
-		return len(m.Peers) > 1
-	}
-	return len(m.Allow) != 1 || m.Allow[0].Kind == "dns" && strings.HasPrefix(m.Allow[0].Value, "*.")
-}
+func (m *Material) AcceptsSeveral() bool { return m.mode().acceptsSeveral() }
 
 // Policy is the key-exchange and naming policy, fixed for the process.
 type Policy struct {
@@ -241,11 +212,7 @@ func (s *Store) baseConfig(m *Material) *tls.Config {
 		SessionTicketsDisabled: true,
 		KeyLogWriter:           s.policy.KeyLog,
 	}
-	if m.Pinned() {
-		c.Certificates = []tls.Certificate{m.Identity.Certificate}
-	} else {
-		c.Certificates = []tls.Certificate{*m.Certificate}
-	}
+	c.Certificates = []tls.Certificate{m.mode().certificate()}
 	return c
 }
 
@@ -290,17 +257,7 @@ func (s *Store) ClientConfig() *tls.Config { return s.ClientConfigFor("") }
 func (s *Store) ClientConfigFor(host string) *tls.Config {
 	m := s.material.Load()
 	c := s.baseConfig(m)
-	if m.Pinned() {
-		// The pin, checked in VerifyConnection, replaces chain validation.
-		c.InsecureSkipVerify = true
-		c.ServerName = "pqtunnel"
-	} else {
-		c.RootCAs = m.CAs
-		c.ServerName = s.policy.ServerName
-		if c.ServerName == "" {
-			c.ServerName = host
-		}
-	}
+	m.mode().configureClient(c, &s.policy, host)
 	c.NextProtos = append([]string{s.policy.ALPN}, s.policy.RetiredALPNs...)
 	c.VerifyConnection = func(cs tls.ConnectionState) error {
 		// A client checks the server before it sends its own certificate.
@@ -374,7 +331,7 @@ func (s *Store) verifyPeer(m *Material, cs *tls.ConnectionState, server bool) er
 	if err := checkGroup(cs.CurveID, s.policy.Mode, s.policy.Curves(), s.policy.name); err != nil {
 		return err
 	}
-	chains, err := peerChains(m, cs, server, s.policy.name(SettingCAs))
+	chains, err := s.peerChains(m, cs, server)
 	if err != nil {
 		return err
 	}
@@ -392,98 +349,30 @@ func (s *Store) Recheck(cs *tls.ConnectionState, role Role) (string, error) {
 	if role == RoleServer {
 		usage = x509.ExtKeyUsageClientAuth
 	}
-	chains, err := verifyChains(m, cs.PeerCertificates, usage, s.policy.name(SettingCAs))
+	chains, err := m.mode().chains(cs.PeerCertificates, usage, &s.policy)
 	if err != nil {
 		return "", err
 	}
 	return s.accept(m, cs.PeerCertificates, chains)
 }
 
-// accept applies the pins or the CA-mode rules to a peer whose chains (CA
-// mode) are verified, and returns the peer's name.
+// accept applies the mode's rules to a peer whose chains (if the mode has
+// any) are verified, and returns the peer's name.
 func (s *Store) accept(m *Material, certs []*x509.Certificate, chains [][]*x509.Certificate) (string, error) {
 	if len(certs) == 0 {
 		return "", fmt.Errorf("%w: peer presented no certificate", ErrPeerNotAllowed)
 	}
-	leaf := certs[0]
-	if m.Pinned() {
-		pin, err := PinOf(leaf)
-		if err != nil {
-			return "", fmt.Errorf("%w: %w", ErrPeerNotAllowed, err)
-		}
-		if !slices.Contains(m.Peers, pin) {
-			return "", fmt.Errorf("%w: pin %s is not in %s", ErrPeerNotAllowed, pin, s.policy.name(SettingPeers))
-		}
-		if s.policy.RequireMLDSA87 {
-			if ok, why := ChainMLDSA87([]*x509.Certificate{leaf}); !ok {
-				return "", fmt.Errorf("%w: %s (the peer needs an identity from 'pqtunnel keygen --profile cnsa2')", ErrNotCNSA2, why)
-			}
-		}
-		return m.PeerName(pin), nil
-	}
-	if s.policy.RequirePQAuth {
-		if pq, why := chainsPQ(chains); !pq {
-			return "", fmt.Errorf("%w: %s", ErrClassicalAuth, why)
-		}
-	}
-	if s.policy.RequireMLDSA87 {
-		ok, why := false, "no verified chain"
-		for _, ch := range chains {
-			if ok, why = ChainMLDSA87(ch); ok {
-				break
-			}
-		}
-		if !ok {
-			return "", fmt.Errorf("%w: %s", ErrNotCNSA2, why)
-		}
-	}
-	if len(m.Allow) == 0 && !m.AllowListed {
-		return certName(leaf), nil
-	}
-	// The first matching named rule names the peer, so that a name in a
-	// route's allow list never depends on the order of unnamed rules.
-	matched := false
-	for _, r := range m.Allow {
-		if r.Match(leaf) {
-			if r.Name != "" {
-				return r.Name, nil
-			}
-			matched = true
-		}
-	}
-	if matched {
-		return certName(leaf), nil
-	}
-	return "", fmt.Errorf("%w: certificate %q matches no %s rule", ErrPeerNotAllowed, certName(leaf), s.policy.name(SettingAllow))
+	return m.mode().accept(certs, chains, &s.policy)
 }
 
-// peerChains returns the CA-mode peer's verified chains. A client has them
-// from crypto/tls; a server verifies the chain itself (see ServerConfig),
-// for client use.
-func peerChains(m *Material, cs *tls.ConnectionState, server bool, caName string) ([][]*x509.Certificate, error) {
+// peerChains returns the peer's verified chains. A client has them from
+// crypto/tls (none in pinned mode); a server verifies the chain itself
+// (see ServerConfig), for client use.
+func (s *Store) peerChains(m *Material, cs *tls.ConnectionState, server bool) ([][]*x509.Certificate, error) {
 	if !server {
 		return cs.VerifiedChains, nil
 	}
-	return verifyChains(m, cs.PeerCertificates, x509.ExtKeyUsageClientAuth, caName)
-}
-
-// verifyChains verifies a CA-mode peer's certificates against m.CAs for
-// usage; in pinned mode there is no chain to verify.
-func verifyChains(m *Material, certs []*x509.Certificate, usage x509.ExtKeyUsage, caName string) ([][]*x509.Certificate, error) {
-	if m.Pinned() || len(certs) == 0 {
-		return nil, nil
-	}
-	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
-	}
-	chains, err := certs[0].Verify(x509.VerifyOptions{
-		Roots: m.CAs, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{usage},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("%w against %s: %w", ErrBadCertificate, caName, err)
-	}
-	return chains, nil
+	return m.mode().chains(cs.PeerCertificates, x509.ExtKeyUsageClientAuth, &s.policy)
 }
 
 // Peer describes an authenticated peer.
@@ -514,7 +403,8 @@ func (s *Store) Authenticate(cs *tls.ConnectionState, rw io.ReadWriter, role Rol
 	if err := checkGroup(cs.CurveID, s.policy.Mode, s.policy.Curves(), s.policy.name); err != nil {
 		return Peer{}, err
 	}
-	msg, err := AppendProof(nil, cs, identityEd25519(m.Identity), role)
+	md := m.mode()
+	msg, err := AppendProof(nil, cs, md.proofKey(), role)
 	if err != nil {
 		return Peer{}, err
 	}
@@ -525,12 +415,12 @@ func (s *Store) Authenticate(cs *tls.ConnectionState, rw io.ReadWriter, role Rol
 	if err != nil {
 		return Peer{}, err
 	}
-	if err := VerifyProof(cs, sig, !role, m.Pinned()); err != nil {
+	if err := VerifyProof(cs, sig, !role, md.peerProves()); err != nil {
 		return Peer{}, err
 	}
 	leaf := cs.PeerCertificates[0]
 	p := Peer{Sig: SignatureScheme(leaf)}
-	chains, err := peerChains(m, cs, role == RoleServer, s.policy.name(SettingCAs))
+	chains, err := s.peerChains(m, cs, role == RoleServer)
 	if err != nil {
 		return Peer{}, err
 	}
@@ -539,19 +429,8 @@ func (s *Store) Authenticate(cs *tls.ConnectionState, rw io.ReadWriter, role Rol
 	if p.Name, err = s.accept(m, cs.PeerCertificates, chains); err != nil {
 		return Peer{}, err
 	}
-	if m.Pinned() {
-		p.PQAuth = true // PinOf accepts only ML-DSA-65 and ML-DSA-87 keys
-		return p, nil
-	}
-	p.PQAuth, p.ClassicalReason = chainsPQ(chains)
+	p.PQAuth, p.ClassicalReason = md.pqAuth(chains)
 	return p, nil
-}
-
-func identityEd25519(id *Identity) ed25519.PrivateKey {
-	if id == nil {
-		return nil
-	}
-	return id.Ed25519
 }
 
 // SignatureScheme is the TLS 1.3 CertificateVerify scheme a certificate's

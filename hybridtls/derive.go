@@ -2,9 +2,7 @@ package hybridtls
 
 import (
 	"crypto/hkdf"
-	"crypto/mldsa"
 	"crypto/sha256"
-	"crypto/x509"
 	"errors"
 	"fmt"
 )
@@ -16,21 +14,11 @@ import (
 // key), and it reveals nothing of the private key. Different purposes give
 // unrelated keys.
 func (m *Material) DeriveKey(purpose string) ([32]byte, error) {
-	var secret []byte
-	switch {
-	case m.Identity != nil:
-		secret = append(append(secret, m.Identity.Ed25519.Seed()...), m.Identity.MLDSA.Bytes()...)
-	case m.Certificate != nil && m.Certificate.PrivateKey != nil:
-		if k, ok := m.Certificate.PrivateKey.(*mldsa.PrivateKey); ok {
-			secret = k.Bytes()
-			break
-		}
-		der, err := x509.MarshalPKCS8PrivateKey(m.Certificate.PrivateKey)
-		if err != nil {
-			return [32]byte{}, fmt.Errorf("derive %s key: encode private key: %w", purpose, err)
-		}
-		secret = der
-	default:
+	secret, err := m.mode().secret()
+	if err != nil {
+		return [32]byte{}, fmt.Errorf("derive %s key: %w", purpose, err)
+	}
+	if secret == nil {
 		return [32]byte{}, errors.New("derive " + purpose + " key: no private key configured")
 	}
 	b, err := hkdf.Key(sha256.New, secret, nil, "pqtunnel derived key: "+purpose, 32)
