@@ -182,6 +182,21 @@ func (b *wanBed) clientOutcome(ctx context.Context, limit time.Duration) (string
 	return "", took, fmt.Errorf("client read %q: %w", buf[:n], err)
 }
 
+// expectRefused checks that a client arriving now (when, in the test's
+// words) is refused within PQT_KEEPALIVE_TIMEOUT (3 s) and slack.
+func (b *wanBed) expectRefused(t *testing.T, ctx context.Context, when string) {
+	t.Helper()
+	how, took, err := b.clientOutcome(ctx, 3*time.Second+slack)
+	switch {
+	case err != nil:
+		t.Errorf("client arriving %s: %v", when, err)
+	case how != "refused":
+		t.Errorf("client arriving %s was %s, want refused", when, how)
+	default:
+		t.Logf("client arriving %s refused after %s", when, took.Round(time.Millisecond))
+	}
+}
+
 func isTimeoutErr(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
@@ -331,14 +346,7 @@ func TestWANBlackholeDetectedPromptly(t *testing.T) {
 
 		b.Link.SetBoth(netem.Config{Delay: 10 * time.Millisecond, Blackhole: true})
 		fault := time.Now()
-		how, took, err := b.clientOutcome(ctx, 3*time.Second+slack)
-		if err != nil {
-			t.Errorf("client arriving during the blackhole: %v", err)
-		} else if how != "refused" {
-			t.Errorf("client arriving during the blackhole was %s, want refused", how)
-		} else {
-			t.Logf("client arriving during the blackhole refused after %s", took.Round(time.Millisecond))
-		}
+		b.expectRefused(t, ctx, "during the blackhole")
 		disconnectedWithin(t, ctx, d, 2, "keepalive_lost", fault, 3*time.Second+slack)
 		disconnectedWithin(t, ctx, l, 2, "keepalive_lost", fault, 3*time.Second+slack)
 
@@ -368,14 +376,7 @@ func TestWANListenSideKilled(t *testing.T) {
 		l.signal(t, syscall.SIGKILL)
 		l.wait(t, within(t, ctx, 5*time.Second))
 		killed := time.Now()
-		how, took, err := b.clientOutcome(ctx, 3*time.Second+slack)
-		if err != nil {
-			t.Errorf("client arriving after kill -9: %v", err)
-		} else if how != "refused" {
-			t.Errorf("client arriving after kill -9 was %s, want refused", how)
-		} else {
-			t.Logf("client arriving after kill -9 refused after %s", took.Round(time.Millisecond))
-		}
+		b.expectRefused(t, ctx, "after kill -9")
 		want := "keepalive_lost"
 		if transport == "tcp" {
 			want = "peer_closed|connection_reset" // the kernel closes the dead process's sockets

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 )
 
 // textFuncs are the strings functions that, given an error's text, decide
@@ -22,7 +24,7 @@ var textFuncs = map[string]bool{
 // fails on a strings function or a comparison applied to err.Error(), or to
 // a variable assigned from it in the same function.
 func TestNoDecisionOnErrorText(t *testing.T) {
-	root := moduleRoot(t)
+	root := testutil.ModuleRoot(t)
 	files := 0
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -136,21 +138,4 @@ func isErrorCall(e ast.Expr) bool {
 	}
 	sel, ok := c.Fun.(*ast.SelectorExpr)
 	return ok && sel.Sel.Name == "Error"
-}
-
-func moduleRoot(t *testing.T) string {
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test's directory")
-		}
-		dir = parent
-	}
 }
