@@ -10,13 +10,15 @@
 package testutil
 
 import (
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
-// ModuleRoot is the directory of the go.mod above the test's directory.
-func ModuleRoot(t testing.TB) string {
+// moduleRoot is the directory of the go.mod above the test's directory.
+func moduleRoot(t testing.TB) string {
 	t.Helper()
 	dir, err := os.Getwd()
 	if err != nil {
@@ -32,4 +34,37 @@ func ModuleRoot(t testing.TB) string {
 		}
 		dir = parent
 	}
+}
+
+// SourceFiles returns the module's root and its non-test Go files, as
+// paths relative to it with forward slashes, leaving out hidden
+// directories and testdata. It fails t when it finds fewer than 20 files:
+// the walk started in the wrong place.
+func SourceFiles(t testing.TB) (root string, files []string) {
+	t.Helper()
+	root = moduleRoot(t)
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (strings.HasPrefix(d.Name(), ".") || d.Name() == "testdata") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		rel, err := filepath.Rel(root, path)
+		if err != nil {
+			return err
+		}
+		files = append(files, filepath.ToSlash(rel))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) < 20 {
+		t.Fatalf("found only %d Go files under %s: the walk is wrong", len(files), root)
+	}
+	return root, files
 }
