@@ -51,12 +51,26 @@ type Config struct {
 	// package's implementations, or a transport.Fallback of two. It is
 	// required: the transports are registered by the program, not here.
 	Transport transport.Transport
-	// Connections is how many tunnel connections a dial side keeps. Zero
-	// means defaults.Connections (2).
+	// Connections is how many tunnel connections a dial side keeps, spread
+	// over every address the Tunnel entries resolve to and at least one per
+	// address. Zero means defaults.Connections (2).
 	Connections int
 	// MaxConnections bounds the tunnel connections a listen side serves at
-	// once. Zero means defaults.MaxConnections (256); negative means no bound.
+	// once, and those a dial side holds when it opens more than Connections
+	// because every one nears its stream bound. Zero means
+	// defaults.MaxConnections (256); negative means no bound.
 	MaxConnections int
+	// ResolveInterval is how often a dial side looks up the host names in
+	// Tunnel again, adding tunnel connections for new addresses and
+	// draining those of vanished ones. Zero means defaults.ResolveInterval (30s).
+	ResolveInterval time.Duration
+	// LookupHost resolves a Tunnel host name; nil means the system's
+	// resolver (net.DefaultResolver), which reads /etc/hosts and DNS.
+	LookupHost func(ctx context.Context, host string) ([]netip.Addr, error)
+	// SurplusIdle is how long a tunnel connection a dial side opened beyond
+	// Connections may carry nothing before it is closed. Zero means
+	// defaults.SurplusIdle (30s).
+	SurplusIdle time.Duration
 	// Forward are the routes on which this side accepts plain TCP to carry
 	// through the tunnel; none when empty.
 	Forward []Route
@@ -217,6 +231,8 @@ type Engine struct {
 	peerStreams quota[string]
 	// probeKick asks routineProbeTargets for a round of probes.
 	probeKick chan struct{}
+	// pool is the dial side's pool of tunnel connections (dialpool.go).
+	pool dialPool
 }
 
 // New checks cfg and binds every listening socket, so that an address in
@@ -239,7 +255,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.HandshakeLog = NewHandshakeLog(cfg.Logger.Handler(), 0)
 	}
 	e := &Engine{cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, streams: newInflight(), refusals: newLogLimiter(time.Second),
-		hslog: cfg.HandshakeLog, probeKick: make(chan struct{}, 1)}
+		hslog: cfg.HandshakeLog, probeKick: make(chan struct{}, 1), pool: dialPool{kick: make(chan struct{}, 1)}}
 	if cfg.MaxTotalStreams > 0 {
 		e.slots = make(chan struct{}, cfg.MaxTotalStreams)
 	}
@@ -499,12 +515,8 @@ func (e *Engine) Run(ctx context.Context) error {
 		go e.routineProbeTargets(loopCtx)
 	}
 	if e.cfg.Mode == ModeDial {
-		n := max(e.cfg.Connections, 1)
-		for i := range n {
-			peer := e.cfg.Tunnel[i%len(e.cfg.Tunnel)]
-			e.loops.Add(1)
-			go e.routineMaintain(loopCtx, peer)
-		}
+		e.loops.Add(1)
+		go e.routineDialPool(loopCtx)
 	}
 	<-ctx.Done()
 	e.draining.Store(true)
@@ -568,14 +580,15 @@ func (e *Engine) Close() {
 	e.metrics.detach(e)
 }
 
-// routineMaintain keeps one tunnel connection to peer up until ctx ends,
+// routineMaintain keeps the tunnel connection of slot up until ctx ends,
 // redialling with capped exponential backoff and jitter.
-func (e *Engine) routineMaintain(ctx context.Context, peer string) {
+func (e *Engine) routineMaintain(ctx context.Context, slot *dialSlot) {
 	defer e.loops.Done()
+	peer := slot.target.addr
 	b := backoff{Min: 200 * time.Millisecond, Max: 5 * time.Second}
 	connectedBefore := false
 	for ctx.Err() == nil {
-		s, err := e.dial(ctx, peer)
+		s, err := e.dial(ctx, slot.target)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -587,7 +600,7 @@ func (e *Engine) routineMaintain(ctx context.Context, peer string) {
 				hint += " (it lists other groups, or is not post-quantum: 'pqtunnel check' tells which)"
 			}
 			wait := b.Next()
-			e.log.Warn("tunnel dial failed", "peer", peer, "transport", e.cfg.Transport.Name(),
+			e.log.Warn("tunnel dial failed", "peer", peer, "name", slot.target.entry, "transport", e.cfg.Transport.Name(),
 				"groups", hybridtls.GroupNames(e.cfg.TLS.Policy().Groups), "reason", string(reason),
 				"hint", hint,
 				"retry_in", wait.Round(time.Millisecond), "version", wire.ALPN, "err", err)
@@ -604,8 +617,10 @@ func (e *Engine) routineMaintain(ctx context.Context, peer string) {
 			return // the pool is closed: shutting down
 		}
 		for t != nil {
+			slot.tunnel.Store(t)
 			t = e.hold(ctx, peer, t)
 		}
+		slot.tunnel.Store(nil)
 		// Only a tunnel that stayed up resets the backoff: a peer that
 		// accepts and at once closes (PQT_MAX_CONNECTIONS) must not be
 		// redialled in a tight loop.
@@ -636,6 +651,12 @@ func (e *Engine) hold(ctx context.Context, peer string, t *tunnel) *tunnel {
 	case <-done:
 		return nil
 	case <-ctx.Done():
+		// A slot the pool retired drains its tunnel; at shutdown Run
+		// drains and closes every tunnel.
+		var r *retirement
+		if errors.As(context.Cause(ctx), &r) {
+			e.retire(t, r.reason)
+		}
 		<-done
 		return nil
 	case next := <-transport.Superseded(t.s):
@@ -645,14 +666,15 @@ func (e *Engine) hold(ctx context.Context, peer string, t *tunnel) *tunnel {
 			return nil
 		}
 		e.log.Info(next.Why, "peer", peer, "tunnel", t.id)
-		e.retire(t)
+		e.retire(t, closeMoved)
 		return nt
 	}
 }
 
-// retire takes t out of the pool for new streams and closes it once the
-// streams it carries have finished, or after DrainTimeout.
-func (e *Engine) retire(t *tunnel) {
+// retire takes t out of the pool for new streams and closes it for reason
+// once the streams it carries have finished, or after DrainTimeout, or at
+// once when the engine closes every tunnel.
+func (e *Engine) retire(t *tunnel, reason string) {
 	e.tunnels.remove(t)
 	e.loops.Add(1)
 	go func() {
@@ -660,14 +682,17 @@ func (e *Engine) retire(t *tunnel) {
 		deadline := time.Now().Add(e.cfg.DrainTimeout)
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
-		for t.active.Load() > 0 && time.Now().Before(deadline) {
+		for t.active.Load() > 0 && time.Now().Before(deadline) && !e.tunnels.isClosed() {
 			select {
 			case <-tick.C:
 			case <-t.s.Done():
 				return
 			}
 		}
-		t.closeFor(closeMoved) // its streams are done
+		if e.tunnels.isClosed() {
+			reason = closeShutdown
+		}
+		t.closeFor(reason) // its streams are done, or out of time
 	}()
 }
 
@@ -717,8 +742,9 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	}
 }
 
-func (e *Engine) dial(ctx context.Context, peer string) (transport.Session, error) {
-	return e.cfg.Transport.Dial(ctx, peer, e.muxConfig(e.cfg.TLS.ClientConfigFor(hostOf(peer))))
+// dial connects to t's address, verifying the host of its Tunnel entry.
+func (e *Engine) dial(ctx context.Context, t dialTarget) (transport.Session, error) {
+	return e.cfg.Transport.Dial(ctx, t.addr, e.muxConfig(e.cfg.TLS.ClientConfigFor(hostOf(t.entry))))
 }
 
 func isTimeout(err error) bool {
@@ -748,6 +774,7 @@ func (e *Engine) serveSession(s transport.Session) { e.serveTunnel(e.newTunnel(s
 func (e *Engine) newTunnel(s transport.Session) *tunnel {
 	info := s.Info()
 	t := &tunnel{s: s, id: nextTunnelID.Add(1), since: time.Now(), peer: info.Peer.Name, peerLabel: e.peerLabel(info.Peer.Name)}
+	t.bound, _ = transport.SessionStreamBound(s)
 	t.log = e.log.With("tunnel", t.id, "transport", info.Transport, "group", hybridtls.GroupName(info.TLS.CurveID), "sig", info.Peer.Sig, "peer", info.Peer.Name)
 	return t
 }
@@ -836,7 +863,7 @@ func (e *Engine) serveAdmitted(t *tunnel) {
 // purpose, by either side, rather than lost.
 func expectedClose(reason string) bool {
 	switch reason {
-	case string(transport.ClosePeer), string(transport.CloseLocal), closeShutdown, closeRevoked, closeExpired, closeMoved:
+	case string(transport.ClosePeer), string(transport.CloseLocal), closeShutdown, closeRevoked, closeExpired, closeMoved, closeSurplus, closeAddressGone:
 		return true
 	}
 	return false

@@ -91,7 +91,12 @@ func (e *Engine) handleClient(client end, c sockConn, r Route, rec *accessRecord
 	undo.add(e.releaseSlot)
 	// Only a tunnel of an allowed peer: the visitor's first bytes go out
 	// with the stream's preamble, so the choice is made before any is read.
-	t := e.tunnels.pick(r)
+	t, full, waited := e.pickOpened(r)
+	if t == nil && full != nil {
+		e.refuseFull(log, full, waited)
+		fail("busy", nil)
+		return
+	}
 	if t == nil {
 		if len(r.Allow) > 0 {
 			e.warnRefusal(log, "client refused", "no tunnel connection of an allowed peer up", "allow", strings.Join(r.Allow, "+"))
@@ -101,8 +106,7 @@ func (e *Engine) handleClient(client end, c sockConn, r Route, rec *accessRecord
 		fail("no_tunnel", nil)
 		return
 	}
-	t.active.Add(1)
-	undo.add(func() { t.active.Add(-1) })
+	undo.add(t.releaseOpened)
 	rec.via(t)
 	log = t.log.With("route", route, "client", clientLabel(c))
 	ctx, cancel := context.WithTimeout(context.Background(), e.dialTimeout()+orDefault(e.cfg.Mux.HandshakeTimeout, defaults.HandshakeTimeout))
@@ -246,6 +250,7 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 	defer undo.run()
 	t.active.Add(1)
 	undo.add(func() { t.active.Add(-1) })
+	e.noteLoad(t)
 	_ = st.SetReadDeadline(time.Now().Add(orDefault(e.cfg.Mux.HandshakeTimeout, defaults.HandshakeTimeout)))
 	req, err := wire.ReadRequest(st)
 	if err != nil {

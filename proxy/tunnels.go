@@ -24,6 +24,10 @@ type tunnel struct {
 	// admission, when the material that named the peer was in force.
 	peerLabel string
 	active    atomic.Int64
+	// opened counts the streams of active that this side opened; bound is
+	// how many of them the peer accepts at once (see takeOpened).
+	opened atomic.Int64
+	bound  transport.StreamBound
 	// closing is why this side closed the tunnel (see closeFor), when it did.
 	closing atomic.Pointer[string]
 
@@ -40,6 +44,10 @@ const (
 	closeRevoked  = "revoked"             // a reload no longer accepts the peer
 	closeExpired  = "certificate_expired" // the peer's CA-mode certificate expired
 	closeMoved    = "moved"               // retired after its successor joined the pool
+	closeSurplus  = "surplus"             // a dial side's extra connection, idle, or beyond an address's share
+	// closeAddressGone is a dial side's connection to an address its
+	// Tunnel name no longer resolves to, drained.
+	closeAddressGone = "address_removed"
 )
 
 // closeFor closes t's session, recording reason as why; the first reason
@@ -122,11 +130,12 @@ func (ts *tunnelSet) remove(t *tunnel) {
 	}
 }
 
-// pick returns the least-loaded live tunnel of a peer r allows, or nil if
-// none is up. Ties go round-robin among the tied tunnels themselves, so
-// sequential short connections spread evenly: rotating the start over the
-// whole pool instead favoured the first allowed tunnel after a run of
-// tunnels r does not allow (or dead ones).
+// pick returns the least-loaded live tunnel of a peer r allows that has
+// room for another stream, or nil if none is up or has room. Ties go
+// round-robin among the tied tunnels themselves, so sequential short
+// connections spread evenly: rotating the start over the whole pool
+// instead favoured the first allowed tunnel after a run of tunnels r does
+// not allow (or dead ones).
 func (ts *tunnelSet) pick(r Route) *tunnel {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
@@ -139,7 +148,7 @@ func (ts *tunnelSet) pick(r Route) *tunnel {
 			continue // dead, not yet removed
 		default:
 		}
-		if !r.allows(t.peer) {
+		if !r.allows(t.peer) || t.full() {
 			continue
 		}
 		switch n := t.active.Load(); {
@@ -176,6 +185,13 @@ func (ts *tunnelSet) changedChan() <-chan struct{} {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	return ts.changed
+}
+
+// isClosed reports whether closeAll has run.
+func (ts *tunnelSet) isClosed() bool {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return ts.closed
 }
 
 func (ts *tunnelSet) closeAll() {

@@ -302,6 +302,7 @@ func (c *Config) parseLimits(v *Vars) error {
 		{"PQT_DRAIN_TIMEOUT", v.DrainTimeout > 0},
 		{"PQT_FALLBACK_TIMEOUT", v.FallbackTimeout > 0},
 		{"PQT_QUIC_RETRY", v.QUICRetry > 0},
+		{"PQT_RESOLVE_INTERVAL", v.ResolveInterval > 0},
 	}
 	for _, p := range positive {
 		if !p.ok {
@@ -339,6 +340,7 @@ func (c *Config) parseLimits(v *Vars) error {
 	e.DialTimeout = v.DialTimeout
 	e.FallbackTimeout = v.FallbackTimeout
 	e.QUICRetry = v.QUICRetry
+	e.ResolveInterval = v.ResolveInterval
 	e.DrainTimeout = v.DrainTimeout
 	e.MaxClientsPerIP = v.MaxClientsPerIP
 	e.PeerShare = v.MaxPeerShare

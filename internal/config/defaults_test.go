@@ -27,6 +27,7 @@ var table = map[string]any{
 	"KeepAliveTimeout": defaults.KeepAliveTimeout,
 	"FallbackTimeout":  defaults.FallbackTimeout,
 	"QUICRetry":        defaults.QUICRetry,
+	"ResolveInterval":  defaults.ResolveInterval,
 	"MaxStreams":       defaults.MaxStreams,
 	"MaxTotalStreams":  defaults.MaxTotalStreams,
 	"MaxHandshakes":    defaults.MaxHandshakes,

@@ -18,6 +18,14 @@ const (
 	FallbackTimeout = 3 * time.Second
 	// QUICRetry is how often an auto dial side on TCP tries QUIC again.
 	QUICRetry = 30 * time.Second
+	// ResolveInterval is how often a dial side looks up the names in
+	// PQT_TUNNEL again, following relays that come and go behind one name
+	// (a Kubernetes headless Service) within half a minute.
+	ResolveInterval = 30 * time.Second
+	// SurplusIdle is how long a tunnel connection a dial side opened beyond
+	// PQT_CONNECTIONS, for load, may carry nothing before it is closed: long
+	// enough that a burst that comes back finds it still up.
+	SurplusIdle = 30 * time.Second
 )
 
 // Post-quantum policy.
@@ -63,7 +71,8 @@ const (
 	MaxTotalStreams = 65536
 	// MaxHandshakes bounds the tunnel handshakes a listen side runs at once.
 	MaxHandshakes = 64
-	// MaxConnections bounds the tunnel connections a listen side accepts.
+	// MaxConnections bounds the tunnel connections a listen side accepts,
+	// and those a dial side opens as streams fill the ones it has.
 	MaxConnections = 256
 	// StreamWindow is the per-stream receive window in bytes.
 	StreamWindow = 4 << 20

@@ -363,3 +363,8 @@ func (s *session) Close() error {
 
 func (s *session) Done() <-chan struct{} { return s.lk.done }
 func (s *session) Info() transport.Info  { return s.info }
+
+// StreamBound is this side's MaxStreams; see transport.SessionStreamBound.
+func (s *session) StreamBound() transport.StreamBound {
+	return transport.StreamBound{Streams: cap(s.lk.slots[s.side])}
+}

@@ -182,7 +182,7 @@ func authenticateQUIC(ctx context.Context, conn *quic.Conn, c *transport.Config,
 	}
 	_ = st.Close() // the proof is sent; the stream has done its job
 	st.CancelRead(codeDone)
-	s := &quicSession{conn: conn, info: transport.Info{
+	s := &quicSession{conn: conn, maxStreams: c.MaxStreams, info: transport.Info{
 		Transport: Name,
 		TLS:       cs,
 		Peer:      peer,
@@ -197,6 +197,8 @@ func authenticateQUIC(ctx context.Context, conn *quic.Conn, c *transport.Config,
 type quicSession struct {
 	conn *quic.Conn
 	info transport.Info
+	// maxStreams is the MaxIncomingStreams this side grants.
+	maxStreams int
 	// release frees the UDP socket behind the session once: a dialler's
 	// own socket, or the session's reference to its listener's.
 	release   func()
@@ -237,6 +239,11 @@ func (s *quicSession) Close() error {
 }
 func (s *quicSession) Done() <-chan struct{} { return s.conn.Context().Done() }
 func (s *quicSession) Info() transport.Info  { return s.info }
+
+// StreamBound is the MaxIncomingStreams this side grants; see transport.SessionStreamBound.
+func (s *quicSession) StreamBound() transport.StreamBound {
+	return transport.StreamBound{Streams: s.maxStreams}
+}
 
 // Stats reports QUIC's RTT estimate and loss count; see transport.SessionStats.
 func (s *quicSession) Stats() transport.Stats {

@@ -31,6 +31,8 @@ type connMemory struct {
 	limit       int
 	peerStreams int
 	headroom    int
+	// byMemory is true when limit, not MaxStreams, sets peerStreams.
+	byMemory bool
 
 	mu   sync.Mutex
 	used int
@@ -45,7 +47,7 @@ func newConnMemory(limit, maxStreams int) *connMemory {
 	// One more window than the peer's streams: yamux reserves for a
 	// stream before it refuses one over the count.
 	n := max(1, min(maxStreams, limit/(2*yamuxWindow)-1))
-	return &connMemory{limit: limit, peerStreams: n, headroom: (n + 1) * yamuxWindow}
+	return &connMemory{limit: limit, peerStreams: n, headroom: (n + 1) * yamuxWindow, byMemory: n < maxStreams}
 }
 
 // span is yamux's per-stream MemoryManager factory.

@@ -230,6 +230,12 @@ func (s *tcpSession) Close() error {
 func (s *tcpSession) Done() <-chan struct{} { return s.ys.CloseChan() }
 func (s *tcpSession) Info() transport.Info  { return s.info }
 
+// StreamBound is the peer's stream count, which also leaves room for as
+// many streams of ours under the memory bound; see transport.SessionStreamBound.
+func (s *tcpSession) StreamBound() transport.StreamBound {
+	return transport.StreamBound{Streams: s.mem.peerStreams, ByMemory: s.mem.byMemory}
+}
+
 type tcpStream struct {
 	*yamux.Stream
 	gw *groupWriter

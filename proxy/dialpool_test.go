@@ -1,0 +1,288 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pqtunnel/pqtunnel/internal/logtest"
+	"github.com/pqtunnel/pqtunnel/transport"
+	"github.com/pqtunnel/pqtunnel/transport/memtransport"
+	"github.com/pqtunnel/pqtunnel/transport/transporttest"
+)
+
+// holdEcho opens a connection to addr and checks one echoed byte; the
+// connection stays open until the test ends.
+func holdEcho(t *testing.T, addr string) (net.Conn, error) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+	if _, err := c.Write([]byte{'x'}); err != nil {
+		return nil, fmt.Errorf("write: %w", err)
+	}
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(c, b); err != nil {
+		return nil, fmt.Errorf("read echo: %w", err)
+	}
+	_ = c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+// waitFor polls cond until it holds or 15 s pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A dial side opens more tunnel connections while the ones it has near
+// their stream bound, in either direction, serves every client, and closes
+// the extra ones once idle.
+func TestDialPoolGrowsWithStreamsAndShrinksWhenIdle(t *testing.T) {
+	const maxStreams, held = 4, 14 // 4 tunnel connections' worth
+	for _, reverse := range []bool{false, true} {
+		t.Run(map[bool]string{false: "forward", true: "reverse"}[reverse], func(t *testing.T) {
+			tr := memtransport.New()
+			echo := transporttest.EchoOrigin(t)
+			listenStore, dialStore := pinnedStores(t)
+			mux := transport.Config{MaxStreams: maxStreams}
+			listenCfg := Config{Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr, TLS: listenStore, Mux: mux}
+			var dialLogs logtest.Recorder
+			dialCfg := Config{Mode: ModeDial, Transport: tr, Connections: 1, TLS: dialStore, Mux: mux,
+				SurplusIdle: 200 * time.Millisecond, Logger: slog.New(&dialLogs)}
+			route := []Route{{Name: "echo", Addr: "127.0.0.1:0"}}
+			target := []Route{{Name: "echo", Addr: echo}}
+			if reverse {
+				listenCfg.Forward, dialCfg.Target = route, target
+			} else {
+				listenCfg.Target, dialCfg.Forward = target, route
+			}
+			listen := runEngine(t, listenCfg)
+			dialCfg.Tunnel = []string{listen.TunnelAddr().String()}
+			dial := runEngine(t, dialCfg)
+			front := dial
+			if reverse {
+				front = listen
+			}
+			waitFor(t, "both sides' first tunnel", func() bool { return len(dial.Tunnels()) == 1 && len(listen.Tunnels()) == 1 })
+			var conns []net.Conn
+			for i := range held {
+				c, err := holdEcho(t, front.ForwardAddrs()[0].String())
+				conns = append(conns, c)
+				if err != nil {
+					t.Fatalf("client %d of %d (%d streams per tunnel connection): %v; dial side: %q", i+1, held, maxStreams, err, dialLogs.All())
+				}
+			}
+			if n := len(dial.Tunnels()); n < held/maxStreams+1 {
+				t.Errorf("dial side holds %d tunnel connections for %d clients at %d streams each, want at least %d", n, held, maxStreams, held/maxStreams+1)
+			}
+			if !dialLogs.Contains("tunnel connections near their stream bound: opening another", "limit=4") {
+				t.Errorf("dial side did not log opening another tunnel connection: %q", dialLogs.All())
+			}
+			// Closing the clients leaves the extra connections idle.
+			for _, c := range conns {
+				_ = c.Close()
+			}
+			waitFor(t, "the idle extra tunnel connections to close", func() bool { return len(dial.Tunnels()) == 1 })
+			if !dialLogs.Contains("tunnel disconnected", "reason=surplus") {
+				t.Errorf("dial side did not log its extra tunnel connections closed as surplus: %q", dialLogs.All())
+			}
+		})
+	}
+}
+
+// A client past every limit is refused with a line that names the limit
+// and its variable, on the dial side (forward) and on the listen side
+// (reverse), rather than a reset stream.
+func TestDialPoolRefusalNamesTheLimit(t *testing.T) {
+	const maxStreams, maxConns = 2, 2
+	for _, tc := range []struct {
+		name    string
+		reverse bool
+		want    string
+	}{
+		{"forward", false, "reason=PQT_MAX_STREAMS reached on every tunnel connection, and PQT_MAX_CONNECTIONS of them are open"},
+		{"reverse", true, "reason=PQT_MAX_STREAMS reached on every tunnel connection of the allowed peers"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := memtransport.New()
+			echo := transporttest.EchoOrigin(t)
+			listenStore, dialStore := pinnedStores(t)
+			// A client that finds every tunnel connection full waits this
+			// long for one with room.
+			mux := transport.Config{MaxStreams: maxStreams, HandshakeTimeout: 500 * time.Millisecond}
+			var listenLogs, dialLogs logtest.Recorder
+			listenCfg := Config{Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr, TLS: listenStore, Mux: mux, Logger: slog.New(&listenLogs)}
+			dialCfg := Config{Mode: ModeDial, Transport: tr, Connections: 1, MaxConnections: maxConns, TLS: dialStore, Mux: mux, Logger: slog.New(&dialLogs)}
+			route := []Route{{Name: "echo", Addr: "127.0.0.1:0"}}
+			target := []Route{{Name: "echo", Addr: echo}}
+			front, logs := &dialCfg, &dialLogs
+			if tc.reverse {
+				listenCfg.Forward, dialCfg.Target = route, target
+				front, logs = &listenCfg, &listenLogs
+			} else {
+				listenCfg.Target, dialCfg.Forward = target, route
+			}
+			listen := runEngine(t, listenCfg)
+			dialCfg.Tunnel = []string{listen.TunnelAddr().String()}
+			dial := runEngine(t, dialCfg)
+			fe := dial
+			if front == &listenCfg {
+				fe = listen
+			}
+			waitFor(t, "both sides' first tunnel", func() bool { return len(dial.Tunnels()) == 1 && len(listen.Tunnels()) == 1 })
+			for i := range maxStreams * maxConns {
+				if _, err := holdEcho(t, fe.ForwardAddrs()[0].String()); err != nil {
+					t.Fatalf("client %d of %d: %v", i+1, maxStreams*maxConns, err)
+				}
+			}
+			waitFor(t, "both sides to see the second tunnel", func() bool { return len(listen.Tunnels()) == maxConns })
+			expectRefused(t, fe.ForwardAddrs()[0].String())
+			if !logs.Contains("client refused", tc.want, "limit=2", "tunnels=2") {
+				t.Errorf("no refusal naming the limit; logs: %q", logs.All())
+			}
+			if logs.Contains("send preamble failed") {
+				t.Errorf("a client went to a full tunnel connection: %q", logs.All())
+			}
+		})
+	}
+}
+
+// hostsTable is a LookupHost whose answers a test changes.
+type hostsTable struct {
+	mu    sync.Mutex
+	addrs []netip.Addr
+}
+
+func (h *hostsTable) set(addrs ...string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.addrs = nil
+	for _, a := range addrs {
+		h.addrs = append(h.addrs, netip.MustParseAddr(a))
+	}
+}
+
+func (h *hostsTable) lookup(_ context.Context, host string) ([]netip.Addr, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if host != "relays.test" {
+		return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+	}
+	return slices.Clone(h.addrs), nil
+}
+
+// remotes lists the addresses e's tunnels are connected to, sorted.
+func remotes(e *Engine) []string {
+	var out []string
+	for _, i := range e.Tunnels() {
+		out = append(out, i.Remote.String())
+	}
+	slices.Sort(out)
+	return out
+}
+
+// A dial side given a name with several addresses keeps a tunnel to each,
+// follows the name as addresses come and go, and drains, not cuts, the
+// streams of a vanished address.
+func TestDialPoolFollowsTheNamesAddresses(t *testing.T) {
+	tr := memtransport.New()
+	echo := transporttest.EchoOrigin(t)
+	listenStore, dialStore := pinnedStores(t)
+	relays := map[string]*Engine{}
+	for _, ip := range []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"} {
+		relays[ip] = runEngine(t, Config{Mode: ModeListen, Tunnel: []string{ip + ":8443"}, Transport: tr, TLS: listenStore,
+			Target: []Route{{Name: "echo", Addr: echo}}})
+	}
+	hosts := &hostsTable{}
+	hosts.set("10.0.0.2", "10.0.0.1")
+	var logs logtest.Recorder
+	dial := runEngine(t, Config{Mode: ModeDial, Tunnel: []string{"relays.test:8443"}, Transport: tr, Connections: 1, TLS: dialStore,
+		Forward: []Route{{Name: "echo", Addr: "127.0.0.1:0"}}, ResolveInterval: 50 * time.Millisecond, LookupHost: hosts.lookup,
+		Logger: slog.New(&logs)})
+	fwd := dial.ForwardAddrs()[0].String()
+	has := func(want ...string) func() bool {
+		return func() bool { return slices.Equal(remotes(dial), want) }
+	}
+	waitFor(t, "tunnels to both addresses", has("10.0.0.1:8443", "10.0.0.2:8443"))
+	if !logs.Contains("tunnel name resolved", "name=relays.test:8443", "10.0.0.1:8443", "10.0.0.2:8443") {
+		t.Errorf("no line with the name's addresses: %q", logs.All())
+	}
+
+	hosts.set("10.0.0.1", "10.0.0.2", "10.0.0.3")
+	waitFor(t, "a tunnel to the new address", has("10.0.0.1:8443", "10.0.0.2:8443", "10.0.0.3:8443"))
+	if !logs.Contains("tunnel addresses changed", "added=[10.0.0.3:8443]", "removed=[]") {
+		t.Errorf("no line for the added address: %q", logs.All())
+	}
+	// Clients spread over the three relays.
+	var held []net.Conn
+	for i := range 6 {
+		c, err := holdEcho(t, fwd)
+		if err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		held = append(held, c)
+	}
+	busy := relays["10.0.0.2"]
+	waitFor(t, "a client on every relay", func() bool {
+		for _, r := range relays {
+			if r.tunnels.active() == 0 {
+				return false
+			}
+		}
+		return true
+	})
+
+	hosts.set("10.0.0.1", "10.0.0.3")
+	waitFor(t, "the vanished address out of the pool", func() bool {
+		return !slices.Contains(addrsOfPool(dial), "10.0.0.2:8443")
+	})
+	if !logs.Contains("tunnel addresses changed", "added=[]", "removed=[10.0.0.2:8443]") {
+		t.Errorf("no line for the removed address: %q", logs.All())
+	}
+	// Its clients are still served while their tunnel drains.
+	if len(busy.Tunnels()) != 1 {
+		t.Fatalf("the vanished address's tunnel was cut with its streams open")
+	}
+	for i, c := range held {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte{'y'}); err != nil {
+			t.Fatalf("client %d after the address vanished: %v", i, err)
+		}
+		b := make([]byte, 1)
+		if _, err := io.ReadFull(c, b); err != nil {
+			t.Fatalf("client %d after the address vanished: %v", i, err)
+		}
+		_ = c.Close()
+	}
+	waitFor(t, "the drained tunnel to close", func() bool { return len(busy.Tunnels()) == 0 })
+	if !logs.Contains("tunnel disconnected", "reason=address_removed") {
+		t.Errorf("no disconnect line with reason address_removed: %q", logs.All())
+	}
+	waitFor(t, "tunnels to the remaining addresses", has("10.0.0.1:8443", "10.0.0.3:8443"))
+}
+
+// addrsOfPool lists the remote addresses of the tunnels in e's pool.
+func addrsOfPool(e *Engine) []string {
+	var out []string
+	for _, t := range e.tunnels.snapshot() {
+		out = append(out, t.s.Info().Remote.String())
+	}
+	return out
+}

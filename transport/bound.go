@@ -1,0 +1,31 @@
+package transport
+
+// StreamBound is how many streams one session carries at once in each
+// direction. Neither transport tells a side the bound its peer enforces
+// (yamux resets a stream past the peer's count; QUIC makes OpenStream
+// wait), so a session reports the bound its own Config gives, which is the
+// peer's too when both sides share MaxStreams and MaxConnMemory.
+type StreamBound struct {
+	// Streams is the bound; zero means the session has none.
+	Streams int
+	// ByMemory is true when MaxConnMemory, not MaxStreams, sets Streams:
+	// over TCP every stream holds a fixed receive window.
+	ByMemory bool
+}
+
+// SessionStreamBound returns the stream bound of s, where the session has
+// one: it offers it with a StreamBound() StreamBound method. A session
+// that wraps another says so with Unwrap() Session.
+func SessionStreamBound(s Session) (StreamBound, bool) {
+	for s != nil {
+		if b, ok := s.(interface{ StreamBound() StreamBound }); ok {
+			return b.StreamBound(), true
+		}
+		u, ok := s.(interface{ Unwrap() Session })
+		if !ok {
+			break
+		}
+		s = u.Unwrap()
+	}
+	return StreamBound{}, false
+}
