@@ -336,9 +336,10 @@ func TestEngineRefusesUnknownKind(t *testing.T) {
 	}
 }
 
-// Over tcp, a client that would take a tunnel connection past its memory
-// bound is refused with a line naming PQT_MAX_CONN_MEMORY, and the clients
-// already carried keep working.
+// Over tcp, a client that would take every tunnel connection past its
+// memory bound, with the dial side at PQT_MAX_CONNECTIONS, is refused with a
+// line naming PQT_MAX_CONN_MEMORY, and the clients already carried keep
+// working.
 func TestEngineRefusesClientPastConnMemory(t *testing.T) {
 	echo := testutil.EchoOrigin(t)
 	listenStore, dialStore := pinned.Stores(t, wire.ALPN)
@@ -347,9 +348,10 @@ func TestEngineRefusesClientPastConnMemory(t *testing.T) {
 		Target: []Route{{Name: "echo", Addr: echo}}, TLS: listenStore,
 	})
 	var logs logtest.Recorder
-	// 1 MiB leaves room for two streams of this side's own.
+	// 1 MiB leaves room for one stream each way per tunnel connection,
+	// and the dial side may open one more connection.
 	dial := runEngine(t, Config{
-		Mode: ModeDial, Tunnel: []string{listen.TunnelAddr().String()}, Transport: tlsmux.Transport{}, Connections: 1,
+		Mode: ModeDial, Tunnel: []string{listen.TunnelAddr().String()}, Transport: tlsmux.Transport{}, Connections: 1, MaxConnections: 2,
 		Forward: []Route{{Name: "echo", Addr: "127.0.0.1:0"}}, TLS: dialStore, Logger: slog.New(&logs),
 		Mux: transport.Config{MaxConnMemory: 1 << 20},
 	})
