@@ -126,7 +126,7 @@ func (b *bench) runAll(ctx context.Context) error {
 	maxStreams := max(4096, b.o.idle+1024)
 	b.res.Meta.MaxStreams = maxStreams
 	if maxStreams != 4096 {
-		b.note("PQT_MAX_STREAMS=%d on every side (default 4096) so that %d idle connections fit on one tunnel connection", maxStreams, b.o.idle)
+		b.note("PQT_MAX_STREAMS=%d on every side (default 4096) so that %d idle connections fit on one quic tunnel connection; over tcp PQT_MAX_CONN_MEMORY bounds one to 511 streams and the dial side opens more", maxStreams, b.o.idle)
 	}
 	b.progress("starting origin, echo helper, redis-server, 3 listen sides and 4 dial sides")
 	_, idleOrigin, err := startEchoHelper(ctx, sup)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/defaults"
 	"github.com/pqtunnel/pqtunnel/proxy"
 
 	"github.com/pqtunnel/pqtunnel/transport"
@@ -564,11 +565,13 @@ func goroutinesBack(base, now sideState) bool {
 }
 
 // settleSides waits until each side's goroutines and open files are back
-// at base (at most 30 s), then up to settle for RSS to give back at least
-// 90% of what the connections took. It returns the last reading of each
+// at base (at most 30 s after a dial side has closed the extra tunnel
+// connections it opened for them, idle for defaults.SurplusIdle), then up
+// to settle for RSS to give back at least 90% of what the connections took. It returns the last reading of each
 // side and whether its RSS came back.
 func settleSides(ctx context.Context, sides []*child, base, loaded []sideState, settle time.Duration) ([]sideState, []bool, error) {
-	deadline := time.Now().Add(30 * time.Second)
+	wait := 30*time.Second + defaults.SurplusIdle
+	deadline := time.Now().Add(wait)
 	var rssDeadline time.Time
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
@@ -596,7 +599,7 @@ func settleSides(ctx context.Context, sides []*child, base, loaded []sideState, 
 		case !rssDeadline.IsZero() && now.After(rssDeadline):
 			return after, rssBack, nil // RSS reported as not back
 		case rssDeadline.IsZero() && now.After(deadline):
-			return after, rssBack, errors.New("goroutines or open files did not return to baseline within 30s after the idle connections closed")
+			return after, rssBack, fmt.Errorf("goroutines or open files did not return to baseline within %s after the idle connections closed", wait)
 		}
 		select {
 		case <-ctx.Done():
