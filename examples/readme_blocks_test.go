@@ -102,6 +102,8 @@ var blockSpecs = []blockSpec{
 
 	{file: "examples/kubernetes/README.md", contains: "kubectl apply",
 		skip: "needs a Kubernetes cluster (kubectl); TestKubernetes checks the manifests"},
+	{file: "examples/kubernetes-relays/README.md", contains: "kubectl apply",
+		skip: "needs a Kubernetes cluster (kubectl); TestKubernetesRelays checks the manifests, TestDialSideSpreadsOverEveryAddressOfTheName (integration) the behaviour"},
 
 	{file: "examples/systemd/README.md", contains: "systemctl enable",
 		skip: "installs into /usr/local/bin and /etc/systemd and starts a service: needs systemd as init"},
