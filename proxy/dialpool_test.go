@@ -286,3 +286,47 @@ func addrsOfPool(e *Engine) []string {
 	}
 	return out
 }
+
+// lookupTunnel dials an IP literal as given, and a name's IPv4 addresses
+// (or its IPv6 ones when it has none), sorted and without duplicates.
+func TestLookupTunnelAddresses(t *testing.T) {
+	answers := map[string][]string{
+		"dual.test": {"2001:db8::2", "192.0.2.9", "::ffff:192.0.2.1", "192.0.2.9", "2001:db8::1"},
+		"v6.test":   {"2001:db8::2", "2001:db8::1"},
+		"none.test": {},
+	}
+	e := &Engine{cfg: Config{LookupHost: func(_ context.Context, host string) ([]netip.Addr, error) {
+		a, ok := answers[host]
+		if !ok {
+			return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+		}
+		var out []netip.Addr
+		for _, s := range a {
+			out = append(out, netip.MustParseAddr(s))
+		}
+		return out, nil
+	}}}
+	for _, tc := range []struct {
+		entry  string
+		want   []string
+		isName bool
+		err    bool
+	}{
+		{"192.0.2.7:8443", []string{"192.0.2.7:8443"}, false, false},
+		{"[2001:db8::7]:8443", []string{"[2001:db8::7]:8443"}, false, false},
+		{"dual.test:8443", []string{"192.0.2.1:8443", "192.0.2.9:8443"}, true, false},
+		{"v6.test:8443", []string{"[2001:db8::1]:8443", "[2001:db8::2]:8443"}, true, false},
+		{"none.test:8443", nil, true, true},
+		{"gone.test:8443", nil, true, true},
+	} {
+		got, isName, err := e.lookupTunnel(context.Background(), tc.entry)
+		if (err != nil) != tc.err || isName != tc.isName || !slices.Equal(addrsOf(got), tc.want) {
+			t.Errorf("lookupTunnel(%s) = %v, name %v, err %v; want %v, name %v, error %v", tc.entry, addrsOf(got), isName, err, tc.want, tc.isName, tc.err)
+		}
+		for _, g := range got {
+			if g.entry != tc.entry {
+				t.Errorf("lookupTunnel(%s): target %s carries entry %q", tc.entry, g.addr, g.entry)
+			}
+		}
+	}
+}
