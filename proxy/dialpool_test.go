@@ -330,3 +330,32 @@ func TestLookupTunnelAddresses(t *testing.T) {
 		}
 	}
 }
+
+// PQT_CONNECTIONS are spread round-robin over the name's addresses, and
+// spread again as addresses come and go.
+func TestDialPoolSpreadsConnectionsOverAddresses(t *testing.T) {
+	tr := memtransport.New()
+	echo := transporttest.EchoOrigin(t)
+	listenStore, dialStore := pinnedStores(t)
+	for _, ip := range []string{"10.0.1.1", "10.0.1.2", "10.0.1.3"} {
+		runEngine(t, Config{Mode: ModeListen, Tunnel: []string{ip + ":8443"}, Transport: tr, TLS: listenStore,
+			Target: []Route{{Name: "echo", Addr: echo}}})
+	}
+	hosts := &hostsTable{}
+	hosts.set("10.0.1.1", "10.0.1.2")
+	dial := runEngine(t, Config{Mode: ModeDial, Tunnel: []string{"relays.test:8443"}, Transport: tr, Connections: 4, TLS: dialStore,
+		Forward: []Route{{Name: "echo", Addr: "127.0.0.1:0"}}, ResolveInterval: 50 * time.Millisecond, LookupHost: hosts.lookup})
+	spread := func(want ...string) {
+		t.Helper()
+		waitFor(t, fmt.Sprintf("tunnels to %v", want), func() bool {
+			got := addrsOfPool(dial)
+			slices.Sort(got)
+			return slices.Equal(got, want)
+		})
+	}
+	spread("10.0.1.1:8443", "10.0.1.1:8443", "10.0.1.2:8443", "10.0.1.2:8443")
+	hosts.set("10.0.1.1", "10.0.1.2", "10.0.1.3")
+	spread("10.0.1.1:8443", "10.0.1.1:8443", "10.0.1.2:8443", "10.0.1.3:8443")
+	hosts.set("10.0.1.3")
+	spread("10.0.1.3:8443", "10.0.1.3:8443", "10.0.1.3:8443", "10.0.1.3:8443")
+}
