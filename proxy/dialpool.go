@@ -62,7 +62,7 @@ type dialPool struct {
 	exhausted atomic.Bool
 }
 
-// lookupTimeout bounds one round of name lookups.
+// lookupTimeout bounds the lookup of one Tunnel entry.
 const lookupTimeout = 5 * time.Second
 
 // kickPool asks the dial pool to look at the load, without waiting.
@@ -209,8 +209,9 @@ func (e *Engine) refuseFull(log *slog.Logger, f *streamsFull, waited bool) {
 	e.warnRefusal(log, "client refused", reason, attrs...)
 }
 
-// maxDialTunnels is how many tunnel connections a dial side may hold:
-// MaxConnections, and never fewer than the base connections.
+// maxDialTunnels is how many tunnel connections a dial side may hold,
+// extra ones included: MaxConnections. The base connections are kept even
+// when they are more; then none is added.
 func (e *Engine) maxDialTunnels() int {
 	if e.cfg.MaxConnections < 0 {
 		return math.MaxInt
