@@ -13,9 +13,11 @@ import (
 	"time"
 
 	"github.com/pqtunnel/pqtunnel/internal/logtest"
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
+	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
-	"github.com/pqtunnel/pqtunnel/transport/transporttest"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // holdEcho opens a connection to addr and checks one echoed byte; the
@@ -59,8 +61,8 @@ func TestDialPoolGrowsWithStreamsAndShrinksWhenIdle(t *testing.T) {
 	for _, reverse := range []bool{false, true} {
 		t.Run(map[bool]string{false: "forward", true: "reverse"}[reverse], func(t *testing.T) {
 			tr := memtransport.New()
-			echo := transporttest.EchoOrigin(t)
-			listenStore, dialStore := pinnedStores(t)
+			echo := testutil.EchoOrigin(t)
+			listenStore, dialStore := pinned.Stores(t, wire.ALPN)
 			mux := transport.Config{MaxStreams: maxStreams}
 			listenCfg := Config{Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr, TLS: listenStore, Mux: mux}
 			var dialLogs logtest.Recorder
@@ -122,8 +124,8 @@ func TestDialPoolRefusalNamesTheLimit(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tr := memtransport.New()
-			echo := transporttest.EchoOrigin(t)
-			listenStore, dialStore := pinnedStores(t)
+			echo := testutil.EchoOrigin(t)
+			listenStore, dialStore := pinned.Stores(t, wire.ALPN)
 			// A client that finds every tunnel connection full waits this
 			// long for one with room.
 			mux := transport.Config{MaxStreams: maxStreams, HandshakeTimeout: 500 * time.Millisecond}
@@ -203,8 +205,8 @@ func remotes(e *Engine) []string {
 // streams of a vanished address.
 func TestDialPoolFollowsTheNamesAddresses(t *testing.T) {
 	tr := memtransport.New()
-	echo := transporttest.EchoOrigin(t)
-	listenStore, dialStore := pinnedStores(t)
+	echo := testutil.EchoOrigin(t)
+	listenStore, dialStore := pinned.Stores(t, wire.ALPN)
 	relays := map[string]*Engine{}
 	for _, ip := range []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"} {
 		relays[ip] = runEngine(t, Config{Mode: ModeListen, Tunnel: []string{ip + ":8443"}, Transport: tr, TLS: listenStore,
@@ -335,8 +337,8 @@ func TestLookupTunnelAddresses(t *testing.T) {
 // spread again as addresses come and go.
 func TestDialPoolSpreadsConnectionsOverAddresses(t *testing.T) {
 	tr := memtransport.New()
-	echo := transporttest.EchoOrigin(t)
-	listenStore, dialStore := pinnedStores(t)
+	echo := testutil.EchoOrigin(t)
+	listenStore, dialStore := pinned.Stores(t, wire.ALPN)
 	for _, ip := range []string{"10.0.1.1", "10.0.1.2", "10.0.1.3"} {
 		runEngine(t, Config{Mode: ModeListen, Tunnel: []string{ip + ":8443"}, Transport: tr, TLS: listenStore,
 			Target: []Route{{Name: "echo", Addr: echo}}})
