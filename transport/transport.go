@@ -192,6 +192,13 @@ type Listener interface {
 	Transport() string
 }
 
+// DefaultTCPCongestion is the congestion control the tunnel's TCP sockets
+// use when Config.TCPCongestion is empty and the kernel offers it: over a
+// path with random loss BBR keeps its rate where loss-based CUBIC
+// collapses (direct TCP at 40 ms and 1 % loss: 10.5 MB/s with BBR, 0.4
+// with CUBIC).
+const DefaultTCPCongestion = "bbr"
+
 // ErrBusy is passed to OnHandshakeError for a connection refused because
 // MaxHandshakes handshakes are already in progress.
 var ErrBusy = errors.New("transport: too many handshakes in progress")
@@ -231,8 +238,9 @@ type Config struct {
 	KeepAliveTimeout time.Duration
 	// TCPCongestion names the congestion control of the tunnel's TCP
 	// sockets (Linux: TCP_CONGESTION), such as "bbr", which keeps a lossy
-	// long path fast where loss-based CUBIC collapses. Empty leaves the
-	// kernel's default.
+	// long path fast where loss-based CUBIC collapses. Empty means
+	// DefaultTCPCongestion where the kernel lets this process set it, and
+	// the kernel's default otherwise.
 	TCPCongestion string
 	// StatelessResetKey, if set, lets a QUIC listener answer packets of
 	// connections it does not know with a stateless reset, so that after a
@@ -246,8 +254,8 @@ type Config struct {
 	// MaxHandshakes bounds handshakes in progress on a listener. Zero means
 	// defaults.MaxHandshakes (64).
 	MaxHandshakes int
-	// StreamWindow is the per-stream receive window in bytes. Zero means
-	// defaults.StreamWindow (4 MiB).
+	// StreamWindow is the most a stream's receive window grows to, in
+	// bytes. Zero means defaults.StreamWindow (16 MiB).
 	StreamWindow int
 	// MaxConnMemory bounds the bytes one session may have granted its peer
 	// in receive windows (QUIC's connection window; the sum of yamux's

@@ -98,6 +98,15 @@ type options struct {
 
 var phaseNames = []string{"memory", "bulk", "rate", "redis", "handshake", "tls"}
 
+// wanPhaseNames are the parts of a WAN run -only can choose: per cell,
+// tunnel establishment, 1-stream and 8-stream bulk, request/response and
+// connect-to-first-byte latency, and 1-stream bulk over tunnels that came
+// up before the RTT grew; then the UDP blackhole.
+var wanPhaseNames = []string{"establish", "bulk1", "bulk8", "latency", "grow", "blackhole"}
+
+// runs says whether phase is to be run.
+func (o options) runs(phase string) bool { return len(o.only) == 0 || slices.Contains(o.only, phase) }
+
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
@@ -111,7 +120,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.handshake, "handshake", 0, "how long each key-exchange group is probed per repetition (default 800ms, smoke 200ms)")
 	fs.IntVar(&o.idle, "idle", 0, "idle proxied connections for the memory figure (default 10000, smoke 500)")
 	fs.BoolVar(&o.verbose, "v", false, "log each measurement to stderr as it is taken")
-	only := fs.String("only", "", "run only these comma-separated phases: "+strings.Join(phaseNames, ","))
+	only := fs.String("only", "", "run only these comma-separated phases: "+strings.Join(phaseNames, ",")+"; with -wan: "+strings.Join(wanPhaseNames, ","))
 	fs.StringVar(&o.ghostunnel, "ghostunnel", "", "tls phase: also measure this ghostunnel binary in server mode, alternating with pqtunnel's terminator (empty: not compared)")
 	fs.BoolVar(&o.wan, "wan", false, "run the WAN matrix over an emulated link between two network namespaces (needs root)")
 	rtts := fs.String("wan-rtt", "", "WAN round-trip times in ms, comma-separated (default 2,20,80,200; smoke 20)")
@@ -129,9 +138,13 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		}
 	}
 	if *only != "" {
+		names := phaseNames
+		if o.wan {
+			names = wanPhaseNames
+		}
 		for p := range strings.SplitSeq(*only, ",") {
-			if !slices.Contains(phaseNames, p) {
-				return o, fmt.Errorf("-only: unknown phase %q (phases: %s)", p, strings.Join(phaseNames, ","))
+			if !slices.Contains(names, p) {
+				return o, fmt.Errorf("-only: unknown phase %q (phases: %s)", p, strings.Join(names, ","))
 			}
 			o.only = append(o.only, p)
 		}

@@ -156,7 +156,7 @@ func (w *wanRun) run(ctx context.Context) error {
 			return err
 		}
 	}
-	if w.o.wanBlackhole > 0 {
+	if w.o.wanBlackhole > 0 && w.o.runs("blackhole") {
 		w.res.Meta.BlackholeTime = w.o.wanBlackhole.String()
 		if err := w.runBlackhole(ctx); err != nil {
 			return err
@@ -346,6 +346,9 @@ func (w *wanRun) setLink(cell wanCell) {
 	w.bed.Link.SetBoth(netem.Config{Delay: cell.rtt / 2, Loss: cell.loss, RateBits: int64(w.o.wanRate), QueueBytes: w.queueBytes()})
 }
 
+// wanTunnelModes are the dial sides of every cell, by PQT_TRANSPORT.
+var wanTunnelModes = []string{modeTCP, modeQUIC, modeAuto}
+
 func (w *wanRun) runCell(ctx context.Context, cell wanCell) error {
 	w.progress("%s", cell.name())
 	start := time.Now()
@@ -354,12 +357,36 @@ func (w *wanRun) runCell(ctx context.Context, cell wanCell) error {
 	cpu0 := w.bed.Link.CPU()
 	col := newCollector()
 	res := WANCellResult{Cell: cell.name(), RTTms: ms(cell.rtt), Loss: cell.loss}
+	if err := w.measureCell(ctx, cell, col); err != nil {
+		return err
+	}
+	if w.o.runs("grow") && cell.rtt > 0 {
+		if err := w.measureGrown(ctx, cell, col); err != nil {
+			return err
+		}
+	}
+	res.Figures = col.figures()
+	res.Seconds = time.Since(start).Seconds()
+	res.EmulatorCPU = (w.bed.Link.CPU() - cpu0).Seconds()
+	res.EmulatorCore = res.EmulatorCPU / res.Seconds
+	for i, d := range []netem.Dir{netem.AtoB, netem.BtoA} {
+		s := w.bed.Link.Stats(d)
+		res.EmulatorGB += float64(s.Bytes-stats0[i].Bytes) / 1e9
+		res.Link[i] = LinkStats{Dir: d.String(), Packets: s.Packets - stats0[i].Packets, DroppedLoss: s.DroppedLoss - stats0[i].DroppedLoss,
+			DroppedQueue: s.DroppedQueue - stats0[i].DroppedQueue, MaxQueue: s.MaxQueueBytes}
+	}
+	w.res.Cells = append(w.res.Cells, res)
+	return nil
+}
 
+// measureCell takes the cell's figures over sides that come up on the
+// cell's own link, which it stops before it returns.
+func (w *wanRun) measureCell(ctx context.Context, cell wanCell, col *collector) error {
 	paths := []*wanPath{w.directPath("")}
 	for _, cc := range w.ccs {
 		paths = append(paths, w.directPath(cc))
 	}
-	tunnels, sides, err := w.startSides(ctx, []string{modeTCP, modeQUIC})
+	tunnels, sides, err := w.startSides(ctx, wanTunnelModes)
 	defer func() {
 		for _, c := range sides {
 			w.sup.stop(c)
@@ -375,6 +402,9 @@ func (w *wanRun) runCell(ctx context.Context, cell wanCell) error {
 
 	// Tunnel establishment first, on an idle link.
 	for _, tr := range []string{modeTCP, modeQUIC} {
+		if !w.o.runs("establish") {
+			break
+		}
 		v, err := w.establish(ctx, tr)
 		if err != nil {
 			col.fail("establish", "ms", tr, err)
@@ -383,34 +413,23 @@ func (w *wanRun) runCell(ctx context.Context, cell wanCell) error {
 		}
 		col.add("establish", "ms", tr, 0, v)
 	}
-	// Slow start and BBR's startup take a number of round trips, not a
-	// time: long paths get longer windows.
-	warm, window := max(w.o.warm, 5*cell.rtt), max(w.o.bulk, 10*cell.rtt)
 	for _, spec := range wanBulkSpecs {
+		if !w.o.runs(bulkPhase(spec)) {
+			continue
+		}
 		for _, p := range paths {
 			if strings.HasPrefix(p.mode, modeDirect+"_") && spec.streams > 1 {
 				continue // the other congestion controls for one stream only
 			}
-			addr := p.routes[routeSource]
-			if spec.upload {
-				addr = p.routes[routeSink]
-			}
-			s, err := runBulk(ctx, p.org, p.dial, addr, spec.upload, true, spec.streams, warm, window, p.sides)
-			if ctx.Err() != nil {
-				return context.Cause(ctx)
-			}
-			if err != nil {
-				col.fail(spec.name, "MB/s", p.mode, err)
-				w.failed(fmt.Sprintf("%s: %s %s", cell.name(), spec.name, p.mode), err)
-				continue
-			}
-			col.add(spec.name, "MB/s", p.mode, 0, s.mbps)
-			if w.o.verbose {
-				w.progress("  %s %s: %.2f MB/s", spec.name, p.mode, s.mbps)
+			if err := w.bulk(ctx, cell, col, spec, spec.name, p); err != nil {
+				return err
 			}
 		}
 	}
 	for _, p := range paths {
+		if !w.o.runs("latency") {
+			break
+		}
 		if p.mode != modeDirect && strings.HasPrefix(p.mode, modeDirect) {
 			continue // latency does not depend on the sender's congestion control
 		}
@@ -430,17 +449,106 @@ func (w *wanRun) runCell(ctx context.Context, cell wanCell) error {
 			col.add("first_byte", "ms", p.mode, 0, ms(percentile(first, 0.5)))
 		}
 	}
-	res.Figures = col.figures()
-	res.Seconds = time.Since(start).Seconds()
-	res.EmulatorCPU = (w.bed.Link.CPU() - cpu0).Seconds()
-	res.EmulatorCore = res.EmulatorCPU / res.Seconds
-	for i, d := range []netem.Dir{netem.AtoB, netem.BtoA} {
-		s := w.bed.Link.Stats(d)
-		res.EmulatorGB += float64(s.Bytes-stats0[i].Bytes) / 1e9
-		res.Link[i] = LinkStats{Dir: d.String(), Packets: s.Packets - stats0[i].Packets, DroppedLoss: s.DroppedLoss - stats0[i].DroppedLoss,
-			DroppedQueue: s.DroppedQueue - stats0[i].DroppedQueue, MaxQueue: s.MaxQueueBytes}
+	return nil
+}
+
+// grownSuffix ends the names of the figures taken over tunnels that came
+// up before the RTT grew, at once after it grew; grownLateSuffix those
+// taken grownLate after it grew.
+const (
+	grownSuffix     = "_grown"
+	grownLateSuffix = "_grown_late"
+	grownLate       = 15 * time.Second
+)
+
+// measureGrown brings fresh sides up over the cell's link without its
+// delay, waits until their tunnels have settled, gives the link the
+// cell's delay and takes 1-stream bulk over them, and over direct TCP
+// again for the ratio: a tunnel must follow a path whose RTT changed
+// under it (a route change, a link that filled up), not only the path it
+// was measured on when it came up.
+func (w *wanRun) measureGrown(ctx context.Context, cell wanCell, col *collector) error {
+	w.progress("%s, sides up at rtt 0", cell.name())
+	w.setLink(wanCell{loss: cell.loss})
+	defer w.setLink(cell)
+	tunnels, sides, err := w.startSides(ctx, wanTunnelModes)
+	defer func() {
+		for _, c := range sides {
+			w.sup.stop(c)
+		}
+	}()
+	if err != nil {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		w.failed(cell.name()+": start the sides at rtt 0", err)
+		return nil
 	}
-	w.res.Cells = append(w.res.Cells, res)
+	// Traffic at the short RTT first, as a tunnel in use has seen, then
+	// some idle keep-alive rounds.
+	for _, p := range tunnels {
+		if _, err := w.clientOnce(ctx, p.routes[routeEcho], 5*time.Second); err != nil {
+			w.failed(cell.name()+": echo at rtt 0 over "+p.mode, err)
+		}
+	}
+	if err := waitFor(ctx, 2*time.Second); err != nil {
+		return err
+	}
+	w.setLink(cell)
+	grew := time.Now()
+	paths := append([]*wanPath{w.directPath("")}, tunnels...)
+	for _, spec := range wanBulkSpecs[:2] {
+		for _, p := range paths {
+			if err := w.bulk(ctx, cell, col, spec, spec.name+grownSuffix, p); err != nil {
+				return err
+			}
+		}
+	}
+	// BBR holds on to the shortest RTT it saw for 10 s, and its window to
+	// that RTT: the same again once that has passed.
+	if err := waitFor(ctx, time.Until(grew.Add(grownLate))); err != nil {
+		return err
+	}
+	for _, spec := range wanBulkSpecs[:2] {
+		for _, p := range paths {
+			if err := w.bulk(ctx, cell, col, spec, spec.name+grownLateSuffix, p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// bulkPhase is the -only phase of spec.
+func bulkPhase(spec bulkSpec) string {
+	if spec.streams == 1 {
+		return "bulk1"
+	}
+	return "bulk8"
+}
+
+// bulk takes one bulk figure over p; an error is the run's end.
+func (w *wanRun) bulk(ctx context.Context, cell wanCell, col *collector, spec bulkSpec, fig string, p *wanPath) error {
+	// Slow start and BBR's startup take a number of round trips, not a
+	// time: long paths get longer windows.
+	warm, window := max(w.o.warm, 5*cell.rtt), max(w.o.bulk, 10*cell.rtt)
+	addr := p.routes[routeSource]
+	if spec.upload {
+		addr = p.routes[routeSink]
+	}
+	s, err := runBulk(ctx, p.org, p.dial, addr, spec.upload, true, spec.streams, warm, window, p.sides)
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	if err != nil {
+		col.fail(fig, "MB/s", p.mode, err)
+		w.failed(fmt.Sprintf("%s: %s %s", cell.name(), fig, p.mode), err)
+		return nil
+	}
+	col.add(fig, "MB/s", p.mode, 0, s.mbps)
+	if w.o.verbose {
+		w.progress("  %s %s: %.2f MB/s", fig, p.mode, s.mbps)
+	}
 	return nil
 }
 

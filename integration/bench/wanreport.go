@@ -8,17 +8,23 @@ import (
 )
 
 var wanFigureTitles = map[string]string{
-	"upload_1_stream":    "upload 1 stream (MB/s)",
-	"download_1_stream":  "download 1 stream (MB/s)",
-	"upload_8_streams":   "upload 8 streams (MB/s)",
-	"download_8_streams": "download 8 streams (MB/s)",
-	"rr_p50":             "request/response p50 (ms)",
-	"rr_p99":             "request/response p99 (ms)",
-	"first_byte":         "connect to first byte p50 (ms)",
-	"establish":          "tunnel establishment p50 (ms)",
+	"upload_1_stream":                     "upload 1 stream (MB/s)",
+	"download_1_stream":                   "download 1 stream (MB/s)",
+	"upload_8_streams":                    "upload 8 streams (MB/s)",
+	"download_8_streams":                  "download 8 streams (MB/s)",
+	"rr_p50":                              "request/response p50 (ms)",
+	"rr_p99":                              "request/response p99 (ms)",
+	"first_byte":                          "connect to first byte p50 (ms)",
+	"establish":                           "tunnel establishment p50 (ms)",
+	"upload_1_stream" + grownSuffix:       "upload 1 stream, RTT grew after up (MB/s)",
+	"download_1_stream" + grownSuffix:     "download 1 stream, RTT grew after up (MB/s)",
+	"upload_1_stream" + grownLateSuffix:   "upload 1 stream, 15 s after RTT grew (MB/s)",
+	"download_1_stream" + grownLateSuffix: "download 1 stream, 15 s after RTT grew (MB/s)",
 }
 
-var wanFigureOrder = []string{"upload_1_stream", "download_1_stream", "upload_8_streams", "download_8_streams", "rr_p50", "rr_p99", "first_byte", "establish"}
+var wanFigureOrder = []string{"upload_1_stream", "download_1_stream", "upload_8_streams", "download_8_streams",
+	"upload_1_stream" + grownSuffix, "download_1_stream" + grownSuffix,
+	"upload_1_stream" + grownLateSuffix, "download_1_stream" + grownLateSuffix, "rr_p50", "rr_p99", "first_byte", "establish"}
 
 // writeWANTable prints the WAN result as one table: a block of rows per
 // cell, one column per mode, tunnelled modes with their ratio to direct
@@ -33,7 +39,8 @@ func writeWANTable(w io.Writer, r *WANResult) {
 		kind, m.Started.Format("2006-01-02 15:04:05Z07:00"), m.Seconds, m.Go, m.CPUs, m.RateMbit, m.QueueBytes>>10, m.BulkWindow, m.Warmup)
 	fmt.Fprintf(w, "load average %s at start, %s at end; kernel congestion control %s (available: %s); one sample per figure and cell\n",
 		m.LoadStart, m.LoadEnd, m.DefaultCC, strings.Join(m.AvailableCC, " "))
-	fmt.Fprintln(w, "direct is TCP from the client's namespace to the origin's over the link; tcp and quic go through a dial and a listen side; ×d is the ratio to direct, +ms the latency added to it")
+	fmt.Fprintln(w, "direct is TCP from the client's namespace to the origin's over the link; tcp, quic and auto go through a dial and a listen side; ×d is the ratio to direct, ×t quic's to tcp, +ms the latency added to direct's")
+	fmt.Fprintln(w, "RTT grew after up: the sides came up over the link without its delay, which was then added; measured at once and 15 s later, direct again beside them")
 	for _, n := range m.Notes {
 		fmt.Fprintln(w, "note:", n)
 	}
@@ -48,22 +55,25 @@ func writeWANTable(w io.Writer, r *WANResult) {
 	for _, md := range modes[1:] {
 		head += "\t" + strings.ReplaceAll(md, "_", " ")
 	}
-	head += "\ttcp\t\tquic\t\t"
+	head += "\ttcp\t\tquic\t\t\tauto\t\t"
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, head)
 	for _, c := range r.Cells {
-		for i, fig := range wanFigureOrder {
-			name := ""
-			if i == 0 {
-				name = c.Cell
+		name := c.Cell
+		for _, fig := range wanFigureOrder {
+			if !hasFigure(c.Figures, fig) {
+				continue // not measured in this run (-only)
 			}
 			row := name + "\t" + wanFigureTitles[fig]
+			name = ""
 			for _, md := range modes {
 				row += "\t" + figValue(c.Figures, fig, md)
 			}
 			for _, md := range []string{modeTCP, modeQUIC} {
 				row += "\t" + figValue(c.Figures, fig, md) + "\t" + figRatio(c.Figures, fig, md)
 			}
+			row += "\t" + quicToTCP(c.Figures, fig)
+			row += "\t" + figValue(c.Figures, fig, modeAuto) + "\t" + figRatio(c.Figures, fig, modeAuto)
 			fmt.Fprintln(tw, row+"\t")
 		}
 		drops := fmt.Sprintf("drops loss/queue %d/%d a→b %d/%d b→a, queue peak %d/%d KiB",
@@ -99,6 +109,35 @@ func writeWANTable(w io.Writer, r *WANResult) {
 			fmt.Fprintln(w, "  -", truncate(e, 400))
 		}
 	}
+}
+
+func hasFigure(figs []Figure, fig string) bool {
+	for _, f := range figs {
+		if f.Figure == fig {
+			return true
+		}
+	}
+	return false
+}
+
+// quicToTCP is the ratio of quic's median to tcp's, for throughput.
+func quicToTCP(figs []Figure, fig string) string {
+	var q, t float64
+	for _, f := range figs {
+		if f.Figure != fig || f.Unit != "MB/s" || len(f.Samples) == 0 {
+			continue
+		}
+		switch f.Mode {
+		case modeQUIC:
+			q = f.Median
+		case modeTCP:
+			t = f.Median
+		}
+	}
+	if q == 0 || t == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%.2f×t", q/t)
 }
 
 func figValue(figs []Figure, fig, mode string) string {

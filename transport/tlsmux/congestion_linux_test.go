@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 )
 
@@ -64,6 +65,64 @@ func TestTCPCongestionIsSetOnBothSockets(t *testing.T) {
 	want := strings.Fields(string(avail))[i]
 	cc, sc := transporttest.Configs(t)
 	cc.TCPCongestion, sc.TCPCongestion = want, want
+	var dialled net.Conn
+	cc.WrapConn = func(c net.Conn) net.Conn { dialled = c; return c }
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &capturingListener{Listener: raw}
+	ln := Listen(cl, sc)
+	defer ln.Close()
+	s, err := Dial(transporttest.Ctx(t), ln.Addr().String(), cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := congestionOf(t, dialled); got != want {
+		t.Errorf("dialled socket uses %q, want %q", got, want)
+	}
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if len(cl.conns) != 1 {
+		t.Fatalf("listener accepted %d connections, want 1", len(cl.conns))
+	}
+	if got := congestionOf(t, cl.conns[0]); got != want {
+		t.Errorf("accepted socket uses %q, want %q", got, want)
+	}
+}
+
+// With no congestion control named, the tunnel's sockets use
+// transport.DefaultTCPCongestion where this process may set it, and the
+// kernel's default otherwise.
+func TestTCPCongestionDefaultsToBBRWhereOffered(t *testing.T) {
+	def, err := os.ReadFile("/proc/sys/net/ipv4/tcp_congestion_control")
+	if err != nil {
+		t.Skipf("no default congestion control to read: %v", err)
+	}
+	want := strings.TrimSpace(string(def))
+	probe, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := probe.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, transport.DefaultTCPCongestion)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_ = probe.Close() // it only asked the kernel
+	if got := congestionFor(&transport.Config{}); got != "bbr" {
+		t.Errorf("with none named, the sockets ask for %q, want bbr", got)
+	}
+	if serr == nil {
+		want = transport.DefaultTCPCongestion
+	}
+	cc, sc := transporttest.Configs(t)
 	var dialled net.Conn
 	cc.WrapConn = func(c net.Conn) net.Conn { dialled = c; return c }
 	raw, err := net.Listen("tcp", "127.0.0.1:0")

@@ -15,26 +15,43 @@ import (
 // keep-alive.
 const ackWatch = true
 
-// tuneSocket sets the congestion control of the tunnel's socket when c
-// names one; c has its defaults applied. A failure is logged and the
-// kernel's default stays in place.
+// tuneSocket sets the congestion control of the tunnel's socket: the one
+// c names, or transport.DefaultTCPCongestion when c names none; c has its
+// defaults applied. A named one that fails is logged; the default one
+// fails quietly where the kernel does not offer it (a module not loaded,
+// or not in net.ipv4.tcp_allowed_congestion_control for this process).
+// Either way the kernel's default stays in place.
 func tuneSocket(conn net.Conn, c *transport.Config) {
 	tc, ok := conn.(*net.TCPConn)
-	if !ok || c.TCPCongestion == "" {
+	if !ok {
 		return
 	}
 	rc, err := tc.SyscallConn()
 	if err != nil {
 		return // not a socket: nothing to tune
 	}
+	name := congestionFor(c)
 	var serr error
 	_ = rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, c.TCPCongestion)
+		serr = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, name)
 	})
-	if serr != nil {
+	switch {
+	case serr == nil:
+	case c.TCPCongestion == "":
+		c.Logger.Debug("tunnel socket congestion control not set: the kernel's default applies", "transport", Name,
+			"err", fmt.Errorf("set congestion control %s: %w", name, serr))
+	default:
 		c.Logger.Warn("tunnel socket congestion control not set: the kernel's default applies", "transport", Name,
-			"err", fmt.Errorf("set congestion control %s: %w", c.TCPCongestion, serr))
+			"err", fmt.Errorf("set congestion control %s: %w", name, serr))
 	}
+}
+
+// congestionFor is the congestion control tuneSocket asks for.
+func congestionFor(c *transport.Config) string {
+	if c.TCPCongestion != "" {
+		return c.TCPCongestion
+	}
+	return transport.DefaultTCPCongestion
 }
 
 // watchAcks closes s as keep-alive lost once data sent on its TCP

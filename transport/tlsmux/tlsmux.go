@@ -59,6 +59,13 @@ func yamuxConfig(c *transport.Config, mem *connMemory) *yamux.Config {
 	y.ConnectionWriteTimeout = max(c.IdleTimeout-c.KeepAlive, c.KeepAlive)
 	y.MaxIncomingStreams = uint32(mem.peerStreams)
 	y.MaxStreamWindowSize = uint32(c.StreamWindow)
+	// yamux doubles a stream's window while its updates come within four
+	// RTTs of each other, by the RTT its pings measured. Measured only
+	// every 30 s (its default), a tunnel that came up over a short path
+	// keeps that RTT when the path grows longer, and its streams stay at
+	// 256 KiB: 3 MB/s at 80 ms. Measured as often as the keep-alive
+	// probes go out, the estimate follows within a few seconds.
+	y.MeasureRTTInterval = rttInterval(c)
 	// Frames are written as soon as they are ready: waiting to coalesce
 	// would add latency to every small request. Frames that are ready
 	// together leave together all the same (groupWriter).
@@ -70,6 +77,15 @@ func yamuxConfig(c *transport.Config, mem *connMemory) *yamux.Config {
 	y.MaxMessageSize = 256<<10 + 12
 	y.LogOutput = io.Discard
 	return y
+}
+
+// rttInterval is how often yamux measures the RTT: every keep-alive probe,
+// or every keep-alive interval with the probes off. c has its defaults applied.
+func rttInterval(c *transport.Config) time.Duration {
+	if p := c.ProbeInterval(); p > 0 {
+		return p
+	}
+	return c.KeepAlive
 }
 
 // Dial connects to addr over TCP, runs the TLS handshake and the

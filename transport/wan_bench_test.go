@@ -1,0 +1,230 @@
+//go:build linux
+
+package transport_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pqtunnel/pqtunnel/integration/wan"
+	"github.com/pqtunnel/pqtunnel/integration/wan/netem"
+	"github.com/pqtunnel/pqtunnel/transport"
+	"github.com/pqtunnel/pqtunnel/transport/quic"
+	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
+)
+
+// wanRate is the emulated link's rate cap, each way, in bits per second.
+const wanRate = 200e6
+
+// BenchmarkWANStream moves one stream's bulk over an emulated 200 Mbit/s
+// link (integration/wan; needs root) for each transport and RTT, and
+// reports MB/s and the ratio to direct TCP over the same link in the same
+// run. "grown" sessions come up over the link without delay, which is
+// added after, at once (grown+0s) or wanSettle before the stream starts:
+// the windows must follow the path's new RTT. The window of
+// each measurement is -benchtime-independent: 2 s after 1 s of warm-up
+// (or 10 and 5 RTTs if longer).
+//
+//	go test -run XXX -bench WANStream -benchtime 1x ./transport/
+func BenchmarkWANStream(b *testing.B) {
+	if err := wan.Available(); err != nil {
+		b.Skip(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	bed, err := wan.New(ctx, "tbench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		if err := bed.Close(); err != nil {
+			b.Error(err)
+		}
+	}()
+	for _, rtt := range []time.Duration{20 * time.Millisecond, 80 * time.Millisecond} {
+		link := netem.Config{Delay: rtt / 2, RateBits: wanRate, QueueBytes: int(wanRate / 8 * 0.05)}
+		for _, grown := range []time.Duration{0, time.Nanosecond, wanSettle} {
+			for _, tr := range []transport.Transport{tlsmux.Transport{}, quic.Transport{}} {
+				name := fmt.Sprintf("%s/rtt=%s", tr.Name(), rtt)
+				if grown > 0 {
+					name += "/grown+" + grown.Round(time.Second).String()
+				}
+				b.Run(name, func(b *testing.B) {
+					for b.Loop() {
+						bed.Link.SetBoth(link)
+						direct := wanDirect(b, bed, rtt)
+						got := wanTransport(b, bed, tr, link, rtt, grown)
+						b.ReportMetric(got, "MB/s")
+						b.ReportMetric(got/direct, "x-direct")
+					}
+				})
+			}
+		}
+	}
+}
+
+// wanSettle is how long the late "grown" sessions idle at the long RTT
+// before their stream starts: longer than BBR's 10 s window for the
+// minimum RTT, which holds a BBR sender to the short path's RTT until it
+// expires.
+const wanSettle = 12 * time.Second
+
+// wanWindows are the warm-up and the measured window at rtt.
+func wanWindows(rtt time.Duration) (warm, window time.Duration) {
+	return max(time.Second, 5*rtt), max(2*time.Second, 10*rtt)
+}
+
+// wanDirect is one TCP connection from A to B's sink over the bed, in MB/s.
+func wanDirect(b *testing.B, bed *wan.Bed, rtt time.Duration) float64 {
+	b.Helper()
+	ctx := context.Background()
+	ln, err := bed.B.Listen(ctx, &net.ListenConfig{}, "tcp4", wan.AddrB+":0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	var got atomic.Int64
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		wanSink(c, &got)
+	}()
+	c, err := bed.A.Dial(ctx, "tcp4", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	return wanPush(b, c, func() { _ = c.Close() }, &got, rtt)
+}
+
+// wanTransport is one stream from a session dialled in A to one accepted
+// in B, in MB/s.
+func wanTransport(b *testing.B, bed *wan.Bed, tr transport.Transport, link netem.Config, rtt, grown time.Duration) float64 {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if grown > 0 {
+		short := link
+		short.Delay = 0
+		bed.Link.SetBoth(short)
+	}
+	stc, ctc := benchTLS(b)
+	var ln transport.Listener
+	if err := bed.B.Do(func() (err error) {
+		ln, err = tr.Listen(wan.AddrB+":0", &transport.Config{TLS: stc})
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	var client transport.Session
+	if err := bed.A.Do(func() (err error) {
+		client, err = tr.Dial(ctx, ln.Addr().String(), &transport.Config{TLS: ctc})
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var got atomic.Int64
+	var wg sync.WaitGroup
+	defer func() {
+		_ = server.Close() // ends the accept loop
+		wg.Wait()
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			st, err := server.AcceptStream(ctx)
+			if err != nil {
+				return
+			}
+			wanSink(st, &got)
+			st.Reset()
+		}
+	}()
+	if grown > 0 {
+		// Traffic at the short RTT, as a tunnel in use has seen, idle
+		// keep-alive rounds, then the delay.
+		st, err := client.OpenStream(ctx)
+		if err == nil {
+			_, err = st.Write(make([]byte, 64<<10))
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		st.Reset()
+		time.Sleep(2 * time.Second) // the session idles at the short RTT
+		bed.Link.SetBoth(link)
+		time.Sleep(grown) // the session idles at the long RTT
+	}
+	st, err := client.OpenStream(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return wanPush(b, st, st.Reset, &got, rtt)
+}
+
+// wanSink reads r until it fails, adding what it read to got.
+func wanSink(r io.Reader, got *atomic.Int64) {
+	buf := make([]byte, 256<<10)
+	for {
+		n, err := r.Read(buf)
+		got.Add(int64(n))
+		if err != nil {
+			return
+		}
+	}
+}
+
+// wanPush writes to w for the warm-up and the window at rtt, aborts it,
+// and returns what got grew by during the window, in MB/s.
+func wanPush(b *testing.B, w io.Writer, abort func(), got *atomic.Int64, rtt time.Duration) float64 {
+	b.Helper()
+	warm, window := wanWindows(rtt)
+	errc := make(chan error, 1)
+	stop := make(chan struct{})
+	go func() {
+		buf := make([]byte, 256<<10)
+		for {
+			select {
+			case <-stop:
+				errc <- nil
+				return
+			default:
+			}
+			if _, err := w.Write(buf); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	time.Sleep(warm) // the measurement is over a time window
+	start := got.Load()
+	time.Sleep(window)
+	n := got.Load() - start
+	close(stop)
+	abort() // unblocks the writer
+	if err := <-errc; err != nil && !errors.Is(err, net.ErrClosed) && n == 0 {
+		b.Fatal(err)
+	}
+	return float64(n) / window.Seconds() / 1e6
+}
