@@ -58,6 +58,7 @@ func writeWANTable(w io.Writer, r *WANResult) {
 	head += "\ttcp\t\tquic\t\t\tauto\t\t"
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, head)
+	var emulator []string // a line per cell, after the table: too wide for a column
 	for _, c := range r.Cells {
 		name := c.Cell
 		for _, fig := range wanFigureOrder {
@@ -78,8 +79,8 @@ func writeWANTable(w io.Writer, r *WANResult) {
 		}
 		drops := fmt.Sprintf("drops loss/queue %d/%d a→b %d/%d b→a, queue peak %d/%d KiB",
 			c.Link[0].DroppedLoss, c.Link[0].DroppedQueue, c.Link[1].DroppedLoss, c.Link[1].DroppedQueue, c.Link[0].MaxQueue>>10, c.Link[1].MaxQueue>>10)
-		fmt.Fprintf(tw, "\temulator CPU\t%s s in %.0f s (%.0f%% of a core), %.2f GB: %s\t\t\t\t\t\t\n",
-			num(c.EmulatorCPU), c.Seconds, 100*c.EmulatorCore, c.EmulatorGB, drops)
+		emulator = append(emulator, fmt.Sprintf("%s: %s s in %.0f s (%.0f%% of a core), %.2f GB: %s",
+			c.Cell, num(c.EmulatorCPU), c.Seconds, 100*c.EmulatorCore, c.EmulatorGB, drops))
 	}
 	if len(r.Blackhole) > 0 {
 		fmt.Fprintln(tw)
@@ -103,6 +104,12 @@ func writeWANTable(w io.Writer, r *WANResult) {
 		fmt.Fprintf(tw, "auto dial side started with UDP blackholed\t%s\tfirst tunnel after (s)\t%s\t%s\t\t\t\t\n", a.Transport, num(a.Seconds), truncate(a.Error, 80))
 	}
 	_ = tw.Flush() // stdout; nothing to do if it fails
+	if len(emulator) > 0 {
+		fmt.Fprintln(w, "\nemulator CPU")
+		for _, e := range emulator {
+			fmt.Fprintln(w, "  "+e)
+		}
+	}
 	if len(r.Errors) > 0 {
 		fmt.Fprintf(w, "\n%d measurement(s) failed:\n", len(r.Errors))
 		for _, e := range r.Errors {

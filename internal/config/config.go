@@ -378,7 +378,7 @@ func checkCongestion(name string) error {
 	}
 	offered := strings.Fields(string(b))
 	if !slices.Contains(offered, name) {
-		return fmt.Errorf("PQT_TCP_CONGESTION: %q is not offered by this kernel (it offers %s): load its module (modprobe tcp_%s) or leave PQT_TCP_CONGESTION empty for the kernel's default", name, strings.Join(offered, ", "), name)
+		return fmt.Errorf("PQT_TCP_CONGESTION: %q is not offered by this kernel (it offers %s): load its module (modprobe tcp_%s) or leave PQT_TCP_CONGESTION empty (bbr where the kernel offers it, else its default)", name, strings.Join(offered, ", "), name)
 	}
 	return nil
 }
