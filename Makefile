@@ -1,7 +1,7 @@
 # make test: installs what the tests start (scripts/test-deps), checks
 # formatting, vet and staticcheck, runs every test with the race detector,
 # each fuzz target for FUZZTIME against its committed corpus, and a 20-second
-# run of the benchmark harness and a 40-second run of its WAN mode (network
+# run of the benchmark harness and a 75-second run of its WAN mode (network
 # namespaces; skipped with a message when not root) that check they still work.
 # make demo: the built-in demo. make bench: the full harness.
 #
