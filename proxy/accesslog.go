@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"log/slog"
 	"time"
 )
@@ -76,7 +75,7 @@ func (r *accessRecord) finished(up, down int64, err error) {
 // The line is not rate-limited: an access log that drops lines cannot be
 // audited; the refusal warnings stay rate-limited as before.
 func (e *Engine) logAccess(r *accessRecord) {
-	if r == nil || !e.log.Enabled(context.Background(), slog.LevelInfo) {
+	if r == nil || !e.log.Enabled(e.ctx, slog.LevelInfo) {
 		return
 	}
 	attrs := make([]slog.Attr, 0, 13)
@@ -103,5 +102,5 @@ func (e *Engine) logAccess(r *accessRecord) {
 	if r.err != nil {
 		attrs = append(attrs, slog.Any("err", r.err))
 	}
-	e.log.LogAttrs(context.Background(), slog.LevelInfo, "connection", attrs...)
+	e.log.LogAttrs(e.ctx, slog.LevelInfo, "connection", attrs...)
 }

@@ -177,14 +177,15 @@ func benchEngine(b *testing.B, mode Mode, tr transport.Transport, tunnel string,
 	if err != nil {
 		b.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = e.Run(ctx) // nil after the drain
+		_ = e.Run(context.Background()) // ErrClosed after the shutdown
 	}()
 	b.Cleanup(func() {
-		cancel()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = e.Shutdown(ctx) // past the second, streams left are closed
 		<-done
 	})
 	return e

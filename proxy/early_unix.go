@@ -25,3 +25,9 @@ func readNow(fd uintptr, buf []byte) (int, error) {
 func isRefused(err error) bool {
 	return errors.Is(err, syscall.ECONNREFUSED)
 }
+
+// acceptBroken reports an accept error no retry can mend: the listening
+// socket itself is unusable (shut down, or not a listening socket any more).
+func acceptBroken(err error) bool {
+	return errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.EBADF) || errors.Is(err, syscall.ENOTSOCK)
+}

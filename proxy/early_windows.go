@@ -18,3 +18,9 @@ func readNow(uintptr, []byte) (int, error) { return 0, nil }
 func isRefused(err error) bool {
 	return errors.Is(err, windows.WSAECONNREFUSED) || errors.Is(err, syscall.ECONNREFUSED)
 }
+
+// acceptBroken reports an accept error no retry can mend: the listening
+// socket itself is unusable.
+func acceptBroken(err error) bool {
+	return errors.Is(err, windows.WSAEINVAL) || errors.Is(err, windows.WSAENOTSOCK)
+}

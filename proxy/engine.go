@@ -88,8 +88,11 @@ type Config struct {
 	Mux transport.Config
 	// DialTimeout bounds dialling an origin. Zero means defaults.DialTimeout (5s).
 	DialTimeout time.Duration
-	// DrainTimeout bounds how long open streams may finish after shutdown
-	// begins. Zero means defaults.DrainTimeout (30s).
+	// DrainTimeout bounds how long the streams of a tunnel connection being
+	// replaced (a Fallback session whose primary transport works again) may
+	// finish before it closes, and is the drain timeout the status reports.
+	// Shutdown's drain is bounded by its context instead, to which a program
+	// gives the same value. Zero means defaults.DrainTimeout (30s).
 	DrainTimeout time.Duration
 	// FallbackTimeout bounds the primary transport's attempt before a
 	// transport.Fallback dial side tries the secondary (QUIC, then TCP, for
@@ -202,7 +205,15 @@ func (e *ConfigError) Error() string { return "proxy: " + e.Field + ": " + e.Err
 
 func (e *ConfigError) Unwrap() error { return e.Err }
 
-// Engine runs one side of a tunnel.
+// ErrClosed is what Run returns after Shutdown or Close: a normal stop.
+var ErrClosed = errors.New("proxy: engine closed")
+
+// Engine runs one side of a tunnel. Its life is one way:
+//
+//	New ──▶ Run ──▶ Shutdown (drain) ──▶ down
+//	              └─▶ Close, Run's ctx ended, or serving failed ──▶ down
+//
+// once down, always down: an engine is not restarted.
 type Engine struct {
 	cfg     Config
 	log     *slog.Logger
@@ -213,6 +224,23 @@ type Engine struct {
 	tunnelLns  []transport.Listener
 
 	draining atomic.Bool
+	// ctx is the context of everything the engine runs: stream handlers'
+	// dials and handshakes, accept loops. It ends once the engine is down
+	// (Close, Run's context, or the end of Shutdown), aborting what is left.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	// loopCtx ends when stopping begins, for the loops that start new work:
+	// dialling tunnels, probing targets, periodic tasks.
+	loopCtx   context.Context
+	stopLoops context.CancelFunc
+	// stopping is closed when Shutdown or Close begins, down when the
+	// tunnels are closed; Run returns after down.
+	stopOnce, downOnce sync.Once
+	stopping, down     chan struct{}
+	started            atomic.Bool
+	// failed carries the first error that stops serving (an accept loop
+	// that cannot go on) to Run.
+	failed   chan error
 	refusals *logLimiter
 	hslog    *HandshakeLog
 	// slots holds a token per stream in flight when MaxTotalStreams is set.
@@ -255,7 +283,10 @@ func New(cfg Config) (*Engine, error) {
 		cfg.HandshakeLog = NewHandshakeLog(cfg.Logger.Handler(), 0)
 	}
 	e := &Engine{cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, streams: newInflight(), refusals: newLogLimiter(time.Second),
-		hslog: cfg.HandshakeLog, probeKick: make(chan struct{}, 1), pool: dialPool{kick: make(chan struct{}, 1)}}
+		hslog: cfg.HandshakeLog, probeKick: make(chan struct{}, 1), pool: dialPool{kick: make(chan struct{}, 1)},
+		stopping: make(chan struct{}), down: make(chan struct{}), failed: make(chan error, 1)}
+	e.ctx, e.cancel = context.WithCancelCause(context.Background())
+	e.loopCtx, e.stopLoops = context.WithCancel(e.ctx)
 	if cfg.MaxTotalStreams > 0 {
 		e.slots = make(chan struct{}, cfg.MaxTotalStreams)
 	}
@@ -487,9 +518,21 @@ func (e *Engine) revokeIfRejected(t *tunnel) bool {
 	return true
 }
 
-// Run serves until ctx ends, then drains: it stops accepting, lets open
-// streams finish for up to DrainTimeout, and closes every tunnel connection.
+// Run serves until Shutdown or Close is called, ctx ends, or serving fails,
+// and returns once everything it started has stopped: ErrClosed after
+// Shutdown or Close, ctx's cause when ctx ended (the engine then stops at
+// once, as with Close), or the error that stopped serving (the engine is
+// then closed). Run may be called once.
 func (e *Engine) Run(ctx context.Context) error {
+	if !e.started.CompareAndSwap(false, true) {
+		return errors.New("proxy: Run called twice")
+	}
+	select {
+	case <-e.stopping:
+		<-e.down
+		return ErrClosed
+	default:
+	}
 	e.warnOpenRoutes()
 	for i, ln := range e.forwardLns {
 		e.loops.Add(1)
@@ -503,32 +546,94 @@ func (e *Engine) Run(ctx context.Context) error {
 			e.log.Info("tunnel listening", "transport", p.Transport(), "addr", p.Addr().String())
 		}
 	}
-	loopCtx, stopLoops := context.WithCancel(context.Background())
 	e.loops.Add(1)
-	go e.routineReleaseMemory(loopCtx, time.Second)
+	go e.routineReleaseMemory(e.loopCtx, time.Second)
 	e.loops.Add(1)
-	go e.routineSampleTraffic(loopCtx)
+	go e.routineSampleTraffic(e.loopCtx)
 	e.loops.Add(1)
-	go e.routineSummarizeHandshakes(loopCtx)
+	go e.routineSummarizeHandshakes(e.loopCtx)
 	if e.cfg.ReadyTargetDown > 0 && len(e.cfg.Target) > 0 {
 		e.loops.Add(1)
-		go e.routineProbeTargets(loopCtx)
+		go e.routineProbeTargets(e.loopCtx)
 	}
 	if e.cfg.Mode == ModeDial {
 		e.loops.Add(1)
-		go e.routineDialPool(loopCtx)
+		go e.routineDialPool(e.loopCtx)
 	}
-	<-ctx.Done()
-	e.draining.Store(true)
-	stopLoops()
-	e.closeListeners()
-	if e.drain() {
-		e.linger()
+	var err error
+	select {
+	case <-e.stopping:
+		err = ErrClosed
+	case <-ctx.Done():
+		err = context.Cause(ctx)
+		e.Close()
+	case err = <-e.failed:
+		e.Close()
 	}
-	e.tunnels.closeAll()
+	<-e.down
 	e.loops.Wait()
-	e.streams.wait(0)
+	<-e.streams.idle()
 	e.metrics.detach(e)
+	return err
+}
+
+// fail stops Run with err, the first reason serving cannot go on.
+func (e *Engine) fail(err error) {
+	select {
+	case e.failed <- err:
+	default: // Run has its reason already
+	}
+}
+
+// beginStop stops accepting and starting work, once, and reports whether
+// this call did.
+func (e *Engine) beginStop() bool {
+	first := false
+	e.stopOnce.Do(func() {
+		first = true
+		e.draining.Store(true)
+		close(e.stopping)
+		e.stopLoops()
+		e.closeListeners()
+	})
+	return first
+}
+
+// goDown closes every tunnel connection, ends the engine's context and
+// lets Run return.
+func (e *Engine) goDown() {
+	e.downOnce.Do(func() {
+		// Tunnels first, so that each reports shutdown as its reason rather
+		// than its accept loop's ended context.
+		e.tunnels.closeAll()
+		e.cancel(ErrClosed)
+		close(e.down)
+	})
+}
+
+// Shutdown stops gracefully: it stops accepting clients and tunnel
+// connections, lets open streams finish until ctx ends, and closes every
+// tunnel connection. It returns nil when the streams finished, or, when ctx
+// ended first, an error wrapping ctx.Err() once the streams still open have
+// been closed. A later Shutdown or Close changes nothing; Close during
+// Shutdown ends the drain at once.
+func (e *Engine) Shutdown(ctx context.Context) error {
+	if !e.beginStop() {
+		select {
+		case <-e.down:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("proxy: shutdown: %w", ctx.Err())
+		}
+	}
+	drained := e.drain(ctx)
+	if drained {
+		e.linger(ctx)
+	}
+	e.goDown()
+	if !drained && ctx.Err() != nil {
+		return fmt.Errorf("proxy: drain: streams still open were closed: %w", ctx.Err())
+	}
 	return nil
 }
 
@@ -541,14 +646,20 @@ func (e *Engine) closeListeners() {
 	}
 }
 
-// drain waits for open streams up to DrainTimeout and reports whether they
-// all finished.
-func (e *Engine) drain() bool {
-	timeout := e.cfg.DrainTimeout
-	e.log.Info("draining", "streams", e.tunnels.active(), "timeout", timeout)
-	if e.streams.wait(timeout) {
+// drain waits for open streams until ctx ends (or Close is called) and
+// reports whether they all finished.
+func (e *Engine) drain(ctx context.Context) bool {
+	attrs := []any{"streams", e.tunnels.active()}
+	if dl, ok := ctx.Deadline(); ok {
+		attrs = append(attrs, "timeout", time.Until(dl).Round(time.Millisecond))
+	}
+	e.log.Info("draining", attrs...)
+	select {
+	case <-e.streams.idle():
 		e.log.Info("drained")
 		return true
+	case <-ctx.Done():
+	case <-e.ctx.Done(): // Close
 	}
 	e.log.Warn("drain timeout: closing open streams", "streams", e.tunnels.active())
 	return false
@@ -557,8 +668,9 @@ func (e *Engine) drain() bool {
 // linger gives tunnel connections time to deliver what their finished
 // streams sent last before they are closed: closing discards what is still
 // queued (yamux's send queue) or unacknowledged (QUIC). Neither transport
-// can say when that is done, so it waits a few RTTs, at least 200 ms.
-func (e *Engine) linger() {
+// can say when that is done, so it waits a few RTTs, at least 200 ms, and
+// not past ctx.
+func (e *Engine) linger(ctx context.Context) {
 	var wait time.Duration
 	for _, t := range e.tunnels.snapshot() {
 		wait = max(wait, 200*time.Millisecond)
@@ -567,16 +679,21 @@ func (e *Engine) linger() {
 		}
 	}
 	if wait > 0 {
-		time.Sleep(min(wait, time.Second))
+		t := time.NewTimer(min(wait, time.Second))
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		case <-e.ctx.Done():
+		}
 	}
 }
 
 // Close stops everything at once, without draining: listeners and tunnel
 // connections close, and open streams fail. Run then returns promptly.
 func (e *Engine) Close() {
-	e.draining.Store(true)
-	e.closeListeners()
-	e.tunnels.closeAll()
+	e.beginStop()
+	e.goDown()
 	e.metrics.detach(e)
 }
 
@@ -687,6 +804,9 @@ func (e *Engine) retire(t *tunnel, reason string) {
 			case <-tick.C:
 			case <-t.s.Done():
 				return
+			case <-e.ctx.Done():
+				t.closeFor(closeShutdown) // out of the pool, so not closed with it
+				return
 			}
 		}
 		if e.tunnels.isClosed() {
@@ -755,9 +875,12 @@ func isTimeout(err error) bool {
 func (e *Engine) routineAcceptSessions(ln transport.Listener) {
 	defer e.loops.Done()
 	for {
-		s, err := ln.Accept(context.Background())
+		s, err := ln.Accept(e.ctx)
 		if err != nil {
-			return // only ErrClosed: Accept has no other failure
+			if !errors.Is(err, transport.ErrClosed) && e.ctx.Err() == nil {
+				e.fail(fmt.Errorf("proxy: accept tunnel connections on %s: %w", ln.Addr(), err))
+			}
+			return
 		}
 		e.loops.Add(1)
 		go func() {
@@ -847,7 +970,7 @@ func (e *Engine) serveAdmitted(t *tunnel) {
 	}()
 	for {
 		var st transport.Stream
-		st, err = s.AcceptStream(context.Background())
+		st, err = s.AcceptStream(e.ctx)
 		if err != nil {
 			return
 		}
@@ -877,6 +1000,10 @@ func (e *Engine) routineForward(ln net.Listener, r Route) {
 		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if acceptBroken(err) {
+				e.fail(fmt.Errorf("proxy: forward route %s: accept: %w", routeName(r.Name), err))
 				return
 			}
 			e.log.Warn("accept failed", "route", routeName(r.Name), "err", err)

@@ -32,25 +32,31 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// runEngine starts an engine; cleanup cancels it and requires Run to return.
+// runEngine starts an engine; cleanup shuts it down, draining for up to
+// 2 s, and requires Run to return ErrClosed.
 func runEngine(t *testing.T, cfg Config) *Engine {
 	t.Helper()
+	const drain = 2 * time.Second
 	if cfg.DrainTimeout == 0 {
-		cfg.DrainTimeout = 2 * time.Second
+		cfg.DrainTimeout = drain
 	}
 	e, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New(%s): %v", cfg.Mode, err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
+	go func() { done <- e.Run(context.Background()) }()
 	t.Cleanup(func() {
-		cancel()
+		ctx, cancel := context.WithTimeout(context.Background(), drain)
+		defer cancel()
+		_ = e.Shutdown(ctx) // a test may leave streams open: they are closed past the drain
 		select {
-		case <-done:
+		case err := <-done:
+			if !errors.Is(err, ErrClosed) {
+				t.Errorf("%s engine: Run returned %v after Shutdown, want ErrClosed", cfg.Mode, err)
+			}
 		case <-time.After(30 * time.Second):
-			t.Errorf("%s engine: Run did not return after cancel", cfg.Mode)
+			t.Errorf("%s engine: Run did not return after Shutdown", cfg.Mode)
 		}
 	})
 	return e

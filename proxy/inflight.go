@@ -1,21 +1,18 @@
 package proxy
 
-import (
-	"sync"
-	"time"
-)
+import "sync"
 
 // inflight counts the streams being handled. Unlike a sync.WaitGroup it
 // may be waited on while streams still arrive, which draining needs.
 type inflight struct {
-	mu   sync.Mutex
-	n    int
-	idle chan struct{} // closed while n == 0
+	mu     sync.Mutex
+	n      int
+	idleCh chan struct{} // closed while n == 0
 }
 
 func newInflight() *inflight {
-	f := &inflight{idle: make(chan struct{})}
-	close(f.idle)
+	f := &inflight{idleCh: make(chan struct{})}
+	close(f.idleCh)
 	return f
 }
 
@@ -23,7 +20,7 @@ func (f *inflight) add() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.n == 0 {
-		f.idle = make(chan struct{})
+		f.idleCh = make(chan struct{})
 	}
 	f.n++
 }
@@ -33,7 +30,7 @@ func (f *inflight) done() {
 	defer f.mu.Unlock()
 	f.n--
 	if f.n == 0 {
-		close(f.idle)
+		close(f.idleCh)
 	}
 }
 
@@ -43,22 +40,10 @@ func (f *inflight) count() int {
 	return f.n
 }
 
-// wait returns true once no stream is in flight, or false after timeout
-// (zero waits without a bound).
-func (f *inflight) wait(timeout time.Duration) bool {
+// idle returns a channel closed once no stream is in flight; a stream
+// added later does not reopen it.
+func (f *inflight) idle() <-chan struct{} {
 	f.mu.Lock()
-	idle := f.idle
-	f.mu.Unlock()
-	if timeout <= 0 {
-		<-idle
-		return true
-	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-idle:
-		return true
-	case <-t.C:
-		return false
-	}
+	defer f.mu.Unlock()
+	return f.idleCh
 }

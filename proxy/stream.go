@@ -109,7 +109,7 @@ func (e *Engine) handleClient(client end, c sockConn, r Route, rec *accessRecord
 	undo.add(t.releaseOpened)
 	rec.via(t)
 	log = t.log.With("route", route, "client", clientLabel(c))
-	ctx, cancel := context.WithTimeout(context.Background(), e.dialTimeout()+orDefault(e.cfg.Mux.HandshakeTimeout, defaults.HandshakeTimeout))
+	ctx, cancel := context.WithTimeout(e.ctx, e.dialTimeout()+orDefault(e.cfg.Mux.HandshakeTimeout, defaults.HandshakeTimeout))
 	st, err := t.s.OpenStream(ctx)
 	cancel()
 	if errors.Is(err, transport.ErrConnMemory) {

@@ -217,7 +217,7 @@ func (e *Engine) terminate(c sockConn, r Route, term *tlsroute.Terminator, rec *
 		rec.refused("busy", nil)
 		return nil, false
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), e.tlsHandshakeTimeout())
+	ctx, cancel := context.WithTimeout(e.ctx, e.tlsHandshakeTimeout())
 	defer cancel()
 	tc, info, err := term.Handshake(ctx, c)
 	if err != nil {
@@ -234,7 +234,7 @@ func (e *Engine) originate(oc sockConn, r Route, log *slog.Logger) (tlsEnd, erro
 	route := routeName(r.Name)
 	o := e.tls.originators[r.Name]
 	log = log.With("tls", sideOriginate, "server", r.Addr)
-	ctx, cancel := context.WithTimeout(context.Background(), e.tlsHandshakeTimeout())
+	ctx, cancel := context.WithTimeout(e.ctx, e.tlsHandshakeTimeout())
 	defer cancel()
 	tc, info, err := o.Handshake(ctx, oc)
 	if err != nil {
@@ -308,7 +308,7 @@ func (e *Engine) dialTarget(target Route, client, server netip.AddrPort, peer st
 	route := routeName(target.Name)
 	d := net.Dialer{Timeout: e.dialTimeout()}
 	dialStart := time.Now()
-	c, err := d.Dial(target.network(), target.Addr)
+	c, err := d.DialContext(e.ctx, target.network(), target.Addr)
 	e.metrics.originDial.WithLabelValues(route).Observe(time.Since(dialStart).Seconds())
 	e.routeStats.dialed(route, dialStart, err, false)
 	if err != nil {

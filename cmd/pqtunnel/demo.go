@@ -77,8 +77,15 @@ func demo(args []string, stdout, stderr io.Writer) error {
 
 	var engines sync.WaitGroup
 	start := func(e *proxy.Engine) {
-		engines.Add(1)
-		go func() { defer engines.Done(); _ = e.Run(ctx) }() // Run returns nil after a drain
+		engines.Add(2)
+		go func() { defer engines.Done(); _ = e.Run(context.Background()) }() // ErrClosed once shut down below
+		go func() {
+			defer engines.Done()
+			<-ctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_ = e.Shutdown(sctx) // past the second the demo's streams are closed: it is ending
+		}()
 	}
 	start(listen)
 	var dials []*proxy.Engine

@@ -307,11 +307,21 @@ func runTunnel(args []string, environ map[string]string, stdout, stderr io.Write
 	defer signal.Stop(sigs)
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx) }()
+	drained := make(chan error, 1)
 	stopping := false
 	for {
 		select {
 		case err := <-done:
-			return err
+			if !errors.Is(err, proxy.ErrClosed) {
+				return err
+			}
+			if stopping {
+				// Past PQT_DRAIN_TIMEOUT the engine closed the streams still
+				// open and logged it: that is the variable's meaning, and the
+				// process exits 0 as after a complete drain.
+				_ = <-drained
+			}
+			return nil
 		case s := <-sigs:
 			switch {
 			case s == syscall.SIGHUP:
@@ -324,7 +334,11 @@ func runTunnel(args []string, environ map[string]string, stdout, stderr io.Write
 			default:
 				stopping = true
 				log.Info("shutting down", "signal", s.String(), "drain_timeout", pc.DrainTimeout)
-				cancel()
+				go func() {
+					dctx, cancel := context.WithTimeout(ctx, pc.DrainTimeout)
+					defer cancel()
+					drained <- e.Shutdown(dctx)
+				}()
 			}
 		}
 	}
