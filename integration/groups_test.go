@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pqtunnel/pqtunnel/proxy"
+	"github.com/pqtunnel/pqtunnel/check"
 )
 
 // This file tests PQT_GROUPS and PQT_PQ end to end: each hybrid group on
@@ -466,8 +466,8 @@ func TestGroupsOnTheWire(t *testing.T) {
 				t.Errorf("key_exchange of %d bytes, want %d for %s", sh.shareLen, want.shareLen, want.name)
 			}
 			// Cross-check with the parser 'pqtunnel check' uses.
-			if g, err := proxy.ServerHelloKeyShare(sh.msg); err != nil || uint16(g) != sh.group {
-				t.Errorf("proxy.ServerHelloKeyShare says %#04x, %v; this test's parser %#04x", uint16(g), err, sh.group)
+			if g, err := check.ServerHelloKeyShare(sh.msg); err != nil || uint16(g) != sh.group {
+				t.Errorf("check.ServerHelloKeyShare says %#04x, %v; this test's parser %#04x", uint16(g), err, sh.group)
 			}
 		})
 	}

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/check"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/defaults"
 	"github.com/pqtunnel/pqtunnel/tlsroute"
@@ -712,7 +713,7 @@ func (e *Engine) routineMaintain(ctx context.Context, slot *dialSlot) {
 			}
 			reason := transport.Classify(err)
 			e.metrics.HandshakeFailed(string(reason))
-			_, hint := diagnose(err, e.cfg.Transport, e.cfg.TLS.Policy().Groups, e.cfg.TLS.Material())
+			_, hint := check.Diagnose(err, e.cfg.Transport, e.cfg.TLS.Policy().Groups, e.cfg.TLS.Material())
 			if reason == transport.ReasonNoCommonGroup {
 				hint += " (it lists other groups, or is not post-quantum: 'pqtunnel check' tells which)"
 			}

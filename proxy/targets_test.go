@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -137,4 +138,36 @@ func TestReadinessProbesOnlyWhenAsked(t *testing.T) {
 	if n := origin.accepted.Load(); n < 1 {
 		t.Errorf("target up, yet the origin saw %d connections", n)
 	}
+}
+
+// countingOrigin accepts and closes connections, counting them.
+type countingOrigin struct {
+	addr     string
+	accepted atomic.Int64
+}
+
+func startCountingOrigin(t *testing.T) *countingOrigin {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &countingOrigin{addr: ln.Addr().String()}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			o.accepted.Add(1)
+			_ = c.Close()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		<-done
+	})
+	return o
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/check"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/config"
 	"github.com/pqtunnel/pqtunnel/proxy"
@@ -18,10 +19,10 @@ import (
 	"github.com/pqtunnel/pqtunnel/transport/quic"
 )
 
-// check probes each configured peer over each transport, with the whole
+// runCheck probes each configured peer over each transport, with the whole
 // group list and each group alone, and says what would connect and why not.
 // It fails unless the configured transport and policy would connect to every peer.
-func check(args []string, environ map[string]string, stdout, stderr io.Writer) error {
+func runCheck(args []string, environ map[string]string, stdout, stderr io.Writer) error {
 	fs := newFlags("check", "check [--probe-classical]", "probe the peers of a dial side's environment over each transport and group, and say what would connect and why not")
 	probeClassical := fs.Bool("probe-classical", false, "when the peer accepts none of our post-quantum groups, ask whether it accepts classical X25519; the handshake is aborted once its certificate arrives, so nothing of ours is sent under a classical key exchange")
 	if err := fs.parse(args, 0, stdout, stderr); err != nil {
@@ -39,6 +40,7 @@ func check(args []string, environ map[string]string, stdout, stderr io.Writer) e
 		return err
 	}
 	transportVar, pqVar, groupsVar := config.Name("Transport"), config.Name("PQ"), config.Name("Groups")
+	cc := checkConfig(pc)
 	mode := pc.TLS.Policy().Mode
 	groups := pc.TLS.Policy().Groups
 	ours := pc.TLS.Material()
@@ -47,11 +49,11 @@ func check(args []string, environ map[string]string, stdout, stderr io.Writer) e
 		fmt.Fprintf(stdout, "peer %s  (%s=%s %s=%s %s=%s)\n", peer, transportVar, pc.Transport.Name(), pqVar, mode, groupsVar, hybridtls.GroupNames(groups))
 		works := map[string]bool{}
 		var advice []string
-		var routes []proxy.RouteAnswer
+		var routes []check.RouteAnswer
 		asked := false
 		for _, tr := range basicTransports {
 			// The first transport that connects also asks about the routes.
-			full := probeWith(stdout, pc, peer, tr, mode, groups, ours, !asked)
+			full := probeWith(stdout, cc, peer, tr, mode, groups, ours, !asked)
 			works[tr.Name()] = full.Err == nil
 			if full.Err == nil && !asked {
 				routes, asked = full.Routes, true
@@ -67,16 +69,16 @@ func check(args []string, environ map[string]string, stdout, stderr io.Writer) e
 				if len(groups) == 1 {
 					break
 				}
-				if p := probe(stdout, pc, peer, tr, mode, []tls.CurveID{g}, ours); p.Err == nil {
+				if p := probe(stdout, cc, peer, tr, mode, []tls.CurveID{g}, ours); p.Err == nil {
 					accepted = append(accepted, hybridtls.GroupName(g))
 				}
 			}
 			if r := transport.Classify(full.Err); full.Err != nil && mode == hybridtls.Strict && (r == transport.ReasonNoCommonGroup || r == transport.ReasonNotPostQuantum) {
 				switch {
-				case *probeClassical && probeClassicalGroup(stdout, pc, peer, tr):
+				case *probeClassical && probeClassicalGroup(stdout, cc, peer, tr):
 					advice = append(advice, fmt.Sprintf("%s: the peer is not post-quantum: it accepts only classical X25519, so %s=strict will not connect; upgrade the peer", tr.Name(), pqVar))
 				case len(accepted) == 0:
-					a, found := otherGroupsAdvice(stdout, pc, peer, tr, groups, ours)
+					a, found := otherGroupsAdvice(stdout, cc, peer, tr, groups, ours)
 					if !found && !*probeClassical {
 						a += "; if it may be classical-only, 'pqtunnel check --probe-classical' asks it without sending anything of ours under a classical key exchange"
 					}
@@ -118,15 +120,24 @@ func check(args []string, environ map[string]string, stdout, stderr io.Writer) e
 	return nil
 }
 
+// checkConfig is what the probes take of the engine's configuration.
+func checkConfig(pc proxy.Config) check.Config {
+	cc := check.Config{TLS: pc.TLS, Mux: pc.Mux}
+	for _, r := range pc.Forward {
+		cc.Forward = append(cc.Forward, check.Route{Name: r.Name, Allow: r.Allow})
+	}
+	return cc
+}
+
 // printRoutes prints the peer's answer about each forward route and
 // returns the names of those it lacks.
-func printRoutes(w io.Writer, routes []proxy.RouteAnswer) (missing []string) {
+func printRoutes(w io.Writer, routes []check.RouteAnswer) (missing []string) {
 	forwardVar, targetVar := config.Name("Forward"), config.Name("Target")
 	for _, a := range routes {
 		switch {
 		case a.NotCarried:
 			fmt.Fprintf(w, "  route %-12s not carried to this peer: its @ list in %s does not name it\n", a.Route, forwardVar)
-		case errors.Is(a.Err, proxy.ErrQueryUnsupported):
+		case errors.Is(a.Err, check.ErrQueryUnsupported):
 			fmt.Fprintf(w, "  route %-12s not checked: %v\n", a.Route, a.Err)
 		case a.Err != nil:
 			fmt.Fprintf(w, "  route %-12s not checked: %v\n", a.Route, a.Err)
@@ -149,12 +160,12 @@ func oneMany(n int, one, many string) string {
 }
 
 // probeClassicalGroup reports whether peer accepts classical X25519 over
-// tr, printing the probe's line; see proxy.ProbeClassical.
-func probeClassicalGroup(w io.Writer, pc proxy.Config, peer string, tr transport.Transport) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), pc.Mux.HandshakeTimeout)
+// tr, printing the probe's line; see check.ProbeClassical.
+func probeClassicalGroup(w io.Writer, cc check.Config, peer string, tr transport.Transport) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), cc.Mux.HandshakeTimeout)
 	defer cancel()
-	p := proxy.ProbeClassical(ctx, pc, peer, tr)
-	accepted := errors.Is(p.Err, proxy.ErrClassicalProbeStopped) && p.Group == tls.X25519
+	p := check.ProbeClassical(ctx, cc, peer, tr)
+	accepted := errors.Is(p.Err, check.ErrClassicalProbeStopped) && p.Group == tls.X25519
 	verdict := "refused"
 	if accepted {
 		verdict = "accepted (stopped after its certificate; ours was not sent)"
@@ -163,8 +174,8 @@ func probeClassicalGroup(w io.Writer, pc proxy.Config, peer string, tr transport
 	return accepted
 }
 
-func probe(w io.Writer, pc proxy.Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID, ours *hybridtls.Material) proxy.Probe {
-	return probeWith(w, pc, peer, tr, mode, groups, ours, false)
+func probe(w io.Writer, cc check.Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID, ours *hybridtls.Material) check.Probe {
+	return probeWith(w, cc, peer, tr, mode, groups, ours, false)
 }
 
 // progressInterval is how often a probe that is still waiting says so.
@@ -173,20 +184,20 @@ const progressInterval = 2 * time.Second
 // probeWith runs one probe, asking about the forward routes too when
 // askRoutes, prints a line every progressInterval while it waits, and
 // then its result.
-func probeWith(w io.Writer, pc proxy.Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID, ours *hybridtls.Material, askRoutes bool) proxy.Probe {
-	ctx, cancel := context.WithTimeout(context.Background(), pc.Mux.HandshakeTimeout)
+func probeWith(w io.Writer, cc check.Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID, ours *hybridtls.Material, askRoutes bool) check.Probe {
+	ctx, cancel := context.WithTimeout(context.Background(), cc.Mux.HandshakeTimeout)
 	defer cancel()
 	offered := hybridtls.GroupNames(groups)
-	giveUp := pc.Mux.HandshakeTimeout
+	giveUp := cc.Mux.HandshakeTimeout
 	if tr.Name() == quic.Name {
 		giveUp = quic.SilenceTimeout(giveUp) // a peer that never answers
 	}
 	stop := progress(w, fmt.Sprintf("  %-4s offer %-52s", tr.Name(), offered), giveUp)
-	var p proxy.Probe
+	var p check.Probe
 	if askRoutes {
-		p = proxy.ProbeRoutes(ctx, pc, peer, tr, mode, groups)
+		p = check.ProbeRoutes(ctx, cc, peer, tr, mode, groups)
 	} else {
-		p = proxy.ProbeTunnel(ctx, pc, peer, tr, mode, groups)
+		p = check.ProbeTunnel(ctx, cc, peer, tr, mode, groups)
 	}
 	stop()
 	var sizes string
@@ -242,13 +253,13 @@ func yesNo(b bool) string {
 // otherGroupsAdvice probes the hybrid groups missing from offeredGroups to
 // tell the user which one the peer would accept, and reports whether it
 // found one.
-func otherGroupsAdvice(w io.Writer, pc proxy.Config, peer string, tr transport.Transport, offeredGroups []tls.CurveID, ours *hybridtls.Material) (string, bool) {
+func otherGroupsAdvice(w io.Writer, cc check.Config, peer string, tr transport.Transport, offeredGroups []tls.CurveID, ours *hybridtls.Material) (string, bool) {
 	var theirs []tls.CurveID
 	for _, g := range hybridtls.DefaultGroups {
 		if slices.Contains(offeredGroups, g) {
 			continue
 		}
-		if p := probe(w, pc, peer, tr, hybridtls.Strict, []tls.CurveID{g}, ours); p.Err == nil {
+		if p := probe(w, cc, peer, tr, hybridtls.Strict, []tls.CurveID{g}, ours); p.Err == nil {
 			theirs = append(theirs, g)
 		}
 	}

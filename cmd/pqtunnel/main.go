@@ -70,7 +70,7 @@ func run(args []string, environ map[string]string, stdout, stderr io.Writer) int
 	case "demo":
 		err = demo(args, stdout, stderr)
 	case "check":
-		err = check(args, environ, stdout, stderr)
+		err = runCheck(args, environ, stdout, stderr)
 	case "ca":
 		err = caCommand(args, stdout, stderr)
 	case "status":

@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/check"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
-	"github.com/pqtunnel/pqtunnel/proxy"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
 	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
@@ -284,21 +284,21 @@ func (b *bench) runRatePhase(ctx context.Context) error {
 var handshakeGroupList = []tls.CurveID{tls.X25519MLKEM768, tls.SecP256r1MLKEM768, tls.SecP384r1MLKEM1024, tls.X25519}
 
 // probeConfig is the dial side's identity and policy for in-process probes.
-func (b *bench) probeConfig() (proxy.Config, error) {
+func (b *bench) probeConfig() (check.Config, error) {
 	id, err := hybridtls.LoadIdentityFile(b.top.dialIdentity)
 	if err != nil {
-		return proxy.Config{}, err
+		return check.Config{}, err
 	}
 	pin, err := hybridtls.ParsePin(b.top.listenPin)
 	if err != nil {
-		return proxy.Config{}, err
+		return check.Config{}, err
 	}
 	store, err := hybridtls.NewStore(hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: wire.ALPN},
 		&hybridtls.Material{Identity: id, Peers: []hybridtls.Pin{pin}})
 	if err != nil {
-		return proxy.Config{}, err
+		return check.Config{}, err
 	}
-	return proxy.Config{TLS: store, Mux: transport.Config{HandshakeTimeout: 10 * time.Second}}, nil
+	return check.Config{TLS: store, Mux: transport.Config{HandshakeTimeout: 10 * time.Second}}, nil
 }
 
 func (b *bench) runHandshakePhase(ctx context.Context) error {

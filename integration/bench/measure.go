@@ -12,9 +12,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/check"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/defaults"
-	"github.com/pqtunnel/pqtunnel/proxy"
 
 	"github.com/pqtunnel/pqtunnel/transport"
 )
@@ -339,20 +339,20 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 // probes saw on the wire.
 type handshakeSample struct {
 	rate, p50ms float64
-	probe       proxy.Probe
+	probe       check.Probe
 }
 
 // runHandshakes probes peer over transport offering exactly group, one
 // handshake after another, for window.
-func runHandshakes(ctx context.Context, cfg proxy.Config, peer string, tr transport.Transport, group tls.CurveID, window time.Duration) (handshakeSample, error) {
+func runHandshakes(ctx context.Context, cfg check.Config, peer string, tr transport.Transport, group tls.CurveID, window time.Duration) (handshakeSample, error) {
 	mode := hybridtls.Strict
 	if !hybridtls.IsPostQuantum(group) {
 		mode = hybridtls.Prefer
 	}
-	probe := func() proxy.Probe {
+	probe := func() check.Probe {
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		return proxy.ProbeTunnel(pctx, cfg, peer, tr, mode, []tls.CurveID{group})
+		return check.ProbeTunnel(pctx, cfg, peer, tr, mode, []tls.CurveID{group})
 	}
 	// One probe first, unmeasured: it warms caches and gives the sizes.
 	s := handshakeSample{probe: probe()}

@@ -18,11 +18,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/check"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/integration/wan"
 	"github.com/pqtunnel/pqtunnel/integration/wan/netem"
 	"github.com/pqtunnel/pqtunnel/internal/testutil"
-	"github.com/pqtunnel/pqtunnel/proxy"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
 	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
@@ -676,7 +676,7 @@ func (w *wanRun) establish(ctx context.Context, mode string) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	cfg := proxy.Config{TLS: store, Mux: transport.Config{HandshakeTimeout: 15 * time.Second}}
+	cfg := check.Config{TLS: store, Mux: transport.Config{HandshakeTimeout: 15 * time.Second}}
 	peer := net.JoinHostPort(wan.AddrB, strconv.Itoa(wanTunnelPort))
 	probes := 3
 	if w.o.smoke {
@@ -684,11 +684,11 @@ func (w *wanRun) establish(ctx context.Context, mode string) (float64, error) {
 	}
 	var hs []time.Duration
 	for range probes {
-		var p proxy.Probe
+		var p check.Probe
 		_ = w.bed.A.Do(func() error {
 			pctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 			defer cancel()
-			p = proxy.ProbeTunnel(pctx, cfg, peer, probeTransports[mode], hybridtls.Strict, hybridtls.DefaultGroups)
+			p = check.ProbeTunnel(pctx, cfg, peer, probeTransports[mode], hybridtls.Strict, hybridtls.DefaultGroups)
 			return nil
 		})
 		if p.Err != nil {

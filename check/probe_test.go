@@ -1,4 +1,4 @@
-package proxy
+package check_test
 
 import (
 	"context"
@@ -10,15 +10,21 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
+	"github.com/pqtunnel/pqtunnel/check"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
-	"github.com/pqtunnel/pqtunnel/internal/testutil"
-	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
+	"github.com/pqtunnel/pqtunnel/proxy"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
 	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
-	"github.com/pqtunnel/pqtunnel/wire"
+	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 )
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
 
 // blackholeUDP is a UDP socket that reads every datagram and answers none,
 // as a peer behind a firewall that drops the server's replies looks.
@@ -45,9 +51,21 @@ func blackholeUDP(t *testing.T) string {
 	return pc.LocalAddr().String()
 }
 
-func probeConfig(t *testing.T, timeout time.Duration) Config {
-	_, dialStore := pinned.Stores(t, wire.ALPN)
-	return Config{TLS: dialStore, Mux: transport.Config{HandshakeTimeout: timeout}}
+func probeConfig(t *testing.T, timeout time.Duration) check.Config {
+	dialStore, _ := transporttest.Stores(t)
+	return check.Config{TLS: dialStore, Mux: transport.Config{HandshakeTimeout: timeout}}
+}
+
+// closedAddr returns a loopback address where nothing listens.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
 }
 
 // The first flight is what the client sends at once; quic-go resends it
@@ -60,14 +78,14 @@ func TestFirstFlightCountsNoRetransmission(t *testing.T) {
 			timeout := 1500 * time.Millisecond // room for three retransmissions
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
-			p := ProbeTunnel(ctx, probeConfig(t, timeout), addr, quic.Transport{}, hybridtls.Strict, groups)
+			p := check.ProbeTunnel(ctx, probeConfig(t, timeout), addr, quic.Transport{}, hybridtls.Strict, groups)
 			if p.Err == nil {
 				t.Fatal("a handshake with a silent peer succeeded")
 			}
 			if p.FirstFlightPackets != 2 || p.FirstFlight != 2*1280 {
 				t.Errorf("first flight %d B in %d datagrams, want 2560 B in 2 (every hybrid ClientHello fits in two padded datagrams)", p.FirstFlight, p.FirstFlightPackets)
 			}
-			if d := p.Diagnosis(); d != DiagnosisNoUDPAnswer {
+			if d := p.Diagnosis(); d != check.DiagnosisNoUDPAnswer {
 				t.Errorf("diagnosis %d for %v, want no UDP answer", d, p.Err)
 			}
 		})
@@ -82,20 +100,20 @@ func TestProbeFailsFastOnPortUnreachable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	start := time.Now()
-	p := ProbeTunnel(ctx, probeConfig(t, timeout), addr, quic.Transport{}, hybridtls.Strict, hybridtls.DefaultGroups)
+	p := check.ProbeTunnel(ctx, probeConfig(t, timeout), addr, quic.Transport{}, hybridtls.Strict, hybridtls.DefaultGroups)
 	took := time.Since(start)
-	if !errors.Is(p.Err, ErrPortUnreachable) {
+	if !errors.Is(p.Err, check.ErrPortUnreachable) {
 		t.Fatalf("probe error %v, want ErrPortUnreachable", p.Err)
 	}
 	if took > 3*time.Second {
 		t.Errorf("the probe took %s to notice a closed port, want well under its %s timeout", took.Round(time.Millisecond), timeout)
 	}
-	if d := p.Diagnosis(); d != DiagnosisPortUnreachable || !d.Unreachable() {
+	if d := p.Diagnosis(); d != check.DiagnosisPortUnreachable || !d.Unreachable() {
 		t.Errorf("diagnosis %d, want port unreachable, which is unreachable", d)
 	}
 	// Over TCP a closed port is a refused connection, fast by itself.
-	p = ProbeTunnel(ctx, probeConfig(t, timeout), testutil.ClosedAddr(t), tlsmux.Transport{}, hybridtls.Strict, hybridtls.DefaultGroups)
-	if d := p.Diagnosis(); d != DiagnosisRefused {
+	p = check.ProbeTunnel(ctx, probeConfig(t, timeout), closedAddr(t), tlsmux.Transport{}, hybridtls.Strict, hybridtls.DefaultGroups)
+	if d := p.Diagnosis(); d != check.DiagnosisRefused {
 		t.Errorf("tcp probe of a closed port: diagnosis %d for %v, want refused", d, p.Err)
 	}
 }
@@ -118,18 +136,29 @@ func closedUDPAddr(t *testing.T) string {
 func TestProbeRoutesAsksThePeer(t *testing.T) {
 	tr := memtransport.New()
 	origin := startCountingOrigin(t)
-	listenStore, dialStore := pinned.Stores(t, wire.ALPN)
-	listen := runEngine(t, Config{
-		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr,
-		Target: []Route{{Name: "echo", Addr: origin.addr}}, TLS: listenStore, ReadyTargetDown: -1,
+	dialStore, listenStore := transporttest.Stores(t)
+	listen, err := proxy.New(proxy.Config{
+		Mode: proxy.ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr,
+		Target: []proxy.Route{{Name: "echo", Addr: origin.addr}}, TLS: listenStore, ReadyTargetDown: -1,
 	})
-	cfg := Config{
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- listen.Run(context.Background()) }()
+	defer func() {
+		listen.Close()
+		if err := <-done; !errors.Is(err, proxy.ErrClosed) {
+			t.Errorf("listen side's Run returned %v, want ErrClosed", err)
+		}
+	}()
+	cfg := check.Config{
 		TLS: dialStore, Mux: transport.Config{HandshakeTimeout: 10 * time.Second},
-		Forward: []Route{{Name: "echo"}, {Name: "pg"}, {Name: "web", Allow: []string{"someone-else"}}},
+		Forward: []check.Route{{Name: "echo"}, {Name: "pg"}, {Name: "web", Allow: []string{"someone-else"}}},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	p := ProbeRoutes(ctx, cfg, listen.TunnelAddr().String(), tr, hybridtls.Strict, hybridtls.DefaultGroups)
+	p := check.ProbeRoutes(ctx, cfg, listen.TunnelAddr().String(), tr, hybridtls.Strict, hybridtls.DefaultGroups)
 	if p.Err != nil {
 		t.Fatal(p.Err)
 	}
