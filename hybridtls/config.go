@@ -216,8 +216,17 @@ func (s *Store) baseConfig(m *Material) *tls.Config {
 	return c
 }
 
-// ServerConfig returns the TLS configuration for accepting tunnel connections.
-func (s *Store) ServerConfig() *tls.Config {
+// ServerConfig returns the TLS configuration for accepting tunnel
+// connections. The reason of each refusal inside the TLS stack goes to
+// Policy.OnRefused and to each of onRefused: the policy is fixed for the
+// process, while each user of the Store (an engine and its metrics) adds its own.
+func (s *Store) ServerConfig(onRefused ...func(reason string)) *tls.Config {
+	refused := func(reason string) {
+		s.policy.OnRefused(reason)
+		for _, f := range onRefused {
+			f(reason)
+		}
+	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		NextProtos: []string{s.policy.ALPN},
@@ -227,7 +236,7 @@ func (s *Store) ServerConfig() *tls.Config {
 			// the proper alert; this only says why, in words, with both lists.
 			if err := s.checkOffered(hello); err != nil {
 				s.policy.Logger.Warn("tunnel handshake refused", "remote", helloRemote(hello), "reason", reasonOf(err), "err", err)
-				s.policy.OnRefused(reasonOf(err))
+				refused(reasonOf(err))
 			}
 			c := s.baseConfig(m)
 			// Pins and, in CA mode, the chain are checked in
@@ -239,7 +248,7 @@ func (s *Store) ServerConfig() *tls.Config {
 				err := s.verifyPeer(m, &cs, true)
 				if err != nil {
 					s.policy.Logger.Warn("tunnel handshake refused", "remote", helloRemote(hello), "reason", reasonOf(err), "err", err)
-					s.policy.OnRefused(reasonOf(err))
+					refused(reasonOf(err))
 				}
 				return err
 			}

@@ -141,8 +141,11 @@ type Config struct {
 	// the TLS policy's Logger the same one. Nil means one of the engine's
 	// own over Logger.
 	HandshakeLog *HandshakeLog
-	// Metrics receives the engine's measurements; nil means a private set.
+	// Metrics receives the engine's measurements and serves them on
+	// Handler's /metrics; nil means a private set.
 	Metrics *Metrics
+	// Observer, when set, is told of every event Metrics is.
+	Observer Observer
 	// KeyLog names the file the TLS stack writes session secrets to
 	// (PQT_KEYLOG), so that every tunnel can warn that its traffic is
 	// readable; empty when off.
@@ -219,6 +222,8 @@ type Engine struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *Metrics
+	// obs is told of every event: metrics, and Config.Observer when set.
+	obs     Observer
 	tunnels tunnelSet
 
 	forwardLns []net.Listener
@@ -286,6 +291,10 @@ func New(cfg Config) (*Engine, error) {
 	e := &Engine{cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, streams: newInflight(), refusals: newLogLimiter(time.Second),
 		hslog: cfg.HandshakeLog, probeKick: make(chan struct{}, 1), pool: dialPool{kick: make(chan struct{}, 1)},
 		stopping: make(chan struct{}), down: make(chan struct{}), failed: make(chan error, 1)}
+	e.obs = cfg.Metrics
+	if cfg.Observer != nil {
+		e.obs = observers{cfg.Metrics, cfg.Observer}
+	}
 	e.ctx, e.cancel = context.WithCancelCause(context.Background())
 	e.loopCtx, e.stopLoops = context.WithCancel(e.ctx)
 	if cfg.MaxTotalStreams > 0 {
@@ -320,7 +329,9 @@ func (e *Engine) bind() error {
 	if e.cfg.Mode != ModeListen {
 		return nil
 	}
-	mc := e.muxConfig(e.cfg.TLS.ServerConfig())
+	// The policy's refusals inside the TLS stack are counted here, so that
+	// no caller has to wire them to the metrics.
+	mc := e.muxConfig(e.cfg.TLS.ServerConfig(e.obs.HandshakeFailed))
 	mc.OnHandshakeError = e.handshakeFailed
 	// Derived from the identity, the key is the same after a restart, so the
 	// new process resets the old one's QUIC connections at their next packet
@@ -387,9 +398,9 @@ func (e *Engine) muxConfig(tc *tls.Config) *transport.Config {
 func (e *Engine) handshakeFailed(remote net.Addr, err error) {
 	reason := transport.Classify(err)
 	if hybridtls.LoggedRefusal(string(reason)) {
-		return // the TLS policy logged and counted it with its reason already
+		return // the TLS policy logged it, and told e.obs, with its reason already
 	}
-	e.metrics.HandshakeFailed(string(reason))
+	e.obs.HandshakeFailed(string(reason))
 	log := slog.New(e.hslog)
 	if reason == transport.ReasonVersionMismatch {
 		// crypto/tls names only what the peer offered.
@@ -464,7 +475,7 @@ func (e *Engine) routineExpire(t *tunnel, notAfter time.Time) {
 	}
 	e.tunnels.remove(t)
 	t.closeFor(closeExpired) // its streams end with it
-	e.metrics.revoked.WithLabelValues(t.peerLabel).Inc()
+	e.obs.TunnelRevoked(t.peerLabel)
 	t.log.Warn("peer revoked", "reason", "certificate expired", "not_after", notAfter.UTC(), "streams", t.active.Load())
 }
 
@@ -510,7 +521,7 @@ func (e *Engine) revokeIfRejected(t *tunnel) bool {
 	// Out of the pool first, so that no new client is sent to it.
 	e.tunnels.remove(t)
 	t.closeFor(closeRevoked) // its streams end with it
-	e.metrics.revoked.WithLabelValues(t.peerLabel).Inc()
+	e.obs.TunnelRevoked(t.peerLabel)
 	if err != nil {
 		t.log.Warn("peer revoked", "reason", "no longer accepted", "streams", t.active.Load(), "err", err)
 	} else {
@@ -712,7 +723,7 @@ func (e *Engine) routineMaintain(ctx context.Context, slot *dialSlot) {
 				return
 			}
 			reason := transport.Classify(err)
-			e.metrics.HandshakeFailed(string(reason))
+			e.obs.HandshakeFailed(string(reason))
 			_, hint := check.Diagnose(err, e.cfg.Transport, e.cfg.TLS.Policy().Groups, e.cfg.TLS.Material())
 			if reason == transport.ReasonNoCommonGroup {
 				hint += " (it lists other groups, or is not post-quantum: 'pqtunnel check' tells which)"
@@ -726,7 +737,7 @@ func (e *Engine) routineMaintain(ctx context.Context, slot *dialSlot) {
 			continue
 		}
 		if connectedBefore {
-			e.metrics.reconnects.Inc()
+			e.obs.Reconnected()
 		}
 		connectedBefore = true
 		up := time.Now()
@@ -925,7 +936,7 @@ func (e *Engine) admit(t *tunnel) bool {
 			limit = peerLimit
 		}
 		e.warnRefusal(log, "tunnel refused", err.Error(), "limit", limit, "remote", info.Remote.String())
-		e.metrics.HandshakeFailed("busy")
+		e.obs.HandshakeFailed("busy")
 		_ = s.Close() // refused
 		return false
 	}
@@ -940,7 +951,7 @@ func (e *Engine) admit(t *tunnel) bool {
 	if e.cfg.KeyLog != "" {
 		log.Warn("tunnel secrets written to the key log: anyone who reads it can decrypt this tunnel", "keylog", e.cfg.KeyLog)
 	}
-	e.metrics.tunnelUp(info)
+	e.obs.TunnelUp(info)
 	e.watchExpiry(t)
 	// A reload between this tunnel's handshake and its joining the pool
 	// found it in neither place; the pool holds it now, so any later
@@ -960,7 +971,7 @@ func (e *Engine) serveAdmitted(t *tunnel) {
 	defer func() {
 		e.tunnels.remove(t)
 		reason := t.closeReason(err)
-		e.metrics.tunnelDown(info, reason)
+		e.obs.TunnelDown(info, reason)
 		_ = s.Close() // already gone, or being torn down
 		attrs := []any{"reason", reason, "up", time.Since(t.since).Round(time.Millisecond), "streams", t.active.Load(), "err", err}
 		if expectedClose(reason) {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/tlsroute"
 	"github.com/pqtunnel/pqtunnel/transport"
 )
 
@@ -118,16 +120,67 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // HandshakeFailed counts a failed or refused tunnel handshake.
 func (m *Metrics) HandshakeFailed(reason string) { m.handshakeFailures.WithLabelValues(reason).Inc() }
 
-func (m *Metrics) tunnelUp(info transport.Info) {
+// TunnelUp counts a tunnel connection up and its handshake.
+func (m *Metrics) TunnelUp(info transport.Info) {
 	g := hybridtls.GroupName(info.TLS.CurveID)
 	m.tunnelsUp.WithLabelValues(info.Transport, g, info.Peer.Sig).Inc()
 	m.handshakes.WithLabelValues(info.Transport, g, info.Peer.Sig).Inc()
 	m.handshakeSeconds.WithLabelValues(info.Transport).Observe(info.Handshake.Seconds())
 }
 
-func (m *Metrics) tunnelDown(info transport.Info, reason string) {
+// TunnelDown counts a tunnel connection that ended, and why.
+func (m *Metrics) TunnelDown(info transport.Info, reason string) {
 	m.tunnelsUp.WithLabelValues(info.Transport, hybridtls.GroupName(info.TLS.CurveID), info.Peer.Sig).Dec()
 	m.disconnects.WithLabelValues(info.Transport, reason).Inc()
+}
+
+// TunnelRevoked counts a live tunnel closed because its peer is no longer accepted.
+func (m *Metrics) TunnelRevoked(peer string) { m.revoked.WithLabelValues(peer).Inc() }
+
+// Reconnected counts a dial side's tunnel re-established after a loss.
+func (m *Metrics) Reconnected() { m.reconnects.Inc() }
+
+// StreamOpened counts a stream opened and active.
+func (m *Metrics) StreamOpened(route, direction string) {
+	m.streamsOpened.WithLabelValues(route, direction).Inc()
+	m.streamsActive.WithLabelValues(route, direction).Inc()
+}
+
+// StreamClosed counts a stream no longer active.
+func (m *Metrics) StreamClosed(route, direction string) {
+	m.streamsActive.WithLabelValues(route, direction).Dec()
+}
+
+// StreamFailed counts a stream refused or aborted.
+func (m *Metrics) StreamFailed(route, reason string) {
+	m.streamsFailed.WithLabelValues(route, reason).Inc()
+}
+
+// StreamNotAllowed counts a stream the route's allow list refused.
+func (m *Metrics) StreamNotAllowed(route, peer string) {
+	m.notAllowed.WithLabelValues(route, peer).Inc()
+}
+
+// StreamBytes counts the payload a stream carried each way.
+func (m *Metrics) StreamBytes(route string, up, down int64) {
+	m.bytes.WithLabelValues(route, "up").Add(float64(up))
+	m.bytes.WithLabelValues(route, "down").Add(float64(down))
+}
+
+// OriginDialed observes how long an origin dial took.
+func (m *Metrics) OriginDialed(route string, took time.Duration) {
+	m.originDial.WithLabelValues(route).Observe(took.Seconds())
+}
+
+// TLSHandshake counts a completed tls:// route handshake and its duration.
+func (m *Metrics) TLSHandshake(route, side string, info tlsroute.Info, sni string) {
+	m.tlsHandshakes.WithLabelValues(route, side, hybridtls.GroupName(info.Group), strconv.FormatBool(info.PostQuantum()), info.Sig, sni, info.ALPN, strconv.FormatBool(info.Resumed)).Inc()
+	m.tlsSeconds.WithLabelValues(side).Observe(info.Handshake.Seconds())
+}
+
+// TLSRefused counts a failed or refused tls:// route handshake.
+func (m *Metrics) TLSRefused(route, side, reason string) {
+	m.tlsRefused.WithLabelValues(route, side, reason).Inc()
 }
 
 func (m *Metrics) attach(e *Engine) {

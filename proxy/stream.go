@@ -68,20 +68,18 @@ func (e *Engine) handleClient(client end, c sockConn, r Route, rec *accessRecord
 	start := time.Now()
 	route := routeName(r.Name)
 	log := e.log.With("route", route, "client", clientLabel(c))
-	m := e.metrics
-	m.streamsOpened.WithLabelValues(route, "out").Inc()
-	active := m.streamsActive.WithLabelValues(route, "out")
+	o := e.obs
 	var undo undoList
 	defer undo.run()
 	undo.add(done)
 	undo.add(func() { e.logAccess(rec) }) // runs after the cleanups added below: once the connection has ended
 	fail := func(reason string, err error) {
-		m.streamsFailed.WithLabelValues(route, reason).Inc()
+		o.StreamFailed(route, reason)
 		rec.refused(reason, err)
 		client.abort()
 	}
-	active.Inc()
-	undo.add(active.Dec)
+	o.StreamOpened(route, "out")
+	undo.add(func() { o.StreamClosed(route, "out") })
 	undo.add(e.routeStats.opened(KindForward, route))
 	if !e.acquireSlot() {
 		e.warnRefusal(log, "client refused", "PQT_MAX_TOTAL_STREAMS reached", "limit", e.cfg.MaxTotalStreams)
@@ -181,11 +179,10 @@ func appendEarly(c syscall.Conn, dst []byte) ([]byte, error) {
 }
 
 func (e *Engine) pipeClient(client end, opened *openedStream, early int64, route string, log *slog.Logger, start time.Time, rec *accessRecord) {
-	m := e.metrics
+	o := e.obs
 	up, down, err := join(client, streamEnd{opened}, e.cfg.StreamIdleTimeout)
 	up += early
-	m.bytes.WithLabelValues(route, "up").Add(float64(up))
-	m.bytes.WithLabelValues(route, "down").Add(float64(down))
+	o.StreamBytes(route, up, down)
 	var refused *refusedError
 	if errors.As(err, &refused) {
 		rec.refused(refused.resp.Status.Label(), errors.New(refused.resp.Message))
@@ -197,13 +194,13 @@ func (e *Engine) pipeClient(client end, opened *openedStream, early int64, route
 	}
 	switch {
 	case refused != nil:
-		m.streamsFailed.WithLabelValues(route, refused.resp.Status.Label()).Inc()
+		o.StreamFailed(route, refused.resp.Status.Label())
 		e.warnRefusal(log, "stream refused by peer", refused.resp.Status.String(), "err", refused.resp.Message)
 	case errors.Is(err, errStreamIdle):
-		m.streamsFailed.WithLabelValues(route, "idle").Inc()
+		o.StreamFailed(route, "idle")
 		log.Info("stream closed: idle", "idle_timeout", e.cfg.StreamIdleTimeout, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond))
 	case err != nil && !benign(err):
-		m.streamsFailed.WithLabelValues(route, "aborted").Inc()
+		o.StreamFailed(route, "aborted")
 		log.Info("stream aborted", "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond), "err", err)
 	default:
 		log.Debug("stream closed", "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond))
@@ -275,14 +272,12 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 	}
 	allowed := known && target.allows(t.peer)
 	log = log.With("route", routeName(req.Route), "client", req.Client)
-	m := e.metrics
-	m.streamsOpened.WithLabelValues(route, "in").Inc()
-	active := m.streamsActive.WithLabelValues(route, "in")
-	active.Inc()
-	undo.add(active.Dec)
+	o := e.obs
+	o.StreamOpened(route, "in")
+	undo.add(func() { o.StreamClosed(route, "in") })
 	undo.add(e.routeStats.opened(KindTarget, route))
 	refuse := func(s wire.Status, msg string, err error) {
-		m.streamsFailed.WithLabelValues(route, s.Label()).Inc()
+		o.StreamFailed(route, s.Label())
 		rec.refused(s.Label(), errOrMsg(err, msg))
 		if !isTLSRefusal(err) { // a failed TLS handshake with the origin is logged already
 			e.warnRefusal(log, "stream refused", s.String(), "err", errOr(err, msg))
@@ -314,8 +309,8 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 		// so that a peer learns nothing of the routes of others.
 		unknown := e.unknownRouteMessage(req.Route, t.peer)
 		if known {
-			m.streamsFailed.WithLabelValues(route, "not_allowed").Inc()
-			m.notAllowed.WithLabelValues(route, e.peerLabel(t.peer)).Inc()
+			o.StreamFailed(route, "not_allowed")
+			o.StreamNotAllowed(route, e.peerLabel(t.peer))
 			e.warnRefusal(log, "stream refused", "not_allowed", "allow", strings.Join(target.Allow, "+"))
 			rec.refused("not_allowed", nil)
 			_, _ = st.Write(wire.AppendResponse(nil, wire.Response{Status: wire.StatusUnknownRoute, Message: unknown})) // best effort: we close next
@@ -358,22 +353,21 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 }
 
 func (e *Engine) pipeInbound(st transport.Stream, origin end, route, target string, log *slog.Logger, start time.Time, rec *accessRecord) {
-	m := e.metrics
+	o := e.obs
 	up, down, err := join(streamEnd{st}, origin, e.cfg.StreamIdleTimeout)
-	m.bytes.WithLabelValues(route, "up").Add(float64(up))
-	m.bytes.WithLabelValues(route, "down").Add(float64(down))
+	o.StreamBytes(route, up, down)
 	if benign(err) {
 		rec.finished(up, down, nil)
 	} else {
 		rec.finished(up, down, err)
 	}
 	if errors.Is(err, errStreamIdle) {
-		m.streamsFailed.WithLabelValues(route, "idle").Inc()
+		o.StreamFailed(route, "idle")
 		log.Info("stream closed: idle", "origin", target, "idle_timeout", e.cfg.StreamIdleTimeout, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond))
 		return
 	}
 	if err != nil && !benign(err) {
-		m.streamsFailed.WithLabelValues(route, "aborted").Inc()
+		o.StreamFailed(route, "aborted")
 		log.Info("stream aborted", "origin", target, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond), "err", err)
 		return
 	}

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
@@ -156,7 +155,7 @@ func (e *Engine) handleAccepted(c sockConn, r Route) {
 	source := clientKey(c.RemoteAddr())
 	if !e.clientsByIP.take(source, e.cfg.MaxClientsPerIP) {
 		e.warnRefusal(e.log.With("route", route, "client", clientLabel(c)), "client refused", "PQT_MAX_CLIENTS_PER_IP reached", "limit", e.cfg.MaxClientsPerIP, "source", source.String())
-		e.metrics.streamsFailed.WithLabelValues(route, "client_limit").Inc()
+		e.obs.StreamFailed(route, "client_limit")
 		sockEnd{c}.abort()
 		rec.refused("client_limit", nil)
 		e.logAccess(rec)
@@ -212,7 +211,7 @@ func (e *Engine) terminate(c sockConn, r Route, term *tlsroute.Terminator, rec *
 		defer func() { <-e.tls.handshakes }()
 	default:
 		e.warnRefusal(log, "TLS handshake refused", "busy", "limit", cap(e.tls.handshakes), "hint", "PQT_MAX_HANDSHAKES handshakes are running")
-		e.metrics.tlsRefused.WithLabelValues(route, sideTerminate, "busy").Inc()
+		e.obs.TLSRefused(route, sideTerminate, "busy")
 		sockEnd{c}.abort()
 		rec.refused("busy", nil)
 		return nil, false
@@ -256,7 +255,7 @@ func (e *Engine) tlsFailed(log *slog.Logger, route, side string, err error) stri
 		attrs = append(attrs, "offered", hybridtls.GroupNames(he.Offered))
 		err = he.Err // the reason and groups are attributes already
 	}
-	e.metrics.tlsRefused.WithLabelValues(route, side, reason).Inc()
+	e.obs.TLSRefused(route, side, reason)
 	e.routeStats.tlsRefused(tlsKind(side), route)
 	policy := e.cfg.TLSRoutes.Policy()
 	switch reason {
@@ -280,15 +279,13 @@ func (e *Engine) tlsFailed(log *slog.Logger, route, side string, err error) stri
 func (e *Engine) tlsConnected(log *slog.Logger, r Route, side string, info tlsroute.Info, sniLabel string) {
 	route := routeName(r.Name)
 	group := hybridtls.GroupName(info.Group)
-	pq := info.PostQuantum()
-	e.metrics.tlsHandshakes.WithLabelValues(route, side, group, strconv.FormatBool(pq), info.Sig, sniLabel, info.ALPN, strconv.FormatBool(info.Resumed)).Inc()
-	e.metrics.tlsSeconds.WithLabelValues(side).Observe(info.Handshake.Seconds())
+	e.obs.TLSHandshake(route, side, info, sniLabel)
 	e.routeStats.tlsConnected(tlsKind(side), route, info)
 	attrs := []any{"group", group, "sig", info.Sig, "sni", info.SNI, "alpn", info.ALPN, "resumed", info.Resumed, "handshake", info.Handshake.Round(10 * time.Microsecond)}
 	if info.Client != "" {
 		attrs = append(attrs, "client_cert", info.Client)
 	}
-	if pq {
+	if info.PostQuantum() {
 		log.Info("TLS connected", attrs...)
 	} else {
 		log.Warn("TLS connected WITHOUT post-quantum key exchange (PQT_PQ=prefer)", attrs...)
@@ -309,7 +306,7 @@ func (e *Engine) dialTarget(target Route, client, server netip.AddrPort, peer st
 	d := net.Dialer{Timeout: e.dialTimeout()}
 	dialStart := time.Now()
 	c, err := d.DialContext(e.ctx, target.network(), target.Addr)
-	e.metrics.originDial.WithLabelValues(route).Observe(time.Since(dialStart).Seconds())
+	e.obs.OriginDialed(route, time.Since(dialStart))
 	e.routeStats.dialed(route, dialStart, err, false)
 	if err != nil {
 		return nil, &dialError{fmt.Errorf("dial origin %s: %w", target.Addr, err)}
@@ -354,19 +351,17 @@ func (e *Engine) joinLocal(client end, c sockConn, r, target Route, rec *accessR
 	start := time.Now()
 	route := routeName(r.Name)
 	log := e.log.With("route", route, "client", clientLabel(c))
-	m := e.metrics
-	m.streamsOpened.WithLabelValues(route, "local").Inc()
-	active := m.streamsActive.WithLabelValues(route, "local")
+	o := e.obs
 	var undo undoList
 	defer undo.run()
 	undo.add(done)
 	undo.add(func() { e.logAccess(rec) }) // runs after the cleanups added below: once the connection has ended
-	active.Inc()
-	undo.add(active.Dec)
+	o.StreamOpened(route, "local")
+	undo.add(func() { o.StreamClosed(route, "local") })
 	undo.add(e.routeStats.opened(KindForward, route))
 	if !e.acquireSlot() {
 		e.warnRefusal(log, "client refused", "PQT_MAX_TOTAL_STREAMS reached", "limit", e.cfg.MaxTotalStreams)
-		m.streamsFailed.WithLabelValues(route, "busy").Inc()
+		o.StreamFailed(route, "busy")
 		rec.refused("busy", nil)
 		client.abort()
 		return
@@ -385,7 +380,7 @@ func (e *Engine) joinLocal(client end, c sockConn, r, target Route, rec *accessR
 		case isTLSRefusal(err):
 			reason = "origin_tls"
 		}
-		m.streamsFailed.WithLabelValues(route, reason).Inc()
+		o.StreamFailed(route, reason)
 		rec.refused(reason, err)
 		if reason != "origin_tls" { // tlsFailed logged that one
 			e.warnRefusal(log, "client refused", reason, "origin", target.Addr, "err", err)
@@ -397,17 +392,16 @@ func (e *Engine) joinLocal(client end, c sockConn, r, target Route, rec *accessR
 }
 
 func (e *Engine) pipeLocal(client, origin end, route, target string, log *slog.Logger, start time.Time, rec *accessRecord) {
-	m := e.metrics
+	o := e.obs
 	up, down, err := join(client, origin, e.cfg.StreamIdleTimeout)
-	m.bytes.WithLabelValues(route, "up").Add(float64(up))
-	m.bytes.WithLabelValues(route, "down").Add(float64(down))
+	o.StreamBytes(route, up, down)
 	if benign(err) {
 		rec.finished(up, down, nil)
 	} else {
 		rec.finished(up, down, err)
 	}
 	if err != nil && !benign(err) {
-		m.streamsFailed.WithLabelValues(route, "aborted").Inc()
+		o.StreamFailed(route, "aborted")
 		log.Info("connection aborted", "origin", target, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond), "err", err)
 		return
 	}

@@ -226,7 +226,8 @@ func engineConfig(c *config.Config, log *slog.Logger) (proxy.Config, error) {
 	policy := c.Policy
 	// One limit for the handshake lines of the TLS policy and of the engine.
 	hslog := proxy.NewHandshakeLog(log.Handler(), 0)
-	policy.Logger, policy.OnRefused = slog.New(hslog), metrics.HandshakeFailed
+	// The engine counts the policy's refusals in its metrics itself.
+	policy.Logger = slog.New(hslog)
 	keyLog, err := c.OpenKeyLog()
 	if err != nil {
 		return proxy.Config{}, err

@@ -30,7 +30,7 @@ type Config struct {
 	// Engine is the engine's policy; TLS, Logger and Metrics are left for
 	// the caller, who owns the process's logger and metrics.
 	Engine proxy.Config
-	// Policy is the TLS policy; Logger and OnRefused are left for the caller.
+	// Policy is the TLS policy; Logger is left for the caller (the engine counts refusals itself).
 	Policy hybridtls.Policy
 	// Material is the identity, certificates and pins as loaded by Parse;
 	// nil when no route goes through a tunnel (proxy.ModeLocal).
