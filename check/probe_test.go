@@ -140,6 +140,7 @@ func TestProbeRoutesAsksThePeer(t *testing.T) {
 	listen, err := proxy.New(proxy.Config{
 		Mode: proxy.ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr,
 		Target: []proxy.Route{{Name: "echo", Addr: origin.addr}}, TLS: listenStore, ReadyTargetDown: -1,
+		SettingName: func(field string) string { return map[string]string{"Target": "PQT_TARGET"}[field] },
 	})
 	if err != nil {
 		t.Fatal(err)

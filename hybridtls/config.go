@@ -144,6 +144,9 @@ func (s Setting) String() string {
 	return fmt.Sprintf("Setting(%d)", int(s))
 }
 
+// NameOf is how messages name s: by Policy.SettingName, else s.String().
+func (p *Policy) NameOf(s Setting) string { return p.name(s) }
+
 func (p *Policy) name(s Setting) string {
 	if p.SettingName != nil {
 		return p.SettingName(s)

@@ -87,7 +87,8 @@ func bulkBuffer() (buf *[]byte, give func()) {
 }
 
 // errStreamIdle is join's error for a stream closed by its idle timeout.
-var errStreamIdle = errors.New("no byte in either direction for the stream idle timeout (PQT_STREAM_IDLE_TIMEOUT)")
+// The engine adds the name of the setting (Engine.namedIdle).
+var errStreamIdle = errors.New("no byte in either direction for the stream idle timeout")
 
 // join copies both ways between a and b until both directions end. A clean
 // EOF is passed on as a half-close; an error aborts both ends at once so that

@@ -105,6 +105,12 @@ type Config struct {
 	QUICRetry time.Duration
 	// Logger receives the engine's events; nil discards them.
 	Logger *slog.Logger
+	// SettingName, if set, names a Config field (by its Go name, such as
+	// "MaxTotalStreams"; a field of Mux by its own name, "MaxConnMemory")
+	// in runtime messages, logs and refusals sent to the peer, in the
+	// caller's terms (pqtunnel gives its variable names), so that they say
+	// what to change; nil uses the field name.
+	SettingName func(field string) string
 	// MaxTotalStreams bounds the streams this process carries at once, in
 	// both directions; past it clients are refused and the peer's new streams
 	// get StatusBusy. Zero means defaults.MaxTotalStreams (65,536); negative
@@ -935,7 +941,7 @@ func (e *Engine) admit(t *tunnel) bool {
 		if errors.Is(err, errPeerShare) {
 			limit = peerLimit
 		}
-		e.warnRefusal(log, "tunnel refused", err.Error(), "limit", limit, "remote", info.Remote.String())
+		e.warnRefusal(log, "tunnel refused", e.poolRefusal(err), "limit", limit, "remote", info.Remote.String())
 		e.obs.HandshakeFailed("busy")
 		_ = s.Close() // refused
 		return false
@@ -943,7 +949,7 @@ func (e *Engine) admit(t *tunnel) bool {
 	if hybridtls.IsPostQuantum(info.TLS.CurveID) {
 		log.Info("tunnel connected", "tls", "1.3", "pq_auth", info.Peer.PQAuth, "remote", info.Remote.String(), "handshake", info.Handshake.Round(10*time.Microsecond))
 	} else {
-		log.Warn("tunnel connected WITHOUT post-quantum key exchange (PQT_PQ=prefer)", "tls", "1.3", "pq_auth", info.Peer.PQAuth, "remote", info.Remote.String(), "handshake", info.Handshake.Round(10*time.Microsecond))
+		log.Warn("tunnel connected WITHOUT post-quantum key exchange "+pqPreferNote(e.cfg.TLS.Policy()), "tls", "1.3", "pq_auth", info.Peer.PQAuth, "remote", info.Remote.String(), "handshake", info.Handshake.Round(10*time.Microsecond))
 	}
 	if !info.Peer.PQAuth {
 		log.Warn("peer authenticated classically only", "pq_auth", false, "reason", info.Peer.ClassicalReason)

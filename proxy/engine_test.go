@@ -32,13 +32,23 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// runEngine starts an engine; cleanup shuts it down, draining for up to
-// 2 s, and requires Run to return ErrClosed.
+// testSettingName names the Config fields the tests' messages name as
+// pqtunnel's variables do.
+func testSettingName(field string) string {
+	return map[string]string{"Target": "PQT_TARGET", "MaxConnMemory": "PQT_MAX_CONN_MEMORY"}[field]
+}
+
+// runEngine starts an engine, naming settings with testSettingName unless
+// cfg names them; cleanup shuts it down, draining for up to 2 s, and
+// requires Run to return ErrClosed.
 func runEngine(t *testing.T, cfg Config) *Engine {
 	t.Helper()
 	const drain = 2 * time.Second
 	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = drain
+	}
+	if cfg.SettingName == nil {
+		cfg.SettingName = testSettingName
 	}
 	e, err := New(cfg)
 	if err != nil {

@@ -89,7 +89,7 @@ func NewMetrics() *Metrics {
 		}, []string{"peer"}),
 		tlsHandshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pqtunnel_tls_handshakes_total",
-			Help: "TLS handshakes of tls:// routes with standard clients (side terminate) or servers (side originate), by route, group, post_quantum (false only with PQT_PQ=prefer), the server's signature scheme (resumed for a resumed session), sni (the certificate name it matched, none, or other) and alpn.",
+			Help: "TLS handshakes of tls:// routes with standard clients (side terminate) or servers (side originate), by route, group, post_quantum (false only under the prefer policy), the server's signature scheme (resumed for a resumed session), sni (the certificate name it matched, none, or other) and alpn.",
 		}, []string{"route", "side", "group", "post_quantum", "sig", "sni", "alpn", "resumed"}),
 		tlsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pqtunnel_tls_refused_total", Help: "TLS handshakes of tls:// routes that failed or were refused, by route, side and reason (not_post_quantum, no_common_group, bad_certificate, client_not_allowed, timeout, busy, tls).",

@@ -82,7 +82,7 @@ func (e *Engine) handleClient(client end, c sockConn, r Route, rec *accessRecord
 	undo.add(func() { o.StreamClosed(route, "out") })
 	undo.add(e.routeStats.opened(KindForward, route))
 	if !e.acquireSlot() {
-		e.warnRefusal(log, "client refused", "PQT_MAX_TOTAL_STREAMS reached", "limit", e.cfg.MaxTotalStreams)
+		e.warnRefusal(log, "client refused", e.name("MaxTotalStreams")+" reached", "limit", e.cfg.MaxTotalStreams)
 		fail("busy", nil)
 		return
 	}
@@ -111,7 +111,7 @@ func (e *Engine) handleClient(client end, c sockConn, r Route, rec *accessRecord
 	st, err := t.s.OpenStream(ctx)
 	cancel()
 	if errors.Is(err, transport.ErrConnMemory) {
-		e.warnRefusal(log, "client refused", "PQT_MAX_CONN_MEMORY reached", "limit", orDefault(e.cfg.Mux.MaxConnMemory, defaults.MaxConnMemory), "err", err)
+		e.warnRefusal(log, "client refused", e.name("MaxConnMemory")+" reached", "limit", orDefault(e.cfg.Mux.MaxConnMemory, defaults.MaxConnMemory), "err", err)
 		fail("busy", err)
 		return
 	}
@@ -181,6 +181,7 @@ func appendEarly(c syscall.Conn, dst []byte) ([]byte, error) {
 func (e *Engine) pipeClient(client end, opened *openedStream, early int64, route string, log *slog.Logger, start time.Time, rec *accessRecord) {
 	o := e.obs
 	up, down, err := join(client, streamEnd{opened}, e.cfg.StreamIdleTimeout)
+	err = e.namedIdle(err)
 	up += early
 	o.StreamBytes(route, up, down)
 	var refused *refusedError
@@ -290,12 +291,12 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 		return
 	}
 	if !e.acquireSlot() {
-		refuse(wire.StatusBusy, fmt.Sprintf("peer carries PQT_MAX_TOTAL_STREAMS=%d streams already", e.cfg.MaxTotalStreams), nil)
+		refuse(wire.StatusBusy, fmt.Sprintf("peer carries %s=%d streams already", e.name("MaxTotalStreams"), e.cfg.MaxTotalStreams), nil)
 		return
 	}
 	undo.add(e.releaseSlot)
 	if n := e.peerShare(e.cfg.MaxTotalStreams); !e.peerStreams.take(t.peer, n) {
-		refuse(wire.StatusBusy, fmt.Sprintf("peer carries %d streams this side opened already, its share (PQT_MAX_PEER_SHARE) of PQT_MAX_TOTAL_STREAMS=%d", n, e.cfg.MaxTotalStreams), nil)
+		refuse(wire.StatusBusy, fmt.Sprintf("peer carries %d streams this side opened already, its share (%s) of %s=%d", n, e.name("PeerShare"), e.name("MaxTotalStreams"), e.cfg.MaxTotalStreams), nil)
 		return
 	}
 	undo.add(func() { e.peerStreams.give(t.peer) })
@@ -317,8 +318,8 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 			_ = st.Close()
 			return
 		}
-		// The peer reads "the peer's PQT_TARGET"; this side's own log says whose.
-		refuse(wire.StatusUnknownRoute, unknown, fmt.Errorf("route %q is not in this side's PQT_TARGET (it has: %s)", routeName(req.Route), e.targetNames(t.peer)))
+		// The peer reads "the peer's Target"; this side's own log says whose.
+		refuse(wire.StatusUnknownRoute, unknown, fmt.Errorf("route %q is not in this side's %s (it has: %s)", routeName(req.Route), e.name("Target"), e.targetNames(t.peer)))
 		return
 	}
 	// The addresses are the peer's word: refused when they are not ip:port
@@ -355,6 +356,7 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 func (e *Engine) pipeInbound(st transport.Stream, origin end, route, target string, log *slog.Logger, start time.Time, rec *accessRecord) {
 	o := e.obs
 	up, down, err := join(streamEnd{st}, origin, e.cfg.StreamIdleTimeout)
+	err = e.namedIdle(err)
 	o.StreamBytes(route, up, down)
 	if benign(err) {
 		rec.finished(up, down, nil)
@@ -378,7 +380,7 @@ func (e *Engine) pipeInbound(st transport.Stream, origin end, route, target stri
 // not use: the same whether the route does not exist or is another peer's,
 // listing only the routes this peer may use.
 func (e *Engine) unknownRouteMessage(route, peer string) string {
-	return fmt.Sprintf("route %q is not in the peer's PQT_TARGET (it has: %s)", routeName(route), e.targetNames(peer))
+	return fmt.Sprintf("route %q is not in the peer's %s (it has: %s)", routeName(route), e.name("Target"), e.targetNames(peer))
 }
 
 // answerRouteQuery tells the peer whether this side delivers route to it

@@ -154,7 +154,7 @@ func (e *Engine) handleAccepted(c sockConn, r Route) {
 	// handshakes of a tls:// route and the clients of a local join.
 	source := clientKey(c.RemoteAddr())
 	if !e.clientsByIP.take(source, e.cfg.MaxClientsPerIP) {
-		e.warnRefusal(e.log.With("route", route, "client", clientLabel(c)), "client refused", "PQT_MAX_CLIENTS_PER_IP reached", "limit", e.cfg.MaxClientsPerIP, "source", source.String())
+		e.warnRefusal(e.log.With("route", route, "client", clientLabel(c)), "client refused", e.name("MaxClientsPerIP")+" reached", "limit", e.cfg.MaxClientsPerIP, "source", source.String())
 		e.obs.StreamFailed(route, "client_limit")
 		sockEnd{c}.abort()
 		rec.refused("client_limit", nil)
@@ -195,7 +195,7 @@ func (e *Engine) terminator(r Route) *tlsroute.Terminator {
 	return nil
 }
 
-// tlsHandshakeTimeout bounds a tls:// route's handshake: PQT_HANDSHAKE_TIMEOUT.
+// tlsHandshakeTimeout bounds a tls:// route's handshake: Mux.HandshakeTimeout.
 func (e *Engine) tlsHandshakeTimeout() time.Duration {
 	return orDefault(e.cfg.Mux.HandshakeTimeout, defaults.HandshakeTimeout)
 }
@@ -210,7 +210,7 @@ func (e *Engine) terminate(c sockConn, r Route, term *tlsroute.Terminator, rec *
 	case e.tls.handshakes <- struct{}{}:
 		defer func() { <-e.tls.handshakes }()
 	default:
-		e.warnRefusal(log, "TLS handshake refused", "busy", "limit", cap(e.tls.handshakes), "hint", "PQT_MAX_HANDSHAKES handshakes are running")
+		e.warnRefusal(log, "TLS handshake refused", "busy", "limit", cap(e.tls.handshakes), "hint", e.name("MaxHandshakes")+" handshakes are running")
 		e.obs.TLSRefused(route, sideTerminate, "busy")
 		sockEnd{c}.abort()
 		rec.refused("busy", nil)
@@ -262,9 +262,9 @@ func (e *Engine) tlsFailed(log *slog.Logger, route, side string, err error) stri
 	case tlsroute.ReasonNotPostQuantum:
 		attrs = append(attrs, "pq", policy.Mode)
 		if side == sideTerminate {
-			attrs = append(attrs, "accepts", hybridtls.GroupNames(policy.Curves()), "hint", "the client offered no post-quantum key exchange; it needs e.g. OpenSSL 3.5, a current browser or Go 1.24+ (or set PQT_PQ=prefer to accept it, logged and counted)")
+			attrs = append(attrs, "accepts", hybridtls.GroupNames(policy.Curves()), "hint", "the client offered no post-quantum key exchange; it needs e.g. OpenSSL 3.5, a current browser or Go 1.24+ (or set "+policy.NameOf(hybridtls.SettingMode)+"=prefer to accept it, logged and counted)")
 		} else {
-			attrs = append(attrs, "hint", "the server accepted none of the offered post-quantum groups: it is not post-quantum, or lists other groups (set PQT_PQ=prefer to accept X25519, logged and counted)")
+			attrs = append(attrs, "hint", "the server accepted none of the offered post-quantum groups: it is not post-quantum, or lists other groups (set "+policy.NameOf(hybridtls.SettingMode)+"=prefer to accept X25519, logged and counted)")
 		}
 	case tlsroute.ReasonNoCommonGroup:
 		if side == sideTerminate {
@@ -288,7 +288,7 @@ func (e *Engine) tlsConnected(log *slog.Logger, r Route, side string, info tlsro
 	if info.PostQuantum() {
 		log.Info("TLS connected", attrs...)
 	} else {
-		log.Warn("TLS connected WITHOUT post-quantum key exchange (PQT_PQ=prefer)", attrs...)
+		log.Warn("TLS connected WITHOUT post-quantum key exchange "+pqPreferNote(e.cfg.TLSRoutes.Policy()), attrs...)
 	}
 }
 
@@ -360,7 +360,7 @@ func (e *Engine) joinLocal(client end, c sockConn, r, target Route, rec *accessR
 	undo.add(func() { o.StreamClosed(route, "local") })
 	undo.add(e.routeStats.opened(KindForward, route))
 	if !e.acquireSlot() {
-		e.warnRefusal(log, "client refused", "PQT_MAX_TOTAL_STREAMS reached", "limit", e.cfg.MaxTotalStreams)
+		e.warnRefusal(log, "client refused", e.name("MaxTotalStreams")+" reached", "limit", e.cfg.MaxTotalStreams)
 		o.StreamFailed(route, "busy")
 		rec.refused("busy", nil)
 		client.abort()
@@ -394,6 +394,7 @@ func (e *Engine) joinLocal(client end, c sockConn, r, target Route, rec *accessR
 func (e *Engine) pipeLocal(client, origin end, route, target string, log *slog.Logger, start time.Time, rec *accessRecord) {
 	o := e.obs
 	up, down, err := join(client, origin, e.cfg.StreamIdleTimeout)
+	err = e.namedIdle(err)
 	o.StreamBytes(route, up, down)
 	if benign(err) {
 		rec.finished(up, down, nil)

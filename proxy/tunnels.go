@@ -86,8 +86,8 @@ func (ts *tunnelSet) notifyLocked() {
 
 // errPoolFull, errPeerShare and errPoolClosed say why add refused a tunnel.
 var (
-	errPoolFull   = errors.New("PQT_MAX_CONNECTIONS reached")
-	errPeerShare  = errors.New("the peer holds its share of PQT_MAX_CONNECTIONS (PQT_MAX_PEER_SHARE)")
+	errPoolFull   = errors.New("tunnel pool full")
+	errPeerShare  = errors.New("the peer holds its share of the tunnel pool")
 	errPoolClosed = errors.New("shutting down")
 )
 

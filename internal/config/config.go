@@ -269,6 +269,23 @@ func (c *Config) OpenKeyLog() (io.WriteCloser, error) {
 	return f, nil
 }
 
+// engineFields are the proxy.Config fields whose variable fills a Vars
+// field of another name.
+var engineFields = map[string]string{"PeerShare": "MaxPeerShare"}
+
+// engineSettingName names a proxy.Config field by the variable that sets
+// it, so that the engine's runtime messages say which variable to change;
+// a field no variable sets keeps its name.
+func engineSettingName(field string) string {
+	if f, ok := engineFields[field]; ok {
+		field = f
+	}
+	if _, ok := reflect.TypeFor[Vars]().FieldByName(field); !ok {
+		return field
+	}
+	return Name(field)
+}
+
 // policySettingName names hybridtls's settings by the variables that set
 // them, so that a refused handshake says which variable to change.
 func policySettingName(s hybridtls.Setting) string {
@@ -345,6 +362,7 @@ func (c *Config) parseLimits(v *Vars) error {
 	e.MaxClientsPerIP = v.MaxClientsPerIP
 	e.PeerShare = v.MaxPeerShare
 	e.StreamIdleTimeout = v.StreamIdleTimeout
+	e.SettingName = engineSettingName
 	e.ReadyTargetDown = v.ReadyTargetDown
 	if v.ReadyTargetDown == 0 {
 		e.ReadyTargetDown = -1 // the engine's zero is its default

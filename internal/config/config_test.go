@@ -447,3 +447,25 @@ func TestMaxConnMemoryReachesTheTransport(t *testing.T) {
 		}
 	}
 }
+
+// The engine's runtime messages name its Config fields through
+// engineSettingName: each field it names is the variable that sets it.
+func TestEngineSettingNameGivesTheVariable(t *testing.T) {
+	for field, want := range map[string]string{
+		"MaxConnections": "PQT_MAX_CONNECTIONS", "PeerShare": "PQT_MAX_PEER_SHARE", "MaxTotalStreams": "PQT_MAX_TOTAL_STREAMS",
+		"MaxConnMemory": "PQT_MAX_CONN_MEMORY", "Target": "PQT_TARGET", "StreamIdleTimeout": "PQT_STREAM_IDLE_TIMEOUT",
+		"MaxClientsPerIP": "PQT_MAX_CLIENTS_PER_IP", "MaxHandshakes": "PQT_MAX_HANDSHAKES",
+		"HandshakeLog": "HandshakeLog", // no variable sets it
+	} {
+		if got := engineSettingName(field); got != want {
+			t.Errorf("engineSettingName(%q) = %q, want %q", field, got, want)
+		}
+	}
+	c, err := Parse(newTestEnv(t).base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Engine.SettingName == nil || c.Engine.SettingName("Target") != "PQT_TARGET" {
+		t.Error("the parsed engine configuration does not name its settings by their variables")
+	}
+}
