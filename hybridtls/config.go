@@ -120,11 +120,13 @@ type Policy struct {
 type Setting int
 
 const (
-	SettingGroups Setting = iota // Policy.Groups
-	SettingMode                  // Policy.Mode
-	SettingCAs                   // Material.CAs
-	SettingPeers                 // Material.Peers
-	SettingAllow                 // Material.Allow
+	SettingGroups  Setting = iota // Policy.Groups
+	SettingMode                   // Policy.Mode
+	SettingCAs                    // Material.CAs
+	SettingPeers                  // Material.Peers
+	SettingAllow                  // Material.Allow
+	SettingPQAuth                 // Policy.RequirePQAuth, as set
+	SettingProfile                // Policy.RequireMLDSA87, as set
 )
 
 // String is the Go field name, the Setting's name when Policy.SettingName is nil.
@@ -140,6 +142,10 @@ func (s Setting) String() string {
 		return "Peers"
 	case SettingAllow:
 		return "Allow"
+	case SettingPQAuth:
+		return "RequirePQAuth"
+	case SettingProfile:
+		return "RequireMLDSA87"
 	}
 	return fmt.Sprintf("Setting(%d)", int(s))
 }

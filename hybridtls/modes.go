@@ -83,7 +83,7 @@ func (pm pinnedMode) accept(certs []*x509.Certificate, _ [][]*x509.Certificate, 
 	}
 	if p.RequireMLDSA87 {
 		if ok, why := ChainMLDSA87([]*x509.Certificate{leaf}); !ok {
-			return "", fmt.Errorf("%w: %s (the peer needs an identity from 'pqtunnel keygen --profile cnsa2')", ErrNotCNSA2, why)
+			return "", p.refuseBy(ErrNotCNSA2, SettingProfile, "ML-DSA-87", why+" (the peer needs an identity from 'pqtunnel keygen --profile cnsa2')")
 		}
 	}
 	return pm.m.PeerName(pin), nil
@@ -150,7 +150,7 @@ func (cm caMode) accept(certs []*x509.Certificate, chains [][]*x509.Certificate,
 	leaf := certs[0]
 	if p.RequirePQAuth {
 		if pq, why := chainsPQ(chains); !pq {
-			return "", fmt.Errorf("%w: %s", ErrClassicalAuth, why)
+			return "", p.refuseBy(ErrClassicalAuth, SettingPQAuth, "ML-DSA certificate chains", why)
 		}
 	}
 	if p.RequireMLDSA87 {
@@ -161,7 +161,7 @@ func (cm caMode) accept(certs []*x509.Certificate, chains [][]*x509.Certificate,
 			}
 		}
 		if !ok {
-			return "", fmt.Errorf("%w: %s", ErrNotCNSA2, why)
+			return "", p.refuseBy(ErrNotCNSA2, SettingProfile, "ML-DSA-87", why)
 		}
 	}
 	if len(cm.m.Allow) == 0 && !cm.m.AllowListed {

@@ -6,14 +6,30 @@ import (
 	"fmt"
 )
 
-// ErrClassicalAuth is wrapped when PQT_AUTH=pq refuses a peer whose
-// certificate chain is not ML-DSA end to end. It is a kind of
-// ErrPeerNotAllowed: the chain verifies, the policy refuses it.
-var ErrClassicalAuth = fmt.Errorf("%w: PQT_AUTH=pq accepts only ML-DSA certificate chains", ErrPeerNotAllowed)
+// ErrClassicalAuth is wrapped when Policy.RequirePQAuth (PQT_AUTH=pq)
+// refuses a peer whose certificate chain is not ML-DSA end to end. It is a
+// kind of ErrPeerNotAllowed: the chain verifies, the policy refuses it.
+var ErrClassicalAuth = fmt.Errorf("%w: only ML-DSA certificate chains are accepted", ErrPeerNotAllowed)
 
-// ErrNotCNSA2 is wrapped when PQT_PROFILE=cnsa2 refuses a peer that
-// authenticates with ML-DSA below ML-DSA-87.
-var ErrNotCNSA2 = fmt.Errorf("%w: PQT_PROFILE=cnsa2 accepts only ML-DSA-87", ErrPeerNotAllowed)
+// ErrNotCNSA2 is wrapped when Policy.RequireMLDSA87 (PQT_PROFILE=cnsa2)
+// refuses a peer that authenticates with ML-DSA below ML-DSA-87.
+var ErrNotCNSA2 = fmt.Errorf("%w: only ML-DSA-87 is accepted", ErrPeerNotAllowed)
+
+// settingRefusal is a refusal of kind (ErrClassicalAuth, ErrNotCNSA2)
+// whose text names the setting behind it in the caller's terms.
+type settingRefusal struct {
+	kind error
+	text string
+}
+
+func (e *settingRefusal) Error() string { return e.text }
+func (e *settingRefusal) Unwrap() error { return e.kind }
+
+// refuseBy is a refusal of kind by setting s, which accepts only what
+// accepts says, for the reason why.
+func (p *Policy) refuseBy(kind error, s Setting, accepts, why string) error {
+	return &settingRefusal{kind: kind, text: fmt.Sprintf("%v: %s accepts only %s: %s", ErrPeerNotAllowed, p.name(s), accepts, why)}
+}
 
 // ChainMLDSA87 reports whether every key of chain is ML-DSA-87 and every
 // certificate below the root is signed with ML-DSA-87, as CNSA 2.0 asks;

@@ -46,7 +46,7 @@ func TestCAModeMLDSAChains(t *testing.T) {
 			clientCert, clientPool := testChain(t, tt.name, tt.kinds...)
 			serverCert, serverPool := testChain(t, "server", testca.MLDSA65, testca.MLDSA65)
 			for _, require := range []bool{false, true} {
-				p := Policy{Mode: Strict, Groups: DefaultGroups, ServerName: "server.test", RequirePQAuth: require}
+				p := Policy{Mode: Strict, Groups: DefaultGroups, ServerName: "server.test", RequirePQAuth: require, SettingName: testSettingName}
 				client := side{store: newStore(t, p, &Material{Certificate: clientCert, CAs: serverPool})}
 				server := side{store: newStore(t, p, &Material{Certificate: serverCert, CAs: clientPool})}
 				_, _, cr, sr := connect(t, client, server)
@@ -56,6 +56,10 @@ func TestCAModeMLDSAChains(t *testing.T) {
 					}
 					if !strings.Contains(sr.err.Error(), tt.why) {
 						t.Errorf("refusal %q does not say %q", sr.err, tt.why)
+					}
+					// The setting is named in the caller's terms.
+					if want := "<RequirePQAuth> accepts only ML-DSA certificate chains"; !strings.Contains(sr.err.Error(), want) {
+						t.Errorf("refusal %q does not say %q", sr.err, want)
 					}
 					continue
 				}

@@ -289,6 +289,12 @@ func engineSettingName(field string) string {
 // policySettingName names hybridtls's settings by the variables that set
 // them, so that a refused handshake says which variable to change.
 func policySettingName(s hybridtls.Setting) string {
+	switch s {
+	case hybridtls.SettingPQAuth:
+		return Name("Auth") + "=pq"
+	case hybridtls.SettingProfile:
+		return Name("Profile") + "=cnsa2"
+	}
 	field, ok := map[hybridtls.Setting]string{
 		hybridtls.SettingGroups: "Groups",
 		hybridtls.SettingMode:   "PQ",
