@@ -42,7 +42,7 @@ func (d Diagnosis) AboutIdentity() bool {
 
 // Diagnosis classifies the probe's failure.
 func (p Probe) Diagnosis() Diagnosis {
-	d, _ := Diagnose(p.Err, p.tr, p.Offered, nil)
+	d, _ := Diagnose(p.Err, p.tr, p.Offered, nil, nil)
 	return d
 }
 
@@ -52,17 +52,22 @@ func (p Probe) Verdict(ours *hybridtls.Material) string {
 	if p.Err == nil {
 		return "ok"
 	}
-	_, v := Diagnose(p.Err, p.tr, p.Offered, ours)
+	_, v := Diagnose(p.Err, p.tr, p.Offered, ours, p.name)
 	return v
 }
 
 // Diagnose says in words a person can act on why a tunnel handshake over
 // tr failed (offering the groups offered); ours (nil when only the
 // Diagnosis is wanted) says whether this side is pinned or in CA mode, and
-// so what the advice names.
-func Diagnose(err error, tr transport.Transport, offered []tls.CurveID, ours *hybridtls.Material) (Diagnosis, string) {
+// so what the advice names. The advice names settings through name, by
+// their Go names (Transport, Peers, Allow, CA, Cert: both sides have the
+// same), in the caller's terms; nil uses those names.
+func Diagnose(err error, tr transport.Transport, offered []tls.CurveID, ours *hybridtls.Material, name func(setting string) string) (Diagnosis, string) {
 	if err == nil {
 		return DiagnosisOK, "ok"
+	}
+	if name == nil {
+		name = func(setting string) string { return setting }
 	}
 	msg := err.Error()
 	caMode, ourName := false, ""
@@ -75,23 +80,23 @@ func Diagnose(err error, tr transport.Transport, offered []tls.CurveID, ours *hy
 	overUDP := tr != nil && transport.UsesUDP(tr) && he != nil && he.Transport == tr.Name()
 	switch {
 	case errors.Is(err, ErrPortUnreachable):
-		return DiagnosisPortUnreachable, "refused over UDP: " + ErrPortUnreachable.Error() + "; open UDP on the peer's port or set PQT_TRANSPORT=tcp"
+		return DiagnosisPortUnreachable, "refused over UDP: " + ErrPortUnreachable.Error() + "; open UDP on the peer's port or set " + name("Transport") + "=tcp"
 	case overUDP && isTimeout(err):
-		return DiagnosisNoUDPAnswer, "no answer over UDP: the UDP port is blocked or nothing listens there; open UDP on the peer's port or set PQT_TRANSPORT=tcp"
+		return DiagnosisNoUDPAnswer, "no answer over UDP: the UDP port is blocked or nothing listens there; open UDP on the peer's port or set " + name("Transport") + "=tcp"
 	case isRefused(err):
 		return DiagnosisRefused, "connection refused: nothing listens on that TCP port"
 	case isTimeout(err):
 		return DiagnosisTimeout, "timed out: the peer did not complete the handshake"
 	case errors.Is(err, hybridtls.ErrPeerNotAllowed):
 		if caMode {
-			return DiagnosisPeerNotAllowed, "the peer's certificate is not one we accept: " + msg + " (add a PQT_ALLOW rule for its certificate name if it is the right peer)"
+			return DiagnosisPeerNotAllowed, "the peer's certificate is not one we accept: " + msg + " (add a " + name("Allow") + " rule for its certificate name if it is the right peer)"
 		}
-		return DiagnosisPeerNotAllowed, "the peer's identity is not one we accept: " + msg + " (add its pin to PQT_PEERS if it is the right peer)"
+		return DiagnosisPeerNotAllowed, "the peer's identity is not one we accept: " + msg + " (add its pin to " + name("Peers") + " if it is the right peer)"
 	case transport.Classify(err) == transport.ReasonRejectedByPeer:
 		if caMode {
-			return DiagnosisRejectedByPeer, "the peer refused our certificate " + ourName + ": check that its PQT_CA signs our PQT_CERT and its PQT_ALLOW names us"
+			return DiagnosisRejectedByPeer, "the peer refused our certificate " + ourName + ": check that its " + name("CA") + " signs our " + name("Cert") + " and its " + name("Allow") + " names us"
 		}
-		return DiagnosisRejectedByPeer, "the peer refused our identity: add our pin " + ourName + " to the peer's PQT_PEERS"
+		return DiagnosisRejectedByPeer, "the peer refused our identity: add our pin " + ourName + " to the peer's " + name("Peers")
 	case errors.Is(err, hybridtls.ErrProof):
 		return DiagnosisProofFailed, "the peer failed the session proof (its Ed25519 signature over this connection): " + msg
 	case transport.Classify(err) == transport.ReasonVersionMismatch:

@@ -36,7 +36,7 @@ func TestDiagnoseNamesPinsOrCertificatesByMode(t *testing.T) {
 		{"CA mode, peer not ours", notOurs, ca, "add a PQT_ALLOW rule for its certificate name", "pin"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, v := Diagnose(tc.err, nil, nil, tc.ours)
+			_, v := Diagnose(tc.err, nil, nil, tc.ours, func(s string) string { return "PQT_" + strings.ToUpper(s) })
 			if !strings.Contains(v, tc.want) || strings.Contains(v, tc.deny) {
 				t.Errorf("advice %q: want %q in it and not %q", v, tc.want, tc.deny)
 			}

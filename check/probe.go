@@ -48,7 +48,8 @@ type Probe struct {
 	// asked (ProbeRoutes).
 	Routes []RouteAnswer
 
-	tr transport.Transport
+	tr   transport.Transport
+	name func(setting string) string
 }
 
 // Config is what a probe takes from a dial side's configuration.
@@ -61,6 +62,9 @@ type Config struct {
 	Mux transport.Config
 	// Forward are the side's forward routes, which ProbeRoutes asks about.
 	Forward []Route
+	// SettingName names settings in a Probe's Verdict (see Diagnose); nil
+	// uses their Go names.
+	SettingName func(setting string) string
 }
 
 // Route is a forward route as a route query needs it.
@@ -132,7 +136,7 @@ func ProbeClassical(ctx context.Context, cfg Config, peer string, tr transport.T
 }
 
 func probeTunnel(ctx context.Context, cfg Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID, stopAtServer, askRoutes bool) Probe {
-	p := Probe{Peer: peer, Transport: tr.Name(), Offered: groups, tr: tr}
+	p := Probe{Peer: peer, Transport: tr.Name(), Offered: groups, tr: tr, name: cfg.SettingName}
 	pol := cfg.TLS.Policy()
 	pol.Mode, pol.Groups = mode, groups
 	store, err := hybridtls.NewStore(pol, cfg.TLS.Material())

@@ -730,7 +730,7 @@ func (e *Engine) routineMaintain(ctx context.Context, slot *dialSlot) {
 			}
 			reason := transport.Classify(err)
 			e.obs.HandshakeFailed(string(reason))
-			_, hint := check.Diagnose(err, e.cfg.Transport, e.cfg.TLS.Policy().Groups, e.cfg.TLS.Material())
+			_, hint := check.Diagnose(err, e.cfg.Transport, e.cfg.TLS.Policy().Groups, e.cfg.TLS.Material(), e.name)
 			if reason == transport.ReasonNoCommonGroup {
 				hint += " (it lists other groups, or is not post-quantum: 'pqtunnel check' tells which)"
 			}

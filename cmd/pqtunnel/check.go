@@ -122,7 +122,7 @@ func runCheck(args []string, environ map[string]string, stdout, stderr io.Writer
 
 // checkConfig is what the probes take of the engine's configuration.
 func checkConfig(pc proxy.Config) check.Config {
-	cc := check.Config{TLS: pc.TLS, Mux: pc.Mux}
+	cc := check.Config{TLS: pc.TLS, Mux: pc.Mux, SettingName: pc.SettingName}
 	for _, r := range pc.Forward {
 		cc.Forward = append(cc.Forward, check.Route{Name: r.Name, Allow: r.Allow})
 	}

@@ -455,6 +455,7 @@ func TestEngineSettingNameGivesTheVariable(t *testing.T) {
 		"MaxConnections": "PQT_MAX_CONNECTIONS", "PeerShare": "PQT_MAX_PEER_SHARE", "MaxTotalStreams": "PQT_MAX_TOTAL_STREAMS",
 		"MaxConnMemory": "PQT_MAX_CONN_MEMORY", "Target": "PQT_TARGET", "StreamIdleTimeout": "PQT_STREAM_IDLE_TIMEOUT",
 		"MaxClientsPerIP": "PQT_MAX_CLIENTS_PER_IP", "MaxHandshakes": "PQT_MAX_HANDSHAKES",
+		"Transport": "PQT_TRANSPORT", "Peers": "PQT_PEERS", "Allow": "PQT_ALLOW", "CA": "PQT_CA", "Cert": "PQT_CERT", // named by check's advice
 		"HandshakeLog": "HandshakeLog", // no variable sets it
 	} {
 		if got := engineSettingName(field); got != want {
