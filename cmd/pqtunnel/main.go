@@ -317,10 +317,11 @@ func runTunnel(args []string, environ map[string]string, stdout, stderr io.Write
 				return err
 			}
 			if stopping {
-				// Past PQT_DRAIN_TIMEOUT the engine closed the streams still
-				// open and logged it: that is the variable's meaning, and the
-				// process exits 0 as after a complete drain.
-				_ = <-drained
+				// Shutdown's only error is PQT_DRAIN_TIMEOUT passing: the
+				// engine then closed the streams still open and logged it,
+				// which is the variable's meaning, and the process exits 0
+				// as after a complete drain.
+				<-drained
 			}
 			return nil
 		case s := <-sigs:
