@@ -591,7 +591,6 @@ func (e *Engine) Run(ctx context.Context) error {
 	<-e.down
 	e.loops.Wait()
 	<-e.streams.idle()
-	e.metrics.detach(e)
 	return err
 }
 
@@ -617,14 +616,15 @@ func (e *Engine) beginStop() bool {
 	return first
 }
 
-// goDown closes every tunnel connection, ends the engine's context and
-// lets Run return.
+// goDown closes every tunnel connection, ends the engine's context, leaves
+// the metrics and lets Run return.
 func (e *Engine) goDown() {
 	e.downOnce.Do(func() {
 		// Tunnels first, so that each reports shutdown as its reason rather
 		// than its accept loop's ended context.
 		e.tunnels.closeAll()
 		e.cancel(ErrClosed)
+		e.metrics.detach(e)
 		close(e.down)
 	})
 }
@@ -712,7 +712,6 @@ func (e *Engine) linger(ctx context.Context) {
 func (e *Engine) Close() {
 	e.beginStop()
 	e.goDown()
-	e.metrics.detach(e)
 }
 
 // routineMaintain keeps the tunnel connection of slot up until ctx ends,

@@ -215,3 +215,28 @@ func TestShutdownDeadlineClosesOpenStreams(t *testing.T) {
 		t.Errorf("Run returned %v after Shutdown, want ErrClosed", err)
 	}
 }
+
+// An engine shut down before Run never serves: Run returns ErrClosed at
+// once, and the engine has left its metrics.
+func TestShutdownBeforeRun(t *testing.T) {
+	listenStore, _ := pinnedStores(t)
+	m := NewMetrics()
+	e, err := New(Config{Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: memtransport.New(), TLS: listenStore, Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := e.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown with no stream open returned %v, want nil", err)
+	}
+	if n := len(m.attached()); n != 0 {
+		t.Errorf("%d engines still report into the metrics after Shutdown", n)
+	}
+	if err := e.Run(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Errorf("Run after Shutdown returned %v, want ErrClosed", err)
+	}
+	if err := e.Shutdown(ctx); err != nil {
+		t.Errorf("a second Shutdown returned %v, want nil", err)
+	}
+}
