@@ -117,6 +117,20 @@ func drainPair(t *testing.T) (dial *Engine, addr string, done <-chan error) {
 	return dial, dial.ForwardAddrs()[0].String(), ch
 }
 
+// openClient connects a client to addr whose stream is up end to end,
+// with a deadline on everything it does.
+func openClient(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	echoOnce(t, c, "open")
+	return c
+}
+
 // echoOnce writes msg on c and reads it back.
 func echoOnce(t *testing.T, c net.Conn, msg string) {
 	t.Helper()
@@ -133,13 +147,7 @@ func echoOnce(t *testing.T, c net.Conn, msg string) {
 // as soon as it ends, well before its deadline.
 func TestShutdownReturnsWhenStreamsFinish(t *testing.T) {
 	dial, addr, done := drainPair(t)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-	echoOnce(t, c, "before")
+	c := openClient(t, addr)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -190,17 +198,11 @@ func TestShutdownReturnsWhenStreamsFinish(t *testing.T) {
 // and Shutdown returns the context's error, wrapped.
 func TestShutdownDeadlineClosesOpenStreams(t *testing.T) {
 	dial, addr, done := drainPair(t)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-	echoOnce(t, c, "open")
+	c := openClient(t, addr)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	err = dial.Shutdown(ctx)
+	err := dial.Shutdown(ctx)
 	if !errors.Is(err, context.DeadlineExceeded) || err == context.DeadlineExceeded {
 		t.Fatalf("Shutdown returned %v, want context.DeadlineExceeded wrapped", err)
 	}
