@@ -564,19 +564,20 @@ func (e *Engine) Run(ctx context.Context) error {
 			e.log.Info("tunnel listening", "transport", p.Transport(), "addr", p.Addr().String())
 		}
 	}
+	loopCtx := e.loopCtx
 	e.loops.Add(1)
-	go e.routineReleaseMemory(e.loopCtx, time.Second)
+	go e.routineReleaseMemory(loopCtx, time.Second)
 	e.loops.Add(1)
-	go e.routineSampleTraffic(e.loopCtx)
+	go e.routineSampleTraffic(loopCtx)
 	e.loops.Add(1)
-	go e.routineSummarizeHandshakes(e.loopCtx)
+	go e.routineSummarizeHandshakes(loopCtx)
 	if e.cfg.ReadyTargetDown > 0 && len(e.cfg.Target) > 0 {
 		e.loops.Add(1)
-		go e.routineProbeTargets(e.loopCtx)
+		go e.routineProbeTargets(loopCtx)
 	}
 	if e.cfg.Mode == ModeDial {
 		e.loops.Add(1)
-		go e.routineDialPool(e.loopCtx)
+		go e.routineDialPool(loopCtx)
 	}
 	var err error
 	select {
@@ -634,7 +635,7 @@ func (e *Engine) goDown() {
 // tunnel connection. It returns nil when the streams finished, or, when ctx
 // ended first, an error wrapping ctx.Err() once the streams still open have
 // been closed. A later Shutdown or Close changes nothing; Close during
-// Shutdown ends the drain at once.
+// Shutdown ends the drain at once, and Shutdown returns ErrClosed, wrapped.
 func (e *Engine) Shutdown(ctx context.Context) error {
 	if !e.beginStop() {
 		select {
@@ -649,10 +650,13 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 		e.linger(ctx)
 	}
 	e.goDown()
-	if !drained && ctx.Err() != nil {
+	switch {
+	case drained:
+		return nil
+	case ctx.Err() != nil:
 		return fmt.Errorf("proxy: drain: streams still open were closed: %w", ctx.Err())
 	}
-	return nil
+	return fmt.Errorf("proxy: drain cut short: %w", ErrClosed) // by Close
 }
 
 func (e *Engine) closeListeners() {

@@ -131,6 +131,21 @@ func openClient(t *testing.T, addr string) net.Conn {
 	return c
 }
 
+// waitRefusing waits until nothing accepts on addr any more.
+func waitRefusing(t *testing.T, addr string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		nc, err := net.Dial("tcp", addr)
+		if err != nil {
+			return
+		}
+		_ = nc.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the forward route still accepts during Shutdown")
+		}
+	}
+}
+
 // echoOnce writes msg on c and reads it back.
 func echoOnce(t *testing.T, c net.Conn, msg string) {
 	t.Helper()
@@ -154,17 +169,7 @@ func TestShutdownReturnsWhenStreamsFinish(t *testing.T) {
 	shut := make(chan error, 1)
 	go func() { shut <- dial.Shutdown(ctx) }()
 	// New clients are refused: the forward listener closes first.
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		nc, err := net.Dial("tcp", addr)
-		if err != nil {
-			break
-		}
-		_ = nc.Close()
-		if time.Now().After(deadline) {
-			t.Fatal("the forward route still accepts during Shutdown")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitRefusing(t, addr)
 	echoOnce(t, c, "during the drain")
 	select {
 	case err := <-shut:
@@ -240,5 +245,36 @@ func TestShutdownBeforeRun(t *testing.T) {
 	}
 	if err := e.Shutdown(ctx); err != nil {
 		t.Errorf("a second Shutdown returned %v, want nil", err)
+	}
+}
+
+// Close during Shutdown ends the drain at once: the open stream is cut and
+// Shutdown says so.
+func TestCloseCutsShutdownShort(t *testing.T) {
+	dial, addr, done := drainPair(t)
+	c := openClient(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- dial.Shutdown(ctx) }()
+	// The drain has begun once the forward listener refuses.
+	waitRefusing(t, addr)
+	dial.Close()
+	select {
+	case err := <-shut:
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("Shutdown cut short by Close returned %v, want ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not end Shutdown's drain")
+	}
+	if _, err := io.ReadAll(c); err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("the stream cut by Close hangs: %v", err)
+		}
+	}
+	if err := waitRun(t, done); !errors.Is(err, ErrClosed) {
+		t.Errorf("Run returned %v, want ErrClosed", err)
 	}
 }
