@@ -246,10 +246,11 @@ type Engine struct {
 	loopCtx   context.Context
 	stopLoops context.CancelFunc
 	// stopping is closed when Shutdown or Close begins, down when the
-	// tunnels are closed; Run returns after down.
+	// tunnels are closed (goingDown is set just before); Run returns after
+	// down, and a Run called twice returns at once.
 	stopOnce, downOnce sync.Once
 	stopping, down     chan struct{}
-	started            atomic.Bool
+	started, goingDown atomic.Bool
 	// failed carries the first error that stops serving (an accept loop
 	// that cannot go on) to Run.
 	failed   chan error
@@ -621,6 +622,7 @@ func (e *Engine) beginStop() bool {
 // the metrics and lets Run return.
 func (e *Engine) goDown() {
 	e.downOnce.Do(func() {
+		e.goingDown.Store(true)
 		// Tunnels first, so that each reports shutdown as its reason rather
 		// than its accept loop's ended context.
 		e.tunnels.closeAll()
@@ -678,13 +680,17 @@ func (e *Engine) drain(ctx context.Context) bool {
 	e.log.Info("draining", attrs...)
 	select {
 	case <-e.streams.idle():
-		e.log.Info("drained")
-		return true
 	case <-ctx.Done():
-	case <-e.ctx.Done(): // Close
+		e.log.Warn("drain timeout: closing open streams", "streams", e.tunnels.active())
+		return false
+	case <-e.ctx.Done():
 	}
-	e.log.Warn("drain timeout: closing open streams", "streams", e.tunnels.active())
-	return false
+	// Close ends the streams itself: they did not finish.
+	if e.goingDown.Load() {
+		return false
+	}
+	e.log.Info("drained")
+	return true
 }
 
 // linger gives tunnel connections time to deliver what their finished
