@@ -983,6 +983,10 @@ func (e *Engine) serveAdmitted(t *tunnel) {
 	info := s.Info()
 	log := t.log
 	var err error
+	// The loop ends when the session does (the engine closes every tunnel
+	// as it goes down), so its context need not end: one that cannot lets
+	// a transport skip a hand-off per stream (tlsmux).
+	acceptCtx := context.WithoutCancel(e.ctx)
 	defer func() {
 		e.tunnels.remove(t)
 		reason := t.closeReason(err)
@@ -997,7 +1001,7 @@ func (e *Engine) serveAdmitted(t *tunnel) {
 	}()
 	for {
 		var st transport.Stream
-		st, err = s.AcceptStream(e.ctx)
+		st, err = s.AcceptStream(acceptCtx)
 		if err != nil {
 			return
 		}
