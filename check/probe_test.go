@@ -13,12 +13,13 @@ import (
 
 	"github.com/pqtunnel/pqtunnel/check"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/proxy"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
 	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
-	"github.com/pqtunnel/pqtunnel/transport/transporttest"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 func TestMain(m *testing.M) {
@@ -51,7 +52,7 @@ func blackholeUDP(t *testing.T) string {
 }
 
 func probeConfig(t *testing.T, timeout time.Duration) check.Config {
-	dialStore, _ := transporttest.Stores(t)
+	dialStore, _ := pinned.Stores(t, wire.ALPN)
 	return check.Config{TLS: dialStore, Mux: transport.Config{HandshakeTimeout: timeout}}
 }
 
@@ -130,7 +131,7 @@ func closedPort(t *testing.T, network string) string {
 // the peer, which is not asked at all. The peer dials nothing for a query.
 func TestProbeRoutesAsksThePeer(t *testing.T) {
 	tr := memtransport.New()
-	dialStore, listenStore := transporttest.Stores(t)
+	dialStore, listenStore := pinned.Stores(t, wire.ALPN)
 	listen, err := proxy.New(proxy.Config{
 		Mode: proxy.ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr,
 		Target: []proxy.Route{{Name: "echo", Addr: closedPort(t, "tcp")}}, TLS: listenStore, ReadyTargetDown: -1,

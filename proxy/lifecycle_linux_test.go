@@ -7,14 +7,16 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // A forward listener whose socket was shut down fails every accept with
 // EINVAL: retrying cannot help, so Run stops and returns the error instead
 // of logging it once a second for ever.
 func TestRunReturnsABrokenForwardListenersError(t *testing.T) {
-	store, _ := pinnedStores(t)
+	store, _ := pinned.Stores(t, wire.ALPN)
 	e, err := New(Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: memtransport.New(),
 		Forward: []Route{{Name: "web", Addr: "127.0.0.1:0"}}, TLS: store,

@@ -8,9 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
+	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
-	"github.com/pqtunnel/pqtunnel/transport/transporttest"
+	"github.com/pqtunnel/pqtunnel/wire"
 )
 
 // brokenTransport's listeners fail their first Accept with err, as a
@@ -53,7 +55,7 @@ func waitRun(t *testing.T, done <-chan error) error {
 // TestNewReportsTheFieldAtFault.)
 func TestRunReturnsTheErrorThatStoppedIt(t *testing.T) {
 	broken := errors.New("socket gone")
-	listenStore, _ := pinnedStores(t)
+	listenStore, _ := pinned.Stores(t, wire.ALPN)
 	e, err := New(Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: brokenTransport{memtransport.New(), broken},
 		Forward: []Route{{Name: "web", Addr: "127.0.0.1:0"}}, TLS: listenStore,
@@ -75,7 +77,7 @@ func TestRunReturnsTheErrorThatStoppedIt(t *testing.T) {
 
 // Run's context ending stops the engine at once; Run returns its cause.
 func TestRunReturnsItsContextsCause(t *testing.T) {
-	listenStore, _ := pinnedStores(t)
+	listenStore, _ := pinned.Stores(t, wire.ALPN)
 	e, err := New(Config{Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: memtransport.New(), TLS: listenStore})
 	if err != nil {
 		t.Fatal(err)
@@ -97,8 +99,8 @@ func TestRunReturnsItsContextsCause(t *testing.T) {
 // side forwarding to it; the dial side is returned with its Run's result.
 func drainPair(t *testing.T) (dial *Engine, addr string, done <-chan error) {
 	tr := memtransport.New()
-	echo := transporttest.EchoOrigin(t)
-	listenStore, dialStore := pinnedStores(t)
+	echo := testutil.EchoOrigin(t)
+	listenStore, dialStore := pinned.Stores(t, wire.ALPN)
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr,
 		Target: []Route{{Name: "echo", Addr: echo}}, TLS: listenStore, ReadyTargetDown: -1,
@@ -226,7 +228,7 @@ func TestShutdownDeadlineClosesOpenStreams(t *testing.T) {
 // An engine shut down before Run never serves: Run returns ErrClosed at
 // once, and the engine has left its metrics.
 func TestShutdownBeforeRun(t *testing.T) {
-	listenStore, _ := pinnedStores(t)
+	listenStore, _ := pinned.Stores(t, wire.ALPN)
 	m := NewMetrics()
 	e, err := New(Config{Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: memtransport.New(), TLS: listenStore, Metrics: m})
 	if err != nil {

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
+	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/tlsroute"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
@@ -85,8 +87,8 @@ func waitEvent(t *testing.T, obs *recordingObserver, ev string) {
 // down, and each stream opened, carried and closed.
 func TestObserverSeesTunnelsAndStreams(t *testing.T) {
 	tr := memtransport.New()
-	echo := transporttest.EchoOrigin(t)
-	listenStore, dialStore := pinnedStores(t)
+	echo := testutil.EchoOrigin(t)
+	listenStore, dialStore := pinned.Stores(t, wire.ALPN)
 	var listenObs, dialObs recordingObserver
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr,
@@ -117,7 +119,7 @@ func TestObserverSeesTunnelsAndStreams(t *testing.T) {
 // engine adds its own metrics to the store's refusals.
 func TestPolicyRefusalCountedWithoutWiring(t *testing.T) {
 	tr := memtransport.New()
-	listenStore, _ := pinnedStores(t)
+	listenStore, _ := pinned.Stores(t, wire.ALPN)
 	stranger, err := hybridtls.GenerateIdentity()
 	if err != nil {
 		t.Fatal(err)
