@@ -452,15 +452,6 @@ func (w *wanRun) measureCell(ctx context.Context, cell wanCell, col *collector) 
 	return nil
 }
 
-// grownSuffix ends the names of the figures taken over tunnels that came
-// up before the RTT grew, at once after it grew; grownLateSuffix those
-// taken grownLate after it grew.
-const (
-	grownSuffix     = "_grown"
-	grownLateSuffix = "_grown_late"
-	grownLate       = 15 * time.Second
-)
-
 // measureGrown brings fresh sides up over the cell's link without its
 // delay, waits until their tunnels have settled, gives the link the
 // cell's delay and takes 1-stream bulk over them, and over direct TCP

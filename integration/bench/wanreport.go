@@ -5,6 +5,16 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+	"time"
+)
+
+// grownSuffix ends the names of the figures taken over tunnels that came
+// up before the RTT grew, at once after it grew; grownLateSuffix those
+// taken grownLate after it grew.
+const (
+	grownSuffix     = "_grown"
+	grownLateSuffix = "_grown_late"
+	grownLate       = 15 * time.Second
 )
 
 var wanFigureTitles = map[string]string{
