@@ -214,12 +214,7 @@ func TestShutdownDeadlineClosesOpenStreams(t *testing.T) {
 		t.Fatalf("Shutdown returned %v, want context.DeadlineExceeded wrapped", err)
 	}
 	// The client's connection ends rather than hangs.
-	if _, err := io.ReadAll(c); err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			t.Fatalf("the stream left open by the drain hangs: %v", err)
-		}
-	}
+	expectEnds(t, c, "the stream left open by the drain")
 	if err := waitRun(t, done); !errors.Is(err, ErrClosed) {
 		t.Errorf("Run returned %v after Shutdown, want ErrClosed", err)
 	}
@@ -270,13 +265,20 @@ func TestCloseCutsShutdownShort(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close did not end Shutdown's drain")
 	}
+	expectEnds(t, c, "the stream cut by Close")
+	if err := waitRun(t, done); !errors.Is(err, ErrClosed) {
+		t.Errorf("Run returned %v, want ErrClosed", err)
+	}
+}
+
+// expectEnds reads c to its end and fails the test if it hangs instead
+// (reads until the client's deadline); what names the connection.
+func expectEnds(t *testing.T, c net.Conn, what string) {
+	t.Helper()
 	if _, err := io.ReadAll(c); err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			t.Fatalf("the stream cut by Close hangs: %v", err)
+			t.Fatalf("%s hangs: %v", what, err)
 		}
-	}
-	if err := waitRun(t, done); !errors.Is(err, ErrClosed) {
-		t.Errorf("Run returned %v, want ErrClosed", err)
 	}
 }

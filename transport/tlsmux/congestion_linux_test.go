@@ -65,31 +65,7 @@ func TestTCPCongestionIsSetOnBothSockets(t *testing.T) {
 	want := strings.Fields(string(avail))[i]
 	cc, sc := transporttest.Configs(t)
 	cc.TCPCongestion, sc.TCPCongestion = want, want
-	var dialled net.Conn
-	cc.WrapConn = func(c net.Conn) net.Conn { dialled = c; return c }
-	raw, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl := &capturingListener{Listener: raw}
-	ln := Listen(cl, sc)
-	defer ln.Close()
-	s, err := Dial(transporttest.Ctx(t), ln.Addr().String(), cc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if got := congestionOf(t, dialled); got != want {
-		t.Errorf("dialled socket uses %q, want %q", got, want)
-	}
-	cl.mu.Lock()
-	defer cl.mu.Unlock()
-	if len(cl.conns) != 1 {
-		t.Fatalf("listener accepted %d connections, want 1", len(cl.conns))
-	}
-	if got := congestionOf(t, cl.conns[0]); got != want {
-		t.Errorf("accepted socket uses %q, want %q", got, want)
-	}
+	expectCongestion(t, cc, sc, want)
 }
 
 // With no congestion control named, the tunnel's sockets use
@@ -123,6 +99,13 @@ func TestTCPCongestionDefaultsToBBRWhereOffered(t *testing.T) {
 		want = transport.DefaultTCPCongestion
 	}
 	cc, sc := transporttest.Configs(t)
+	expectCongestion(t, cc, sc, want)
+}
+
+// expectCongestion connects a session with the client and server
+// configurations and checks that both of its sockets use want.
+func expectCongestion(t *testing.T, cc, sc *transport.Config, want string) {
+	t.Helper()
 	var dialled net.Conn
 	cc.WrapConn = func(c net.Conn) net.Conn { dialled = c; return c }
 	raw, err := net.Listen("tcp", "127.0.0.1:0")
