@@ -582,23 +582,31 @@ type k8sContainer struct {
 // readManifests parses every YAML document of a file.
 func readManifests(t *testing.T, path string) []k8sObject {
 	t.Helper()
+	objs := decodeYAMLDocuments[k8sObject](t, path)
+	for _, o := range objs {
+		if o.Kind == "" || o.APIVersion == "" || o.Metadata.Name == "" {
+			t.Errorf("%s: a document without apiVersion, kind or metadata.name", path)
+		}
+	}
+	return objs
+}
+
+// decodeYAMLDocuments decodes every YAML document of a file into a T.
+func decodeYAMLDocuments[T any](t *testing.T, path string) []T {
+	t.Helper()
 	dec := yaml.NewDecoder(strings.NewReader(readFile(t, path)))
-	var objs []k8sObject
+	var out []T
 	for {
-		var o k8sObject
+		var o T
 		err := dec.Decode(&o)
 		if errors.Is(err, io.EOF) {
-			break
+			return out
 		}
 		if err != nil {
 			t.Fatalf("%s: %v", path, err)
 		}
-		if o.Kind == "" || o.APIVersion == "" || o.Metadata.Name == "" {
-			t.Errorf("%s: a document without apiVersion, kind or metadata.name", path)
-		}
-		objs = append(objs, o)
+		out = append(out, o)
 	}
-	return objs
 }
 
 // imageUID is the uid and gid of the Dockerfile's distroless nonroot user.

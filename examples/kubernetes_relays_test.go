@@ -3,14 +3,9 @@
 package examples_test
 
 import (
-	"errors"
-	"io"
 	"net"
-	"strings"
 	"testing"
 	"time"
-
-	"go.yaml.in/yaml/v2"
 )
 
 // k8sScaling is what TestKubernetesRelays reads of a manifest beyond k8sObject.
@@ -30,23 +25,6 @@ type k8sScaling struct {
 			} `yaml:"metadata"`
 		} `yaml:"template"`
 	} `yaml:"spec"`
-}
-
-func readScaling(t *testing.T, path string) []k8sScaling {
-	t.Helper()
-	dec := yaml.NewDecoder(strings.NewReader(readFile(t, path)))
-	var out []k8sScaling
-	for {
-		var o k8sScaling
-		err := dec.Decode(&o)
-		if errors.Is(err, io.EOF) {
-			return out
-		}
-		if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		out = append(out, o)
-	}
 }
 
 // TestKubernetesRelays parses the relay example's manifests, checks each
@@ -79,7 +57,7 @@ func TestKubernetesRelays(t *testing.T) {
 	}
 	scaling := map[string]k8sScaling{}
 	for _, file := range []string{relays, origins} {
-		for _, o := range readScaling(t, file) {
+		for _, o := range decodeYAMLDocuments[k8sScaling](t, file) {
 			scaling[o.Kind+"/"+o.Metadata.Name] = o
 		}
 	}

@@ -657,3 +657,25 @@ func classicalClient(t *testing.T) *tls.Config {
 		NextProtos:         []string{wire.ALPN},
 	}
 }
+
+// needTool returns the path of the program name, looked up in PATH and then
+// in /usr/sbin (where Debian puts daemons such as nginx), or fails the test
+// naming the Debian package that provides it; scripts/test-deps installs
+// every one of them.
+func needTool(t *testing.T, name, pkg string) string {
+	t.Helper()
+	bin, err := exec.LookPath(name)
+	if err == nil {
+		return bin
+	}
+	if sbin := "/usr/sbin/" + name; fileExists(sbin) {
+		return sbin
+	}
+	t.Fatalf("%s is not installed: install it with apt-get install -y %s (scripts/test-deps does this): %v", name, pkg, err)
+	return ""
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}

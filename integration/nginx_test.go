@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -17,13 +16,7 @@ import (
 // block. It returns the address once nginx accepts connections there.
 func startNginx(t *testing.T, ctx context.Context, dir, listenOpts, body string) string {
 	t.Helper()
-	bin, err := exec.LookPath("nginx")
-	if err != nil {
-		if _, serr := os.Stat("/usr/sbin/nginx"); serr != nil {
-			t.Fatalf("nginx is not installed (apt-get install nginx-light): %v", err)
-		}
-		bin = "/usr/sbin/nginx"
-	}
+	bin := needTool(t, "nginx", "nginx-light")
 	port := freePort(t)
 	conf := fmt.Sprintf(`daemon off;
 master_process off;

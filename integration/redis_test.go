@@ -13,14 +13,8 @@ import (
 // TestRedisThroughTunnel puts a real redis-server behind the tunnel and
 // drives it with redis-cli and redis-benchmark through the forward port.
 func TestRedisThroughTunnel(t *testing.T) {
-	server, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatal("redis-server is not installed: install it (apt-get install -y redis-server; CI installs it) to run this test")
-	}
-	cli, err := exec.LookPath("redis-cli")
-	if err != nil {
-		t.Fatal("redis-cli is not installed: install redis-server (apt-get install -y redis-server; CI installs it) to run this test")
-	}
+	server := needTool(t, "redis-server", "redis-server")
+	cli := needTool(t, "redis-cli", "redis-tools")
 	bench, _ := exec.LookPath("redis-benchmark") // optional
 
 	transports(t, func(t *testing.T, transport string) {

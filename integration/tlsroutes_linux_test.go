@@ -143,9 +143,7 @@ func trCurl(t *testing.T, ctx context.Context, addr, caPath string) (int, string
 // (end=refused, reason=not_post_quantum), not rate-limited, and the served
 // one its line with the bytes each way.
 func TestTLSTerminatorClassicalCurl(t *testing.T) {
-	if _, err := exec.LookPath("curl"); err != nil {
-		t.Fatalf("curl is not installed: %v", err)
-	}
+	needTool(t, "curl", "curl")
 	ctx := testContext(t, 90*time.Second)
 	dir := t.TempDir()
 	ca := testca.New(t, "web-ca").Save(t, dir)

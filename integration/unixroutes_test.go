@@ -19,14 +19,8 @@ import (
 // Unix forward to a TCP origin. The forward socket is mode 0660 and gone
 // after SIGTERM.
 func TestUnixSocketRoutes(t *testing.T) {
-	server, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatal("redis-server is not installed: install it (apt-get install -y redis-server; CI installs it) to run this test")
-	}
-	cli, err := exec.LookPath("redis-cli")
-	if err != nil {
-		t.Fatal("redis-cli is not installed: install redis-server (apt-get install -y redis-server; CI installs it) to run this test")
-	}
+	server := needTool(t, "redis-server", "redis-server")
+	cli := needTool(t, "redis-cli", "redis-tools")
 	transports(t, func(t *testing.T, transport string) {
 		ctx := testContext(t, 90*time.Second)
 		dir := t.TempDir()

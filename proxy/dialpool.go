@@ -190,20 +190,20 @@ func (e *Engine) pickOpened(r Route) (t *tunnel, full *streamsFull, waited bool)
 // refuseFull logs a client refused because every tunnel connection it may
 // use carries its stream bound, naming the bound and its variable.
 func (e *Engine) refuseFull(log *slog.Logger, f *streamsFull, waited bool) {
-	variable := "PQT_MAX_STREAMS"
+	variable := e.name("MaxStreams")
 	if f.bound.ByMemory {
-		variable = "PQT_MAX_CONN_MEMORY"
+		variable = e.name("MaxConnMemory")
 	}
 	attrs := []any{"limit", f.bound.Streams, "tunnels", f.tunnels}
 	var reason string
 	switch {
 	case e.cfg.Mode != ModeDial:
 		reason = variable + " reached on every tunnel connection of the allowed peers"
-		attrs = append(attrs, "hint", "a dial side opens more tunnel connections as they fill, up to its PQT_MAX_CONNECTIONS")
+		attrs = append(attrs, "hint", "a dial side opens more tunnel connections as they fill, up to its "+e.name("MaxConnections"))
 	case waited:
 		reason = variable + " reached on every tunnel connection, and no new one came up in time"
 	default:
-		reason = variable + " reached on every tunnel connection, and PQT_MAX_CONNECTIONS of them are open"
+		reason = variable + " reached on every tunnel connection, and " + e.name("MaxConnections") + " of them are open"
 		attrs = append(attrs, "max_connections", e.maxDialTunnels())
 	}
 	e.warnRefusal(log, "client refused", reason, attrs...)

@@ -35,7 +35,13 @@ func TestMain(m *testing.M) {
 // testSettingName names the Config fields the tests' messages name as
 // pqtunnel's variables do.
 func testSettingName(field string) string {
-	return map[string]string{"Target": "PQT_TARGET", "MaxConnMemory": "PQT_MAX_CONN_MEMORY"}[field]
+	if v, ok := map[string]string{
+		"Target": "PQT_TARGET", "MaxConnMemory": "PQT_MAX_CONN_MEMORY",
+		"MaxStreams": "PQT_MAX_STREAMS", "MaxConnections": "PQT_MAX_CONNECTIONS",
+	}[field]; ok {
+		return v
+	}
+	return field
 }
 
 // runEngine starts an engine, naming settings with testSettingName unless

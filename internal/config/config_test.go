@@ -454,7 +454,7 @@ func TestEngineSettingNameGivesTheVariable(t *testing.T) {
 	for field, want := range map[string]string{
 		"MaxConnections": "PQT_MAX_CONNECTIONS", "PeerShare": "PQT_MAX_PEER_SHARE", "MaxTotalStreams": "PQT_MAX_TOTAL_STREAMS",
 		"MaxConnMemory": "PQT_MAX_CONN_MEMORY", "Target": "PQT_TARGET", "StreamIdleTimeout": "PQT_STREAM_IDLE_TIMEOUT",
-		"MaxClientsPerIP": "PQT_MAX_CLIENTS_PER_IP", "MaxHandshakes": "PQT_MAX_HANDSHAKES",
+		"MaxClientsPerIP": "PQT_MAX_CLIENTS_PER_IP", "MaxHandshakes": "PQT_MAX_HANDSHAKES", "MaxStreams": "PQT_MAX_STREAMS",
 		"Transport": "PQT_TRANSPORT", "Peers": "PQT_PEERS", "Allow": "PQT_ALLOW", "CA": "PQT_CA", "Cert": "PQT_CERT", // named by check's advice
 		"HandshakeLog": "HandshakeLog", // no variable sets it
 	} {
