@@ -360,6 +360,40 @@ func TestWANBlackholeDetectedPromptly(t *testing.T) {
 	})
 }
 
+// TestWANTCPTunnelWhosePongWasLostIsDeclaredDeadPromptly loses the dial
+// side's TCP data for a moment while its kernel's acknowledgements still
+// pass: the listen side's ping is acknowledged but its pong never comes,
+// so nothing of the listen side's is in flight when the whole link then
+// goes dark. Both sides still declare their tunnels dead within
+// PQT_KEEPALIVE_TIMEOUT of the blackhole, not when the lost pong's wait
+// ends or the idle timeout runs out.
+func TestWANTCPTunnelWhosePongWasLostIsDeclaredDeadPromptly(t *testing.T) {
+	ctx := testContext(t, 2*time.Minute)
+	b := newWANBed(t, ctx)
+	l, d := b.startSides(t, ctx, "tcp", nil, nil)
+	if err := b.echoFromA(within(t, ctx, 10*time.Second), randomBytes(1606, 64<<10)); err != nil {
+		t.Fatalf("traffic before the fault: %v", err)
+	}
+
+	link := netem.Config{Delay: 10 * time.Millisecond, RateBits: 200e6}
+	pongsLost := link
+	pongsLost.BlackholeTCPData = true
+	b.Link.Set(netem.AtoB, pongsLost)
+	// Two probe intervals (PQT_KEEPALIVE_TIMEOUT/4): the listen side pings
+	// in between, and the dial side has not yet noticed its own data lost.
+	time.Sleep(1500 * time.Millisecond)
+	b.Link.SetBoth(netem.Config{Delay: 10 * time.Millisecond, Blackhole: true})
+	fault := time.Now()
+	disconnectedWithin(t, ctx, l, 2, "keepalive_lost", fault, 3*time.Second+slack)
+	disconnectedWithin(t, ctx, d, 2, "keepalive_lost", fault, 3*time.Second+slack)
+
+	b.Link.SetBoth(link)
+	d.waitLogs(t, within(t, ctx, 30*time.Second), 4, msgIs("tunnel connected", "transport", "tcp"))
+	if err := b.echoFromA(within(t, ctx, 10*time.Second), randomBytes(1607, 64<<10)); err != nil {
+		t.Fatalf("traffic after the path returned: %v", err)
+	}
+}
+
 // TestWANListenSideKilled kills the listen side with SIGKILL. A client
 // arriving at once on the dead tunnel is refused within
 // PQT_KEEPALIVE_TIMEOUT (QUIC) or at once (TCP: the kernel closes the dead

@@ -15,6 +15,9 @@ import (
 // keep-alive.
 const ackWatch = true
 
+// maxKeepAliveProbes is Linux's largest TCP_KEEPCNT.
+const maxKeepAliveProbes = 127
+
 // tuneSocket sets the congestion control of the tunnel's socket: the one
 // c names, or transport.DefaultTCPCongestion when c names none; c has its
 // defaults applied. A named one that fails is logged; the default one
@@ -59,7 +62,12 @@ func congestionFor(c *transport.Config) string {
 // KeepAliveTimeout: it pings every ProbeInterval, which keeps data in
 // flight on an idle connection, so a dead path is noticed within the
 // timeout, while a slow path, or a peer too busy to read (its kernel still
-// acknowledges, if only a zero window), is left alone. The kernel's own
+// acknowledges, if only a zero window), is left alone. A ping whose pong is
+// lost holds back every later one (yamux keeps one outstanding, for up to
+// its ConnectionWriteTimeout), and once the ping itself is acknowledged
+// nothing would be in flight; so the kernel's own keep-alive probes go out
+// too, every ProbeInterval of silence, and an unanswered one counts as
+// data waiting. The kernel's own
 // TCP_USER_TIMEOUT is not used: it also ends a connection whose peer
 // advertises a zero window for that long. A peer whose kernel acknowledges
 // but that has sent nothing, not even a pong, for IdleTimeout is stopped or
@@ -74,6 +82,11 @@ func watchAcks(s *tcpSession, conn net.Conn, c *transport.Config) {
 	rc, err := tc.SyscallConn()
 	if err != nil {
 		return // not a socket: yamux's own keep-alive timeout applies
+	}
+	// The kernel ends the connection itself only after maxKeepAliveProbes
+	// unanswered probes, which the timeout below comes well before.
+	if err := tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: probe, Interval: probe, Count: maxKeepAliveProbes}); err != nil {
+		c.Logger.Debug("tunnel socket keep-alive probes not set: only pings probe the path", "transport", Name, "err", err)
 	}
 	// Checked every interval, so the last check is at most one late.
 	limit := c.KeepAliveTimeout - probe

@@ -14,6 +14,7 @@
 package netem
 
 import (
+	"encoding/binary"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -47,6 +48,11 @@ type Config struct {
 	Blackhole bool
 	// BlackholeUDP drops every UDP packet (IPv4 or IPv6) and passes the rest.
 	BlackholeUDP bool
+	// BlackholeTCPData drops every TCP segment that carries data and passes
+	// those that carry none: acknowledgements, window updates, keep-alive
+	// probes, SYN and FIN. The kernel on the far side still acknowledges
+	// what it gets, while whatever the processes send is lost.
+	BlackholeTCPData bool
 }
 
 // DefaultQueueBytes is the queue bound when Config.QueueBytes is zero.
@@ -245,7 +251,7 @@ func (d *direction) schedule(pkt []byte, now time.Time) (time.Time, bool) {
 	n := len(pkt)
 	d.packets.Add(1)
 	d.bytes.Add(uint64(n))
-	if c.Blackhole || (c.BlackholeUDP && isUDP(pkt)) {
+	if c.Blackhole || (c.BlackholeUDP && isUDP(pkt)) || (c.BlackholeTCPData && tcpPayload(pkt) > 0) {
 		d.dropBlackhole.Add(1)
 		return time.Time{}, false
 	}
@@ -283,8 +289,11 @@ func (d *direction) schedule(pkt []byte, now time.Time) (time.Time, bool) {
 	return due, true
 }
 
-// ipProtoUDP is UDP's protocol number in the IPv4 and IPv6 headers.
-const ipProtoUDP = 17
+// UDP's and TCP's protocol numbers in the IPv4 and IPv6 headers.
+const (
+	ipProtoUDP = 17
+	ipProtoTCP = 6
+)
 
 // isUDP reports whether pkt is an IPv4 or IPv6 packet carrying UDP (an
 // IPv6 extension header in front of it is not looked through).
@@ -332,4 +341,36 @@ func (l *Link) drain(d *direction) {
 	for p := range d.line {
 		putBuf(p.buf)
 	}
+}
+
+// tcpPayload is the number of data bytes of pkt when it is an IPv4 or IPv6
+// packet carrying a TCP segment, and 0 otherwise (an IPv6 extension header
+// in front of it is not looked through, and a truncated or inconsistent
+// header counts as no data).
+func tcpPayload(pkt []byte) int {
+	if len(pkt) < 1 {
+		return 0
+	}
+	var ipHeader, ipTotal int
+	switch pkt[0] >> 4 {
+	case 4:
+		if len(pkt) < 20 || pkt[9] != ipProtoTCP {
+			return 0
+		}
+		ipHeader = int(pkt[0]&0x0f) * 4
+		ipTotal = int(binary.BigEndian.Uint16(pkt[2:4]))
+	case 6:
+		if len(pkt) < 40 || pkt[6] != ipProtoTCP {
+			return 0
+		}
+		ipHeader = 40
+		ipTotal = 40 + int(binary.BigEndian.Uint16(pkt[4:6]))
+	default:
+		return 0
+	}
+	if ipHeader < 20 || len(pkt) < ipHeader+13 || ipTotal > len(pkt) {
+		return 0
+	}
+	tcpHeader := int(pkt[ipHeader+12]>>4) * 4
+	return max(ipTotal-ipHeader-tcpHeader, 0)
 }

@@ -1,6 +1,7 @@
 package netem
 
 import (
+	"encoding/binary"
 	"errors"
 	"math"
 	"net"
@@ -233,6 +234,72 @@ func TestBlackholes(t *testing.T) {
 	case <-time.After(time.Second):
 		t.Fatal("b→a did not pass")
 	}
+}
+
+// tcp4 is an IPv4 packet carrying a TCP segment with a 20-byte header and
+// data bytes of payload.
+func tcp4(data int) []byte {
+	b := ipv4(40+data, 6)
+	binary.BigEndian.PutUint16(b[2:4], uint16(40+data))
+	b[20+12] = 5 << 4
+	return b
+}
+
+// tcp6 is tcp4 over IPv6.
+func tcp6(data int) []byte {
+	b := make([]byte, 60+data)
+	b[0], b[6] = 0x60, 6
+	binary.BigEndian.PutUint16(b[4:6], uint16(20+data))
+	b[40+12] = 5 << 4
+	return b
+}
+
+func TestTCPDataBlackholePassesSegmentsWithoutData(t *testing.T) {
+	r := newRig(t)
+	r.link.Set(AtoB, Config{BlackholeTCPData: true})
+	through := [][]byte{tcp4(0), tcp6(0), ipv4(60, 17)}
+	for _, p := range append([][]byte{tcp4(1), tcp6(1), tcp4(1400)}, through...) {
+		r.send(t, p)
+	}
+	if got, _ := r.collect(100 * time.Millisecond); got != len(through) {
+		t.Fatalf("%d packets through, want the %d without TCP data", got, len(through))
+	}
+	if s := r.link.Stats(AtoB); s.DroppedBlackhole != 3 {
+		t.Fatalf("%d counted as blackholed, want 3", s.DroppedBlackhole)
+	}
+}
+
+func TestTCPPayload(t *testing.T) {
+	options := tcp4(8)
+	options[32] = 8 << 4 // a 32-byte TCP header: 12 bytes of options, no data
+	for _, c := range []struct {
+		name string
+		pkt  []byte
+		want int
+	}{
+		{"ipv4 ack", tcp4(0), 0},
+		{"ipv4 data", tcp4(100), 100},
+		{"ipv6 data", tcp6(7), 7},
+		{"ipv4 options", options, 0},
+		{"udp", ipv4(60, 17), 0},
+		{"truncated", tcp4(100)[:30], 0},
+		{"empty", nil, 0},
+	} {
+		if got := tcpPayload(c.pkt); got != c.want {
+			t.Errorf("%s: tcpPayload = %d, want %d", c.name, got, c.want)
+		}
+	}
+}
+
+func FuzzTCPPayload(f *testing.F) {
+	for _, p := range [][]byte{tcp4(0), tcp4(10), tcp6(3), ipv4(60, 17)} {
+		f.Add(p)
+	}
+	f.Fuzz(func(t *testing.T, pkt []byte) {
+		if n := tcpPayload(pkt); n < 0 || n > len(pkt) {
+			t.Fatalf("tcpPayload = %d for a %d-byte packet", n, len(pkt))
+		}
+	})
 }
 
 func TestCloseEndsRoutines(t *testing.T) {
