@@ -83,7 +83,7 @@ func Diagnose(err error, tr transport.Transport, offered []tls.CurveID, ours *hy
 		return DiagnosisPortUnreachable, "refused over UDP: " + ErrPortUnreachable.Error() + "; open UDP on the peer's port or set " + name("Transport") + "=tcp"
 	case overUDP && isTimeout(err):
 		return DiagnosisNoUDPAnswer, "no answer over UDP: the UDP port is blocked or nothing listens there; open UDP on the peer's port or set " + name("Transport") + "=tcp"
-	case isRefused(err):
+	case IsRefused(err):
 		return DiagnosisRefused, "connection refused: nothing listens on that TCP port"
 	case isTimeout(err):
 		return DiagnosisTimeout, "timed out: the peer did not complete the handshake"

@@ -145,7 +145,7 @@ func probeTunnel(ctx context.Context, cfg Config, peer string, tr transport.Tran
 		return p
 	}
 	mc := cfg.Mux
-	mc.TLS = store.ClientConfigFor(hostOf(peer))
+	mc.TLS = store.ClientConfigFor(HostOf(peer))
 	var negotiated tls.CurveID
 	if stopAtServer {
 		// A TLS 1.3 client verifies the server's certificate before it
@@ -239,8 +239,9 @@ func queryRoute(ctx context.Context, s transport.Session, route string) (known b
 // with ICMP port unreachable, which the QUIC dial hears at once.
 var ErrPortUnreachable = transport.ErrPortUnreachable
 
-// hostOf is the host part of a host:port peer address.
-func hostOf(hostport string) string {
+// HostOf is the host part of a host:port address, or the whole of one
+// without a port.
+func HostOf(hostport string) string {
 	if h, _, err := net.SplitHostPort(hostport); err == nil {
 		return h
 	}

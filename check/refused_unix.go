@@ -7,7 +7,8 @@ import (
 	"syscall"
 )
 
-// isRefused reports a peer that refused the TCP connection.
-func isRefused(err error) bool {
+// IsRefused reports a connection the other end refused: nothing listens
+// on that TCP port (or Unix socket).
+func IsRefused(err error) bool {
 	return errors.Is(err, syscall.ECONNREFUSED)
 }

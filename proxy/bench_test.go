@@ -12,6 +12,7 @@ import (
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
+	"github.com/pqtunnel/pqtunnel/route/tcproute"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
 	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
@@ -138,7 +139,7 @@ func BenchmarkJoin(b *testing.B) {
 	proxyB, origin := benchPair(b)
 	done := make(chan error, 1)
 	go func() {
-		_, _, err := join(sockEnd{proxyA}, sockEnd{proxyB}, 0)
+		_, _, err := tcproute.Join(sockEnd{proxyA}, sockEnd{proxyB}, 0)
 		done <- err
 	}()
 	b.SetBytes(benchChunk)

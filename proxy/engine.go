@@ -22,6 +22,7 @@ import (
 	"github.com/pqtunnel/pqtunnel/check"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/defaults"
+	"github.com/pqtunnel/pqtunnel/route"
 	"github.com/pqtunnel/pqtunnel/tlsroute"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/wire"
@@ -152,6 +153,10 @@ type Config struct {
 	Metrics *Metrics
 	// Observer, when set, is told of every event Metrics is.
 	Observer Observer
+	// Kinds are route kinds this engine delivers besides the built-in
+	// ones (TCP); each needs a wire value of its own. A route names its
+	// kind in Route.Kind.
+	Kinds []route.Kind
 	// KeyLog names the file the TLS stack writes session secrets to
 	// (PQT_KEYLOG), so that every tunnel can warn that its traffic is
 	// readable; empty when off.
@@ -265,6 +270,8 @@ type Engine struct {
 	routeStats routeStats
 	// tls is the machinery of tls:// routes and of routes joined locally.
 	tls tlsRoutes
+	// kinds are the route kinds delivered, by wire value (kinds.go).
+	kinds map[wire.Kind]route.Kind
 
 	// clientsByIP are the forward clients open per source (MaxClientsPerIP),
 	// peerStreams the streams open per peer that it opened (PeerShare).
@@ -306,6 +313,9 @@ func New(cfg Config) (*Engine, error) {
 	e.loopCtx, e.stopLoops = context.WithCancel(e.ctx)
 	if cfg.MaxTotalStreams > 0 {
 		e.slots = make(chan struct{}, cfg.MaxTotalStreams)
+	}
+	if err := e.initKinds(); err != nil {
+		return nil, err
 	}
 	if err := e.tls.init(cfg); err != nil {
 		return nil, err
@@ -872,14 +882,6 @@ func (e *Engine) releaseSlot() {
 	}
 }
 
-// hostOf is the host part of a host:port peer address.
-func hostOf(hostport string) string {
-	if h, _, err := net.SplitHostPort(hostport); err == nil {
-		return h
-	}
-	return hostport
-}
-
 func sleepCtx(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -891,7 +893,7 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 
 // dial connects to t's address, verifying the host of its Tunnel entry.
 func (e *Engine) dial(ctx context.Context, t dialTarget) (transport.Session, error) {
-	return e.cfg.Transport.Dial(ctx, t.addr, e.muxConfig(e.cfg.TLS.ClientConfigFor(hostOf(t.entry))))
+	return e.cfg.Transport.Dial(ctx, t.addr, e.muxConfig(e.cfg.TLS.ClientConfigFor(check.HostOf(t.entry))))
 }
 
 func isTimeout(err error) bool {

@@ -194,7 +194,7 @@ func TestEngineEndToEnd(t *testing.T) {
 				errs := make(chan error, conns)
 				var wg sync.WaitGroup
 				for i := range conns {
-					payload := randomBytes(t, size)
+					payload := testutil.RandomBytes(t, size)
 					wg.Add(1)
 					go func() {
 						defer wg.Done()

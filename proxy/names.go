@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/route"
 )
 
 // name is how runtime messages (logs, refusals sent to the peer) name the
@@ -35,9 +36,9 @@ func (e *Engine) poolRefusal(err error) string {
 	return err.Error()
 }
 
-// namedIdle adds to a stream's errStreamIdle the setting that timed it out.
+// namedIdle adds to a stream's route.ErrIdle the setting that timed it out.
 func (e *Engine) namedIdle(err error) error {
-	if errors.Is(err, errStreamIdle) {
+	if errors.Is(err, route.ErrIdle) {
 		return fmt.Errorf("%w (%s)", err, e.name("StreamIdleTimeout"))
 	}
 	return err

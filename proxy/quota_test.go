@@ -1,13 +1,9 @@
 package proxy
 
 import (
-	"errors"
 	"net"
 	"net/netip"
 	"testing"
-	"time"
-
-	"github.com/pqtunnel/pqtunnel/internal/testutil"
 )
 
 func TestQuota(t *testing.T) {
@@ -84,49 +80,4 @@ func TestConfigDefaultsQuotas(t *testing.T) {
 	if c := (Config{MaxTotalStreams: 40, MaxClientsPerIP: 3}).withDefaults(); c.MaxClientsPerIP != 3 {
 		t.Errorf("an explicit MaxClientsPerIP became %d", c.MaxClientsPerIP)
 	}
-}
-
-// A stream silent both ways for the idle timeout is aborted with
-// errStreamIdle; one that moves a byte more often than that is not.
-func TestJoinIdleTimeout(t *testing.T) {
-	const idle = 300 * time.Millisecond
-	t.Run("silent", func(t *testing.T) {
-		clientA, proxyA := testutil.TCPPair(t)
-		proxyB, originB := testutil.TCPPair(t)
-		defer clientA.Close()
-		defer originB.Close()
-		start := time.Now()
-		_, _, err := join(sockEnd{proxyA}, sockEnd{proxyB}, idle)
-		elapsed := time.Since(start)
-		if !errors.Is(err, errStreamIdle) {
-			t.Fatalf("join = %v, want errStreamIdle", err)
-		}
-		if elapsed < idle || elapsed > idle+time.Second {
-			t.Errorf("closed after %s, want about %s", elapsed, idle)
-		}
-	})
-	t.Run("trickle", func(t *testing.T) {
-		clientA, proxyA := testutil.TCPPair(t)
-		proxyB, originB := testutil.TCPPair(t)
-		defer originB.Close()
-		done := make(chan error, 1)
-		go func() { _, _, err := join(sockEnd{proxyA}, sockEnd{proxyB}, idle); done <- err }()
-		buf := make([]byte, 1)
-		for range 8 { // 8 × 100 ms: well past the idle timeout in total
-			time.Sleep(idle / 3)
-			if _, err := clientA.Write([]byte{'x'}); err != nil {
-				t.Fatalf("write: %v", err)
-			}
-			_ = originB.SetReadDeadline(time.Now().Add(time.Second))
-			if _, err := originB.Read(buf); err != nil {
-				t.Fatalf("a trickling stream was cut: %v", err)
-			}
-		}
-		_ = clientA.CloseWrite()
-		_ = originB.CloseWrite()
-		if err := <-done; err != nil {
-			t.Errorf("join = %v, want a clean end", err)
-		}
-		_ = clientA.Close()
-	})
 }

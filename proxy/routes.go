@@ -78,6 +78,9 @@ func checkUnixAddr(path string) error {
 type Route struct {
 	// Name is "" for the single unnamed route.
 	Name string
+	// Kind is the route kind whose streams the route carries (see
+	// package route); the zero value is wire.KindTCP.
+	Kind wire.Kind
 	// Scheme is SchemeTCP for a plain host:port.
 	Scheme Scheme
 	// Addr is the address without its scheme: host:port, or a socket path.

@@ -7,15 +7,15 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/pires/go-proxyproto"
 
+	"github.com/pqtunnel/pqtunnel/check"
 	"github.com/pqtunnel/pqtunnel/internal/defaults"
+	"github.com/pqtunnel/pqtunnel/route"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/wire"
 )
@@ -62,25 +62,26 @@ func (e *Engine) warnRefusal(log *slog.Logger, msg, reason string, attrs ...any)
 }
 
 // handleClient carries one client of a forward route through a tunnel
-// stream: client is c itself, or the TLS connection terminated over it.
-// done runs once the client is gone, and then rec's access line is written.
-func (e *Engine) handleClient(client end, c sockConn, r Route, rec *accessRecord, done func()) {
+// stream, by the route's kind: client is c itself, or the TLS connection
+// terminated over it. done runs once the client is gone, and then rec's
+// access line is written.
+func (e *Engine) handleClient(client route.Conn, c sockConn, r Route, rec *accessRecord, done func()) {
 	start := time.Now()
-	route := routeName(r.Name)
-	log := e.log.With("route", route, "client", clientLabel(c))
+	label := routeName(r.Name)
+	log := e.log.With("route", label, "client", clientLabel(c))
 	o := e.obs
 	var undo undoList
 	defer undo.run()
 	undo.add(done)
 	undo.add(func() { e.logAccess(rec) }) // runs after the cleanups added below: once the connection has ended
 	fail := func(reason string, err error) {
-		o.StreamFailed(route, reason)
+		o.StreamFailed(label, reason)
 		rec.refused(reason, err)
-		client.abort()
+		client.Abort()
 	}
-	o.StreamOpened(route, "out")
-	undo.add(func() { o.StreamClosed(route, "out") })
-	undo.add(e.routeStats.opened(KindForward, route))
+	o.StreamOpened(label, "out")
+	undo.add(func() { o.StreamClosed(label, "out") })
+	undo.add(e.routeStats.opened(KindForward, label))
 	if !e.acquireSlot() {
 		e.warnRefusal(log, "client refused", e.name("MaxTotalStreams")+" reached", "limit", e.cfg.MaxTotalStreams)
 		fail("busy", nil)
@@ -106,26 +107,59 @@ func (e *Engine) handleClient(client end, c sockConn, r Route, rec *accessRecord
 	}
 	undo.add(t.releaseOpened)
 	rec.via(t)
-	log = t.log.With("route", route, "client", clientLabel(c))
+	l := &localSide{e: e, t: t, r: r, c: c, label: label, log: t.log.With("route", label, "client", clientLabel(c)), start: start, rec: rec, undo: &undo, fail: fail}
+	e.kinds[r.Kind].Forward(client, l)
+	if !l.carried && !l.failed {
+		client.Abort()
+		if l.st != nil {
+			l.st.Abort()
+		}
+	}
+}
+
+// localSide is the engine's side of one client a kind's Forward carries.
+type localSide struct {
+	e     *Engine
+	t     *tunnel
+	r     Route
+	c     sockConn
+	label string
+	log   *slog.Logger
+	start time.Time
+	rec   *accessRecord
+	undo  *undoList
+	fail  func(reason string, err error)
+	// st is the stream Open opened, early the client bytes in its first frame.
+	st    route.Conn
+	early int64
+	// carried is set by Carry, failed by an Open that refused the client.
+	carried, failed bool
+}
+
+var _ route.Local = (*localSide)(nil)
+
+// Open opens the client's stream on l's tunnel and sends the preamble and
+// what appendFirst adds in one frame.
+func (l *localSide) Open(appendFirst func([]byte) ([]byte, error)) (route.Conn, error) {
+	e, t, log := l.e, l.t, l.log
 	ctx, cancel := context.WithTimeout(e.ctx, e.dialTimeout()+orDefault(e.cfg.Mux.HandshakeTimeout, defaults.HandshakeTimeout))
 	st, err := t.s.OpenStream(ctx)
 	cancel()
 	if errors.Is(err, transport.ErrConnMemory) {
 		e.warnRefusal(log, "client refused", e.name("MaxConnMemory")+" reached", "limit", orDefault(e.cfg.Mux.MaxConnMemory, defaults.MaxConnMemory), "err", err)
-		fail("busy", err)
-		return
+		l.refuse("busy", err)
+		return nil, err
 	}
 	if err != nil {
 		e.warnRefusal(log, "client refused", "open stream failed", "err", err)
-		fail("open_failed", err)
-		return
+		l.refuse("open_failed", err)
+		return nil, err
 	}
 	buf := firstFrames.Get().(*[]byte)
-	hdr, err := wire.AppendRequest((*buf)[:0], wire.Request{Route: r.Name, Client: wireAddr(c.RemoteAddr()), Server: wireAddr(c.LocalAddr())})
+	hdr, err := wire.AppendRequest((*buf)[:0], wire.Request{Kind: l.r.Kind, Route: l.r.Name, Client: wireAddr(l.c.RemoteAddr()), Server: wireAddr(l.c.LocalAddr())})
 	preamble := len(hdr)
-	if _, plain := client.(sockEnd); plain && err == nil {
-		// Bytes read past a TLS handshake are inside the TLS connection.
-		hdr, err = appendEarly(c, hdr)
+	if appendFirst != nil && err == nil {
+		hdr, err = appendFirst(hdr)
 	}
 	if err == nil {
 		_, err = st.Write(hdr)
@@ -134,56 +168,41 @@ func (e *Engine) handleClient(client end, c sockConn, r Route, rec *accessRecord
 	if err != nil {
 		e.warnRefusal(log, "client refused", "send preamble failed", "err", err)
 		st.Reset()
-		fail("open_failed", err)
-		return
+		l.refuse("open_failed", err)
+		return nil, err
 	}
-	early := int64(len(hdr) - preamble)
-	// The client's bytes flow at once; the peer's answer gates the other direction.
-	opened := &openedStream{Stream: t.counted(st, early), timeout: e.dialTimeout() + 5*time.Second}
-	e.carry(&undo, func() { e.pipeClient(client, opened, early, route, log, start, rec) })
+	l.early = int64(len(hdr) - preamble)
+	// The peer's response is read before the first byte from the stream.
+	l.st = streamEnd{&openedStream{Stream: t.counted(st, l.early), timeout: e.dialTimeout() + 5*time.Second}}
+	return l.st, nil
 }
 
-// earlyDataSize bounds the client bytes that travel in the preamble's frame.
-const earlyDataSize = 2048
+func (l *localSide) refuse(reason string, err error) {
+	l.failed = true
+	l.fail(reason, err)
+}
+
+func (l *localSide) IdleTimeout() time.Duration { return l.e.cfg.StreamIdleTimeout }
+
+// Carry runs copy on a goroutine that then owns the client's cleanups.
+func (l *localSide) Carry(copy route.Copy) {
+	l.carried = true
+	l.e.carry(l.undo, func() {
+		up, down, err := copy()
+		l.e.clientEnded(up+l.early, down, err, l.label, l.log, l.start, l.rec)
+	})
+}
 
 // firstFrames holds buffers for a stream's first frame: the preamble, at
-// most 4+3*255 bytes, and the early client bytes.
-var firstFrames = sync.Pool{New: func() any { b := make([]byte, 0, 1024+earlyDataSize); return &b }}
+// most 4+3*255 bytes, and the client bytes a kind sends with it.
+var firstFrames = sync.Pool{New: func() any { b := make([]byte, 0, 1024+route.FirstDataSize); return &b }}
 
-// appendEarly appends to dst what the client has already sent, up to
-// earlyDataSize, without waiting for more. Most clients speak first (HTTP,
-// Redis, a TLS ClientHello): their request then crosses the tunnel in the
-// same frame as the preamble, which saves the far side a wake-up per
-// connection. A client that sent nothing, or only its FIN, adds nothing: the
-// copy that follows reads the FIN again.
-func appendEarly(c syscall.Conn, dst []byte) ([]byte, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return dst, nil // nothing early then; the copy reads it all
-	}
-	n0 := len(dst)
-	dst = slices.Grow(dst, earlyDataSize)
-	buf := dst[n0 : n0+earlyDataSize]
-	var n int
-	var rerr error
-	if err := rc.Read(func(fd uintptr) bool {
-		n, rerr = readNow(fd, buf)
-		return true // one try: never wait for the client
-	}); err != nil {
-		return dst[:n0], fmt.Errorf("read early client data: %w", err)
-	}
-	if rerr != nil {
-		return dst[:n0], fmt.Errorf("read early client data: %w", rerr)
-	}
-	return dst[:n0+n], nil
-}
-
-func (e *Engine) pipeClient(client end, opened *openedStream, early int64, route string, log *slog.Logger, start time.Time, rec *accessRecord) {
+// clientEnded accounts a forward client whose copy ended: up counts the
+// bytes of the stream's first frame.
+func (e *Engine) clientEnded(up, down int64, err error, label string, log *slog.Logger, start time.Time, rec *accessRecord) {
 	o := e.obs
-	up, down, err := join(client, streamEnd{opened}, e.cfg.StreamIdleTimeout)
 	err = e.namedIdle(err)
-	up += early
-	o.StreamBytes(route, up, down)
+	o.StreamBytes(label, up, down)
 	var refused *refusedError
 	if errors.As(err, &refused) {
 		rec.refused(refused.resp.Status.Label(), errors.New(refused.resp.Message))
@@ -195,13 +214,13 @@ func (e *Engine) pipeClient(client end, opened *openedStream, early int64, route
 	}
 	switch {
 	case refused != nil:
-		o.StreamFailed(route, refused.resp.Status.Label())
+		o.StreamFailed(label, refused.resp.Status.Label())
 		e.warnRefusal(log, "stream refused by peer", refused.resp.Status.String(), "err", refused.resp.Message)
-	case errors.Is(err, errStreamIdle):
-		o.StreamFailed(route, "idle")
+	case errors.Is(err, route.ErrIdle):
+		o.StreamFailed(label, "idle")
 		log.Info("stream closed: idle", "idle_timeout", e.cfg.StreamIdleTimeout, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond))
 	case err != nil && !benign(err):
-		o.StreamFailed(route, "aborted")
+		o.StreamFailed(label, "aborted")
 		log.Info("stream aborted", "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond), "err", err)
 	default:
 		log.Debug("stream closed", "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond))
@@ -239,8 +258,9 @@ func (o *openedStream) Read(p []byte) (int, error) {
 
 func (e *Engine) dialTimeout() time.Duration { return e.cfg.DialTimeout }
 
-// handleInbound serves one stream the peer opened: read the preamble, dial
-// the route's target, answer, and copy.
+// handleInbound serves one stream the peer opened: read the preamble,
+// admit it to a target route, and hand it to the route's kind, which dials
+// the target, answers, and copies.
 func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 	start := time.Now()
 	log := t.log
@@ -267,18 +287,18 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 	// The peer chooses the route name: only names in PQT_TARGET become metric
 	// labels, so a peer cannot grow the metric series without bound.
 	target, known := e.target(req.Route)
-	route := "unknown"
+	label := "unknown"
 	if known {
-		route = routeName(req.Route)
+		label = routeName(req.Route)
 	}
 	allowed := known && target.allows(t.peer)
 	log = log.With("route", routeName(req.Route), "client", req.Client)
 	o := e.obs
-	o.StreamOpened(route, "in")
-	undo.add(func() { o.StreamClosed(route, "in") })
-	undo.add(e.routeStats.opened(KindTarget, route))
+	o.StreamOpened(label, "in")
+	undo.add(func() { o.StreamClosed(label, "in") })
+	undo.add(e.routeStats.opened(KindTarget, label))
 	refuse := func(s wire.Status, msg string, err error) {
-		o.StreamFailed(route, s.Label())
+		o.StreamFailed(label, s.Label())
 		rec.refused(s.Label(), errOrMsg(err, msg))
 		if !isTLSRefusal(err) { // a failed TLS handshake with the origin is logged already
 			e.warnRefusal(log, "stream refused", s.String(), "err", errOr(err, msg))
@@ -300,7 +320,8 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 		return
 	}
 	undo.add(func() { e.peerStreams.give(t.peer) })
-	if req.Kind != wire.KindTCP {
+	kind, delivers := e.kinds[req.Kind]
+	if !delivers {
 		refuse(wire.StatusUnknownKind, fmt.Sprintf("stream kind %s is not one this peer delivers", req.Kind), nil)
 		return
 	}
@@ -310,8 +331,8 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 		// so that a peer learns nothing of the routes of others.
 		unknown := e.unknownRouteMessage(req.Route, t.peer)
 		if known {
-			o.StreamFailed(route, "not_allowed")
-			o.StreamNotAllowed(route, e.peerLabel(t.peer))
+			o.StreamFailed(label, "not_allowed")
+			o.StreamNotAllowed(label, e.peerLabel(t.peer))
 			e.warnRefusal(log, "stream refused", "not_allowed", "allow", strings.Join(target.Allow, "+"))
 			rec.refused("not_allowed", nil)
 			_, _ = st.Write(wire.AppendResponse(nil, wire.Response{Status: wire.StatusUnknownRoute, Message: unknown})) // best effort: we close next
@@ -322,6 +343,10 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 		refuse(wire.StatusUnknownRoute, unknown, fmt.Errorf("route %q is not in this side's %s (it has: %s)", routeName(req.Route), e.name("Target"), e.targetNames(t.peer)))
 		return
 	}
+	if target.Kind != req.Kind {
+		refuse(wire.StatusUnknownKind, fmt.Sprintf("route %q carries stream kind %s, not %s", routeName(req.Route), target.Kind, req.Kind), nil)
+		return
+	}
 	// The addresses are the peer's word: refused when they are not ip:port
 	// rather than passed on to the origin as an unknown source.
 	client, server, err := preambleAddrs(req)
@@ -330,46 +355,96 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 		return
 	}
 	rec.delivers(target.Addr)
-	origin, err := e.dialTarget(target, client, server, t.peer, log)
+	f := &farSide{e: e, t: t, st: st, req: req, target: target, client: client, server: server,
+		label: label, log: log, start: start, rec: rec, undo: &undo, refuse: refuse}
+	kind.Handle(streamEnd{t.counted(st, 0)}, f)
+	if !f.carried && !f.ended {
+		st.Reset()
+	}
+}
+
+// farSide is the engine's side of one admitted stream a kind's Handle delivers.
+type farSide struct {
+	e              *Engine
+	t              *tunnel
+	st             transport.Stream
+	req            wire.Request
+	target         Route
+	client, server netip.AddrPort
+	label          string
+	log            *slog.Logger
+	start          time.Time
+	rec            *accessRecord
+	undo           *undoList
+	refuse         func(s wire.Status, msg string, err error)
+	// carried is set by Carry, ended once the stream was refused or reset.
+	carried, ended bool
+}
+
+var _ route.Far = (*farSide)(nil)
+
+func (f *farSide) Request() wire.Request { return f.req }
+
+// Dial dials the target route's origin, refusing the stream with the
+// status of the failure.
+func (f *farSide) Dial() (route.Conn, error) {
+	origin, err := f.e.dialTarget(f.target, f.client, f.server, f.t.peer, f.log)
 	if err != nil {
 		status := wire.StatusOriginError
 		var de *dialError
 		switch {
 		case errors.As(err, &de) && isTimeout(err):
 			status = wire.StatusOriginTimeout
-		case errors.As(err, &de) && isRefused(err):
+		case errors.As(err, &de) && check.IsRefused(err):
 			status = wire.StatusOriginRefused
 		}
-		refuse(status, err.Error(), err)
-		return
+		f.refuse(status, err.Error(), err)
+		f.ended = true
+		return nil, err
 	}
-	if _, err := st.Write(wire.AppendResponse(nil, wire.Response{Status: wire.StatusOK})); err != nil {
-		log.Info("stream aborted before reply", "err", err)
-		rec.finished(0, 0, err)
-		st.Reset()
-		_ = origin.Close()
-		return
-	}
-	e.carry(&undo, func() { e.pipeInbound(t.counted(st, 0), origin, route, target.Addr, log, start, rec) })
+	return origin, nil
 }
 
-func (e *Engine) pipeInbound(st transport.Stream, origin end, route, target string, log *slog.Logger, start time.Time, rec *accessRecord) {
+// Accept answers the peer StatusOK.
+func (f *farSide) Accept() error {
+	if _, err := f.st.Write(wire.AppendResponse(nil, wire.Response{Status: wire.StatusOK})); err != nil {
+		f.log.Info("stream aborted before reply", "err", err)
+		f.rec.finished(0, 0, err)
+		f.st.Reset()
+		f.ended = true
+		return err
+	}
+	return nil
+}
+
+func (f *farSide) IdleTimeout() time.Duration { return f.e.cfg.StreamIdleTimeout }
+
+// Carry runs copy on a goroutine that then owns the stream's cleanups.
+func (f *farSide) Carry(copy route.Copy) {
+	f.carried = true
+	f.e.carry(f.undo, func() {
+		up, down, err := copy()
+		f.e.inboundEnded(up, down, err, f.label, f.target.Addr, f.log, f.start, f.rec)
+	})
+}
+
+// inboundEnded accounts a delivered stream whose copy ended.
+func (e *Engine) inboundEnded(up, down int64, err error, label, target string, log *slog.Logger, start time.Time, rec *accessRecord) {
 	o := e.obs
-	up, down, err := join(streamEnd{st}, origin, e.cfg.StreamIdleTimeout)
 	err = e.namedIdle(err)
-	o.StreamBytes(route, up, down)
+	o.StreamBytes(label, up, down)
 	if benign(err) {
 		rec.finished(up, down, nil)
 	} else {
 		rec.finished(up, down, err)
 	}
-	if errors.Is(err, errStreamIdle) {
-		o.StreamFailed(route, "idle")
+	if errors.Is(err, route.ErrIdle) {
+		o.StreamFailed(label, "idle")
 		log.Info("stream closed: idle", "origin", target, "idle_timeout", e.cfg.StreamIdleTimeout, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond))
 		return
 	}
 	if err != nil && !benign(err) {
-		o.StreamFailed(route, "aborted")
+		o.StreamFailed(label, "aborted")
 		log.Info("stream aborted", "origin", target, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond), "err", err)
 		return
 	}

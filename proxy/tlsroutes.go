@@ -11,8 +11,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/check"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/defaults"
+	"github.com/pqtunnel/pqtunnel/route"
+	"github.com/pqtunnel/pqtunnel/route/tcproute"
 	"github.com/pqtunnel/pqtunnel/tlsroute"
 )
 
@@ -95,7 +98,7 @@ func (tr *tlsRoutes) init(cfg Config) error {
 		}
 		name := r.ServerName
 		if name == "" {
-			name = hostOf(r.Addr)
+			name = check.HostOf(r.Addr)
 		}
 		tr.originators[r.Name] = tlsroute.NewOriginator(cfg.TLSRoutes, name, r.ALPN)
 	}
@@ -124,19 +127,19 @@ func (e *Engine) logForwarding(r Route, addr net.Addr) {
 }
 
 // tlsEnd adapts a TLS connection over a socket: CloseWrite sends
-// close_notify, abort resets (TCP) or closes (Unix) the socket under it.
+// close_notify, Abort resets (TCP) or closes (Unix) the socket under it.
 type tlsEnd struct {
 	*tls.Conn
 	raw sockConn
 }
 
-func (t tlsEnd) abort() { sockEnd{t.raw}.abort() }
+func (t tlsEnd) Abort() { sockEnd{t.raw}.Abort() }
 
 // handleAccepted serves one client of a forward route: a plain route goes
 // through the tunnel at once; a tls:// route first completes the TLS
 // handshake; a route joined locally is carried to its target here.
 func (e *Engine) handleAccepted(c sockConn, r Route) {
-	route := routeName(r.Name)
+	label := routeName(r.Name)
 	term := e.terminator(r)
 	target, local := e.tls.local[r.Name]
 	// The access record starts at accept, so that a client refused before
@@ -146,17 +149,17 @@ func (e *Engine) handleAccepted(c sockConn, r Route) {
 	if local {
 		direction = "local"
 	}
-	rec := e.newAccessRecord(direction, route, clientLabel(c), time.Now())
+	rec := e.newAccessRecord(direction, label, clientLabel(c), time.Now())
 	if local {
 		rec.delivers(target.Addr)
 	}
 	// The per-source bound comes first, so that it also bounds the TLS
-	// handshakes of a tls:// route and the clients of a local join.
+	// handshakes of a tls:// label and the clients of a local join.
 	source := clientKey(c.RemoteAddr())
 	if !e.clientsByIP.take(source, e.cfg.MaxClientsPerIP) {
-		e.warnRefusal(e.log.With("route", route, "client", clientLabel(c)), "client refused", e.name("MaxClientsPerIP")+" reached", "limit", e.cfg.MaxClientsPerIP, "source", source.String())
-		e.obs.StreamFailed(route, "client_limit")
-		sockEnd{c}.abort()
+		e.warnRefusal(e.log.With("route", label, "client", clientLabel(c)), "client refused", e.name("MaxClientsPerIP")+" reached", "limit", e.cfg.MaxClientsPerIP, "source", source.String())
+		e.obs.StreamFailed(label, "client_limit")
+		sockEnd{c}.Abort()
 		rec.refused("client_limit", nil)
 		e.logAccess(rec)
 		return
@@ -169,7 +172,7 @@ func (e *Engine) handleAccepted(c sockConn, r Route) {
 		e.handleClient(sockEnd{c}, c, r, rec, give)
 		return
 	}
-	var client end = sockEnd{c}
+	var client route.Conn = sockEnd{c}
 	if term != nil {
 		tc, ok := e.terminate(c, r, term, rec)
 		if !ok {
@@ -212,7 +215,7 @@ func (e *Engine) terminate(c sockConn, r Route, term *tlsroute.Terminator, rec *
 	default:
 		e.warnRefusal(log, "TLS handshake refused", "busy", "limit", cap(e.tls.handshakes), "hint", e.name("MaxHandshakes")+" handshakes are running")
 		e.obs.TLSRefused(route, sideTerminate, "busy")
-		sockEnd{c}.abort()
+		sockEnd{c}.Abort()
 		rec.refused("busy", nil)
 		return nil, false
 	}
@@ -301,7 +304,7 @@ func tlsKind(side string) string {
 
 // dialTarget dials a target route's origin, sends the PROXY header when
 // configured, and for a tls:// target completes the TLS handshake.
-func (e *Engine) dialTarget(target Route, client, server netip.AddrPort, peer string, log *slog.Logger) (end, error) {
+func (e *Engine) dialTarget(target Route, client, server netip.AddrPort, peer string, log *slog.Logger) (route.Conn, error) {
 	route := routeName(target.Name)
 	d := net.Dialer{Timeout: e.dialTimeout()}
 	dialStart := time.Now()
@@ -347,7 +350,7 @@ func (e *dialError) Unwrap() error { return e.err }
 // joinLocal carries a client of a forward route to the target route of
 // the same name on this side, without a tunnel; done runs once the client
 // is gone, and then its access line is written.
-func (e *Engine) joinLocal(client end, c sockConn, r, target Route, rec *accessRecord, done func()) {
+func (e *Engine) joinLocal(client route.Conn, c sockConn, r, target Route, rec *accessRecord, done func()) {
 	start := time.Now()
 	route := routeName(r.Name)
 	log := e.log.With("route", route, "client", clientLabel(c))
@@ -363,7 +366,7 @@ func (e *Engine) joinLocal(client end, c sockConn, r, target Route, rec *accessR
 		e.warnRefusal(log, "client refused", e.name("MaxTotalStreams")+" reached", "limit", e.cfg.MaxTotalStreams)
 		o.StreamFailed(route, "busy")
 		rec.refused("busy", nil)
-		client.abort()
+		client.Abort()
 		return
 	}
 	undo.add(e.releaseSlot)
@@ -375,7 +378,7 @@ func (e *Engine) joinLocal(client end, c sockConn, r, target Route, rec *accessR
 		switch {
 		case errors.As(err, &de) && isTimeout(err):
 			reason = "origin_timeout"
-		case errors.As(err, &de) && isRefused(err):
+		case errors.As(err, &de) && check.IsRefused(err):
 			reason = "origin_refused"
 		case isTLSRefusal(err):
 			reason = "origin_tls"
@@ -385,24 +388,24 @@ func (e *Engine) joinLocal(client end, c sockConn, r, target Route, rec *accessR
 		if reason != "origin_tls" { // tlsFailed logged that one
 			e.warnRefusal(log, "client refused", reason, "origin", target.Addr, "err", err)
 		}
-		client.abort()
+		client.Abort()
 		return
 	}
 	e.carry(&undo, func() { e.pipeLocal(client, origin, route, target.Addr, log, start, rec) })
 }
 
-func (e *Engine) pipeLocal(client, origin end, route, target string, log *slog.Logger, start time.Time, rec *accessRecord) {
+func (e *Engine) pipeLocal(client, origin route.Conn, label, target string, log *slog.Logger, start time.Time, rec *accessRecord) {
 	o := e.obs
-	up, down, err := join(client, origin, e.cfg.StreamIdleTimeout)
+	up, down, err := tcproute.Join(client, origin, e.cfg.StreamIdleTimeout)
 	err = e.namedIdle(err)
-	o.StreamBytes(route, up, down)
+	o.StreamBytes(label, up, down)
 	if benign(err) {
 		rec.finished(up, down, nil)
 	} else {
 		rec.finished(up, down, err)
 	}
 	if err != nil && !benign(err) {
-		o.StreamFailed(route, "aborted")
+		o.StreamFailed(label, "aborted")
 		log.Info("connection aborted", "origin", target, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond), "err", err)
 		return
 	}

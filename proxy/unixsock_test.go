@@ -113,7 +113,7 @@ func TestEngineUnixForwardAndTarget(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		halfCloseRoundTrip(t, c.(*net.UnixConn), randomBytes(t, 300<<10))
+		halfCloseRoundTrip(t, c.(*net.UnixConn), testutil.RandomBytes(t, 300<<10))
 		h := <-headers
 		if h.Command != proxyproto.LOCAL {
 			t.Errorf("PROXY header for a Unix client: command %v, want LOCAL", h.Command)

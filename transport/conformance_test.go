@@ -19,6 +19,7 @@ import (
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
 	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 )
 
@@ -95,7 +96,7 @@ func TestStreamsByteExactBothWays(t *testing.T) {
 			}{{"client opens", client, server}, {"server opens", server, client}} {
 				t.Run(dir.name, func(t *testing.T) {
 					a, b := transporttest.OpenAccepted(t, dir.from, dir.to, []byte("hi"))
-					up, down := transporttest.RandomBytes(t, 2<<20+3), transporttest.RandomBytes(t, 1<<20+7)
+					up, down := testutil.RandomBytes(t, 2<<20+3), testutil.RandomBytes(t, 1<<20+7)
 					var wg sync.WaitGroup
 					var gotUp, gotDown []byte
 					var errUp, errDown error
@@ -166,7 +167,7 @@ func TestManyConcurrentStreams(t *testing.T) {
 			errs := make(chan error, n)
 			var wg sync.WaitGroup
 			for range n {
-				payload := transporttest.RandomBytes(t, 100<<10)
+				payload := testutil.RandomBytes(t, 100<<10)
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
@@ -218,7 +219,7 @@ func TestCloseWriteHalfClose(t *testing.T) {
 				t.Fatalf("peer read %q, %v after CloseWrite; want EOF", rest, err)
 			}
 			// The reverse direction still flows.
-			reply := transporttest.RandomBytes(t, 512<<10)
+			reply := testutil.RandomBytes(t, 512<<10)
 			go func() {
 				if _, err := b.Write(reply); err == nil {
 					_ = b.CloseWrite()

@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -109,3 +110,14 @@ func Port(t testing.TB) int {
 
 // Loopback is 127.0.0.1:port.
 func Loopback(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+
+// RandomBytes returns n random bytes, payloads that a copy could not pass
+// by accident.
+func RandomBytes(t testing.TB, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

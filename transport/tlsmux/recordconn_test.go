@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 )
 
@@ -43,7 +44,7 @@ func TestTCPBulkWritesBatchRecords(t *testing.T) {
 	w0, b0 := wc.counts()
 
 	const size = 8 << 20
-	data := transporttest.RandomBytes(t, size)
+	data := testutil.RandomBytes(t, size)
 	errc := make(chan error, 1)
 	go func() {
 		_, err := opened.Write(data)

@@ -6,7 +6,6 @@ package transporttest
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"io"
 	"sync"
@@ -85,16 +84,6 @@ func SessionPair(t testing.TB, tr transport.Transport, cc, sc *transport.Config)
 	}
 	t.Cleanup(func() { _ = r.s.Close() })
 	return client, r.s
-}
-
-// RandomBytes returns n random bytes.
-func RandomBytes(t testing.TB, n int) []byte {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 // Ctx is a context that ends after 15s or at cleanup.

@@ -1,58 +1,13 @@
-package proxy
+package tcproute
 
 import (
-	"errors"
 	"io"
-	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
+
+	"github.com/pqtunnel/pqtunnel/route"
 )
-
-// halfConn is one end of a proxied connection: a client or origin socket
-// (TCP or Unix), or a tunnel stream.
-type halfConn interface {
-	io.Reader
-	io.Writer
-	CloseWrite() error
-	Close() error
-	SetDeadline(time.Time) error
-}
-
-// sockConn is a client or origin socket: *net.TCPConn or *net.UnixConn,
-// both of which half-close.
-type sockConn interface {
-	net.Conn
-	CloseWrite() error
-	syscall.Conn
-}
-
-// sockEnd adapts a client or origin socket: abort sends a TCP RST rather
-// than FIN; a Unix socket has no reset, so abort closes it.
-type sockEnd struct{ sockConn }
-
-func (s sockEnd) abort() {
-	if t, ok := s.sockConn.(*net.TCPConn); ok {
-		_ = t.SetLinger(0) // RST tells the peer the stream failed
-	}
-	_ = s.Close()
-}
-
-// streamEnd adapts a tunnel stream: abort resets it.
-type streamEnd struct{ streamConn }
-
-type streamConn interface {
-	halfConn
-	Reset()
-}
-
-func (s streamEnd) abort() { s.Reset() }
-
-type end interface {
-	halfConn
-	abort()
-}
 
 // An idle connection must not pin a large buffer: each direction waits in a
 // small buffer of its own and takes a large one from a pool only while reads
@@ -86,31 +41,28 @@ func bulkBuffer() (buf *[]byte, give func()) {
 	return b, func() { mediumBuffers.Put(b) }
 }
 
-// errStreamIdle is join's error for a stream closed by its idle timeout.
-// The engine adds the name of the setting (Engine.namedIdle).
-var errStreamIdle = errors.New("no byte in either direction for the stream idle timeout")
-
-// join copies both ways between a and b until both directions end. A clean
+// Join copies both ways between a and b until both directions end. A clean
 // EOF is passed on as a half-close; an error aborts both ends at once so that
 // nothing waits on a dead peer. With idle positive, both ends are aborted
-// with errStreamIdle once no byte has been read from either for that long.
-// It returns the bytes copied a→b and b→a.
-func join(a, b end, idle time.Duration) (aToB, bToA int64, err error) {
+// with route.ErrIdle once no byte has been read from either for that long.
+// It returns the bytes copied a→b and b→a, and the error that aborted them.
+// Both ends are closed when it returns.
+func Join(a, b route.Conn, idle time.Duration) (aToB, bToA int64, err error) {
 	var wg sync.WaitGroup
 	var once sync.Once
 	var firstErr error
 	abort := func(e error) {
 		once.Do(func() {
 			firstErr = e
-			a.abort()
-			b.abort()
+			a.Abort()
+			b.Abort()
 		})
 	}
 	if idle > 0 {
 		w := &idleWatch{}
 		w.touch()
 		a, b = activeEnd{a, w}, activeEnd{b, w}
-		stop := w.start(idle, func() { abort(errStreamIdle) })
+		stop := w.start(idle, func() { abort(route.ErrIdle) })
 		defer stop()
 	}
 	wg.Add(1)
@@ -128,7 +80,7 @@ func join(a, b end, idle time.Duration) (aToB, bToA int64, err error) {
 }
 
 // proxyCopy copies src to dst; on EOF it half-closes dst, on error it aborts.
-func proxyCopy(dst, src end, abort func(error)) int64 {
+func proxyCopy(dst, src route.Conn, abort func(error)) int64 {
 	n, err := copyAdaptive(dst, src)
 	if err != nil {
 		abort(err)
@@ -220,12 +172,12 @@ func (w *idleWatch) start(idle time.Duration, fire func()) (stop func()) {
 
 // activeEnd is an end whose reads touch an idleWatch.
 type activeEnd struct {
-	end
+	route.Conn
 	w *idleWatch
 }
 
 func (a activeEnd) Read(p []byte) (int, error) {
-	n, err := a.end.Read(p)
+	n, err := a.Conn.Read(p)
 	if n > 0 {
 		a.w.touch()
 	}

@@ -1,8 +1,7 @@
-package proxy
+package tcproute
 
 import (
 	"bytes"
-	"crypto/rand"
 	"errors"
 	"io"
 	"net"
@@ -11,7 +10,16 @@ import (
 	"time"
 
 	"github.com/pqtunnel/pqtunnel/internal/testutil"
+	"github.com/pqtunnel/pqtunnel/route"
 )
+
+// tcpEnd is a TCP socket as Join takes it: Abort sends a reset.
+type tcpEnd struct{ *net.TCPConn }
+
+func (c tcpEnd) Abort() {
+	_ = c.SetLinger(0)
+	_ = c.Close()
+}
 
 type joinResult struct {
 	aToB, bToA int64
@@ -28,7 +36,7 @@ func startJoin(t *testing.T) (client, origin *net.TCPConn, done <-chan joinResul
 	go func() {
 		defer close(returned)
 		var r joinResult
-		r.aToB, r.bToA, r.err = join(sockEnd{proxyA}, sockEnd{proxyB}, 0)
+		r.aToB, r.bToA, r.err = Join(tcpEnd{proxyA}, tcpEnd{proxyB}, 0)
 		ch <- r
 	}()
 	t.Cleanup(func() {
@@ -38,15 +46,6 @@ func startJoin(t *testing.T) (client, origin *net.TCPConn, done <-chan joinResul
 		<-returned
 	})
 	return client, origin, ch
-}
-
-func randomBytes(t testing.TB, n int) []byte {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 func waitJoin(t *testing.T, done <-chan joinResult) joinResult {
@@ -62,8 +61,8 @@ func waitJoin(t *testing.T, done <-chan joinResult) joinResult {
 
 func TestJoinCopiesBothWaysByteExact(t *testing.T) {
 	client, origin, done := startJoin(t)
-	up := randomBytes(t, 3<<20+17)
-	down := randomBytes(t, 2<<20+5)
+	up := testutil.RandomBytes(t, 3<<20+17)
+	down := testutil.RandomBytes(t, 2<<20+5)
 
 	errs := make(chan error, 2)
 	go func() { // client writes everything, then half-closes
@@ -128,7 +127,7 @@ func TestJoinHalfClosePropagates(t *testing.T) {
 				t.Fatalf("other end read %q, %v; want request then EOF", got, err)
 			}
 			// The reverse direction keeps flowing after the half-close.
-			reply := randomBytes(t, 1<<20)
+			reply := testutil.RandomBytes(t, 1<<20)
 			go func() {
 				_, _ = other.Write(reply)
 				_ = other.CloseWrite()
@@ -164,7 +163,7 @@ func TestJoinAbortPropagatesPromptly(t *testing.T) {
 				t.Fatal(err)
 			}
 			start := time.Now()
-			sockEnd{resetter}.abort() // SO_LINGER 0: RST
+			tcpEnd{resetter}.Abort() // SO_LINGER 0: RST
 			r := waitJoin(t, done)
 			if r.err == nil {
 				t.Error("join returned no error after a reset")
@@ -209,14 +208,14 @@ func TestAppendEarlyTakesWhatTheClientSent(t *testing.T) {
 		t.Fatalf("appendEarly = %q, want %q", got, want)
 	}
 
-	big := bytes.Repeat([]byte{'x'}, 3*earlyDataSize)
+	big := bytes.Repeat([]byte{'x'}, 3*route.FirstDataSize)
 	if _, err := client.Write(big); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(50 * time.Millisecond)
 	got, err = appendEarly(server, nil)
-	if err != nil || len(got) == 0 || len(got) > earlyDataSize {
-		t.Fatalf("appendEarly took %d bytes (%v); want 1..%d", len(got), err, earlyDataSize)
+	if err != nil || len(got) == 0 || len(got) > route.FirstDataSize {
+		t.Fatalf("appendEarly took %d bytes (%v); want 1..%d", len(got), err, route.FirstDataSize)
 	}
 	// The rest is left for the copy, in order.
 	rest := make([]byte, len(big)-len(got))
@@ -296,4 +295,49 @@ func TestBulkBuffersAreBounded(t *testing.T) {
 	if out := largeOut.Load(); out != 0 {
 		t.Fatalf("largeOut = %d after every buffer came back", out)
 	}
+}
+
+// A stream silent both ways for the idle timeout is aborted with
+// route.ErrIdle; one that moves a byte more often than that is not.
+func TestJoinIdleTimeout(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	t.Run("silent", func(t *testing.T) {
+		clientA, proxyA := testutil.TCPPair(t)
+		proxyB, originB := testutil.TCPPair(t)
+		defer clientA.Close()
+		defer originB.Close()
+		start := time.Now()
+		_, _, err := Join(tcpEnd{proxyA}, tcpEnd{proxyB}, idle)
+		elapsed := time.Since(start)
+		if !errors.Is(err, route.ErrIdle) {
+			t.Fatalf("join = %v, want route.ErrIdle", err)
+		}
+		if elapsed < idle || elapsed > idle+time.Second {
+			t.Errorf("closed after %s, want about %s", elapsed, idle)
+		}
+	})
+	t.Run("trickle", func(t *testing.T) {
+		clientA, proxyA := testutil.TCPPair(t)
+		proxyB, originB := testutil.TCPPair(t)
+		defer originB.Close()
+		done := make(chan error, 1)
+		go func() { _, _, err := Join(tcpEnd{proxyA}, tcpEnd{proxyB}, idle); done <- err }()
+		buf := make([]byte, 1)
+		for range 8 { // 8 × 100 ms: well past the idle timeout in total
+			time.Sleep(idle / 3)
+			if _, err := clientA.Write([]byte{'x'}); err != nil {
+				t.Fatalf("write: %v", err)
+			}
+			_ = originB.SetReadDeadline(time.Now().Add(time.Second))
+			if _, err := originB.Read(buf); err != nil {
+				t.Fatalf("a trickling stream was cut: %v", err)
+			}
+		}
+		_ = clientA.CloseWrite()
+		_ = originB.CloseWrite()
+		if err := <-done; err != nil {
+			t.Errorf("join = %v, want a clean end", err)
+		}
+		_ = clientA.Close()
+	})
 }
