@@ -98,9 +98,22 @@ func waitTunnels(t *testing.T, e *Engine) []transport.Info {
 
 // echoThrough sends payload through addr and checks that it comes back byte-exact.
 func echoThrough(addr string, payload []byte) error {
-	c, err := net.Dial("tcp", addr)
+	got, err := roundTrip(addr, payload)
 	if err != nil {
 		return err
+	}
+	if !bytes.Equal(got, payload) {
+		return fmt.Errorf("echo returned %d bytes, want %d byte-exact", len(got), len(payload))
+	}
+	return nil
+}
+
+// roundTrip sends payload to addr and half-closes while it reads, and
+// returns all it read.
+func roundTrip(addr string, payload []byte) ([]byte, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
@@ -114,15 +127,12 @@ func echoThrough(addr string, payload []byte) error {
 	}()
 	got, err := io.ReadAll(c)
 	if err != nil {
-		return fmt.Errorf("read: %w", err)
+		return nil, fmt.Errorf("read: %w", err)
 	}
 	if err := <-werr; err != nil {
-		return fmt.Errorf("write: %w", err)
+		return nil, fmt.Errorf("write: %w", err)
 	}
-	if !bytes.Equal(got, payload) {
-		return fmt.Errorf("echo returned %d bytes, want %d byte-exact", len(got), len(payload))
-	}
-	return nil
+	return got, nil
 }
 
 // expectRefused connects to addr and requires the connection to end
