@@ -132,22 +132,10 @@ func closedPort(t *testing.T, network string) string {
 func TestProbeRoutesAsksThePeer(t *testing.T) {
 	tr := memtransport.New()
 	dialStore, listenStore := pinned.Stores(t, wire.ALPN)
-	listen, err := proxy.New(proxy.Config{
-		Mode: proxy.ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr,
-		Target: []proxy.Route{{Name: "echo", Addr: closedPort(t, "tcp")}}, TLS: listenStore, ReadyTargetDown: -1,
+	listen := runListen(t, proxy.Config{
+		Transport: tr, Target: []proxy.Route{{Name: "echo", Addr: closedPort(t, "tcp")}}, TLS: listenStore,
 		SettingName: func(field string) string { return map[string]string{"Target": "PQT_TARGET"}[field] },
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- listen.Run(context.Background()) }()
-	defer func() {
-		listen.Close()
-		if err := <-done; !errors.Is(err, proxy.ErrClosed) {
-			t.Errorf("listen side's Run returned %v, want ErrClosed", err)
-		}
-	}()
 	cfg := check.Config{
 		TLS: dialStore, Mux: transport.Config{HandshakeTimeout: 10 * time.Second},
 		Forward: []check.Route{{Name: "echo"}, {Name: "pg"}, {Name: "web", Allow: []string{"someone-else"}}},

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"slices"
 	"strings"
 	"time"
 
@@ -43,69 +42,25 @@ func runCheck(args []string, environ map[string]string, stdout, stderr io.Writer
 	cc := checkConfig(pc)
 	mode := pc.TLS.Policy().Mode
 	groups := pc.TLS.Policy().Groups
-	ours := pc.TLS.Material()
+	plan := check.Plan{Transports: basicTransports, Configured: pc.Transport, Classical: *probeClassical,
+		Watch: probePrinter{w: stdout, timeout: cc.Mux.HandshakeTimeout, ours: pc.TLS.Material()}}
 	failed := 0
 	for _, peer := range pc.Tunnel {
 		fmt.Fprintf(stdout, "peer %s  (%s=%s %s=%s %s=%s)\n", peer, transportVar, pc.Transport.Name(), pqVar, mode, groupsVar, hybridtls.GroupNames(groups))
-		works := map[string]bool{}
-		var advice []string
-		var routes []check.RouteAnswer
-		asked := false
-		for _, tr := range basicTransports {
-			// The first transport that connects also asks about the routes.
-			full := probeWith(stdout, cc, peer, tr, mode, groups, ours, !asked)
-			works[tr.Name()] = full.Err == nil
-			if full.Err == nil && !asked {
-				routes, asked = full.Routes, true
-			}
-			if full.Err != nil {
-				advice = append(advice, fmt.Sprintf("%s: %s", tr.Name(), full.Verdict(ours)))
-			}
-			if d := full.Diagnosis(); full.Err != nil && (d.Unreachable() || d.AboutIdentity()) {
-				continue // per-group probes would say the same
-			}
-			var accepted []string
-			for _, g := range groups {
-				if len(groups) == 1 {
-					break
-				}
-				if p := probe(stdout, cc, peer, tr, mode, []tls.CurveID{g}, ours); p.Err == nil {
-					accepted = append(accepted, hybridtls.GroupName(g))
-				}
-			}
-			if r := transport.Classify(full.Err); full.Err != nil && mode == hybridtls.Strict && (r == transport.ReasonNoCommonGroup || r == transport.ReasonNotPostQuantum) {
-				switch {
-				case *probeClassical && probeClassicalGroup(stdout, cc, peer, tr):
-					advice = append(advice, fmt.Sprintf("%s: the peer is not post-quantum: it accepts only classical X25519, so %s=strict will not connect; upgrade the peer", tr.Name(), pqVar))
-				case len(accepted) == 0:
-					a, found := otherGroupsAdvice(stdout, cc, peer, tr, groups, ours)
-					if !found && !*probeClassical {
-						a += "; if it may be classical-only, 'pqtunnel check --probe-classical' asks it without sending anything of ours under a classical key exchange"
-					}
-					advice = append(advice, fmt.Sprintf("%s: %s", tr.Name(), a))
-				}
-			}
-		}
-		// A transport check probed must work itself; auto needs one of them.
-		ok, probed := works[pc.Transport.Name()]
-		if !probed {
-			for _, w := range works {
-				ok = ok || w
-			}
-		}
-		missing := printRoutes(stdout, routes)
-		for _, a := range advice {
+		r := check.CheckPeer(context.Background(), cc, peer, plan)
+		printRoutes(stdout, r.Routes)
+		for _, a := range r.Advice {
 			fmt.Fprintln(stdout, "  advice:", a)
 		}
-		if ok {
+		if r.Connects {
 			var each []string
 			for _, tr := range basicTransports {
-				each = append(each, fmt.Sprintf("%s: %s", tr.Name(), yesNo(works[tr.Name()])))
+				each = append(each, fmt.Sprintf("%s: %s", tr.Name(), yesNo(r.Works[tr.Name()])))
 			}
-			if len(missing) > 0 {
+			if len(r.Missing) > 0 {
 				failed++
 				fmt.Fprintf(stdout, "  verdict: the tunnel would connect (%s), but the peer's %s lacks %s: clients on %s would be refused\n",
-					strings.Join(each, ", "), config.Name("Target"), oneMany(len(missing), "route", "routes")+" "+strings.Join(missing, ", "), oneMany(len(missing), "it", "them"))
+					strings.Join(each, ", "), config.Name("Target"), oneMany(len(r.Missing), "route", "routes")+" "+strings.Join(r.Missing, ", "), oneMany(len(r.Missing), "it", "them"))
 				continue
 			}
 			fmt.Fprintf(stdout, "  verdict: would connect (%s)\n", strings.Join(each, ", "))
@@ -129,9 +84,8 @@ func checkConfig(pc proxy.Config) check.Config {
 	return cc
 }
 
-// printRoutes prints the peer's answer about each forward route and
-// returns the names of those it lacks.
-func printRoutes(w io.Writer, routes []check.RouteAnswer) (missing []string) {
+// printRoutes prints the peer's answer about each forward route.
+func printRoutes(w io.Writer, routes []check.RouteAnswer) {
 	forwardVar, targetVar := config.Name("Forward"), config.Name("Target")
 	for _, a := range routes {
 		switch {
@@ -144,11 +98,9 @@ func printRoutes(w io.Writer, routes []check.RouteAnswer) (missing []string) {
 		case a.Known:
 			fmt.Fprintf(w, "  route %-12s ok: in the peer's %s (%s)\n", a.Route, targetVar, a.Message)
 		default:
-			missing = append(missing, a.Route)
 			fmt.Fprintf(w, "  route %-12s MISSING: %s\n", a.Route, a.Message)
 		}
 	}
-	return missing
 }
 
 // oneMany is one or many by n.
@@ -159,64 +111,53 @@ func oneMany(n int, one, many string) string {
 	return many
 }
 
-// probeClassicalGroup reports whether peer accepts classical X25519 over
-// tr, printing the probe's line; see check.ProbeClassical.
-func probeClassicalGroup(w io.Writer, cc check.Config, peer string, tr transport.Transport) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), cc.Mux.HandshakeTimeout)
-	defer cancel()
-	p := check.ProbeClassical(ctx, cc, peer, tr)
-	accepted := errors.Is(p.Err, check.ErrClassicalProbeStopped) && p.Group == tls.X25519
-	verdict := "refused"
-	if accepted {
-		verdict = "accepted (stopped after its certificate; ours was not sent)"
-	}
-	fmt.Fprintf(w, "  %-4s offer %-52s %s\n", tr.Name(), "X25519 (classical, --probe-classical)", verdict)
-	return accepted
-}
-
-func probe(w io.Writer, cc check.Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID, ours *hybridtls.Material) check.Probe {
-	return probeWith(w, cc, peer, tr, mode, groups, ours, false)
+// probePrinter prints each probe check.CheckPeer runs: a line every
+// progressInterval while it waits, then its result.
+type probePrinter struct {
+	w       io.Writer
+	timeout time.Duration
+	// ours is this side's material, which a failed probe's verdict names.
+	ours *hybridtls.Material
 }
 
 // progressInterval is how often a probe that is still waiting says so.
 const progressInterval = 2 * time.Second
 
-// probeWith runs one probe, asking about the forward routes too when
-// askRoutes, prints a line every progressInterval while it waits, and
-// then its result.
-func probeWith(w io.Writer, cc check.Config, peer string, tr transport.Transport, mode hybridtls.PQMode, groups []tls.CurveID, ours *hybridtls.Material, askRoutes bool) check.Probe {
-	ctx, cancel := context.WithTimeout(context.Background(), cc.Mux.HandshakeTimeout)
-	defer cancel()
+func (pp probePrinter) Probing(tr transport.Transport, groups []tls.CurveID, classical bool) func(check.Probe) {
+	if classical {
+		return func(p check.Probe) {
+			verdict := "refused"
+			if p.ClassicalAccepted() {
+				verdict = "accepted (stopped after its certificate; ours was not sent)"
+			}
+			fmt.Fprintf(pp.w, "  %-4s offer %-52s %s\n", tr.Name(), "X25519 (classical, --probe-classical)", verdict)
+		}
+	}
 	offered := hybridtls.GroupNames(groups)
-	giveUp := cc.Mux.HandshakeTimeout
+	giveUp := pp.timeout
 	if tr.Name() == quic.Name {
 		giveUp = quic.SilenceTimeout(giveUp) // a peer that never answers
 	}
-	stop := progress(w, fmt.Sprintf("  %-4s offer %-52s", tr.Name(), offered), giveUp)
-	var p check.Probe
-	if askRoutes {
-		p = check.ProbeRoutes(ctx, cc, peer, tr, mode, groups)
-	} else {
-		p = check.ProbeTunnel(ctx, cc, peer, tr, mode, groups)
-	}
-	stop()
-	var sizes string
-	if p.ClientHello > 0 {
-		sizes = fmt.Sprintf(" ClientHello=%dB", p.ClientHello)
-		if p.ServerHello > 0 {
-			sizes += fmt.Sprintf(" ServerHello=%dB key_share=%#04x", p.ServerHello, uint16(p.WireGroup))
+	stop := progress(pp.w, fmt.Sprintf("  %-4s offer %-52s", tr.Name(), offered), giveUp)
+	return func(p check.Probe) {
+		stop()
+		var sizes string
+		if p.ClientHello > 0 {
+			sizes = fmt.Sprintf(" ClientHello=%dB", p.ClientHello)
+			if p.ServerHello > 0 {
+				sizes += fmt.Sprintf(" ServerHello=%dB key_share=%#04x", p.ServerHello, uint16(p.WireGroup))
+			}
 		}
+		if p.FirstFlight > 0 {
+			sizes = fmt.Sprintf(" first_flight=%dB/%d packets", p.FirstFlight, p.FirstFlightPackets)
+		}
+		if p.Err != nil {
+			fmt.Fprintf(pp.w, "  %-4s offer %-52s FAIL%s  %s\n", tr.Name(), offered, sizes, p.Verdict(pp.ours))
+			return
+		}
+		fmt.Fprintf(pp.w, "  %-4s offer %-52s ok   group=%s sig=%s handshake=%s%s peer=%s pq_auth=%t\n", tr.Name(), offered,
+			hybridtls.GroupName(p.Group), p.Sig, p.Handshake.Round(10*time.Microsecond), sizes, p.PeerName, p.PQAuth)
 	}
-	if p.FirstFlight > 0 {
-		sizes = fmt.Sprintf(" first_flight=%dB/%d packets", p.FirstFlight, p.FirstFlightPackets)
-	}
-	if p.Err != nil {
-		fmt.Fprintf(w, "  %-4s offer %-52s FAIL%s  %s\n", tr.Name(), offered, sizes, p.Verdict(ours))
-		return p
-	}
-	fmt.Fprintf(w, "  %-4s offer %-52s ok   group=%s sig=%s handshake=%s%s peer=%s pq_auth=%t\n", tr.Name(), offered,
-		hybridtls.GroupName(p.Group), p.Sig, p.Handshake.Round(10*time.Microsecond), sizes, p.PeerName, p.PQAuth)
-	return p
 }
 
 // progress prints prefix and how long it has waited every
@@ -248,23 +189,4 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
-}
-
-// otherGroupsAdvice probes the hybrid groups missing from offeredGroups to
-// tell the user which one the peer would accept, and reports whether it
-// found one.
-func otherGroupsAdvice(w io.Writer, cc check.Config, peer string, tr transport.Transport, offeredGroups []tls.CurveID, ours *hybridtls.Material) (string, bool) {
-	var theirs []tls.CurveID
-	for _, g := range hybridtls.DefaultGroups {
-		if slices.Contains(offeredGroups, g) {
-			continue
-		}
-		if p := probe(w, cc, peer, tr, hybridtls.Strict, []tls.CurveID{g}, ours); p.Err == nil {
-			theirs = append(theirs, g)
-		}
-	}
-	if len(theirs) == 0 {
-		return fmt.Sprintf("the peer accepts none of %s, nor any other hybrid group: check its %s and %s", hybridtls.GroupNames(offeredGroups), config.Name("Groups"), config.Name("PQ")), false
-	}
-	return fmt.Sprintf("the peer accepts only %s; add it to %s", hybridtls.GroupNames(theirs), config.Name("Groups")), true
 }
