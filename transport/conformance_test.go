@@ -14,12 +14,12 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
 	"github.com/pqtunnel/pqtunnel/transport/tlsmux"
-	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 )
 
