@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/pqtunnel/pqtunnel/internal/ca"
+	"github.com/pqtunnel/pqtunnel/internal/config"
 )
 
 // caCommand runs 'pqtunnel ca init|issue|sign': a small ML-DSA CA for CA
@@ -69,8 +70,8 @@ func caInit(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s CA %q valid until %s\n  key  %s (keep it offline, mode 0600)\n  cert %s (give it to both sides as PQT_CA)\n",
-		params, c.Cert.Subject.CommonName, c.Cert.NotAfter.Format("2006-01-02"), filepath.Join(*out, ca.KeyFile), filepath.Join(*out, ca.CertFile))
+	fmt.Fprintf(stdout, "%s CA %q valid until %s\n  key  %s (keep it offline, mode 0600)\n  cert %s (give it to both sides as %s)\n",
+		params, c.Cert.Subject.CommonName, c.Cert.NotAfter.Format("2006-01-02"), filepath.Join(*out, ca.KeyFile), filepath.Join(*out, ca.CertFile), config.Name("CA"))
 	return nil
 }
 
@@ -134,8 +135,8 @@ func caIssue(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s certificate for %s valid until %s\n  key  %s (PQT_KEY, mode 0600)\n  cert %s (PQT_CERT)\n",
-		key.PublicKey().Parameters(), certNames(names.names), cert.NotAfter.Format("2006-01-02"), keyPath, certPath)
+	fmt.Fprintf(stdout, "%s certificate for %s valid until %s\n  key  %s (%s, mode 0600)\n  cert %s (%s)\n",
+		key.PublicKey().Parameters(), certNames(names.names), cert.NotAfter.Format("2006-01-02"), keyPath, config.Name("Key"), certPath, config.Name("Cert"))
 	return nil
 }
 

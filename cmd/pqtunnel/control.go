@@ -15,7 +15,8 @@ import (
 )
 
 // errControlInUse: a live process answers on the control socket already.
-var errControlInUse = errors.New("another running pqtunnel answers there (a side with the same PQT_MODE, PQT_TUNNEL, PQT_FORWARD and PQT_TARGET?)")
+var errControlInUse = errors.New("another running pqtunnel answers there (a side with the same " +
+	config.Name("Mode") + ", " + config.Name("Tunnel") + ", " + config.Name("Forward") + " and " + config.Name("Target") + "?)")
 
 // serveControl serves h on the control socket; the returned function stops
 // it and removes the socket. A failure at the default (auto) path is
@@ -28,7 +29,7 @@ func serveControl(ctl config.Control, h http.Handler, log *slog.Logger) (func(),
 	ln, err := listenControl(ctl)
 	if err != nil {
 		if ctl.Auto {
-			log.Warn("control socket not served: 'pqtunnel status' needs PQT_METRICS then", "path", ctl.Path, "err", err)
+			log.Warn("control socket not served: 'pqtunnel status' needs "+config.Name("Metrics")+" then", "path", ctl.Path, "err", err)
 			return func() {}, nil
 		}
 		return nil, fmt.Errorf("%s: %w", config.Name("Control"), err)

@@ -18,7 +18,7 @@ import (
 func keygen(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("keygen", "keygen [--profile cnsa2] -o FILE", "write a new hybrid identity (ML-DSA-65 + Ed25519; ML-DSA-87 with --profile cnsa2) to FILE with mode 0600 and print its pin")
 	out := fs.String("o", "", "file to write the identity to (required; never overwritten; missing directories are created with mode 0700)")
-	profile := fs.String("profile", "", "cnsa2: an ML-DSA-87 identity, as PQT_PROFILE=cnsa2 requires (default ML-DSA-65)")
+	profile := fs.String("profile", "", "cnsa2: an ML-DSA-87 identity, as "+config.Name("Profile")+"=cnsa2 requires (default ML-DSA-65)")
 	if err := fs.parse(args, 0, stdout, stderr); err != nil {
 		return err
 	}

@@ -283,7 +283,7 @@ func runTunnel(args []string, environ map[string]string, stdout, stderr io.Write
 		log.Info("tls:// routes serve", "certificates", certificateNames(m), "client_auth", m.ClientCAs != nil)
 	}
 	if c.KeyLog != "" {
-		log.Warn("PQT_KEYLOG is on: TLS secrets of every tunnel are written to the key log, and anyone who reads it can decrypt the traffic", "keylog", c.KeyLog)
+		log.Warn(config.Name("KeyLog")+" is on: TLS secrets of every tunnel are written to the key log, and anyone who reads it can decrypt the traffic", "keylog", c.KeyLog)
 	}
 	if pc.Transport != nil && transport.UsesUDP(pc.Transport) {
 		warnUDPBuffers(log)

@@ -81,7 +81,7 @@ func status(args []string, environ map[string]string, stdout, stderr io.Writer) 
 // PQT_METRICS=v binds, asked on loopback when it binds every address.
 func statusURL(v string) (string, error) {
 	if v == "" {
-		return "", fmt.Errorf("%w: it is not set; status asks the running side at its metrics server, so run the side with one and give status the same value (PQT_METRICS=127.0.0.1:9090 pqtunnel status)", errNoMetrics)
+		return "", fmt.Errorf("%w: it is not set; status asks the running side at its metrics server, so run the side with one and give status the same value (%s=127.0.0.1:9090 pqtunnel status)", errNoMetrics, config.Name("Metrics"))
 	}
 	addr := v
 	if !strings.Contains(v, ":") {
