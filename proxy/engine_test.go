@@ -337,35 +337,50 @@ func TestEngineRefusesUnknownKind(t *testing.T) {
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: mem,
 		Target: []Route{{Name: "echo", Addr: testutil.EchoOrigin(t)}}, TLS: listenStore,
 	})
-	s, err := mem.Dial(transporttest.Ctx(t), listen.TunnelAddr().String(), &transport.Config{
-		TLS: dialStore.ClientConfig(), Authenticate: transporttest.StoreAuth(dialStore),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := peerSession(t, mem, listen, dialStore)
 	for _, tt := range []struct {
 		kind wire.Kind
 		want wire.Status
 	}{{7, wire.StatusUnknownKind}, {wire.KindTCP, wire.StatusOK}} {
-		st, err := s.OpenStream(transporttest.Ctx(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = st.SetDeadline(time.Now().Add(5 * time.Second))
-		hdr, err := wire.AppendRequest(nil, wire.Request{Kind: tt.kind, Route: "echo", Client: "192.0.2.1:1", Server: "192.0.2.2:2"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.Write(hdr); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := wire.ReadResponse(st)
+		resp, err := askStream(t, s, wire.Request{Kind: tt.kind, Route: "echo", Client: "192.0.2.1:1", Server: "192.0.2.2:2"})
 		if err != nil || resp.Status != tt.want {
 			t.Errorf("kind %s: response %+v, %v; want %s", tt.kind, resp, err, tt.want)
 		}
-		st.Reset()
 	}
+}
+
+// peerSession is a tunnel session to the listen side e over tr as the peer
+// of store, for tests that write preambles themselves; it closes at cleanup.
+func peerSession(t *testing.T, tr transport.Transport, e *Engine, store *hybridtls.Store) transport.Session {
+	t.Helper()
+	s, err := tr.Dial(transporttest.Ctx(t), e.TunnelAddr().String(), &transport.Config{
+		TLS: store.ClientConfig(), Authenticate: transporttest.StoreAuth(store),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// askStream opens a stream on s, sends req's preamble and returns the
+// answer; the stream is reset after it.
+func askStream(t *testing.T, s transport.Session, req wire.Request) (wire.Response, error) {
+	t.Helper()
+	st, err := s.OpenStream(transporttest.Ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Reset()
+	_ = st.SetDeadline(time.Now().Add(5 * time.Second))
+	hdr, err := wire.AppendRequest(nil, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Write(hdr); err != nil {
+		t.Fatal(err)
+	}
+	return wire.ReadResponse(st)
 }
 
 // Over tcp, a client that would take every tunnel connection past its

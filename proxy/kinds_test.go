@@ -5,15 +5,12 @@ import (
 	"errors"
 	"io"
 	"testing"
-	"time"
 
 	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/route"
 	"github.com/pqtunnel/pqtunnel/route/tcproute"
-	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
-	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 	"github.com/pqtunnel/pqtunnel/wire"
 )
 
@@ -84,35 +81,16 @@ func TestEngineDeliversARegisteredKind(t *testing.T) {
 	}
 
 	// Streams of each kind for a route of the other.
-	s, err := mem.Dial(transporttest.Ctx(t), listen.TunnelAddr().String(), &transport.Config{
-		TLS: dialStore.ClientConfig(), Authenticate: transporttest.StoreAuth(dialStore),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := peerSession(t, mem, listen, dialStore)
 	for _, tt := range []struct {
 		kind  wire.Kind
 		route string
 		want  wire.Status
 	}{{wire.KindTCP, "shout", wire.StatusUnknownKind}, {kindShout, "echo", wire.StatusUnknownKind}, {kindShout, "shout", wire.StatusOK}} {
-		st, err := s.OpenStream(transporttest.Ctx(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = st.SetDeadline(time.Now().Add(5 * time.Second))
-		hdr, err := wire.AppendRequest(nil, wire.Request{Kind: tt.kind, Route: tt.route, Client: "192.0.2.1:1", Server: "192.0.2.2:2"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.Write(hdr); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := wire.ReadResponse(st)
+		resp, err := askStream(t, s, wire.Request{Kind: tt.kind, Route: tt.route, Client: "192.0.2.1:1", Server: "192.0.2.2:2"})
 		if err != nil || resp.Status != tt.want {
 			t.Errorf("kind %s for route %s: response %+v, %v; want %s", tt.kind, tt.route, resp, err, tt.want)
 		}
-		st.Reset()
 	}
 }
 

@@ -14,9 +14,7 @@ import (
 
 	"github.com/pqtunnel/pqtunnel/internal/logtest"
 	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
-	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
-	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 	"github.com/pqtunnel/pqtunnel/wire"
 )
 
@@ -134,13 +132,7 @@ func TestEngineRefusesUnparsableAddresses(t *testing.T) {
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: mem, ProxyProtocol: 2,
 		Target: []Route{{Name: "o", Addr: origin.Addr().String()}}, TLS: listenStore, Logger: slog.New(&logs),
 	})
-	s, err := mem.Dial(transporttest.Ctx(t), listen.TunnelAddr().String(), &transport.Config{
-		TLS: dialStore.ClientConfig(), Authenticate: transporttest.StoreAuth(dialStore),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := peerSession(t, mem, listen, dialStore)
 	for _, tt := range []struct {
 		client, server string
 		want           wire.Status
@@ -149,19 +141,7 @@ func TestEngineRefusesUnparsableAddresses(t *testing.T) {
 		{"192.0.2.1:1", "not an address", wire.StatusBadPreamble},
 		{"192.0.2.1:1", "192.0.2.2:80", wire.StatusOK},
 	} {
-		st, err := s.OpenStream(transporttest.Ctx(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = st.SetDeadline(time.Now().Add(5 * time.Second))
-		hdr, err := wire.AppendRequest(nil, wire.Request{Route: "o", Client: tt.client, Server: tt.server})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.Write(hdr); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := wire.ReadResponse(st)
+		resp, err := askStream(t, s, wire.Request{Route: "o", Client: tt.client, Server: tt.server})
 		if err != nil || resp.Status != tt.want {
 			t.Errorf("client %q server %q: response %+v, %v; want %s", tt.client, tt.server, resp, err, tt.want)
 		}
@@ -173,7 +153,6 @@ func TestEngineRefusesUnparsableAddresses(t *testing.T) {
 				t.Error("origin not dialled for the good stream")
 			}
 		}
-		st.Reset()
 	}
 	select {
 	case <-accepted:
