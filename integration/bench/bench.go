@@ -31,8 +31,10 @@ type bench struct {
 	// redis holds the redis-benchmark figures, redisCPU their CPU per
 	// request keyed mode/side.
 	redis, redisCPU *collector
-	hs              map[string]*hsAcc
-	errs            []string
+	// connCPU is the CPU per connection of the rate phase, keyed mode/side.
+	connCPU *collector
+	hs      map[string]*hsAcc
+	errs    []string
 }
 
 // hsAcc gathers one transport and group's handshake samples.
@@ -59,7 +61,7 @@ func loadavg() string {
 // returns what was measured so far with the error.
 func runBench(ctx context.Context, o options, log io.Writer) (*Result, error) {
 	started := time.Now()
-	b := &bench{o: o, log: log, col: newCollector(), cpu: newCollector(), redis: newCollector(), redisCPU: newCollector(), hs: map[string]*hsAcc{}}
+	b := &bench{o: o, log: log, col: newCollector(), cpu: newCollector(), redis: newCollector(), redisCPU: newCollector(), connCPU: newCollector(), hs: map[string]*hsAcc{}}
 	b.res = &Result{Meta: Meta{
 		Started: started.UTC().Truncate(time.Second), Smoke: o.smoke, Reps: o.reps,
 		BulkWindow: o.bulk.String(), Warmup: o.warm.String(), RateWindow: o.rate.String(), HandshakeWindow: o.handshake.String(),
@@ -251,7 +253,8 @@ func (b *bench) runRatePhase(ctx context.Context) error {
 			workers int
 		}{{"sequential", 1}, {"concurrent_32", 32}} {
 			for _, m := range rotate([]string{modeDirect, modeTCP, modeQUIC}, rep) {
-				s, err := runConnRate(ctx, dialLoopback, b.top.paths[m].routes[routeEcho], spec.workers, warm, b.o.rate)
+				p := b.top.paths[m]
+				s, err := runConnRate(ctx, dialLoopback, p.routes[routeEcho], spec.workers, warm, b.o.rate, p.sides())
 				if ctx.Err() != nil {
 					return context.Cause(ctx)
 				}
@@ -268,8 +271,11 @@ func (b *bench) runRatePhase(ctx context.Context) error {
 				b.col.add(spec.name+"_rate", "conn/s", m, rep, s.rate)
 				b.col.add(spec.name+"_p50", "ms", m, rep, s.p50)
 				b.col.add(spec.name+"_p99", "ms", m, rep, s.p99)
+				for i, c := range s.cpuUsPerConn {
+					b.connCPU.add("cpu_"+spec.name, "µs/conn", m+"/"+sideName(i), rep, c)
+				}
 				if b.o.verbose {
-					b.progress("  %s %s: %.0f conn/s p50 %.3f ms p99 %.3f ms", spec.name, m, s.rate, s.p50, s.p99)
+					b.progress("  %s %s: %.0f conn/s p50 %.3f ms p99 %.3f ms cpu µs/conn %v", spec.name, m, s.rate, s.p50, s.p99, s.cpuUsPerConn)
 				}
 			}
 		}
@@ -359,6 +365,7 @@ func (b *bench) finish(started time.Time) {
 	r.CPU = b.cpu.figures() // no direct process to compare with, so no ratio
 	r.Redis = b.redis.figures()
 	r.RedisCPU = b.redisCPU.figures()
+	r.ConnCPU = b.connCPU.figures()
 	for _, tr := range []string{tlsmux.Name, quic.Name, modeTLS} {
 		classical := b.hs[tr+"/X25519"]
 		for _, g := range handshakeGroupList {

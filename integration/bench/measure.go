@@ -36,6 +36,19 @@ func waitFor(ctx context.Context, d time.Duration) error {
 	}
 }
 
+// perOp turns the CPU seconds each side had used before and after ops
+// operations into CPU microseconds per operation, in sides order.
+func perOp(before, after []float64, ops int) []float64 {
+	if ops <= 0 {
+		return nil
+	}
+	out := make([]float64, len(before))
+	for i := range before {
+		out[i] = (after[i] - before[i]) * 1e6 / float64(ops)
+	}
+	return out
+}
+
 // cpuOf reads the CPU seconds used so far by each of sides.
 func cpuOf(sides []*child) ([]float64, error) {
 	out := make([]float64, len(sides))
@@ -257,17 +270,28 @@ func echoOnce(ctx context.Context, dial dialFunc, addr string) (time.Duration, e
 	return time.Since(start), nil
 }
 
-// rateSample is one connection-rate run: completed operations per second
-// and their latency percentiles, in milliseconds.
+// rateSample is one connection-rate run: completed operations per second,
+// their latency percentiles in milliseconds, and the CPU microseconds per
+// connection of each side. The CPU figure is what a connection costs the
+// sides whatever the machine's load, which moves the rates and their ratio
+// to direct from run to run.
 type rateSample struct {
 	rate, p50, p99 float64
+	cpuUsPerConn   []float64
 	errors         int
 	firstErr       error
 }
 
 // runConnRate runs echoOnce against addr from workers concurrent clients:
-// operations started in warm are not counted, and none start after window.
-func runConnRate(ctx context.Context, dial dialFunc, addr string, workers int, warm, window time.Duration) (rateSample, error) {
+// operations started in warm are not counted in the rate, and none start
+// after window. The CPU of sides is read over every connection, warm-up
+// included.
+func runConnRate(ctx context.Context, dial dialFunc, addr string, workers int, warm, window time.Duration, sides []*child) (rateSample, error) {
+	before, err := cpuOf(sides)
+	if err != nil {
+		return rateSample{}, err
+	}
+	var done atomic.Int64 // connections that completed, warm-up included
 	start := time.Now()
 	from, until := start.Add(warm), start.Add(warm+window)
 	lat := make([][]time.Duration, workers)
@@ -294,6 +318,7 @@ func runConnRate(ctx context.Context, dial dialFunc, addr string, workers int, w
 					}
 					continue
 				}
+				done.Add(1)
 				if !t.Before(from) {
 					lat[w] = append(lat[w], d)
 				}
@@ -305,8 +330,12 @@ func runConnRate(ctx context.Context, dial dialFunc, addr string, workers int, w
 	if ctx.Err() != nil {
 		return rateSample{}, context.Cause(ctx)
 	}
+	after, err := cpuOf(sides)
+	if err != nil {
+		return rateSample{}, err
+	}
 	var all []time.Duration
-	s := rateSample{}
+	s := rateSample{cpuUsPerConn: perOp(before, after, int(done.Load()))}
 	for w := range workers {
 		all = append(all, lat[w]...)
 		s.errors += errs[w]

@@ -126,9 +126,7 @@ func runRedisBenchmark(ctx context.Context, addr string, spec redisSpec, request
 	if err != nil {
 		return redisSample{}, err
 	}
-	for i := range sides {
-		s.cpuUsPerReq = append(s.cpuUsPerReq, (after[i]-before[i])*1e6/float64(requests))
-	}
+	s.cpuUsPerReq = perOp(before, after, requests)
 	return s, nil
 }
 

@@ -151,6 +151,10 @@ func writeTable(w io.Writer, r *Result) {
 	}
 	section("CPU PER GB MOVED (s/GB)\tmode\tside\tmedian\tmin–max")
 	perSide(r.CPU)
+	if len(r.ConnCPU) > 0 {
+		section("CPU PER CONNECT + ECHO + CLOSE (µs/conn)\tmode\tside\tmedian\tmin–max")
+		perSide(r.ConnCPU)
+	}
 	if len(r.RedisCPU) > 0 {
 		section("CPU PER REDIS REQUEST (µs/req)\tmode\tside\tmedian\tmin–max")
 		perSide(r.RedisCPU)

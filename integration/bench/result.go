@@ -9,9 +9,12 @@ import (
 
 // Result is the whole run, as written to the JSON file.
 type Result struct {
-	Meta      Meta              `json:"meta"`
-	Bulk      []Figure          `json:"bulk"`
-	ConnRate  []Figure          `json:"conn_rate"`
+	Meta     Meta     `json:"meta"`
+	Bulk     []Figure `json:"bulk"`
+	ConnRate []Figure `json:"conn_rate"`
+	// ConnCPU is the CPU microseconds per connection of each side during
+	// the connection-rate runs.
+	ConnCPU   []Figure          `json:"conn_rate_cpu"`
 	Handshake []HandshakeFigure `json:"handshake"`
 	Memory    []MemoryFigure    `json:"memory"`
 	CPU       []Figure          `json:"cpu"`

@@ -163,7 +163,7 @@ func (b *bench) runTLSPhase(ctx context.Context, bin, dir string, sup *superviso
 				name    string
 				workers int
 			}{{"sequential_tls", 1}, {"concurrent_32_tls", 32}} {
-				s, err := runConnRate(ctx, p.dial, p.routes[routeEcho], spec.workers, warm, b.o.rate)
+				s, err := runConnRate(ctx, p.dial, p.routes[routeEcho], spec.workers, warm, b.o.rate, nil)
 				if ctx.Err() != nil {
 					return context.Cause(ctx)
 				}
