@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 
+	"github.com/pqtunnel/pqtunnel/auth"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/wire"
@@ -47,8 +48,8 @@ func (p Probe) Diagnosis() Diagnosis {
 }
 
 // Verdict is a person-readable diagnosis of a failed probe; ours is this
-// side's authentication material, which the advice names.
-func (p Probe) Verdict(ours *hybridtls.Material) string {
+// side's authenticator, whose advice it gives.
+func (p Probe) Verdict(ours auth.Authenticator) string {
 	if p.Err == nil {
 		return "ok"
 	}
@@ -58,11 +59,11 @@ func (p Probe) Verdict(ours *hybridtls.Material) string {
 
 // Diagnose says in words a person can act on why a tunnel handshake over
 // tr failed (offering the groups offered); ours (nil when only the
-// Diagnosis is wanted) says whether this side is pinned or in CA mode, and
-// so what the advice names. The advice names settings through name, by
-// their Go names (Transport, Peers, Allow, CA, Cert: both sides have the
-// same), in the caller's terms; nil uses those names.
-func Diagnose(err error, tr transport.Transport, offered []tls.CurveID, ours *hybridtls.Material, name func(setting string) string) (Diagnosis, string) {
+// Diagnosis is wanted) is this side's authenticator, whose mode's advice
+// the words give. The advice names settings through name, by their Go
+// names (Transport, Peers, Allow, CA, Cert: both sides have the same), in
+// the caller's terms; nil uses those names.
+func Diagnose(err error, tr transport.Transport, offered []tls.CurveID, ours auth.Authenticator, name func(setting string) string) (Diagnosis, string) {
 	if err == nil {
 		return DiagnosisOK, "ok"
 	}
@@ -70,9 +71,9 @@ func Diagnose(err error, tr transport.Transport, offered []tls.CurveID, ours *hy
 		name = func(setting string) string { return setting }
 	}
 	msg := err.Error()
-	caMode, ourName := false, ""
+	var advice auth.Advice
 	if ours != nil {
-		caMode, ourName = !ours.Pinned(), ours.Name()
+		advice = ours.Advice(func(s auth.Setting) string { return name(settingNames[s]) })
 	}
 	// A timeout means "no answer over UDP" when the transport asked for
 	// failed itself over UDP, not when a Fallback's secondary timed out.
@@ -87,16 +88,10 @@ func Diagnose(err error, tr transport.Transport, offered []tls.CurveID, ours *hy
 		return DiagnosisRefused, "connection refused: nothing listens on that TCP port"
 	case isTimeout(err):
 		return DiagnosisTimeout, "timed out: the peer did not complete the handshake"
-	case errors.Is(err, hybridtls.ErrPeerNotAllowed):
-		if caMode {
-			return DiagnosisPeerNotAllowed, "the peer's certificate is not one we accept: " + msg + " (add a " + name("Allow") + " rule for its certificate name if it is the right peer)"
-		}
-		return DiagnosisPeerNotAllowed, "the peer's identity is not one we accept: " + msg + " (add its pin to " + name("Peers") + " if it is the right peer)"
+	case errors.Is(err, auth.ErrPeerNotAllowed):
+		return DiagnosisPeerNotAllowed, "the peer's " + advice.Credential + " is not one we accept: " + msg + " (" + advice.Accept + " if it is the right peer)"
 	case transport.Classify(err) == transport.ReasonRejectedByPeer:
-		if caMode {
-			return DiagnosisRejectedByPeer, "the peer refused our certificate " + ourName + ": check that its " + name("CA") + " signs our " + name("Cert") + " and its " + name("Allow") + " names us"
-		}
-		return DiagnosisRejectedByPeer, "the peer refused our identity: add our pin " + ourName + " to the peer's " + name("Peers")
+		return DiagnosisRejectedByPeer, "the peer refused our " + advice.Rejected
 	case errors.Is(err, hybridtls.ErrProof):
 		return DiagnosisProofFailed, "the peer failed the session proof (its Ed25519 signature over this connection): " + msg
 	case transport.Classify(err) == transport.ReasonVersionMismatch:
@@ -109,6 +104,10 @@ func Diagnose(err error, tr transport.Transport, offered []tls.CurveID, ours *hy
 	}
 	return DiagnosisOther, msg
 }
+
+// settingNames are the Go names by which Diagnose's caller names the
+// authenticators' settings.
+var settingNames = map[auth.Setting]string{auth.SettingPeers: "Peers", auth.SettingAllow: "Allow", auth.SettingCAs: "CA", auth.SettingCert: "Cert"}
 
 func isTimeout(err error) bool {
 	var ne interface{ Timeout() bool }

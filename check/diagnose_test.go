@@ -9,25 +9,27 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/auth"
+	"github.com/pqtunnel/pqtunnel/auth/camode"
+	"github.com/pqtunnel/pqtunnel/auth/pinned"
 	"github.com/pqtunnel/pqtunnel/transport"
 )
 
 // The advice names what this side authenticates with: a pin in pinned
 // mode, a certificate and the peer's CA and allow rules in CA mode.
 func TestDiagnoseNamesPinsOrCertificatesByMode(t *testing.T) {
-	id, err := hybridtls.GenerateIdentity()
+	id, err := pinned.GenerateIdentity()
 	if err != nil {
 		t.Fatal(err)
 	}
-	pinned := &hybridtls.Material{Identity: id}
-	ca := &hybridtls.Material{Certificate: &tls.Certificate{Leaf: &x509.Certificate{Subject: pkix.Name{CommonName: "web.internal"}}}}
+	pinned := &pinned.Authenticator{Identity: id}
+	ca := &camode.Authenticator{Certificate: &tls.Certificate{Leaf: &x509.Certificate{Subject: pkix.Name{CommonName: "web.internal"}}}}
 	refused := &transport.HandshakeError{Reason: transport.ReasonRejectedByPeer, Err: errors.New("remote error: tls: bad certificate")}
-	notOurs := fmt.Errorf("peer certificate: %w", hybridtls.ErrPeerNotAllowed)
+	notOurs := fmt.Errorf("peer certificate: %w", auth.ErrPeerNotAllowed)
 	for _, tc := range []struct {
 		name       string
 		err        error
-		ours       *hybridtls.Material
+		ours       auth.Authenticator
 		want, deny string
 	}{
 		{"pinned, refused by the peer", refused, pinned, "add our pin " + id.Pin.String() + " to the peer's PQT_PEERS", "PQT_ALLOW"},

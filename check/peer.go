@@ -60,7 +60,7 @@ type PeerReport struct {
 // accept. Each probe is bounded by cfg.Mux.HandshakeTimeout within ctx.
 func CheckPeer(ctx context.Context, cfg Config, peer string, plan Plan) PeerReport {
 	pol := cfg.TLS.Policy()
-	mode, groups, ours := pol.Mode, pol.Groups, cfg.TLS.Material()
+	mode, groups, ours := pol.Mode, pol.Groups, cfg.TLS.Authenticator()
 	r := PeerReport{Works: map[string]bool{}}
 	asked := false
 	for _, tr := range plan.Transports {

@@ -43,7 +43,7 @@ func withGroups(t *testing.T, store *hybridtls.Store, groups ...tls.CurveID) *hy
 	t.Helper()
 	pol := store.Policy()
 	pol.Groups = groups
-	s, err := hybridtls.NewStore(pol, store.Material())
+	s, err := hybridtls.NewStore(pol, store.Authenticator())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/auth"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/wire"
@@ -139,7 +140,7 @@ func probeTunnel(ctx context.Context, cfg Config, peer string, tr transport.Tran
 	p := Probe{Peer: peer, Transport: tr.Name(), Offered: groups, tr: tr, name: cfg.SettingName}
 	pol := cfg.TLS.Policy()
 	pol.Mode, pol.Groups = mode, groups
-	store, err := hybridtls.NewStore(pol, cfg.TLS.Material())
+	store, err := hybridtls.NewStore(pol, cfg.TLS.Authenticator())
 	if err != nil {
 		p.Err = err
 		return p
@@ -164,7 +165,7 @@ func probeTunnel(ctx context.Context, cfg Config, peer string, tr transport.Tran
 	}
 	mc.Authenticate = func(cs *tls.ConnectionState, rw io.ReadWriter, client bool) (transport.Peer, error) {
 		pr, err := store.Authenticate(cs, rw, hybridtls.RoleClient)
-		return transport.Peer{Name: pr.Name, PQAuth: pr.PQAuth, Sig: hybridtls.SignatureSchemeName(pr.Sig), ClassicalReason: pr.ClassicalReason}, err
+		return transport.Peer{Name: pr.Name, PQAuth: pr.PQAuth, Sig: auth.SignatureSchemeName(pr.Sig), ClassicalReason: pr.ClassicalReason}, err
 	}
 	var tc *recordingConn
 	var pc *countingPacketConn

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pqtunnel/pqtunnel/auth/pinned"
 )
 
 // BenchmarkHandshake is one full tunnel establishment per op: the TLS 1.3
@@ -15,18 +17,18 @@ import (
 // group the same number of X25519 handshakes follows, and x-X25519 is the
 // group's time over X25519's (1 = as fast as classical).
 func BenchmarkHandshake(b *testing.B) {
-	serverID, err := GenerateIdentity()
+	serverID, err := pinned.GenerateIdentity()
 	if err != nil {
 		b.Fatal(err)
 	}
-	clientID, err := GenerateIdentity()
+	clientID, err := pinned.GenerateIdentity()
 	if err != nil {
 		b.Fatal(err)
 	}
 	// The server accepts every group, classical X25519 too, like a listen
 	// side with PQT_PQ=prefer.
 	server, err := NewStore(Policy{Mode: Prefer, Groups: DefaultGroups, ALPN: "pqtunnel-bench/1"},
-		&Material{Identity: serverID, Peers: []Pin{clientID.Pin}})
+		&pinned.Authenticator{Identity: serverID, Peers: []pinned.Pin{clientID.Pin}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -36,7 +38,7 @@ func BenchmarkHandshake(b *testing.B) {
 			mode = Prefer
 		}
 		s, err := NewStore(Policy{Mode: mode, Groups: []tls.CurveID{g}, ALPN: "pqtunnel-bench/1"},
-			&Material{Identity: clientID, Peers: []Pin{serverID.Pin}})
+			&pinned.Authenticator{Identity: clientID, Peers: []pinned.Pin{serverID.Pin}})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -3,23 +3,23 @@ package hybridtls
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
-	"net/url"
 	"strings"
 	"testing"
 
+	"github.com/pqtunnel/pqtunnel/auth"
+	"github.com/pqtunnel/pqtunnel/auth/camode"
 	"github.com/pqtunnel/pqtunnel/internal/testutil/testca"
 )
 
 func caSide(t *testing.T, ca *testca.CA, cert *tls.Certificate, serverName, allow string) side {
 	t.Helper()
-	rules, err := ParseAllow(allow)
+	rules, err := camode.ParseAllow(allow)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return side{store: newStore(t, Policy{Mode: Strict, Groups: DefaultGroups, ServerName: serverName},
-		&Material{Certificate: cert, CAs: ca.Pool, Allow: rules})}
+	return side{store: newStore(t, Policy{Mode: Strict, Groups: DefaultGroups, Auth: auth.Policy{ServerName: serverName}},
+		&camode.Authenticator{Certificate: cert, CAs: ca.Pool, Allow: rules})}
 }
 
 func TestCAModeAllowRules(t *testing.T) {
@@ -56,7 +56,7 @@ func TestCAModeAllowRules(t *testing.T) {
 			server := caSide(t, ca, serverCert, "", tt.allow)
 			c, _, cr, sr := connect(t, client, server)
 			if !tt.ok {
-				if !errors.Is(sr.err, ErrPeerNotAllowed) {
+				if !errors.Is(sr.err, auth.ErrPeerNotAllowed) {
 					t.Fatalf("server error = %v, want ErrPeerNotAllowed", sr.err)
 				}
 				return
@@ -96,11 +96,11 @@ func TestCAModeRecheck(t *testing.T) {
 	cs := s.ConnectionState()
 	swap := func(cas *x509.CertPool, allow string) {
 		t.Helper()
-		rules, err := ParseAllow(allow)
+		rules, err := camode.ParseAllow(allow)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := server.store.Swap(&Material{Certificate: serverCert, CAs: cas, Allow: rules}); err != nil {
+		if err := server.store.Swap(&camode.Authenticator{Certificate: serverCert, CAs: cas, Allow: rules}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -112,15 +112,15 @@ func TestCAModeRecheck(t *testing.T) {
 		t.Errorf("Recheck after renaming the rule = %q, %v; want db", name, err)
 	}
 	swap(ca.Pool, "dns:someone.else")
-	if _, err := server.store.Recheck(&cs, RoleServer); !errors.Is(err, ErrPeerNotAllowed) {
+	if _, err := server.store.Recheck(&cs, RoleServer); !errors.Is(err, auth.ErrPeerNotAllowed) {
 		t.Errorf("Recheck with no matching rule = %v, want ErrPeerNotAllowed", err)
 	}
 	// An empty list of rules from a file accepts nobody; an empty PQT_ALLOW
 	// accepts any certificate the CA signed.
-	if err := server.store.Swap(&Material{Certificate: serverCert, CAs: ca.Pool, AllowListed: true}); err != nil {
+	if err := server.store.Swap(&camode.Authenticator{Certificate: serverCert, CAs: ca.Pool, AllowListed: true}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := server.store.Recheck(&cs, RoleServer); !errors.Is(err, ErrPeerNotAllowed) {
+	if _, err := server.store.Recheck(&cs, RoleServer); !errors.Is(err, auth.ErrPeerNotAllowed) {
 		t.Errorf("Recheck with an empty listed allow file = %v, want ErrPeerNotAllowed", err)
 	}
 	swap(ca.Pool, "")
@@ -128,7 +128,7 @@ func TestCAModeRecheck(t *testing.T) {
 		t.Errorf("Recheck with no rules = %q, %v; want client.test", name, err)
 	}
 	swap(other.Pool, "")
-	if _, err := server.store.Recheck(&cs, RoleServer); !errors.Is(err, ErrBadCertificate) {
+	if _, err := server.store.Recheck(&cs, RoleServer); !errors.Is(err, camode.ErrBadCertificate) {
 		t.Errorf("Recheck against another CA = %v, want ErrBadCertificate", err)
 	}
 	ccs := c.ConnectionState()
@@ -144,7 +144,7 @@ func TestCAModeClientAllowRules(t *testing.T) {
 	server := caSide(t, ca, serverCert, "", "")
 
 	client := caSide(t, ca, clientCert, "server.tunnel.test", "cn:someone else")
-	if _, _, cr, _ := connect(t, client, server); !errors.Is(cr.err, ErrPeerNotAllowed) {
+	if _, _, cr, _ := connect(t, client, server); !errors.Is(cr.err, auth.ErrPeerNotAllowed) {
 		t.Fatalf("client error = %v, want ErrPeerNotAllowed", cr.err)
 	}
 	client = caSide(t, ca, clientCert, "server.tunnel.test", "cn:tunnel server")
@@ -187,20 +187,4 @@ func TestCAModeRefusesOtherCAAndWrongName(t *testing.T) {
 			t.Fatal("CA server accepted a self-signed pinned identity")
 		}
 	})
-}
-
-func TestCertName(t *testing.T) {
-	tests := []struct {
-		cert *x509.Certificate
-		want string
-	}{
-		{&x509.Certificate{Subject: pkix.Name{CommonName: "cn"}, DNSNames: []string{"d"}, URIs: []*url.URL{{Scheme: "spiffe", Host: "x"}}}, "spiffe://x"},
-		{&x509.Certificate{Subject: pkix.Name{CommonName: "cn"}, DNSNames: []string{"d", "e"}}, "d"},
-		{&x509.Certificate{Subject: pkix.Name{CommonName: "cn"}}, "cn"},
-	}
-	for _, tt := range tests {
-		if got := certName(tt.cert); got != tt.want {
-			t.Errorf("certName = %q, want %q", got, tt.want)
-		}
-	}
 }

@@ -1,9 +1,10 @@
 // Package hybridtls holds pqtunnel's TLS 1.3 policy: which key-exchange
-// groups are offered and accepted, how peers are identified (pinned hybrid
-// identities or CA-issued certificates), and the Ed25519 proof that binds a
-// pinned peer's second key to the TLS session, whose handshake ML-DSA-65
-// signs. It opens no sockets and runs no
-// loops: callers hand it a tls.ConnectionState and an io.ReadWriter.
+// groups are offered and accepted (strict or prefer), the Store that builds
+// the tunnels' TLS configurations around an auth.Authenticator (whichever
+// mode identifies the peers) and swaps it on reload, and the Ed25519 proof
+// that binds a pinned peer's second key to the TLS session, whose
+// handshake ML-DSA signs. It opens no sockets and runs no loops: callers
+// hand it a tls.ConnectionState and an io.ReadWriter.
 package hybridtls
 
 import (
@@ -11,6 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/pqtunnel/pqtunnel/auth"
 )
 
 // PQMode says whether a classical key exchange may ever be used.
@@ -154,7 +157,7 @@ func (e *ClassicalGroupError) Error() string {
 
 // ErrNotPostQuantum reports a handshake refused because the peer could not
 // agree on a hybrid post-quantum key exchange.
-var ErrNotPostQuantum error = &RefusalError{"not_post_quantum", "peer offered no post-quantum key exchange"}
+var ErrNotPostQuantum error = auth.NewRefusal("not_post_quantum", "peer offered no post-quantum key exchange")
 
 // CheckGroup enforces the policy on a negotiated group: defence in depth after
 // the handshake, in case the TLS stack ever negotiated something it should not.

@@ -13,6 +13,9 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/pqtunnel/pqtunnel/auth"
+	"github.com/pqtunnel/pqtunnel/auth/camode"
+	"github.com/pqtunnel/pqtunnel/auth/pinned"
 	"github.com/pqtunnel/pqtunnel/internal/logtest"
 	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/transport"
@@ -22,11 +25,11 @@ const testALPN = "pqtunnel-test/1"
 
 // side is one end of a test tunnel: its identity and the Store built on it.
 type side struct {
-	id    *Identity
+	id    *pinned.Identity
 	store *Store
 }
 
-func newStore(t testing.TB, p Policy, m *Material) *Store {
+func newStore(t testing.TB, p Policy, m auth.Authenticator) *Store {
 	t.Helper()
 	if p.ALPN == "" {
 		p.ALPN = testALPN
@@ -39,14 +42,26 @@ func newStore(t testing.TB, p Policy, m *Material) *Store {
 }
 
 // pinnedSide builds a Store for id that accepts the given peer pins.
-func pinnedSide(t testing.TB, mode PQMode, groups []tls.CurveID, id *Identity, peers ...Pin) side {
+func pinnedSide(t testing.TB, mode PQMode, groups []tls.CurveID, id *pinned.Identity, peers ...pinned.Pin) side {
 	t.Helper()
-	return side{id: id, store: newStore(t, Policy{Mode: mode, Groups: groups, SettingName: testSettingName}, &Material{Identity: id, Peers: peers})}
+	return side{id: id, store: newStore(t, Policy{Mode: mode, Groups: groups, SettingName: testSettingName, Auth: auth.Policy{SettingName: testAuthSettingName}}, &pinned.Authenticator{Identity: id, Peers: peers})}
+}
+
+func mustIdentity(t testing.TB) *pinned.Identity {
+	t.Helper()
+	id, err := pinned.GenerateIdentity()
+	if err != nil {
+		t.Fatalf("GenerateIdentity: %v", err)
+	}
+	return id
 }
 
 // testSettingName marks the names refusals give settings, so that tests see
 // a refusal name the setting through Policy.SettingName.
 func testSettingName(s Setting) string { return "<" + s.String() + ">" }
+
+// testAuthSettingName is testSettingName for the authenticators' settings.
+func testAuthSettingName(s auth.Setting) string { return "<" + s.String() + ">" }
 
 // pinnedPair returns a client and a server that accept each other.
 func pinnedPair(t testing.TB) (client, server side) {
@@ -156,7 +171,7 @@ func TestHandshakeServerRefusesUnknownClientPin(t *testing.T) {
 	client := pinnedSide(t, Strict, DefaultGroups, cid, sid.Pin)
 	server := pinnedSide(t, Strict, DefaultGroups, sid, other.Pin)
 	c, _, cr, sr := connect(t, client, server)
-	if !errors.Is(sr.err, ErrPeerNotAllowed) {
+	if !errors.Is(sr.err, auth.ErrPeerNotAllowed) {
 		t.Fatalf("server error = %v, want ErrPeerNotAllowed", sr.err)
 	}
 	if !strings.Contains(sr.err.Error(), cid.Pin.String()) || !strings.Contains(sr.err.Error(), "is not in <Peers>") {
@@ -180,7 +195,7 @@ func TestHandshakeClientRefusesUnknownServerPin(t *testing.T) {
 	client := pinnedSide(t, Strict, DefaultGroups, cid, other.Pin)
 	server := pinnedSide(t, Strict, DefaultGroups, sid, cid.Pin)
 	_, _, cr, sr := connect(t, client, server)
-	if !errors.Is(cr.err, ErrPeerNotAllowed) {
+	if !errors.Is(cr.err, auth.ErrPeerNotAllowed) {
 		t.Fatalf("client error = %v, want ErrPeerNotAllowed", cr.err)
 	}
 	if sr.err == nil {
@@ -196,7 +211,7 @@ type refusals struct {
 }
 
 func (r *refusals) policy(mode PQMode, groups []tls.CurveID) Policy {
-	return Policy{Mode: mode, Groups: groups, SettingName: testSettingName, Logger: slog.New(&r.logs), OnRefused: func(reason string) {
+	return Policy{Mode: mode, Groups: groups, SettingName: testSettingName, Auth: auth.Policy{SettingName: testAuthSettingName}, Logger: slog.New(&r.logs), OnRefused: func(reason string) {
 		r.mu.Lock()
 		r.reasons = append(r.reasons, reason)
 		r.mu.Unlock()
@@ -215,7 +230,7 @@ func (r *refusals) got() []string {
 func TestHandshakeStrictServerRefusesClassicalClient(t *testing.T) {
 	client, server := pinnedPair(t)
 	var rec refusals
-	server.store = newStore(t, rec.policy(Strict, DefaultGroups), server.store.Material())
+	server.store = newStore(t, rec.policy(Strict, DefaultGroups), server.store.Authenticator())
 	cc := client.store.ClientConfig()
 	cc.CurvePreferences = []tls.CurveID{tls.X25519}
 	_, _, cerr, serr := handshake(t, cc, server.store.ServerConfig())
@@ -283,9 +298,9 @@ func TestCheckOffered(t *testing.T) {
 	}
 }
 
-func pinnedPairMaterial(t testing.TB) *Material {
+func pinnedPairMaterial(t testing.TB) *pinned.Authenticator {
 	id := mustIdentity(t)
-	return &Material{Identity: id, Peers: []Pin{id.Pin}}
+	return &pinned.Authenticator{Identity: id, Peers: []pinned.Pin{id.Pin}}
 }
 
 func TestHandshakePreferServerAcceptsClassicalClient(t *testing.T) {
@@ -348,7 +363,7 @@ func TestHandshakeGroupSelection(t *testing.T) {
 	t.Run("disjoint hybrid lists", func(t *testing.T) {
 		var rec refusals
 		client := pinnedSide(t, Strict, []tls.CurveID{tls.X25519MLKEM768}, cid, sid.Pin)
-		server := side{id: sid, store: newStore(t, rec.policy(Strict, []tls.CurveID{tls.SecP384r1MLKEM1024}), &Material{Identity: sid, Peers: []Pin{cid.Pin}})}
+		server := side{id: sid, store: newStore(t, rec.policy(Strict, []tls.CurveID{tls.SecP384r1MLKEM1024}), &pinned.Authenticator{Identity: sid, Peers: []pinned.Pin{cid.Pin}})}
 		_, _, cr, sr := connect(t, client, server)
 		if cr.err == nil {
 			t.Error("client handshake succeeded without a common group")
@@ -598,19 +613,19 @@ func TestHandshakeNoResumption(t *testing.T) {
 
 func TestStoreSwapKeepsOldMaterialOnError(t *testing.T) {
 	client, _ := pinnedPair(t)
-	old := client.store.Material()
+	old := client.store.Authenticator().(*pinned.Authenticator)
 	cert := old.Identity.Certificate
-	if err := client.store.Swap(&Material{Identity: old.Identity, Peers: old.Peers, Certificate: &cert}); err == nil {
-		t.Fatal("Swap accepted both an identity and a certificate")
+	if err := client.store.Swap(&camode.Authenticator{Certificate: &cert}); err == nil {
+		t.Fatal("Swap accepted a CA certificate without its CA")
 	}
-	if client.store.Material() != old {
+	if client.store.Authenticator() != old {
 		t.Fatal("a failed Swap replaced the material")
 	}
-	next := &Material{Identity: mustIdentity(t), Peers: old.Peers}
+	next := &pinned.Authenticator{Identity: mustIdentity(t), Peers: old.Peers}
 	if err := client.store.Swap(next); err != nil {
 		t.Fatal(err)
 	}
-	if client.store.Material() != next {
+	if client.store.Authenticator() != next {
 		t.Fatal("Swap did not install the new material")
 	}
 }
@@ -619,11 +634,11 @@ func TestServerConfigReadsMaterialPerHandshake(t *testing.T) {
 	client, server := pinnedPair(t)
 	oldCfg := server.store.ServerConfig()
 	// The server stops accepting the client's pin.
-	if err := server.store.Swap(&Material{Identity: server.id, Peers: []Pin{mustIdentity(t).Pin}}); err != nil {
+	if err := server.store.Swap(&pinned.Authenticator{Identity: server.id, Peers: []pinned.Pin{mustIdentity(t).Pin}}); err != nil {
 		t.Fatal(err)
 	}
 	_, _, _, serr := handshake(t, client.store.ClientConfig(), oldCfg)
-	if !errors.Is(serr, ErrPeerNotAllowed) {
+	if !errors.Is(serr, auth.ErrPeerNotAllowed) {
 		t.Fatalf("after Swap, a server config obtained before it still accepted the old pin: %v", serr)
 	}
 }
@@ -633,8 +648,8 @@ func TestServerConfigReadsMaterialPerHandshake(t *testing.T) {
 // gets its new name, a removed pin and an empty list refuse it.
 func TestNamedPeersAndRecheck(t *testing.T) {
 	client, server := pinnedPair(t)
-	m := server.store.Material()
-	named := &Material{Identity: server.id, Peers: m.Peers, Names: map[Pin]string{m.Peers[0]: "app1"}}
+	m := server.store.Authenticator().(*pinned.Authenticator)
+	named := &pinned.Authenticator{Identity: server.id, Peers: m.Peers, Names: map[pinned.Pin]string{m.Peers[0]: "app1"}}
 	if err := server.store.Swap(named); err != nil {
 		t.Fatal(err)
 	}
@@ -649,20 +664,20 @@ func TestNamedPeersAndRecheck(t *testing.T) {
 	if name, err := server.store.Recheck(&cs, RoleServer); err != nil || name != "app1" {
 		t.Errorf("Recheck = %q, %v; want app1", name, err)
 	}
-	renamed := &Material{Identity: server.id, Peers: m.Peers, Names: map[Pin]string{m.Peers[0]: "app2"}}
+	renamed := &pinned.Authenticator{Identity: server.id, Peers: m.Peers, Names: map[pinned.Pin]string{m.Peers[0]: "app2"}}
 	if err := server.store.Swap(renamed); err != nil {
 		t.Fatal(err)
 	}
 	if name, err := server.store.Recheck(&cs, RoleServer); err != nil || name != "app2" {
 		t.Errorf("Recheck after a rename = %q, %v; want app2", name, err)
 	}
-	if err := server.store.Swap(&Material{Identity: server.id}); err != nil {
+	if err := server.store.Swap(&pinned.Authenticator{Identity: server.id}); err != nil {
 		t.Fatalf("an empty pin list is valid (it accepts nobody): %v", err)
 	}
-	if _, err := server.store.Recheck(&cs, RoleServer); !errors.Is(err, ErrPeerNotAllowed) {
+	if _, err := server.store.Recheck(&cs, RoleServer); !errors.Is(err, auth.ErrPeerNotAllowed) {
 		t.Errorf("Recheck with no pins = %v, want ErrPeerNotAllowed", err)
 	}
-	if _, _, _, serr := handshake(t, client.store.ClientConfig(), server.store.ServerConfig()); !errors.Is(serr, ErrPeerNotAllowed) {
+	if _, _, _, serr := handshake(t, client.store.ClientConfig(), server.store.ServerConfig()); !errors.Is(serr, auth.ErrPeerNotAllowed) {
 		t.Errorf("handshake with no pins: %v, want ErrPeerNotAllowed", serr)
 	}
 }
@@ -673,13 +688,13 @@ func TestNewStoreAndValidate(t *testing.T) {
 	tests := []struct {
 		name string
 		p    Policy
-		m    *Material
+		m    auth.Authenticator
 		want string
 	}{
-		{"no groups", Policy{Mode: Strict}, &Material{Identity: id, Peers: []Pin{id.Pin}}, "no key-exchange groups"},
-		{"nothing", Policy{Mode: Strict, Groups: DefaultGroups}, &Material{}, "no identity"},
-		{"both", Policy{Mode: Strict, Groups: DefaultGroups}, &Material{Identity: id, Peers: []Pin{id.Pin}, Certificate: &cert}, "use one"},
-		{"cert without CA", Policy{Mode: Strict, Groups: DefaultGroups}, &Material{Certificate: &cert}, "needs the CA"},
+		{"no groups", Policy{Mode: Strict}, &pinned.Authenticator{Identity: id, Peers: []pinned.Pin{id.Pin}}, "no key-exchange groups"},
+		{"nothing", Policy{Mode: Strict, Groups: DefaultGroups}, &pinned.Authenticator{}, "no identity"},
+		{"none", Policy{Mode: Strict, Groups: DefaultGroups}, nil, "no identity"},
+		{"cert without CA", Policy{Mode: Strict, Groups: DefaultGroups}, &camode.Authenticator{Certificate: &cert}, "needs the CA"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -699,7 +714,7 @@ func TestReason(t *testing.T) {
 	}{
 		{ErrNotPostQuantum, "not_post_quantum"},
 		{ErrNoCommonGroup, "no_common_group"},
-		{ErrPeerNotAllowed, "peer_not_allowed"},
+		{auth.ErrPeerNotAllowed, "peer_not_allowed"},
 		{ErrProof, "proof_failed"},
 		{timeout, "timeout"},
 		{fmt.Errorf("read: %w", transport.PeerAlert(40)), "no_common_group"},

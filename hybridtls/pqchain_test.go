@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pqtunnel/pqtunnel/auth"
+	"github.com/pqtunnel/pqtunnel/auth/camode"
+	"github.com/pqtunnel/pqtunnel/auth/pinned"
 	"github.com/pqtunnel/pqtunnel/internal/testutil/testca"
 )
 
@@ -46,12 +49,12 @@ func TestCAModeMLDSAChains(t *testing.T) {
 			clientCert, clientPool := testChain(t, tt.name, tt.kinds...)
 			serverCert, serverPool := testChain(t, "server", testca.MLDSA65, testca.MLDSA65)
 			for _, require := range []bool{false, true} {
-				p := Policy{Mode: Strict, Groups: DefaultGroups, ServerName: "server.test", RequirePQAuth: require, SettingName: testSettingName}
-				client := side{store: newStore(t, p, &Material{Certificate: clientCert, CAs: serverPool})}
-				server := side{store: newStore(t, p, &Material{Certificate: serverCert, CAs: clientPool})}
+				p := Policy{Mode: Strict, Groups: DefaultGroups, Auth: auth.Policy{ServerName: "server.test", RequirePQAuth: require, SettingName: testAuthSettingName}}
+				client := side{store: newStore(t, p, &camode.Authenticator{Certificate: clientCert, CAs: serverPool})}
+				server := side{store: newStore(t, p, &camode.Authenticator{Certificate: serverCert, CAs: clientPool})}
 				_, _, cr, sr := connect(t, client, server)
 				if require && !tt.pq {
-					if !errors.Is(sr.err, ErrClassicalAuth) || !errors.Is(sr.err, ErrPeerNotAllowed) {
+					if !errors.Is(sr.err, camode.ErrClassicalAuth) || !errors.Is(sr.err, auth.ErrPeerNotAllowed) {
 						t.Fatalf("PQT_AUTH=pq server accepted a %s chain: %v", tt.name, sr.err)
 					}
 					if !strings.Contains(sr.err.Error(), tt.why) {
@@ -83,45 +86,28 @@ func TestCAModeMLDSAChains(t *testing.T) {
 func TestCAModeClientRefusesClassicalServerUnderPQAuth(t *testing.T) {
 	clientCert, clientPool := testChain(t, "client", testca.MLDSA65, testca.MLDSA65)
 	serverCert, serverPool := testChain(t, "server", testca.P256, testca.P256)
-	p := Policy{Mode: Strict, Groups: DefaultGroups, ServerName: "server.test", RequirePQAuth: true}
-	client := side{store: newStore(t, p, &Material{Certificate: clientCert, CAs: serverPool})}
-	server := side{store: newStore(t, Policy{Mode: Strict, Groups: DefaultGroups}, &Material{Certificate: serverCert, CAs: clientPool})}
+	p := Policy{Mode: Strict, Groups: DefaultGroups, Auth: auth.Policy{ServerName: "server.test", RequirePQAuth: true}}
+	client := side{store: newStore(t, p, &camode.Authenticator{Certificate: clientCert, CAs: serverPool})}
+	server := side{store: newStore(t, Policy{Mode: Strict, Groups: DefaultGroups}, &camode.Authenticator{Certificate: serverCert, CAs: clientPool})}
 	_, _, cr, _ := connect(t, client, server)
-	if !errors.Is(cr.err, ErrClassicalAuth) {
+	if !errors.Is(cr.err, camode.ErrClassicalAuth) {
 		t.Fatalf("client error = %v, want ErrClassicalAuth", cr.err)
 	}
 }
 
-func TestChainPQ(t *testing.T) {
-	leaf, pool := testChain(t, "x", testca.MLDSA65, testca.MLDSA65)
-	chains, err := leaf.Leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if pq, why := ChainPQ(chains[0]); !pq {
-		t.Fatalf("ChainPQ(ML-DSA chain) = false, %s", why)
-	}
-	if pq, why := ChainPQ(nil); pq || why == "" {
-		t.Errorf("ChainPQ(nil) = %v, %q", pq, why)
-	}
-	if pq, _ := ChainPQ([]*x509.Certificate{chains[0][0], testca.New(t, "ecdsa").Cert}); pq {
-		t.Error("ChainPQ accepted an ECDSA root")
-	}
-}
-
 func TestRequireMLDSA87(t *testing.T) {
-	id87 := func() *Identity {
-		id, err := GenerateIdentityFor(mldsa.MLDSA87())
+	id87 := func() *pinned.Identity {
+		id, err := pinned.GenerateIdentityFor(mldsa.MLDSA87())
 		if err != nil {
 			t.Fatal(err)
 		}
 		return id
 	}
-	cnsa2 := Policy{Mode: Strict, Groups: []tls.CurveID{tls.MLKEM1024}, RequirePQAuth: true, RequireMLDSA87: true}
+	cnsa2 := Policy{Mode: Strict, Groups: []tls.CurveID{tls.MLKEM1024}, Auth: auth.Policy{RequirePQAuth: true, RequireMLDSA87: true}}
 	t.Run("pinned ML-DSA-87", func(t *testing.T) {
 		cid, sid := id87(), id87()
-		client := side{id: cid, store: newStore(t, cnsa2, &Material{Identity: cid, Peers: []Pin{sid.Pin}})}
-		server := side{id: sid, store: newStore(t, cnsa2, &Material{Identity: sid, Peers: []Pin{cid.Pin}})}
+		client := side{id: cid, store: newStore(t, cnsa2, &pinned.Authenticator{Identity: cid, Peers: []pinned.Pin{sid.Pin}})}
+		server := side{id: sid, store: newStore(t, cnsa2, &pinned.Authenticator{Identity: sid, Peers: []pinned.Pin{cid.Pin}})}
 		c, _, cr, sr := connect(t, client, server)
 		if cr.err != nil || sr.err != nil {
 			t.Fatalf("client %v, server %v", cr.err, sr.err)
@@ -133,12 +119,12 @@ func TestRequireMLDSA87(t *testing.T) {
 	t.Run("pinned ML-DSA-65 peer refused", func(t *testing.T) {
 		cid, sid := mustIdentity(t), id87()
 		loose := cnsa2
-		loose.RequireMLDSA87 = false
-		client := side{id: cid, store: newStore(t, loose, &Material{Identity: cid, Peers: []Pin{sid.Pin}})}
-		server := side{id: sid, store: newStore(t, cnsa2, &Material{Identity: sid, Peers: []Pin{cid.Pin}})}
+		loose.Auth.RequireMLDSA87 = false
+		client := side{id: cid, store: newStore(t, loose, &pinned.Authenticator{Identity: cid, Peers: []pinned.Pin{sid.Pin}})}
+		server := side{id: sid, store: newStore(t, cnsa2, &pinned.Authenticator{Identity: sid, Peers: []pinned.Pin{cid.Pin}})}
 		_, _, _, sr := connect(t, client, server)
-		if !errors.Is(sr.err, ErrNotCNSA2) || !strings.Contains(sr.err.Error(), "ML-DSA-65") {
-			t.Fatalf("server error = %v, want ErrNotCNSA2 naming ML-DSA-65", sr.err)
+		if !errors.Is(sr.err, auth.ErrNotCNSA2) || !strings.Contains(sr.err.Error(), "ML-DSA-65") {
+			t.Fatalf("server error = %v, want auth.ErrNotCNSA2 naming ML-DSA-65", sr.err)
 		}
 	})
 	t.Run("CA chains", func(t *testing.T) {
@@ -153,14 +139,14 @@ func TestRequireMLDSA87(t *testing.T) {
 		} {
 			clientCert, clientPool := testChain(t, "client", tt.kinds...)
 			p := cnsa2
-			p.ServerName = "server.test"
-			client := side{store: newStore(t, p, &Material{Certificate: clientCert, CAs: serverPool})}
-			server := side{store: newStore(t, p, &Material{Certificate: serverCert, CAs: clientPool})}
+			p.Auth.ServerName = "server.test"
+			client := side{store: newStore(t, p, &camode.Authenticator{Certificate: clientCert, CAs: serverPool})}
+			server := side{store: newStore(t, p, &camode.Authenticator{Certificate: serverCert, CAs: clientPool})}
 			_, _, cr, sr := connect(t, client, server)
 			if tt.ok && (cr.err != nil || sr.err != nil) {
 				t.Errorf("%v: client %v, server %v", tt.kinds, cr.err, sr.err)
 			}
-			if !tt.ok && !errors.Is(sr.err, ErrNotCNSA2) {
+			if !tt.ok && !errors.Is(sr.err, auth.ErrNotCNSA2) {
 				t.Errorf("%v: server error = %v, want ErrNotCNSA2", tt.kinds, sr.err)
 			}
 		}

@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+
+	"github.com/pqtunnel/pqtunnel/auth"
 )
 
 // The proof message each side sends right after the TLS handshake:
@@ -42,7 +44,7 @@ func (r Role) context() string {
 }
 
 // ErrProof is wrapped by every failure of the peer's Ed25519 proof.
-var ErrProof error = &RefusalError{"proof_failed", "Ed25519 session proof failed"}
+var ErrProof error = auth.NewRefusal("proof_failed", "Ed25519 session proof failed")
 
 func channelBinding(cs *tls.ConnectionState) ([]byte, error) {
 	ekm, err := cs.ExportKeyingMaterial(ekmLabel, nil, ekmLength)
@@ -100,20 +102,20 @@ func parseProofHeader(hdr []byte, r io.Reader) ([]byte, error) {
 }
 
 // VerifyProof checks a peer's signature against the Ed25519 key its
-// certificate carries. A pinned peer (pinned true) must prove it; a CA-mode
-// peer must send no signature, since its certificate carries no Ed25519 key
-// of ours.
-func VerifyProof(cs *tls.ConnectionState, sig []byte, peerRole Role, pinned bool) error {
+// certificate carries. A peer that proves (proves true, a pinned identity)
+// must sign; any other (CA mode) must send no signature, since its
+// certificate carries no Ed25519 key of ours.
+func VerifyProof(cs *tls.ConnectionState, sig []byte, peerRole Role, proves bool) error {
 	if len(cs.PeerCertificates) == 0 {
 		return fmt.Errorf("%w: peer presented no certificate", ErrProof)
 	}
-	if !pinned {
+	if !proves {
 		if len(sig) != 0 {
 			return fmt.Errorf("%w: CA-mode peer sent a pinned identity's proof", ErrProof)
 		}
 		return nil
 	}
-	pk, err := Ed25519PublicKey(cs.PeerCertificates[0])
+	pk, err := auth.Ed25519PublicKey(cs.PeerCertificates[0])
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrProof, err)
 	}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/pqtunnel/pqtunnel/auth"
+	"github.com/pqtunnel/pqtunnel/auth/camode"
 	"github.com/pqtunnel/pqtunnel/transport"
 )
 
@@ -20,8 +22,8 @@ func TestReasonClassifiesFailures(t *testing.T) {
 		{nil, ""},
 		{fmt.Errorf("x: %w", ErrNotPostQuantum), "not_post_quantum"},
 		{fmt.Errorf("x: %w", ErrNoCommonGroup), "no_common_group"},
-		{fmt.Errorf("x: %w", ErrBadCertificate), "bad_certificate"},
-		{fmt.Errorf("x: %w", ErrPeerNotAllowed), "peer_not_allowed"},
+		{fmt.Errorf("x: %w", camode.ErrBadCertificate), "bad_certificate"},
+		{fmt.Errorf("x: %w", auth.ErrPeerNotAllowed), "peer_not_allowed"},
 		{fmt.Errorf("%w: read proof: %w", ErrProof, transport.PeerAlert(42)), "rejected_by_peer"},
 		{fmt.Errorf("x: %w", ErrProof), "proof_failed"},
 		// The server's own refusal carries the handshake_failure alert it sent.
@@ -33,7 +35,7 @@ func TestReasonClassifiesFailures(t *testing.T) {
 			t.Errorf("Classify(%v) = %q, want %q", c.err, got, c.want)
 		}
 	}
-	if !LoggedRefusal(reason(fmt.Errorf("x: %w", ErrBadCertificate))) || LoggedRefusal(reason(fmt.Errorf("x: %w", ErrProof))) {
+	if !LoggedRefusal(reason(fmt.Errorf("x: %w", camode.ErrBadCertificate))) || LoggedRefusal(reason(fmt.Errorf("x: %w", ErrProof))) {
 		t.Error("LoggedRefusal: bad_certificate is a logged refusal, a failed proof is not")
 	}
 }

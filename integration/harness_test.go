@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/auth/pinned"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/wire"
@@ -623,22 +624,22 @@ func transports(t *testing.T, f func(t *testing.T, transport string)) {
 // every check, for tests that then misbehave at a later step.
 func dialStore(t *testing.T) *hybridtls.Store {
 	t.Helper()
-	listenPin, err := hybridtls.ParsePin(identityNamed(t, "listen").pin)
+	listenPin, err := pinned.ParsePin(identityNamed(t, "listen").pin)
 	if err != nil {
 		t.Fatal(err)
 	}
 	store, err := hybridtls.NewStore(
 		hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: wire.ALPN},
-		&hybridtls.Material{Identity: dialIdentity(t), Peers: []hybridtls.Pin{listenPin}})
+		&pinned.Authenticator{Identity: dialIdentity(t), Peers: []pinned.Pin{listenPin}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return store
 }
 
-func dialIdentity(t *testing.T) *hybridtls.Identity {
+func dialIdentity(t *testing.T) *pinned.Identity {
 	t.Helper()
-	id, err := hybridtls.LoadIdentityFile(identityNamed(t, "dial").path)
+	id, err := pinned.LoadIdentityFile(identityNamed(t, "dial").path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/pqtunnel/pqtunnel/auth/pinned"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/wire"
@@ -39,7 +40,7 @@ func TestPinnedTunnelAuthenticatesWithMLDSA65(t *testing.T) {
 func impostorStore(t *testing.T, keepMLDSA, keepEd25519 bool) *hybridtls.Store {
 	t.Helper()
 	victim := dialIdentity(t)
-	other, err := hybridtls.GenerateIdentity()
+	other, err := pinned.GenerateIdentity()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,12 +52,12 @@ func impostorStore(t *testing.T, keepMLDSA, keepEd25519 bool) *hybridtls.Store {
 		imp.Ed25519 = other.Ed25519
 	}
 	imp.Certificate.PrivateKey = imp.MLDSA
-	listenPin, err := hybridtls.ParsePin(identityNamed(t, "listen").pin)
+	listenPin, err := pinned.ParsePin(identityNamed(t, "listen").pin)
 	if err != nil {
 		t.Fatal(err)
 	}
 	store, err := hybridtls.NewStore(hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: wire.ALPN},
-		&hybridtls.Material{Identity: &imp, Peers: []hybridtls.Pin{listenPin}})
+		&pinned.Authenticator{Identity: &imp, Peers: []pinned.Pin{listenPin}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -84,7 +84,7 @@ func TestAccessLog(t *testing.T) {
 				}
 				return
 			}
-			pin := listenStore.Material().Identity.Pin.String()
+			pin := listenStore.Authenticator().Name()
 			waitAccess(t, &dialLogs, "direction=out", "route=echo", "peer="+pin, "transport=mem", "bytes_up=1000", "bytes_down=1000", "end=closed")
 			waitAccess(t, &listenLogs, "direction=in", "route=echo", "target="+echo, "bytes_up=1000", "bytes_down=1000", "end=closed")
 			waitAccess(t, &dialLogs, "direction=out", "route=down", "end=refused", "reason=origin_refused")

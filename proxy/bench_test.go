@@ -9,9 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/auth/pinned"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/testutil"
-	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
+	pinnedtest "github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/route/tcproute"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
@@ -163,10 +164,10 @@ func BenchmarkJoin(b *testing.B) {
 }
 
 // benchEngine starts one engine that runs until cleanup.
-func benchEngine(b *testing.B, mode Mode, tr transport.Transport, tunnel string, self, peer *hybridtls.Identity, fwd, tgt []Route, opts benchOptions) *Engine {
+func benchEngine(b *testing.B, mode Mode, tr transport.Transport, tunnel string, self, peer *pinned.Identity, fwd, tgt []Route, opts benchOptions) *Engine {
 	b.Helper()
 	store, err := hybridtls.NewStore(hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: wire.ALPN},
-		&hybridtls.Material{Identity: self, Peers: []hybridtls.Pin{peer.Pin}})
+		&pinned.Authenticator{Identity: self, Peers: []pinned.Pin{peer.Pin}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -202,7 +203,7 @@ type benchOptions struct {
 // forwarding to it over transport, and returns the forward address.
 func benchTunnel(b *testing.B, tr transport.Transport, origin string, opts benchOptions) string {
 	b.Helper()
-	listenID, dialID := pinned.Identities(b)
+	listenID, dialID := pinnedtest.Identities(b)
 	listen := benchEngine(b, ModeListen, tr, "127.0.0.1:0", listenID, dialID, nil, []Route{{Name: "bench", Addr: origin}}, opts)
 	dial := benchEngine(b, ModeDial, tr, listen.TunnelAddr().String(), dialID, listenID, []Route{{Name: "bench", Addr: "127.0.0.1:0"}}, nil, opts)
 	deadline := time.After(15 * time.Second)

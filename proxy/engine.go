@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/auth"
 	"github.com/pqtunnel/pqtunnel/check"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/defaults"
@@ -353,7 +354,7 @@ func (e *Engine) bind() error {
 	// Derived from the identity, the key is the same after a restart, so the
 	// new process resets the old one's QUIC connections at their next packet
 	// and dial sides reconnect at once instead of waiting for a timeout.
-	if key, err := e.cfg.TLS.Material().DeriveKey("quic stateless reset"); err == nil {
+	if key, err := auth.DeriveKey(e.cfg.TLS.Authenticator(), "quic stateless reset"); err == nil {
 		mc.StatelessResetKey = &key
 	} else {
 		e.log.Warn("no QUIC stateless reset key: after a restart, peers notice only by their keep-alive timeout", "err", err)
@@ -407,7 +408,7 @@ func (e *Engine) muxConfig(tc *tls.Config) *transport.Config {
 			role = hybridtls.RoleClient
 		}
 		p, err := e.cfg.TLS.Authenticate(cs, rw, role)
-		return transport.Peer{Name: p.Name, PQAuth: p.PQAuth, Sig: hybridtls.SignatureSchemeName(p.Sig), ClassicalReason: p.ClassicalReason}, err
+		return transport.Peer{Name: p.Name, PQAuth: p.PQAuth, Sig: auth.SignatureSchemeName(p.Sig), ClassicalReason: p.ClassicalReason}, err
 	}
 	return &mc
 }
@@ -432,7 +433,7 @@ func (e *Engine) handshakeFailed(remote net.Addr, err error) {
 // one peer has a route without an allow list: every one of those peers may
 // use it.
 func (e *Engine) warnOpenRoutes() {
-	if e.cfg.TLS == nil || !e.cfg.TLS.Material().AcceptsSeveral() {
+	if e.cfg.TLS == nil || !e.cfg.TLS.Authenticator().AcceptsSeveral() {
 		return
 	}
 	for _, rs := range []struct {
@@ -452,19 +453,14 @@ func (e *Engine) warnOpenRoutes() {
 // of them says so at once.
 var expiryWarnings = []time.Duration{24 * time.Hour, time.Hour}
 
-// watchExpiry closes a CA-mode tunnel when the peer's certificate (or one
-// it sent with it) expires, warning ahead of time: the handshake checked the
-// dates only once, and a tunnel may live for months.
+// watchExpiry closes a tunnel when the peer's certificate (or one it sent
+// with it) expires, in a mode that relies on their dates (CA mode),
+// warning ahead of time: the handshake checked the dates only once, and a
+// tunnel may live for months.
 func (e *Engine) watchExpiry(t *tunnel) {
-	certs := t.s.Info().TLS.PeerCertificates
-	if e.cfg.TLS.Material().Pinned() || len(certs) == 0 {
+	notAfter, ok := e.cfg.TLS.Authenticator().PeerExpiry(t.s.Info().TLS.PeerCertificates)
+	if !ok {
 		return // a pin does not expire; the identity certificate's dates are not relied on
-	}
-	notAfter := certs[0].NotAfter
-	for _, c := range certs[1:] {
-		if c.NotAfter.Before(notAfter) {
-			notAfter = c.NotAfter
-		}
 	}
 	e.loops.Add(1)
 	go func() {
@@ -749,7 +745,7 @@ func (e *Engine) routineMaintain(ctx context.Context, slot *dialSlot) {
 			}
 			reason := transport.Classify(err)
 			e.obs.HandshakeFailed(string(reason))
-			_, hint := check.Diagnose(err, e.cfg.Transport, e.cfg.TLS.Policy().Groups, e.cfg.TLS.Material(), e.name)
+			_, hint := check.Diagnose(err, e.cfg.Transport, e.cfg.TLS.Policy().Groups, e.cfg.TLS.Authenticator(), e.name)
 			if reason == transport.ReasonNoCommonGroup {
 				hint += " (it lists other groups, or is not post-quantum: 'pqtunnel check' tells which)"
 			}
@@ -857,7 +853,7 @@ func (e *Engine) retire(t *tunnel, reason string) {
 // peer may hold: PeerShare of it when the material in force accepts
 // several peers, else all of it.
 func (e *Engine) peerShare(total int) int {
-	if !e.cfg.TLS.Material().AcceptsSeveral() {
+	if !e.cfg.TLS.Authenticator().AcceptsSeveral() {
 		return total
 	}
 	return share(total, e.cfg.PeerShare)

@@ -19,7 +19,7 @@ import (
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/logtest"
 	"github.com/pqtunnel/pqtunnel/internal/testutil"
-	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
+	pinnedtest "github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
@@ -166,7 +166,7 @@ func TestEngineEndToEnd(t *testing.T) {
 	for _, tr := range []transport.Transport{memtransport.New(), quic.Transport{}, tlsmux.Transport{}} {
 		t.Run(tr.Name(), func(t *testing.T) {
 			echo := testutil.EchoOrigin(t)
-			listenStore, dialStore := pinned.Stores(t, wire.ALPN)
+			listenStore, dialStore := pinnedtest.Stores(t, wire.ALPN)
 			var listenLogs logtest.Recorder
 			listen := runEngine(t, Config{
 				Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr,
@@ -194,7 +194,7 @@ func TestEngineEndToEnd(t *testing.T) {
 				if info.TLS.CurveID != tls.X25519MLKEM768 {
 					t.Errorf("tunnel group = %s, want X25519MLKEM768", hybridtls.GroupName(info.TLS.CurveID))
 				}
-				if !info.Peer.PQAuth || info.Peer.Name != side.peer.Material().Identity.Pin.String() {
+				if !info.Peer.PQAuth || info.Peer.Name != side.peer.Authenticator().Name() {
 					t.Errorf("tunnel peer = %+v, want the peer's pin with PQAuth", info.Peer)
 				}
 			}
@@ -264,7 +264,7 @@ func TestEngineEndToEnd(t *testing.T) {
 }
 
 func TestEngineRefusesClientsWithoutTunnel(t *testing.T) {
-	_, dialStore := pinned.Stores(t, wire.ALPN)
+	_, dialStore := pinnedtest.Stores(t, wire.ALPN)
 	dial := runEngine(t, Config{
 		Mode: ModeDial, Tunnel: []string{"127.0.0.1:1"}, Transport: memtransport.New(),
 		Forward: []Route{{Name: "", Addr: "127.0.0.1:0"}},
@@ -283,7 +283,7 @@ func TestEngineMovesTunnelToSuccessor(t *testing.T) {
 	prim := transporttest.NewBlockable()
 	auto := transport.Fallback(prim, memtransport.New())
 	echo := testutil.EchoOrigin(t)
-	listenStore, dialStore := pinned.Stores(t, wire.ALPN)
+	listenStore, dialStore := pinnedtest.Stores(t, wire.ALPN)
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: auto,
 		Target: []Route{{Name: "echo", Addr: echo}}, TLS: listenStore,
@@ -332,7 +332,7 @@ func TestEngineMovesTunnelToSuccessor(t *testing.T) {
 // status; the tunnel stays up for the streams that follow.
 func TestEngineRefusesUnknownKind(t *testing.T) {
 	mem := memtransport.New()
-	listenStore, dialStore := pinned.Stores(t, wire.ALPN)
+	listenStore, dialStore := pinnedtest.Stores(t, wire.ALPN)
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: mem,
 		Target: []Route{{Name: "echo", Addr: testutil.EchoOrigin(t)}}, TLS: listenStore,
@@ -389,7 +389,7 @@ func askStream(t *testing.T, s transport.Session, req wire.Request) (wire.Respon
 // working.
 func TestEngineRefusesClientPastConnMemory(t *testing.T) {
 	echo := testutil.EchoOrigin(t)
-	listenStore, dialStore := pinned.Stores(t, wire.ALPN)
+	listenStore, dialStore := pinnedtest.Stores(t, wire.ALPN)
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tlsmux.Transport{},
 		Target: []Route{{Name: "echo", Addr: echo}}, TLS: listenStore,

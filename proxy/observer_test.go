@@ -7,9 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/auth/pinned"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/testutil"
-	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
+	pinnedtest "github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/tlsroute"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
@@ -88,7 +89,7 @@ func waitEvent(t *testing.T, obs *recordingObserver, ev string) {
 func TestObserverSeesTunnelsAndStreams(t *testing.T) {
 	tr := memtransport.New()
 	echo := testutil.EchoOrigin(t)
-	listenStore, dialStore := pinned.Stores(t, wire.ALPN)
+	listenStore, dialStore := pinnedtest.Stores(t, wire.ALPN)
 	var listenObs, dialObs recordingObserver
 	listen := runEngine(t, Config{
 		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr,
@@ -119,13 +120,13 @@ func TestObserverSeesTunnelsAndStreams(t *testing.T) {
 // engine adds its own metrics to the store's refusals.
 func TestPolicyRefusalCountedWithoutWiring(t *testing.T) {
 	tr := memtransport.New()
-	listenStore, _ := pinned.Stores(t, wire.ALPN)
-	stranger, err := hybridtls.GenerateIdentity()
+	listenStore, _ := pinnedtest.Stores(t, wire.ALPN)
+	stranger, err := pinned.GenerateIdentity()
 	if err != nil {
 		t.Fatal(err)
 	}
 	strangerStore, err := hybridtls.NewStore(hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: wire.ALPN},
-		&hybridtls.Material{Identity: stranger, Peers: []hybridtls.Pin{listenStore.Material().Identity.Pin}})
+		&pinned.Authenticator{Identity: stranger, Peers: []pinned.Pin{listenStore.Authenticator().(*pinned.Authenticator).Identity.Pin}})
 	if err != nil {
 		t.Fatal(err)
 	}

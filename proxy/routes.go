@@ -10,7 +10,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/auth"
 	"github.com/pqtunnel/pqtunnel/wire"
 )
 
@@ -165,7 +165,7 @@ func ParseRoutes(s string) ([]Route, error) {
 			r.Addr = strings.TrimSpace(addr)
 			for _, p := range strings.Split(allow, "+") {
 				p = strings.TrimSpace(p)
-				if err := hybridtls.CheckPeerName(p); err != nil {
+				if err := auth.CheckPeerName(p); err != nil {
 					return nil, fmt.Errorf("route %q: after '@': %w", f, err)
 				}
 				if !slices.Contains(r.Allow, p) {

@@ -75,7 +75,7 @@ func TestStatusShowsTunnelsRoutesAndLimits(t *testing.T) {
 			routeOf(st, KindTarget, "refused").LastDial != nil && routeOf(st, KindTarget, "echo").Clients == 0
 	})
 	lt := ls.Tunnels[0]
-	if lt.Peer != dialStore.Material().Identity.Pin.String() || !lt.PQAuth {
+	if lt.Peer != dialStore.Authenticator().Name() || !lt.PQAuth {
 		t.Errorf("listen side's peer = %q (pq_auth %v), want the dial side's pin", lt.Peer, lt.PQAuth)
 	}
 	if lt.Transport != tr.Name() || lt.Group != "X25519MLKEM768" || !lt.PQ {
@@ -105,7 +105,7 @@ func TestStatusShowsTunnelsRoutesAndLimits(t *testing.T) {
 		sent := st.Tunnels[0].BytesSent
 		return (sent == size || sent == size+int64(len("hello?"))) && st.Tunnels[0].BytesReceived > size
 	})
-	if ds.Tunnels[0].Peer != listenStore.Material().Identity.Pin.String() {
+	if ds.Tunnels[0].Peer != listenStore.Authenticator().Name() {
 		t.Errorf("dial side's peer = %q, want the listen side's pin", ds.Tunnels[0].Peer)
 	}
 	l := ds.Limits

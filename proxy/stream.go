@@ -502,7 +502,7 @@ func (e *Engine) targetNames(peer string) string {
 // configuration defines, so that a peer cannot grow the series (in CA mode
 // an unnamed rule names the peer by its certificate).
 func (e *Engine) peerLabel(peer string) string {
-	if e.cfg.TLS.Material().Defines(peer) {
+	if e.cfg.TLS.Authenticator().Defines(peer) {
 		return peer
 	}
 	return "other"

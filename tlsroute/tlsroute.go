@@ -22,6 +22,8 @@ import (
 	"slices"
 	"sync/atomic"
 
+	"github.com/pqtunnel/pqtunnel/auth"
+	"github.com/pqtunnel/pqtunnel/auth/camode"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 )
 
@@ -40,7 +42,7 @@ type Material struct {
 	ClientCAs *x509.CertPool
 	// ClientAllow, if set, accepts only client certificates one of these
 	// rules matches; empty accepts any that ClientCAs signed.
-	ClientAllow []hybridtls.AllowRule
+	ClientAllow []camode.AllowRule
 	// RootCAs are the roots an Originator verifies servers against; nil
 	// means the system's.
 	RootCAs *x509.CertPool
@@ -127,8 +129,8 @@ func (s *Store) Policy() hybridtls.Policy { return s.policy }
 // sigName is the scheme a certificate's key signs the handshake with, for
 // logs: RSA keys have several (PSS with SHA-256 to SHA-512), named together.
 func sigName(c *x509.Certificate) string {
-	if s := hybridtls.SignatureScheme(c); s != 0 {
-		return hybridtls.SignatureSchemeName(s)
+	if s := auth.SignatureScheme(c); s != 0 {
+		return auth.SignatureSchemeName(s)
 	}
 	if _, ok := c.PublicKey.(*rsa.PublicKey); ok {
 		return "RSA-PSS"

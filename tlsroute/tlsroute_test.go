@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/pqtunnel/pqtunnel/auth/camode"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/testutil"
 	"github.com/pqtunnel/pqtunnel/internal/testutil/testca"
@@ -230,7 +231,7 @@ func TestTerminatorReload(t *testing.T) {
 
 func TestTerminatorClientAuth(t *testing.T) {
 	ca, clients := testca.New(t, "test CA"), testca.New(t, "test CA")
-	rules, err := hybridtls.ParseAllow("dns:app.example")
+	rules, err := camode.ParseAllow("dns:app.example")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,9 +13,11 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/pqtunnel/pqtunnel/auth"
+	"github.com/pqtunnel/pqtunnel/auth/pinned"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/testutil"
-	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
+	pinnedtest "github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/memtransport"
 	"github.com/pqtunnel/pqtunnel/transport/quic"
@@ -45,7 +47,7 @@ func requireNoSession(t *testing.T, ln transport.Listener) {
 func TestSessionInfo(t *testing.T) {
 	for _, tr := range transports {
 		t.Run(tr.Name(), func(t *testing.T) {
-			cs, ss := pinned.Stores(t, transporttest.ALPN)
+			cs, ss := pinnedtest.Stores(t, transporttest.ALPN)
 			cc := &transport.Config{TLS: cs.ClientConfig(), Authenticate: transporttest.StoreAuth(cs)}
 			sc := &transport.Config{TLS: ss.ServerConfig(), Authenticate: transporttest.StoreAuth(ss)}
 			client, server := transporttest.SessionPair(t, tr, cc, sc)
@@ -60,7 +62,7 @@ func TestSessionInfo(t *testing.T) {
 				if info.TLS.CurveID != tls.X25519MLKEM768 || info.TLS.Version != tls.VersionTLS13 {
 					t.Errorf("Info.TLS: group %s, version %#x", hybridtls.GroupName(info.TLS.CurveID), info.TLS.Version)
 				}
-				if want := x.peer.Material().Identity.Pin.String(); info.Peer.Name != want || !info.Peer.PQAuth {
+				if want := x.peer.Authenticator().Name(); info.Peer.Name != want || !info.Peer.PQAuth {
 					t.Errorf("Info.Peer = %+v, want %s with PQAuth", info.Peer, want)
 				}
 				if info.Local == nil || info.Remote == nil || info.Handshake <= 0 {
@@ -307,7 +309,7 @@ func TestAuthenticatorErrorFailsHandshake(t *testing.T) {
 	for _, tr := range transports {
 		for _, failing := range []string{"client", "server"} {
 			t.Run(tr.Name()+"/"+failing, func(t *testing.T) {
-				cs, ss := pinned.Stores(t, transporttest.ALPN)
+				cs, ss := pinnedtest.Stores(t, transporttest.ALPN)
 				var clientFail, serverFail error
 				if failing == "client" {
 					clientFail = errClientRefuses
@@ -354,8 +356,8 @@ func TestAuthenticatorErrorFailsHandshake(t *testing.T) {
 func TestHybridAuthRefusesUnknownPeer(t *testing.T) {
 	for _, tr := range transports {
 		t.Run(tr.Name(), func(t *testing.T) {
-			cs, good := pinned.Stores(t, transporttest.ALPN)
-			stranger, err := hybridtls.GenerateIdentity()
+			cs, good := pinnedtest.Stores(t, transporttest.ALPN)
+			stranger, err := pinned.GenerateIdentity()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -363,7 +365,7 @@ func TestHybridAuthRefusesUnknownPeer(t *testing.T) {
 			refused := make(chan string, 4)
 			ss, err := hybridtls.NewStore(hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: transporttest.ALPN,
 				OnRefused: func(reason string) { refused <- reason }},
-				&hybridtls.Material{Identity: good.Material().Identity, Peers: []hybridtls.Pin{stranger.Pin}})
+				&pinned.Authenticator{Identity: good.Authenticator().(*pinned.Authenticator).Identity, Peers: []pinned.Pin{stranger.Pin}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -391,7 +393,7 @@ func TestHybridAuthRefusesUnknownPeer(t *testing.T) {
 			if tr.Name() == tlsmux.Name {
 				select {
 				case err := <-failed:
-					if !errors.Is(err, hybridtls.ErrPeerNotAllowed) {
+					if !errors.Is(err, auth.ErrPeerNotAllowed) {
 						t.Errorf("OnHandshakeError got %v, want ErrPeerNotAllowed", err)
 					}
 				case <-time.After(5 * time.Second):

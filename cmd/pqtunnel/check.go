@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/auth"
 	"github.com/pqtunnel/pqtunnel/check"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/config"
@@ -43,7 +44,7 @@ func runCheck(args []string, environ map[string]string, stdout, stderr io.Writer
 	mode := pc.TLS.Policy().Mode
 	groups := pc.TLS.Policy().Groups
 	plan := check.Plan{Transports: basicTransports, Configured: pc.Transport, Classical: *probeClassical,
-		Watch: probePrinter{w: stdout, timeout: cc.Mux.HandshakeTimeout, ours: pc.TLS.Material()}}
+		Watch: probePrinter{w: stdout, timeout: cc.Mux.HandshakeTimeout, ours: pc.TLS.Authenticator()}}
 	failed := 0
 	for _, peer := range pc.Tunnel {
 		fmt.Fprintf(stdout, "peer %s  (%s=%s %s=%s %s=%s)\n", peer, transportVar, pc.Transport.Name(), pqVar, mode, groupsVar, hybridtls.GroupNames(groups))
@@ -116,8 +117,8 @@ func oneMany(n int, one, many string) string {
 type probePrinter struct {
 	w       io.Writer
 	timeout time.Duration
-	// ours is this side's material, which a failed probe's verdict names.
-	ours *hybridtls.Material
+	// ours is this side's authenticator, whose advice a failed probe's verdict gives.
+	ours auth.Authenticator
 }
 
 // progressInterval is how often a probe that is still waiting says so.

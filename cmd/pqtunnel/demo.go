@@ -17,6 +17,7 @@ import (
 
 	"github.com/lmittmann/tint"
 
+	"github.com/pqtunnel/pqtunnel/auth/pinned"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/proxy"
 	"github.com/pqtunnel/pqtunnel/transport"
@@ -55,11 +56,11 @@ func demo(args []string, stdout, stderr io.Writer) error {
 		origins.Wait()
 	}()
 
-	listenID, err := hybridtls.GenerateIdentity()
+	listenID, err := pinned.GenerateIdentity()
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
-	dialID, err := hybridtls.GenerateIdentity()
+	dialID, err := pinned.GenerateIdentity()
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
@@ -124,10 +125,10 @@ func demo(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func demoEngine(mode proxy.Mode, tr transport.Transport, tunnel string, self, peer *hybridtls.Identity, fwd, tgt []proxy.Route, log *slog.Logger) (*proxy.Engine, error) {
+func demoEngine(mode proxy.Mode, tr transport.Transport, tunnel string, self, peer *pinned.Identity, fwd, tgt []proxy.Route, log *slog.Logger) (*proxy.Engine, error) {
 	store, err := hybridtls.NewStore(hybridtls.Policy{
 		Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: wire.ALPN, Logger: log,
-	}, &hybridtls.Material{Identity: self, Peers: []hybridtls.Pin{peer.Pin}})
+	}, &pinned.Authenticator{Identity: self, Peers: []pinned.Pin{peer.Pin}})
 	if err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
 	}

@@ -8,7 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/auth/pinned"
 	"github.com/pqtunnel/pqtunnel/internal/config"
 )
 
@@ -35,7 +35,7 @@ func keygen(args []string, stdout, stderr io.Writer) error {
 		fs.printUsage(stderr)
 		return &usageError{fmt.Errorf("keygen: -profile %q is not cnsa2", *profile)}
 	}
-	id, err := hybridtls.GenerateIdentityFor(params)
+	id, err := pinned.GenerateIdentityFor(params)
 	if err != nil {
 		return fmt.Errorf("keygen: %w", err)
 	}
@@ -67,7 +67,7 @@ func printPin(args []string, stdout, stderr io.Writer) error {
 	if err := fs.parse(args, 1, stdout, stderr); err != nil {
 		return err
 	}
-	id, err := hybridtls.LoadIdentityFile(fs.Arg(0))
+	id, err := pinned.LoadIdentityFile(fs.Arg(0))
 	if err != nil {
 		return fmt.Errorf("pin: %w", err)
 	}

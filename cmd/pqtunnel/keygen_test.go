@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/auth/pinned"
 )
 
 // keygenFile runs 'pqtunnel keygen -o path' and returns the pin it printed.
@@ -31,7 +31,7 @@ func TestKeygenWritesIdentityAndPrintsPin(t *testing.T) {
 		t.Fatalf("keygen printed %q, want exactly one line", out)
 	}
 	line := strings.TrimSuffix(out, "\n")
-	pin, err := hybridtls.ParsePin(line)
+	pin, err := pinned.ParsePin(line)
 	if err != nil {
 		t.Fatalf("keygen printed %q, not a pin: %v", line, err)
 	}
@@ -45,7 +45,7 @@ func TestKeygenWritesIdentityAndPrintsPin(t *testing.T) {
 	if perm := st.Mode().Perm(); perm != 0o600 {
 		t.Errorf("identity file mode %#o, want 0600", perm)
 	}
-	id, err := hybridtls.LoadIdentityFile(path)
+	id, err := pinned.LoadIdentityFile(path)
 	if err != nil {
 		t.Fatalf("LoadIdentityFile of keygen's output: %v", err)
 	}
@@ -146,7 +146,7 @@ func TestKeygenCreatesMissingDirectories(t *testing.T) {
 			t.Errorf("%s has mode %#o, want 0700", d, perm)
 		}
 	}
-	id, err := hybridtls.LoadIdentityFile(path)
+	id, err := pinned.LoadIdentityFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestKeygenProfile(t *testing.T) {
 	if code := run([]string{"keygen", "--profile", "cnsa2", "-o", path}, nil, &stdout, &stderr); code != 0 {
 		t.Fatalf("keygen --profile cnsa2 exited %d: %s", code, stderr.String())
 	}
-	id, err := hybridtls.LoadIdentityFile(path)
+	id, err := pinned.LoadIdentityFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}

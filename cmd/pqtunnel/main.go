@@ -24,6 +24,7 @@ import (
 
 	"github.com/lmittmann/tint"
 
+	"github.com/pqtunnel/pqtunnel/auth"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/internal/config"
 	"github.com/pqtunnel/pqtunnel/proxy"
@@ -237,8 +238,8 @@ func engineConfig(c *config.Config, log *slog.Logger) (proxy.Config, error) {
 	}
 	pc := c.Engine
 	pc.Metrics, pc.Logger, pc.HandshakeLog = metrics, log, hslog
-	if c.Material != nil {
-		if pc.TLS, err = hybridtls.NewStore(policy, c.Material); err != nil {
+	if c.Auth != nil {
+		if pc.TLS, err = hybridtls.NewStore(policy, c.Auth); err != nil {
 			return proxy.Config{}, fmt.Errorf("tls: %w", err)
 		}
 	}
@@ -273,11 +274,11 @@ func runTunnel(args []string, environ map[string]string, stdout, stderr io.Write
 			"groups", hybridtls.GroupNames(c.Policy.Groups), "tunnel", "none: every route joins a route of the same name on this side")
 	} else {
 		log.Info("pqtunnel starting", "version", buildVersion(), "mode", pc.Mode, "transport", pc.Transport.Name(),
-			"pq", pc.TLS.Policy().Mode, "profile", c.Profile, "groups", hybridtls.GroupNames(pc.TLS.Policy().Groups), "identity", pc.TLS.Material().Name())
+			"pq", pc.TLS.Policy().Mode, "profile", c.Profile, "groups", hybridtls.GroupNames(pc.TLS.Policy().Groups), "identity", pc.TLS.Authenticator().Name())
 	}
 
-	if c.Material != nil {
-		warnNoPeers(c.Material, log)
+	if c.Auth != nil {
+		warnNoPeers(c.Auth, log)
 	}
 	if m := c.TLSMaterial; m != nil && len(m.Certificates) > 0 {
 		log.Info("tls:// routes serve", "certificates", certificateNames(m), "client_auth", m.ClientCAs != nil)
@@ -353,16 +354,19 @@ func reload(c *config.Config, store *hybridtls.Store, e *proxy.Engine, log *slog
 	if store == nil {
 		return // no tunnel
 	}
-	m, err := c.LoadMaterial()
+	a, err := c.LoadAuth()
 	if err == nil {
-		err = store.Swap(m)
+		err = store.Swap(a)
 	}
 	if err != nil {
 		log.Error("reload failed: keeping the identity and pins in force", "err", err)
 		return
 	}
-	warnNoPeers(m, log)
-	log.Info("reloaded identity and pins", "identity", m.Name(), "peers", len(m.Peers), "allow", len(m.Allow), "revoked", e.Reauthorize())
+	warnNoPeers(a, log)
+	// Both counts are logged in every mode, the other mode's as zero.
+	ps := a.PeerSet()
+	listed := map[auth.Setting]int{ps.Setting: ps.Listed}
+	log.Info("reloaded identity and pins", "identity", a.Name(), "peers", listed[auth.SettingPeers], "allow", listed[auth.SettingAllow], "revoked", e.Reauthorize())
 }
 
 // reloadTLSRoutes re-reads the certificates and CA bundles of tls://
@@ -392,13 +396,17 @@ func certificateNames(m *tlsroute.Material) string {
 	return strings.Join(names, ", ")
 }
 
-// warnNoPeers says loudly when the material accepts nobody (an empty pins
-// file, or an empty file of allow rules): every peer is refused.
-func warnNoPeers(m *hybridtls.Material, log *slog.Logger) {
-	switch {
-	case m.Pinned() && len(m.Peers) == 0:
+// warnNoPeers says loudly when the authenticator accepts nobody (an empty
+// pins file, or an empty file of allow rules): every peer is refused.
+func warnNoPeers(a auth.Authenticator, log *slog.Logger) {
+	ps := a.PeerSet()
+	if !ps.Nobody {
+		return
+	}
+	switch ps.Setting {
+	case auth.SettingPeers:
 		log.Warn("PQT_PEERS lists no peer: every peer is refused and live tunnels are closed")
-	case !m.Pinned() && m.AllowListed && len(m.Allow) == 0:
+	case auth.SettingAllow:
 		log.Warn("PQT_ALLOW lists no rule: every peer is refused and live tunnels are closed")
 	}
 }

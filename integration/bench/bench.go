@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/auth/pinned"
 	"github.com/pqtunnel/pqtunnel/check"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/transport"
@@ -291,16 +292,16 @@ var handshakeGroupList = []tls.CurveID{tls.X25519MLKEM768, tls.SecP256r1MLKEM768
 
 // probeConfig is the dial side's identity and policy for in-process probes.
 func (b *bench) probeConfig() (check.Config, error) {
-	id, err := hybridtls.LoadIdentityFile(b.top.dialIdentity)
+	id, err := pinned.LoadIdentityFile(b.top.dialIdentity)
 	if err != nil {
 		return check.Config{}, err
 	}
-	pin, err := hybridtls.ParsePin(b.top.listenPin)
+	pin, err := pinned.ParsePin(b.top.listenPin)
 	if err != nil {
 		return check.Config{}, err
 	}
 	store, err := hybridtls.NewStore(hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: wire.ALPN},
-		&hybridtls.Material{Identity: id, Peers: []hybridtls.Pin{pin}})
+		&pinned.Authenticator{Identity: id, Peers: []pinned.Pin{pin}})
 	if err != nil {
 		return check.Config{}, err
 	}

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/auth/pinned"
 	"github.com/pqtunnel/pqtunnel/check"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/integration/wan"
@@ -654,16 +655,16 @@ var probeTransports = map[string]transport.Transport{modeTCP: tlsmux.Transport{}
 // median, over a few probes, of the dial side's time from the first packet
 // to the verified post-quantum proof.
 func (w *wanRun) establish(ctx context.Context, mode string) (float64, error) {
-	id, err := hybridtls.LoadIdentityFile(w.ids["dial"])
+	id, err := pinned.LoadIdentityFile(w.ids["dial"])
 	if err != nil {
 		return 0, err
 	}
-	pin, err := hybridtls.ParsePin(w.pins["listen"])
+	pin, err := pinned.ParsePin(w.pins["listen"])
 	if err != nil {
 		return 0, err
 	}
 	store, err := hybridtls.NewStore(hybridtls.Policy{Mode: hybridtls.Strict, Groups: hybridtls.DefaultGroups, ALPN: wire.ALPN},
-		&hybridtls.Material{Identity: id, Peers: []hybridtls.Pin{pin}})
+		&pinned.Authenticator{Identity: id, Peers: []pinned.Pin{pin}})
 	if err != nil {
 		return 0, err
 	}

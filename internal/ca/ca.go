@@ -25,7 +25,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/auth"
 )
 
 // File names inside a CA directory.
@@ -106,7 +106,7 @@ func Init(dir, commonName string, params mldsa.Parameters, days int) (*CA, error
 // and a key that is not the certificate's.
 func Load(dir string) (*CA, error) {
 	keyPath := filepath.Join(dir, KeyFile)
-	if err := hybridtls.CheckKeyFileMode(keyPath); err != nil {
+	if err := auth.CheckKeyFileMode(keyPath); err != nil {
 		return nil, err
 	}
 	keyPEM, err := os.ReadFile(keyPath)

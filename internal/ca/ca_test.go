@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/auth"
 )
 
 // The seed-only example private keys of RFC 9881 (appendix C), seed
@@ -127,7 +127,7 @@ func TestInitIssueVerifies(t *testing.T) {
 				if err != nil {
 					t.Fatalf("leaf does not verify for %v: %v", usage, err)
 				}
-				if pq, why := hybridtls.ChainPQ(chains[0]); !pq {
+				if pq, why := auth.ChainPQ(chains[0]); !pq {
 					t.Errorf("chain is not ML-DSA end to end: %s", why)
 				}
 			}

@@ -1,9 +1,7 @@
 package config
 
 import (
-	"crypto/mldsa"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/caarlos0/env/v11"
 
+	"github.com/pqtunnel/pqtunnel/auth"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/proxy"
 	"github.com/pqtunnel/pqtunnel/tlsroute"
@@ -32,9 +31,10 @@ type Config struct {
 	Engine proxy.Config
 	// Policy is the TLS policy; Logger is left for the caller (the engine counts refusals itself).
 	Policy hybridtls.Policy
-	// Material is the identity, certificates and pins as loaded by Parse;
-	// nil when no route goes through a tunnel (proxy.ModeLocal).
-	Material *hybridtls.Material
+	// Auth is the authentication mode with its identity, certificates and
+	// pins as loaded by Parse; nil when no route goes through a tunnel
+	// (proxy.ModeLocal).
+	Auth auth.Authenticator
 	// TLSMaterial is what tls:// routes serve and verify with, as loaded
 	// by Parse; nil when no route is one.
 	TLSMaterial *tlsroute.Material
@@ -95,35 +95,18 @@ func parse(environ map[string]string) (*Config, error) {
 		}
 		return c, nil
 	}
-	m, err := v.loadMaterial()
+	a, err := v.loadAuth()
 	if err != nil {
 		return nil, err
 	}
-	c.Material = m
-	if err := checkAllowNames(m, c.Engine.Forward, "PQT_FORWARD"); err != nil {
+	c.Auth = a
+	if err := checkAllowNames(a, c.Engine.Forward, "PQT_FORWARD"); err != nil {
 		return nil, err
 	}
-	if err := checkAllowNames(m, c.Engine.Target, "PQT_TARGET"); err != nil {
+	if err := checkAllowNames(a, c.Engine.Target, "PQT_TARGET"); err != nil {
 		return nil, err
 	}
 	return c, nil
-}
-
-// checkAllowNames refuses a route allow list naming a peer the material
-// does not define, most likely a typing error that would lock the peer out.
-func checkAllowNames(m *hybridtls.Material, routes []proxy.Route, variable string) error {
-	defines := "PQT_PEERS"
-	if !m.Pinned() {
-		defines = "PQT_ALLOW"
-	}
-	for _, r := range routes {
-		for _, p := range r.Allow {
-			if !m.Defines(p) {
-				return fmt.Errorf("%s: route %q: peer %q after '@' is not a name %s defines", variable, r.String(), p, defines)
-			}
-		}
-	}
-	return nil
 }
 
 // envError rewrites the env library's errors to name the variable.
@@ -207,8 +190,11 @@ func (c *Config) parsePolicy(v *Vars) error {
 		return fmt.Errorf("PQT_GROUPS: %w", err)
 	}
 	c.Policy = hybridtls.Policy{
-		Mode: mode, Groups: groups, ServerName: v.ServerName, ALPN: wire.ALPN, RetiredALPNs: wire.RetiredALPNs, SettingName: policySettingName,
-		RequirePQAuth: v.Auth == "pq" || v.Profile == ProfileCNSA2, RequireMLDSA87: v.Profile == ProfileCNSA2,
+		Mode: mode, Groups: groups, ALPN: wire.ALPN, RetiredALPNs: wire.RetiredALPNs, SettingName: policySettingName,
+		Auth: auth.Policy{
+			ServerName: v.ServerName, SettingName: authSettingName,
+			RequirePQAuth: v.Auth == "pq" || v.Profile == ProfileCNSA2, RequireMLDSA87: v.Profile == ProfileCNSA2,
+		},
 	}
 	c.Profile, c.KeyLog, c.Engine.KeyLog = v.Profile, v.KeyLog, v.KeyLog
 	return nil
@@ -262,7 +248,7 @@ func (c *Config) OpenKeyLog() (io.WriteCloser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("PQT_KEYLOG: %w", err)
 	}
-	if err := hybridtls.CheckKeyFileMode(c.KeyLog); err != nil {
+	if err := auth.CheckKeyFileMode(c.KeyLog); err != nil {
 		_ = f.Close() // refused
 		return nil, fmt.Errorf("PQT_KEYLOG: %w", err)
 	}
@@ -289,18 +275,32 @@ func engineSettingName(field string) string {
 // policySettingName names hybridtls's settings by the variables that set
 // them, so that a refused handshake says which variable to change.
 func policySettingName(s hybridtls.Setting) string {
-	switch s {
-	case hybridtls.SettingPQAuth:
-		return Name("Auth") + "=pq"
-	case hybridtls.SettingProfile:
-		return Name("Profile") + "=cnsa2"
-	}
 	field, ok := map[hybridtls.Setting]string{
 		hybridtls.SettingGroups: "Groups",
 		hybridtls.SettingMode:   "PQ",
-		hybridtls.SettingCAs:    "CA",
-		hybridtls.SettingPeers:  "Peers",
-		hybridtls.SettingAllow:  "Allow",
+	}[s]
+	if !ok {
+		return s.String()
+	}
+	return Name(field)
+}
+
+// authSettingName names the authenticators' settings by the variables
+// that set them, so that a refused peer or a failed check says which
+// variable to change.
+func authSettingName(s auth.Setting) string {
+	switch s {
+	case auth.SettingPQAuth:
+		return Name("Auth") + "=pq"
+	case auth.SettingProfile:
+		return Name("Profile") + "=cnsa2"
+	}
+	field, ok := map[auth.Setting]string{
+		auth.SettingCAs:      "CA",
+		auth.SettingPeers:    "Peers",
+		auth.SettingAllow:    "Allow",
+		auth.SettingIdentity: "Identity",
+		auth.SettingCert:     "Cert",
 	}[s]
 	if !ok {
 		return s.String()
@@ -459,236 +459,6 @@ func (c *Config) parseOperation(v *Vars) error {
 		return fmt.Errorf("PQT_LOG_FORMAT: %q is not text or json", v.LogFormat)
 	}
 	return nil
-}
-
-// LoadMaterial reads identity, certificates and pins again from the files
-// the environment names, for a reload on SIGHUP; Parse has already loaded
-// them once into Material.
-// It returns nil when this side has no tunnel (proxy.ModeLocal).
-func (c *Config) LoadMaterial() (*hybridtls.Material, error) {
-	if c.Material == nil {
-		return nil, nil
-	}
-	return c.vars.loadMaterial()
-}
-
-func (v *Vars) loadMaterial() (*hybridtls.Material, error) {
-	pinned := v.Identity != "" || v.IdentityPEM != ""
-	ca := v.Cert != "" || v.Key != "" || v.CA != ""
-	switch {
-	case pinned && ca:
-		return nil, errors.New("PQT_IDENTITY and PQT_CERT: both a pinned identity and CA mode are configured; use one")
-	case v.Identity != "" && v.IdentityPEM != "":
-		return nil, errors.New("PQT_IDENTITY and PQT_IDENTITY_PEM: both are set; use one")
-	case !pinned && !ca:
-		return nil, errors.New("PQT_IDENTITY: no identity configured: create one with 'pqtunnel keygen -o FILE' and set PQT_IDENTITY and PQT_PEERS, or use CA mode with PQT_CERT, PQT_KEY and PQT_CA")
-	}
-	var m *hybridtls.Material
-	var err error
-	if pinned {
-		m, err = v.loadPinned()
-	} else {
-		m, err = v.loadCA()
-	}
-	if err != nil {
-		return nil, err
-	}
-	if err := m.Validate(); err != nil {
-		return nil, fmt.Errorf("PQT_IDENTITY: %w", err)
-	}
-	if v.Profile == ProfileCNSA2 {
-		if err := checkCNSA2Material(m); err != nil {
-			return nil, err
-		}
-	}
-	return m, nil
-}
-
-// checkCNSA2Material refuses this side's own identity or certificate when
-// it is not ML-DSA-87.
-func checkCNSA2Material(m *hybridtls.Material) error {
-	if m.Pinned() {
-		if p := m.Identity.MLDSA.PublicKey().Parameters(); p != mldsa.MLDSA87() {
-			return fmt.Errorf("PQT_IDENTITY: the identity's key is %s; PQT_PROFILE=cnsa2 needs ML-DSA-87 (make one with 'pqtunnel keygen --profile cnsa2 -o FILE')", p)
-		}
-		return nil
-	}
-	leaf := m.Certificate.Leaf
-	if k, ok := leaf.PublicKey.(*mldsa.PublicKey); !ok || k.Parameters() != mldsa.MLDSA87() || leaf.SignatureAlgorithm != x509.MLDSA87 {
-		return fmt.Errorf("PQT_CERT: the certificate's key is %s and it is signed with %s; PQT_PROFILE=cnsa2 needs ML-DSA-87 for both (e.g. from 'pqtunnel ca init -alg ML-DSA-87')",
-			hybridtls.SignatureSchemeName(hybridtls.SignatureScheme(leaf)), leaf.SignatureAlgorithm)
-	}
-	return nil
-}
-
-func (v *Vars) loadPinned() (*hybridtls.Material, error) {
-	m := &hybridtls.Material{}
-	var err error
-	if v.Identity != "" {
-		if m.Identity, err = hybridtls.LoadIdentityFile(v.Identity); err != nil {
-			return nil, fmt.Errorf("PQT_IDENTITY: %w", err)
-		}
-	} else if m.Identity, err = hybridtls.ParseIdentityPEM([]byte(v.IdentityPEM)); err != nil {
-		return nil, fmt.Errorf("PQT_IDENTITY_PEM: %w", err)
-	}
-	var files int
-	if m.Peers, m.Names, files, err = readPeers(v.Peers); err != nil {
-		return nil, fmt.Errorf("PQT_PEERS: %w", err)
-	}
-	if len(m.Peers) == 0 && files == 0 {
-		return nil, errors.New("PQT_PEERS: not set: list the pin of each peer this side accepts (print it with 'pqtunnel pin FILE' on the peer)")
-	}
-	if v.Allow != "" {
-		return nil, errors.New("PQT_ALLOW: applies to CA mode only; with pinned identities PQT_PEERS says who is allowed")
-	}
-	return m, nil
-}
-
-func (v *Vars) loadCA() (*hybridtls.Material, error) {
-	if v.Peers != "" {
-		return nil, errors.New("PQT_PEERS: applies to pinned identities only; in CA mode use PQT_ALLOW")
-	}
-	for _, f := range []struct{ name, val string }{{"PQT_CERT", v.Cert}, {"PQT_KEY", v.Key}, {"PQT_CA", v.CA}} {
-		if f.val == "" {
-			return nil, fmt.Errorf("%s: not set: CA mode needs PQT_CERT, PQT_KEY and PQT_CA", f.name)
-		}
-	}
-	if err := hybridtls.CheckKeyFileMode(v.Key); err != nil {
-		return nil, fmt.Errorf("PQT_KEY: %w", err)
-	}
-	cert, err := tls.LoadX509KeyPair(v.Cert, v.Key)
-	if err != nil {
-		return nil, fmt.Errorf("PQT_CERT/PQT_KEY: %w", err)
-	}
-	m := &hybridtls.Material{Certificate: &cert, CAs: x509.NewCertPool()}
-	if err := hybridtls.CheckTrustFileMode(v.CA, "CA bundle"); err != nil {
-		return nil, fmt.Errorf("PQT_CA: %w", err)
-	}
-	caPEM, err := os.ReadFile(v.CA)
-	if err != nil {
-		return nil, fmt.Errorf("PQT_CA: %w", err)
-	}
-	if !m.CAs.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("PQT_CA: %s holds no PEM certificate", v.CA)
-	}
-	var files int
-	if m.Allow, files, err = readAllow(v.Allow); err != nil {
-		return nil, fmt.Errorf("PQT_ALLOW: %w", err)
-	}
-	m.AllowListed = files > 0
-	return m, nil
-}
-
-// readAllow parses PQT_ALLOW: rules, and files of rules (one or more per
-// line, comma-separated, '#' comments) named by entries that start with '/'
-// or '.', re-read on SIGHUP. files counts the files read: a rule list that
-// comes from files and is empty accepts nobody.
-func readAllow(s string) (rules []hybridtls.AllowRule, files int, err error) {
-	var inline []string
-	for _, f := range strings.Split(s, ",") {
-		f = strings.TrimSpace(f)
-		if !strings.HasPrefix(f, "/") && !strings.HasPrefix(f, ".") {
-			inline = append(inline, f)
-			continue
-		}
-		if err := hybridtls.CheckTrustFileMode(f, "allow file"); err != nil {
-			return nil, 0, err
-		}
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return nil, 0, fmt.Errorf("allow file: %w", err)
-		}
-		files++
-		for i, line := range strings.Split(string(data), "\n") {
-			line, _, _ = strings.Cut(line, "#")
-			rs, err := hybridtls.ParseAllow(line)
-			if err != nil {
-				return nil, 0, fmt.Errorf("allow file %s line %d: %w", f, i+1, err)
-			}
-			rules = append(rules, rs...)
-		}
-	}
-	rs, err := hybridtls.ParseAllow(strings.Join(inline, ","))
-	if err != nil {
-		return nil, 0, err
-	}
-	return append(rs, rules...), files, nil
-}
-
-// readPeers parses PQT_PEERS: pins, each optionally named (app1=pqt1_…),
-// and files of pins (one per line, optionally "app1 pqt1_…", '#' comments)
-// named by entries that start with '/' or '.'. files counts the files read:
-// an empty file is valid and accepts nobody.
-func readPeers(s string) (pins []hybridtls.Pin, names map[hybridtls.Pin]string, files int, err error) {
-	names = map[hybridtls.Pin]string{}
-	byName := map[string]hybridtls.Pin{}
-	add := func(entry, name, pin string) error {
-		p, err := hybridtls.ParsePin(pin)
-		if err != nil {
-			return fmt.Errorf("%q: %w", entry, err)
-		}
-		if slices.Contains(pins, p) {
-			if name != "" && names[p] != name {
-				return fmt.Errorf("%q: pin %s is listed twice under different names", entry, p)
-			}
-			return nil // the same pin again changes nothing
-		}
-		if name != "" {
-			if err := hybridtls.CheckPeerName(name); err != nil {
-				return fmt.Errorf("%q: %w", entry, err)
-			}
-			if _, dup := byName[name]; dup {
-				return fmt.Errorf("%q: name %s is given to two pins", entry, name)
-			}
-			byName[name] = p
-			names[p] = name
-		}
-		pins = append(pins, p)
-		return nil
-	}
-	for _, f := range strings.Split(s, ",") {
-		f = strings.TrimSpace(f)
-		if f == "" {
-			continue
-		}
-		if !strings.HasPrefix(f, "/") && !strings.HasPrefix(f, ".") {
-			name, pin, ok := strings.Cut(f, "=")
-			if !ok {
-				name, pin = "", f
-			}
-			if err := add(f, strings.TrimSpace(name), pin); err != nil {
-				return nil, nil, 0, err
-			}
-			continue
-		}
-		if err := hybridtls.CheckTrustFileMode(f, "pins file"); err != nil {
-			return nil, nil, 0, err
-		}
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return nil, nil, 0, fmt.Errorf("pins file: %w", err)
-		}
-		files++
-		for i, line := range strings.Split(string(data), "\n") {
-			line, _, _ = strings.Cut(line, "#")
-			fields := strings.Fields(strings.Replace(line, "=", " ", 1))
-			var err error
-			switch len(fields) {
-			case 0:
-				continue
-			case 1:
-				err = add(fields[0], "", fields[0])
-			case 2:
-				err = add(strings.TrimSpace(line), fields[0], fields[1])
-			default:
-				err = fmt.Errorf("%q: want a pin or NAME PIN", strings.TrimSpace(line))
-			}
-			if err != nil {
-				return nil, nil, 0, fmt.Errorf("pins file %s line %d: %w", f, i+1, err)
-			}
-		}
-	}
-	return pins, names, files, nil
 }
 
 // Explain names the variable behind a library's typed error (a

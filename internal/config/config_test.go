@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pqtunnel/pqtunnel/auth"
+	"github.com/pqtunnel/pqtunnel/auth/pinned"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 	"github.com/pqtunnel/pqtunnel/proxy"
 )
@@ -86,7 +88,7 @@ func TestParseConfigValid(t *testing.T) {
 			if err != nil {
 				t.Fatalf("parseConfig: %v", err)
 			}
-			m := c.Material
+			m := c.Auth.(*pinned.Authenticator)
 			if len(m.Peers) != 1 || m.Peers[0].String() != te.peerPin {
 				t.Errorf("peers = %v, want [%s]", m.Peers, te.peerPin)
 			}
@@ -190,6 +192,9 @@ func TestParseConfigErrorsNameTheVariable(t *testing.T) {
 		{name: "log level bad", set: map[string]string{"PQT_LOG_LEVEL": "loud"}, want: "PQT_LOG_LEVEL"},
 		{name: "log format bad", set: map[string]string{"PQT_LOG_FORMAT": "xml"}, want: "PQT_LOG_FORMAT"},
 		{name: "auth bad", set: map[string]string{"PQT_AUTH": "mldsa"}, want: "PQT_AUTH"},
+		{name: "two authentication modes", set: map[string]string{"PQT_CERT": "/etc/pqt/cert.pem"}, want: "PQT_IDENTITY and PQT_CERT", also: []string{"both a pinned identity and CA mode", "use one"}},
+		{name: "identity twice", set: map[string]string{"PQT_IDENTITY_PEM": "x"}, want: "PQT_IDENTITY and PQT_IDENTITY_PEM"},
+		{name: "no authentication mode", unset: []string{"PQT_IDENTITY", "PQT_PEERS"}, want: "PQT_IDENTITY", also: []string{"no identity configured"}},
 		{name: "profile bad", set: map[string]string{"PQT_PROFILE": "cnsa"}, want: "PQT_PROFILE"},
 		{name: "cnsa2 with an ML-DSA-65 identity", set: map[string]string{"PQT_PROFILE": "cnsa2"}, want: "PQT_IDENTITY", also: []string{"ML-DSA-65", "keygen --profile cnsa2"}},
 		{name: "cnsa2 with a hybrid group", set: map[string]string{"PQT_PROFILE": "cnsa2", "PQT_GROUPS": "SecP384r1MLKEM1024"}, want: "PQT_GROUPS", also: []string{"MLKEM1024 only"}},
@@ -242,12 +247,12 @@ func TestMaterialLoadsIdentityAndPins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := c.Material
-	want, err := hybridtls.LoadIdentityFile(te.identity)
+	m, pinnedMode := c.Auth.(*pinned.Authenticator)
+	want, err := pinned.LoadIdentityFile(te.identity)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !m.Pinned() || m.Identity.Pin != want.Pin {
+	if !pinnedMode || m.Identity.Pin != want.Pin {
 		t.Errorf("material identity %v, want pin %s", m.Identity, want.Pin)
 	}
 	if err := m.Validate(); err != nil {
@@ -272,9 +277,9 @@ func TestNamedPeers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := c.Material
+	m := c.Auth.(*pinned.Authenticator)
 	for pin, want := range map[string]string{te.peerPin: "app1", other: "app2", third: third} {
-		p, err := hybridtls.ParsePin(pin)
+		p, err := pinned.ParsePin(pin)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -296,7 +301,7 @@ func TestNamedPeers(t *testing.T) {
 	if err != nil {
 		t.Fatalf("an empty pins file: %v", err)
 	}
-	if n := len(c.Material.Peers); n != 0 {
+	if n := len(c.Auth.(*pinned.Authenticator).Peers); n != 0 {
 		t.Errorf("an empty pins file accepts %d peers", n)
 	}
 }
@@ -304,7 +309,7 @@ func TestNamedPeers(t *testing.T) {
 // FuzzReadPeers parses PQT_PEERS without files and checks that writing
 // the result back as name=pin entries reads the same.
 func FuzzReadPeers(f *testing.F) {
-	id, err := hybridtls.GenerateIdentity()
+	id, err := pinned.GenerateIdentity()
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -343,7 +348,7 @@ func FuzzReadPeers(f *testing.F) {
 // and returns its pin.
 func writeIdentity(t *testing.T, path string) string {
 	t.Helper()
-	id, err := hybridtls.GenerateIdentity()
+	id, err := pinned.GenerateIdentity()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -383,13 +388,16 @@ func TestPolicyNamesSettingsByVariable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[hybridtls.Setting]string{
-		hybridtls.SettingGroups: "PQT_GROUPS", hybridtls.SettingMode: "PQT_PQ", hybridtls.SettingCAs: "PQT_CA",
-		hybridtls.SettingPeers: "PQT_PEERS", hybridtls.SettingAllow: "PQT_ALLOW",
-	}
+	want := map[hybridtls.Setting]string{hybridtls.SettingGroups: "PQT_GROUPS", hybridtls.SettingMode: "PQT_PQ"}
 	for s, name := range want {
 		if got := c.Policy.SettingName(s); got != name {
 			t.Errorf("SettingName(%s) = %q, want %q", s, got, name)
+		}
+	}
+	wantAuth := map[auth.Setting]string{auth.SettingCAs: "PQT_CA", auth.SettingPeers: "PQT_PEERS", auth.SettingAllow: "PQT_ALLOW"}
+	for s, name := range wantAuth {
+		if got := c.Policy.Auth.SettingName(s); got != name {
+			t.Errorf("Auth.SettingName(%s) = %q, want %q", s, got, name)
 		}
 	}
 }
@@ -397,7 +405,7 @@ func TestPolicyNamesSettingsByVariable(t *testing.T) {
 func TestCNSA2Profile(t *testing.T) {
 	te := newTestEnv(t)
 	id87 := filepath.Join(te.dir, "cnsa2.id")
-	id, err := hybridtls.GenerateIdentityFor(mldsa.MLDSA87())
+	id, err := pinned.GenerateIdentityFor(mldsa.MLDSA87())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -419,9 +427,9 @@ func TestCNSA2Profile(t *testing.T) {
 			t.Fatalf("PQT_GROUPS=%q: Parse: %v", groups, err)
 		}
 		p := c.Policy
-		if hybridtls.GroupNames(p.Groups) != "MLKEM1024" || !p.RequirePQAuth || !p.RequireMLDSA87 || c.KeyLog != "" {
+		if hybridtls.GroupNames(p.Groups) != "MLKEM1024" || !p.Auth.RequirePQAuth || !p.Auth.RequireMLDSA87 || c.KeyLog != "" {
 			t.Errorf("PQT_GROUPS=%q: cnsa2 policy = groups %s, RequirePQAuth %v, RequireMLDSA87 %v, key log %q",
-				groups, hybridtls.GroupNames(p.Groups), p.RequirePQAuth, p.RequireMLDSA87, c.KeyLog)
+				groups, hybridtls.GroupNames(p.Groups), p.Auth.RequirePQAuth, p.Auth.RequireMLDSA87, c.KeyLog)
 		}
 	}
 }

@@ -9,7 +9,8 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/auth"
+	"github.com/pqtunnel/pqtunnel/auth/camode"
 	"github.com/pqtunnel/pqtunnel/proxy"
 	"github.com/pqtunnel/pqtunnel/tlsroute"
 )
@@ -116,7 +117,7 @@ func (v *Vars) loadTLSMaterial(forward []proxy.Route) (*tlsroute.Material, error
 		return nil, fmt.Errorf("PQT_TLS_KEY: %d keys for %d certificates in PQT_TLS_CERT: list one key per certificate, in the same order", len(keys), len(certs))
 	}
 	for i := range certs {
-		if err := hybridtls.CheckKeyFileMode(keys[i]); err != nil {
+		if err := auth.CheckKeyFileMode(keys[i]); err != nil {
 			return nil, fmt.Errorf("PQT_TLS_KEY: %w", err)
 		}
 		cert, err := tls.LoadX509KeyPair(certs[i], keys[i])
@@ -131,7 +132,7 @@ func (v *Vars) loadTLSMaterial(forward []proxy.Route) (*tlsroute.Material, error
 			return nil, fmt.Errorf("PQT_TLS_CLIENT_CA: %w", err)
 		}
 	}
-	if m.ClientAllow, err = hybridtls.ParseAllow(v.TLSAllow); err != nil {
+	if m.ClientAllow, err = camode.ParseAllow(v.TLSAllow); err != nil {
 		return nil, fmt.Errorf("PQT_TLS_ALLOW: %w", err)
 	}
 	if len(m.ClientAllow) > 0 && m.ClientCAs == nil {
@@ -159,7 +160,7 @@ func splitList(s string) []string {
 // PQT_CA: whoever can change it chooses which clients or servers are
 // accepted, so it gets the same permission check.
 func readPool(path, what string) (*x509.CertPool, error) {
-	if err := hybridtls.CheckTrustFileMode(path, what); err != nil {
+	if err := auth.CheckTrustFileMode(path, what); err != nil {
 		return nil, err
 	}
 	pem, err := os.ReadFile(path)

@@ -62,8 +62,8 @@ func TestParseTLSRoutes(t *testing.T) {
 			t.Fatal(err)
 		}
 		e := c.Engine
-		if e.Mode != proxy.ModeLocal || c.Material != nil || e.Transport != nil {
-			t.Errorf("mode %q, material %v: want local with no tunnel", e.Mode, c.Material)
+		if e.Mode != proxy.ModeLocal || c.Auth != nil || e.Transport != nil {
+			t.Errorf("mode %q, authenticator %v: want local with no tunnel", e.Mode, c.Auth)
 		}
 		if !e.Forward[0].IsTLS() || !slices.Equal(e.Forward[0].ALPN, []string{"h2", "http/1.1"}) {
 			t.Errorf("forward web = %+v, want tls with ALPN h2+http/1.1", e.Forward[0])
@@ -113,7 +113,7 @@ func TestParseTLSRoutes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.Engine.Mode != proxy.ModeDial || c.Material == nil || len(proxy.LocalJoins(c.Engine.Forward, c.Engine.Target)) != 0 {
+		if c.Engine.Mode != proxy.ModeDial || c.Auth == nil || len(proxy.LocalJoins(c.Engine.Forward, c.Engine.Target)) != 0 {
 			t.Errorf("mode %q: want a dial side carrying the terminated route through the tunnel", c.Engine.Mode)
 		}
 	})

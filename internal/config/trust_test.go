@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pqtunnel/pqtunnel/hybridtls"
+	"github.com/pqtunnel/pqtunnel/auth/camode"
 )
 
 // A pins file that group or others can write is refused at Parse, naming
@@ -54,7 +54,7 @@ func TestReadAllowFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []hybridtls.AllowRule{
+	want := []camode.AllowRule{
 		{Kind: "cn", Value: "admin"},
 		{Name: "web", Kind: "dns", Value: "web.internal"},
 		{Kind: "dns", Value: "*.jobs.internal"},

@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/auth/pinned"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
-	"github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
+	pinnedtest "github.com/pqtunnel/pqtunnel/internal/testutil/pinned"
 	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 )
@@ -104,13 +105,13 @@ func TestALPNMismatchIsVersionMismatch(t *testing.T) {
 // arriving when the server refuses.
 func TestClientReadsRefusalOfItsCertificate(t *testing.T) {
 	_, sc := transporttest.Configs(t)
-	_, server := pinned.Stores(t, transporttest.ALPN)
-	stranger, err := hybridtls.GenerateIdentity()
+	_, server := pinnedtest.Stores(t, transporttest.ALPN)
+	stranger, err := pinned.GenerateIdentity()
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The stranger accepts the server, which does not accept it.
-	cs, err := hybridtls.NewStore(server.Policy(), &hybridtls.Material{Identity: stranger, Peers: []hybridtls.Pin{server.Material().Identity.Pin}})
+	cs, err := hybridtls.NewStore(server.Policy(), &pinned.Authenticator{Identity: stranger, Peers: []pinned.Pin{server.Authenticator().(*pinned.Authenticator).Identity.Pin}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package hybridtls
+package auth
 
 import (
 	"crypto/hkdf"
@@ -7,14 +7,14 @@ import (
 	"fmt"
 )
 
-// DeriveKey derives a 32-byte key for purpose from this side's private key
-// (the identity's two keys, or in CA mode the certificate's key): the same
+// DeriveKey derives a 32-byte key for purpose from a's Secret (the
+// identity's two keys, or in CA mode the certificate's key): the same
 // material gives the same key in every process, so that a restarted
 // process can prove it is the one its peers knew (a QUIC stateless reset
 // key), and it reveals nothing of the private key. Different purposes give
 // unrelated keys.
-func (m *Material) DeriveKey(purpose string) ([32]byte, error) {
-	secret, err := m.mode().secret()
+func DeriveKey(a Authenticator, purpose string) ([32]byte, error) {
+	secret, err := a.Secret()
 	if err != nil {
 		return [32]byte{}, fmt.Errorf("derive %s key: %w", purpose, err)
 	}

@@ -1,6 +1,6 @@
 //go:build windows
 
-package hybridtls
+package auth
 
 import (
 	"fmt"

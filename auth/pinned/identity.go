@@ -1,11 +1,9 @@
-package hybridtls
+package pinned
 
 import (
-	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/mldsa"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -19,12 +17,9 @@ import (
 	"os"
 	"strings"
 	"time"
-)
 
-// OIDEd25519Key is the certificate extension that carries a pinned
-// identity's Ed25519 public key next to the ML-DSA-65 key the certificate
-// certifies, so that the pin can be checked inside the TLS handshake.
-var OIDEd25519Key = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 59735, 1, 2}
+	"github.com/pqtunnel/pqtunnel/auth"
+)
 
 const (
 	pemEd25519 = "PQTUNNEL ED25519 PRIVATE KEY"
@@ -85,7 +80,7 @@ func newIdentity(edKey ed25519.PrivateKey, mlKey *mldsa.PrivateKey) (*Identity, 
 		NotAfter:        time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC),
 		KeyUsage:        x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		ExtraExtensions: []pkix.Extension{{Id: OIDEd25519Key, Value: extValue}},
+		ExtraExtensions: []pkix.Extension{{Id: auth.OIDEd25519Key, Value: extValue}},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, mlKey.PublicKey(), edKey)
 	if err != nil {
@@ -183,7 +178,7 @@ func ParseIdentityPEM(data []byte) (*Identity, error) {
 // LoadIdentityFile reads an identity file, refusing one that other users can
 // read: a leaked identity lets anyone impersonate this side.
 func LoadIdentityFile(path string) (*Identity, error) {
-	if err := CheckKeyFileMode(path); err != nil {
+	if err := auth.CheckKeyFileMode(path); err != nil {
 		return nil, err
 	}
 	data, err := os.ReadFile(path)
@@ -240,26 +235,6 @@ func ParsePins(s string) ([]Pin, error) {
 	return out, nil
 }
 
-// Ed25519PublicKey returns the Ed25519 key a pinned identity's certificate
-// carries, or nil if it has no OIDEd25519Key extension.
-func Ed25519PublicKey(cert *x509.Certificate) (ed25519.PublicKey, error) {
-	for _, ext := range cert.Extensions {
-		if !ext.Id.Equal(OIDEd25519Key) {
-			continue
-		}
-		var raw []byte
-		rest, err := asn1.Unmarshal(ext.Value, &raw)
-		if err != nil || len(rest) != 0 {
-			return nil, errors.New("certificate Ed25519 extension is malformed")
-		}
-		if len(raw) != ed25519.PublicKeySize {
-			return nil, fmt.Errorf("certificate Ed25519 key is %d bytes, want %d", len(raw), ed25519.PublicKeySize)
-		}
-		return ed25519.PublicKey(raw), nil
-	}
-	return nil, nil
-}
-
 // ErrNotIdentity is wrapped when a certificate is not a pqtunnel/2 pinned
 // identity: its key is not ML-DSA-65 or ML-DSA-87, or it carries no
 // Ed25519 key.
@@ -273,9 +248,9 @@ var ErrNotIdentity = errors.New("certificate is not a pqtunnel hybrid identity")
 func PinOf(cert *x509.Certificate) (Pin, error) {
 	mlPub, ok := cert.PublicKey.(*mldsa.PublicKey)
 	if !ok || mlPub.Parameters() != mldsa.MLDSA65() && mlPub.Parameters() != mldsa.MLDSA87() {
-		return Pin{}, fmt.Errorf("%w: its key is %s, want ML-DSA-65 or ML-DSA-87", ErrNotIdentity, keyName(cert.PublicKey))
+		return Pin{}, fmt.Errorf("%w: its key is %s, want ML-DSA-65 or ML-DSA-87", ErrNotIdentity, auth.KeyName(cert.PublicKey))
 	}
-	edPub, err := Ed25519PublicKey(cert)
+	edPub, err := auth.Ed25519PublicKey(cert)
 	if err != nil {
 		return Pin{}, fmt.Errorf("%w: %w", ErrNotIdentity, err)
 	}
@@ -297,21 +272,6 @@ func pinOfKeys(edSPKI, mlPub []byte) Pin {
 	var p Pin
 	h.Sum(p[:0])
 	return p
-}
-
-// keyName names a certificate's public key type for error messages.
-func keyName(pub any) string {
-	switch k := pub.(type) {
-	case *mldsa.PublicKey:
-		return k.Parameters().String()
-	case ed25519.PublicKey:
-		return "Ed25519"
-	case *ecdsa.PublicKey:
-		return "ECDSA " + k.Curve.Params().Name
-	case *rsa.PublicKey:
-		return fmt.Sprintf("RSA-%d", k.Size()*8)
-	}
-	return fmt.Sprintf("%T", pub)
 }
 
 func writeLenPrefixed(h interface{ Write([]byte) (int, error) }, b []byte) {

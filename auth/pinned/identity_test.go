@@ -1,4 +1,4 @@
-package hybridtls
+package pinned
 
 import (
 	"bytes"
@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/pqtunnel/pqtunnel/auth"
 )
 
 func mustIdentity(t testing.TB) *Identity {
@@ -302,7 +304,7 @@ func TestDeriveKey(t *testing.T) {
 	}
 	key := func(id *Identity, purpose string) [32]byte {
 		t.Helper()
-		k, err := (&Material{Identity: id}).DeriveKey(purpose)
+		k, err := auth.DeriveKey(&Authenticator{Identity: id}, purpose)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -318,7 +320,7 @@ func TestDeriveKey(t *testing.T) {
 	if key(b, "quic stateless reset") == k {
 		t.Error("two identities derive the same key")
 	}
-	if _, err := (&Material{}).DeriveKey("x"); err == nil {
-		t.Error("material without a private key derives a key")
+	if _, err := auth.DeriveKey(&Authenticator{}, "x"); err == nil {
+		t.Error("an authenticator without a private key derives a key")
 	}
 }

@@ -1,4 +1,4 @@
-package hybridtls
+package pinned
 
 import (
 	"strings"

@@ -1,6 +1,6 @@
 //go:build unix
 
-package hybridtls
+package auth
 
 import (
 	"fmt"

@@ -1,4 +1,4 @@
-package hybridtls
+package camode
 
 import (
 	"crypto/x509"
@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/pqtunnel/pqtunnel/auth"
 )
 
 func TestParseAllow(t *testing.T) {
@@ -123,7 +125,7 @@ func FuzzParseAllow(f *testing.F) {
 			if r.Value == "" {
 				t.Fatalf("ParseAllow(%q) gave an empty value", s)
 			}
-			if r.Name != "" && CheckPeerName(r.Name) != nil {
+			if r.Name != "" && auth.CheckPeerName(r.Name) != nil {
 				t.Fatalf("ParseAllow(%q) gave the invalid name %q", s, r.Name)
 			}
 			texts[i] = r.String()

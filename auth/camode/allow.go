@@ -1,9 +1,11 @@
-package hybridtls
+package camode
 
 import (
 	"crypto/x509"
 	"fmt"
 	"strings"
+
+	"github.com/pqtunnel/pqtunnel/auth"
 )
 
 // AllowRule accepts a CA-issued peer certificate by one of its names.
@@ -37,24 +39,13 @@ func ParseAllow(s string) ([]AllowRule, error) {
 			return nil, fmt.Errorf("rule %q: want dns:NAME, uri:URI or cn:NAME, optionally after peer=", f)
 		}
 		if named {
-			if err := CheckPeerName(name); err != nil {
+			if err := auth.CheckPeerName(name); err != nil {
 				return nil, fmt.Errorf("rule %q: %w (want peer=dns:NAME, uri:URI or cn:NAME)", f, err)
 			}
 		}
 		out = append(out, AllowRule{Name: name, Kind: kind, Value: value})
 	}
 	return out, nil
-}
-
-// CheckPeerName accepts a name for a peer: 1 to 64 letters, digits, '-',
-// '_' and '.', so that it reads unquoted in logs and lists.
-func CheckPeerName(name string) error {
-	if name == "" || len(name) > 64 || strings.IndexFunc(name, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.')
-	}) >= 0 {
-		return fmt.Errorf("peer name %q: want 1 to 64 letters, digits, '-', '_' or '.'", name)
-	}
-	return nil
 }
 
 func (r AllowRule) String() string {
