@@ -81,17 +81,6 @@ func isCertError(err error) bool {
 	return errors.As(err, &ve) || errors.As(err, &ue) || errors.As(err, &he) || errors.As(err, &ie)
 }
 
-// certName names a certificate by its first URI or DNS name, or its CN.
-func certName(c *x509.Certificate) string {
-	switch {
-	case len(c.URIs) > 0:
-		return c.URIs[0].String()
-	case len(c.DNSNames) > 0:
-		return c.DNSNames[0]
-	}
-	return c.Subject.CommonName
-}
-
 // SNILabel bounds a client's server name for a metric label: the
 // certificate name it matched ("*.example.com" for any name under a
 // wildcard), "none" when the client sent none, "other" when no certificate

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/auth"
 	"github.com/pqtunnel/pqtunnel/hybridtls"
 )
 
@@ -154,7 +155,7 @@ func (t *Terminator) checkClient(m *Material, cs tls.ConnectionState) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("%w: %s matches no allow rule", errNotAllowed, certName(leaf))
+	return fmt.Errorf("%w: %s matches no allow rule", errNotAllowed, auth.CertName(leaf))
 }
 
 var errNotAllowed = errors.New("client certificate not allowed")
@@ -175,7 +176,7 @@ func (t *Terminator) Handshake(ctx context.Context, raw net.Conn) (*tls.Conn, In
 		info.Sig = "resumed"
 	}
 	if len(cs.PeerCertificates) > 0 {
-		info.Client = certName(cs.PeerCertificates[0])
+		info.Client = auth.CertName(cs.PeerCertificates[0])
 	}
 	return tc, info, nil
 }

@@ -141,5 +141,5 @@ func sigName(c *x509.Certificate) string {
 // Describe names a certificate for logs: its first name and key's scheme,
 // "web.example.com (ECDSA-P256-SHA256)".
 func Describe(c *x509.Certificate) string {
-	return certName(c) + " (" + sigName(c) + ")"
+	return auth.CertName(c) + " (" + sigName(c) + ")"
 }

@@ -50,7 +50,7 @@ type Config struct {
 	// KeyLog is the path of the TLS key log; empty when off (see OpenKeyLog).
 	KeyLog string
 
-	// vars are the variables as read, kept for LoadMaterial.
+	// vars are the variables as read, kept for LoadAuth.
 	vars Vars
 }
 
@@ -275,14 +275,7 @@ func engineSettingName(field string) string {
 // policySettingName names hybridtls's settings by the variables that set
 // them, so that a refused handshake says which variable to change.
 func policySettingName(s hybridtls.Setting) string {
-	field, ok := map[hybridtls.Setting]string{
-		hybridtls.SettingGroups: "Groups",
-		hybridtls.SettingMode:   "PQ",
-	}[s]
-	if !ok {
-		return s.String()
-	}
-	return Name(field)
+	return nameByField(map[hybridtls.Setting]string{hybridtls.SettingGroups: "Groups", hybridtls.SettingMode: "PQ"}, s)
 }
 
 // authSettingName names the authenticators' settings by the variables
@@ -295,13 +288,18 @@ func authSettingName(s auth.Setting) string {
 	case auth.SettingProfile:
 		return Name("Profile") + "=cnsa2"
 	}
-	field, ok := map[auth.Setting]string{
-		auth.SettingCAs:      "CA",
-		auth.SettingPeers:    "Peers",
-		auth.SettingAllow:    "Allow",
-		auth.SettingIdentity: "Identity",
-		auth.SettingCert:     "Cert",
-	}[s]
+	return nameByField(map[auth.Setting]string{
+		auth.SettingCAs: "CA", auth.SettingPeers: "Peers", auth.SettingAllow: "Allow", auth.SettingIdentity: "Identity", auth.SettingCert: "Cert",
+	}, s)
+}
+
+// nameByField names s by the variable of its Vars field in fields, else,
+// for a setting no variable sets, by s.String().
+func nameByField[S interface {
+	comparable
+	fmt.Stringer
+}](fields map[S]string, s S) string {
+	field, ok := fields[s]
 	if !ok {
 		return s.String()
 	}
