@@ -403,11 +403,8 @@ func warnNoPeers(a auth.Authenticator, log *slog.Logger) {
 	if !ps.Nobody {
 		return
 	}
-	switch ps.Setting {
-	case auth.SettingPeers:
-		log.Warn("PQT_PEERS lists no peer: every peer is refused and live tunnels are closed")
-	case auth.SettingAllow:
-		log.Warn("PQT_ALLOW lists no rule: every peer is refused and live tunnels are closed")
+	if msg := config.EmptyPeerSetWarning(ps.Setting); msg != "" {
+		log.Warn(msg)
 	}
 }
 

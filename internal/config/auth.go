@@ -270,3 +270,16 @@ func readPeers(s string) (pins []pinned.Pin, names map[pinned.Pin]string, files 
 	}
 	return pins, names, files, nil
 }
+
+// EmptyPeerSetWarning is the warning logged when setting, the one that
+// lists the peers, accepts nobody; empty for a setting that lists no peers.
+// Each is a constant message: operators and tests match it.
+func EmptyPeerSetWarning(setting auth.Setting) string {
+	switch setting {
+	case auth.SettingPeers:
+		return "PQT_PEERS lists no peer: every peer is refused and live tunnels are closed"
+	case auth.SettingAllow:
+		return "PQT_ALLOW lists no rule: every peer is refused and live tunnels are closed"
+	}
+	return ""
+}
