@@ -87,7 +87,7 @@ type Config struct {
 	// tls:// routes; it is required when a route is one.
 	TLSRoutes *tlsroute.Store
 	// Mux holds transport timeouts and limits; TLS, Authenticate, Logger,
-	// FallbackTimeout and RetryPrimary are set by the engine.
+	// FallbackTimeout, RetryPrimary and FallbackLoss are set by the engine.
 	Mux transport.Config
 	// DialTimeout bounds dialling an origin. Zero means defaults.DialTimeout (5s).
 	DialTimeout time.Duration
@@ -105,6 +105,11 @@ type Config struct {
 	// primary transport again. Zero means defaults.QUICRetry (30s), applied
 	// by the transport.
 	QUICRetry time.Duration
+	// FallbackLoss is the percent of packets lost at random at which a
+	// transport.Fallback dial side on the primary transport moves to the
+	// secondary. Zero means defaults.FallbackLoss (0.05), applied by the
+	// transport; negative turns the move off.
+	FallbackLoss float64
 	// Logger receives the engine's events; nil discards them.
 	Logger *slog.Logger
 	// SettingName, if set, names a Config field (by its Go name, such as
@@ -402,6 +407,7 @@ func (e *Engine) muxConfig(tc *tls.Config) *transport.Config {
 	mc.Logger = e.log
 	mc.FallbackTimeout = e.cfg.FallbackTimeout
 	mc.RetryPrimary = e.cfg.QUICRetry
+	mc.FallbackLoss = e.cfg.FallbackLoss
 	mc.Authenticate = func(cs *tls.ConnectionState, rw io.ReadWriter, client bool) (transport.Peer, error) {
 		role := hybridtls.RoleServer
 		if client {
@@ -785,7 +791,7 @@ func (e *Engine) routineMaintain(ctx context.Context, slot *dialSlot) {
 
 // hold serves the admitted tunnel t until it goes away and returns nil, or
 // until its session offers a successor (a Fallback session whose primary
-// transport works again): then the successor joins the pool before t leaves
+// transport works again, or whose primary loses too much): then the successor joins the pool before t leaves
 // it, so that no client arriving during the move finds the pool empty, t is
 // retired (no new streams; closed once its streams finish), and the
 // successor is returned to be held instead.
@@ -815,7 +821,9 @@ func (e *Engine) hold(ctx context.Context, peer string, t *tunnel) *tunnel {
 			<-done // shutting down: t is being closed too
 			return nil
 		}
-		e.log.Info(next.Why, "peer", peer, "tunnel", t.id)
+		from, to := t.s.Info().Transport, nt.s.Info().Transport
+		e.log.Info(next.Why, append([]any{"peer", peer, "tunnel", t.id, "to_tunnel", nt.id, "from", from, "to", to, "reason", next.Reason}, next.Attrs...)...)
+		e.obs.TransportMoved(from, to, next.Reason)
 		e.retire(t, closeMoved)
 		return nt
 	}

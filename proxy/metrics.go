@@ -29,6 +29,7 @@ type Metrics struct {
 	bytes             *prometheus.CounterVec
 	originDial        *prometheus.HistogramVec
 	reconnects        prometheus.Counter
+	transportMoves    *prometheus.CounterVec
 	notAllowed        *prometheus.CounterVec
 	revoked           *prometheus.CounterVec
 	tlsHandshakes     *prometheus.CounterVec
@@ -81,6 +82,9 @@ func NewMetrics() *Metrics {
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pqtunnel_reconnects_total", Help: "Tunnel connections re-established by a dial side after one was lost.",
 		}),
+		transportMoves: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pqtunnel_transport_moves_total", Help: "Tunnel connections a dial side on PQT_TRANSPORT=auto replaced by one over the other transport, by from, to and reason (loss: QUIC lost packets at random; primary_works: QUIC works again).",
+		}, []string{"from", "to", "reason"}),
 		notAllowed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pqtunnel_streams_not_allowed_total", Help: "Streams refused because the route's allow list (@) does not name the peer, by route and peer (a configured name, or other).",
 		}, []string{"route", "peer"}),
@@ -104,7 +108,7 @@ func NewMetrics() *Metrics {
 	}
 	m.engines = map[*Engine]struct{}{}
 	m.reg.MustRegister(m.disconnects, m.tlsHandshakes, m.tlsRefused, m.tlsSeconds, m.notAllowed, m.revoked, m.tunnelsUp, m.handshakes, m.handshakeFailures, m.handshakeSeconds,
-		m.streamsOpened, m.streamsActive, m.streamsFailed, m.bytes, m.originDial, m.reconnects,
+		m.streamsOpened, m.streamsActive, m.streamsFailed, m.bytes, m.originDial, m.reconnects, m.transportMoves,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&quicCollector{
 			m:    m,
@@ -139,6 +143,11 @@ func (m *Metrics) TunnelRevoked(peer string) { m.revoked.WithLabelValues(peer).I
 
 // Reconnected counts a dial side's tunnel re-established after a loss.
 func (m *Metrics) Reconnected() { m.reconnects.Inc() }
+
+// TransportMoved counts a tunnel connection moved to another transport.
+func (m *Metrics) TransportMoved(from, to, reason string) {
+	m.transportMoves.WithLabelValues(from, to, reason).Inc()
+}
 
 // StreamOpened counts a stream opened and active.
 func (m *Metrics) StreamOpened(route, direction string) {

@@ -27,6 +27,10 @@ type Observer interface {
 	// Reconnected is a dial side's tunnel connection re-established after
 	// one was lost.
 	Reconnected()
+	// TransportMoved is a dial side's tunnel connection replaced by one
+	// over another transport (auto), by reason (transport.MoveLoss,
+	// transport.MoveBack).
+	TransportMoved(from, to, reason string)
 
 	// StreamOpened and StreamClosed bracket each stream, by route and
 	// direction: "out" (a local client sent through the tunnel), "in"
@@ -80,6 +84,12 @@ func (os observers) HandshakeFailed(reason string) {
 func (os observers) TunnelRevoked(peer string) {
 	for _, o := range os {
 		o.TunnelRevoked(peer)
+	}
+}
+
+func (os observers) TransportMoved(from, to, reason string) {
+	for _, o := range os {
+		o.TransportMoved(from, to, reason)
 	}
 }
 

@@ -53,8 +53,11 @@ func (r *recordingObserver) TunnelDown(_ transport.Info, _ string) { r.add("tunn
 func (r *recordingObserver) HandshakeFailed(reason string)         { r.add("handshake failed " + reason) }
 func (r *recordingObserver) TunnelRevoked(peer string)             { r.add("revoked " + peer) }
 func (r *recordingObserver) Reconnected()                          { r.add("reconnected") }
-func (r *recordingObserver) StreamOpened(route, dir string)        { r.add("opened " + route + " " + dir) }
-func (r *recordingObserver) StreamClosed(route, dir string)        { r.add("closed " + route + " " + dir) }
+func (r *recordingObserver) TransportMoved(from, to, reason string) {
+	r.add("moved " + from + " " + to + " " + reason)
+}
+func (r *recordingObserver) StreamOpened(route, dir string) { r.add("opened " + route + " " + dir) }
+func (r *recordingObserver) StreamClosed(route, dir string) { r.add("closed " + route + " " + dir) }
 func (r *recordingObserver) StreamFailed(route, reason string) {
 	r.add("failed " + route + " " + reason)
 }

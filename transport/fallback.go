@@ -13,9 +13,13 @@ const FallbackName = "auto"
 // Fallback returns the transport that pqtunnel calls auto. Listen serves
 // primary and secondary on the same port number. Dial tries primary within
 // Config.FallbackTimeout and, if that times out (UDP blocked), dials
-// secondary, logging why. A session so carried by secondary tries primary
-// again every Config.RetryPrimary, and once it works offers the new session
-// through Superseded. A transport fallback never changes the TLS policy.
+// secondary, logging why. A session on primary is watched for loss (see
+// the loss watch) and, once the path loses Config.FallbackLoss percent of
+// its packets at random, offers a session on secondary through Superseded.
+// A session carried by secondary tries primary again every
+// Config.RetryPrimary, and once it connects and loses less than that of a
+// burst of probes (with the watch off, once it connects), offers the new
+// session through Superseded. A transport fallback never changes the TLS policy.
 func Fallback(primary, secondary Transport) Transport {
 	p, s := primary.Name(), secondary.Name()
 	return &fallback{
@@ -25,13 +29,25 @@ func Fallback(primary, secondary Transport) Transport {
 		msgUnreachable: p + " port unreachable, falling back to " + s,
 		msgStill:       p + " still unavailable, staying on " + s,
 		msgBack:        p + " works again: moving tunnel back from " + s,
+		msgLossy:       p + " loses packets at random, which holds its loss-based congestion control down: moving tunnel to " + s,
+		msgLossyStay:   p + " loses packets at random, but " + s + " did not connect: staying on " + p,
+		msgStillLossy:  p + " still loses packets, staying on " + s,
 	}
 }
 
 type fallback struct {
 	primary, secondary                             Transport
 	msgFellBack, msgUnreachable, msgStill, msgBack string
+	msgLossy, msgLossyStay, msgStillLossy          string
 }
+
+// Reasons a Succession gives, as a metric label.
+const (
+	// MoveLoss is a move off the primary transport for its loss.
+	MoveLoss = "loss"
+	// MoveBack is a move back to the primary transport once it works.
+	MoveBack = "primary_works"
+)
 
 func (f *fallback) Name() string { return FallbackName }
 
@@ -85,8 +101,11 @@ func (f *fallback) listenOn(addr, second string, c *Config) (Listener, error) {
 func (f *fallback) Dial(ctx context.Context, addr string, c *Config) (Session, error) {
 	c = c.WithDefaults()
 	s, err := f.dialPrimary(ctx, addr, c)
-	if err == nil || ctx.Err() != nil {
-		return s, err
+	if err == nil {
+		return f.watch(s, addr, c), nil
+	}
+	if ctx.Err() != nil {
+		return nil, err
 	}
 	switch Classify(err) {
 	case ReasonTimeout:
@@ -100,10 +119,31 @@ func (f *fallback) Dial(ctx context.Context, addr string, c *Config) (Session, e
 	if err != nil {
 		return nil, err
 	}
+	return f.retry(s, addr, c), nil
+}
+
+// retry wraps s, a session on the secondary transport, so that it tries
+// the primary again.
+func (f *fallback) retry(s Session, addr string, c *Config) Session {
 	fs := &fallbackSession{Session: s, next: make(chan Succession, 1), stop: make(chan struct{})}
 	fs.wg.Add(1)
 	go fs.routineRetry(f, addr, c)
-	return fs, nil
+	return fs
+}
+
+// watch wraps s, a session on the primary transport, so that its loss is
+// watched, unless the watch is off.
+func (f *fallback) watch(s Session, addr string, c *Config) Session {
+	if c.FallbackLoss < 0 {
+		return s
+	}
+	if _, ok := SessionStats(s); !ok {
+		return s // nothing to watch
+	}
+	fs := &fallbackSession{Session: s, next: make(chan Succession, 1), stop: make(chan struct{})}
+	fs.wg.Add(1)
+	go fs.routineWatch(f, addr, c)
+	return fs
 }
 
 // dialPrimary dials primary with the short FallbackTimeout.
@@ -116,8 +156,12 @@ func (f *fallback) dialPrimary(ctx context.Context, addr string, c *Config) (Ses
 // Succession is a session offered to take another's place.
 type Succession struct {
 	Session Session
-	// Why says, as a constant log message, why the move is made.
-	Why string
+	// Why says, as a constant log message, why the move is made; Attrs are
+	// its figures, as slog key-value pairs, without the peer.
+	Why   string
+	Attrs []any
+	// Reason is why as a metric label: MoveLoss or MoveBack.
+	Reason string
 }
 
 // Superseded returns the channel on which s offers, at most once, a session
@@ -131,8 +175,10 @@ func Superseded(s Session) <-chan Succession {
 	return nil
 }
 
-// fallbackSession is a secondary transport's session that looks for a way
-// back to the primary one for as long as it is open.
+// fallbackSession is a session that looks for a better transport for as
+// long as it is open: a secondary transport's looks for a way back to the
+// primary one (routineRetry), a primary transport's watches its loss
+// (routineWatch).
 type fallbackSession struct {
 	Session
 	next     chan Succession // buffered: the retry loop never waits on it
@@ -144,7 +190,7 @@ type fallbackSession struct {
 func (s *fallbackSession) Unwrap() Session               { return s.Session }
 func (s *fallbackSession) Superseded() <-chan Succession { return s.next }
 
-// Close stops the retry loop, closes an offered session nobody took, and
+// Close stops the retry or watch loop, closes an offered session nobody took, and
 // closes the session.
 func (s *fallbackSession) Close() error {
 	s.stopOnce.Do(func() { close(s.stop) })
@@ -157,12 +203,12 @@ func (s *fallbackSession) Close() error {
 	return s.Session.Close()
 }
 
-func (s *fallbackSession) routineRetry(f *fallback, addr string, c *Config) {
-	defer s.wg.Done()
-	// The dial in progress ends with s.
+// lifetime returns a context that ends when s is closed or its session
+// is gone; the dials and probes in progress end with it. stop ends the
+// context's watcher and must be called.
+func (s *fallbackSession) lifetime() (ctx context.Context, stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	defer close(done)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -173,6 +219,13 @@ func (s *fallbackSession) routineRetry(f *fallback, addr string, c *Config) {
 		}
 		cancel()
 	}()
+	return ctx, func() { close(done) }
+}
+
+func (s *fallbackSession) routineRetry(f *fallback, addr string, c *Config) {
+	defer s.wg.Done()
+	ctx, stop := s.lifetime()
+	defer stop()
 	tick := time.NewTicker(c.RetryPrimary)
 	defer tick.Stop()
 	for {
@@ -192,7 +245,67 @@ func (s *fallbackSession) routineRetry(f *fallback, addr string, c *Config) {
 			c.Logger.Debug(f.msgStill, "peer", addr, "err", err)
 			continue
 		}
-		s.next <- Succession{Session: ns, Why: f.msgBack}
+		// A primary that connects may still lose what loss-based
+		// congestion control cannot carry: a burst of probes says.
+		sent, answered, measured, err := probeLoss(ctx, ns)
+		if err != nil || (measured && 100*lossOfProbes(sent, answered) >= c.FallbackLoss) {
+			_ = ns.Close() // not taken: the secondary stays
+			if ctx.Err() != nil {
+				return
+			}
+			c.Logger.Debug(f.msgStillLossy, "peer", addr, "probes", sent, "answered", answered, "err", err)
+			continue
+		}
+		var attrs []any
+		if measured {
+			attrs = []any{"probes", sent, "answered", answered}
+		}
+		s.next <- Succession{Session: f.watch(ns, addr, c), Why: f.msgBack, Attrs: attrs, Reason: MoveBack}
+		return
+	}
+}
+
+// lossOfProbes is the share of a burst of probes that was not answered.
+func lossOfProbes(sent, answered int) float64 {
+	if sent == 0 {
+		return 0
+	}
+	return 1 - float64(answered)/float64(sent)
+}
+
+// routineWatch samples the loss of s, a primary transport's session, and
+// once the loss watch finds it lossy dials the secondary and offers it.
+func (s *fallbackSession) routineWatch(f *fallback, addr string, c *Config) {
+	defer s.wg.Done()
+	ctx, stop := s.lifetime()
+	defer stop()
+	tick := time.NewTicker(lossSample)
+	defer tick.Stop()
+	w := newLossWatch(c.FallbackLoss / 100)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		st, _ := SessionStats(s.Session)
+		v := w.observe(st)
+		if !v.Lossy {
+			continue
+		}
+		ns, err := f.secondary.Dial(ctx, addr, c)
+		if ctx.Err() != nil {
+			if err == nil {
+				_ = ns.Close() // s went away meanwhile
+			}
+			return
+		}
+		if err != nil {
+			c.Logger.Warn(f.msgLossyStay, append(v.attrs(), "peer", addr, "err", err)...)
+			w = newLossWatch(c.FallbackLoss / 100) // a new window before the next try
+			continue
+		}
+		s.next <- Succession{Session: f.retry(ns, addr, c), Why: f.msgLossy, Attrs: v.attrs(), Reason: MoveLoss}
 		return
 	}
 }

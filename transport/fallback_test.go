@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -224,5 +225,136 @@ func TestFallbackMovesAtOnceOnPortUnreachable(t *testing.T) {
 	}
 	if !logs.Contains("quic port unreachable, falling back to tcp", "peer="+addr) {
 		t.Errorf("no fallback warning; logs: %q", logs.All())
+	}
+}
+
+// lossyPrimary is a primary transport whose sessions report packet counts
+// that grow by 2000 sent per look, and by lost more lost, and answer loss
+// probes with answered of every 1000.
+type lossyPrimary struct {
+	*transporttest.Blockable
+	lost, answered atomic.Int64
+}
+
+func (p *lossyPrimary) Dial(ctx context.Context, addr string, c *transport.Config) (transport.Session, error) {
+	s, err := p.Blockable.Dial(ctx, addr, c)
+	if err != nil {
+		return nil, err
+	}
+	return &lossySession{Session: s, p: p}, nil
+}
+
+type lossySession struct {
+	transport.Session
+	p          *lossyPrimary
+	sent, lost atomic.Uint64
+}
+
+func (s *lossySession) Stats() transport.Stats {
+	return transport.Stats{PacketsSent: s.sent.Add(2000), PacketsLost: s.lost.Add(uint64(s.p.lost.Load()))}
+}
+
+func (s *lossySession) ProbeLoss(ctx context.Context, n int, every time.Duration) (int, int, error) {
+	return n, n * int(s.p.answered.Load()) / 1000, nil
+}
+
+// A session on the primary that loses packets at random moves to the
+// secondary within the loss watch's window, saying why with its figures;
+// the secondary's session tries the primary again and moves back only
+// once a trial loses less than FallbackLoss of its probes.
+func TestFallbackMovesOnLossAndBackWhenItEnds(t *testing.T) {
+	prim := &lossyPrimary{Blockable: transporttest.NewBlockable()}
+	prim.answered.Store(980)
+	f := transport.Fallback(prim, memtransport.New())
+	cc, sc := transporttest.Configs(t)
+	ln, err := f.Listen("127.0.0.1:0", sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acceptAll(t, ln)
+	var logs logtest.Recorder
+	cc.Logger = slog.New(&logs)
+	cc.RetryPrimary = 200 * time.Millisecond
+	s, err := f.Dial(transporttest.Ctx(t), ln.Addr().String(), cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	next := transport.Superseded(s)
+	if next == nil || s.Info().Transport != "mem" {
+		t.Fatalf("the primary's session (%s) offers no successor", s.Info().Transport)
+	}
+	select {
+	case n := <-next:
+		_ = n.Session.Close()
+		t.Fatal("moved off a primary that loses nothing")
+	case <-time.After(2500 * time.Millisecond):
+	}
+	prim.lost.Store(20) // 1 %, every second
+	start := time.Now()
+	var moved transport.Succession
+	select {
+	case moved = <-next:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no move in 20 s at 1 % loss")
+	}
+	defer moved.Session.Close()
+	if took := time.Since(start); took > 12*time.Second {
+		t.Errorf("moved %s after the loss began, want within the 10 s window", took)
+	}
+	if moved.Reason != transport.MoveLoss || moved.Why != "fakeudp loses packets at random, which holds its loss-based congestion control down: moving tunnel to mem" {
+		t.Errorf("move for %q: %q", moved.Reason, moved.Why)
+	}
+	attrs := map[any]any{}
+	for i := 0; i+1 < len(moved.Attrs); i += 2 {
+		attrs[moved.Attrs[i]] = moved.Attrs[i+1]
+	}
+	if loss, _ := attrs["loss"].(float64); loss < 0.5 || loss > 1 || attrs["direction"] != "sent" || attrs["lost"] == nil {
+		t.Errorf("move figures %v", moved.Attrs)
+	}
+	back := transport.Superseded(moved.Session)
+	if back == nil {
+		t.Fatal("the secondary's session offers no way back")
+	}
+	select {
+	case n := <-back:
+		_ = n.Session.Close()
+		t.Fatal("moved back while a trial of the primary loses 2 % of its probes")
+	case <-time.After(time.Second):
+	}
+	if !logs.Contains("fakeudp still loses packets, staying on mem", "probes=1000", "answered=980") {
+		t.Errorf("no lossy trial was logged; logs: %q", logs.All())
+	}
+	prim.lost.Store(0)
+	prim.answered.Store(1000)
+	select {
+	case n := <-back:
+		defer n.Session.Close()
+		if n.Reason != transport.MoveBack || transport.Superseded(n.Session) == nil {
+			t.Errorf("moved back for %q, watched: %v", n.Reason, transport.Superseded(n.Session) != nil)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no move back once the primary's probes come back")
+	}
+}
+
+// With the loss watch off a primary's session is not watched.
+func TestFallbackLossWatchOff(t *testing.T) {
+	prim := &lossyPrimary{Blockable: transporttest.NewBlockable()}
+	f := transport.Fallback(prim, memtransport.New())
+	cc, sc := transporttest.Configs(t)
+	ln, err := f.Listen("127.0.0.1:0", sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acceptAll(t, ln)
+	cc.FallbackLoss = -1
+	s, err := f.Dial(transporttest.Ctx(t), ln.Addr().String(), cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if transport.Superseded(s) != nil {
+		t.Error("a primary's session is watched with FallbackLoss negative")
 	}
 }

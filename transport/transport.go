@@ -153,8 +153,13 @@ type Peer struct {
 
 // Stats are transport measurements of a live session.
 type Stats struct {
-	RTT         time.Duration
-	PacketsLost uint64
+	RTT time.Duration
+	// PacketsSent and PacketsLost count this side's packets since the
+	// session began; lost ones are included in sent.
+	PacketsSent, PacketsLost uint64
+	// PeerPacketsSent and PeerPacketsLost are the peer's counts as it last
+	// reported them, zero when it did not: the loss of the other direction.
+	PeerPacketsSent, PeerPacketsLost uint64
 }
 
 // SessionStats returns the session's transport measurements, where the
@@ -278,6 +283,12 @@ type Config struct {
 	// RetryPrimary is how often a Fallback session carried by the secondary
 	// transport tries the primary again. Zero means defaults.QUICRetry (30s).
 	RetryPrimary time.Duration
+	// FallbackLoss is the percent of packets lost at random at which a
+	// Fallback session on the primary transport moves to the secondary (see
+	// the loss watch), and under which a trial of the primary must lose
+	// its probes for the session to move back. Zero means
+	// defaults.FallbackLoss (0.05); negative turns the loss watch off.
+	FallbackLoss float64
 	// Logger receives transport-level debug events; nil discards them.
 	Logger *slog.Logger
 }
@@ -364,6 +375,13 @@ func (c *Config) fallbackTimeout() time.Duration {
 	return defaults.FallbackTimeout
 }
 
+func (c *Config) fallbackLoss() float64 {
+	if c.FallbackLoss != 0 {
+		return c.FallbackLoss
+	}
+	return defaults.FallbackLoss
+}
+
 func (c *Config) retryPrimary() time.Duration {
 	if c.RetryPrimary > 0 {
 		return c.RetryPrimary
@@ -385,6 +403,7 @@ func (c *Config) WithDefaults() *Config {
 	d.MaxConnMemory = c.maxConnMemory()
 	d.FallbackTimeout = c.fallbackTimeout()
 	d.RetryPrimary = c.retryPrimary()
+	d.FallbackLoss = c.fallbackLoss()
 	d.Logger = c.logger()
 	return &d
 }

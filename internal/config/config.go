@@ -351,6 +351,9 @@ func (c *Config) parseLimits(v *Vars) error {
 	if v.KeepAliveTimeout < 0 {
 		return fmt.Errorf("PQT_KEEPALIVE_TIMEOUT: %s is negative; 0 turns the keep-alive probes off", v.KeepAliveTimeout)
 	}
+	if v.FallbackLoss < 0 || v.FallbackLoss >= 100 {
+		return fmt.Errorf("PQT_FALLBACK_LOSS: %g is not a percentage below 100 (0 turns the move off)", v.FallbackLoss)
+	}
 	if v.KeepAlive >= v.IdleTimeout {
 		return fmt.Errorf("PQT_KEEPALIVE: %s must be shorter than PQT_IDLE_TIMEOUT (%s)", v.KeepAlive, v.IdleTimeout)
 	}
@@ -361,6 +364,10 @@ func (c *Config) parseLimits(v *Vars) error {
 	e.DialTimeout = v.DialTimeout
 	e.FallbackTimeout = v.FallbackTimeout
 	e.QUICRetry = v.QUICRetry
+	e.FallbackLoss = v.FallbackLoss
+	if v.FallbackLoss == 0 {
+		e.FallbackLoss = -1 // the engine's zero is its default
+	}
 	e.ResolveInterval = v.ResolveInterval
 	e.DrainTimeout = v.DrainTimeout
 	e.MaxClientsPerIP = v.MaxClientsPerIP

@@ -27,6 +27,7 @@ var table = map[string]any{
 	"KeepAliveTimeout": defaults.KeepAliveTimeout,
 	"FallbackTimeout":  defaults.FallbackTimeout,
 	"QUICRetry":        defaults.QUICRetry,
+	"FallbackLoss":     defaults.FallbackLoss,
 	"ResolveInterval":  defaults.ResolveInterval,
 	"MaxStreams":       defaults.MaxStreams,
 	"MaxTotalStreams":  defaults.MaxTotalStreams,
@@ -101,6 +102,12 @@ func defaultValue(t *testing.T, v any, tag string) any {
 			t.Fatalf("envDefault %q: %v", tag, err)
 		}
 		return d
+	case float64:
+		f, err := strconv.ParseFloat(tag, 64)
+		if err != nil {
+			t.Fatalf("envDefault %q: %v", tag, err)
+		}
+		return f
 	case int:
 		n, err := strconv.Atoi(tag)
 		if err != nil {

@@ -1,8 +1,11 @@
 package quic
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -12,12 +15,17 @@ import (
 )
 
 // Keep-alive probes travel as QUIC datagrams (RFC 9221): one kind byte, a
-// sequence number, and zeros up to probeSize, so that a packet carrying a
-// probe is large enough to draw a stateless reset from a restarted peer
-// (quic-go answers none to packets of 42 bytes or fewer). Each side sends its own pings and answers the peer's
+// sequence number, the sender's packet counts, and zeros up to probeSize,
+// so that a packet carrying a probe is large enough to draw a stateless
+// reset from a restarted peer (quic-go answers none to packets of 42 bytes
+// or fewer). Each side sends its own pings and answers the peer's
 // with pongs; only a pong proves that the path works both ways. QUIC's own
 // keep-alive PINGs cannot tell: the peer's packets keep arriving on a path
 // that is dead only towards the peer, which resets the idle timer here.
+// The packet counts (packets sent and declared lost since the connection
+// began) tell a side how much of what the peer sends is lost, which QUIC
+// tells only the sender: auto's loss watch judges both directions by them.
+// An older peer sends zeros there, which reads as no counts.
 const (
 	probePing = 1
 	probePong = 2
@@ -25,25 +33,50 @@ const (
 	// probeHeader is the kind and the sequence number; a receiver ignores
 	// what follows, so that a later version may carry more.
 	probeHeader = 9
+	// probeCounts is the header and the two packet counts.
+	probeCounts = probeHeader + 16
 )
 
-// appendProbe appends a probe of kind with sequence number seq to dst.
-func appendProbe(dst []byte, kind byte, seq uint64) []byte {
-	dst = binary.BigEndian.AppendUint64(append(dst, kind), seq)
-	return append(dst, make([]byte, probeSize-probeHeader)...)
+// probe is one keep-alive datagram.
+type probe struct {
+	kind byte
+	seq  uint64
+	// sent and lost are the sender's packet counts; zero sent means the
+	// sender did not say.
+	sent, lost uint64
+}
+
+// appendProbe appends p to dst.
+func appendProbe(dst []byte, p probe) []byte {
+	dst = binary.BigEndian.AppendUint64(append(dst, p.kind), p.seq)
+	dst = binary.BigEndian.AppendUint64(dst, p.sent)
+	dst = binary.BigEndian.AppendUint64(dst, p.lost)
+	return append(dst, make([]byte, probeSize-probeCounts)...)
 }
 
 // errNotProbe is returned by parseProbe for a datagram that is not a probe.
 var errNotProbe = errors.New("not a keep-alive probe")
 
 // parseProbe reads a probe; any other datagram is errNotProbe, so that a
-// later version may send datagrams of other kinds.
-func parseProbe(b []byte) (kind byte, seq uint64, err error) {
+// later version may send datagrams of other kinds. A probe too short for
+// the counts has none.
+func parseProbe(b []byte) (probe, error) {
 	if len(b) < probeHeader || (b[0] != probePing && b[0] != probePong) {
-		return 0, 0, errNotProbe
+		return probe{}, errNotProbe
 	}
-	return b[0], binary.BigEndian.Uint64(b[1:]), nil
+	p := probe{kind: b[0], seq: binary.BigEndian.Uint64(b[1:])}
+	if len(b) >= probeCounts {
+		p.sent = binary.BigEndian.Uint64(b[probeHeader:])
+		p.lost = binary.BigEndian.Uint64(b[probeHeader+8:])
+	}
+	return p, nil
 }
+
+// burstSeq marks the sequence numbers of a loss burst (ProbeLoss), whose
+// pongs are counted apart from the keep-alive's; the 31 bits above the
+// burst's index number the burst, so that a late pong of an earlier one is
+// not counted.
+const burstSeq = 1 << 63
 
 // prober keeps one session's keep-alive probes going and closes the
 // connection with codeKeepAlive when nothing has shown for timeout that
@@ -62,6 +95,14 @@ type prober struct {
 	answered atomic.Int64
 	// rtt is the RTT estimate routineSend saw last; a change is a new sample.
 	rtt [3]time.Duration
+	// peerSent and peerLost are the packet counts the peer's last probe
+	// carried.
+	peerSent, peerLost atomic.Uint64
+	// burst numbers the current loss burst and burstAnswered counts its
+	// pongs; burstMu lets one burst run at a time.
+	burstMu       sync.Mutex
+	burst         atomic.Uint64
+	burstAnswered atomic.Int64
 }
 
 // startProbing runs the probes of s until its connection ends, if the peer
@@ -73,6 +114,7 @@ func startProbing(s *quicSession, c *transport.Config) {
 		return
 	}
 	p := &prober{conn: s.conn, interval: interval, timeout: c.KeepAliveTimeout}
+	s.prober = p
 	p.answered.Store(time.Now().UnixNano())
 	s.wg.Add(2)
 	go func() {
@@ -94,14 +136,22 @@ func (p *prober) routineReceive() {
 		if err != nil {
 			return // the connection is gone
 		}
-		kind, seq, err := parseProbe(b)
-		switch {
-		case err != nil:
+		in, err := parseProbe(b)
+		if err != nil {
 			continue // not ours to answer
-		case kind == probePong:
+		}
+		if in.sent > 0 {
+			p.peerSent.Store(in.sent)
+			p.peerLost.Store(in.lost)
+		}
+		switch in.kind {
+		case probePong:
 			p.answered.Store(time.Now().UnixNano())
-		case kind == probePing:
-			out = appendProbe(out[:0], probePong, seq)
+			if in.seq>>32 == burstSeq>>32|p.burst.Load() {
+				p.burstAnswered.Add(1)
+			}
+		case probePing:
+			out = appendProbe(out[:0], p.counted(probePong, in.seq))
 			_ = p.conn.SendDatagram(out) // a lost pong is what the peer's timeout allows for
 		}
 	}
@@ -137,8 +187,58 @@ func (p *prober) routineSend() {
 			_ = p.conn.CloseWithError(codeKeepAlive, "keep-alive lost") // the connection ends either way
 			return
 		}
-		out = appendProbe(out[:0], probePing, seq)
+		out = appendProbe(out[:0], p.counted(probePing, seq))
 		_ = p.conn.SendDatagram(out) // a ping that cannot be sent is a ping unanswered
 		timer.Reset(min(p.interval, p.timeout-silent))
 	}
+}
+
+// counted is a probe of kind and seq with this side's packet counts.
+func (p *prober) counted(kind byte, seq uint64) probe {
+	st := p.conn.ConnectionStats()
+	return probe{kind: kind, seq: seq, sent: st.PacketsSent, lost: st.PacketsLost}
+}
+
+// probeLoss sends n pings, one every interval, and counts the pongs that
+// come back within a few RTTs of the last.
+func (p *prober) probeLoss(ctx context.Context, n int, every time.Duration) (sent, answered int, err error) {
+	p.burstMu.Lock()
+	defer p.burstMu.Unlock()
+	gen := (p.burst.Load() + 1) & (1<<31 - 1)
+	p.burstAnswered.Store(0)
+	p.burst.Store(gen)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	var out []byte
+	for i := range n {
+		out = appendProbe(out[:0], p.counted(probePing, burstSeq|gen<<32|uint64(i)))
+		if err := p.conn.SendDatagram(out); err != nil {
+			return sent, int(p.burstAnswered.Load()), fmt.Errorf("send loss probe: %w", err)
+		}
+		sent++
+		select {
+		case <-ctx.Done():
+			return sent, int(p.burstAnswered.Load()), ctx.Err()
+		case <-p.conn.Context().Done():
+			return sent, int(p.burstAnswered.Load()), fmt.Errorf("loss probe: %w", context.Cause(p.conn.Context()))
+		case <-tick.C:
+		}
+	}
+	// The last pongs are a round trip behind; a pong later than a few
+	// RTTs counts as lost, as QUIC would declare it.
+	st := p.conn.ConnectionStats()
+	wait := time.NewTimer(3*st.SmoothedRTT + 4*st.MeanDeviation + 100*time.Millisecond)
+	defer wait.Stop()
+	poll := time.NewTicker(10 * time.Millisecond)
+	defer poll.Stop()
+	for p.burstAnswered.Load() < int64(sent) {
+		select {
+		case <-ctx.Done():
+			return sent, int(p.burstAnswered.Load()), ctx.Err()
+		case <-wait.C:
+			return sent, int(p.burstAnswered.Load()), nil
+		case <-poll.C:
+		}
+	}
+	return sent, sent, nil
 }

@@ -82,3 +82,47 @@ func TestCloseReasonOfAPeerClose(t *testing.T) {
 		t.Errorf("client AcceptStream after its own Close: %v, want local_close", err)
 	}
 }
+
+// The keep-alive probes carry each side's packet counts to the other, and
+// a burst of probes measures the path's round-trip loss: none on loopback,
+// all of it once the dialler's packets vanish.
+func TestProbesReportPeerCountsAndMeasureLoss(t *testing.T) {
+	cc, sc := transporttest.Configs(t)
+	var drop atomic.Bool
+	cc.WrapPacketConn = func(pc net.PacketConn) net.PacketConn { return dropWrites{pc, &drop} }
+	for _, c := range []*transport.Config{cc, sc} {
+		c.KeepAlive = 100 * time.Millisecond
+		c.IdleTimeout = 30 * time.Second
+		c.KeepAliveTimeout = 10 * time.Second
+	}
+	client, server := transporttest.SessionPair(t, quic.Transport{}, cc, sc)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		cs, _ := transport.SessionStats(client)
+		ss, _ := transport.SessionStats(server)
+		if cs.PeerPacketsSent > 0 && ss.PeerPacketsSent > 0 {
+			if cs.PeerPacketsSent > ss.PacketsSent || ss.PeerPacketsSent > cs.PacketsSent {
+				t.Errorf("peer counts %d and %d exceed what the peers sent, %d and %d", cs.PeerPacketsSent, ss.PeerPacketsSent, ss.PacketsSent, cs.PacketsSent)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no peer counts after 5 s: client %+v, server %+v", cs, ss)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	prober, ok := client.(interface {
+		ProbeLoss(ctx context.Context, n int, every time.Duration) (int, int, error)
+	})
+	if !ok {
+		t.Fatal("a QUIC session cannot probe for loss")
+	}
+	ctx := transporttest.Ctx(t)
+	if sent, answered, err := prober.ProbeLoss(ctx, 200, time.Millisecond); err != nil || sent != 200 || answered != 200 {
+		t.Errorf("loopback loss probe: %d sent, %d answered, %v; want all 200", sent, answered, err)
+	}
+	drop.Store(true)
+	if sent, answered, err := prober.ProbeLoss(ctx, 50, time.Millisecond); err != nil || sent != 50 || answered != 0 {
+		t.Errorf("loss probe of a dead path: %d sent, %d answered, %v; want 50, 0", sent, answered, err)
+	}
+}

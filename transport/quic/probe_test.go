@@ -6,44 +6,59 @@ import (
 )
 
 func TestProbeRoundTrip(t *testing.T) {
-	for _, tc := range []struct {
-		kind byte
-		seq  uint64
-	}{{probePing, 0}, {probePong, 1}, {probePing, 1<<64 - 1}} {
-		b := appendProbe(nil, tc.kind, tc.seq)
+	for _, p := range []probe{
+		{kind: probePing},
+		{kind: probePong, seq: 1, sent: 12, lost: 3},
+		{kind: probePing, seq: 1<<64 - 1, sent: 1<<64 - 1, lost: 1 << 40},
+	} {
+		b := appendProbe(nil, p)
 		if len(b) != probeSize {
 			t.Errorf("probe is %d bytes, want %d", len(b), probeSize)
 		}
-		kind, seq, err := parseProbe(b)
-		if err != nil || kind != tc.kind || seq != tc.seq {
-			t.Errorf("parseProbe(appendProbe(%d, %d)) = %d, %d, %v", tc.kind, tc.seq, kind, seq, err)
+		got, err := parseProbe(b)
+		if err != nil || got != p {
+			t.Errorf("parseProbe(appendProbe(%+v)) = %+v, %v", p, got, err)
 		}
 	}
 	for _, b := range [][]byte{nil, {probePing}, {3, 0, 0, 0, 0, 0, 0, 0, 0}, make([]byte, probeHeader-1)} {
-		if _, _, err := parseProbe(b); !errors.Is(err, errNotProbe) {
+		if _, err := parseProbe(b); !errors.Is(err, errNotProbe) {
 			t.Errorf("parseProbe(%x) = %v, want errNotProbe", b, err)
+		}
+	}
+	// An older peer's probe, the header and zeros, carries no counts; one
+	// cut short after the header parses without them.
+	old := append([]byte{probePong, 0, 0, 0, 0, 0, 0, 0, 7}, make([]byte, probeSize-probeHeader)...)
+	for _, b := range [][]byte{old, old[:probeHeader+3]} {
+		if p, err := parseProbe(b); err != nil || p != (probe{kind: probePong, seq: 7}) {
+			t.Errorf("parseProbe(%x) = %+v, %v, want a pong 7 without counts", b, p, err)
 		}
 	}
 }
 
 // FuzzParseProbe checks that any datagram parses without panicking and
-// that every probe parsed re-encodes to the same kind and sequence number.
+// that every probe parsed re-encodes to the same fields and, as far as the
+// datagram had them, the same bytes.
 func FuzzParseProbe(f *testing.F) {
-	f.Add(appendProbe(nil, probePing, 7))
-	f.Add(appendProbe(nil, probePong, 1<<40))
+	f.Add(appendProbe(nil, probe{kind: probePing, seq: 7}))
+	f.Add(appendProbe(nil, probe{kind: probePong, seq: 1 << 40, sent: 1000, lost: 9}))
+	f.Add(appendProbe(nil, probe{kind: probePing, seq: burstSeq | 3<<32 | 5, sent: 1})[:probeCounts])
 	f.Add([]byte{probePing, 1})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		kind, seq, err := parseProbe(b)
+		p, err := parseProbe(b)
 		if err != nil {
 			return
 		}
-		again := appendProbe(nil, kind, seq)
-		k2, s2, err := parseProbe(again)
-		if err != nil || k2 != kind || s2 != seq {
-			t.Fatalf("round trip of %d, %d gave %d, %d, %v", kind, seq, k2, s2, err)
+		again := appendProbe(nil, p)
+		p2, err := parseProbe(again)
+		if err != nil || p2 != p {
+			t.Fatalf("round trip of %+v gave %+v, %v", p, p2, err)
 		}
-		if string(again[:probeHeader]) != string(b[:probeHeader]) {
-			t.Fatalf("re-encoded header %x differs from %x", again[:probeHeader], b[:probeHeader])
+		n := probeHeader
+		if len(b) >= probeCounts {
+			n = probeCounts
+		}
+		if string(again[:n]) != string(b[:n]) {
+			t.Fatalf("re-encoded %x differs from %x", again[:n], b[:n])
 		}
 	})
 }

@@ -204,6 +204,9 @@ type quicSession struct {
 	release   func()
 	closeOnce sync.Once
 	wg        sync.WaitGroup // the keep-alive probes
+	// prober runs the keep-alive probes; nil when they are off or the
+	// peer takes no datagrams.
+	prober *prober
 }
 
 func (s *quicSession) OpenStream(ctx context.Context) (transport.Stream, error) {
@@ -245,10 +248,24 @@ func (s *quicSession) StreamBound() transport.StreamBound {
 	return transport.StreamBound{Streams: s.maxStreams}
 }
 
-// Stats reports QUIC's RTT estimate and loss count; see transport.SessionStats.
+// Stats reports QUIC's RTT estimate and packet counts, the peer's as its
+// last keep-alive probe carried them; see transport.SessionStats.
 func (s *quicSession) Stats() transport.Stats {
 	cs := s.conn.ConnectionStats()
-	return transport.Stats{RTT: cs.SmoothedRTT, PacketsLost: cs.PacketsLost}
+	st := transport.Stats{RTT: cs.SmoothedRTT, PacketsSent: cs.PacketsSent, PacketsLost: cs.PacketsLost}
+	if s.prober != nil {
+		st.PeerPacketsSent, st.PeerPacketsLost = s.prober.peerSent.Load(), s.prober.peerLost.Load()
+	}
+	return st
+}
+
+// ProbeLoss sends n keep-alive pings, one every interval, and reports how
+// many the peer answered, for transport.ProbeLoss.
+func (s *quicSession) ProbeLoss(ctx context.Context, n int, every time.Duration) (sent, answered int, err error) {
+	if s.prober == nil {
+		return 0, 0, transport.ErrNoLossProbe
+	}
+	return s.prober.probeLoss(ctx, n, every)
 }
 
 type quicStream struct{ *quic.Stream }
