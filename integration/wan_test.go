@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -466,4 +467,61 @@ func TestWANDisconnectReasons(t *testing.T) {
 			t.Errorf("dial side pqtunnel_tunnel_disconnects_total{transport=%s,reason=peer_closed} = %v (%v), want at least 2", transport, v, err)
 		}
 	})
+}
+
+// TestWANAutoMovesToTCPOnRandomLoss runs auto over 80 ms RTT and 1 %
+// random loss each way, where QUIC's loss-based congestion control moves a
+// few hundred KB/s: with traffic on its QUIC tunnel the dial side moves it
+// to TCP within the loss watch's window, logs why with the figures, counts
+// the move, and the next client's bulk crosses TCP.
+func TestWANAutoMovesToTCPOnRandomLoss(t *testing.T) {
+	ctx := testContext(t, 3*time.Minute)
+	b := newWANBed(t, ctx)
+	lossy := netem.Config{Delay: 40 * time.Millisecond, Loss: 0.01, RateBits: 200e6, QueueBytes: 1250 << 10}
+	b.Link.SetBoth(lossy)
+	// One tunnel connection, so that every client takes the one that moves.
+	b.listenIn(t, ctx, "auto", nil)
+	d := b.dialIn(t, ctx, "auto", map[string]string{"PQT_CONNECTIONS": "1", "PQT_ACCESS_LOG": "on"})
+	d.waitLog(t, within(t, ctx, 20*time.Second), msgIs("tunnel connected", "transport", "quic"))
+
+	// A client keeps the QUIC tunnel busy both ways until the move.
+	bulkCtx, stopBulk := context.WithCancel(ctx)
+	bulkDone := make(chan struct{})
+	go func() {
+		defer close(bulkDone)
+		_ = b.echoFromA(bulkCtx, randomBytes(1605, 64<<20)) // cut short by stopBulk
+	}()
+	start := time.Now()
+	const moved = "quic loses packets at random, which holds its loss-based congestion control down: moving tunnel to tcp"
+	line := d.waitLog(t, within(t, ctx, 40*time.Second), msgIs(moved, "from", "quic", "to", "tcp", "reason", "loss"))
+	took := logTime(t, line).Sub(start)
+	t.Logf("moved to tcp %s after the bulk began: loss=%s%% direction=%s lost=%s of %s packets, %s of %s lossy",
+		took.Round(time.Millisecond), line.str("loss"), line.str("direction"), line.str("lost"), line.str("packets"), line.str("lossy_seconds"), line.str("window"))
+	// The window is 10 s; QUIC at 1 % loses a few packets a second.
+	if limit := 20*time.Second + 2*slack; took > limit {
+		t.Errorf("moved %s after the bulk began, want within %s", took.Round(time.Millisecond), limit)
+	}
+	if loss, err := strconv.ParseFloat(line.str("loss"), 64); err != nil || loss < 0.3 || loss > 3 {
+		t.Errorf("move logged loss=%q%%, want about 1", line.str("loss"))
+	}
+	d.waitLog(t, within(t, ctx, 10*time.Second), msgIs("tunnel connected", "transport", "tcp"))
+	stopBulk()
+	<-bulkDone
+
+	payload := randomBytes(1606, 8<<20)
+	bulkStart := time.Now()
+	if err := b.echoFromA(within(t, ctx, 60*time.Second), payload); err != nil {
+		t.Fatalf("bulk after the move: %v", err)
+	}
+	t.Logf("8 MiB echoed after the move in %s", time.Since(bulkStart).Round(time.Millisecond))
+	// Its access-log line says which transport carried it (a JSON number
+	// decodes as a float64, which str prints as fmt does).
+	acc := d.waitLog(t, within(t, ctx, 5*time.Second), msgIs("connection", "bytes_up", fmt.Sprint(float64(len(payload)))))
+	if via := acc.str("transport"); via != "tcp" {
+		t.Errorf("the bulk after the move was carried over %q, want tcp", via)
+	}
+	v, err := wanMetric(ctx, b.A, wanDialMet, "pqtunnel_transport_moves_total", "from", "quic", "to", "tcp", "reason", "loss")
+	if err != nil || v != 1 {
+		t.Errorf("dial side pqtunnel_transport_moves_total{from=quic,to=tcp,reason=loss} = %v (%v), want 1", v, err)
+	}
 }
