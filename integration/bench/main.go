@@ -94,6 +94,10 @@ type options struct {
 	wanRate      float64
 	wanQueue     time.Duration
 	wanBlackhole time.Duration
+	// wanSettle is how long auto's tunnel carries an upload before a
+	// cell's bulk figures, so that they are a tunnel's that has seen the
+	// path: auto moves off QUIC on a lossy one after about 10 s of traffic.
+	wanSettle time.Duration
 }
 
 var phaseNames = []string{"memory", "bulk", "rate", "redis", "handshake", "tls"}
@@ -128,11 +132,19 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.Float64Var(&o.wanRate, "wan-rate", 200, "WAN rate cap in Mbit/s, each direction")
 	fs.DurationVar(&o.wanQueue, "wan-queue", 50*time.Millisecond, "WAN queue bound, as time at the rate cap")
 	blackhole := fs.Duration("wan-blackhole", -1, "WAN UDP blackhole duration, 0 to leave it out (default 10s, smoke 2s)")
+	settle := fs.Duration("wan-settle", -1, "WAN: how long auto's tunnel carries a 1-stream upload before a cell's bulk figures, so that they are those of a tunnel that has seen the path (auto moves off QUIC on a lossy path after about 10 s of traffic); 0 measures auto as it comes up (default 15s, smoke 0)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
 	o.wanRate *= 1e6
 	if o.wan {
+		o.wanSettle = *settle
+		if *settle < 0 {
+			o.wanSettle = 15 * time.Second
+			if o.smoke {
+				o.wanSettle = 0
+			}
+		}
 		if err := o.parseWAN(*rtts, *losses, *blackhole); err != nil {
 			return o, err
 		}

@@ -101,6 +101,9 @@ func runWAN(ctx context.Context, o options, log io.Writer) (*WANResult, error) {
 		BulkWindow: o.bulk.String(), Warmup: o.warm.String(),
 		Go: runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH, CPUs: runtime.NumCPU(), LoadStart: loadavg(),
 	}, Errors: []string{}}
+	if o.wanSettle > 0 {
+		w.res.Meta.AutoSettle = o.wanSettle.String()
+	}
 	err := w.run(ctx)
 	w.res.Meta.LoadEnd = loadavg()
 	w.res.Meta.Seconds = time.Since(started).Seconds()
@@ -414,6 +417,11 @@ func (w *wanRun) measureCell(ctx context.Context, cell wanCell, col *collector) 
 		}
 		col.add("establish", "ms", tr, 0, v)
 	}
+	if w.o.wanSettle > 0 && (w.o.runs("bulk1") || w.o.runs("bulk8")) {
+		if err := w.settleAuto(ctx, cell, tunnels); err != nil {
+			return err
+		}
+	}
 	for _, spec := range wanBulkSpecs {
 		if !w.o.runs(bulkPhase(spec)) {
 			continue
@@ -449,6 +457,27 @@ func (w *wanRun) measureCell(ctx context.Context, cell wanCell, col *collector) 
 		} else {
 			col.add("first_byte", "ms", p.mode, 0, ms(percentile(first, 0.5)))
 		}
+	}
+	return nil
+}
+
+// settleAuto carries a 1-stream upload over auto's tunnel for
+// o.wanSettle, as a tunnel in use has carried before, so that auto has
+// chosen its transport for the path when its figures are taken.
+func (w *wanRun) settleAuto(ctx context.Context, cell wanCell, tunnels []*wanPath) error {
+	for _, p := range tunnels {
+		if p.mode != modeAuto {
+			continue
+		}
+		s, err := runBulk(ctx, p.org, p.dial, p.routes[routeSink], true, true, 1, 0, w.o.wanSettle, p.sides)
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		if err != nil {
+			w.failed(cell.name()+": settle auto", err)
+			return nil
+		}
+		w.progress("  auto settled over %s: %.2f MB/s", w.o.wanSettle, s.mbps)
 	}
 	return nil
 }

@@ -35,6 +35,7 @@ type WANMeta struct {
 	LoadStart     string    `json:"loadavg_start"`
 	LoadEnd       string    `json:"loadavg_end"`
 	BlackholeTime string    `json:"udp_blackhole_duration,omitempty"`
+	AutoSettle    string    `json:"auto_settle,omitempty"`
 	Notes         []string  `json:"notes"`
 }
 
