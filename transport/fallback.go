@@ -31,6 +31,7 @@ func Fallback(primary, secondary Transport) Transport {
 		msgBack:        p + " works again: moving tunnel back from " + s,
 		msgLossy:       p + " loses packets at random, which holds its loss-based congestion control down: moving tunnel to " + s,
 		msgLossyStay:   p + " loses packets at random, but " + s + " did not connect: staying on " + p,
+		msgLossyPath:   p + " lost packets at random on this path: dialling " + s,
 		msgStillLossy:  p + " still loses packets, staying on " + s,
 	}
 }
@@ -39,6 +40,35 @@ type fallback struct {
 	primary, secondary                             Transport
 	msgFellBack, msgUnreachable, msgStill, msgBack string
 	msgLossy, msgLossyStay, msgStillLossy          string
+	msgLossyPath                                   string
+	// lossy holds, by peer address, the verdict of the session that found
+	// the path lossy, until a trial of the primary finds it clean again:
+	// the other tunnel connections to that address, idle ones too, follow
+	// it, and new ones dial the secondary at once.
+	lossyMu sync.Mutex
+	lossy   map[string]lossVerdict
+}
+
+// lossyPath returns the verdict that found the path to addr lossy, if one did.
+func (f *fallback) lossyPath(addr string) (lossVerdict, bool) {
+	f.lossyMu.Lock()
+	defer f.lossyMu.Unlock()
+	v, ok := f.lossy[addr]
+	return v, ok
+}
+
+// markLossy records v for addr, or, when clean, forgets addr.
+func (f *fallback) markLossy(addr string, v lossVerdict, clean bool) {
+	f.lossyMu.Lock()
+	defer f.lossyMu.Unlock()
+	if clean {
+		delete(f.lossy, addr)
+		return
+	}
+	if f.lossy == nil {
+		f.lossy = map[string]lossVerdict{}
+	}
+	f.lossy[addr] = v
 }
 
 // Reasons a Succession gives, as a metric label.
@@ -100,6 +130,14 @@ func (f *fallback) listenOn(addr, second string, c *Config) (Listener, error) {
 // unreachable.
 func (f *fallback) Dial(ctx context.Context, addr string, c *Config) (Session, error) {
 	c = c.WithDefaults()
+	if v, lossy := f.lossyPath(addr); lossy && c.FallbackLoss > 0 {
+		c.Logger.Info(f.msgLossyPath, append(v.attrs(), "peer", addr)...)
+		s, err := f.secondary.Dial(ctx, addr, c)
+		if err != nil {
+			return nil, err
+		}
+		return f.retry(s, addr, c), nil
+	}
 	s, err := f.dialPrimary(ctx, addr, c)
 	if err == nil {
 		return f.watch(s, addr, c), nil
@@ -260,6 +298,7 @@ func (s *fallbackSession) routineRetry(f *fallback, addr string, c *Config) {
 		if measured {
 			attrs = []any{"probes", sent, "answered", answered}
 		}
+		f.markLossy(addr, lossVerdict{}, true)
 		s.next <- Succession{Session: f.watch(ns, addr, c), Why: f.msgBack, Attrs: attrs, Reason: MoveBack}
 		return
 	}
@@ -282,6 +321,7 @@ func (s *fallbackSession) routineWatch(f *fallback, addr string, c *Config) {
 	tick := time.NewTicker(lossSample)
 	defer tick.Stop()
 	w := newLossWatch(c.FallbackLoss / 100)
+	var notBefore time.Time // a secondary that did not connect is not redialled before
 	for {
 		select {
 		case <-ctx.Done():
@@ -290,7 +330,18 @@ func (s *fallbackSession) routineWatch(f *fallback, addr string, c *Config) {
 		}
 		st, _ := SessionStats(s.Session)
 		v := w.observe(st)
+		attrs := v.attrs()
 		if !v.Lossy {
+			// Another tunnel connection to addr found the path lossy.
+			pv, lossy := f.lossyPath(addr)
+			if !lossy {
+				continue
+			}
+			attrs = append(pv.attrs(), "judged_by", "another tunnel connection to the peer")
+		} else {
+			f.markLossy(addr, v, false)
+		}
+		if time.Now().Before(notBefore) {
 			continue
 		}
 		ns, err := f.secondary.Dial(ctx, addr, c)
@@ -301,11 +352,11 @@ func (s *fallbackSession) routineWatch(f *fallback, addr string, c *Config) {
 			return
 		}
 		if err != nil {
-			c.Logger.Warn(f.msgLossyStay, append(v.attrs(), "peer", addr, "err", err)...)
-			w = newLossWatch(c.FallbackLoss / 100) // a new window before the next try
+			c.Logger.Warn(f.msgLossyStay, append(attrs, "peer", addr, "err", err)...)
+			notBefore = time.Now().Add(c.RetryPrimary)
 			continue
 		}
-		s.next <- Succession{Session: f.retry(ns, addr, c), Why: f.msgLossy, Attrs: v.attrs(), Reason: MoveLoss}
+		s.next <- Succession{Session: f.retry(ns, addr, c), Why: f.msgLossy, Attrs: attrs, Reason: MoveLoss}
 		return
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -228,12 +229,14 @@ func TestFallbackMovesAtOnceOnPortUnreachable(t *testing.T) {
 	}
 }
 
-// lossyPrimary is a primary transport whose sessions report packet counts
-// that grow by 2000 sent per look, and by lost more lost, and answer loss
-// probes with answered of every 1000.
+// lossyPrimary is a primary transport whose first session reports packet
+// counts that grow by 2000 sent per look, and by lost more lost, while the
+// others stay idle; every session answers loss probes with answered of
+// every 1000.
 type lossyPrimary struct {
 	*transporttest.Blockable
 	lost, answered atomic.Int64
+	dials          atomic.Int32
 }
 
 func (p *lossyPrimary) Dial(ctx context.Context, addr string, c *transport.Config) (transport.Session, error) {
@@ -241,16 +244,20 @@ func (p *lossyPrimary) Dial(ctx context.Context, addr string, c *transport.Confi
 	if err != nil {
 		return nil, err
 	}
-	return &lossySession{Session: s, p: p}, nil
+	return &lossySession{Session: s, p: p, busy: p.dials.Add(1) == 1}, nil
 }
 
 type lossySession struct {
 	transport.Session
 	p          *lossyPrimary
+	busy       bool
 	sent, lost atomic.Uint64
 }
 
 func (s *lossySession) Stats() transport.Stats {
+	if !s.busy {
+		return transport.Stats{PacketsSent: s.sent.Add(1)}
+	}
 	return transport.Stats{PacketsSent: s.sent.Add(2000), PacketsLost: s.lost.Add(uint64(s.p.lost.Load()))}
 }
 
@@ -259,9 +266,10 @@ func (s *lossySession) ProbeLoss(ctx context.Context, n int, every time.Duration
 }
 
 // A session on the primary that loses packets at random moves to the
-// secondary within the loss watch's window, saying why with its figures;
-// the secondary's session tries the primary again and moves back only
-// once a trial loses less than FallbackLoss of its probes.
+// secondary within the loss watch's window, saying why with its figures,
+// and an idle one to the same peer follows it; a new dial goes to the
+// secondary at once. The secondary's session tries the primary again and
+// moves back only once a trial loses less than FallbackLoss of its probes.
 func TestFallbackMovesOnLossAndBackWhenItEnds(t *testing.T) {
 	prim := &lossyPrimary{Blockable: transporttest.NewBlockable()}
 	prim.answered.Store(980)
@@ -284,6 +292,11 @@ func TestFallbackMovesOnLossAndBackWhenItEnds(t *testing.T) {
 	if next == nil || s.Info().Transport != "mem" {
 		t.Fatalf("the primary's session (%s) offers no successor", s.Info().Transport)
 	}
+	idle, err := f.Dial(transporttest.Ctx(t), ln.Addr().String(), cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
 	select {
 	case n := <-next:
 		_ = n.Session.Close()
@@ -311,6 +324,23 @@ func TestFallbackMovesOnLossAndBackWhenItEnds(t *testing.T) {
 	}
 	if loss, _ := attrs["loss"].(float64); loss < 0.5 || loss > 1 || attrs["direction"] != "sent" || attrs["lost"] == nil {
 		t.Errorf("move figures %v", moved.Attrs)
+	}
+	select {
+	case follow := <-transport.Superseded(idle):
+		_ = follow.Session.Close()
+		if follow.Reason != transport.MoveLoss || !slices.Contains(follow.Attrs, any("judged_by")) {
+			t.Errorf("the idle session moved for %q with %v", follow.Reason, follow.Attrs)
+		}
+	case <-time.After(3 * time.Second):
+		t.Error("the idle session to the same peer did not follow")
+	}
+	late, err := f.Dial(transporttest.Ctx(t), ln.Addr().String(), cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = late.Close()
+	if !logs.Contains("fakeudp lost packets at random on this path: dialling mem") {
+		t.Errorf("a dial to the lossy path did not go to the secondary at once; logs: %q", logs.All())
 	}
 	back := transport.Superseded(moved.Session)
 	if back == nil {
