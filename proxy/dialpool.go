@@ -277,16 +277,30 @@ type poolState struct {
 	resolved map[string][]dialTarget
 	targets  []dialTarget
 	slots    []*dialSlot
+	// looking holds the entries whose lookup is under way; looked brings
+	// their answers.
+	looking map[string]bool
+	looked  chan lookupAnswer
+}
+
+// lookupAnswer is what the lookup of one Tunnel entry found.
+type lookupAnswer struct {
+	entry  string
+	addrs  []dialTarget
+	isName bool
+	err    error
 }
 
 // routineDialPool keeps the dial side's tunnel connections: it resolves
 // the Tunnel entries, starts and retires slots as addresses come and go,
-// and grows and shrinks the pool with the load, until ctx ends.
+// and grows and shrinks the pool with the load, until ctx ends. Lookups
+// run beside it, one per entry at a time, so that a slow name server
+// (up to lookupTimeout per name) holds up neither the other names nor
+// the pool's growing and shrinking.
 func (e *Engine) routineDialPool(ctx context.Context) {
 	defer e.loops.Done()
-	p := &poolState{e: e, ctx: ctx, resolved: map[string][]dialTarget{}}
-	p.resolve()
-	p.rebalance()
+	p := &poolState{e: e, ctx: ctx, resolved: map[string][]dialTarget{}, looking: map[string]bool{}, looked: make(chan lookupAnswer)}
+	p.lookUp()
 	resolveTick := time.NewTicker(orDefault(e.cfg.ResolveInterval, defaults.ResolveInterval))
 	defer resolveTick.Stop()
 	loadTick := time.NewTicker(time.Second)
@@ -294,9 +308,12 @@ func (e *Engine) routineDialPool(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			return // the slots' contexts end with ctx
+			return // the slots' contexts and the lookups end with ctx
 		case <-resolveTick.C:
-			if p.resolve() {
+			p.lookUp()
+		case a := <-p.looked:
+			delete(p.looking, a.entry)
+			if p.apply(a) {
 				p.rebalance()
 			}
 		case <-e.pool.kick:
@@ -307,51 +324,64 @@ func (e *Engine) routineDialPool(ctx context.Context) {
 	}
 }
 
-// resolve looks every Tunnel entry up and reports whether an address set
-// changed. An entry that does not resolve keeps its previous addresses, or
-// is dialled by its name until it first resolves, so that the transport's
-// own lookup reports why it fails.
-func (p *poolState) resolve() bool {
+// lookUp starts a lookup of every Tunnel entry that has none under way.
+func (p *poolState) lookUp() {
 	e := p.e
-	changed := false
-	var targets []dialTarget
 	for _, entry := range e.cfg.Tunnel {
-		addrs, isName, err := e.lookupTunnel(p.ctx, entry)
-		old, known := p.resolved[entry]
-		if err != nil {
-			if p.ctx.Err() != nil {
-				return false
-			}
-			if known {
-				e.log.Warn("tunnel name lookup failed: keeping its addresses", "name", entry, "addrs", addrsOf(old), "err", err)
-			} else {
-				e.log.Warn("tunnel name lookup failed: dialling the name itself", "name", entry, "err", err)
-				old = []dialTarget{{entry: entry, addr: entry}}
-				p.resolved[entry] = old
-				changed = true
-			}
-			targets = append(targets, old...)
+		if p.looking[entry] {
 			continue
 		}
-		switch {
-		case !known:
-			if isName {
-				e.log.Info("tunnel name resolved", "name", entry, "addrs", addrsOf(addrs))
+		p.looking[entry] = true
+		e.loops.Add(1)
+		go func() {
+			defer e.loops.Done()
+			addrs, isName, err := e.lookupTunnel(p.ctx, entry)
+			select {
+			case p.looked <- lookupAnswer{entry: entry, addrs: addrs, isName: isName, err: err}:
+			case <-p.ctx.Done():
 			}
-			changed = true
-		case !slices.Equal(old, addrs):
-			added, removed := diffTargets(old, addrs)
-			e.log.Info("tunnel addresses changed", "name", entry, "addrs", addrsOf(addrs), "added", added, "removed", removed)
-			changed = true
-		}
-		p.resolved[entry] = addrs
-		targets = append(targets, addrs...)
+		}()
 	}
-	// Two entries may name one address: it is one relay.
+}
+
+// apply takes in the answer of one entry's lookup and reports whether its
+// address set changed. An entry that does not resolve keeps its previous
+// addresses, or is dialled by its name until it first resolves, so that
+// the transport's own lookup reports why it fails.
+func (p *poolState) apply(a lookupAnswer) bool {
+	e := p.e
+	changed := false
+	old, known := p.resolved[a.entry]
+	switch {
+	case a.err != nil && p.ctx.Err() != nil:
+		return false
+	case a.err != nil && known:
+		e.log.Warn("tunnel name lookup failed: keeping its addresses", "name", a.entry, "addrs", addrsOf(old), "err", a.err)
+	case a.err != nil:
+		e.log.Warn("tunnel name lookup failed: dialling the name itself", "name", a.entry, "err", a.err)
+		p.resolved[a.entry] = []dialTarget{{entry: a.entry, addr: a.entry}}
+		changed = true
+	case !known:
+		if a.isName {
+			e.log.Info("tunnel name resolved", "name", a.entry, "addrs", addrsOf(a.addrs))
+		}
+		p.resolved[a.entry] = a.addrs
+		changed = true
+	case !slices.Equal(old, a.addrs):
+		added, removed := diffTargets(old, a.addrs)
+		e.log.Info("tunnel addresses changed", "name", a.entry, "addrs", addrsOf(a.addrs), "added", added, "removed", removed)
+		e.obs.TunnelAddressesChanged(len(added), len(removed))
+		p.resolved[a.entry] = a.addrs
+		changed = true
+	}
+	// The targets in the order of the entries; two entries may name one
+	// address: it is one relay.
 	p.targets = nil
-	for _, t := range targets {
-		if !slices.ContainsFunc(p.targets, func(x dialTarget) bool { return x.addr == t.addr }) {
-			p.targets = append(p.targets, t)
+	for _, entry := range e.cfg.Tunnel {
+		for _, t := range p.resolved[entry] {
+			if !slices.ContainsFunc(p.targets, func(x dialTarget) bool { return x.addr == t.addr }) {
+				p.targets = append(p.targets, t)
+			}
 		}
 	}
 	return changed
@@ -493,6 +523,7 @@ func (p *poolState) grow() {
 			"tunnels", len(p.slots), "max_connections", e.maxDialTunnels(), "limit", l.bound,
 			"free_out", l.roomOut, "free_in", l.roomIn)
 		p.start(t, true)
+		e.obs.ExtraTunnelOpened()
 		l.dialling++
 	}
 	e.pool.exhausted.Store(len(p.slots) >= e.maxDialTunnels() && l.dialling == 0)

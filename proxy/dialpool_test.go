@@ -66,8 +66,9 @@ func TestDialPoolGrowsWithStreamsAndShrinksWhenIdle(t *testing.T) {
 			mux := transport.Config{MaxStreams: maxStreams}
 			listenCfg := Config{Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tr, TLS: listenStore, Mux: mux}
 			var dialLogs logtest.Recorder
+			obs := &recordingObserver{}
 			dialCfg := Config{Mode: ModeDial, Transport: tr, Connections: 1, TLS: dialStore, Mux: mux,
-				SurplusIdle: 200 * time.Millisecond, Logger: slog.New(&dialLogs)}
+				SurplusIdle: 200 * time.Millisecond, Logger: slog.New(&dialLogs), Observer: obs}
 			route := []Route{{Name: "echo", Addr: "127.0.0.1:0"}}
 			target := []Route{{Name: "echo", Addr: echo}}
 			if reverse {
@@ -96,6 +97,9 @@ func TestDialPoolGrowsWithStreamsAndShrinksWhenIdle(t *testing.T) {
 			}
 			if !dialLogs.Contains("tunnel connections near their stream bound: opening another", "limit=4") {
 				t.Errorf("dial side did not log opening another tunnel connection: %q", dialLogs.All())
+			}
+			if n, extra := len(dial.Tunnels()), obs.count("extra tunnel"); extra < n-1 {
+				t.Errorf("%d extra tunnel connections counted, %d connections up", extra, n)
 			}
 			// Closing the clients leaves the extra connections idle.
 			for _, c := range conns {
@@ -220,9 +224,10 @@ func TestDialPoolFollowsTheNamesAddresses(t *testing.T) {
 	hosts := &hostsTable{}
 	hosts.set("10.0.0.2", "10.0.0.1")
 	var logs logtest.Recorder
+	obs := &recordingObserver{}
 	dial := runEngine(t, Config{Mode: ModeDial, Tunnel: []string{"relays.test:8443"}, Transport: tr, Connections: 1, TLS: dialStore,
 		Forward: []Route{{Name: "echo", Addr: "127.0.0.1:0"}}, ResolveInterval: 50 * time.Millisecond, LookupHost: hosts.lookup,
-		Logger: slog.New(&logs)})
+		Logger: slog.New(&logs), Observer: obs})
 	fwd := dial.ForwardAddrs()[0].String()
 	has := func(want ...string) func() bool {
 		return func() bool { return slices.Equal(remotes(dial), want) }
@@ -236,6 +241,9 @@ func TestDialPoolFollowsTheNamesAddresses(t *testing.T) {
 	waitFor(t, "a tunnel to the new address", has("10.0.0.1:8443", "10.0.0.2:8443", "10.0.0.3:8443"))
 	if !logs.Contains("tunnel addresses changed", "added=[10.0.0.3:8443]", "removed=[]") {
 		t.Errorf("no line for the added address: %q", logs.All())
+	}
+	if obs.count("addresses +1 -0") != 1 {
+		t.Errorf("the added address was not counted: %q", obs.all())
 	}
 	// Clients spread over the three relays.
 	var held []net.Conn
@@ -283,6 +291,32 @@ func TestDialPoolFollowsTheNamesAddresses(t *testing.T) {
 		t.Errorf("no disconnect line with reason address_removed: %q", logs.All())
 	}
 	waitFor(t, "tunnels to the remaining addresses", has("10.0.0.1:8443", "10.0.0.3:8443"))
+}
+
+// A name whose lookup hangs holds up neither the pool's other entries
+// nor its growing: the tunnel to an address given as such comes up at
+// once, and the slow name is dialled when its lookup fails.
+func TestDialPoolDoesNotWaitForASlowLookup(t *testing.T) {
+	tr := memtransport.New()
+	echo := testutil.EchoOrigin(t)
+	listenStore, dialStore := pinned.Stores(t, wire.ALPN)
+	runEngine(t, Config{Mode: ModeListen, Tunnel: []string{"10.0.3.1:8443"}, Transport: tr, TLS: listenStore,
+		Target: []Route{{Name: "echo", Addr: echo}}})
+	slow := func(ctx context.Context, host string) ([]netip.Addr, error) {
+		<-ctx.Done() // a name server that never answers
+		return nil, ctx.Err()
+	}
+	var logs logtest.Recorder
+	start := time.Now()
+	dial := runEngine(t, Config{Mode: ModeDial, Tunnel: []string{"slow.test:8443", "10.0.3.1:8443"}, Transport: tr, Connections: 2, TLS: dialStore,
+		Forward: []Route{{Name: "echo", Addr: "127.0.0.1:0"}}, LookupHost: slow, Logger: slog.New(&logs)})
+	waitFor(t, "the tunnel to the address", func() bool { return slices.Contains(addrsOfPool(dial), "10.0.3.1:8443") })
+	if took := time.Since(start); took >= lookupTimeout {
+		t.Errorf("the tunnel to the address came up after %s, behind the slow lookup (%s)", took, lookupTimeout)
+	}
+	if logs.Contains("tunnel name lookup failed") {
+		t.Errorf("the slow lookup ended before the tunnel to the address was up: %q", logs.All())
+	}
 }
 
 // addrsOfPool lists the remote addresses of the tunnels in e's pool.

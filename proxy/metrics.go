@@ -30,6 +30,8 @@ type Metrics struct {
 	originDial        *prometheus.HistogramVec
 	reconnects        prometheus.Counter
 	transportMoves    *prometheus.CounterVec
+	extraTunnels      prometheus.Counter
+	addressChanges    *prometheus.CounterVec
 	notAllowed        *prometheus.CounterVec
 	revoked           *prometheus.CounterVec
 	tlsHandshakes     *prometheus.CounterVec
@@ -85,6 +87,12 @@ func NewMetrics() *Metrics {
 		transportMoves: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pqtunnel_transport_moves_total", Help: "Tunnel connections a dial side on PQT_TRANSPORT=auto replaced by one over the other transport, by from, to and reason (loss: QUIC lost packets at random; primary_works: QUIC works again).",
 		}, []string{"from", "to", "reason"}),
+		extraTunnels: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pqtunnel_extra_tunnels_opened_total", Help: "Tunnel connections a dial side opened beyond PQT_CONNECTIONS because the others neared their stream bound.",
+		}),
+		addressChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pqtunnel_tunnel_address_changes_total", Help: "Addresses a PQT_TUNNEL name gained (change added) or lost (change removed) when looked up again.",
+		}, []string{"change"}),
 		notAllowed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pqtunnel_streams_not_allowed_total", Help: "Streams refused because the route's allow list (@) does not name the peer, by route and peer (a configured name, or other).",
 		}, []string{"route", "peer"}),
@@ -108,7 +116,7 @@ func NewMetrics() *Metrics {
 	}
 	m.engines = map[*Engine]struct{}{}
 	m.reg.MustRegister(m.disconnects, m.tlsHandshakes, m.tlsRefused, m.tlsSeconds, m.notAllowed, m.revoked, m.tunnelsUp, m.handshakes, m.handshakeFailures, m.handshakeSeconds,
-		m.streamsOpened, m.streamsActive, m.streamsFailed, m.bytes, m.originDial, m.reconnects, m.transportMoves,
+		m.streamsOpened, m.streamsActive, m.streamsFailed, m.bytes, m.originDial, m.reconnects, m.transportMoves, m.extraTunnels, m.addressChanges,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&quicCollector{
 			m:    m,
@@ -143,6 +151,15 @@ func (m *Metrics) TunnelRevoked(peer string) { m.revoked.WithLabelValues(peer).I
 
 // Reconnected counts a dial side's tunnel re-established after a loss.
 func (m *Metrics) Reconnected() { m.reconnects.Inc() }
+
+// ExtraTunnelOpened counts a dial side's connection opened for load.
+func (m *Metrics) ExtraTunnelOpened() { m.extraTunnels.Inc() }
+
+// TunnelAddressesChanged counts the addresses a Tunnel name gained and lost.
+func (m *Metrics) TunnelAddressesChanged(added, removed int) {
+	m.addressChanges.WithLabelValues("added").Add(float64(added))
+	m.addressChanges.WithLabelValues("removed").Add(float64(removed))
+}
 
 // TransportMoved counts a tunnel connection moved to another transport.
 func (m *Metrics) TransportMoved(from, to, reason string) {

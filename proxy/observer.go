@@ -31,6 +31,12 @@ type Observer interface {
 	// over another transport (auto), by reason (transport.MoveLoss,
 	// transport.MoveBack).
 	TransportMoved(from, to, reason string)
+	// ExtraTunnelOpened is a dial side's tunnel connection opened beyond
+	// Connections because the others near their stream bound.
+	ExtraTunnelOpened()
+	// TunnelAddressesChanged is a Tunnel name that resolves to a new set of
+	// addresses: added and removed count the difference.
+	TunnelAddressesChanged(added, removed int)
 
 	// StreamOpened and StreamClosed bracket each stream, by route and
 	// direction: "out" (a local client sent through the tunnel), "in"
@@ -90,6 +96,18 @@ func (os observers) TunnelRevoked(peer string) {
 func (os observers) TransportMoved(from, to, reason string) {
 	for _, o := range os {
 		o.TransportMoved(from, to, reason)
+	}
+}
+
+func (os observers) ExtraTunnelOpened() {
+	for _, o := range os {
+		o.ExtraTunnelOpened()
+	}
+}
+
+func (os observers) TunnelAddressesChanged(added, removed int) {
+	for _, o := range os {
+		o.TunnelAddressesChanged(added, removed)
 	}
 }
 

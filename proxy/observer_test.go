@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -53,6 +54,10 @@ func (r *recordingObserver) TunnelDown(_ transport.Info, _ string) { r.add("tunn
 func (r *recordingObserver) HandshakeFailed(reason string)         { r.add("handshake failed " + reason) }
 func (r *recordingObserver) TunnelRevoked(peer string)             { r.add("revoked " + peer) }
 func (r *recordingObserver) Reconnected()                          { r.add("reconnected") }
+func (r *recordingObserver) ExtraTunnelOpened()                    { r.add("extra tunnel") }
+func (r *recordingObserver) TunnelAddressesChanged(added, removed int) {
+	r.add(fmt.Sprintf("addresses +%d -%d", added, removed))
+}
 func (r *recordingObserver) TransportMoved(from, to, reason string) {
 	r.add("moved " + from + " " + to + " " + reason)
 }
