@@ -469,20 +469,30 @@ func TestWANDisconnectReasons(t *testing.T) {
 	})
 }
 
-// TestWANAutoMovesToTCPOnRandomLoss runs auto over 80 ms RTT and 1 %
-// random loss each way, where QUIC's loss-based congestion control moves a
-// few hundred KB/s: with traffic on its QUIC tunnel the dial side moves it
+// TestWANAutoMovesToTCPOnRandomLoss runs auto over 80 ms RTT, first
+// without loss, where a bulk stays on QUIC, then with 1 % random loss each
+// way, where QUIC's loss-based congestion control moves a few hundred
+// KB/s: with traffic on its QUIC tunnel the dial side moves it
 // to TCP within the loss watch's window, logs why with the figures, counts
 // the move, and the next client's bulk crosses TCP.
 func TestWANAutoMovesToTCPOnRandomLoss(t *testing.T) {
 	ctx := testContext(t, 3*time.Minute)
 	b := newWANBed(t, ctx)
-	lossy := netem.Config{Delay: 40 * time.Millisecond, Loss: 0.01, RateBits: 200e6, QueueBytes: 1250 << 10}
-	b.Link.SetBoth(lossy)
+	clean := netem.Config{Delay: 40 * time.Millisecond, RateBits: 200e6, QueueBytes: 1250 << 10}
+	b.Link.SetBoth(clean)
 	// One tunnel connection, so that every client takes the one that moves.
 	b.listenIn(t, ctx, "auto", nil)
 	d := b.dialIn(t, ctx, "auto", map[string]string{"PQT_CONNECTIONS": "1", "PQT_ACCESS_LOG": "on"})
 	d.waitLog(t, within(t, ctx, 20*time.Second), msgIs("tunnel connected", "transport", "quic"))
+	const moved = "quic loses packets at random, which holds its loss-based congestion control down: moving tunnel to tcp"
+
+	// Without random loss, QUIC's own congestion losses (slow start's
+	// overshoot, the full queue) move nothing over 15 s of bulk.
+	_ = b.echoFromA(within(t, ctx, 15*time.Second), randomBytes(1607, 256<<20)) // cut short by its deadline
+	if n := len(d.logs(msgIs(moved))); n != 0 {
+		t.Fatalf("moved to tcp on a path without random loss: %v", d.logs(msgIs(moved)))
+	}
+	b.Link.SetBoth(netem.Config{Delay: 40 * time.Millisecond, Loss: 0.01, RateBits: 200e6, QueueBytes: 1250 << 10})
 
 	// A client keeps the QUIC tunnel busy both ways until the move.
 	bulkCtx, stopBulk := context.WithCancel(ctx)
@@ -492,7 +502,6 @@ func TestWANAutoMovesToTCPOnRandomLoss(t *testing.T) {
 		_ = b.echoFromA(bulkCtx, randomBytes(1605, 64<<20)) // cut short by stopBulk
 	}()
 	start := time.Now()
-	const moved = "quic loses packets at random, which holds its loss-based congestion control down: moving tunnel to tcp"
 	line := d.waitLog(t, within(t, ctx, 40*time.Second), msgIs(moved, "from", "quic", "to", "tcp", "reason", "loss"))
 	took := logTime(t, line).Sub(start)
 	t.Logf("moved to tcp %s after the bulk began: loss=%s%% direction=%s lost=%s of %s packets, %s of %s lossy",
