@@ -85,13 +85,13 @@ func NewMetrics() *Metrics {
 			Name: "pqtunnel_reconnects_total", Help: "Tunnel connections re-established by a dial side after one was lost.",
 		}),
 		transportMoves: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "pqtunnel_transport_moves_total", Help: "Tunnel connections a dial side on PQT_TRANSPORT=auto replaced by one over the other transport, by from, to and reason (loss: QUIC lost packets at random; primary_works: QUIC works again).",
+			Name: "pqtunnel_transport_moves_total", Help: "Tunnel connections a dial side on the auto transport replaced by one over the other transport, by from, to and reason (loss: QUIC lost packets at random; primary_works: QUIC works again).",
 		}, []string{"from", "to", "reason"}),
 		extraTunnels: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "pqtunnel_extra_tunnels_opened_total", Help: "Tunnel connections a dial side opened beyond PQT_CONNECTIONS because the others neared their stream bound.",
+			Name: "pqtunnel_extra_tunnels_opened_total", Help: "Tunnel connections a dial side opened beyond its configured connection count because the others neared their stream bound.",
 		}),
 		addressChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "pqtunnel_tunnel_address_changes_total", Help: "Addresses a PQT_TUNNEL name gained (change added) or lost (change removed) when looked up again.",
+			Name: "pqtunnel_tunnel_address_changes_total", Help: "Addresses a tunnel peer's name gained (change added) or lost (change removed) when looked up again.",
 		}, []string{"change"}),
 		notAllowed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pqtunnel_streams_not_allowed_total", Help: "Streams refused because the route's allow list (@) does not name the peer, by route and peer (a configured name, or other).",
