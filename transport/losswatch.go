@@ -19,7 +19,8 @@ import (
 //     lossMinLost of them lost, so that a few lost packets decide nothing;
 //   - the losses are spread over time as random loss is: at least three
 //     quarters as many of the window's seconds saw a loss as independent
-//     loss at the measured rate would give. A loss-based sender's own
+//     loss at the measured rate would give, and that is at least
+//     lossMinSeconds. A loss-based sender's own
 //     congestion loss comes in bursts, once per congestion epoch and at
 //     the end of slow start, when the queue overflows; random loss touches
 //     nearly every second that carries a few hundred packets. On the bed
@@ -38,6 +39,13 @@ const lossWindow = 10
 // path is lossy: with fewer the rate is noise. At 80 ms and 0.1 % loss a
 // QUIC stream held down by it loses about one packet a second.
 const lossMinLost = 5
+
+// lossMinSeconds is the fewest seconds of a window that random loss at the
+// measured rate must be expected to touch before the spread of the losses
+// says anything: a window whose traffic came in one burst of a second or
+// two (a transfer that ended, the rest keep-alives) sees its congestion
+// losses in every second it carried, as random loss would.
+const lossMinSeconds = 4
 
 // lossCounts are the packet counts of one direction.
 type lossCounts struct{ sent, lost uint64 }
@@ -132,7 +140,7 @@ func judgeLoss(s []lossCounts, threshold float64) lossVerdict {
 	for _, d := range perSecond {
 		v.Expected += 1 - math.Pow(1-p, float64(d.sent))
 	}
-	v.Lossy = v.Lost >= lossMinLost && p >= threshold && float64(v.Seconds) >= 0.75*v.Expected
+	v.Lossy = v.Lost >= lossMinLost && p >= threshold && v.Expected >= lossMinSeconds && float64(v.Seconds) >= 0.75*v.Expected
 	return v
 }
 
