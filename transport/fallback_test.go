@@ -61,10 +61,7 @@ func TestFallbackFallsBackAndMovesBack(t *testing.T) {
 		t.Error("a fallback with a UDP primary does not say it uses UDP")
 	}
 	cc, sc := transporttest.Configs(t)
-	ln, err := f.Listen("127.0.0.1:0", sc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := transporttest.Listen(t, f, sc)
 	acceptAll(t, ln)
 
 	var logs logtest.Recorder
@@ -139,10 +136,7 @@ func TestFallbackSessionCloseStopsRetry(t *testing.T) {
 	prim, sec := transporttest.NewBlockable(), memtransport.New()
 	f := transport.Fallback(prim, sec)
 	cc, sc := transporttest.Configs(t)
-	ln, err := f.Listen("127.0.0.1:0", sc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := transporttest.Listen(t, f, sc)
 	acceptAll(t, ln)
 	cc.FallbackTimeout = 100 * time.Millisecond
 	cc.RetryPrimary = 20 * time.Millisecond
@@ -275,10 +269,7 @@ func TestFallbackMovesOnLossAndBackWhenItEnds(t *testing.T) {
 	prim.answered.Store(980)
 	f := transport.Fallback(prim, memtransport.New())
 	cc, sc := transporttest.Configs(t)
-	ln, err := f.Listen("127.0.0.1:0", sc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := transporttest.Listen(t, f, sc)
 	acceptAll(t, ln)
 	var logs logtest.Recorder
 	cc.Logger = slog.New(&logs)
@@ -373,10 +364,7 @@ func TestFallbackLossWatchOff(t *testing.T) {
 	prim := &lossyPrimary{Blockable: transporttest.NewBlockable()}
 	f := transport.Fallback(prim, memtransport.New())
 	cc, sc := transporttest.Configs(t)
-	ln, err := f.Listen("127.0.0.1:0", sc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := transporttest.Listen(t, f, sc)
 	acceptAll(t, ln)
 	cc.FallbackLoss = -1
 	s, err := f.Dial(transporttest.Ctx(t), ln.Addr().String(), cc)

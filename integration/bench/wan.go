@@ -306,6 +306,13 @@ func (w *wanRun) startIn(ctx context.Context, n *wan.Namespace, name string, env
 	return c, nil
 }
 
+// stopSides stops the sides startSides started.
+func (w *wanRun) stopSides(sides []*child) {
+	for _, c := range sides {
+		w.sup.stop(c)
+	}
+}
+
 // startSides starts the listen side (both transports) in B and one dial
 // side per transport in A; they are the tunnelled paths.
 func (w *wanRun) startSides(ctx context.Context, transports []string) ([]*wanPath, []*child, error) {
@@ -391,11 +398,7 @@ func (w *wanRun) measureCell(ctx context.Context, cell wanCell, col *collector) 
 		paths = append(paths, w.directPath(cc))
 	}
 	tunnels, sides, err := w.startSides(ctx, wanTunnelModes)
-	defer func() {
-		for _, c := range sides {
-			w.sup.stop(c)
-		}
-	}()
+	defer w.stopSides(sides)
 	if err != nil {
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
@@ -493,11 +496,7 @@ func (w *wanRun) measureGrown(ctx context.Context, cell wanCell, col *collector)
 	w.setLink(wanCell{loss: cell.loss})
 	defer w.setLink(cell)
 	tunnels, sides, err := w.startSides(ctx, wanTunnelModes)
-	defer func() {
-		for _, c := range sides {
-			w.sup.stop(c)
-		}
-	}()
+	defer w.stopSides(sides)
 	if err != nil {
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
@@ -731,11 +730,7 @@ func (w *wanRun) runBlackhole(ctx context.Context) error {
 	w.setLink(cell)
 	modes := []string{modeTCP, modeQUIC, modeAuto}
 	paths, sides, err := w.startSides(ctx, modes)
-	defer func() {
-		for _, c := range sides {
-			w.sup.stop(c)
-		}
-	}()
+	defer func() { w.stopSides(sides) }() // stopped early once the blackhole is measured
 	if err != nil {
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
@@ -798,9 +793,7 @@ func (w *wanRun) runBlackhole(ctx context.Context) error {
 		slices.SortFunc(out[i].During, func(a, b ClientOutcome) int { return cmp.Compare(a.AtSeconds, b.AtSeconds) })
 	}
 	w.res.Blackhole = out
-	for _, c := range sides {
-		w.sup.stop(c)
-	}
+	w.stopSides(sides)
 	sides = nil
 	w.res.AutoStart = w.autoStart(ctx)
 	if ctx.Err() != nil {
@@ -821,11 +814,7 @@ func (w *wanRun) autoStart(ctx context.Context) *AutoStart {
 	}()
 	start := time.Now()
 	paths, sides, err := w.startSides(ctx, []string{modeAuto})
-	defer func() {
-		for _, c := range sides {
-			w.sup.stop(c)
-		}
-	}()
+	defer w.stopSides(sides)
 	res := &AutoStart{Seconds: time.Since(start).Seconds()}
 	if err != nil {
 		res.Error = err.Error()
