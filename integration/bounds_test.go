@@ -371,7 +371,9 @@ func TestStalledQUICHandshakesAreBounded(t *testing.T) {
 // 1,000 streams of one tunnel connection into an origin that reads nothing:
 // the listen side holds no more than its per-connection memory bound
 // (PQT_MAX_CONN_MEMORY=64MiB here) in receive windows, so its RSS stays
-// under that plus a fixed allowance, on both transports.
+// under that plus a fixed allowance, on both transports. The dial side
+// keeps to that one connection (PQT_MAX_CONNECTIONS=1): the bound is per
+// connection, and extra ones would each bring their own.
 func TestMemoryFloodIntoASlowOriginIsBounded(t *testing.T) {
 	transports(t, func(t *testing.T, transport string) {
 		const (
@@ -399,7 +401,11 @@ func TestMemoryFloodIntoASlowOriginIsBounded(t *testing.T) {
 				close(release)
 			}
 		})
-		p := startPair(t, ctx, pairOptions{transport: transport, target: o.addr(), dialEnv: map[string]string{"PQT_CONNECTIONS": "1"}, listenEnv: map[string]string{"PQT_MAX_CONN_MEMORY": "64MiB"}})
+		p := startPair(t, ctx, pairOptions{
+			transport: transport, target: o.addr(), binary: memoryBinary(t),
+			dialEnv:   map[string]string{"PQT_CONNECTIONS": "1", "PQT_MAX_CONNECTIONS": "1"},
+			listenEnv: map[string]string{"PQT_MAX_CONN_MEMORY": "64MiB"},
+		})
 		pid := p.listen.cmd.Process.Pid
 		baseRSS := hosRSS(t, pid)
 
@@ -434,11 +440,7 @@ func TestMemoryFloodIntoASlowOriginIsBounded(t *testing.T) {
 		// The bound holds the windows; the allowance covers yamux's and
 		// quic-go's per-stream state, the copy buffers and the garbage
 		// collector's slack. Without the bound, TCP grew by about 120 MiB.
-		// -race's shadow memory roughly triples what is touched.
 		allowance := int64(64+24) << 20
-		if raceEnabled {
-			allowance = 300 << 20
-		}
 		grew := peakRSS - baseRSS
 		t.Logf("%s: %d streams pushed %d MiB in %s; listen side RSS %d -> peak %d MiB (grew %d MiB, allowed %d)",
 			transport, streams, pushed.Load()>>20, flood, baseRSS>>20, peakRSS>>20, grew>>20, allowance>>20)

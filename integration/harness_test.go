@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -412,6 +413,12 @@ func addrInUse(p *proc) bool {
 // its tunnel listeners are up. transport "" means the default (auto).
 func startListen(t *testing.T, ctx context.Context, port int, transport string, extra map[string]string) *side {
 	t.Helper()
+	return startListenOf(t, ctx, pqtunnelBin, port, transport, extra)
+}
+
+// startListenOf is startListen of the binary bin.
+func startListenOf(t *testing.T, ctx context.Context, bin string, port int, transport string, extra map[string]string) *side {
+	t.Helper()
 	self, peer := identityNamed(t, "listen"), identityNamed(t, "dial")
 	listeners := 1
 	if transport == "" || transport == "auto" {
@@ -424,7 +431,7 @@ func startListen(t *testing.T, ctx context.Context, port int, transport string, 
 		}
 		env := sideEnv("listen", transport, self, peer, extra)
 		env["PQT_TUNNEL"] = loopback(p)
-		pr := startProc(t, ctx, "listen side", env, pqtunnelBin)
+		pr := startProc(t, ctx, "listen side", env, bin)
 		_, err := pr.awaitLogs(within(t, ctx, 15*time.Second), listeners, msgIs("tunnel listening"))
 		if err == nil {
 			return &side{proc: pr, tunnelAddr: loopback(p)}
@@ -439,6 +446,12 @@ func startListen(t *testing.T, ctx context.Context, port int, transport string, 
 // listener per route (nil routes: one unnamed route) and waits until they
 // are up. It does not wait for the tunnel.
 func startDial(t *testing.T, ctx context.Context, tunnelAddr, transport string, routes []string, extra map[string]string) *side {
+	t.Helper()
+	return startDialOf(t, ctx, pqtunnelBin, tunnelAddr, transport, routes, extra)
+}
+
+// startDialOf is startDial of the binary bin.
+func startDialOf(t *testing.T, ctx context.Context, bin string, tunnelAddr, transport string, routes []string, extra map[string]string) *side {
 	t.Helper()
 	self, peer := identityNamed(t, "dial"), identityNamed(t, "listen")
 	if routes == nil {
@@ -459,7 +472,7 @@ func startDial(t *testing.T, ctx context.Context, tunnelAddr, transport string, 
 		env := sideEnv("dial", transport, self, peer, extra)
 		env["PQT_TUNNEL"] = tunnelAddr
 		env["PQT_FORWARD"] = strings.Join(spec, ",")
-		pr := startProc(t, ctx, "dial side", env, pqtunnelBin)
+		pr := startProc(t, ctx, "dial side", env, bin)
 		_, err := pr.awaitLogs(within(t, ctx, 15*time.Second), len(routes), msgIs("forwarding"))
 		if err == nil {
 			return &side{proc: pr, forward: forward}
@@ -482,6 +495,7 @@ type pairOptions struct {
 	routes    []string // the dial side's forward routes; nil is one unnamed route
 	listenEnv map[string]string
 	dialEnv   map[string]string
+	binary    string // the binary both sides run; "" is pqtunnelBin
 }
 
 // startPair starts both sides and waits until each logs a post-quantum
@@ -492,8 +506,9 @@ func startPair(t *testing.T, ctx context.Context, o pairOptions) *pair {
 	for k, v := range o.listenEnv {
 		lenv[k] = v
 	}
-	l := startListen(t, ctx, 0, o.transport, lenv)
-	d := startDial(t, ctx, l.tunnelAddr, o.transport, o.routes, o.dialEnv)
+	bin := cmp.Or(o.binary, pqtunnelBin)
+	l := startListenOf(t, ctx, bin, 0, o.transport, lenv)
+	d := startDialOf(t, ctx, bin, l.tunnelAddr, o.transport, o.routes, o.dialEnv)
 	// Wait for every connection the dial side keeps, so that later counts
 	// of tunnel log lines are stable.
 	n := 2 // the PQT_CONNECTIONS default
