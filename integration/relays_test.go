@@ -124,6 +124,34 @@ func TestClientPastEveryLimitIsRefusedNamingTheLimit(t *testing.T) {
 	}
 }
 
+// Over tcp, a dial side left at the default settings in front of a listen
+// side that takes fewer streams per connection (PQT_MAX_CONN_MEMORY=2MiB:
+// 3) refuses the one client the listen side reset with a line naming the
+// peer's settings, learns the peer's bound from it, and carries the next
+// clients over more tunnel connections.
+func TestDialSideLearnsALowerStreamBoundFromTheListenSide(t *testing.T) {
+	const bound = 3
+	ctx := testContext(t, 60*time.Second)
+	o := startEcho(t)
+	p := startPair(t, ctx, pairOptions{transport: "tcp", target: o.addr(),
+		listenEnv: map[string]string{"PQT_MAX_CONN_MEMORY": "2MiB"},
+		dialEnv:   map[string]string{"PQT_CONNECTIONS": "1"}})
+	holdClients(t, ctx, p.dial.forward[""], bound)
+	if err := expectClosedPromptly(ctx, p.dial.forward[""], 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	p.dial.waitLog(t, within(t, ctx, 5*time.Second), msgIs("client refused",
+		"reason", "the peer refused the stream: it carries its stream bound on this tunnel connection, or it is going away"))
+	holdClients(t, ctx, p.dial.forward[""], 2*bound)
+	p.dial.waitLogs(t, within(t, ctx, 10*time.Second), 3, msgIs("tunnel connected", "transport", "tcp"))
+	if n := len(p.dial.logs(msgIs("client refused"))); n != 1 {
+		t.Errorf("dial side refused %d clients, want the one that taught it the bound: %v", n, p.dial.logs(msgIs("client refused")))
+	}
+	if l := p.dial.logs(msgIs("stream aborted")); len(l) > 0 {
+		t.Errorf("clients were reset: %v", l)
+	}
+}
+
 // relayAddr is a listen side's tunnel address on one loopback address.
 func relayAddr(ip string, port int) string { return net.JoinHostPort(ip, strconv.Itoa(port)) }
 

@@ -78,10 +78,42 @@ func (e *Engine) kickPool() {
 // connection's bound, so that the handshake completes before clients wait.
 func streamHeadroom(bound int) int { return max(1, bound/4) }
 
+// outBound is how many streams of this side's the peer accepts at once on
+// t: bound.Streams, which assumes the peer's settings are this side's,
+// until the peer refused one at fewer. Zero is unbounded.
+func (t *tunnel) outBound() int {
+	b := t.bound.Streams
+	if r := int(t.refusedAt.Load()); r > 0 && (b <= 0 || r < b) {
+		b = r
+	}
+	return b
+}
+
+// peerRefused records that the peer refused a stream of this side's on t
+// while n of them (that one included) were open: it takes no more than
+// n-1 from now on. It returns the bound t keeps, zero for none. A refusal
+// with no other stream open says nothing of a bound, which is at least
+// one: it was a full accept queue, or an older peer's own reset.
+func (t *tunnel) peerRefused(n int64) int64 {
+	n--
+	if n < 1 {
+		return t.refusedAt.Load()
+	}
+	for {
+		old := t.refusedAt.Load()
+		if old > 0 && old <= n {
+			return old
+		}
+		if t.refusedAt.CompareAndSwap(old, n) {
+			return n
+		}
+	}
+}
+
 // takeOpened counts a stream this side opens on t, unless t carries its
 // stream bound of them already.
 func (t *tunnel) takeOpened() bool {
-	if n := t.opened.Add(1); t.bound.Streams > 0 && n > int64(t.bound.Streams) {
+	if n, b := t.opened.Add(1), t.outBound(); b > 0 && n > int64(b) {
 		t.opened.Add(-1)
 		return false
 	}
@@ -98,7 +130,8 @@ func (t *tunnel) releaseOpened() {
 // full reports whether t carries as many streams this side opened as its
 // peer accepts on one connection.
 func (t *tunnel) full() bool {
-	return t.bound.Streams > 0 && t.opened.Load() >= int64(t.bound.Streams)
+	b := t.outBound()
+	return b > 0 && t.opened.Load() >= int64(b)
 }
 
 // accepted is the number of streams the peer opened on t that are open now.
@@ -107,12 +140,11 @@ func (t *tunnel) accepted() int64 { return max(0, t.active.Load()-t.opened.Load(
 // noteLoad asks a dial side's pool for another connection when t nears its
 // stream bound in either direction.
 func (e *Engine) noteLoad(t *tunnel) {
-	b := int64(t.bound.Streams)
-	if e.cfg.Mode != ModeDial || b <= 0 {
+	in, out := int64(t.bound.Streams), int64(t.outBound())
+	if e.cfg.Mode != ModeDial || in <= 0 {
 		return
 	}
-	near := b - int64(streamHeadroom(t.bound.Streams))
-	if t.opened.Load() >= near || t.accepted() >= near {
+	if t.opened.Load() >= out-int64(streamHeadroom(int(out))) || t.accepted() >= in-int64(streamHeadroom(int(in))) {
 		e.kickPool()
 	}
 }
@@ -122,6 +154,9 @@ func (e *Engine) noteLoad(t *tunnel) {
 type streamsFull struct {
 	tunnels int
 	bound   transport.StreamBound
+	// learned is set when bound is what the peer refused a stream at,
+	// lower than this side's own.
+	learned bool
 }
 
 // fullFor counts the live tunnels of peers r allows that are full.
@@ -138,6 +173,9 @@ func (ts *tunnelSet) fullFor(r Route) streamsFull {
 		if r.allows(t.peer) && t.full() {
 			f.tunnels++
 			f.bound = t.bound
+			if b := t.outBound(); b != t.bound.Streams {
+				f.bound, f.learned = transport.StreamBound{Streams: b}, true
+			}
 		}
 	}
 	return f
@@ -193,6 +231,9 @@ func (e *Engine) refuseFull(log *slog.Logger, f *streamsFull, waited bool) {
 	variable := e.name("MaxStreams")
 	if f.bound.ByMemory {
 		variable = e.name("MaxConnMemory")
+	}
+	if f.learned {
+		variable = "the peer's stream bound (its " + e.name("MaxStreams") + " or " + e.name("MaxConnMemory") + ")"
 	}
 	attrs := []any{"limit", f.bound.Streams, "tunnels", f.tunnels}
 	var reason string
@@ -488,15 +529,15 @@ func (p *poolState) load() poolLoad {
 			continue
 		}
 		l.live++
-		b := t.bound.Streams
+		b, out := t.bound.Streams, t.outBound()
 		if b <= 0 {
 			unbounded = true
 			continue
 		}
-		l.roomOut += max(0, b-int(t.opened.Load()))
+		l.roomOut += max(0, out-int(t.opened.Load()))
 		l.roomIn += max(0, b-int(t.accepted()))
-		if l.bound == 0 || b < l.bound {
-			l.bound = b
+		if l.bound == 0 || out < l.bound {
+			l.bound = out
 		}
 	}
 	if unbounded {
@@ -564,8 +605,7 @@ func (p *poolState) shrink(now time.Time) {
 		case s.idleSince.IsZero():
 			s.idleSince = now
 		case now.Sub(s.idleSince) >= idleFor:
-			b := t.bound.Streams
-			rest := poolLoad{live: l.live - 1, roomOut: l.roomOut - b, roomIn: l.roomIn - b, bound: l.bound}
+			rest := poolLoad{live: l.live - 1, roomOut: l.roomOut - t.outBound(), roomIn: l.roomIn - t.bound.Streams, bound: l.bound}
 			if !rest.low() {
 				t.log.Info("closing an idle extra tunnel connection", "idle", now.Sub(s.idleSince).Round(time.Second), "tunnels", len(p.slots)-1)
 				p.retire(s, closeSurplus)

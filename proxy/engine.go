@@ -266,7 +266,13 @@ type Engine struct {
 	// that cannot go on) to Run.
 	failed   chan error
 	refusals *logLimiter
-	hslog    *HandshakeLog
+	// peerBounds holds, by peer name, the stream bound a peer refused a
+	// stream of ours at (see tunnel.peerRefused), so that the tunnel
+	// connections opened to it later start from it rather than each
+	// losing a client to learn it. It lasts for the process's life: a peer
+	// that raised its bound since costs extra tunnel connections only.
+	peerBounds sync.Map
+	hslog      *HandshakeLog
 	// slots holds a token per stream in flight when MaxTotalStreams is set.
 	slots   chan struct{}
 	streams *inflight      // client and inbound stream handlers
@@ -931,6 +937,9 @@ func (e *Engine) newTunnel(s transport.Session) *tunnel {
 	info := s.Info()
 	t := &tunnel{s: s, id: nextTunnelID.Add(1), since: time.Now(), peer: info.Peer.Name, peerLabel: e.peerLabel(info.Peer.Name)}
 	t.bound, _ = transport.SessionStreamBound(s)
+	if b, ok := e.peerBounds.Load(t.peer); ok {
+		t.refusedAt.Store(b.(int64))
+	}
 	t.log = e.log.With("tunnel", t.id, "transport", info.Transport, "group", hybridtls.GroupName(info.TLS.CurveID), "sig", info.Peer.Sig, "peer", info.Peer.Name)
 	return t
 }

@@ -436,3 +436,60 @@ func TestEngineRefusesClientPastConnMemory(t *testing.T) {
 		t.Fatalf("the first client after the refusal: %v", err)
 	}
 }
+
+// Over tcp, a dial side whose peer accepts fewer streams per connection
+// than this side's own settings assume (here the listen side's
+// MaxStreams is 2, the dial side's 4) learns the peer's bound from the
+// first stream the peer's yamux refuses: that client is refused with a
+// line naming the peer's settings rather than "stream aborted", and the
+// next clients go to a second tunnel connection instead of being reset.
+func TestDialSideLearnsThePeersLowerStreamBound(t *testing.T) {
+	const peerStreams = 2
+	echo := testutil.EchoOrigin(t)
+	listenStore, dialStore := pinnedtest.Stores(t, wire.ALPN)
+	listen := runEngine(t, Config{
+		Mode: ModeListen, Tunnel: []string{"127.0.0.1:0"}, Transport: tlsmux.Transport{},
+		Target: []Route{{Name: "echo", Addr: echo}}, TLS: listenStore,
+		Mux: transport.Config{MaxStreams: peerStreams},
+	})
+	var logs logtest.Recorder
+	dial := runEngine(t, Config{
+		Mode: ModeDial, Tunnel: []string{listen.TunnelAddr().String()}, Transport: tlsmux.Transport{}, Connections: 1, MaxConnections: 2,
+		Forward: []Route{{Name: "echo", Addr: "127.0.0.1:0"}}, TLS: dialStore, Logger: slog.New(&logs),
+		Mux: transport.Config{MaxStreams: 2 * peerStreams},
+	})
+	waitTunnels(t, dial)
+	fwd := dial.ForwardAddrs()[0].String()
+	for i := range peerStreams {
+		if _, err := holdEcho(t, fwd); err != nil {
+			t.Fatalf("client %d of the first connection's %d: %v", i+1, peerStreams, err)
+		}
+	}
+	expectRefused(t, fwd)
+	waitFor(t, "the refusal's log line", func() bool { return logs.Contains("client refused", "the peer refused the stream") })
+	if !logs.Contains("client refused", "PQT_MAX_STREAMS or PQT_MAX_CONN_MEMORY is lower than this side's") {
+		t.Errorf("the refusal does not name the peer's settings: %q", logs.All())
+	}
+	waitFor(t, "a second tunnel connection", func() bool { return len(dial.Tunnels()) == 2 })
+	for i := range peerStreams {
+		if _, err := holdEcho(t, fwd); err != nil {
+			t.Fatalf("client %d of the second connection's %d: %v", i+1, peerStreams, err)
+		}
+	}
+	// Both connections now carry the peer's bound: the next client is
+	// refused before any stream is opened, naming the learned bound.
+	expectRefused(t, fwd)
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, l := range logs.All() {
+				t.Log(l)
+			}
+		}
+	})
+	waitFor(t, "the full pool's log line", func() bool {
+		return logs.Contains("client refused", "the peer's stream bound (its PQT_MAX_STREAMS or PQT_MAX_CONN_MEMORY) reached on every tunnel connection", "limit=2", "tunnels=2")
+	})
+	if logs.Contains("stream aborted") || logs.Contains("send preamble failed") {
+		t.Errorf("a client was reset instead of refused: %q", logs.All())
+	}
+}

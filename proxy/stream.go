@@ -189,6 +189,14 @@ func (l *localSide) Carry(copy route.Copy) {
 	l.carried = true
 	l.e.carry(l.undo, func() {
 		up, down, err := copy()
+		if errors.Is(err, transport.ErrStreamRefused) {
+			// Counted before this stream is released: the peer carried
+			// the others open now, and no more.
+			if b := l.t.peerRefused(l.t.opened.Load()); b > 0 {
+				l.e.peerBounds.Store(l.t.peer, b)
+			}
+			l.e.kickPool()
+		}
 		l.e.clientEnded(up+l.early, down, err, l.label, l.log, l.start, l.rec)
 	})
 }
@@ -204,8 +212,12 @@ func (e *Engine) clientEnded(up, down int64, err error, label string, log *slog.
 	err = e.namedIdle(err)
 	o.StreamBytes(label, up, down)
 	var refused *refusedError
-	if errors.As(err, &refused) {
+	peerBound := errors.Is(err, transport.ErrStreamRefused)
+	switch {
+	case errors.As(err, &refused):
 		rec.refused(refused.resp.Status.Label(), errors.New(refused.resp.Message))
+	case peerBound:
+		rec.refused(wire.StatusBusy.Label(), err)
 	}
 	if benign(err) {
 		rec.finished(up, down, nil)
@@ -216,6 +228,13 @@ func (e *Engine) clientEnded(up, down int64, err error, label string, log *slog.
 	case refused != nil:
 		o.StreamFailed(label, refused.resp.Status.Label())
 		e.warnRefusal(log, "stream refused by peer", refused.resp.Status.String(), "err", refused.resp.Message)
+	case peerBound:
+		// yamux refuses a stream over its limit with a bare reset; said
+		// here with the settings that set the limit, since this side's
+		// own ones let the stream through.
+		o.StreamFailed(label, wire.StatusBusy.Label())
+		e.warnRefusal(log, "client refused", "the peer refused the stream: it carries its stream bound on this tunnel connection, or it is going away",
+			"hint", "the peer's "+e.name("MaxStreams")+" or "+e.name("MaxConnMemory")+" is lower than this side's; this side keeps to the peer's on every tunnel connection to it, and a dial side opens more of them, up to its "+e.name("MaxConnections"))
 	case errors.Is(err, route.ErrIdle):
 		o.StreamFailed(label, "idle")
 		log.Info("stream closed: idle", "idle_timeout", e.cfg.StreamIdleTimeout, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond))

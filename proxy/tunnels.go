@@ -28,6 +28,10 @@ type tunnel struct {
 	// how many of them the peer accepts at once (see takeOpened).
 	opened atomic.Int64
 	bound  transport.StreamBound
+	// refusedAt is, once the peer refused a stream of ours
+	// (transport.ErrStreamRefused), how many of ours it carried then: its
+	// real bound, which may be lower than bound.Streams, this side's own.
+	refusedAt atomic.Int64
 	// closing is why this side closed the tunnel (see closeFor), when it did.
 	closing atomic.Pointer[string]
 

@@ -212,6 +212,16 @@ var ErrBusy = errors.New("transport: too many handshakes in progress")
 // already take Config.MaxConnMemory, so another stream would exceed it.
 var ErrConnMemory = errors.New("transport: tunnel connection memory bound reached")
 
+// ErrStreamRefused is wrapped by the first Read of a stream this side
+// opened when the peer's multiplexer refused the stream before its
+// application saw it: the peer already carries as many streams of this
+// side as it accepts on the connection (its MaxStreams, or its
+// MaxConnMemory over tcp, may be lower than this side's), its accept
+// queue is full, or it is going away. Nothing of the stream reached the
+// peer's application, so the stream can be counted as refused, not as
+// failed.
+var ErrStreamRefused = errors.New("transport: the peer refused the stream: it carries its stream bound on this connection, or it is going away")
+
 // ErrClosed is returned by Accept after Close.
 var ErrClosed = errors.New("transport: listener closed")
 

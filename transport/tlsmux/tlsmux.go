@@ -184,7 +184,7 @@ func (s *tcpSession) OpenStream(ctx context.Context) (transport.Stream, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open yamux stream: %w", err)
 	}
-	return &tcpStream{st, s.gw}, nil
+	return &tcpStream{Stream: st, gw: s.gw, opened: true}, nil
 }
 
 func (s *tcpSession) AcceptStream(ctx context.Context) (transport.Stream, error) {
@@ -229,7 +229,7 @@ func (s *tcpSession) accepted(st *yamux.Stream, err error) (transport.Stream, er
 		}
 		return nil, fmt.Errorf("accept yamux stream: %w", err)
 	}
-	return &tcpStream{st, s.gw}, nil
+	return &tcpStream{Stream: st, gw: s.gw}, nil
 }
 
 type acceptResult struct {
@@ -255,6 +255,34 @@ func (s *tcpSession) StreamBound() transport.StreamBound {
 type tcpStream struct {
 	*yamux.Stream
 	gw *groupWriter
+	// opened is set for a stream this side opened; heard once a Read
+	// returned bytes.
+	opened, heard bool
+}
+
+// resetCode is the error code of the resets pqtunnel sends. yamux refuses
+// a stream it will not take (over MaxIncomingStreams, a full accept
+// queue, going away) with a reset of code 0; a different code for
+// pqtunnel's own resets lets the opener tell those refusals from a reset
+// by the peer's application.
+const resetCode = 1
+
+// Read marks a stream this side opened that the peer's yamux reset before
+// it sent anything as refused (transport.ErrStreamRefused).
+func (t *tcpStream) Read(p []byte) (int, error) {
+	n, err := t.Stream.Read(p)
+	if n > 0 {
+		t.heard = true
+	} else if err != nil && t.opened && !t.heard && refusedByPeer(err) {
+		err = fmt.Errorf("%w (%w)", transport.ErrStreamRefused, err)
+	}
+	return n, err
+}
+
+// refusedByPeer reports whether err is a reset of code 0 from the peer.
+func refusedByPeer(err error) bool {
+	var se *yamux.StreamError
+	return errors.As(err, &se) && se.Remote && se.ErrorCode == 0
 }
 
 // Write tells the session's groupWriter what yamux queued, so that it can
@@ -266,7 +294,7 @@ func (t *tcpStream) Write(p []byte) (int, error) {
 }
 
 // Reset aborts both directions; the peer's reads and writes fail at once.
-func (t *tcpStream) Reset() { _ = t.Stream.Reset() }
+func (t *tcpStream) Reset() { _ = t.Stream.ResetWithError(resetCode) }
 
 // tcpListener accepts TLS over TCP and runs handshakes concurrently, at most
 // MaxHandshakes at a time, so a slow peer cannot stall the others.
