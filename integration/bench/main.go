@@ -200,6 +200,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 1 && args[0] == helperFlag {
 		return serveEchoHelper(os.Stdin, stdout)
 	}
+	if len(args) == 3 && args[0] == relayFlag {
+		return serveRelay(args[1], args[2], os.Stdin, stdout)
+	}
 	o, err := parseFlags(args, stderr)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {

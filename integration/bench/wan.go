@@ -44,6 +44,8 @@ const (
 	wanListenMetr  = "127.0.0.1:9100"
 	wanForwardBase = 7000 // + 100 × dial side index + route index
 	wanMetricsBase = 9101 // + dial side index
+	wanRelayA      = 7900 // the 2-relays path: its relay in A listens here on loopback
+	wanRelayB      = 7901 // and the one in B on its link address
 )
 
 // wanCell is one link of the matrix.
@@ -352,6 +354,25 @@ func (w *wanRun) startSides(ctx context.Context, transports []string) ([]*wanPat
 	return paths, all, nil
 }
 
+// startRelays starts the 2-relays path: a plain TCP relay in A, reached
+// on loopback as a dial side's forward listener is, carrying each
+// connection over the link to one in B, which carries it on to the echo
+// origin as a listen side does. It is measured for latency only.
+func (w *wanRun) startRelays(ctx context.Context) (*wanPath, []*child, error) {
+	o := w.origin[""]
+	inB := net.JoinHostPort(wan.AddrB, strconv.Itoa(wanRelayB))
+	b, err := startRelay(ctx, w.sup, "wan-relay-b", w.bed.B.Name, inB, "127.0.0.1:"+port(o.addr(routeEcho)))
+	if err != nil {
+		return nil, nil, err
+	}
+	inA := "127.0.0.1:" + strconv.Itoa(wanRelayA)
+	a, err := startRelay(ctx, w.sup, "wan-relay-a", w.bed.A.Name, inA, inB)
+	if err != nil {
+		return nil, []*child{b}, err
+	}
+	return &wanPath{mode: modeRelays, org: o, dial: w.dialer(""), routes: map[string]string{routeEcho: inA}}, []*child{a, b}, nil
+}
+
 // setLink gives both directions of the link cell's impairments.
 func (w *wanRun) setLink(cell wanCell) {
 	w.bed.Link.SetBoth(netem.Config{Delay: cell.rtt / 2, Loss: cell.loss, RateBits: int64(w.o.wanRate), QueueBytes: w.queueBytes()})
@@ -406,6 +427,18 @@ func (w *wanRun) measureCell(ctx context.Context, cell wanCell, col *collector) 
 		w.failed(cell.name()+": start the sides", err)
 	}
 	paths = append(paths, tunnels...)
+	if w.o.runs("latency") {
+		relay, relays, err := w.startRelays(ctx)
+		defer w.stopSides(relays)
+		if err != nil {
+			if ctx.Err() != nil {
+				return context.Cause(ctx)
+			}
+			w.failed(cell.name()+": start the relays", err)
+		} else {
+			paths = append(paths, relay)
+		}
+	}
 
 	// Tunnel establishment first, on an idle link.
 	for _, tr := range []string{modeTCP, modeQUIC} {
@@ -432,6 +465,9 @@ func (w *wanRun) measureCell(ctx context.Context, cell wanCell, col *collector) 
 		for _, p := range paths {
 			if strings.HasPrefix(p.mode, modeDirect+"_") && spec.streams > 1 {
 				continue // the other congestion controls for one stream only
+			}
+			if p.mode == modeRelays {
+				continue // a latency baseline: its throughput is direct's
 			}
 			if err := w.bulk(ctx, cell, col, spec, spec.name, p); err != nil {
 				return err

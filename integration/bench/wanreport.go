@@ -50,6 +50,7 @@ func writeWANTable(w io.Writer, r *WANResult) {
 	fmt.Fprintf(w, "load average %s at start, %s at end; kernel congestion control %s (available: %s); one sample per figure and cell\n",
 		m.LoadStart, m.LoadEnd, m.DefaultCC, strings.Join(m.AvailableCC, " "))
 	fmt.Fprintln(w, "direct is TCP from the client's namespace to the origin's over the link; tcp, quic and auto go through a dial and a listen side; ×d is the ratio to direct, ×t quic's to tcp, +ms the latency added to direct's")
+	fmt.Fprintln(w, "2 relays (latency only) is a plain TCP relay process in each namespace, on the sides' hops without encryption or multiplexing: what it adds, any two-process tunnel adds")
 	fmt.Fprintln(w, "RTT grew after up: the sides came up over the link without its delay, which was then added; measured at once and (not in a smoke run) 15 s later, direct again beside them")
 	for _, n := range m.Notes {
 		fmt.Fprintln(w, "note:", n)
@@ -65,7 +66,7 @@ func writeWANTable(w io.Writer, r *WANResult) {
 	for _, md := range modes[1:] {
 		head += "\t" + strings.ReplaceAll(md, "_", " ")
 	}
-	head += "\ttcp\t\tquic\t\t\tauto\t\t"
+	head += "\t2 relays\t\ttcp\t\tquic\t\t\tauto\t\t"
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, head)
 	var emulator []string // a line per cell, after the table: too wide for a column
@@ -80,7 +81,7 @@ func writeWANTable(w io.Writer, r *WANResult) {
 			for _, md := range modes {
 				row += "\t" + figValue(c.Figures, fig, md)
 			}
-			for _, md := range []string{modeTCP, modeQUIC} {
+			for _, md := range []string{modeRelays, modeTCP, modeQUIC} {
 				row += "\t" + figValue(c.Figures, fig, md) + "\t" + figRatio(c.Figures, fig, md)
 			}
 			row += "\t" + quicToTCP(c.Figures, fig)
