@@ -458,6 +458,13 @@ func TestDialSideLearnsThePeersLowerStreamBound(t *testing.T) {
 		Forward: []Route{{Name: "echo", Addr: "127.0.0.1:0"}}, TLS: dialStore, Logger: slog.New(&logs),
 		Mux: transport.Config{MaxStreams: 2 * peerStreams},
 	})
+	t.Cleanup(func() { // the dial side's story, for a failure that names no log line
+		if t.Failed() {
+			for _, l := range logs.All() {
+				t.Log(l)
+			}
+		}
+	})
 	waitTunnels(t, dial)
 	fwd := dial.ForwardAddrs()[0].String()
 	for i := range peerStreams {
@@ -479,13 +486,6 @@ func TestDialSideLearnsThePeersLowerStreamBound(t *testing.T) {
 	// Both connections now carry the peer's bound: the next client is
 	// refused before any stream is opened, naming the learned bound.
 	expectRefused(t, fwd)
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, l := range logs.All() {
-				t.Log(l)
-			}
-		}
-	})
 	waitFor(t, "the full pool's log line", func() bool {
 		return logs.Contains("client refused", "the peer's stream bound (its PQT_MAX_STREAMS or PQT_MAX_CONN_MEMORY) reached on every tunnel connection", "limit=2", "tunnels=2")
 	})

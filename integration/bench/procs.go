@@ -143,22 +143,34 @@ func startEchoHelper(ctx context.Context, sup *supervisor) (*child, string, erro
 	if err != nil {
 		return nil, "", err
 	}
+	addr, err := awaitReadyLine(ctx, sup, c, helperReady)
+	if err != nil {
+		return nil, "", err
+	}
+	return c, addr, nil
+}
+
+// awaitReadyLine waits up to 10 s for the helper c to print a line that
+// starts with prefix, and returns the rest of that line. Once it has, the
+// supervisor watches c; if it has not, c is stopped.
+func awaitReadyLine(ctx context.Context, sup *supervisor, c *child, prefix string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if _, rest, ok := strings.Cut(c.out.String(), helperReady); ok {
-			if addr, _, ok := strings.Cut(rest, "\n"); ok {
+		if _, rest, ok := strings.Cut(c.out.String(), prefix); ok {
+			if line, _, ok := strings.Cut(rest, "\n"); ok {
 				sup.watch(c)
-				return c, addr, nil
+				return line, nil
 			}
 		}
 		select {
 		case <-c.done:
-			return nil, "", fmt.Errorf("echo helper exited (%v): %s", c.proc.Err(), c.out.String())
+			return "", fmt.Errorf("%s exited (%v): %s", c.name, c.proc.Err(), c.out.String())
 		case <-ctx.Done():
-			return nil, "", fmt.Errorf("echo helper did not say its address within 10s: %s", c.out.String())
+			sup.stop(c)
+			return "", fmt.Errorf("%s did not say %q within 10s: %s", c.name, strings.TrimSpace(prefix), c.out.String())
 		case <-tick.C:
 		}
 	}

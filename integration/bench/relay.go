@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"strings"
 	"sync"
 	"time"
 )
@@ -81,20 +80,8 @@ func startRelay(ctx context.Context, sup *supervisor, name, netns, listen, targe
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !strings.Contains(c.out.String(), relayReady) {
-		select {
-		case <-c.done:
-			return nil, fmt.Errorf("relay %s exited (%v): %s", name, c.proc.Err(), c.out.String())
-		case <-ctx.Done():
-			sup.stop(c)
-			return nil, fmt.Errorf("relay %s did not listen within 10s: %s", name, c.out.String())
-		case <-tick.C:
-		}
+	if _, err := awaitReadyLine(ctx, sup, c, relayReady); err != nil {
+		return nil, err
 	}
-	sup.watch(c)
 	return c, nil
 }

@@ -5,29 +5,11 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/pqtunnel/pqtunnel/internal/testutil"
 )
-
-// syncBuffer is a bytes.Buffer safe for the relay's writes beside the
-// test's reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // The relay carries a connection's bytes both ways to its target, passes
 // the client's half-close on, and stops when stdin closes.
@@ -47,7 +29,7 @@ func TestRelayCarriesBothWaysAndStopsWithStdin(t *testing.T) {
 		_, _ = c.Write(bytes.ToUpper(got))
 	}()
 	stdinR, stdinW := io.Pipe()
-	var out syncBuffer
+	var out testutil.Output
 	exited := make(chan int, 1)
 	go func() { exited <- serveRelay("127.0.0.1:0", ln.Addr().String(), stdinR, &out) }()
 	var addr string
