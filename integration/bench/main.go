@@ -98,6 +98,9 @@ type options struct {
 	// cell's bulk figures, so that they are a tunnel's that has seen the
 	// path: auto moves off QUIC on a lossy one after about 10 s of traffic.
 	wanSettle time.Duration
+	// wanEnv are PQT_ settings every WAN side gets beside the harness's
+	// own, to measure a setting on the bed.
+	wanEnv map[string]string
 }
 
 var phaseNames = []string{"memory", "bulk", "rate", "redis", "handshake", "tls"}
@@ -132,6 +135,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.Float64Var(&o.wanRate, "wan-rate", 200, "WAN rate cap in Mbit/s, each direction")
 	fs.DurationVar(&o.wanQueue, "wan-queue", 50*time.Millisecond, "WAN queue bound, as time at the rate cap")
 	blackhole := fs.Duration("wan-blackhole", -1, "WAN UDP blackhole duration, 0 to leave it out (default 10s, smoke 2s)")
+	sideEnv := fs.String("wan-env", "", "WAN: PQT_ settings every side gets, comma-separated NAME=VALUE (such as PQT_MAX_STREAMS=63 to measure a larger initial stream window); empty: the defaults")
 	settle := fs.Duration("wan-settle", -1, "WAN: how long auto's tunnel carries a 1-stream upload before a cell's bulk figures, so that they are those of a tunnel that has seen the path (auto moves off QUIC on a lossy path after about 10 s of traffic); 0 measures auto as it comes up (default 15s, smoke 0)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -148,6 +152,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		if err := o.parseWAN(*rtts, *losses, *blackhole); err != nil {
 			return o, err
 		}
+		env, err := parseSideEnv(*sideEnv)
+		if err != nil {
+			return o, err
+		}
+		o.wanEnv = env
 	}
 	if *only != "" {
 		names := phaseNames
@@ -277,6 +286,24 @@ func (o *options) parseWAN(rtts, losses string, blackhole time.Duration) error {
 		o.out = "bench-wan-result.json"
 	}
 	return nil
+}
+
+// parseSideEnv parses -wan-env. Only PQT_ names are taken: the sides
+// inherit nothing else of the harness's that matters, and a typo is caught
+// by the sides themselves, which refuse an unknown PQT_ name.
+func parseSideEnv(list string) (map[string]string, error) {
+	env := map[string]string{}
+	if strings.TrimSpace(list) == "" {
+		return env, nil
+	}
+	for kv := range strings.SplitSeq(list, ",") {
+		name, value, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok || !strings.HasPrefix(name, "PQT_") || len(name) == len("PQT_") {
+			return nil, fmt.Errorf("-wan-env: %q is not NAME=VALUE with a PQT_ name", kv)
+		}
+		env[name] = value
+	}
+	return env, nil
 }
 
 // runWANMain is run for -wan. Without root it says why and, in a smoke

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -105,6 +106,9 @@ func runWAN(ctx context.Context, o options, log io.Writer) (*WANResult, error) {
 	}, Errors: []string{}}
 	if o.wanSettle > 0 {
 		w.res.Meta.AutoSettle = o.wanSettle.String()
+	}
+	for _, name := range slices.Sorted(maps.Keys(o.wanEnv)) {
+		w.res.Meta.Notes = append(w.res.Meta.Notes, "every side runs with "+name+"="+o.wanEnv[name])
 	}
 	err := w.run(ctx)
 	w.res.Meta.LoadEnd = loadavg()
@@ -286,10 +290,15 @@ func (w *wanRun) sideEnv(role, transport string) map[string]string {
 	if role == "dial" {
 		other = "listen"
 	}
-	return map[string]string{
+	env := maps.Clone(w.o.wanEnv)
+	if env == nil {
+		env = map[string]string{}
+	}
+	maps.Copy(env, map[string]string{
 		"PQT_MODE": role, "PQT_TRANSPORT": transport, "PQT_LOG_LEVEL": "warn",
 		"PQT_IDENTITY": w.ids[role], "PQT_PEERS": w.pins[other],
-	}
+	})
+	return env
 }
 
 // startIn starts a pqtunnel side in n and waits until it has tunnels up.

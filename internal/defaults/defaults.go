@@ -91,9 +91,10 @@ const (
 	// MaxConnMemory bounds, in bytes, the receive windows one tunnel
 	// connection grants its peer, so one peer pushing into a slow origin
 	// cannot make this side buffer more. Over tcp every stream holds at
-	// least yamux's fixed 256 KiB window, so the bound also caps streams
-	// per connection: 256 MiB leaves room for 511 each way (64 MiB would
-	// leave 127, fewer than an ordinary pool of idle connections).
+	// least its initial window (yamux's 256 KiB at the default
+	// MaxStreams), so the bound also caps streams per connection: 256 MiB
+	// leaves room for 511 each way (64 MiB would leave 127, fewer than an
+	// ordinary pool of idle connections).
 	MaxConnMemory = 256 << 20
 	// MaxClientsPerIP zero means ClientsPerIPShare of MaxTotalStreams.
 	MaxClientsPerIP = 0

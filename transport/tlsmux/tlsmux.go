@@ -59,6 +59,7 @@ func yamuxConfig(c *transport.Config, mem *connMemory) *yamux.Config {
 	y.ConnectionWriteTimeout = max(c.IdleTimeout-c.KeepAlive, c.KeepAlive)
 	y.MaxIncomingStreams = uint32(mem.peerStreams)
 	y.MaxStreamWindowSize = uint32(c.StreamWindow)
+	y.InitialStreamWindowSize = uint32(mem.window)
 	// yamux doubles a stream's window while its updates come within four
 	// RTTs of each other, by the RTT its pings measured. Measured only
 	// every 30 s (its default), a tunnel that came up over a short path
@@ -136,7 +137,7 @@ func handshakeTCP(ctx context.Context, rc *recordConn, c *transport.Config, clie
 		return nil, transport.NewHandshakeError(Name, transport.StageAuthenticate, fmt.Errorf("authenticate peer: %w", withAlert(tc, err)))
 	}
 	_ = tc.SetDeadline(time.Time{}) // yamux keep-alives take over liveness
-	mem := newConnMemory(c.MaxConnMemory, c.MaxStreams)
+	mem := newConnMemory(c.MaxConnMemory, c.MaxStreams, c.StreamWindow)
 	bt := &batchedTLS{tc, rc}
 	gw := newGroupWriter(bt, bt)
 	var ys *yamux.Session

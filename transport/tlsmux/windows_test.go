@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/pqtunnel/pqtunnel/transport"
+	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 )
 
 // pathInFlight is what a 200 Mbit/s path with a 200 ms RTT holds in flight.
@@ -18,7 +19,7 @@ const sendBufferMax = 4 << 20
 // the sender's socket buffer, within the connection's memory bound.
 func TestStreamWindowCoversALongFatPath(t *testing.T) {
 	c := (&transport.Config{}).WithDefaults()
-	mem := newConnMemory(c.MaxConnMemory, c.MaxStreams)
+	mem := newConnMemory(c.MaxConnMemory, c.MaxStreams, c.StreamWindow)
 	y := yamuxConfig(c, mem)
 	if got := int(y.MaxStreamWindowSize); got < pathInFlight+sendBufferMax {
 		t.Errorf("MaxStreamWindowSize %d, want at least %d (200 Mbit/s × 200 ms + a %d-byte send buffer)", got, int(pathInFlight+sendBufferMax), sendBufferMax)
@@ -43,10 +44,33 @@ func TestRTTIsMeasuredEveryProbe(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := tc.c.WithDefaults()
-			y := yamuxConfig(c, newConnMemory(c.MaxConnMemory, c.MaxStreams))
+			y := yamuxConfig(c, newConnMemory(c.MaxConnMemory, c.MaxStreams, c.StreamWindow))
 			if y.MeasureRTTInterval != tc.want {
 				t.Errorf("MeasureRTTInterval %s, want %s", y.MeasureRTTInterval, tc.want)
 			}
 		})
+	}
+}
+
+// A stream may send its whole initial window before the peer reads a
+// byte: yamux's 256 KiB at the defaults, 2 MiB where the listen side
+// allows 63 streams per connection.
+func TestStreamSendsItsInitialWindowUnread(t *testing.T) {
+	for _, tc := range []struct {
+		maxStreams int
+		want       int
+	}{{0, 256 << 10}, {63, 2 << 20}} {
+		cc, sc := transporttest.Configs(t)
+		cc.MaxStreams, sc.MaxStreams = tc.maxStreams, tc.maxStreams
+		client, server := transporttest.SessionPair(t, Transport{}, cc, sc)
+		st, accepted := transporttest.OpenAccepted(t, client, server, []byte("a"))
+		defer st.Reset()
+		defer accepted.Reset()
+		// The peer has read the first byte and nothing after it.
+		_ = st.SetWriteDeadline(time.Now().Add(time.Second))
+		n, err := st.Write(make([]byte, 8<<20)) // ends at the deadline
+		if got := n + 1; got != tc.want {
+			t.Errorf("MaxStreams %d: %d bytes sent before the peer read them (the write ended with %v), want the %d-byte initial window", tc.maxStreams, got, err, tc.want)
+		}
 	}
 }
