@@ -605,6 +605,9 @@ func (w *wanRun) bulk(ctx context.Context, cell wanCell, col *collector, spec bu
 	if spec.upload {
 		addr = p.routes[routeSink]
 	}
+	if err := w.awaitQuietLink(ctx, cell.rtt); err != nil {
+		return err
+	}
 	s, err := runBulk(ctx, p.org, p.dial, addr, spec.upload, true, spec.streams, warm, window, p.sides)
 	if ctx.Err() != nil {
 		return context.Cause(ctx)
@@ -619,6 +622,43 @@ func (w *wanRun) bulk(ctx context.Context, cell wanCell, col *collector, spec bu
 		w.progress("  %s %s: %.2f MB/s", fig, p.mode, s.mbps)
 	}
 	return nil
+}
+
+// awaitQuietLink waits until the link carries next to nothing either way,
+// for at most 10 s. A bulk transfer over the tcp transport ends with its
+// stream reset, but what its tunnel socket holds unsent (megabytes, with
+// windows sized for the path) and what the link's queue holds still cross
+// the link afterwards: the next path measured would start against that
+// tail and take its losses. Direct connections are closed and drop theirs.
+func (w *wanRun) awaitQuietLink(ctx context.Context, rtt time.Duration) error {
+	moved := func() uint64 {
+		return w.bed.Link.Stats(netem.AtoB).Bytes + w.bed.Link.Stats(netem.BtoA).Bytes
+	}
+	step := max(100*time.Millisecond, 2*rtt)
+	quiet := uint64(w.o.wanRate / 8 * step.Seconds() / 100) // 1 % of the rate cap
+	ok, err := awaitQuiet(ctx, moved, step, quiet, 10*time.Second)
+	if err == nil && !ok {
+		w.progress("  the link was still busy after 10 s")
+	}
+	return err
+}
+
+// awaitQuiet polls moved, a byte counter, every step until it grows by at
+// most quiet in one step (true) or limit has passed (false).
+func awaitQuiet(ctx context.Context, moved func() uint64, step time.Duration, quiet uint64, limit time.Duration) (bool, error) {
+	deadline := time.Now().Add(limit)
+	last := moved()
+	for time.Now().Before(deadline) {
+		if err := waitFor(ctx, step); err != nil {
+			return false, err
+		}
+		now := moved()
+		if now-last <= quiet {
+			return true, nil
+		}
+		last = now
+	}
+	return false, nil
 }
 
 var wanBulkSpecs = []bulkSpec{
