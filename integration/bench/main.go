@@ -107,9 +107,10 @@ var phaseNames = []string{"memory", "bulk", "rate", "redis", "handshake", "tls"}
 
 // wanPhaseNames are the parts of a WAN run -only can choose: per cell,
 // tunnel establishment, 1-stream and 8-stream bulk, request/response and
-// connect-to-first-byte latency, and 1-stream bulk over tunnels that came
-// up before the RTT grew; then the UDP blackhole.
-var wanPhaseNames = []string{"establish", "bulk1", "bulk8", "latency", "grow", "blackhole"}
+// connect-to-first-byte latency, request/response latency beside two
+// downloads on the same path, and 1-stream bulk over tunnels that came up
+// before the RTT grew; then the UDP blackhole.
+var wanPhaseNames = []string{"establish", "bulk1", "bulk8", "latency", "loaded", "grow", "blackhole"}
 
 // runs says whether phase is to be run.
 func (o options) runs(phase string) bool { return len(o.only) == 0 || slices.Contains(o.only, phase) }

@@ -506,7 +506,70 @@ func (w *wanRun) measureCell(ctx context.Context, cell wanCell, col *collector) 
 			col.add("first_byte", "ms", p.mode, 0, ms(percentile(first, 0.5)))
 		}
 	}
+	for _, p := range paths {
+		if !w.o.runs("loaded") {
+			break
+		}
+		if p.mode == modeRelays || (p.mode != modeDirect && strings.HasPrefix(p.mode, modeDirect)) {
+			continue
+		}
+		if err := w.awaitQuietLink(ctx, cell.rtt); err != nil {
+			return err
+		}
+		lat, err := w.requestResponseLoaded(ctx, p, cell.rtt)
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		if err != nil {
+			col.fail("rr_p50_loaded", "ms", p.mode, err)
+			w.failed(fmt.Sprintf("%s: request/response beside downloads %s", cell.name(), p.mode), err)
+			continue
+		}
+		col.add("rr_p50_loaded", "ms", p.mode, 0, ms(percentile(lat, 0.5)))
+		col.add("rr_p99_loaded", "ms", p.mode, 0, ms(percentile(lat, 0.99)))
+	}
 	return nil
+}
+
+// loadedDownloads is how many downloads run beside the loaded
+// request/response probe: two, so that over a dial side's two tunnel
+// connections (PQT_CONNECTIONS) the probe's stream shares one with a
+// download whichever it lands on, as an interactive client's does on a
+// tunnel that also carries bulk.
+const loadedDownloads = 2
+
+// requestResponseLoaded is requestResponse while loadedDownloads
+// downloads run over the same path: what a small request waits behind a
+// bulk transfer, in the link's queue (direct TCP pays that too) and, for a
+// tunnel, in what the tunnel connection has queued ahead of it.
+func (w *wanRun) requestResponseLoaded(ctx context.Context, p *wanPath, rtt time.Duration) ([]time.Duration, error) {
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for range loadedDownloads {
+		c, err := p.dial(ctx, p.routes[routeSource])
+		if err != nil {
+			return nil, fmt.Errorf("start a download: %w", err)
+		}
+		conns = append(conns, c)
+		wg.Go(func() { _, _ = io.Copy(io.Discard, c) }) // until closed
+	}
+	// The downloads fill the path first, past slow start.
+	if err := waitFor(ctx, max(time.Second, 10*rtt)); err != nil {
+		return nil, err
+	}
+	// Fewer exchanges than unloaded, each allowed far longer: a request may
+	// wait behind seconds of queued data.
+	lat, err := exchanges(ctx, p, min(w.samplesFor(rtt), 40), 60*time.Second)
+	for _, c := range conns {
+		_ = c.Close() // ends the copies
+	}
+	return lat, err
 }
 
 // settleAuto carries a 1-stream upload over auto's tunnel for
@@ -682,12 +745,18 @@ func (w *wanRun) samplesFor(rtt time.Duration) int {
 // one connection, and returns the round trips sorted.
 func (w *wanRun) requestResponse(ctx context.Context, p *wanPath, rtt time.Duration) ([]time.Duration, error) {
 	n := w.samplesFor(rtt)
+	return exchanges(ctx, p, n, time.Duration(n)*4*rtt+linger)
+}
+
+// exchanges times n 1-byte echoes on one connection of p's, all within
+// limit.
+func exchanges(ctx context.Context, p *wanPath, n int, limit time.Duration) ([]time.Duration, error) {
 	c, err := p.dial(ctx, p.routes[routeEcho])
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(time.Duration(n)*4*rtt + linger)) // a failure shows as an I/O error
+	_ = c.SetDeadline(time.Now().Add(limit)) // a failure shows as an I/O error
 	b := []byte{'x'}
 	// One exchange first, unmeasured: the stream's setup is not a request.
 	_, err = c.Write(b)

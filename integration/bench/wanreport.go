@@ -25,6 +25,8 @@ var wanFigureTitles = map[string]string{
 	"rr_p50":                              "request/response p50 (ms)",
 	"rr_p99":                              "request/response p99 (ms)",
 	"first_byte":                          "connect to first byte p50 (ms)",
+	"rr_p50_loaded":                       "request/response p50 beside 2 downloads (ms)",
+	"rr_p99_loaded":                       "request/response p99 beside 2 downloads (ms)",
 	"establish":                           "tunnel establishment p50 (ms)",
 	"upload_1_stream" + grownSuffix:       "upload 1 stream, RTT grew after up (MB/s)",
 	"download_1_stream" + grownSuffix:     "download 1 stream, RTT grew after up (MB/s)",
@@ -34,7 +36,7 @@ var wanFigureTitles = map[string]string{
 
 var wanFigureOrder = []string{"upload_1_stream", "download_1_stream", "upload_8_streams", "download_8_streams",
 	"upload_1_stream" + grownSuffix, "download_1_stream" + grownSuffix,
-	"upload_1_stream" + grownLateSuffix, "download_1_stream" + grownLateSuffix, "rr_p50", "rr_p99", "first_byte", "establish"}
+	"upload_1_stream" + grownLateSuffix, "download_1_stream" + grownLateSuffix, "rr_p50", "rr_p99", "first_byte", "rr_p50_loaded", "rr_p99_loaded", "establish"}
 
 // writeWANTable prints the WAN result as one table: a block of rows per
 // cell, one column per mode, tunnelled modes with their ratio to direct

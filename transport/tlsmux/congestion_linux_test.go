@@ -102,8 +102,26 @@ func TestTCPCongestionDefaultsToBBRWhereOffered(t *testing.T) {
 	expectCongestion(t, cc, sc, want)
 }
 
+// notSentLowWaterOf reads c's TCP_NOTSENT_LOWAT.
+func notSentLowWaterOf(t *testing.T, c net.Conn) int {
+	t.Helper()
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	var gerr error
+	if err := rc.Control(func(fd uintptr) {
+		v, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT)
+	}); err != nil || gerr != nil {
+		t.Fatalf("read TCP_NOTSENT_LOWAT: %v %v", err, gerr)
+	}
+	return v
+}
+
 // expectCongestion connects a session with the client and server
-// configurations and checks that both of its sockets use want.
+// configurations and checks that both of its sockets use want, and bound
+// their unsent bytes (notSentLowWater).
 func expectCongestion(t *testing.T, cc, sc *transport.Config, want string) {
 	t.Helper()
 	var dialled net.Conn
@@ -123,6 +141,9 @@ func expectCongestion(t *testing.T, cc, sc *transport.Config, want string) {
 	if got := congestionOf(t, dialled); got != want {
 		t.Errorf("dialled socket uses %q, want %q", got, want)
 	}
+	if got := notSentLowWaterOf(t, dialled); got != notSentLowWater {
+		t.Errorf("dialled socket's TCP_NOTSENT_LOWAT is %d, want %d", got, notSentLowWater)
+	}
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	if len(cl.conns) != 1 {
@@ -130,5 +151,8 @@ func expectCongestion(t *testing.T, cc, sc *transport.Config, want string) {
 	}
 	if got := congestionOf(t, cl.conns[0]); got != want {
 		t.Errorf("accepted socket uses %q, want %q", got, want)
+	}
+	if got := notSentLowWaterOf(t, cl.conns[0]); got != notSentLowWater {
+		t.Errorf("accepted socket's TCP_NOTSENT_LOWAT is %d, want %d", got, notSentLowWater)
 	}
 }

@@ -34,10 +34,15 @@ func tuneSocket(conn net.Conn, c *transport.Config) {
 		return // not a socket: nothing to tune
 	}
 	name := congestionFor(c)
-	var serr error
+	var serr, lerr error
 	_ = rc.Control(func(fd uintptr) {
 		serr = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, name)
+		lerr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, notSentLowWater)
 	})
+	if lerr != nil {
+		c.Logger.Debug("tunnel socket unsent-bytes bound not set: small requests may wait behind bulk already in the socket", "transport", Name,
+			"err", fmt.Errorf("set TCP_NOTSENT_LOWAT: %w", lerr))
+	}
 	switch {
 	case serr == nil:
 	case c.TCPCongestion == "":

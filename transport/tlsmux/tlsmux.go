@@ -185,7 +185,7 @@ func (s *tcpSession) OpenStream(ctx context.Context) (transport.Stream, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open yamux stream: %w", err)
 	}
-	return &tcpStream{Stream: st, gw: s.gw, opened: true}, nil
+	return newTCPStream(st, s, true), nil
 }
 
 func (s *tcpSession) AcceptStream(ctx context.Context) (transport.Stream, error) {
@@ -230,7 +230,7 @@ func (s *tcpSession) accepted(st *yamux.Stream, err error) (transport.Stream, er
 		}
 		return nil, fmt.Errorf("accept yamux stream: %w", err)
 	}
-	return &tcpStream{Stream: st, gw: s.gw}, nil
+	return newTCPStream(st, s, false), nil
 }
 
 type acceptResult struct {
@@ -259,6 +259,17 @@ type tcpStream struct {
 	// opened is set for a stream this side opened; heard once a Read
 	// returned bytes.
 	opened, heard bool
+
+	// For Write's wait on the session's backlog (groupWriter.waitRoom):
+	// the write deadline, and done, closed by Close and Reset.
+	writeDeadline atomic.Pointer[time.Time]
+	done          chan struct{}
+	doneOnce      sync.Once
+	sessionDone   <-chan struct{}
+}
+
+func newTCPStream(st *yamux.Stream, s *tcpSession, opened bool) *tcpStream {
+	return &tcpStream{Stream: st, gw: s.gw, opened: opened, done: make(chan struct{}), sessionDone: s.ys.CloseChan()}
 }
 
 // resetCode is the error code of the resets pqtunnel sends. yamux refuses
@@ -287,15 +298,46 @@ func refusedByPeer(err error) bool {
 }
 
 // Write tells the session's groupWriter what yamux queued, so that it can
-// hold a frame while others wait behind it.
+// hold a frame while others wait behind it. A large write first waits
+// while the session's backlog is full, so that it does not queue ahead of
+// other streams' small ones (see maxBacklog).
 func (t *tcpStream) Write(p []byte) (int, error) {
+	if len(p) > smallWrite {
+		var deadline time.Time
+		if d := t.writeDeadline.Load(); d != nil {
+			deadline = *d
+		}
+		if err := t.gw.waitRoom(deadline, t.done, t.sessionDone); err != nil {
+			return 0, err
+		}
+	}
 	n, err := t.Stream.Write(p)
 	t.gw.streamWrote(n)
 	return n, err
 }
 
+func (t *tcpStream) SetWriteDeadline(d time.Time) error {
+	t.writeDeadline.Store(&d)
+	return t.Stream.SetWriteDeadline(d)
+}
+
+func (t *tcpStream) SetDeadline(d time.Time) error {
+	t.writeDeadline.Store(&d)
+	return t.Stream.SetDeadline(d)
+}
+
+func (t *tcpStream) end() { t.doneOnce.Do(func() { close(t.done) }) }
+
 // Reset aborts both directions; the peer's reads and writes fail at once.
-func (t *tcpStream) Reset() { _ = t.Stream.ResetWithError(resetCode) }
+func (t *tcpStream) Reset() {
+	t.end()
+	_ = t.Stream.ResetWithError(resetCode)
+}
+
+func (t *tcpStream) Close() error {
+	t.end()
+	return t.Stream.Close()
+}
 
 // tcpListener accepts TLS over TCP and runs handshakes concurrently, at most
 // MaxHandshakes at a time, so a slow peer cannot stall the others.
