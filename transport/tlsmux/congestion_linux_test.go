@@ -31,19 +31,26 @@ func (l *capturingListener) Accept() (net.Conn, error) {
 	return c, err
 }
 
-func congestionOf(t *testing.T, c net.Conn) string {
+// sockopt runs get on c's socket, failing the test if it fails.
+func sockopt(t *testing.T, c net.Conn, name string, get func(fd int) error) {
 	t.Helper()
 	rc, err := c.(*net.TCPConn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var name string
 	var gerr error
-	if err := rc.Control(func(fd uintptr) {
-		name, gerr = unix.GetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION)
-	}); err != nil || gerr != nil {
-		t.Fatalf("read TCP_CONGESTION: %v %v", err, gerr)
+	if err := rc.Control(func(fd uintptr) { gerr = get(int(fd)) }); err != nil || gerr != nil {
+		t.Fatalf("read %s: %v %v", name, err, gerr)
 	}
+}
+
+func congestionOf(t *testing.T, c net.Conn) string {
+	t.Helper()
+	var name string
+	sockopt(t, c, "TCP_CONGESTION", func(fd int) (err error) {
+		name, err = unix.GetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION)
+		return err
+	})
 	return name
 }
 
@@ -105,17 +112,11 @@ func TestTCPCongestionDefaultsToBBRWhereOffered(t *testing.T) {
 // notSentLowWaterOf reads c's TCP_NOTSENT_LOWAT.
 func notSentLowWaterOf(t *testing.T, c net.Conn) int {
 	t.Helper()
-	rc, err := c.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var v int
-	var gerr error
-	if err := rc.Control(func(fd uintptr) {
-		v, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT)
-	}); err != nil || gerr != nil {
-		t.Fatalf("read TCP_NOTSENT_LOWAT: %v %v", err, gerr)
-	}
+	sockopt(t, c, "TCP_NOTSENT_LOWAT", func(fd int) (err error) {
+		v, err = unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT)
+		return err
+	})
 	return v
 }
 
