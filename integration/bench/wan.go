@@ -706,24 +706,6 @@ func (w *wanRun) awaitQuietLink(ctx context.Context, rtt time.Duration) error {
 	return err
 }
 
-// awaitQuiet polls moved, a byte counter, every step until it grows by at
-// most quiet in one step (true) or limit has passed (false).
-func awaitQuiet(ctx context.Context, moved func() uint64, step time.Duration, quiet uint64, limit time.Duration) (bool, error) {
-	deadline := time.Now().Add(limit)
-	last := moved()
-	for time.Now().Before(deadline) {
-		if err := waitFor(ctx, step); err != nil {
-			return false, err
-		}
-		now := moved()
-		if now-last <= quiet {
-			return true, nil
-		}
-		last = now
-	}
-	return false, nil
-}
-
 var wanBulkSpecs = []bulkSpec{
 	{"upload_1_stream", true, 1},
 	{"download_1_stream", false, 1},
