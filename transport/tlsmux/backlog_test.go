@@ -42,6 +42,9 @@ func TestSmallStreamDoesNotQueueBehindABulkStream(t *testing.T) {
 	cc.MaxStreams, sc.MaxStreams = 2, 2 // 16 MiB initial windows: room to queue
 	cc.WrapConn = func(c net.Conn) net.Conn { return slowConn{c, 20e6} }
 	client, server := transporttest.SessionPair(t, Transport{}, cc, sc)
+	// Loopback is a short path; the slow writer makes it a long one, which
+	// a real socket's minimum RTT would tell.
+	client.(*tcpSession).gw.longPath.Store(true)
 	ctx := transporttest.Ctx(t)
 
 	bulk, err := client.OpenStream(ctx)
@@ -116,6 +119,7 @@ func TestSmallStreamDoesNotQueueBehindABulkStream(t *testing.T) {
 func TestWaitForRoomEnds(t *testing.T) {
 	full := func() *groupWriter {
 		w := &groupWriter{}
+		w.longPath.Store(true)
 		w.queued.Store(maxBacklog)
 		return w
 	}
@@ -146,5 +150,14 @@ func TestWaitForRoomEnds(t *testing.T) {
 	returned("session ended", full(), time.Time{}, nil, session, func() { close(session) }, nil)
 	if err := full().waitRoom(time.Now().Add(-time.Second), nil, nil); err != errWriteTimeout {
 		t.Errorf("past deadline: %v, want errWriteTimeout", err)
+	}
+}
+
+// Over a short path the backlog bound is off: a large write does not wait.
+func TestWaitForRoomIsOffOnShortPaths(t *testing.T) {
+	w := &groupWriter{}
+	w.queued.Store(4 * maxBacklog)
+	if err := w.waitRoom(time.Now().Add(-time.Second), nil, nil); err != nil {
+		t.Errorf("waitRoom on a short path: %v, want nil at once", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -121,8 +122,8 @@ func notSentLowWaterOf(t *testing.T, c net.Conn) int {
 }
 
 // expectCongestion connects a session with the client and server
-// configurations and checks that both of its sockets use want, and bound
-// their unsent bytes (notSentLowWater).
+// configurations and checks that both of its sockets use want, and, over
+// loopback, leave their unsent bytes unbounded (boundsUnsent).
 func expectCongestion(t *testing.T, cc, sc *transport.Config, want string) {
 	t.Helper()
 	var dialled net.Conn
@@ -142,8 +143,8 @@ func expectCongestion(t *testing.T, cc, sc *transport.Config, want string) {
 	if got := congestionOf(t, dialled); got != want {
 		t.Errorf("dialled socket uses %q, want %q", got, want)
 	}
-	if got := notSentLowWaterOf(t, dialled); got != notSentLowWater {
-		t.Errorf("dialled socket's TCP_NOTSENT_LOWAT is %d, want %d", got, notSentLowWater)
+	if got := notSentLowWaterOf(t, dialled); got == notSentLowWater {
+		t.Errorf("dialled loopback socket's TCP_NOTSENT_LOWAT is %d, want it unset", got)
 	}
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
@@ -153,7 +154,41 @@ func expectCongestion(t *testing.T, cc, sc *transport.Config, want string) {
 	if got := congestionOf(t, cl.conns[0]); got != want {
 		t.Errorf("accepted socket uses %q, want %q", got, want)
 	}
-	if got := notSentLowWaterOf(t, cl.conns[0]); got != notSentLowWater {
-		t.Errorf("accepted socket's TCP_NOTSENT_LOWAT is %d, want %d", got, notSentLowWater)
+	if got := notSentLowWaterOf(t, cl.conns[0]); got == notSentLowWater {
+		t.Errorf("accepted loopback socket's TCP_NOTSENT_LOWAT is %d, want it unset", got)
+	}
+}
+
+// A tunnel socket over a path of a millisecond or more holds at most
+// notSentLowWater bytes unsent; one over loopback is left alone.
+func TestUnsentBytesAreBoundedOnLongerPaths(t *testing.T) {
+	for _, tc := range []struct {
+		rtt  time.Duration
+		want bool
+	}{{50 * time.Microsecond, false}, {999 * time.Microsecond, false}, {time.Millisecond, true}, {80 * time.Millisecond, true}} {
+		if got := boundsUnsent(tc.rtt); got != tc.want {
+			t.Errorf("boundsUnsent(%s) = %v, want %v", tc.rtt, got, tc.want)
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = boundUnsent(int(fd)) }); err != nil || serr != nil {
+		t.Fatal(err, serr)
+	}
+	if got := notSentLowWaterOf(t, c); got != notSentLowWater {
+		t.Errorf("TCP_NOTSENT_LOWAT %d after boundUnsent, want %d", got, notSentLowWater)
 	}
 }
