@@ -150,7 +150,7 @@ func (w *groupWriter) flushLocked() error {
 // larger than smallWrite waits while more than maxBacklog bytes of data
 // are queued in yamux ahead of the send loop. Over a shorter path what is
 // queued drains within milliseconds, and both bounds would only cost a
-// bulk sender CPU (20–40 % more per GB on loopback, where the writer and
+// bulk sender CPU (15–45 % more per GB on loopback, where the writer and
 // the send loop then take turns instead of overlapping).
 const (
 	notSentLowWater = 256 << 10

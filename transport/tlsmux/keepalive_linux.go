@@ -119,13 +119,13 @@ func (s *tcpSession) routinePing(every time.Duration) {
 
 // boundsUnsent reports whether a tunnel socket whose minimum RTT is rtt
 // gets TCP_NOTSENT_LOWAT and its session the backlog bound (see
-// notSentLowWater). Over a path of under a
-// millisecond what the socket holds drains within milliseconds, and on
-// loopback the bound costs a bulk sender 15–25 % more CPU per GB for
-// nothing. The minimum, not the smoothed RTT, which queueing in the
-// socket buffers inflates to milliseconds even on loopback; a path whose
-// RTT grows later gets the bound once the kernel's minimum follows (its
-// window is net.ipv4.tcp_min_rtt_wlen, 300 s by default).
+// notSentLowWater). Over a path of under a millisecond what the socket
+// holds drains within milliseconds, and on loopback the bounds cost a bulk
+// sender 15–45 % more CPU per GB for nothing. It is judged by the minimum
+// RTT, not the smoothed one, which queueing in the socket buffers inflates
+// to milliseconds even on loopback; a path whose RTT grows later gets the
+// bounds once the kernel's minimum follows (its window is
+// net.ipv4.tcp_min_rtt_wlen, 300 s by default).
 func boundsUnsent(rtt time.Duration) bool { return rtt >= time.Millisecond }
 
 // boundUnsent sets the socket's TCP_NOTSENT_LOWAT to notSentLowWater.
