@@ -165,6 +165,14 @@ func (l *localSide) Open(appendFirst func([]byte) ([]byte, error)) (route.Conn, 
 		_, err = st.Write(hdr)
 	}
 	firstFrames.Put(buf) // Write does not keep hdr
+	if errors.Is(err, transport.ErrStreamRefused) {
+		// The peer's refusal came back before the first frame went.
+		l.learnPeerBound()
+		e.warnPeerRefused(log)
+		st.Reset()
+		l.refuse("busy", err)
+		return nil, err
+	}
 	if err != nil {
 		e.warnRefusal(log, "client refused", "send preamble failed", "err", err)
 		st.Reset()
@@ -190,15 +198,29 @@ func (l *localSide) Carry(copy route.Copy) {
 	l.e.carry(l.undo, func() {
 		up, down, err := copy()
 		if errors.Is(err, transport.ErrStreamRefused) {
-			// Counted before this stream is released: the peer carried
-			// the others open now, and no more.
-			if b := l.t.peerRefused(l.t.opened.Load()); b > 0 {
-				l.e.peerBounds.Store(l.t.peer, b)
-			}
-			l.e.kickPool()
+			l.learnPeerBound()
 		}
 		l.e.clientEnded(up+l.early, down, err, l.label, l.log, l.start, l.rec)
 	})
+}
+
+// learnPeerBound takes the peer's refusal of this stream as its stream
+// bound on the tunnel. Counted before this stream is released: the peer
+// carried the others open now, and no more.
+func (l *localSide) learnPeerBound() {
+	if b := l.t.peerRefused(l.t.opened.Load()); b > 0 {
+		l.e.peerBounds.Store(l.t.peer, b)
+	}
+	l.e.kickPool()
+}
+
+// warnPeerRefused says that the peer refused a client's stream. yamux
+// refuses a stream over its limit with a bare reset; said here with the
+// settings that set the limit, since this side's own ones let the stream
+// through.
+func (e *Engine) warnPeerRefused(log *slog.Logger) {
+	e.warnRefusal(log, "client refused", "the peer refused the stream: it carries its stream bound on this tunnel connection, or it is going away",
+		"hint", "the peer's "+e.name("MaxStreams")+" or "+e.name("MaxConnMemory")+" is lower than this side's; this side keeps to the peer's on every tunnel connection to it, and a dial side opens more of them, up to its "+e.name("MaxConnections"))
 }
 
 // firstFrames holds buffers for a stream's first frame: the preamble, at
@@ -229,12 +251,8 @@ func (e *Engine) clientEnded(up, down int64, err error, label string, log *slog.
 		o.StreamFailed(label, refused.resp.Status.Label())
 		e.warnRefusal(log, "stream refused by peer", refused.resp.Status.String(), "err", refused.resp.Message)
 	case peerBound:
-		// yamux refuses a stream over its limit with a bare reset; said
-		// here with the settings that set the limit, since this side's
-		// own ones let the stream through.
 		o.StreamFailed(label, wire.StatusBusy.Label())
-		e.warnRefusal(log, "client refused", "the peer refused the stream: it carries its stream bound on this tunnel connection, or it is going away",
-			"hint", "the peer's "+e.name("MaxStreams")+" or "+e.name("MaxConnMemory")+" is lower than this side's; this side keeps to the peer's on every tunnel connection to it, and a dial side opens more of them, up to its "+e.name("MaxConnections"))
+		e.warnPeerRefused(log)
 	case errors.Is(err, route.ErrIdle):
 		o.StreamFailed(label, "idle")
 		log.Info("stream closed: idle", "idle_timeout", e.cfg.StreamIdleTimeout, "bytes_up", up, "bytes_down", down, "duration", time.Since(start).Round(time.Millisecond))

@@ -11,7 +11,8 @@ import (
 )
 
 // A stream over the peer's MaxStreams is reset by the peer's yamux; the
-// opener's first Read names it transport.ErrStreamRefused. A stream the
+// opener's first Read, and a Write after the reset, name it
+// transport.ErrStreamRefused. A stream the
 // peer's application accepted and then reset is not called refused.
 func TestStreamOverThePeersBoundIsRefused(t *testing.T) {
 	cc, sc := transporttest.Configs(t)
@@ -31,6 +32,11 @@ func TestStreamOverThePeersBoundIsRefused(t *testing.T) {
 	_ = over.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadFull(over, make([]byte, 1)); !errors.Is(err, transport.ErrStreamRefused) {
 		t.Errorf("read of the stream over the peer's bound: %v, want ErrStreamRefused", err)
+	}
+	// A write after the refusal came back says so too, as the engine's
+	// first write does when the refusal beats it.
+	if _, err := over.Write([]byte("c")); !errors.Is(err, transport.ErrStreamRefused) {
+		t.Errorf("write to the stream over the peer's bound after its refusal: %v, want ErrStreamRefused", err)
 	}
 
 	accepted.Reset()

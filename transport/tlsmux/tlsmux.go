@@ -257,8 +257,9 @@ type tcpStream struct {
 	*yamux.Stream
 	gw *groupWriter
 	// opened is set for a stream this side opened; heard once a Read
-	// returned bytes.
-	opened, heard bool
+	// returned bytes (Read and Write may run on different goroutines).
+	opened bool
+	heard  atomic.Bool
 
 	// For Write's wait on the session's backlog (groupWriter.waitRoom):
 	// the write deadline, and done, closed by Close and Reset.
@@ -280,15 +281,24 @@ func newTCPStream(st *yamux.Stream, s *tcpSession, opened bool) *tcpStream {
 const resetCode = 1
 
 // Read marks a stream this side opened that the peer's yamux reset before
-// it sent anything as refused (transport.ErrStreamRefused).
+// it sent anything as refused (transport.ErrStreamRefused); so does Write.
 func (t *tcpStream) Read(p []byte) (int, error) {
 	n, err := t.Stream.Read(p)
 	if n > 0 {
-		t.heard = true
-	} else if err != nil && t.opened && !t.heard && refusedByPeer(err) {
-		err = fmt.Errorf("%w (%w)", transport.ErrStreamRefused, err)
+		t.heard.Store(true)
+	} else if err != nil {
+		err = t.refusal(err)
 	}
 	return n, err
+}
+
+// refusal marks err as transport.ErrStreamRefused where the peer's yamux
+// reset a stream this side opened before the peer sent anything.
+func (t *tcpStream) refusal(err error) error {
+	if t.opened && !t.heard.Load() && refusedByPeer(err) {
+		return fmt.Errorf("%w (%w)", transport.ErrStreamRefused, err)
+	}
+	return err
 }
 
 // refusedByPeer reports whether err is a reset of code 0 from the peer.
@@ -313,6 +323,11 @@ func (t *tcpStream) Write(p []byte) (int, error) {
 	}
 	n, err := t.Stream.Write(p)
 	t.gw.streamWrote(n)
+	if err != nil {
+		// A refusal that came back before this write went is told as
+		// one here too, not only by Read.
+		err = t.refusal(err)
+	}
 	return n, err
 }
 
