@@ -32,16 +32,17 @@ func (l *capturingListener) Accept() (net.Conn, error) {
 	return c, err
 }
 
-// sockopt runs get on c's socket, failing the test if it fails.
-func sockopt(t *testing.T, c net.Conn, name string, get func(fd int) error) {
+// sockopt runs f (a get or a set of option name) on c's socket, failing
+// the test if it fails.
+func sockopt(t *testing.T, c net.Conn, name string, f func(fd int) error) {
 	t.Helper()
 	rc, err := c.(*net.TCPConn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var gerr error
-	if err := rc.Control(func(fd uintptr) { gerr = get(int(fd)) }); err != nil || gerr != nil {
-		t.Fatalf("read %s: %v %v", name, err, gerr)
+	if err := rc.Control(func(fd uintptr) { gerr = f(int(fd)) }); err != nil || gerr != nil {
+		t.Fatalf("%s: %v %v", name, err, gerr)
 	}
 }
 
@@ -180,14 +181,7 @@ func TestUnsentBytesAreBoundedOnLongerPaths(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	rc, err := c.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = boundUnsent(int(fd)) }); err != nil || serr != nil {
-		t.Fatal(err, serr)
-	}
+	sockopt(t, c, "TCP_NOTSENT_LOWAT", boundUnsent)
 	if got := notSentLowWaterOf(t, c); got != notSentLowWater {
 		t.Errorf("TCP_NOTSENT_LOWAT %d after boundUnsent, want %d", got, notSentLowWater)
 	}

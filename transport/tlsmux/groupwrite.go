@@ -164,8 +164,12 @@ const (
 // send loop has not taken yet.
 func (w *groupWriter) backlog() int64 { return w.queued.Load() - w.taken.Load() }
 
-// wakeWaiters lets the stream Writes waiting in waitRoom look again.
+// wakeWaiters lets the stream Writes waiting in waitRoom look again. On a
+// short path nobody waits, and the send loop takes no lock per frame.
 func (w *groupWriter) wakeWaiters() {
+	if !w.longPath.Load() {
+		return
+	}
 	w.roomMu.Lock()
 	if w.room != nil {
 		close(w.room)
