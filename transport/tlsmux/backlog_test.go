@@ -1,6 +1,7 @@
 package tlsmux
 
 import (
+	"bytes"
 	"io"
 	"net"
 	"sync"
@@ -106,7 +107,7 @@ func TestSmallStreamDoesNotQueueBehindABulkStream(t *testing.T) {
 	ahead := received.Load() - before
 	// The backlog, one frame the send loop holds, a write batch and the
 	// records in the slow writer's hands.
-	const bound = maxBacklog + 256<<10 + maxGroupBatch + 512<<10
+	const bound = maxBacklog + longPathWrite + 2*maxGroupBatch
 	t.Logf("%d KiB of the bulk stream reached the peer between the small stream's open and its first byte", ahead>>10)
 	if ahead > bound {
 		t.Errorf("the small stream waited behind %d KiB of bulk, want at most %d", ahead>>10, bound>>10)
@@ -159,5 +160,49 @@ func TestWaitForRoomIsOffOnShortPaths(t *testing.T) {
 	w.queued.Store(4 * maxBacklog)
 	if err := w.waitRoom(time.Now().Add(-time.Second), nil, nil); err != nil {
 		t.Errorf("waitRoom on a short path: %v, want nil at once", err)
+	}
+}
+
+// On a long path a large Write goes to yamux in pieces, and still returns
+// the whole length and delivers every byte in order.
+func TestLongPathWriteDeliversEveryPiece(t *testing.T) {
+	cc, sc := transporttest.Configs(t)
+	client, server := transporttest.SessionPair(t, Transport{}, cc, sc)
+	client.(*tcpSession).gw.longPath.Store(true)
+	ctx := transporttest.Ctx(t)
+	st, err := client.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Reset()
+	want := make([]byte, 3*longPathWrite+1234)
+	for i := range want {
+		want[i] = byte(i * 7)
+	}
+	errs := make(chan error, 1)
+	go func() {
+		n, err := st.Write(want)
+		if err == nil && n != len(want) {
+			err = io.ErrShortWrite
+		}
+		errs <- err
+	}()
+	peer, err := server.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Reset()
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(peer, got); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errs; err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Error("the peer read other bytes than were written")
+	}
+	if w := client.(*tcpSession).gw; w.queued.Load() != int64(len(want)) {
+		t.Errorf("the backlog counted %d bytes queued, want %d", w.queued.Load(), len(want))
 	}
 }

@@ -143,18 +143,23 @@ func (w *groupWriter) flushLocked() error {
 // (up to 4 MiB) unsent, and a small request of another stream waits behind
 // all of it: 250–490 ms at p50 and 750–870 ms at p99 beside two downloads
 // at 20 ms RTT and 200 Mbit/s, against 48 and 54 ms for direct TCP on the
-// same link (88–100 and 170–190 ms with the bounds; README, Performance).
+// same link (63 and 112–158 ms with the bounds; README, Performance).
 // Over a path of 1 ms RTT or more (boundsUnsent, Linux) two bounds keep
 // what is ahead of it near what the path needs in flight: the socket holds
 // at most notSentLowWater unsent (TCP_NOTSENT_LOWAT), and a stream Write
-// larger than smallWrite waits while more than maxBacklog bytes of data
-// are queued in yamux ahead of the send loop. Over a shorter path what is
+// larger than smallWrite is queued in pieces of longPathWrite, each waiting
+// while more than maxBacklog bytes of data are queued in yamux ahead of the
+// send loop. Over a shorter path what is
 // queued drains within milliseconds, and both bounds would only cost a
 // bulk sender CPU (15–45 % more per GB on loopback, where the writer and
 // the send loop then take turns instead of overlapping).
 const (
-	notSentLowWater = 256 << 10
-	maxBacklog      = 256 << 10
+	notSentLowWater = 128 << 10
+	maxBacklog      = 128 << 10
+	// longPathWrite is the most of one stream Write that is queued at
+	// once while the bounds apply; shorter paths keep whole writes (up to
+	// the proxy's 256 KiB), one frame each, for their CPU cost.
+	longPathWrite = 64 << 10
 	// smallWrite and below never wait: requests, answers and acks are
 	// what the bound keeps moving.
 	smallWrite = 16 << 10

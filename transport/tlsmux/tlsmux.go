@@ -310,17 +310,38 @@ func refusedByPeer(err error) bool {
 // Write tells the session's groupWriter what yamux queued, so that it can
 // hold a frame while others wait behind it. A large write first waits
 // while the session's backlog is full, so that it does not queue ahead of
-// other streams' small ones (see maxBacklog).
+// other streams' small ones (see maxBacklog); on a long path it goes in
+// pieces of longPathWrite, each waiting in turn, so that a 256 KiB write
+// does not land whole on a backlog just under the bound.
 func (t *tcpStream) Write(p []byte) (int, error) {
-	if len(p) > smallWrite {
-		var deadline time.Time
-		if d := t.writeDeadline.Load(); d != nil {
-			deadline = *d
+	if len(p) <= smallWrite {
+		return t.write(p)
+	}
+	var deadline time.Time
+	if d := t.writeDeadline.Load(); d != nil {
+		deadline = *d
+	}
+	written := 0
+	for len(p) > 0 {
+		piece := p
+		if len(piece) > longPathWrite && t.gw.longPath.Load() {
+			piece = piece[:longPathWrite]
 		}
 		if err := t.gw.waitRoom(deadline, t.done, t.sessionDone); err != nil {
-			return 0, err
+			return written, err
 		}
+		n, err := t.write(piece)
+		written += n
+		if err != nil {
+			return written, err
+		}
+		p = p[n:]
 	}
+	return written, nil
+}
+
+// write hands p to yamux and counts what it queued.
+func (t *tcpStream) write(p []byte) (int, error) {
 	n, err := t.Stream.Write(p)
 	t.gw.streamWrote(n)
 	if err != nil {
