@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pqtunnel/pqtunnel/transport"
 	"github.com/pqtunnel/pqtunnel/transport/transporttest"
 )
 
@@ -33,6 +34,16 @@ func (c slowConn) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// longPathSessions is a session pair over loopback whose client side
+// bounds its backlog as over a long path: loopback is a short one, which a
+// real socket's minimum RTT would tell.
+func longPathSessions(t *testing.T, cc, sc *transport.Config) (client, server transport.Session) {
+	t.Helper()
+	client, server = transporttest.SessionPair(t, Transport{}, cc, sc)
+	client.(*tcpSession).gw.longPath.Store(true)
+	return client, server
+}
+
 // A stream opened while another pushes bulk into a slower path reaches the
 // peer after at most the backlog's bound of that bulk, not after all the
 // bulk stream's window lets it queue (16 MiB here): what a small request
@@ -42,10 +53,7 @@ func TestSmallStreamDoesNotQueueBehindABulkStream(t *testing.T) {
 	cc, sc := transporttest.Configs(t)
 	cc.MaxStreams, sc.MaxStreams = 2, 2 // 16 MiB initial windows: room to queue
 	cc.WrapConn = func(c net.Conn) net.Conn { return slowConn{c, 20e6} }
-	client, server := transporttest.SessionPair(t, Transport{}, cc, sc)
-	// Loopback is a short path; the slow writer makes it a long one, which
-	// a real socket's minimum RTT would tell.
-	client.(*tcpSession).gw.longPath.Store(true)
+	client, server := longPathSessions(t, cc, sc)
 	ctx := transporttest.Ctx(t)
 
 	bulk, err := client.OpenStream(ctx)
@@ -105,8 +113,8 @@ func TestSmallStreamDoesNotQueueBehindABulkStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	ahead := received.Load() - before
-	// The backlog, one frame the send loop holds, a write batch and the
-	// records in the slow writer's hands.
+	// The backlog, the piece queued on top of it, the batch the send loop
+	// is writing and the records in the slow writer's hands.
 	const bound = maxBacklog + longPathWrite + 2*maxGroupBatch
 	t.Logf("%d KiB of the bulk stream reached the peer between the small stream's open and its first byte", ahead>>10)
 	if ahead > bound {
@@ -167,8 +175,7 @@ func TestWaitForRoomIsOffOnShortPaths(t *testing.T) {
 // the whole length and delivers every byte in order.
 func TestLongPathWriteDeliversEveryPiece(t *testing.T) {
 	cc, sc := transporttest.Configs(t)
-	client, server := transporttest.SessionPair(t, Transport{}, cc, sc)
-	client.(*tcpSession).gw.longPath.Store(true)
+	client, server := longPathSessions(t, cc, sc)
 	ctx := transporttest.Ctx(t)
 	st, err := client.OpenStream(ctx)
 	if err != nil {

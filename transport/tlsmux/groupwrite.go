@@ -149,10 +149,10 @@ func (w *groupWriter) flushLocked() error {
 // at most notSentLowWater unsent (TCP_NOTSENT_LOWAT), and a stream Write
 // larger than smallWrite is queued in pieces of longPathWrite, each waiting
 // while more than maxBacklog bytes of data are queued in yamux ahead of the
-// send loop. Over a shorter path what is
-// queued drains within milliseconds, and both bounds would only cost a
-// bulk sender CPU (15–45 % more per GB on loopback, where the writer and
-// the send loop then take turns instead of overlapping).
+// send loop. Over a shorter path what is queued drains within
+// milliseconds, and both bounds would only cost a bulk sender CPU (15–45 %
+// more per GB on loopback, where the writer and the send loop then take
+// turns instead of overlapping).
 const (
 	notSentLowWater = 128 << 10
 	maxBacklog      = 128 << 10
