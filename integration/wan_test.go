@@ -4,6 +4,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -203,23 +204,36 @@ func isTimeoutErr(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// wanMetric reads one counter or gauge of the process whose metrics listen
-// on addr inside ns; labels are name, value pairs.
-func wanMetric(ctx context.Context, ns *wan.Namespace, addr, name string, labels ...string) (float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+// wanGet fetches path from the metrics server of the process listening on
+// addr inside ns and returns the body of a 200 answer.
+func wanGet(ctx context.Context, ns *wan.Namespace, addr, path string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
 	if err != nil {
-		return 0, err
+		return "", err
 	}
 	resp, err := ns.HTTPClient(5 * time.Second).Do(req)
 	if err != nil {
-		return 0, err
+		return "", err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET %s: status %d", path, resp.StatusCode)
+	}
+	return string(body), nil
+}
+
+// wanMetric reads one counter or gauge of the process whose metrics listen
+// on addr inside ns; labels are name, value pairs.
+func wanMetric(ctx context.Context, ns *wan.Namespace, addr, name string, labels ...string) (float64, error) {
+	body, err := wanGet(ctx, ns, addr, "/metrics")
+	if err != nil {
 		return 0, err
 	}
-	m, err := metParse(string(body))
+	m, err := metParse(body)
 	if err != nil {
 		return 0, err
 	}
@@ -532,5 +546,56 @@ func TestWANAutoMovesToTCPOnRandomLoss(t *testing.T) {
 	v, err := wanMetric(ctx, b.A, wanDialMet, "pqtunnel_transport_moves_total", "from", "quic", "to", "tcp", "reason", "loss")
 	if err != nil || v != 1 {
 		t.Errorf("dial side pqtunnel_transport_moves_total{from=quic,to=tcp,reason=loss} = %v (%v), want 1", v, err)
+	}
+}
+
+// Over a longer path a tcp tunnel's streams start with a larger window, so
+// that one stream starts near a fast path's rate, and each side allows its
+// peer fewer streams per connection for it, as its status says: 63 at
+// 30 ms (2 MiB windows) and 31 at 80 ms (4 MiB), where loopback allows
+// 511. A client's upload crosses either way.
+func TestWANTCPStreamWindowsFollowThePathsRTT(t *testing.T) {
+	ctx := testContext(t, 2*time.Minute)
+	b := newWANBed(t, ctx)
+	for _, tc := range []struct {
+		oneWay          time.Duration
+		bound, openable int
+	}{{15 * time.Millisecond, 63, 63}, {40 * time.Millisecond, 31, 31}} {
+		b.Link.SetBoth(netem.Config{Delay: tc.oneWay, RateBits: 200e6})
+		l, d := b.startSides(t, ctx, "tcp", nil, nil)
+		for _, side := range []struct {
+			name string
+			ns   *wan.Namespace
+			addr string
+		}{{"dial side", b.A, wanDialMet}, {"listen side", b.B, wanListMet}} {
+			body, err := wanGet(within(t, ctx, 10*time.Second), side.ns, side.addr, "/status.json")
+			if err != nil {
+				t.Fatalf("RTT %s, %s: %v", 2*tc.oneWay, side.name, err)
+			}
+			var st struct {
+				Tunnels []struct {
+					StreamBound int `json:"stream_bound"`
+					OpenBound   int `json:"open_bound"`
+				} `json:"tunnels"`
+			}
+			if err := json.Unmarshal([]byte(body), &st); err != nil {
+				t.Fatalf("RTT %s, %s: /status.json: %v", 2*tc.oneWay, side.name, err)
+			}
+			if len(st.Tunnels) != 2 {
+				t.Errorf("RTT %s, %s: %d tunnels in /status.json, want 2", 2*tc.oneWay, side.name, len(st.Tunnels))
+			}
+			for _, tu := range st.Tunnels {
+				if tu.StreamBound != tc.bound || tu.OpenBound != tc.openable {
+					t.Errorf("RTT %s, %s: a tunnel's stream bound %d, %d of its own; want %d, %d", 2*tc.oneWay, side.name, tu.StreamBound, tu.OpenBound, tc.bound, tc.openable)
+				}
+			}
+		}
+		if err := b.echoFromA(within(t, ctx, 20*time.Second), randomBytes(1606, 8<<20)); err != nil {
+			t.Errorf("RTT %s: an 8 MiB upload: %v", 2*tc.oneWay, err)
+		}
+		for _, p := range []*proc{d, l} {
+			p.signal(t, syscall.SIGKILL)
+			p.wait(t, within(t, ctx, 5*time.Second))
+		}
 	}
 }

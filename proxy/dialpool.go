@@ -79,10 +79,10 @@ func (e *Engine) kickPool() {
 func streamHeadroom(bound int) int { return max(1, bound/4) }
 
 // outBound is how many streams of this side's the peer accepts at once on
-// t: bound.Streams, which assumes the peer's settings are this side's,
+// t: bound.Outgoing(), which assumes the peer's settings are this side's,
 // until the peer refused one at fewer. Zero is unbounded.
 func (t *tunnel) outBound() int {
-	b := t.bound.Streams
+	b := t.bound.Outgoing()
 	if r := int(t.refusedAt.Load()); r > 0 && (b <= 0 || r < b) {
 		b = r
 	}
@@ -172,8 +172,8 @@ func (ts *tunnelSet) fullFor(r Route) streamsFull {
 		}
 		if r.allows(t.peer) && t.full() {
 			f.tunnels++
-			f.bound = t.bound
-			if b := t.outBound(); b != t.bound.Streams {
+			f.bound = transport.StreamBound{Streams: t.bound.Outgoing(), ByMemory: t.bound.ByMemory}
+			if b := t.outBound(); b != f.bound.Streams {
 				f.bound, f.learned = transport.StreamBound{Streams: b}, true
 			}
 		}

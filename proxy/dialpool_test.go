@@ -400,3 +400,26 @@ func TestDialPoolSpreadsConnectionsOverAddresses(t *testing.T) {
 	hosts.set("10.0.1.3")
 	spread("10.0.1.3:8443", "10.0.1.3:8443", "10.0.1.3:8443", "10.0.1.3:8443")
 }
+
+// A tunnel whose session takes the peer to accept fewer of this side's
+// streams than it accepts of the peer's (over tcp, a long path near a step
+// of the initial window) opens no more than that, and is full there; a
+// refusal at fewer still lowers it.
+func TestTunnelOpensNoMoreStreamsThanThePeerIsTakenToAccept(t *testing.T) {
+	tu := &tunnel{bound: transport.StreamBound{Streams: 4, Opens: 2}}
+	for i := range 2 {
+		if !tu.takeOpened() {
+			t.Fatalf("stream %d of 2 not taken", i+1)
+		}
+	}
+	if tu.takeOpened() {
+		t.Fatal("a third stream taken past the peer's bound of 2")
+	}
+	if !tu.full() || tu.outBound() != 2 {
+		t.Errorf("full %v, bound %d; want full at 2", tu.full(), tu.outBound())
+	}
+	tu.releaseOpened()
+	if b := tu.peerRefused(2); b != 1 || tu.outBound() != 1 {
+		t.Errorf("after a refusal with 2 open: bound %d (kept %d), want 1", tu.outBound(), b)
+	}
+}

@@ -42,10 +42,17 @@ type TunnelDetail struct {
 	Uptime    float64   `json:"uptime_seconds"`
 	// RTT is the transport's smoothed estimate in seconds; absent where the
 	// transport has none (TCP).
-	RTT           *float64 `json:"rtt_seconds,omitempty"`
-	Streams       int64    `json:"streams"`
-	BytesSent     int64    `json:"bytes_sent"`
-	BytesReceived int64    `json:"bytes_received"`
+	RTT     *float64 `json:"rtt_seconds,omitempty"`
+	Streams int64    `json:"streams"`
+	// StreamBound is how many streams the peer may open on this tunnel
+	// connection at once, and OpenBound how many of this side's the peer
+	// is taken to accept (lower once it refused one): over tcp both follow
+	// PQT_MAX_CONN_MEMORY and the initial window the path's RTT gave
+	// (see PQT_MAX_STREAMS). Zero is none.
+	StreamBound   int   `json:"stream_bound"`
+	OpenBound     int   `json:"open_bound"`
+	BytesSent     int64 `json:"bytes_sent"`
+	BytesReceived int64 `json:"bytes_received"`
 	// History is the bytes carried both ways in each of the last (up to
 	// 60) intervals of Status.HistoryInterval seconds, oldest first.
 	History []int64 `json:"traffic_history"`
@@ -328,7 +335,7 @@ func (e *Engine) Status() Status {
 			Group: hybridtls.GroupName(info.TLS.CurveID), PQ: hybridtls.IsPostQuantum(info.TLS.CurveID),
 			Sig: info.Peer.Sig, Since: t.since, Uptime: now.Sub(t.since).Seconds(),
 			Streams: t.active.Load(), BytesSent: t.traffic.sent.Load(), BytesReceived: t.traffic.received.Load(),
-			History: t.traffic.history(),
+			History: t.traffic.history(), StreamBound: max(0, t.bound.Streams), OpenBound: max(0, t.outBound()),
 		}
 		if info.Remote != nil {
 			d.Remote = info.Remote.String()

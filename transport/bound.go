@@ -11,6 +11,20 @@ type StreamBound struct {
 	// ByMemory is true when MaxConnMemory, not MaxStreams, sets Streams:
 	// over TCP every stream holds a fixed receive window.
 	ByMemory bool
+	// Opens, when above zero and below Streams, is how many streams of
+	// this side's the peer is taken to accept at once: over TCP a side
+	// sizes a long path's initial windows, and so its bound, by the RTT it
+	// measured, and its peer may have measured a little more.
+	Opens int
+}
+
+// Outgoing is how many streams of this side's the peer is taken to accept
+// at once: Opens where it is lower, Streams otherwise.
+func (b StreamBound) Outgoing() int {
+	if b.Opens > 0 && b.Opens < b.Streams {
+		return b.Opens
+	}
+	return b.Streams
 }
 
 // SessionStreamBound returns the stream bound of s, where the session has

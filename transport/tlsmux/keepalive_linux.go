@@ -57,6 +57,26 @@ func congestionFor(c *transport.Config) string {
 	return transport.DefaultTCPCongestion
 }
 
+// pathRTT is the minimum RTT the kernel has measured on conn's socket, or
+// zero where it says none.
+func pathRTT(conn net.Conn) time.Duration {
+	tc, ok := conn.(*net.TCPConn)
+	if !ok {
+		return 0
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var rtt time.Duration
+	_ = rc.Control(func(fd uintptr) {
+		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			rtt = time.Duration(info.Min_rtt) * time.Microsecond
+		}
+	})
+	return rtt
+}
+
 // watchAcks closes s as keep-alive lost once data sent on its TCP
 // connection has gone unacknowledged by the peer's kernel for about
 // KeepAliveTimeout: it pings every ProbeInterval, which keeps data in

@@ -4,6 +4,7 @@ package tlsmux
 
 import (
 	"net"
+	"time"
 
 	"github.com/pqtunnel/pqtunnel/transport"
 )
@@ -18,3 +19,7 @@ func tuneSocket(net.Conn, *transport.Config) {}
 // watchAcks does nothing where TCP_INFO is not read: yamux's own
 // keep-alive timeout notices a dead path, later.
 func watchAcks(*tcpSession, net.Conn, *transport.Config) {}
+
+// pathRTT is zero where TCP_INFO is not read: streams start with the
+// window the settings give, whatever the path.
+func pathRTT(net.Conn) time.Duration { return 0 }

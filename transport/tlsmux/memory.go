@@ -2,6 +2,7 @@ package tlsmux
 
 import (
 	"sync"
+	"time"
 
 	"github.com/libp2p/go-yamux/v5"
 
@@ -36,7 +37,10 @@ type connMemory struct {
 	// window when yamux reserves.
 	window      int
 	peerStreams int
-	headroom    int
+	// opens is how many streams of ours the peer is taken to allow (see
+	// transport.StreamBound.Opens), at most peerStreams.
+	opens    int
+	headroom int
 	// byMemory is true when limit, not MaxStreams, sets peerStreams.
 	byMemory bool
 
@@ -51,28 +55,60 @@ type connMemory struct {
 
 // newConnMemory bounds a session's windows by limit, its peer's streams by
 // maxStreams, and a stream's window by maxWindow (yamux's
-// MaxStreamWindowSize).
-func newConnMemory(limit, maxStreams, maxWindow int) *connMemory {
-	w := initialWindow(limit, maxStreams, maxWindow)
-	// One more window than the peer's streams: yamux reserves for a
-	// stream before it refuses one over the count.
-	n := max(1, min(maxStreams, limit/(2*w)-1))
-	return &connMemory{limit: limit, window: w, peerStreams: n, headroom: (n + 1) * w, byMemory: n < maxStreams}
+// MaxStreamWindowSize), over a path whose RTT is rtt (zero: unknown).
+func newConnMemory(limit, maxStreams, maxWindow int, rtt time.Duration) *connMemory {
+	w := initialWindow(limit, maxStreams, maxWindow, rtt)
+	n := streamsFor(limit, maxStreams, w)
+	// The peer sized its own windows by the RTT it measured; taken as up
+	// to a quarter longer, the streams this side opens stay within its
+	// bound when the path sits near a step of the window.
+	opens := streamsFor(limit, maxStreams, initialWindow(limit, maxStreams, maxWindow, rtt*5/4))
+	return &connMemory{limit: limit, window: w, peerStreams: n, opens: min(n, opens), headroom: (n + 1) * w, byMemory: n < maxStreams}
 }
 
-// initialWindow is the window a stream starts with: the largest power of
-// two from yamux's 256 KiB up to maxWindow whose windows for maxStreams
-// streams of the peer's (and the one yamux reserves before refusing) take
-// at most half of limit, the half that new streams may use. A stream whose
-// window is smaller than its path's bandwidth-delay product starts slowly
-// however fast its window grows afterwards: a sender held by the window
-// looks to BBR like a full path, and its start-up ends early (one stream
-// at 80 ms and 200 Mbit/s moved 0.6× direct TCP with 256 KiB, 0.9–1.0×
-// with 2 MiB). So a side that allows fewer streams per connection gives
-// each a larger start; at the defaults it is yamux's own.
-func initialWindow(limit, maxStreams, maxWindow int) int {
+// streamsFor is how many streams of the peer's a session allows when each
+// starts with window w: one window fewer than fit half of limit, since
+// yamux reserves for a stream before it refuses one over the count.
+func streamsFor(limit, maxStreams, w int) int {
+	return max(1, min(maxStreams, limit/(2*w)-1))
+}
+
+// startRate is the rate, in bytes per second, a stream's initial window
+// is sized for over a long path: 200 Mbit/s. A stream whose window is
+// smaller than what its path holds in flight starts slowly however fast
+// its window grows afterwards, and stays slow for seconds: one stream at
+// 80 ms and 200 Mbit/s moved 0.68× direct TCP with 256 KiB, 0.84–0.89×
+// with 1 MiB, 0.88–0.91× with 2 MiB (the path's bandwidth-delay product)
+// and 1.29–1.32× with 4 MiB or 8 MiB (direct TCP is held by its socket
+// buffers there). What is in flight is more than the product at the
+// minimum RTT: the link's queue fills while BBR starts up, so the window
+// covers twice it.
+const startRate = 200e6 / 8
+
+// minPathStreams is the fewest streams of the peer's per connection that a
+// path's larger initial window may leave: 31, a 4 MiB window at the
+// default 256 MiB bound, which covers 200 Mbit/s from 42 ms. More streams
+// are carried over more tunnel connections, which a dial side opens as
+// they fill.
+const minPathStreams = 31
+
+// initialWindow is the window a stream starts with, a power of two from
+// yamux's 256 KiB up to maxWindow. It is the largest whose windows for
+// maxStreams streams of the peer's (and the one yamux reserves before
+// refusing) take at most half of limit, the half that new streams may use:
+// a side that allows fewer streams per connection gives each a larger
+// start; at the defaults it is yamux's own. Over a path whose RTT is known
+// it is larger still, up to twice what the path holds in flight at
+// startRate, as long as minPathStreams such windows fit that half: at the
+// defaults 256 KiB up to 5 ms, 1 MiB at 20 ms, 2 MiB at 30 ms and 4 MiB
+// from 42 ms.
+func initialWindow(limit, maxStreams, maxWindow int, rtt time.Duration) int {
 	w := yamuxWindow
 	for 2*w <= maxWindow && (maxStreams+1)*2*w <= limit/2 {
+		w *= 2
+	}
+	need := int(2 * rtt.Seconds() * startRate)
+	for w < need && 2*w <= maxWindow && (minPathStreams+1)*2*w <= limit/2 {
 		w *= 2
 	}
 	return w

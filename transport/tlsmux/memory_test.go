@@ -3,6 +3,7 @@ package tlsmux
 import (
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"github.com/pqtunnel/pqtunnel/transport"
 )
@@ -14,9 +15,12 @@ import (
 // initial window of its config for every stream it keeps, whatever it
 // reserved for it, and each growth the bound allowed.
 func TestConnMemoryNeverExceedsItsLimit(t *testing.T) {
-	for _, tc := range []struct{ limit, maxStreams int }{{1 << 20, 4096}, {4 << 20, 4096}, {64 << 20, 4096}, {64 << 20, 7}, {256 << 20, 63}} {
+	for _, tc := range []struct {
+		limit, maxStreams int
+		rtt               time.Duration
+	}{{1 << 20, 4096, 0}, {4 << 20, 4096, 0}, {64 << 20, 4096, 0}, {64 << 20, 7, 0}, {256 << 20, 63, 0}, {256 << 20, 4096, 80 * time.Millisecond}, {64 << 20, 4096, 200 * time.Millisecond}} {
 		limit := tc.limit
-		m := newConnMemory(limit, tc.maxStreams, 16<<20)
+		m := newConnMemory(limit, tc.maxStreams, 16<<20, tc.rtt)
 		if m.headroom > limit/2 {
 			t.Fatalf("limit %d: headroom %d is more than half", limit, m.headroom)
 		}
@@ -91,25 +95,42 @@ func TestConnMemoryNeverExceedsItsLimit(t *testing.T) {
 
 // A stream starts with yamux's 256 KiB window at the defaults, and with a
 // larger one where fewer streams per connection leave room for it in the
-// half of the bound that new streams may take.
+// half of the bound that new streams may take, or where a long path needs
+// it and at least 31 such windows fit. The streams this side opens are
+// bounded as if the peer had measured an RTT a quarter longer.
 func TestInitialWindowTradesStreamsForAStart(t *testing.T) {
+	const ms = time.Millisecond
 	for _, tc := range []struct {
 		limit, maxStreams  int
+		rtt                time.Duration
 		window, peerStream int
+		opens              int
 	}{
-		{256 << 20, 4096, 256 << 10, 511}, // the defaults
-		{256 << 20, 63, 2 << 20, 63},
-		{256 << 20, 31, 4 << 20, 31},
-		{256 << 20, 1, 16 << 20, 1}, // no further than the largest window
-		{64 << 20, 63, 512 << 10, 63},
-		{1 << 20, 4096, 256 << 10, 1},
+		{256 << 20, 4096, 0, 256 << 10, 511, 511}, // the defaults
+		{256 << 20, 4096, 4 * ms, 256 << 10, 511, 511},
+		{256 << 20, 4096, 5 * ms, 256 << 10, 511, 255}, // the peer may have measured over 5.2 ms
+		{256 << 20, 4096, 8 * ms, 512 << 10, 255, 255},
+		{256 << 20, 4096, 20 * ms, 1 << 20, 127, 63},
+		{256 << 20, 4096, 30 * ms, 2 << 20, 63, 63},
+		{256 << 20, 4096, 80 * ms, 4 << 20, 31, 31},
+		{256 << 20, 4096, 200 * ms, 4 << 20, 31, 31}, // no fewer than 31 streams
+		{256 << 20, 63, 0, 2 << 20, 63, 63},
+		{256 << 20, 63, 80 * ms, 4 << 20, 31, 31},
+		{256 << 20, 31, 0, 4 << 20, 31, 31},
+		{256 << 20, 15, 200 * ms, 8 << 20, 15, 15},
+		{256 << 20, 1, 0, 16 << 20, 1, 1}, // no further than the largest window
+		{64 << 20, 63, 0, 512 << 10, 63, 63},
+		{64 << 20, 4096, 80 * ms, 1 << 20, 31, 31},
+		{16 << 20, 4096, 80 * ms, 256 << 10, 31, 31}, // too small a bound for a larger window
+		{1 << 20, 4096, 0, 256 << 10, 1, 1},
 	} {
-		m := newConnMemory(tc.limit, tc.maxStreams, 16<<20)
-		if m.window != tc.window || m.peerStreams != tc.peerStream {
-			t.Errorf("limit %d, %d streams: window %d for %d peer streams, want %d for %d", tc.limit, tc.maxStreams, m.window, m.peerStreams, tc.window, tc.peerStream)
+		m := newConnMemory(tc.limit, tc.maxStreams, 16<<20, tc.rtt)
+		if m.window != tc.window || m.peerStreams != tc.peerStream || m.opens != tc.opens {
+			t.Errorf("limit %d, %d streams, RTT %s: window %d for %d peer streams, %d of ours; want %d for %d, %d", tc.limit, tc.maxStreams, tc.rtt,
+				m.window, m.peerStreams, m.opens, tc.window, tc.peerStream, tc.opens)
 		}
 		if m.headroom > tc.limit/2 {
-			t.Errorf("limit %d, %d streams: the peer's windows take %d, more than half", tc.limit, tc.maxStreams, m.headroom)
+			t.Errorf("limit %d, %d streams, RTT %s: the peer's windows take %d, more than half", tc.limit, tc.maxStreams, tc.rtt, m.headroom)
 		}
 	}
 }

@@ -106,7 +106,7 @@ func Dial(ctx context.Context, addr string, c *transport.Config) (transport.Sess
 	if c.WrapConn != nil {
 		conn = c.WrapConn(raw)
 	}
-	s, err := handshakeTCP(ctx, newRecordConn(conn), c, true, start)
+	s, err := handshakeTCP(ctx, raw, newRecordConn(conn), c, true, start)
 	if err != nil {
 		_ = raw.Close() // the handshake error is what matters
 		return nil, transport.NewHandshakeError(Name, transport.StageTLS, err)
@@ -115,7 +115,9 @@ func Dial(ctx context.Context, addr string, c *transport.Config) (transport.Sess
 	return s, nil
 }
 
-func handshakeTCP(ctx context.Context, rc *recordConn, c *transport.Config, client bool, start time.Time) (*tcpSession, error) {
+// handshakeTCP runs the handshake on rc, which reads and writes the socket
+// raw (through c.WrapConn, if set).
+func handshakeTCP(ctx context.Context, raw net.Conn, rc *recordConn, c *transport.Config, client bool, start time.Time) (*tcpSession, error) {
 	tc := tls.Server(rc, c.TLS)
 	if client {
 		tc = tls.Client(rc, c.TLS)
@@ -137,7 +139,9 @@ func handshakeTCP(ctx context.Context, rc *recordConn, c *transport.Config, clie
 		return nil, transport.NewHandshakeError(Name, transport.StageAuthenticate, fmt.Errorf("authenticate peer: %w", withAlert(tc, err)))
 	}
 	_ = tc.SetDeadline(time.Time{}) // yamux keep-alives take over liveness
-	mem := newConnMemory(c.MaxConnMemory, c.MaxStreams, c.StreamWindow)
+	// The handshake's round trips have given the kernel the path's RTT,
+	// which sizes the streams' initial windows.
+	mem := newConnMemory(c.MaxConnMemory, c.MaxStreams, c.StreamWindow, pathRTT(raw))
 	bt := &batchedTLS{tc, rc}
 	gw := newGroupWriter(bt, bt)
 	var ys *yamux.Session
@@ -250,7 +254,7 @@ func (s *tcpSession) Info() transport.Info  { return s.info }
 // StreamBound is the peer's stream count, which also leaves room for as
 // many streams of ours under the memory bound; see transport.SessionStreamBound.
 func (s *tcpSession) StreamBound() transport.StreamBound {
-	return transport.StreamBound{Streams: s.mem.peerStreams, ByMemory: s.mem.byMemory}
+	return transport.StreamBound{Streams: s.mem.peerStreams, ByMemory: s.mem.byMemory, Opens: s.mem.opens}
 }
 
 type tcpStream struct {
@@ -443,7 +447,7 @@ func (l *tcpListener) routineHandshake(raw net.Conn, release func()) {
 	var s *tcpSession
 	refused := false // the peer spoke TLS and this side refused it
 	if err == nil {
-		s, err = handshakeTCP(ctx, rc, l.c, false, start)
+		s, err = handshakeTCP(ctx, raw, rc, l.c, false, start)
 		refused = err != nil
 	}
 	if !stop() && err == nil {

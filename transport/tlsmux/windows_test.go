@@ -19,7 +19,7 @@ const sendBufferMax = 4 << 20
 // the sender's socket buffer, within the connection's memory bound.
 func TestStreamWindowCoversALongFatPath(t *testing.T) {
 	c := (&transport.Config{}).WithDefaults()
-	mem := newConnMemory(c.MaxConnMemory, c.MaxStreams, c.StreamWindow)
+	mem := newConnMemory(c.MaxConnMemory, c.MaxStreams, c.StreamWindow, 0)
 	y := yamuxConfig(c, mem)
 	if got := int(y.MaxStreamWindowSize); got < pathInFlight+sendBufferMax {
 		t.Errorf("MaxStreamWindowSize %d, want at least %d (200 Mbit/s × 200 ms + a %d-byte send buffer)", got, int(pathInFlight+sendBufferMax), sendBufferMax)
@@ -44,7 +44,7 @@ func TestRTTIsMeasuredEveryProbe(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := tc.c.WithDefaults()
-			y := yamuxConfig(c, newConnMemory(c.MaxConnMemory, c.MaxStreams, c.StreamWindow))
+			y := yamuxConfig(c, newConnMemory(c.MaxConnMemory, c.MaxStreams, c.StreamWindow, 0))
 			if y.MeasureRTTInterval != tc.want {
 				t.Errorf("MeasureRTTInterval %s, want %s", y.MeasureRTTInterval, tc.want)
 			}
