@@ -256,7 +256,14 @@ func logTime(t *testing.T, l logLine) time.Time {
 // other than those listed ("a|b").
 func disconnectedWithin(t *testing.T, ctx context.Context, p *proc, n int, reasons string, since time.Time, limit time.Duration) {
 	t.Helper()
-	lines, err := p.awaitLogs(within(t, ctx, limit+10*time.Second), n, msgIs("tunnel disconnected"))
+	gone := msgIs("tunnel disconnected")
+	before := 0 // lines of earlier disconnections (a move's)
+	for _, l := range p.logs(gone) {
+		if logTime(t, l).Before(since) {
+			before++
+		}
+	}
+	lines, err := p.awaitLogs(within(t, ctx, limit+10*time.Second), before+n, gone)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -338,7 +345,8 @@ func TestWANAsymmetricUDPBlackholeFallsBackToTCP(t *testing.T) {
 // PQT_KEEPALIVE_TIMEOUT, a client arriving meanwhile is refused within it,
 // and once the path returns the dial side is back; before that, a slow
 // path with a full queue (2 Mbit/s, 200 ms RTT) carrying a bulk upload
-// loses no tunnel.
+// has no tunnel declared dead (over tcp the dial side may move its
+// tunnels to new connections for the longer RTT).
 func TestWANBlackholeDetectedPromptly(t *testing.T) {
 	transports(t, func(t *testing.T, transport string) {
 		ctx := testContext(t, 2*time.Minute)
@@ -354,9 +362,18 @@ func TestWANBlackholeDetectedPromptly(t *testing.T) {
 		}
 		t.Logf("1 MiB echoed over 2 Mbit/s, 200 ms RTT in %s", time.Since(start).Round(time.Millisecond))
 		for _, p := range []*proc{d, l} {
-			if n := len(p.logs(msgIs("tunnel disconnected"))); n != 0 {
-				t.Fatalf("%s: %d tunnels declared dead on a slow but live path", p.name, n)
+			for _, reason := range []string{"keepalive_lost", "idle_timeout"} {
+				if n := len(p.logs(msgIs("tunnel disconnected", "reason", reason))); n != 0 {
+					t.Fatalf("%s: %d tunnels declared dead (%s) on a slow but live path", p.name, n, reason)
+				}
 			}
+		}
+		// Tunnels moved for the longer RTT are closed before the fault.
+		if moves := len(d.logs(msgIs("tunnel path's RTT grew past the one its connection came up over: moving to a new connection"))); moves > 0 {
+			t.Logf("dial side moved %d tunnels to new connections on the slow path", moves)
+			d.waitLogs(t, within(t, ctx, 10*time.Second), moves, msgIs("tunnel disconnected", "reason", "moved"))
+			l.waitLogs(t, within(t, ctx, 10*time.Second), moves, msgIs("tunnel disconnected"))
+			d.waitLogs(t, within(t, ctx, 10*time.Second), 2+moves, up)
 		}
 
 		b.Link.SetBoth(netem.Config{Delay: 10 * time.Millisecond, Blackhole: true})
@@ -367,7 +384,7 @@ func TestWANBlackholeDetectedPromptly(t *testing.T) {
 
 		b.Link.SetBoth(netem.Config{Delay: 10 * time.Millisecond, RateBits: 200e6})
 		back := time.Now()
-		d.waitLogs(t, within(t, ctx, 30*time.Second), 4, up)
+		d.waitLogs(t, within(t, ctx, 30*time.Second), len(d.logs(up))+2, up)
 		t.Logf("dial side back %s after the path returned", time.Since(back).Round(time.Millisecond))
 		if err := b.echoFromA(within(t, ctx, 10*time.Second), randomBytes(1604, 64<<10)); err != nil {
 			t.Fatalf("traffic after the path returned: %v", err)
@@ -568,25 +585,13 @@ func TestWANTCPStreamWindowsFollowThePathsRTT(t *testing.T) {
 			ns   *wan.Namespace
 			addr string
 		}{{"dial side", b.A, wanDialMet}, {"listen side", b.B, wanListMet}} {
-			body, err := wanGet(within(t, ctx, 10*time.Second), side.ns, side.addr, "/status.json")
-			if err != nil {
-				t.Fatalf("RTT %s, %s: %v", 2*tc.oneWay, side.name, err)
+			bounds := wanStreamBounds(t, ctx, side.ns, side.addr)
+			if len(bounds) != 2 {
+				t.Errorf("RTT %s, %s: %d tunnels in /status.json, want 2", 2*tc.oneWay, side.name, len(bounds))
 			}
-			var st struct {
-				Tunnels []struct {
-					StreamBound int `json:"stream_bound"`
-					OpenBound   int `json:"open_bound"`
-				} `json:"tunnels"`
-			}
-			if err := json.Unmarshal([]byte(body), &st); err != nil {
-				t.Fatalf("RTT %s, %s: /status.json: %v", 2*tc.oneWay, side.name, err)
-			}
-			if len(st.Tunnels) != 2 {
-				t.Errorf("RTT %s, %s: %d tunnels in /status.json, want 2", 2*tc.oneWay, side.name, len(st.Tunnels))
-			}
-			for _, tu := range st.Tunnels {
-				if tu.StreamBound != tc.bound || tu.OpenBound != tc.openable {
-					t.Errorf("RTT %s, %s: a tunnel's stream bound %d, %d of its own; want %d, %d", 2*tc.oneWay, side.name, tu.StreamBound, tu.OpenBound, tc.bound, tc.openable)
+			for _, bd := range bounds {
+				if bd != [2]int{tc.bound, tc.openable} {
+					t.Errorf("RTT %s, %s: a tunnel's stream bound %d, %d of its own; want %d, %d", 2*tc.oneWay, side.name, bd[0], bd[1], tc.bound, tc.openable)
 				}
 			}
 		}
@@ -597,5 +602,69 @@ func TestWANTCPStreamWindowsFollowThePathsRTT(t *testing.T) {
 			p.signal(t, syscall.SIGKILL)
 			p.wait(t, within(t, ctx, 5*time.Second))
 		}
+	}
+}
+
+// wanStreamBounds reads the stream bounds of each tunnel connection from
+// the /status.json of the process whose metrics listen on addr inside ns:
+// the peer's streams it allows, and its own it opens.
+func wanStreamBounds(t *testing.T, ctx context.Context, ns *wan.Namespace, addr string) [][2]int {
+	t.Helper()
+	body, err := wanGet(within(t, ctx, 10*time.Second), ns, addr, "/status.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Tunnels []struct {
+			StreamBound int `json:"stream_bound"`
+			OpenBound   int `json:"open_bound"`
+		} `json:"tunnels"`
+	}
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatalf("/status.json: %v", err)
+	}
+	var bounds [][2]int
+	for _, tu := range st.Tunnels {
+		bounds = append(bounds, [2]int{tu.StreamBound, tu.OpenBound})
+	}
+	return bounds
+}
+
+// A tcp tunnel that came up over a short path, whose RTT then grew to
+// 80 ms, is replaced by the dial side within seconds: each connection's
+// successor joins the pool before it is retired as moved, the move is
+// logged with both RTTs and counted, and the new connections have the
+// windows of the longer path (31 streams each). They do not move again.
+func TestWANTCPTunnelMovesToANewConnectionWhenThePathsRTTGrows(t *testing.T) {
+	ctx := testContext(t, 2*time.Minute)
+	b := newWANBed(t, ctx)
+	b.Link.SetBoth(netem.Config{RateBits: 200e6})
+	l, d := b.startSides(t, ctx, "tcp", nil, nil)
+	if bounds := wanStreamBounds(t, ctx, b.A, wanDialMet); len(bounds) != 2 || bounds[0] != [2]int{511, 511} {
+		t.Fatalf("stream bounds over the short path %v, want 511, 511 on two tunnels", bounds)
+	}
+	b.Link.SetBoth(netem.Config{Delay: 40 * time.Millisecond, RateBits: 200e6})
+	grew := time.Now()
+	moved := msgIs("tunnel path's RTT grew past the one its connection came up over: moving to a new connection", "from", "tcp", "to", "tcp", "reason", "rtt_grew")
+	lines := d.waitLogs(t, within(t, ctx, 20*time.Second), 2, moved)
+	for _, ln := range lines {
+		t.Logf("tunnel %s moved to %s %s after the RTT grew: rtt=%s was=%s", ln.str("tunnel"), ln.str("to_tunnel"), logTime(t, ln).Sub(grew).Round(time.Millisecond), ln.str("rtt"), ln.str("was"))
+	}
+	d.waitLogs(t, within(t, ctx, 10*time.Second), 2, msgIs("tunnel disconnected", "reason", "moved"))
+	l.waitLogs(t, within(t, ctx, 10*time.Second), 4, msgIs("tunnel connected", "transport", "tcp"))
+	if err := b.echoFromA(within(t, ctx, 20*time.Second), randomBytes(1607, 4<<20)); err != nil {
+		t.Fatalf("traffic after the move: %v", err)
+	}
+	if bounds := wanStreamBounds(t, ctx, b.A, wanDialMet); len(bounds) != 2 || bounds[0] != [2]int{31, 31} || bounds[1] != [2]int{31, 31} {
+		t.Errorf("stream bounds after the move %v, want 31, 31 on two tunnels", bounds)
+	}
+	v, err := wanMetric(ctx, b.A, wanDialMet, "pqtunnel_transport_moves_total", "from", "tcp", "to", "tcp", "reason", "rtt_grew")
+	if err != nil || v != 2 {
+		t.Errorf("pqtunnel_transport_moves_total{from=tcp,to=tcp,reason=rtt_grew} = %v (%v), want 2", v, err)
+	}
+	// Four more checks of each successor, over the path they came up over.
+	time.Sleep(4 * time.Second)
+	if n := len(d.logs(moved)); n != 2 {
+		t.Errorf("%d moves, want 2: a successor moved again", n)
 	}
 }

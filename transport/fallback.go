@@ -77,6 +77,9 @@ const (
 	MoveLoss = "loss"
 	// MoveBack is a move back to the primary transport once it works.
 	MoveBack = "primary_works"
+	// MoveRTTGrew is a move to a new connection on the same transport, since
+	// the path's RTT grew well past the one the connection came up over.
+	MoveRTTGrew = "rtt_grew"
 )
 
 func (f *fallback) Name() string { return FallbackName }
@@ -198,7 +201,7 @@ type Succession struct {
 	// its figures, as slog key-value pairs, without the peer.
 	Why   string
 	Attrs []any
-	// Reason is why as a metric label: MoveLoss or MoveBack.
+	// Reason is why as a metric label: MoveLoss, MoveBack or MoveRTTGrew.
 	Reason string
 }
 
@@ -269,6 +272,12 @@ func (s *fallbackSession) routineRetry(f *fallback, addr string, c *Config) {
 	for {
 		select {
 		case <-ctx.Done():
+			return
+		case n := <-Superseded(s.Session):
+			// The secondary's own successor (a tcp connection whose
+			// path's RTT grew) keeps looking for the primary.
+			n.Session = f.retry(n.Session, addr, c)
+			s.next <- n
 			return
 		case <-tick.C:
 		}

@@ -376,3 +376,72 @@ func TestFallbackLossWatchOff(t *testing.T) {
 		t.Error("a primary's session is watched with FallbackLoss negative")
 	}
 }
+
+// supersedingTransport is a transport whose sessions offer whatever is
+// sent on offer as their successor, as a tcp session whose path's RTT grew
+// does.
+type supersedingTransport struct {
+	transport.Transport
+	offer chan transport.Succession
+}
+
+func (t *supersedingTransport) Dial(ctx context.Context, addr string, c *transport.Config) (transport.Session, error) {
+	s, err := t.Transport.Dial(ctx, addr, c)
+	if err != nil {
+		return nil, err
+	}
+	return &supersedingSession{Session: s, next: t.offer}, nil
+}
+
+type supersedingSession struct {
+	transport.Session
+	next chan transport.Succession
+}
+
+func (s *supersedingSession) Superseded() <-chan transport.Succession { return s.next }
+
+// A session carried by the secondary passes on the successor its own
+// session offers, with its reason, and the successor keeps looking for the
+// primary: it moves back once the primary works.
+func TestFallbackPassesOnTheSecondarysOwnSuccessor(t *testing.T) {
+	prim := transporttest.NewBlockable()
+	mem := memtransport.New()
+	sec := &supersedingTransport{Transport: mem, offer: make(chan transport.Succession, 1)}
+	f := transport.Fallback(prim, sec)
+	cc, sc := transporttest.Configs(t)
+	ln := transporttest.Listen(t, f, sc)
+	acceptAll(t, ln)
+	cc.FallbackTimeout = 200 * time.Millisecond
+	cc.RetryPrimary = 50 * time.Millisecond
+	prim.Blocked.Store(true)
+	s, err := f.Dial(transporttest.Ctx(t), ln.Addr().String(), cc)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer s.Close()
+	successor, err := mem.Dial(transporttest.Ctx(t), ln.Addr().String(), cc)
+	if err != nil {
+		t.Fatalf("dial the successor: %v", err)
+	}
+	sec.offer <- transport.Succession{Session: successor, Why: "the path's RTT grew", Reason: transport.MoveRTTGrew}
+	var n transport.Succession
+	select {
+	case n = <-transport.Superseded(s):
+		defer n.Session.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("the secondary's successor was not passed on")
+	}
+	if n.Reason != transport.MoveRTTGrew || n.Why != "the path's RTT grew" {
+		t.Errorf("passed on %q (%s), want the secondary's own reason", n.Why, n.Reason)
+	}
+	prim.Blocked.Store(false)
+	select {
+	case m := <-transport.Superseded(n.Session):
+		_ = m.Session.Close()
+		if m.Reason != transport.MoveBack {
+			t.Errorf("the successor moved for %s, want %s", m.Reason, transport.MoveBack)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the successor did not move back once the primary works")
+	}
+}

@@ -78,11 +78,10 @@ func streamsFor(limit, maxStreams, w int) int {
 // smaller than what its path holds in flight starts slowly however fast
 // its window grows afterwards, and stays slow for seconds: one stream at
 // 80 ms and 200 Mbit/s moved 0.68× direct TCP with 256 KiB, 0.84–0.89×
-// with 1 MiB, 0.88–0.91× with 2 MiB (the path's bandwidth-delay product)
-// and 1.29–1.32× with 4 MiB or 8 MiB (direct TCP is held by its socket
-// buffers there). What is in flight is more than the product at the
-// minimum RTT: the link's queue fills while BBR starts up, so the window
-// covers twice it.
+// with 1 MiB, 0.87–0.91× with 2 MiB (the path's bandwidth-delay product)
+// and 1.29–1.32× with 4 MiB or 8 MiB, the link's rate. What is in flight
+// is more than the product at the minimum RTT: the link's queue fills
+// while BBR starts up, so the window covers twice it.
 const startRate = 200e6 / 8
 
 // minPathStreams is the fewest streams of the peer's per connection that a

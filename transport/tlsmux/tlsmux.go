@@ -111,6 +111,7 @@ func Dial(ctx context.Context, addr string, c *transport.Config) (transport.Sess
 		_ = raw.Close() // the handshake error is what matters
 		return nil, transport.NewHandshakeError(Name, transport.StageTLS, err)
 	}
+	s.redial = func(ctx context.Context) (transport.Session, error) { return Dial(ctx, addr, c) }
 	watchAcks(s, raw, c)
 	return s, nil
 }
@@ -141,7 +142,8 @@ func handshakeTCP(ctx context.Context, raw net.Conn, rc *recordConn, c *transpor
 	_ = tc.SetDeadline(time.Time{}) // yamux keep-alives take over liveness
 	// The handshake's round trips have given the kernel the path's RTT,
 	// which sizes the streams' initial windows.
-	mem := newConnMemory(c.MaxConnMemory, c.MaxStreams, c.StreamWindow, pathRTT(raw))
+	rtt := pathRTT(raw)
+	mem := newConnMemory(c.MaxConnMemory, c.MaxStreams, c.StreamWindow, rtt)
 	bt := &batchedTLS{tc, rc}
 	gw := newGroupWriter(bt, bt)
 	var ys *yamux.Session
@@ -153,7 +155,7 @@ func handshakeTCP(ctx context.Context, raw net.Conn, rc *recordConn, c *transpor
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
 	}
-	s := &tcpSession{ys: ys, gw: gw, mem: mem, rc: rc, info: transport.Info{
+	s := &tcpSession{ys: ys, gw: gw, mem: mem, rc: rc, rtt: rtt, next: make(chan transport.Succession, 1), info: transport.Info{
 		Transport: Name,
 		TLS:       cs,
 		Peer:      peer,
@@ -176,8 +178,23 @@ type tcpSession struct {
 	rc *recordConn
 	// lost is why watchAcks closed the session, when it did.
 	lost atomic.Pointer[transport.CloseReason]
-	wg   sync.WaitGroup // watchAcks
+	wg   sync.WaitGroup // watchAcks, and a successor's dial
+
+	// rtt is the path's RTT the windows were sized by (zero: unknown).
+	rtt time.Duration
+	// redial dials a successor to a session this side dialled, nil on a
+	// listen side; next offers it (see Superseded).
+	redial    func(context.Context) (transport.Session, error)
+	next      chan transport.Succession
+	replacing atomic.Bool
 }
+
+// Superseded offers, at most once, a new connection to the same address
+// when the path's RTT grew well past the one this connection came up over
+// (see rttGrew): its windows were sized for that RTT, and the kernel's BBR
+// keeps the shortest RTT it saw, which holds its window down for seconds.
+// A fresh connection measures the path as it is.
+func (s *tcpSession) Superseded() <-chan transport.Succession { return s.next }
 
 // OpenStream does not block at the peer's MaxStreams: yamux has no stream
 // credit, so the peer resets streams past its limit instead.
@@ -242,9 +259,15 @@ type acceptResult struct {
 	err error
 }
 
+// Close closes the session and a successor offered that nobody took.
 func (s *tcpSession) Close() error {
 	err := s.ys.Close()
-	s.wg.Wait() // watchAcks ends with the session
+	s.wg.Wait() // watchAcks and a successor's dial end with the session
+	select {
+	case n := <-s.next:
+		_ = n.Session.Close() // offered too late: s is going away
+	default:
+	}
 	return err
 }
 
