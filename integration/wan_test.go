@@ -630,41 +630,50 @@ func wanStreamBounds(t *testing.T, ctx context.Context, ns *wan.Namespace, addr 
 	return bounds
 }
 
-// A tcp tunnel that came up over a short path, whose RTT then grew to
-// 80 ms, is replaced by the dial side within seconds: each connection's
-// successor joins the pool before it is retired as moved, the move is
-// logged with both RTTs and counted, and the new connections have the
-// windows of the longer path (31 streams each). They do not move again.
-func TestWANTCPTunnelMovesToANewConnectionWhenThePathsRTTGrows(t *testing.T) {
-	ctx := testContext(t, 2*time.Minute)
-	b := newWANBed(t, ctx)
-	b.Link.SetBoth(netem.Config{RateBits: 200e6})
-	l, d := b.startSides(t, ctx, "tcp", nil, nil)
-	if bounds := wanStreamBounds(t, ctx, b.A, wanDialMet); len(bounds) != 2 || bounds[0] != [2]int{511, 511} {
-		t.Fatalf("stream bounds over the short path %v, want 511, 511 on two tunnels", bounds)
-	}
-	b.Link.SetBoth(netem.Config{Delay: 40 * time.Millisecond, RateBits: 200e6})
-	grew := time.Now()
-	moved := msgIs("tunnel path's RTT grew past the one its connection came up over: moving to a new connection", "from", "tcp", "to", "tcp", "reason", "rtt_grew")
-	lines := d.waitLogs(t, within(t, ctx, 20*time.Second), 2, moved)
-	for _, ln := range lines {
-		t.Logf("tunnel %s moved to %s %s after the RTT grew: rtt=%s was=%s", ln.str("tunnel"), ln.str("to_tunnel"), logTime(t, ln).Sub(grew).Round(time.Millisecond), ln.str("rtt"), ln.str("was"))
-	}
-	d.waitLogs(t, within(t, ctx, 10*time.Second), 2, msgIs("tunnel disconnected", "reason", "moved"))
-	l.waitLogs(t, within(t, ctx, 10*time.Second), 4, msgIs("tunnel connected", "transport", "tcp"))
-	if err := b.echoFromA(within(t, ctx, 20*time.Second), randomBytes(1607, 4<<20)); err != nil {
-		t.Fatalf("traffic after the move: %v", err)
-	}
-	if bounds := wanStreamBounds(t, ctx, b.A, wanDialMet); len(bounds) != 2 || bounds[0] != [2]int{31, 31} || bounds[1] != [2]int{31, 31} {
-		t.Errorf("stream bounds after the move %v, want 31, 31 on two tunnels", bounds)
-	}
-	v, err := wanMetric(ctx, b.A, wanDialMet, "pqtunnel_transport_moves_total", "from", "tcp", "to", "tcp", "reason", "rtt_grew")
-	if err != nil || v != 2 {
-		t.Errorf("pqtunnel_transport_moves_total{from=tcp,to=tcp,reason=rtt_grew} = %v (%v), want 2", v, err)
-	}
-	// Four more checks of each successor, over the path they came up over.
-	time.Sleep(4 * time.Second)
-	if n := len(d.logs(moved)); n != 2 {
-		t.Errorf("%d moves, want 2: a successor moved again", n)
+// A tunnel that came up over a short path, whose RTT then grew to 80 ms,
+// is replaced by the dial side within seconds, on each transport and on
+// auto: each connection's successor joins the pool before it is retired as
+// moved, the move is logged with both RTTs and counted, and, over tcp, the
+// new connections have the windows of the longer path (31 streams each).
+// The successors do not move again.
+func TestWANTunnelMovesToANewConnectionWhenThePathsRTTGrows(t *testing.T) {
+	for _, transport := range []string{"tcp", "quic", "auto"} {
+		t.Run(transport, func(t *testing.T) {
+			ctx := testContext(t, 2*time.Minute)
+			b := newWANBed(t, ctx)
+			b.Link.SetBoth(netem.Config{RateBits: 200e6})
+			l, d := b.startSides(t, ctx, transport, nil, nil)
+			over := transport
+			if transport == "auto" {
+				over = "quic"
+			}
+			if bounds := wanStreamBounds(t, ctx, b.A, wanDialMet); transport == "tcp" && (len(bounds) != 2 || bounds[0] != [2]int{511, 511}) {
+				t.Fatalf("stream bounds over the short path %v, want 511, 511 on two tunnels", bounds)
+			}
+			b.Link.SetBoth(netem.Config{Delay: 40 * time.Millisecond, RateBits: 200e6})
+			grew := time.Now()
+			moved := msgIs("tunnel path's RTT grew past the one its connection came up over: moving to a new connection", "from", over, "to", over, "reason", "rtt_grew")
+			lines := d.waitLogs(t, within(t, ctx, 30*time.Second), 2, moved)
+			for _, ln := range lines {
+				t.Logf("tunnel %s moved to %s %s after the RTT grew: rtt=%s was=%s", ln.str("tunnel"), ln.str("to_tunnel"), logTime(t, ln).Sub(grew).Round(time.Millisecond), ln.str("rtt"), ln.str("was"))
+			}
+			d.waitLogs(t, within(t, ctx, 10*time.Second), 2, msgIs("tunnel disconnected", "reason", "moved"))
+			l.waitLogs(t, within(t, ctx, 10*time.Second), 4, msgIs("tunnel connected", "transport", over))
+			if err := b.echoFromA(within(t, ctx, 20*time.Second), randomBytes(1607, 4<<20)); err != nil {
+				t.Fatalf("traffic after the move: %v", err)
+			}
+			if bounds := wanStreamBounds(t, ctx, b.A, wanDialMet); transport == "tcp" && (len(bounds) != 2 || bounds[0] != [2]int{31, 31} || bounds[1] != [2]int{31, 31}) {
+				t.Errorf("stream bounds after the move %v, want 31, 31 on two tunnels", bounds)
+			}
+			v, err := wanMetric(ctx, b.A, wanDialMet, "pqtunnel_transport_moves_total", "from", over, "to", over, "reason", "rtt_grew")
+			if err != nil || v != 2 {
+				t.Errorf("pqtunnel_transport_moves_total{from=%s,to=%s,reason=rtt_grew} = %v (%v), want 2", over, over, v, err)
+			}
+			// Four more checks of each successor, over the path they came up over.
+			time.Sleep(4 * time.Second)
+			if n := len(d.logs(moved)); n != 2 {
+				t.Errorf("%d moves, want 2: a successor moved again", n)
+			}
+		})
 	}
 }

@@ -274,8 +274,8 @@ func (s *fallbackSession) routineRetry(f *fallback, addr string, c *Config) {
 		case <-ctx.Done():
 			return
 		case n := <-Superseded(s.Session):
-			// The secondary's own successor (a tcp connection whose
-			// path's RTT grew) keeps looking for the primary.
+			// The secondary's own successor (a connection whose path's
+			// RTT grew) keeps looking for the primary.
 			n.Session = f.retry(n.Session, addr, c)
 			s.next <- n
 			return
@@ -334,6 +334,12 @@ func (s *fallbackSession) routineWatch(f *fallback, addr string, c *Config) {
 	for {
 		select {
 		case <-ctx.Done():
+			return
+		case n := <-Superseded(s.Session):
+			// The primary's own successor (a connection whose path's
+			// RTT grew) is watched in turn.
+			n.Session = f.watch(n.Session, addr, c)
+			s.next <- n
 			return
 		case <-tick.C:
 		}

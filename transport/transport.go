@@ -343,6 +343,16 @@ func (c *Config) ProbeInterval() time.Duration {
 	return min(c.keepAlive(), t/4)
 }
 
+// RTTInterval is how often a session re-measures or checks its path's
+// RTT: every keep-alive probe, or every keep-alive interval with the
+// probes off.
+func (c *Config) RTTInterval() time.Duration {
+	if p := c.ProbeInterval(); p > 0 {
+		return p
+	}
+	return c.keepAlive()
+}
+
 func (c *Config) maxStreams() int {
 	if c.MaxStreams > 0 {
 		return c.MaxStreams

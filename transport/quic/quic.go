@@ -155,7 +155,34 @@ func Dial(ctx context.Context, addr string, c *transport.Config) (transport.Sess
 		_ = tr.Close() // the dialler's own socket goes with its session
 		_ = pc.Close()
 	}
+	redial := func(ctx context.Context) (transport.Session, error) { return Dial(ctx, addr, c) }
+	s.growth = transport.NewRTTGrowth(Name, conn.ConnectionStats().SmoothedRTT, redial, sessionRTT, c.Logger)
+	s.wg.Add(1)
+	go s.routineWatchRTT(c.RTTInterval())
 	return s, nil
+}
+
+// sessionRTT is quic-go's smoothed RTT of a session of Dial's.
+func sessionRTT(s transport.Session) time.Duration {
+	st, _ := transport.SessionStats(s)
+	return st.RTT
+}
+
+// routineWatchRTT hands quic-go's smoothed RTT to s.growth every interval
+// until the connection ends.
+func (s *quicSession) routineWatchRTT(every time.Duration) {
+	defer s.wg.Done()
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	done := s.conn.Context().Done()
+	for {
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+		}
+		s.growth.Check(s.conn.ConnectionStats().SmoothedRTT, done, &s.wg)
+	}
 }
 
 // authenticateQUIC runs the authenticator on the first bidirectional
@@ -203,10 +230,23 @@ type quicSession struct {
 	// own socket, or the session's reference to its listener's.
 	release   func()
 	closeOnce sync.Once
-	wg        sync.WaitGroup // the keep-alive probes
+	wg        sync.WaitGroup // the keep-alive probes, the RTT watch and a successor's dial
 	// prober runs the keep-alive probes; nil when they are off or the
 	// peer takes no datagrams.
 	prober *prober
+	// growth replaces a session this side dialled once its path's RTT
+	// grew; nil on a listen side.
+	growth *transport.RTTGrowth
+}
+
+// Superseded offers, at most once, a new connection to the same address
+// once the path's RTT grew well past the one this connection came up
+// over; see transport.RTTGrowth.
+func (s *quicSession) Superseded() <-chan transport.Succession {
+	if s.growth == nil {
+		return nil
+	}
+	return s.growth.Superseded()
 }
 
 func (s *quicSession) OpenStream(ctx context.Context) (transport.Stream, error) {
@@ -232,7 +272,10 @@ func (s *quicSession) AcceptStream(ctx context.Context) (transport.Stream, error
 
 func (s *quicSession) Close() error {
 	err := s.conn.CloseWithError(codeNormal, "closed")
-	s.wg.Wait() // the probes end with the connection
+	s.wg.Wait() // the probes, the RTT watch and a successor's dial end with the connection
+	if s.growth != nil {
+		s.growth.Drop()
+	}
 	s.closeOnce.Do(func() {
 		if s.release != nil {
 			s.release()

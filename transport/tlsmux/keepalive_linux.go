@@ -1,7 +1,6 @@
 package tlsmux
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"syscall"
@@ -154,50 +153,10 @@ func boundUnsent(fd int) error {
 	return unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, notSentLowWater)
 }
 
-// replace dials a successor and offers it on next; a failed dial lets a
-// later check try again. It runs on s.wg.
-func (s *tcpSession) replace(srtt time.Duration, c *transport.Config) {
-	defer s.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { // the dial ends with the session
-		select {
-		case <-s.ys.CloseChan():
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	ns, err := s.redial(ctx)
-	if err != nil {
-		c.Logger.Debug("tunnel path's RTT grew, and no new connection came up: keeping this one", "transport", Name,
-			"rtt", srtt.Round(100*time.Microsecond), "was", s.rtt.Round(100*time.Microsecond), "err", err)
-		s.replacing.Store(false)
-		return
-	}
-	if ctx.Err() != nil {
-		_ = ns.Close() // s went away meanwhile
-		return
-	}
-	s.next <- transport.Succession{Session: ns, Why: "tunnel path's RTT grew past the one its connection came up over: moving to a new connection",
-		Attrs: []any{"rtt", srtt.Round(100 * time.Microsecond), "was", s.rtt.Round(100 * time.Microsecond)}, Reason: transport.MoveRTTGrew}
-}
-
-// rttGrewChecks is how many checks in a row must find the path's RTT grown
-// (rttGrew) before a dial side replaces the connection: 3 s at the default
-// probe interval, so that a burst of queueing decides nothing.
-const rttGrewChecks = 4
-
-// rttGrew reports whether a smoothed RTT of now is well past was, the RTT
-// a connection came up over: twice it and 20 ms more, which queueing in
-// the socket buffers of a short path does not reach, and a path that
-// grew from a LAN to a WAN, or from 20 ms to 80, does.
-func rttGrew(was, now time.Duration) bool { return now >= 2*was+20*time.Millisecond }
-
 func (s *tcpSession) routineWatchAcks(rc syscall.RawConn, every, limit, idle time.Duration, c *transport.Config) {
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	bounded := false
-	grown := 0 // checks in a row that found the RTT grown
 	for first := true; ; first = false {
 		if !first {
 			select {
@@ -221,14 +180,8 @@ func (s *tcpSession) routineWatchAcks(rc syscall.RawConn, every, limit, idle tim
 		}); cerr != nil || err != nil {
 			return // the socket is closed, or says nothing: yamux's own timeout applies
 		}
-		if srtt := time.Duration(info.Rtt) * time.Microsecond; s.redial != nil && rttGrew(s.rtt, srtt) {
-			grown++
-			if grown >= rttGrewChecks && s.replacing.CompareAndSwap(false, true) {
-				s.wg.Add(1)
-				go s.replace(srtt, c)
-			}
-		} else {
-			grown = 0
+		if s.growth != nil {
+			s.growth.Check(time.Duration(info.Rtt)*time.Microsecond, s.ys.CloseChan(), &s.wg)
 		}
 		if first {
 			continue // judged from the first tick on

@@ -66,7 +66,7 @@ func yamuxConfig(c *transport.Config, mem *connMemory) *yamux.Config {
 	// keeps that RTT when the path grows longer, and its streams stay at
 	// 256 KiB: 3 MB/s at 80 ms. Measured as often as the keep-alive
 	// probes go out, the estimate follows within a few seconds.
-	y.MeasureRTTInterval = rttInterval(c)
+	y.MeasureRTTInterval = c.RTTInterval()
 	// Frames are written as soon as they are ready: waiting to coalesce
 	// would add latency to every small request. Frames that are ready
 	// together leave together all the same (groupWriter).
@@ -78,15 +78,6 @@ func yamuxConfig(c *transport.Config, mem *connMemory) *yamux.Config {
 	y.MaxMessageSize = 256<<10 + 12
 	y.LogOutput = io.Discard
 	return y
-}
-
-// rttInterval is how often yamux measures the RTT: every keep-alive probe,
-// or every keep-alive interval with the probes off. c has its defaults applied.
-func rttInterval(c *transport.Config) time.Duration {
-	if p := c.ProbeInterval(); p > 0 {
-		return p
-	}
-	return c.KeepAlive
 }
 
 // Dial connects to addr over TCP, runs the TLS handshake and the
@@ -111,7 +102,8 @@ func Dial(ctx context.Context, addr string, c *transport.Config) (transport.Sess
 		_ = raw.Close() // the handshake error is what matters
 		return nil, transport.NewHandshakeError(Name, transport.StageTLS, err)
 	}
-	s.redial = func(ctx context.Context) (transport.Session, error) { return Dial(ctx, addr, c) }
+	redial := func(ctx context.Context) (transport.Session, error) { return Dial(ctx, addr, c) }
+	s.growth = transport.NewRTTGrowth(Name, s.rtt, redial, handshakeRTT, c.Logger)
 	watchAcks(s, raw, c)
 	return s, nil
 }
@@ -155,7 +147,7 @@ func handshakeTCP(ctx context.Context, raw net.Conn, rc *recordConn, c *transpor
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
 	}
-	s := &tcpSession{ys: ys, gw: gw, mem: mem, rc: rc, rtt: rtt, next: make(chan transport.Succession, 1), info: transport.Info{
+	s := &tcpSession{ys: ys, gw: gw, mem: mem, rc: rc, rtt: rtt, info: transport.Info{
 		Transport: Name,
 		TLS:       cs,
 		Peer:      peer,
@@ -182,19 +174,28 @@ type tcpSession struct {
 
 	// rtt is the path's RTT the windows were sized by (zero: unknown).
 	rtt time.Duration
-	// redial dials a successor to a session this side dialled, nil on a
-	// listen side; next offers it (see Superseded).
-	redial    func(context.Context) (transport.Session, error)
-	next      chan transport.Succession
-	replacing atomic.Bool
+	// growth replaces a session this side dialled once its path's RTT grew
+	// (Linux, where watchAcks reads it); nil on a listen side.
+	growth *transport.RTTGrowth
+}
+
+// handshakeRTT is the RTT a session of Dial's came up over.
+func handshakeRTT(s transport.Session) time.Duration {
+	if ts, ok := s.(*tcpSession); ok {
+		return ts.rtt
+	}
+	return 0
 }
 
 // Superseded offers, at most once, a new connection to the same address
-// when the path's RTT grew well past the one this connection came up over
-// (see rttGrew): its windows were sized for that RTT, and the kernel's BBR
-// keeps the shortest RTT it saw, which holds its window down for seconds.
-// A fresh connection measures the path as it is.
-func (s *tcpSession) Superseded() <-chan transport.Succession { return s.next }
+// once the path's RTT grew well past the one this connection came up
+// over; see transport.RTTGrowth.
+func (s *tcpSession) Superseded() <-chan transport.Succession {
+	if s.growth == nil {
+		return nil
+	}
+	return s.growth.Superseded()
+}
 
 // OpenStream does not block at the peer's MaxStreams: yamux has no stream
 // credit, so the peer resets streams past its limit instead.
@@ -263,10 +264,8 @@ type acceptResult struct {
 func (s *tcpSession) Close() error {
 	err := s.ys.Close()
 	s.wg.Wait() // watchAcks and a successor's dial end with the session
-	select {
-	case n := <-s.next:
-		_ = n.Session.Close() // offered too late: s is going away
-	default:
+	if s.growth != nil {
+		s.growth.Drop()
 	}
 	return err
 }

@@ -1,0 +1,116 @@
+package transport
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// RTTGrewChecks is how many checks in a row must find a path's RTT grown
+// (RTTGrew) before a dial side replaces the connection: 3 s at the default
+// probe interval, so that a burst of queueing decides nothing.
+const RTTGrewChecks = 4
+
+// RTTGrew reports whether a smoothed RTT of now is well past was, the RTT
+// a connection came up over: twice it and 20 ms more, which queueing in
+// the socket buffers of a short path does not reach, and a path that grew
+// from a LAN to a WAN, or from 20 ms to 80, does.
+func RTTGrew(was, now time.Duration) bool { return now >= 2*was+20*time.Millisecond }
+
+// RTTGrowth replaces a session this side dialled once the path's RTT grew
+// well past the one it came up over: the connection's windows, and its
+// congestion control's idea of the path, were sized for that RTT and
+// follow the new one slowly (the kernel's BBR, and quic-go's slow start,
+// keep the shortest RTT they saw), while a new connection measures the
+// path as it is. The zero value does nothing.
+type RTTGrowth struct {
+	// was is the RTT the session came up over; redial dials its
+	// successor, whose Succession is sent on next.
+	was    time.Duration
+	redial func(context.Context) (Session, error)
+	// measure is the RTT a new session came up over.
+	measure   func(Session) time.Duration
+	next      chan Succession
+	transport string
+	log       *slog.Logger
+
+	grown     int // checks in a row that found the RTT grown; one caller
+	replacing atomic.Bool
+}
+
+// NewRTTGrowth watches a session of transport name that came up over was,
+// whose successor redial dials and measure tells the RTT of.
+func NewRTTGrowth(name string, was time.Duration, redial func(context.Context) (Session, error), measure func(Session) time.Duration, log *slog.Logger) *RTTGrowth {
+	return &RTTGrowth{was: was, redial: redial, measure: measure, next: make(chan Succession, 1), transport: name, log: log}
+}
+
+// Superseded is the channel the successor is offered on, at most once (see
+// the package's Superseded); nil for the zero value.
+func (g *RTTGrowth) Superseded() <-chan Succession { return g.next }
+
+// Check takes one check's smoothed RTT, now. Each time RTTGrewChecks more
+// checks in a row found it grown, it dials a successor on wg, a dial that
+// ends when done closes, and offers it if the successor came up over a
+// grown RTT too: an RTT that a busy machine's scheduling inflated (QUIC's
+// is measured in the process) seldom holds for a handshake as well. One
+// not offered lets later checks try again. Check is called from one
+// goroutine.
+func (g *RTTGrowth) Check(now time.Duration, done <-chan struct{}, wg *sync.WaitGroup) {
+	if g.redial == nil || !RTTGrew(g.was, now) {
+		g.grown = 0
+		return
+	}
+	g.grown++
+	if g.grown%RTTGrewChecks != 0 || !g.replacing.CompareAndSwap(false, true) {
+		return
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		g.replace(now, done)
+	}()
+}
+
+func (g *RTTGrowth) replace(now time.Duration, done <-chan struct{}) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // the dial ends with the session
+		select {
+		case <-done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	attrs := []any{"rtt", now.Round(100 * time.Microsecond), "was", g.was.Round(100 * time.Microsecond)}
+	ns, err := g.redial(ctx)
+	if err != nil {
+		g.log.Debug("tunnel path's RTT grew, and no new connection came up: keeping this one", append(attrs, "transport", g.transport, "err", err)...)
+		g.replacing.Store(false)
+		return
+	}
+	if ctx.Err() != nil {
+		_ = ns.Close() // the session went away meanwhile
+		return
+	}
+	if up := g.measure(ns); !RTTGrew(g.was, up) {
+		_ = ns.Close() // not taken: the path is what it was
+		g.log.Debug("tunnel path's RTT grew, but a new connection came up over the old one: keeping this one",
+			append(attrs, "transport", g.transport, "new", up.Round(100*time.Microsecond))...)
+		g.replacing.Store(false)
+		return
+	}
+	g.next <- Succession{Session: ns, Why: "tunnel path's RTT grew past the one its connection came up over: moving to a new connection",
+		Attrs: attrs, Reason: MoveRTTGrew}
+}
+
+// Drop closes a successor offered that nobody took; the session calls it
+// on Close, after the dial's wg is done.
+func (g *RTTGrowth) Drop() {
+	select {
+	case n := <-g.next:
+		_ = n.Session.Close() // offered too late: the session is going away
+	default:
+	}
+}

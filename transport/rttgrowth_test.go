@@ -1,0 +1,113 @@
+package transport_test
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pqtunnel/pqtunnel/internal/logtest"
+	"github.com/pqtunnel/pqtunnel/transport"
+)
+
+// stubSession is a session that only counts its Close.
+type stubSession struct {
+	transport.Session
+	closed atomic.Bool
+}
+
+func (s *stubSession) Close() error { s.closed.Store(true); return nil }
+
+// A session whose RTT grew to twice the one it came up over plus 20 ms for
+// four checks in a row dials a successor, and offers it only when the
+// successor came up over a grown RTT too; one not offered is closed, and
+// four more grown checks try again. A check below the bar starts the count
+// over.
+func TestRTTGrowthOffersASuccessorThatMeasuredTheGrownPath(t *testing.T) {
+	var logs logtest.Recorder
+	var dials atomic.Int32
+	var successorRTT atomic.Int64
+	var dialled []*stubSession
+	var mu sync.Mutex
+	redial := func(context.Context) (transport.Session, error) {
+		dials.Add(1)
+		s := &stubSession{}
+		mu.Lock()
+		dialled = append(dialled, s)
+		mu.Unlock()
+		return s, nil
+	}
+	measure := func(transport.Session) time.Duration { return time.Duration(successorRTT.Load()) }
+	g := transport.NewRTTGrowth("mem", 10*time.Millisecond, redial, measure, slog.New(&logs))
+	done := make(chan struct{})
+	defer close(done)
+	var wg sync.WaitGroup
+	check := func(rtt time.Duration, n int) {
+		for range n {
+			g.Check(rtt, done, &wg)
+		}
+		wg.Wait()
+	}
+
+	check(39*time.Millisecond, 8) // under 2 × 10 + 20 ms
+	check(40*time.Millisecond, 3)
+	check(39*time.Millisecond, 1) // starts the count over
+	check(40*time.Millisecond, 3)
+	if n := dials.Load(); n != 0 {
+		t.Fatalf("%d successors dialled before four grown checks in a row", n)
+	}
+	successorRTT.Store(int64(12 * time.Millisecond)) // a busy machine's RTT, not the path's
+	check(40*time.Millisecond, 1)
+	if n := dials.Load(); n != 1 || !dialled[0].closed.Load() {
+		t.Fatalf("%d successors dialled (the first closed: %v), want one, closed", n, len(dialled) > 0 && dialled[0].closed.Load())
+	}
+	select {
+	case n := <-g.Superseded():
+		t.Fatalf("a successor that came up over the old RTT was offered: %+v", n)
+	default:
+	}
+	check(80*time.Millisecond, 3)
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("%d successors dialled, want no second before four more grown checks", n)
+	}
+	successorRTT.Store(int64(80 * time.Millisecond))
+	check(80*time.Millisecond, 1)
+	select {
+	case n := <-g.Superseded():
+		if n.Reason != transport.MoveRTTGrew || n.Session != transport.Session(dialled[1]) || dialled[1].closed.Load() {
+			t.Errorf("offered %+v, want the second successor, open, for %s", n, transport.MoveRTTGrew)
+		}
+	default:
+		t.Fatalf("no successor offered after %d dials", dials.Load())
+	}
+	check(80*time.Millisecond, 8)
+	if n := dials.Load(); n != 2 {
+		t.Errorf("%d successors dialled after one was offered, want no more", n)
+	}
+}
+
+// A successor offered that nobody took is closed by Drop; the zero value
+// offers nothing.
+func TestRTTGrowthDropClosesAnUntakenSuccessor(t *testing.T) {
+	s := &stubSession{}
+	redial := func(context.Context) (transport.Session, error) { return s, nil }
+	measure := func(transport.Session) time.Duration { return time.Second }
+	g := transport.NewRTTGrowth("mem", 0, redial, measure, slog.New(&logtest.Recorder{}))
+	var wg sync.WaitGroup
+	for range transport.RTTGrewChecks {
+		g.Check(time.Second, nil, &wg)
+	}
+	wg.Wait()
+	g.Drop()
+	if !s.closed.Load() {
+		t.Error("the untaken successor was not closed")
+	}
+	var zero transport.RTTGrowth
+	zero.Check(time.Second, nil, &wg)
+	zero.Drop()
+	if zero.Superseded() != nil {
+		t.Error("the zero value offers a channel")
+	}
+}
