@@ -92,9 +92,10 @@ const (
 	// connection grants its peer, so one peer pushing into a slow origin
 	// cannot make this side buffer more. Over tcp every stream holds at
 	// least its initial window (yamux's 256 KiB at the default
-	// MaxStreams), so the bound also caps streams per connection: 256 MiB
-	// leaves room for 511 each way (64 MiB would leave 127, fewer than an
-	// ordinary pool of idle connections).
+	// MaxStreams on a short path, up to 4 MiB on a long one), so the bound
+	// also caps streams per connection: 256 MiB leaves room for 511 each
+	// way on a short path, 31 on a long one (64 MiB would leave 127 on a
+	// short path, fewer than an ordinary pool of idle connections).
 	MaxConnMemory = 256 << 20
 	// MaxClientsPerIP zero means ClientsPerIPShare of MaxTotalStreams.
 	MaxClientsPerIP = 0
