@@ -635,14 +635,17 @@ func wanStreamBounds(t *testing.T, ctx context.Context, ns *wan.Namespace, addr 
 // auto: each connection's successor joins the pool before it is retired as
 // moved, the move is logged with both RTTs and counted, and, over tcp, the
 // new connections have the windows of the longer path (31 streams each).
-// The successors do not move again.
+// A client held across the move keeps its old connection, past the drain
+// timeout, until it leaves. The successors do not move again.
 func TestWANTunnelMovesToANewConnectionWhenThePathsRTTGrows(t *testing.T) {
 	for _, transport := range []string{"tcp", "quic", "auto"} {
 		t.Run(transport, func(t *testing.T) {
 			ctx := testContext(t, 2*time.Minute)
 			b := newWANBed(t, ctx)
 			b.Link.SetBoth(netem.Config{RateBits: 200e6})
-			l, d := b.startSides(t, ctx, transport, nil, nil)
+			// A drain timeout far shorter than the test: a client held
+			// across the move must outlive it.
+			l, d := b.startSides(t, ctx, transport, nil, map[string]string{"PQT_DRAIN_TIMEOUT": "1s"})
 			over := transport
 			if transport == "auto" {
 				over = "quic"
@@ -650,6 +653,24 @@ func TestWANTunnelMovesToANewConnectionWhenThePathsRTTGrows(t *testing.T) {
 			if bounds := wanStreamBounds(t, ctx, b.A, wanDialMet); transport == "tcp" && (len(bounds) != 2 || bounds[0] != [2]int{511, 511}) {
 				t.Fatalf("stream bounds over the short path %v, want 511, 511 on two tunnels", bounds)
 			}
+			held, err := b.A.Dial(ctx, "tcp", wanForward)
+			if err != nil {
+				t.Fatalf("a client held across the move: %v", err)
+			}
+			defer held.Close()
+			heldEcho := func(when string) {
+				t.Helper()
+				_ = held.SetDeadline(time.Now().Add(5 * time.Second))
+				line := []byte("still here\n")
+				got := make([]byte, len(line))
+				if _, err := held.Write(line); err != nil {
+					t.Fatalf("the held client %s: write: %v", when, err)
+				}
+				if _, err := io.ReadFull(held, got); err != nil || string(got) != string(line) {
+					t.Fatalf("the held client %s: read %q: %v", when, got, err)
+				}
+			}
+			heldEcho("before the RTT grew")
 			b.Link.SetBoth(netem.Config{Delay: 40 * time.Millisecond, RateBits: 200e6})
 			grew := time.Now()
 			moved := msgIs("tunnel path's RTT grew past the one its connection came up over: moving to a new connection", "from", over, "to", over, "reason", "rtt_grew")
@@ -657,8 +678,16 @@ func TestWANTunnelMovesToANewConnectionWhenThePathsRTTGrows(t *testing.T) {
 			for _, ln := range lines {
 				t.Logf("tunnel %s moved to %s %s after the RTT grew: rtt=%s was=%s", ln.str("tunnel"), ln.str("to_tunnel"), logTime(t, ln).Sub(grew).Round(time.Millisecond), ln.str("rtt"), ln.str("was"))
 			}
-			d.waitLogs(t, within(t, ctx, 10*time.Second), 2, msgIs("tunnel disconnected", "reason", "moved"))
 			l.waitLogs(t, within(t, ctx, 10*time.Second), 4, msgIs("tunnel connected", "transport", over))
+			// The old connection that carries the held client outlives the
+			// drain timeout; once the client leaves, it is closed.
+			time.Sleep(2 * time.Second)
+			heldEcho("after the move and the drain timeout")
+			if n := len(d.logs(msgIs("tunnel disconnected", "reason", "moved"))); n != 1 {
+				t.Errorf("%d old connections closed while a client held one of them, want 1", n)
+			}
+			_ = held.Close()
+			d.waitLogs(t, within(t, ctx, 10*time.Second), 2, msgIs("tunnel disconnected", "reason", "moved"))
 			if err := b.echoFromA(within(t, ctx, 20*time.Second), randomBytes(1607, 4<<20)); err != nil {
 				t.Fatalf("traffic after the move: %v", err)
 			}

@@ -830,7 +830,13 @@ func (e *Engine) hold(ctx context.Context, peer string, t *tunnel) *tunnel {
 		from, to := t.s.Info().Transport, nt.s.Info().Transport
 		e.log.Info(next.Why, append([]any{"peer", peer, "tunnel", t.id, "to_tunnel", nt.id, "from", from, "to", to, "reason", next.Reason}, next.Attrs...)...)
 		e.obs.TransportMoved(from, to, next.Reason)
-		e.retire(t, closeMoved)
+		if next.Reason == transport.MoveRTTGrew {
+			// The old connection still carries its streams well: a
+			// long-lived one (a database's) must not be cut for the move.
+			e.retireWhenIdle(t, closeMoved)
+		} else {
+			e.retire(t, closeMoved)
+		}
 		return nt
 	}
 }
@@ -839,14 +845,25 @@ func (e *Engine) hold(ctx context.Context, peer string, t *tunnel) *tunnel {
 // once the streams it carries have finished, or after DrainTimeout, or at
 // once when the engine closes every tunnel.
 func (e *Engine) retire(t *tunnel, reason string) {
+	e.retireBy(t, reason, time.Now().Add(e.cfg.DrainTimeout))
+}
+
+// retireWhenIdle is retire without DrainTimeout: t is closed once its
+// streams have finished, however long they last, or when the engine closes
+// every tunnel.
+func (e *Engine) retireWhenIdle(t *tunnel, reason string) {
+	e.retireBy(t, reason, time.Time{})
+}
+
+// retireBy is retire with a deadline for the streams; zero is none.
+func (e *Engine) retireBy(t *tunnel, reason string, deadline time.Time) {
 	e.tunnels.remove(t)
 	e.loops.Add(1)
 	go func() {
 		defer e.loops.Done()
-		deadline := time.Now().Add(e.cfg.DrainTimeout)
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
-		for t.active.Load() > 0 && time.Now().Before(deadline) && !e.tunnels.isClosed() {
+		for t.active.Load() > 0 && (deadline.IsZero() || time.Now().Before(deadline)) && !e.tunnels.isClosed() {
 			select {
 			case <-tick.C:
 			case <-t.s.Done():
