@@ -844,26 +844,25 @@ func (e *Engine) hold(ctx context.Context, peer string, t *tunnel) *tunnel {
 // retire takes t out of the pool for new streams and closes it for reason
 // once the streams it carries have finished, or after DrainTimeout, or at
 // once when the engine closes every tunnel.
-func (e *Engine) retire(t *tunnel, reason string) {
-	e.retireBy(t, reason, time.Now().Add(e.cfg.DrainTimeout))
-}
+func (e *Engine) retire(t *tunnel, reason string) { e.retireBy(t, reason, false) }
 
-// retireWhenIdle is retire without DrainTimeout: t is closed once its
-// streams have finished, however long they last, or when the engine closes
-// every tunnel.
-func (e *Engine) retireWhenIdle(t *tunnel, reason string) {
-	e.retireBy(t, reason, time.Time{})
-}
+// retireWhenIdle is retire for a tunnel that still works: the streams this
+// side opened on it may take however long they last; DrainTimeout bounds
+// only the peer's once none of this side's is left, since the peer does
+// not know t is retired and may go on opening streams on it (reverse mode).
+func (e *Engine) retireWhenIdle(t *tunnel, reason string) { e.retireBy(t, reason, true) }
 
-// retireBy is retire with a deadline for the streams; zero is none.
-func (e *Engine) retireBy(t *tunnel, reason string, deadline time.Time) {
+// retireBy is retire; with keepOwn the streams this side opened are not
+// bounded by DrainTimeout.
+func (e *Engine) retireBy(t *tunnel, reason string, keepOwn bool) {
 	e.tunnels.remove(t)
 	e.loops.Add(1)
 	go func() {
 		defer e.loops.Done()
+		deadline := time.Now().Add(e.cfg.DrainTimeout)
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
-		for t.active.Load() > 0 && (deadline.IsZero() || time.Now().Before(deadline)) && !e.tunnels.isClosed() {
+		for t.active.Load() > 0 && ((keepOwn && t.opened.Load() > 0) || time.Now().Before(deadline)) && !e.tunnels.isClosed() {
 			select {
 			case <-tick.C:
 			case <-t.s.Done():
