@@ -50,16 +50,24 @@ func NewRTTGrowth(name string, was time.Duration, redial func(context.Context) (
 // the package's Superseded); nil for the zero value.
 func (g *RTTGrowth) Superseded() <-chan Succession { return g.next }
 
-// Check takes one check's smoothed RTT, now. Each time RTTGrewChecks more
-// checks in a row found it grown, it dials a successor on wg, a dial that
+// Check takes one check's smoothed RTT, now, and whether the connection
+// was busy since the last check (had more than a few packets in flight, or
+// sent more than keep-alives): a busy check neither counts nor starts the
+// count over. Each time RTTGrewChecks more quiet checks in a row found it
+// grown, it dials a successor on wg, a dial that
 // ends when done closes, and offers it if the successor came up over a
 // grown RTT too: an RTT that a busy machine's scheduling inflated (QUIC's
 // is measured in the process) seldom holds for a handshake as well. One
 // not offered lets later checks try again. Check is called from one
 // goroutine.
-func (g *RTTGrowth) Check(now time.Duration, done <-chan struct{}, wg *sync.WaitGroup) {
+func (g *RTTGrowth) Check(now time.Duration, busy bool, done <-chan struct{}, wg *sync.WaitGroup) {
 	if g.redial == nil || !RTTGrew(g.was, now) {
 		g.grown = 0
+		return
+	}
+	if busy {
+		// The connection's own traffic fills the path's queue, and the RTT
+		// with it: this check says nothing of the path.
 		return
 	}
 	g.grown++

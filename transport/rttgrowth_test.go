@@ -21,10 +21,10 @@ type stubSession struct {
 func (s *stubSession) Close() error { s.closed.Store(true); return nil }
 
 // A session whose RTT grew to twice the one it came up over plus 20 ms for
-// four checks in a row dials a successor, and offers it only when the
-// successor came up over a grown RTT too; one not offered is closed, and
-// four more grown checks try again. A check below the bar starts the count
-// over.
+// four quiet checks in a row dials a successor, and offers it only when
+// the successor came up over a grown RTT too; one not offered is closed,
+// and four more grown checks try again. A check below the bar starts the
+// count over; a busy one neither counts nor starts it over.
 func TestRTTGrowthOffersASuccessorThatMeasuredTheGrownPath(t *testing.T) {
 	var logs logtest.Recorder
 	var dials atomic.Int32
@@ -46,7 +46,7 @@ func TestRTTGrowthOffersASuccessorThatMeasuredTheGrownPath(t *testing.T) {
 	var wg sync.WaitGroup
 	check := func(rtt time.Duration, n int) {
 		for range n {
-			g.Check(rtt, done, &wg)
+			g.Check(rtt, false, done, &wg)
 		}
 		wg.Wait()
 	}
@@ -55,6 +55,9 @@ func TestRTTGrowthOffersASuccessorThatMeasuredTheGrownPath(t *testing.T) {
 	check(40*time.Millisecond, 3)
 	check(39*time.Millisecond, 1) // starts the count over
 	check(40*time.Millisecond, 3)
+	for range 8 { // the connection's own traffic: neither counts nor starts over
+		g.Check(90*time.Millisecond, true, done, &wg)
+	}
 	if n := dials.Load(); n != 0 {
 		t.Fatalf("%d successors dialled before four grown checks in a row", n)
 	}
@@ -97,7 +100,7 @@ func TestRTTGrowthDropClosesAnUntakenSuccessor(t *testing.T) {
 	g := transport.NewRTTGrowth("mem", 0, redial, measure, slog.New(&logtest.Recorder{}))
 	var wg sync.WaitGroup
 	for range transport.RTTGrewChecks {
-		g.Check(time.Second, nil, &wg)
+		g.Check(time.Second, false, nil, &wg)
 	}
 	wg.Wait()
 	g.Drop()
@@ -105,7 +108,7 @@ func TestRTTGrowthDropClosesAnUntakenSuccessor(t *testing.T) {
 		t.Error("the untaken successor was not closed")
 	}
 	var zero transport.RTTGrowth
-	zero.Check(time.Second, nil, &wg)
+	zero.Check(time.Second, false, nil, &wg)
 	zero.Drop()
 	if zero.Superseded() != nil {
 		t.Error("the zero value offers a channel")

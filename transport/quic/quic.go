@@ -168,22 +168,30 @@ func sessionRTT(s transport.Session) time.Duration {
 	return st.RTT
 }
 
-// routineWatchRTT hands quic-go's smoothed RTT to s.growth every interval
-// until the connection ends.
+// routineWatchRTT hands quic-go's smoothed RTT, and whether the connection
+// was busy, to s.growth every interval until the connection ends.
 func (s *quicSession) routineWatchRTT(every time.Duration) {
 	defer s.wg.Done()
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	done := s.conn.Context().Done()
+	var sent uint64
 	for {
 		select {
 		case <-done:
 			return
 		case <-tick.C:
 		}
-		s.growth.Check(s.conn.ConnectionStats().SmoothedRTT, done, &s.wg)
+		st := s.conn.ConnectionStats()
+		s.growth.Check(st.SmoothedRTT, st.PacketsSent-sent > busyPackets, done, &s.wg)
+		sent = st.PacketsSent
 	}
 }
+
+// busyPackets is how many packets sent between two RTT checks make a
+// connection busy for transport.RTTGrowth: more than keep-alives and
+// requests send, less than bulk.
+const busyPackets = 128
 
 // authenticateQUIC runs the authenticator on the first bidirectional
 // stream, which the client opens; no other stream is accepted before it.

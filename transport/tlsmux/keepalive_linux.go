@@ -57,6 +57,11 @@ func congestionFor(c *transport.Config) string {
 	return transport.DefaultTCPCongestion
 }
 
+// busyInFlight is how many unacknowledged segments make a tunnel socket
+// busy for transport.RTTGrowth: more than requests and pings keep in
+// flight, less than a window of bulk.
+const busyInFlight = 16
+
 // pathRTT is the minimum RTT the kernel has measured on conn's socket, or
 // zero where it says none.
 func pathRTT(conn net.Conn) time.Duration {
@@ -181,7 +186,7 @@ func (s *tcpSession) routineWatchAcks(rc syscall.RawConn, every, limit, idle tim
 			return // the socket is closed, or says nothing: yamux's own timeout applies
 		}
 		if s.growth != nil {
-			s.growth.Check(time.Duration(info.Rtt)*time.Microsecond, s.ys.CloseChan(), &s.wg)
+			s.growth.Check(time.Duration(info.Rtt)*time.Microsecond, info.Unacked > busyInFlight, s.ys.CloseChan(), &s.wg)
 		}
 		if first {
 			continue // judged from the first tick on
