@@ -131,20 +131,30 @@ func TestFallbackDoesNotFallBackOnRefusal(t *testing.T) {
 	}
 }
 
-// Closing a session that waits for its primary stops the retries.
-func TestFallbackSessionCloseStopsRetry(t *testing.T) {
-	prim, sec := transporttest.NewBlockable(), memtransport.New()
+// dialFallenBack dials a fallback of prim, blocked, and sec, with the
+// fallback timeout and retry interval given: the session it returns is
+// carried by sec and retries prim. It returns the listener and the
+// client's configuration too.
+func dialFallenBack(t *testing.T, prim *transporttest.Blockable, sec transport.Transport, timeout, retry time.Duration) (transport.Session, transport.Listener, *transport.Config) {
+	t.Helper()
 	f := transport.Fallback(prim, sec)
 	cc, sc := transporttest.Configs(t)
 	ln := transporttest.Listen(t, f, sc)
 	acceptAll(t, ln)
-	cc.FallbackTimeout = 100 * time.Millisecond
-	cc.RetryPrimary = 20 * time.Millisecond
+	cc.FallbackTimeout = timeout
+	cc.RetryPrimary = retry
 	prim.Blocked.Store(true)
 	s, err := f.Dial(transporttest.Ctx(t), ln.Addr().String(), cc)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("Dial: %v", err)
 	}
+	return s, ln, cc
+}
+
+// Closing a session that waits for its primary stops the retries.
+func TestFallbackSessionCloseStopsRetry(t *testing.T) {
+	prim := transporttest.NewBlockable()
+	s, _, _ := dialFallenBack(t, prim, memtransport.New(), 100*time.Millisecond, 20*time.Millisecond)
 	<-prim.Tried // the first dial
 	<-prim.Tried // a retry is under way; goleak checks Close ends it
 	closed := make(chan error, 1)
@@ -407,17 +417,7 @@ func TestFallbackPassesOnTheSecondarysOwnSuccessor(t *testing.T) {
 	prim := transporttest.NewBlockable()
 	mem := memtransport.New()
 	sec := &supersedingTransport{Transport: mem, offer: make(chan transport.Succession, 1)}
-	f := transport.Fallback(prim, sec)
-	cc, sc := transporttest.Configs(t)
-	ln := transporttest.Listen(t, f, sc)
-	acceptAll(t, ln)
-	cc.FallbackTimeout = 200 * time.Millisecond
-	cc.RetryPrimary = 50 * time.Millisecond
-	prim.Blocked.Store(true)
-	s, err := f.Dial(transporttest.Ctx(t), ln.Addr().String(), cc)
-	if err != nil {
-		t.Fatalf("Dial: %v", err)
-	}
+	s, ln, cc := dialFallenBack(t, prim, sec, 200*time.Millisecond, 50*time.Millisecond)
 	defer s.Close()
 	successor, err := mem.Dial(transporttest.Ctx(t), ln.Addr().String(), cc)
 	if err != nil {
