@@ -263,6 +263,13 @@ func (s *fallbackSession) lifetime() (ctx context.Context, stop func()) {
 	return ctx, func() { close(done) }
 }
 
+// passOn offers n, the successor that s's own session offered (a
+// connection whose path's RTT grew), as wrapped: on the same footing as s.
+func (s *fallbackSession) passOn(n Succession, wrapped Session) {
+	n.Session = wrapped
+	s.next <- n
+}
+
 func (s *fallbackSession) routineRetry(f *fallback, addr string, c *Config) {
 	defer s.wg.Done()
 	ctx, stop := s.lifetime()
@@ -274,10 +281,7 @@ func (s *fallbackSession) routineRetry(f *fallback, addr string, c *Config) {
 		case <-ctx.Done():
 			return
 		case n := <-Superseded(s.Session):
-			// The secondary's own successor (a connection whose path's
-			// RTT grew) keeps looking for the primary.
-			n.Session = f.retry(n.Session, addr, c)
-			s.next <- n
+			s.passOn(n, f.retry(n.Session, addr, c)) // it keeps looking for the primary
 			return
 		case <-tick.C:
 		}
@@ -336,10 +340,7 @@ func (s *fallbackSession) routineWatch(f *fallback, addr string, c *Config) {
 		case <-ctx.Done():
 			return
 		case n := <-Superseded(s.Session):
-			// The primary's own successor (a connection whose path's
-			// RTT grew) is watched in turn.
-			n.Session = f.watch(n.Session, addr, c)
-			s.next <- n
+			s.passOn(n, f.watch(n.Session, addr, c)) // its loss is watched in turn
 			return
 		case <-tick.C:
 		}

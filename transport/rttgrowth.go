@@ -9,15 +9,15 @@ import (
 )
 
 // RTTGrewChecks is how many checks in a row must find a path's RTT grown
-// (RTTGrew) before a dial side replaces the connection: 3 s at the default
+// (rttGrew) before a dial side replaces the connection: 3 s at the default
 // probe interval, so that a burst of queueing decides nothing.
 const RTTGrewChecks = 4
 
-// RTTGrew reports whether a smoothed RTT of now is well past was, the RTT
+// rttGrew reports whether a smoothed RTT of now is well past was, the RTT
 // a connection came up over: twice it and 20 ms more, which queueing in
 // the socket buffers of a short path does not reach, and a path that grew
 // from a LAN to a WAN, or from 20 ms to 80, does.
-func RTTGrew(was, now time.Duration) bool { return now >= 2*was+20*time.Millisecond }
+func rttGrew(was, now time.Duration) bool { return now >= 2*was+20*time.Millisecond }
 
 // RTTGrowth replaces a session this side dialled once the path's RTT grew
 // well past the one it came up over: the connection's windows, and its
@@ -31,10 +31,10 @@ type RTTGrowth struct {
 	was    time.Duration
 	redial func(context.Context) (Session, error)
 	// measure is the RTT a new session came up over.
-	measure   func(Session) time.Duration
-	next      chan Succession
-	transport string
-	log       *slog.Logger
+	measure func(Session) time.Duration
+	next    chan Succession
+	name    string // the transport's
+	log     *slog.Logger
 
 	grown     int // checks in a row that found the RTT grown; one caller
 	replacing atomic.Bool
@@ -43,7 +43,7 @@ type RTTGrowth struct {
 // NewRTTGrowth watches a session of transport name that came up over was,
 // whose successor redial dials and measure tells the RTT of.
 func NewRTTGrowth(name string, was time.Duration, redial func(context.Context) (Session, error), measure func(Session) time.Duration, log *slog.Logger) *RTTGrowth {
-	return &RTTGrowth{was: was, redial: redial, measure: measure, next: make(chan Succession, 1), transport: name, log: log}
+	return &RTTGrowth{was: was, redial: redial, measure: measure, next: make(chan Succession, 1), name: name, log: log}
 }
 
 // Superseded is the channel the successor is offered on, at most once (see
@@ -54,14 +54,13 @@ func (g *RTTGrowth) Superseded() <-chan Succession { return g.next }
 // was busy since the last check (had more than a few packets in flight, or
 // sent more than keep-alives): a busy check neither counts nor starts the
 // count over. Each time RTTGrewChecks more quiet checks in a row found it
-// grown, it dials a successor on wg, a dial that
-// ends when done closes, and offers it if the successor came up over a
-// grown RTT too: an RTT that a busy machine's scheduling inflated (QUIC's
-// is measured in the process) seldom holds for a handshake as well. One
-// not offered lets later checks try again. Check is called from one
-// goroutine.
+// grown, it dials a successor on wg, a dial that ends when done closes,
+// and offers it if the successor came up over a grown RTT too: an RTT that
+// a busy machine's scheduling inflated (QUIC's is measured in the process)
+// seldom holds for a handshake as well. One not offered lets later checks
+// try again. Check is called from one goroutine.
 func (g *RTTGrowth) Check(now time.Duration, busy bool, done <-chan struct{}, wg *sync.WaitGroup) {
-	if g.redial == nil || !RTTGrew(g.was, now) {
+	if g.redial == nil || !rttGrew(g.was, now) {
 		g.grown = 0
 		return
 	}
@@ -94,7 +93,7 @@ func (g *RTTGrowth) replace(now time.Duration, done <-chan struct{}) {
 	attrs := []any{"rtt", now.Round(100 * time.Microsecond), "was", g.was.Round(100 * time.Microsecond)}
 	ns, err := g.redial(ctx)
 	if err != nil {
-		g.log.Debug("tunnel path's RTT grew, and no new connection came up: keeping this one", append(attrs, "transport", g.transport, "err", err)...)
+		g.log.Debug("tunnel path's RTT grew, and no new connection came up: keeping this one", append(attrs, "transport", g.name, "err", err)...)
 		g.replacing.Store(false)
 		return
 	}
@@ -102,10 +101,10 @@ func (g *RTTGrowth) replace(now time.Duration, done <-chan struct{}) {
 		_ = ns.Close() // the session went away meanwhile
 		return
 	}
-	if up := g.measure(ns); !RTTGrew(g.was, up) {
+	if up := g.measure(ns); !rttGrew(g.was, up) {
 		_ = ns.Close() // not taken: the path is what it was
 		g.log.Debug("tunnel path's RTT grew, but a new connection came up over the old one: keeping this one",
-			append(attrs, "transport", g.transport, "new", up.Round(100*time.Microsecond))...)
+			append(attrs, "transport", g.name, "new", up.Round(100*time.Microsecond))...)
 		g.replacing.Store(false)
 		return
 	}
