@@ -350,6 +350,67 @@ func TestAuthenticatorErrorFailsHandshake(t *testing.T) {
 	}
 }
 
+// A dial whose context ends while the peer has not yet proven itself ends
+// at once, not when HandshakeTimeout runs out: a successor dialled for a
+// connection that went away meanwhile, over a path that just went dark,
+// must not hold the old connection's end back for the whole timeout.
+func TestDialEndsWithItsContextDuringAuthentication(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr.Name(), func(t *testing.T) {
+			cs, ss := pinnedtest.Stores(t, transporttest.ALPN)
+			entered := make(chan struct{}, 1)
+			release := make(chan struct{})
+			silent := func(_ *tls.ConnectionState, _ io.ReadWriter, _ bool) (transport.Peer, error) {
+				entered <- struct{}{}
+				<-release // never proves itself while the dial waits
+				return transport.Peer{}, errServerRefuses
+			}
+			sc := &transport.Config{TLS: ss.ServerConfig(), Authenticate: silent, HandshakeTimeout: 30 * time.Second}
+			cc := &transport.Config{TLS: cs.ClientConfig(), Authenticate: tokenAuth(nil), HandshakeTimeout: 30 * time.Second}
+			ln := transporttest.Listen(t, tr, sc)
+			t.Cleanup(func() { close(release) }) // before the listener's Close, which waits for it
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+				defer cancel()
+				if s, err := ln.Accept(ctx); err == nil {
+					_ = s.Close()
+				}
+			}()
+
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			type result struct {
+				s   transport.Session
+				err error
+			}
+			dialled := make(chan result, 1)
+			go func() {
+				s, err := tr.Dial(ctx, ln.Addr().String(), cc)
+				dialled <- result{s, err}
+			}()
+			select {
+			case <-entered:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the listener never began to authenticate the dial")
+			}
+			cancel()
+			cancelled := time.Now()
+			select {
+			case r := <-dialled:
+				if r.err == nil {
+					_ = r.s.Close()
+					t.Fatal("Dial succeeded although the peer never proved itself")
+				}
+				if took := time.Since(cancelled); took > 2*time.Second {
+					t.Errorf("Dial ended %s after its context, want at once", took)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("Dial still waits 10 s after its context ended")
+			}
+		})
+	}
+}
+
 // A peer whose pin is not accepted fails inside the TLS handshake. Over TCP
 // the listener reports it through OnHandshakeError; over QUIC it happens
 // inside quic-go, so the Store reports it through Policy.OnRefused.

@@ -436,9 +436,24 @@ func (c *Config) HandshakeFailed(remote net.Addr, err error) {
 }
 
 // AuthenticatePeer runs Authenticate, or accepts the peer when it is nil.
-func (c *Config) AuthenticatePeer(cs *tls.ConnectionState, rw io.ReadWriter, client bool) (Peer, error) {
+// It ends when ctx does, whatever its deadline: rw's deadline is then moved
+// to now (rw has one on every transport: a TLS connection, a QUIC stream),
+// so that a read waiting for a peer that stopped answering returns, and
+// the error is ctx's cause. A dial given up halfway is not left running
+// until HandshakeTimeout.
+func (c *Config) AuthenticatePeer(ctx context.Context, cs *tls.ConnectionState, rw io.ReadWriter, client bool) (Peer, error) {
 	if c.Authenticate == nil {
 		return Peer{}, nil
 	}
-	return c.Authenticate(cs, rw, client)
+	dl, ok := rw.(interface{ SetDeadline(time.Time) error })
+	if !ok {
+		return c.Authenticate(cs, rw, client)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = dl.SetDeadline(time.Now()) })
+	peer, err := c.Authenticate(cs, rw, client)
+	if !stop() {
+		// The deadline was moved, or is being: rw is not to be used again.
+		return Peer{}, context.Cause(ctx)
+	}
+	return peer, err
 }

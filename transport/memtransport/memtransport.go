@@ -175,7 +175,7 @@ func handshake(ctx context.Context, ctl *conn, lk *link, c *transport.Config, cl
 		return nil, transport.NewHandshakeError(Name, transport.StageTLS, fmt.Errorf("tls handshake: %w", err))
 	}
 	cs := tc.ConnectionState()
-	peer, err := c.AuthenticatePeer(&cs, tc, client)
+	peer, err := c.AuthenticatePeer(ctx, &cs, tc, client)
 	if err != nil {
 		return nil, transport.NewHandshakeError(Name, transport.StageAuthenticate, fmt.Errorf("authenticate peer: %w", err))
 	}

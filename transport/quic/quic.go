@@ -209,7 +209,7 @@ func authenticateQUIC(ctx context.Context, conn *quic.Conn, c *transport.Config,
 	deadline, _ := ctx.Deadline()
 	_ = st.SetDeadline(deadline) // a failing deadline shows up as a failing read
 	cs := conn.ConnectionState().TLS
-	peer, err := c.AuthenticatePeer(&cs, st, client)
+	peer, err := c.AuthenticatePeer(ctx, &cs, st, client)
 	if err != nil {
 		st.CancelRead(codeReset)
 		st.CancelWrite(codeReset)

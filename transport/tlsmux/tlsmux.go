@@ -127,7 +127,7 @@ func handshakeTCP(ctx context.Context, raw net.Conn, rc *recordConn, c *transpor
 	}
 	rc.handshakeDone()
 	cs := tc.ConnectionState()
-	peer, err := c.AuthenticatePeer(&cs, tc, client)
+	peer, err := c.AuthenticatePeer(ctx, &cs, tc, client)
 	if err != nil {
 		return nil, transport.NewHandshakeError(Name, transport.StageAuthenticate, fmt.Errorf("authenticate peer: %w", withAlert(tc, err)))
 	}
