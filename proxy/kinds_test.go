@@ -35,9 +35,7 @@ func (shoutKind) Forward(client route.Conn, l route.Local) {
 }
 
 func (shoutKind) Handle(st route.Conn, f route.Far) {
-	if f.Accept() != nil {
-		return
-	}
+	f.Accept()
 	f.Carry(func() (int64, int64, error) {
 		defer st.Close()
 		in, err := io.ReadAll(st)
