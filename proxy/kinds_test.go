@@ -35,7 +35,9 @@ func (shoutKind) Forward(client route.Conn, l route.Local) {
 }
 
 func (shoutKind) Handle(st route.Conn, f route.Far) {
-	f.Accept()
+	if f.Accept() != nil {
+		return
+	}
 	f.Carry(func() (int64, int64, error) {
 		defer st.Close()
 		in, err := io.ReadAll(st)

@@ -392,11 +392,9 @@ func (e *Engine) handleInbound(st transport.Stream, t *tunnel) {
 		return
 	}
 	rec.delivers(target.Addr)
-	ans := &answeringStream{Stream: st}
-	undo.add(ans.drop) // an answer still waiting when the stream ends is moot
-	f := &farSide{e: e, t: t, st: st, ans: ans, req: req, target: target, client: client, server: server,
+	f := &farSide{e: e, t: t, st: st, req: req, target: target, client: client, server: server,
 		label: label, log: log, start: start, rec: rec, undo: &undo, refuse: refuse}
-	kind.Handle(streamEnd{t.counted(ans, 0)}, f)
+	kind.Handle(streamEnd{t.counted(st, 0)}, f)
 	if !f.carried && !f.ended {
 		st.Reset()
 	}
@@ -407,7 +405,6 @@ type farSide struct {
 	e              *Engine
 	t              *tunnel
 	st             transport.Stream
-	ans            *answeringStream // st as Handle writes it
 	req            wire.Request
 	target         Route
 	client, server netip.AddrPort
@@ -445,9 +442,17 @@ func (f *farSide) Dial() (route.Conn, error) {
 	return origin, nil
 }
 
-// Accept answers the peer StatusOK, in the frame of the origin's first
-// bytes (see answeringStream): a write that fails shows in the copy.
-func (f *farSide) Accept() { f.ans.Answer(wire.Response{Status: wire.StatusOK}) }
+// Accept answers the peer StatusOK.
+func (f *farSide) Accept() error {
+	if _, err := f.st.Write(wire.AppendResponse(nil, wire.Response{Status: wire.StatusOK})); err != nil {
+		f.log.Info("stream aborted before reply", "err", err)
+		f.rec.finished(0, 0, err)
+		f.st.Reset()
+		f.ended = true
+		return err
+	}
+	return nil
+}
 
 func (f *farSide) IdleTimeout() time.Duration { return f.e.cfg.StreamIdleTimeout }
 

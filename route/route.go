@@ -57,9 +57,10 @@ type Kind interface {
 	// read the preamble of and admitted to a target route of this kind.
 	// Handle reaches the route's origin through f, answers the peer with
 	// f.Accept before anything from the origin goes to st, and ends by
-	// handing the copy to f.Carry; when f.Dial fails the engine has
-	// answered, logged and reset what it must, and Handle returns.
-	// Handle returning without Carry resets st.
+	// handing the copy to f.Carry; when f.Dial or f.Accept fails the
+	// engine has answered, logged and reset what it must, and Handle
+	// returns after closing what it opened itself. Handle returning
+	// without Carry resets st.
 	Handle(st Conn, f Far)
 }
 
@@ -103,12 +104,9 @@ type Far interface {
 	// timeout. On failure the engine has refused the stream to the peer
 	// with the status that fits.
 	Dial() (Conn, error)
-	// Accept answers the peer wire.StatusOK: the stream is delivered.
-	// The answer leaves in the same frame as the first bytes written to
-	// st (an origin that answers at once costs the peer one frame), or
-	// alone on st's CloseWrite or Close, or after a short wait, whichever
-	// comes first; a failure to send it shows in st's next write.
-	Accept()
+	// Accept answers the peer wire.StatusOK: the stream is delivered. On
+	// failure the engine has logged it and reset the stream.
+	Accept() error
 	// IdleTimeout is as Local's.
 	IdleTimeout() time.Duration
 	// Carry is as Local's, for the delivered stream.

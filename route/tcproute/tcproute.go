@@ -46,6 +46,9 @@ func (Kind) Handle(st route.Conn, f route.Far) {
 	if err != nil {
 		return
 	}
-	f.Accept()
+	if err := f.Accept(); err != nil {
+		_ = origin.Close() // the stream is gone: nothing to deliver
+		return
+	}
 	f.Carry(func() (int64, int64, error) { return Join(st, origin, f.IdleTimeout()) })
 }

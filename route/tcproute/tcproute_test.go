@@ -41,12 +41,12 @@ func (l *fakeLocal) Carry(copy route.Copy) {
 	go func() { _, _, err := copy(); l.copied <- err }()
 }
 
-// fakeFar dials origin (or fails with dialErr) and answers, noting what
-// Handle asked.
+// fakeFar dials origin (or fails with dialErr) and answers (or fails with
+// acceptErr), noting what Handle asked.
 type fakeFar struct {
-	origin            route.Conn
-	dialErr           error
-	accepted, carried bool
+	origin             route.Conn
+	dialErr, acceptErr error
+	accepted, carried  bool
 }
 
 var _ route.Far = (*fakeFar)(nil)
@@ -60,7 +60,10 @@ func (f *fakeFar) Dial() (route.Conn, error) {
 	return f.origin, nil
 }
 
-func (f *fakeFar) Accept() { f.accepted = true }
+func (f *fakeFar) Accept() error {
+	f.accepted = true
+	return f.acceptErr
+}
 
 func (f *fakeFar) IdleTimeout() time.Duration { return 0 }
 
@@ -125,8 +128,8 @@ func TestForwardReadsNothingEarlyPastWrapping(t *testing.T) {
 	<-l.copied
 }
 
-// Handle answers only after the origin is dialled, and carries only what
-// it answered.
+// Handle answers only after the origin is dialled, carries only what it
+// answered, and closes the origin when the answer fails.
 func TestHandleAnswersAfterTheDial(t *testing.T) {
 	st, _ := testutil.TCPPair(t)
 
@@ -136,7 +139,18 @@ func TestHandleAnswersAfterTheDial(t *testing.T) {
 		t.Errorf("after a failed dial: accepted %t, carried %t; want neither", f.accepted, f.carried)
 	}
 
-	origin, _ := testutil.TCPPair(t)
+	origin, originPeer := testutil.TCPPair(t)
+	f = &fakeFar{origin: tcpEnd{origin}, acceptErr: errors.New("stream gone")}
+	Kind{}.Handle(tcpEnd{st}, f)
+	if f.carried {
+		t.Error("a stream whose answer failed was carried")
+	}
+	_ = originPeer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := originPeer.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Errorf("the origin after a failed answer reads %v, want EOF: closed", err)
+	}
+
+	origin, _ = testutil.TCPPair(t)
 	f = &fakeFar{origin: tcpEnd{origin}}
 	Kind{}.Handle(tcpEnd{st}, f)
 	if !f.accepted || !f.carried {
