@@ -630,13 +630,33 @@ func wanStreamBounds(t *testing.T, ctx context.Context, ns *wan.Namespace, addr 
 	return bounds
 }
 
+// wanTunnelCongestion is the congestion control of each established tunnel
+// socket in ns, as ss tells it, sorted.
+func wanTunnelCongestion(t *testing.T, ctx context.Context, ns *wan.Namespace) []string {
+	t.Helper()
+	out, err := ns.Command(within(t, ctx, 10*time.Second), "ss", "-tinH", "state", "established", "dst", wanTunnel).Output()
+	if err != nil {
+		t.Fatalf("ss: %v", err)
+	}
+	var names []string
+	for _, f := range strings.Fields(string(out)) {
+		if f == "bbr" || f == "cubic" || f == "reno" {
+			names = append(names, f)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
 // A tunnel that came up over a short path, whose RTT then grew to 80 ms,
 // is replaced by the dial side within seconds, on each transport and on
 // auto: each connection's successor joins the pool before it is retired as
 // moved, the move is logged with both RTTs and counted, and, over tcp, the
 // new connections have the windows of the longer path (31 streams each).
 // A client held across the move keeps its old connection, past the drain
-// timeout, until it leaves. The successors do not move again.
+// timeout, until it leaves; over tcp that connection's socket has left BBR
+// for CUBIC, and its successors' have not. The successors do not move
+// again.
 func TestWANTunnelMovesToANewConnectionWhenThePathsRTTGrows(t *testing.T) {
 	for _, transport := range []string{"tcp", "quic", "auto"} {
 		t.Run(transport, func(t *testing.T) {
@@ -685,6 +705,13 @@ func TestWANTunnelMovesToANewConnectionWhenThePathsRTTGrows(t *testing.T) {
 			heldEcho("after the move and the drain timeout")
 			if n := len(d.logs(msgIs("tunnel disconnected", "reason", "moved"))); n != 1 {
 				t.Errorf("%d old connections closed while a client held one of them, want 1", n)
+			}
+			if transport == "tcp" {
+				// The old connection left BBR, which would keep the short
+				// path's RTT for 10 s; its successors keep it.
+				if got := wanTunnelCongestion(t, ctx, b.A); !slices.Equal(got, []string{"bbr", "bbr", "cubic"}) {
+					t.Errorf("dial side's tunnel sockets run %v, want bbr on the two successors and cubic on the old one", got)
+				}
 			}
 			_ = held.Close()
 			d.waitLogs(t, within(t, ctx, 10*time.Second), 2, msgIs("tunnel disconnected", "reason", "moved"))

@@ -36,7 +36,8 @@ type RTTGrowth struct {
 	name    string // the transport's
 	log     *slog.Logger
 
-	grown     int // checks in a row that found the RTT grown; one caller
+	grown     int // quiet checks in a row that found the RTT grown; one caller
+	seen      int // checks in a row, quiet or busy, that found it grown
 	replacing atomic.Bool
 }
 
@@ -59,25 +60,31 @@ func (g *RTTGrowth) Superseded() <-chan Succession { return g.next }
 // a busy machine's scheduling inflated (QUIC's is measured in the process)
 // seldom holds for a handshake as well. One not offered lets later checks
 // try again. Check is called from one goroutine.
-func (g *RTTGrowth) Check(now time.Duration, busy bool, done <-chan struct{}, wg *sync.WaitGroup) {
+// It reports whether this check completed a run of RTTGrewChecks that all
+// found the RTT grown, busy or not: a path that grew, or a queue that the
+// connection's own traffic has kept full for that long, which is for the
+// caller to weigh.
+func (g *RTTGrowth) Check(now time.Duration, busy bool, done <-chan struct{}, wg *sync.WaitGroup) (grew bool) {
 	if g.redial == nil || !rttGrew(g.was, now) {
-		g.grown = 0
-		return
+		g.grown, g.seen = 0, 0
+		return false
 	}
+	g.seen++
+	grew = g.seen%RTTGrewChecks == 0
 	if busy {
 		// The connection's own traffic fills the path's queue, and the RTT
 		// with it: this check says nothing of the path.
-		return
+		return grew
 	}
 	g.grown++
-	if g.grown%RTTGrewChecks != 0 || !g.replacing.CompareAndSwap(false, true) {
-		return
+	if g.grown%RTTGrewChecks == 0 && g.replacing.CompareAndSwap(false, true) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g.replace(now, done)
+		}()
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		g.replace(now, done)
-	}()
+	return grew
 }
 
 func (g *RTTGrowth) replace(now time.Duration, done <-chan struct{}) {

@@ -2,6 +2,7 @@ package transport_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -88,6 +89,44 @@ func TestRTTGrowthOffersASuccessorThatMeasuredTheGrownPath(t *testing.T) {
 	check(80*time.Millisecond, 8)
 	if n := dials.Load(); n != 2 {
 		t.Errorf("%d successors dialled after one was offered, want no more", n)
+	}
+}
+
+// Check says when RTTGrewChecks checks in a row, busy or quiet, found the
+// RTT grown, while only quiet ones lead to a dial.
+func TestRTTGrowthSaysWhenTheRTTGrewBusyOrNot(t *testing.T) {
+	var dials atomic.Int32
+	redial := func(context.Context) (transport.Session, error) {
+		dials.Add(1)
+		return nil, errors.New("test: no successor")
+	}
+	measure := func(transport.Session) time.Duration { return time.Second }
+	g := transport.NewRTTGrowth("mem", 10*time.Millisecond, redial, measure, slog.New(&logtest.Recorder{}))
+	var wg sync.WaitGroup
+	for i, c := range []struct {
+		rtt        time.Duration
+		busy, want bool
+	}{
+		{40 * time.Millisecond, true, false},
+		{40 * time.Millisecond, false, false},
+		{40 * time.Millisecond, true, false},
+		{39 * time.Millisecond, false, false}, // starts over
+		{40 * time.Millisecond, true, false},
+		{40 * time.Millisecond, true, false},
+		{40 * time.Millisecond, false, false},
+		{40 * time.Millisecond, true, true},
+		{40 * time.Millisecond, true, false},
+		{40 * time.Millisecond, true, false},
+		{40 * time.Millisecond, true, false},
+		{40 * time.Millisecond, true, true},
+	} {
+		if got := g.Check(c.rtt, c.busy, nil, &wg); got != c.want {
+			t.Errorf("check %d (%s, busy %t) = %t, want %t", i+1, c.rtt, c.busy, got, c.want)
+		}
+	}
+	wg.Wait()
+	if n := dials.Load(); n != 0 {
+		t.Errorf("%d successors dialled after one quiet grown check in a row, want none", n)
 	}
 }
 

@@ -57,6 +57,30 @@ func congestionFor(c *transport.Config) string {
 	return transport.DefaultTCPCongestion
 }
 
+// leaveStaleBBR moves a tunnel socket whose path's RTT grew from BBR to
+// CUBIC. BBR sizes its window by the shortest RTT it saw in the last 10 s,
+// the old path's, so a stream that stays on the old connection while it
+// is being replaced (one open already, or opened before the successor is
+// up) crawls for those 10 s at a few packets per RTT; CUBIC has no such
+// memory, and from the window it is handed it slow-starts to the path's
+// within a few RTTs. BBR itself cannot be restarted: it takes the kernel's
+// minimum RTT again, which remembers minutes. Another congestion control
+// is left as it is.
+func leaveStaleBBR(rc syscall.RawConn, c *transport.Config) {
+	_ = rc.Control(func(fd uintptr) {
+		name, err := unix.GetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION)
+		if err != nil || name != "bbr" {
+			return
+		}
+		if err := unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, "cubic"); err != nil {
+			c.Logger.Debug("tunnel socket left on BBR after its path's RTT grew: a stream still on it is slow until BBR forgets the old RTT", "transport", Name,
+				"err", fmt.Errorf("set congestion control cubic: %w", err))
+			return
+		}
+		c.Logger.Info("tunnel socket's congestion control moved from bbr to cubic: its path's RTT grew, and BBR would keep the old one for 10 s", "transport", Name)
+	})
+}
+
 // busyInFlight is how many unacknowledged segments make a tunnel socket
 // busy for transport.RTTGrowth: more than requests and pings keep in
 // flight, less than a window of bulk.
@@ -185,8 +209,8 @@ func (s *tcpSession) routineWatchAcks(rc syscall.RawConn, every, limit, idle tim
 		}); cerr != nil || err != nil {
 			return // the socket is closed, or says nothing: yamux's own timeout applies
 		}
-		if s.growth != nil {
-			s.growth.Check(time.Duration(info.Rtt)*time.Microsecond, info.Unacked > busyInFlight, s.ys.CloseChan(), &s.wg)
+		if s.growth != nil && s.growth.Check(time.Duration(info.Rtt)*time.Microsecond, info.Unacked > busyInFlight, s.ys.CloseChan(), &s.wg) {
+			leaveStaleBBR(rc, c)
 		}
 		if first {
 			continue // judged from the first tick on
