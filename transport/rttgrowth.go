@@ -26,8 +26,9 @@ func rttGrew(was, now time.Duration) bool { return now >= 2*was+20*time.Millisec
 // keep the shortest RTT they saw), while a new connection measures the
 // path as it is. The zero value does nothing.
 type RTTGrowth struct {
-	// was is the RTT the session came up over; redial dials its
-	// successor, whose Succession is sent on next.
+	// was is the RTT the session came up over, or the least it measured
+	// since, if lower (Check's caller only); redial dials its successor,
+	// whose Succession is sent on next.
 	was    time.Duration
 	redial func(context.Context) (Session, error)
 	// measure is the RTT a new session came up over.
@@ -51,20 +52,28 @@ func NewRTTGrowth(name string, was time.Duration, redial func(context.Context) (
 // the package's Superseded); nil for the zero value.
 func (g *RTTGrowth) Superseded() <-chan Succession { return g.next }
 
-// Check takes one check's smoothed RTT, now, and whether the connection
-// was busy since the last check (had more than a few packets in flight, or
-// sent more than keep-alives): a busy check neither counts nor starts the
-// count over. Each time RTTGrewChecks more quiet checks in a row found it
-// grown, it dials a successor on wg, a dial that ends when done closes,
-// and offers it if the successor came up over a grown RTT too: an RTT that
-// a busy machine's scheduling inflated (QUIC's is measured in the process)
-// seldom holds for a handshake as well. One not offered lets later checks
-// try again. Check is called from one goroutine.
+// Check takes one check's smoothed RTT, now; least, the lowest RTT the
+// connection has measured (zero: not known), which lowers the RTT it is
+// taken to have come up over when its handshake's was inflated (a busy
+// machine's scheduling, under which QUIC, measured in the process, can
+// read 10-30 ms on a path of 1, enough to hide an 80 ms path's growth);
+// and whether the connection was busy since the last check (had more than
+// a few packets in flight, or sent more than keep-alives): a busy check
+// neither counts nor starts the count over. Each time RTTGrewChecks more
+// quiet checks in a row found it grown, it dials a successor on wg, a dial
+// that ends when done closes, and offers it if the successor came up over
+// a grown RTT too: an RTT that a busy machine's scheduling inflated seldom
+// holds for a handshake as well. One not offered lets later checks try
+// again. Check is called from one goroutine.
+//
 // It reports whether this check completed a run of RTTGrewChecks that all
 // found the RTT grown, busy or not: a path that grew, or a queue that the
 // connection's own traffic has kept full for that long, which is for the
 // caller to weigh.
-func (g *RTTGrowth) Check(now time.Duration, busy bool, done <-chan struct{}, wg *sync.WaitGroup) (grew bool) {
+func (g *RTTGrowth) Check(now, least time.Duration, busy bool, done <-chan struct{}, wg *sync.WaitGroup) (grew bool) {
+	if least > 0 && least < g.was {
+		g.was = least
+	}
 	if g.redial == nil || !rttGrew(g.was, now) {
 		g.grown, g.seen = 0, 0
 		return false
@@ -79,15 +88,15 @@ func (g *RTTGrowth) Check(now time.Duration, busy bool, done <-chan struct{}, wg
 	g.grown++
 	if g.grown%RTTGrewChecks == 0 && g.replacing.CompareAndSwap(false, true) {
 		wg.Add(1)
-		go func() {
+		go func(was time.Duration) {
 			defer wg.Done()
-			g.replace(now, done)
-		}()
+			g.replace(now, was, done)
+		}(g.was)
 	}
 	return grew
 }
 
-func (g *RTTGrowth) replace(now time.Duration, done <-chan struct{}) {
+func (g *RTTGrowth) replace(now, was time.Duration, done <-chan struct{}) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { // the dial ends with the session
@@ -97,7 +106,7 @@ func (g *RTTGrowth) replace(now time.Duration, done <-chan struct{}) {
 		case <-ctx.Done():
 		}
 	}()
-	attrs := []any{"rtt", now.Round(100 * time.Microsecond), "was", g.was.Round(100 * time.Microsecond)}
+	attrs := []any{"rtt", now.Round(100 * time.Microsecond), "was", was.Round(100 * time.Microsecond)}
 	ns, err := g.redial(ctx)
 	if err != nil {
 		g.log.Debug("tunnel path's RTT grew, and no new connection came up: keeping this one", append(attrs, "transport", g.name, "err", err)...)
@@ -108,7 +117,7 @@ func (g *RTTGrowth) replace(now time.Duration, done <-chan struct{}) {
 		_ = ns.Close() // the session went away meanwhile
 		return
 	}
-	if up := g.measure(ns); !rttGrew(g.was, up) {
+	if up := g.measure(ns); !rttGrew(was, up) {
 		_ = ns.Close() // not taken: the path is what it was
 		g.log.Debug("tunnel path's RTT grew, but a new connection came up over the old one: keeping this one",
 			append(attrs, "transport", g.name, "new", up.Round(100*time.Microsecond))...)

@@ -47,7 +47,7 @@ func TestRTTGrowthOffersASuccessorThatMeasuredTheGrownPath(t *testing.T) {
 	var wg sync.WaitGroup
 	check := func(rtt time.Duration, n int) {
 		for range n {
-			g.Check(rtt, false, done, &wg)
+			g.Check(rtt, 0, false, done, &wg)
 		}
 		wg.Wait()
 	}
@@ -57,7 +57,7 @@ func TestRTTGrowthOffersASuccessorThatMeasuredTheGrownPath(t *testing.T) {
 	check(39*time.Millisecond, 1) // starts the count over
 	check(40*time.Millisecond, 3)
 	for range 8 { // the connection's own traffic: neither counts nor starts over
-		g.Check(90*time.Millisecond, true, done, &wg)
+		g.Check(90*time.Millisecond, 0, true, done, &wg)
 	}
 	if n := dials.Load(); n != 0 {
 		t.Fatalf("%d successors dialled before four grown checks in a row", n)
@@ -120,13 +120,46 @@ func TestRTTGrowthSaysWhenTheRTTGrewBusyOrNot(t *testing.T) {
 		{40 * time.Millisecond, true, false},
 		{40 * time.Millisecond, true, true},
 	} {
-		if got := g.Check(c.rtt, c.busy, nil, &wg); got != c.want {
+		if got := g.Check(c.rtt, 0, c.busy, nil, &wg); got != c.want {
 			t.Errorf("check %d (%s, busy %t) = %t, want %t", i+1, c.rtt, c.busy, got, c.want)
 		}
 	}
 	wg.Wait()
 	if n := dials.Load(); n != 0 {
 		t.Errorf("%d successors dialled after one quiet grown check in a row, want none", n)
+	}
+}
+
+// A connection whose handshake measured an inflated RTT (30 ms over a 1 ms
+// path, a busy machine's) is judged by the least RTT it measured since:
+// 70 ms is under twice 30 plus 20 but well over twice 1 plus 20.
+func TestRTTGrowthJudgesByTheLeastRTTMeasured(t *testing.T) {
+	successor := &stubSession{}
+	var dials atomic.Int32
+	redial := func(context.Context) (transport.Session, error) { dials.Add(1); return successor, nil }
+	measure := func(transport.Session) time.Duration { return 70 * time.Millisecond }
+	g := transport.NewRTTGrowth("mem", 30*time.Millisecond, redial, measure, slog.New(&logtest.Recorder{}))
+	done := make(chan struct{})
+	defer close(done)
+	var wg sync.WaitGroup
+	for range 2 * transport.RTTGrewChecks {
+		g.Check(70*time.Millisecond, 0, false, done, &wg)
+	}
+	wg.Wait()
+	if n := dials.Load(); n != 0 {
+		t.Fatalf("%d successors dialled with no lower RTT known, want none", n)
+	}
+	for range transport.RTTGrewChecks {
+		g.Check(70*time.Millisecond, time.Millisecond, false, done, &wg)
+	}
+	wg.Wait()
+	select {
+	case n := <-g.Superseded():
+		if n.Session != transport.Session(successor) {
+			t.Errorf("offered %+v, want the successor", n)
+		}
+	default:
+		t.Fatalf("no successor offered after %d dials", dials.Load())
 	}
 }
 
@@ -139,7 +172,7 @@ func TestRTTGrowthDropClosesAnUntakenSuccessor(t *testing.T) {
 	g := transport.NewRTTGrowth("mem", 0, redial, measure, slog.New(&logtest.Recorder{}))
 	var wg sync.WaitGroup
 	for range transport.RTTGrewChecks {
-		g.Check(time.Second, false, nil, &wg)
+		g.Check(time.Second, 0, false, nil, &wg)
 	}
 	wg.Wait()
 	g.Drop()
@@ -147,7 +180,7 @@ func TestRTTGrowthDropClosesAnUntakenSuccessor(t *testing.T) {
 		t.Error("the untaken successor was not closed")
 	}
 	var zero transport.RTTGrowth
-	zero.Check(time.Second, false, nil, &wg)
+	zero.Check(time.Second, 0, false, nil, &wg)
 	zero.Drop()
 	if zero.Superseded() != nil {
 		t.Error("the zero value offers a channel")

@@ -183,7 +183,7 @@ func (s *quicSession) routineWatchRTT(every time.Duration) {
 		case <-tick.C:
 		}
 		st := s.conn.ConnectionStats()
-		s.growth.Check(st.SmoothedRTT, st.PacketsSent-sent > busyPackets, done, &s.wg)
+		s.growth.Check(st.SmoothedRTT, st.MinRTT, st.PacketsSent-sent > busyPackets, done, &s.wg)
 		sent = st.PacketsSent
 	}
 }

@@ -209,7 +209,7 @@ func (s *tcpSession) routineWatchAcks(rc syscall.RawConn, every, limit, idle tim
 		}); cerr != nil || err != nil {
 			return // the socket is closed, or says nothing: yamux's own timeout applies
 		}
-		if s.growth != nil && s.growth.Check(time.Duration(info.Rtt)*time.Microsecond, info.Unacked > busyInFlight, s.ys.CloseChan(), &s.wg) {
+		if s.growth != nil && s.growth.Check(time.Duration(info.Rtt)*time.Microsecond, time.Duration(info.Min_rtt)*time.Microsecond, info.Unacked > busyInFlight, s.ys.CloseChan(), &s.wg) {
 			leaveStaleBBR(rc, c)
 		}
 		if first {
