@@ -631,10 +631,11 @@ func wanStreamBounds(t *testing.T, ctx context.Context, ns *wan.Namespace, addr 
 }
 
 // wanTunnelCongestion is the congestion control of each established tunnel
-// socket in ns, as ss tells it, sorted.
-func wanTunnelCongestion(t *testing.T, ctx context.Context, ns *wan.Namespace) []string {
+// socket in ns, as ss tells it, sorted: the dial side's sockets, with end
+// "dst", or the listen side's, with "src".
+func wanTunnelCongestion(t *testing.T, ctx context.Context, ns *wan.Namespace, end string) []string {
 	t.Helper()
-	out, err := ns.Command(within(t, ctx, 10*time.Second), "ss", "-tinH", "state", "established", "dst", wanTunnel).Output()
+	out, err := ns.Command(within(t, ctx, 10*time.Second), "ss", "-tinH", "state", "established", end, wanTunnel).Output()
 	if err != nil {
 		t.Fatalf("ss: %v", err)
 	}
@@ -655,8 +656,8 @@ func wanTunnelCongestion(t *testing.T, ctx context.Context, ns *wan.Namespace) [
 // new connections have the windows of the longer path (31 streams each).
 // A client held across the move keeps its old connection, past the drain
 // timeout, until it leaves; over tcp that connection's socket has left BBR
-// for CUBIC, and its successors' have not. The successors do not move
-// again.
+// for CUBIC on both sides, and its successors' have not. The successors do
+// not move again.
 func TestWANTunnelMovesToANewConnectionWhenThePathsRTTGrows(t *testing.T) {
 	for _, transport := range []string{"tcp", "quic", "auto"} {
 		t.Run(transport, func(t *testing.T) {
@@ -708,9 +709,14 @@ func TestWANTunnelMovesToANewConnectionWhenThePathsRTTGrows(t *testing.T) {
 			}
 			if transport == "tcp" {
 				// The old connection left BBR, which would keep the short
-				// path's RTT for 10 s; its successors keep it.
-				if got := wanTunnelCongestion(t, ctx, b.A); !slices.Equal(got, []string{"bbr", "bbr", "cubic"}) {
+				// path's RTT for 10 s, on the dial side, which sends the
+				// uploads, and on the listen side, which sends the
+				// downloads; its successors keep it.
+				if got := wanTunnelCongestion(t, ctx, b.A, "dst"); !slices.Equal(got, []string{"bbr", "bbr", "cubic"}) {
 					t.Errorf("dial side's tunnel sockets run %v, want bbr on the two successors and cubic on the old one", got)
+				}
+				if got := wanTunnelCongestion(t, ctx, b.B, "src"); !slices.Equal(got, []string{"bbr", "bbr", "cubic"}) {
+					t.Errorf("listen side's tunnel sockets run %v, want bbr on the two successors and cubic on the old one", got)
 				}
 			}
 			_ = held.Close()

@@ -24,11 +24,14 @@ func rttGrew(was, now time.Duration) bool { return now >= 2*was+20*time.Millisec
 // congestion control's idea of the path, were sized for that RTT and
 // follow the new one slowly (the kernel's BBR, and quic-go's slow start,
 // keep the shortest RTT they saw), while a new connection measures the
-// path as it is. The zero value does nothing.
+// path as it is. Without a redial it only tells its caller that the RTT
+// grew: a listen side's, which cannot dial, but can still move its socket
+// off a congestion control that keeps the old RTT. The zero value does
+// nothing.
 type RTTGrowth struct {
 	// was is the RTT the session came up over, or the least it measured
-	// since, if lower (Check's caller only); redial dials its successor,
-	// whose Succession is sent on next.
+	// since, if lower (Check's caller only); redial, if set, dials its
+	// successor, whose Succession is sent on next.
 	was    time.Duration
 	redial func(context.Context) (Session, error)
 	// measure is the RTT a new session came up over.
@@ -43,14 +46,20 @@ type RTTGrowth struct {
 }
 
 // NewRTTGrowth watches a session of transport name that came up over was,
-// whose successor redial dials and measure tells the RTT of.
+// whose successor redial dials and measure tells the RTT of; with redial
+// nil it dials nothing and offers nothing.
 func NewRTTGrowth(name string, was time.Duration, redial func(context.Context) (Session, error), measure func(Session) time.Duration, log *slog.Logger) *RTTGrowth {
 	return &RTTGrowth{was: was, redial: redial, measure: measure, next: make(chan Succession, 1), name: name, log: log}
 }
 
 // Superseded is the channel the successor is offered on, at most once (see
-// the package's Superseded); nil for the zero value.
-func (g *RTTGrowth) Superseded() <-chan Succession { return g.next }
+// the package's Superseded); nil for the zero value and without a redial.
+func (g *RTTGrowth) Superseded() <-chan Succession {
+	if g.redial == nil {
+		return nil
+	}
+	return g.next
+}
 
 // Check takes one check's smoothed RTT, now; least, the lowest RTT the
 // connection has measured (zero: not known), which lowers the RTT it is
@@ -66,24 +75,23 @@ func (g *RTTGrowth) Superseded() <-chan Succession { return g.next }
 // holds for a handshake as well. One not offered lets later checks try
 // again. Check is called from one goroutine.
 //
-// It reports whether this check completed a run of RTTGrewChecks that all
-// found the RTT grown, busy or not: a path that grew, or a queue that the
-// connection's own traffic has kept full for that long, which is for the
-// caller to weigh.
-func (g *RTTGrowth) Check(now, least time.Duration, busy bool, done <-chan struct{}, wg *sync.WaitGroup) (grew bool) {
+// It returns how many checks in a row, this one included, found the RTT
+// grown, busy or not (zero: this one did not): a path that grew, or a
+// queue that the connection's own traffic has kept full for that long,
+// which is for the caller to weigh.
+func (g *RTTGrowth) Check(now, least time.Duration, busy bool, done <-chan struct{}, wg *sync.WaitGroup) (seen int) {
 	if least > 0 && least < g.was {
 		g.was = least
 	}
-	if g.redial == nil || !rttGrew(g.was, now) {
+	if g.next == nil || !rttGrew(g.was, now) {
 		g.grown, g.seen = 0, 0
-		return false
+		return 0
 	}
 	g.seen++
-	grew = g.seen%RTTGrewChecks == 0
-	if busy {
-		// The connection's own traffic fills the path's queue, and the RTT
-		// with it: this check says nothing of the path.
-		return grew
+	if busy || g.redial == nil {
+		// Busy: the connection's own traffic fills the path's queue, and
+		// the RTT with it, so this check says nothing of the path.
+		return g.seen
 	}
 	g.grown++
 	if g.grown%RTTGrewChecks == 0 && g.replacing.CompareAndSwap(false, true) {
@@ -93,7 +101,7 @@ func (g *RTTGrowth) Check(now, least time.Duration, busy bool, done <-chan struc
 			g.replace(now, was, done)
 		}(g.was)
 	}
-	return grew
+	return g.seen
 }
 
 func (g *RTTGrowth) replace(now, was time.Duration, done <-chan struct{}) {

@@ -92,9 +92,10 @@ func TestRTTGrowthOffersASuccessorThatMeasuredTheGrownPath(t *testing.T) {
 	}
 }
 
-// Check says when RTTGrewChecks checks in a row, busy or quiet, found the
-// RTT grown, while only quiet ones lead to a dial.
-func TestRTTGrowthSaysWhenTheRTTGrewBusyOrNot(t *testing.T) {
+// Check counts the checks in a row, busy or quiet, that found the RTT
+// grown, while only quiet ones lead to a dial; without a redial it counts
+// the same and offers nothing.
+func TestRTTGrowthCountsGrownChecksBusyOrNot(t *testing.T) {
 	var dials atomic.Int32
 	redial := func(context.Context) (transport.Session, error) {
 		dials.Add(1)
@@ -102,31 +103,40 @@ func TestRTTGrowthSaysWhenTheRTTGrewBusyOrNot(t *testing.T) {
 	}
 	measure := func(transport.Session) time.Duration { return time.Second }
 	g := transport.NewRTTGrowth("mem", 10*time.Millisecond, redial, measure, slog.New(&logtest.Recorder{}))
+	counter := transport.NewRTTGrowth("mem", 10*time.Millisecond, nil, nil, slog.New(&logtest.Recorder{}))
 	var wg sync.WaitGroup
 	for i, c := range []struct {
-		rtt        time.Duration
-		busy, want bool
+		rtt  time.Duration
+		busy bool
+		want int
 	}{
-		{40 * time.Millisecond, true, false},
-		{40 * time.Millisecond, false, false},
-		{40 * time.Millisecond, true, false},
-		{39 * time.Millisecond, false, false}, // starts over
-		{40 * time.Millisecond, true, false},
-		{40 * time.Millisecond, true, false},
-		{40 * time.Millisecond, false, false},
-		{40 * time.Millisecond, true, true},
-		{40 * time.Millisecond, true, false},
-		{40 * time.Millisecond, true, false},
-		{40 * time.Millisecond, true, false},
-		{40 * time.Millisecond, true, true},
+		{40 * time.Millisecond, true, 1},
+		{40 * time.Millisecond, false, 2},
+		{40 * time.Millisecond, true, 3},
+		{39 * time.Millisecond, false, 0}, // starts over
+		{40 * time.Millisecond, true, 1},
+		{40 * time.Millisecond, true, 2},
+		{40 * time.Millisecond, false, 3},
+		{40 * time.Millisecond, true, 4},
+		{40 * time.Millisecond, true, 5},
+		{40 * time.Millisecond, false, 6},
 	} {
 		if got := g.Check(c.rtt, 0, c.busy, nil, &wg); got != c.want {
-			t.Errorf("check %d (%s, busy %t) = %t, want %t", i+1, c.rtt, c.busy, got, c.want)
+			t.Errorf("check %d (%s, busy %t) = %d, want %d", i+1, c.rtt, c.busy, got, c.want)
 		}
+		if got := counter.Check(c.rtt, 0, c.busy, nil, &wg); got != c.want {
+			t.Errorf("without a redial: check %d (%s, busy %t) = %d, want %d", i+1, c.rtt, c.busy, got, c.want)
+		}
+	}
+	for range transport.RTTGrewChecks {
+		counter.Check(time.Second, 0, false, nil, &wg)
 	}
 	wg.Wait()
 	if n := dials.Load(); n != 0 {
-		t.Errorf("%d successors dialled after one quiet grown check in a row, want none", n)
+		t.Errorf("%d successors dialled after at most two quiet grown checks in a row, want none", n)
+	}
+	if counter.Superseded() != nil {
+		t.Error("a growth without a redial offers a channel")
 	}
 }
 

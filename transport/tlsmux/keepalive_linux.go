@@ -81,6 +81,15 @@ func leaveStaleBBR(rc syscall.RawConn, c *transport.Config) {
 	})
 }
 
+// staleBBRChecks is how many checks in a row, busy or not, must find the
+// path's RTT grown before leaveStaleBBR: the RTT grown for over a probe
+// interval, which BBR's own queue does not reach (its window is twice the
+// path's bandwidth-delay product, so its queue holds at most one more
+// RTT, and growth wants twice plus 20 ms); sooner than a move, which
+// wants RTTGrewChecks quiet ones, because a stream already on the socket
+// crawls until it is made.
+const staleBBRChecks = 2
+
 // busyInFlight is how many unacknowledged segments make a tunnel socket
 // busy for transport.RTTGrowth: more than requests and pings keep in
 // flight, less than a window of bulk.
@@ -209,7 +218,7 @@ func (s *tcpSession) routineWatchAcks(rc syscall.RawConn, every, limit, idle tim
 		}); cerr != nil || err != nil {
 			return // the socket is closed, or says nothing: yamux's own timeout applies
 		}
-		if s.growth != nil && s.growth.Check(time.Duration(info.Rtt)*time.Microsecond, time.Duration(info.Min_rtt)*time.Microsecond, info.Unacked > busyInFlight, s.ys.CloseChan(), &s.wg) {
+		if s.growth.Check(time.Duration(info.Rtt)*time.Microsecond, time.Duration(info.Min_rtt)*time.Microsecond, info.Unacked > busyInFlight, s.ys.CloseChan(), &s.wg) == staleBBRChecks {
 			leaveStaleBBR(rc, c)
 		}
 		if first {

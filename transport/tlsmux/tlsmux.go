@@ -147,7 +147,9 @@ func handshakeTCP(ctx context.Context, raw net.Conn, rc *recordConn, c *transpor
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
 	}
-	s := &tcpSession{ys: ys, gw: gw, mem: mem, rc: rc, rtt: rtt, info: transport.Info{
+	// Dial gives its sessions a growth that redials.
+	growth := transport.NewRTTGrowth(Name, rtt, nil, nil, c.Logger)
+	s := &tcpSession{ys: ys, gw: gw, mem: mem, rc: rc, rtt: rtt, growth: growth, info: transport.Info{
 		Transport: Name,
 		TLS:       cs,
 		Peer:      peer,
@@ -174,8 +176,9 @@ type tcpSession struct {
 
 	// rtt is the path's RTT the windows were sized by (zero: unknown).
 	rtt time.Duration
-	// growth replaces a session this side dialled once its path's RTT grew
-	// (Linux, where watchAcks reads it); nil on a listen side.
+	// growth replaces a session this side dialled once its path's RTT grew,
+	// and on either side tells watchAcks (Linux, where it reads the RTT)
+	// when to move the socket off BBR.
 	growth *transport.RTTGrowth
 }
 
@@ -191,9 +194,6 @@ func handshakeRTT(s transport.Session) time.Duration {
 // once the path's RTT grew well past the one this connection came up
 // over; see transport.RTTGrowth.
 func (s *tcpSession) Superseded() <-chan transport.Succession {
-	if s.growth == nil {
-		return nil
-	}
 	return s.growth.Superseded()
 }
 
@@ -264,9 +264,7 @@ type acceptResult struct {
 func (s *tcpSession) Close() error {
 	err := s.ys.Close()
 	s.wg.Wait() // watchAcks and a successor's dial end with the session
-	if s.growth != nil {
-		s.growth.Drop()
-	}
+	s.growth.Drop()
 	return err
 }
 
