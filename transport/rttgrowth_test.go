@@ -22,9 +22,9 @@ type stubSession struct {
 func (s *stubSession) Close() error { s.closed.Store(true); return nil }
 
 // A session whose RTT grew to twice the one it came up over plus 20 ms for
-// four quiet checks in a row dials a successor, and offers it only when
-// the successor came up over a grown RTT too; one not offered is closed,
-// and four more grown checks try again. A check below the bar starts the
+// RTTGrewChecks quiet checks in a row dials a successor, and offers it
+// only when the successor came up over a grown RTT too; one not offered is
+// closed, and as many more grown checks try again. A check below the bar starts the
 // count over; a busy one neither counts nor starts it over.
 func TestRTTGrowthOffersASuccessorThatMeasuredTheGrownPath(t *testing.T) {
 	var logs logtest.Recorder
@@ -52,15 +52,16 @@ func TestRTTGrowthOffersASuccessorThatMeasuredTheGrownPath(t *testing.T) {
 		wg.Wait()
 	}
 
+	short := transport.RTTGrewChecks - 1
 	check(39*time.Millisecond, 8) // under 2 × 10 + 20 ms
-	check(40*time.Millisecond, 3)
+	check(40*time.Millisecond, short)
 	check(39*time.Millisecond, 1) // starts the count over
-	check(40*time.Millisecond, 3)
+	check(40*time.Millisecond, short)
 	for range 8 { // the connection's own traffic: neither counts nor starts over
 		g.Check(90*time.Millisecond, 0, true, done, &wg)
 	}
 	if n := dials.Load(); n != 0 {
-		t.Fatalf("%d successors dialled before four grown checks in a row", n)
+		t.Fatalf("%d successors dialled before %d grown checks in a row", n, transport.RTTGrewChecks)
 	}
 	successorRTT.Store(int64(12 * time.Millisecond)) // a busy machine's RTT, not the path's
 	check(40*time.Millisecond, 1)
@@ -72,9 +73,9 @@ func TestRTTGrowthOffersASuccessorThatMeasuredTheGrownPath(t *testing.T) {
 		t.Fatalf("a successor that came up over the old RTT was offered: %+v", n)
 	default:
 	}
-	check(80*time.Millisecond, 3)
+	check(80*time.Millisecond, short)
 	if n := dials.Load(); n != 1 {
-		t.Fatalf("%d successors dialled, want no second before four more grown checks", n)
+		t.Fatalf("%d successors dialled, want no second before %d more grown checks", n, transport.RTTGrewChecks)
 	}
 	successorRTT.Store(int64(80 * time.Millisecond))
 	check(80*time.Millisecond, 1)
@@ -119,7 +120,7 @@ func TestRTTGrowthCountsGrownChecksBusyOrNot(t *testing.T) {
 		{40 * time.Millisecond, false, 3},
 		{40 * time.Millisecond, true, 4},
 		{40 * time.Millisecond, true, 5},
-		{40 * time.Millisecond, false, 6},
+		{40 * time.Millisecond, true, 6},
 	} {
 		if got := g.Check(c.rtt, 0, c.busy, nil, &wg); got != c.want {
 			t.Errorf("check %d (%s, busy %t) = %d, want %d", i+1, c.rtt, c.busy, got, c.want)
@@ -133,7 +134,7 @@ func TestRTTGrowthCountsGrownChecksBusyOrNot(t *testing.T) {
 	}
 	wg.Wait()
 	if n := dials.Load(); n != 0 {
-		t.Errorf("%d successors dialled after at most two quiet grown checks in a row, want none", n)
+		t.Errorf("%d successors dialled after fewer quiet grown checks in a row than %d, want none", n, transport.RTTGrewChecks)
 	}
 	if counter.Superseded() != nil {
 		t.Error("a growth without a redial offers a channel")

@@ -85,9 +85,10 @@ func leaveStaleBBR(rc syscall.RawConn, c *transport.Config) {
 // path's RTT grown before leaveStaleBBR: the RTT grown for over a probe
 // interval, which BBR's own queue does not reach (its window is twice the
 // path's bandwidth-delay product, so its queue holds at most one more
-// RTT, and growth wants twice plus 20 ms); sooner than a move, which
-// wants RTTGrewChecks quiet ones, because a stream already on the socket
-// crawls until it is made.
+// RTT, and growth wants twice plus 20 ms). A move wants as many quiet
+// ones (transport.RTTGrewChecks), but busy checks count here, because a
+// transfer already on the socket is what keeps it busy, and crawls until
+// the switch.
 const staleBBRChecks = 2
 
 // busyInFlight is how many unacknowledged segments make a tunnel socket
