@@ -95,7 +95,8 @@ func (g *RTTGrowth) Check(now, least time.Duration, busy bool, done <-chan struc
 	g.seen++
 	if busy || g.redial == nil {
 		// Busy: the connection's own traffic fills the path's queue, and
-		// the RTT with it, so this check says nothing of the path.
+		// the RTT with it, so this check says nothing of the path; and
+		// without a redial there is nothing to dial.
 		return g.seen
 	}
 	g.grown++

@@ -24,8 +24,8 @@ func (s *stubSession) Close() error { s.closed.Store(true); return nil }
 // A session whose RTT grew to twice the one it came up over plus 20 ms for
 // RTTGrewChecks quiet checks in a row dials a successor, and offers it
 // only when the successor came up over a grown RTT too; one not offered is
-// closed, and as many more grown checks try again. A check below the bar starts the
-// count over; a busy one neither counts nor starts it over.
+// closed, and as many more grown checks try again. A check below the bar
+// starts the count over; a busy one neither counts nor starts it over.
 func TestRTTGrowthOffersASuccessorThatMeasuredTheGrownPath(t *testing.T) {
 	var logs logtest.Recorder
 	var dials atomic.Int32

@@ -97,20 +97,22 @@ func Dial(ctx context.Context, addr string, c *transport.Config) (transport.Sess
 	if c.WrapConn != nil {
 		conn = c.WrapConn(raw)
 	}
-	s, err := handshakeTCP(ctx, raw, newRecordConn(conn), c, true, start)
+	redial := func(ctx context.Context) (transport.Session, error) { return Dial(ctx, addr, c) }
+	s, err := handshakeTCP(ctx, raw, newRecordConn(conn), c, redial, start)
 	if err != nil {
 		_ = raw.Close() // the handshake error is what matters
 		return nil, transport.NewHandshakeError(Name, transport.StageTLS, err)
 	}
-	redial := func(ctx context.Context) (transport.Session, error) { return Dial(ctx, addr, c) }
-	s.growth = transport.NewRTTGrowth(Name, s.rtt, redial, handshakeRTT, c.Logger)
 	watchAcks(s, raw, c)
 	return s, nil
 }
 
 // handshakeTCP runs the handshake on rc, which reads and writes the socket
-// raw (through c.WrapConn, if set).
-func handshakeTCP(ctx context.Context, raw net.Conn, rc *recordConn, c *transport.Config, client bool, start time.Time) (*tcpSession, error) {
+// raw (through c.WrapConn, if set): as the client when it has redial, which
+// dials the session's successor once the path's RTT grew, as the server
+// otherwise.
+func handshakeTCP(ctx context.Context, raw net.Conn, rc *recordConn, c *transport.Config, redial func(context.Context) (transport.Session, error), start time.Time) (*tcpSession, error) {
+	client := redial != nil
 	tc := tls.Server(rc, c.TLS)
 	if client {
 		tc = tls.Client(rc, c.TLS)
@@ -147,8 +149,7 @@ func handshakeTCP(ctx context.Context, raw net.Conn, rc *recordConn, c *transpor
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
 	}
-	// Dial gives its sessions a growth that redials.
-	growth := transport.NewRTTGrowth(Name, rtt, nil, nil, c.Logger)
+	growth := transport.NewRTTGrowth(Name, rtt, redial, handshakeRTT, c.Logger)
 	s := &tcpSession{ys: ys, gw: gw, mem: mem, rc: rc, rtt: rtt, growth: growth, info: transport.Info{
 		Transport: Name,
 		TLS:       cs,
@@ -467,7 +468,7 @@ func (l *tcpListener) routineHandshake(raw net.Conn, release func()) {
 	var s *tcpSession
 	refused := false // the peer spoke TLS and this side refused it
 	if err == nil {
-		s, err = handshakeTCP(ctx, raw, rc, l.c, false, start)
+		s, err = handshakeTCP(ctx, raw, rc, l.c, nil, start)
 		refused = err != nil
 	}
 	if !stop() && err == nil {
