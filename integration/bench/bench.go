@@ -131,7 +131,7 @@ func (b *bench) runAll(ctx context.Context) error {
 	if maxStreams != 4096 {
 		b.note("PQT_MAX_STREAMS=%d on every side (default 4096) so that %d idle connections fit on one quic tunnel connection; over tcp PQT_MAX_CONN_MEMORY bounds one to 511 streams and the dial side opens more", maxStreams, b.o.idle)
 	}
-	b.progress("starting origin, echo helper, redis-server, 3 listen sides and 4 dial sides")
+	b.progress("starting origin, echo helper, redis-server, 3 listen sides, 4 dial sides and the relays")
 	_, idleOrigin, err := startEchoHelper(ctx, sup)
 	if err != nil {
 		return err
@@ -151,6 +151,23 @@ func (b *bench) runAll(ctx context.Context) error {
 		return err
 	}
 	b.top = top
+	if addr := extra[routeRedis]; addr != "" {
+		relays, err := startRelayPath(ctx, sup, routeRedis, addr)
+		if err != nil {
+			return err
+		}
+		top.paths[modeRelays] = relays
+		ha, version, err := startHAProxyPath(ctx, sup, dir, routeRedis, addr)
+		if err != nil {
+			return err
+		}
+		if ha == nil {
+			b.note("haproxy is not installed: no haproxy_relays figures for Redis (apt-get install haproxy)")
+		} else {
+			top.paths[modeHAProxy] = ha
+			b.note("relays and haproxy_relays (Redis only) are two plain TCP relay processes, in Go and in %s (one thread), without encryption or multiplexing: the floor of any two-process tunnel", version)
+		}
+	}
 	b.res.Meta.Processes = top.describe()
 
 	// Memory first, on fresh processes, so that heap left over from bulk

@@ -163,7 +163,13 @@ func (b *bench) runRedisPhase(ctx context.Context) error {
 		b.note("redis-server or redis-benchmark is not installed (scripts/test-deps installs them): no Redis figures")
 		return nil
 	}
-	modes := []string{modeDirect, modeTCP, modeQUIC}
+	// relays, two plain relay processes (and haproxy_relays, two haproxy
+	// processes, when installed), is the floor of any tunnel of two
+	// processes: what tcp and quic cost beyond it is their own.
+	modes := []string{modeDirect, modeTCP, modeQUIC, modeRelays}
+	if b.top.paths[modeHAProxy] != nil {
+		modes = append(modes, modeHAProxy)
+	}
 	// One short run per path first: the first connections of a fresh
 	// process and Redis's first allocations are not what is measured.
 	for _, m := range modes {

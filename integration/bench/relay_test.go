@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"strings"
@@ -42,6 +43,70 @@ func TestRelayCarriesBothWaysAndStopsWithStdin(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	pingUpper(t, addr, "the relay")
+	_ = stdinW.Close()
+	select {
+	case code := <-exited:
+		if code != 0 {
+			t.Errorf("relay exited %d: %s", code, out.String())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the relay did not stop when stdin closed")
+	}
+}
+
+// The haproxy relays path carries a connection's bytes both ways through
+// both haproxy processes to its target, and stopping the run stops both.
+func TestHAProxyPathCarriesBothWaysThroughTwoProcesses(t *testing.T) {
+	if haproxyPath() == "" {
+		t.Fatal("haproxy is not installed: install it with apt-get install -y haproxy (scripts/test-deps does this)")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				got, _ := io.ReadAll(c)
+				_, _ = c.Write(bytes.ToUpper(got))
+			}()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sup := newSupervisor(ctx)
+	defer sup.stopAll()
+	p, version, err := startHAProxyPath(ctx, sup, t.TempDir(), routeRedis, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.ToLower(version), "haproxy") {
+		t.Errorf("version %q does not name haproxy", version)
+	}
+	if p.routes[routeRedis] == "" || p.dial == nil || p.listen == nil || p.dial == p.listen {
+		t.Fatalf("path %+v: want a route and two processes", p)
+	}
+	pingUpper(t, p.routes[routeRedis], "haproxy")
+	sup.stopAll()
+	for _, c := range []*child{p.dial, p.listen} {
+		if !c.exited() {
+			t.Errorf("%s still runs after stopAll", c.name)
+		}
+	}
+}
+
+// pingUpper sends "ping" to addr, half-closes, and fails the test unless
+// the answer, read to its end, is "PING": the upper-casing target of the
+// relay tests, reached through what.
+func pingUpper(t *testing.T, addr, what string) {
+	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -54,15 +119,6 @@ func TestRelayCarriesBothWaysAndStopsWithStdin(t *testing.T) {
 	got, err := io.ReadAll(c)
 	_ = c.Close()
 	if err != nil || string(got) != "PING" {
-		t.Fatalf("through the relay: %q, %v; want PING", got, err)
-	}
-	_ = stdinW.Close()
-	select {
-	case code := <-exited:
-		if code != 0 {
-			t.Errorf("relay exited %d: %s", code, out.String())
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the relay did not stop when stdin closed")
+		t.Fatalf("through %s: %q, %v; want PING", what, got, err)
 	}
 }

@@ -172,7 +172,7 @@ type Target struct {
 	Met   bool    `json:"met"`
 }
 
-var modeOrder = []string{modeDirect, modeTCP, modeQUIC, modeAuto, modeTCP4Conn, modeQUIC4Conn, modeTLS, modeGhostunnel}
+var modeOrder = []string{modeDirect, modeTCP, modeQUIC, modeAuto, modeTCP4Conn, modeQUIC4Conn, modeRelays, modeHAProxy, modeTLS, modeGhostunnel}
 
 // collector gathers samples keyed by figure and mode (mode/side for
 // per-process figures) and repetition as the run goes.

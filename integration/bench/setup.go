@@ -20,6 +20,10 @@ const (
 	modeQUIC      = "quic"
 	modeTCP4Conn  = "tcp_4conn"
 	modeQUIC4Conn = "quic_4conn"
+	// modeRelays is two plain TCP relays: the hops of a tunnel without its
+	// encryption and multiplexing (see relayFlag), one in each namespace
+	// on the WAN bed, on loopback for the Redis loads.
+	modeRelays = "relays"
 )
 
 // path is one way from a client to the origin: direct, or through a dial
@@ -204,6 +208,11 @@ func (t *topology) describe() []string {
 	for _, m := range []string{modeTCP, modeQUIC, modeTCP4Conn, modeQUIC4Conn} {
 		p := t.paths[m]
 		out = append(out, fmt.Sprintf("%s: dial pid %d → listen pid %d", m, p.dial.pid(), p.listen.pid()))
+	}
+	for _, m := range []string{modeRelays, modeHAProxy} {
+		if p := t.paths[m]; p != nil {
+			out = append(out, fmt.Sprintf("%s: relay pid %d → relay pid %d", m, p.dial.pid(), p.listen.pid()))
+		}
 	}
 	out = append(out, fmt.Sprintf("handshake: listen pid %d on %s (PQT_TRANSPORT=auto PQT_PQ=prefer PQT_GROUPS=%s)", t.handshake.pid(), t.handshakeAddr, handshakeGroups))
 	return out

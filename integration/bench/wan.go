@@ -370,12 +370,12 @@ func (w *wanRun) startSides(ctx context.Context, transports []string) ([]*wanPat
 func (w *wanRun) startRelays(ctx context.Context) (*wanPath, []*child, error) {
 	o := w.origin[""]
 	inB := net.JoinHostPort(wan.AddrB, strconv.Itoa(wanRelayB))
-	b, err := startRelay(ctx, w.sup, "wan-relay-b", w.bed.B.Name, inB, "127.0.0.1:"+port(o.addr(routeEcho)))
+	b, _, err := startRelay(ctx, w.sup, "wan-relay-b", w.bed.B.Name, inB, "127.0.0.1:"+port(o.addr(routeEcho)))
 	if err != nil {
 		return nil, nil, err
 	}
 	inA := "127.0.0.1:" + strconv.Itoa(wanRelayA)
-	a, err := startRelay(ctx, w.sup, "wan-relay-a", w.bed.A.Name, inA, inB)
+	a, _, err := startRelay(ctx, w.sup, "wan-relay-a", w.bed.A.Name, inA, inB)
 	if err != nil {
 		return nil, []*child{b}, err
 	}

@@ -5,10 +5,6 @@ import "time"
 // modeAuto is a dial side on PQT_TRANSPORT=auto.
 const modeAuto = "auto"
 
-// modeRelays is two plain TCP relays, one in each namespace: the hops of a
-// tunnel without its encryption and multiplexing (see relayFlag).
-const modeRelays = "relays"
-
 // directCC is the mode of direct TCP with congestion control cc set on
 // the sending socket.
 func directCC(cc string) string { return modeDirect + "_" + cc }
