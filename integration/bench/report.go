@@ -197,21 +197,8 @@ func writeTable(w io.Writer, r *Result) {
 		}
 	}
 
-	section("TARGETS\twant\tvalue\t")
-	met := 0
-	for _, t := range r.Targets {
-		verdict := "MISS"
-		if t.Met {
-			verdict, met = "met", met+1
-		}
-		v := num(t.Value) + " " + t.Unit
-		if t.Unit == "bool" {
-			v = yesNo(t.Value != 0)
-		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", t.Name, t.Want, v, verdict)
-	}
 	_ = tw.Flush() // stdout; nothing to do if it fails
-	fmt.Fprintf(w, "\n%d of %d targets met.\n", met, len(r.Targets))
+	writeTargets(w, r.Targets)
 	if len(r.Errors) > 0 {
 		fmt.Fprintf(w, "\n%d measurement(s) failed:\n", len(r.Errors))
 		for _, e := range r.Errors {
@@ -258,4 +245,26 @@ func ratioSpread(f *Figure) string {
 	}
 	s := newStat(f.PairedRatios)
 	return fmt.Sprintf("%.2f× (%.2f–%.2f)", f.RatioToDirect, s.Min, s.Max)
+}
+
+// writeTargets prints targets as a table, each met or missed, and how
+// many were met.
+func writeTargets(w io.Writer, targets []Target) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "TARGETS\twant\tvalue\t")
+	met := 0
+	for _, t := range targets {
+		verdict := "MISS"
+		if t.Met {
+			verdict, met = "met", met+1
+		}
+		v := num(t.Value) + " " + t.Unit
+		if t.Unit == "bool" {
+			v = yesNo(t.Value != 0)
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", t.Name, t.Want, v, verdict)
+	}
+	_ = tw.Flush() // stdout; nothing to do if it fails
+	fmt.Fprintf(w, "\n%d of %d targets met.\n", met, len(targets))
 }

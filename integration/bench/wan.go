@@ -111,6 +111,7 @@ func runWAN(ctx context.Context, o options, log io.Writer) (*WANResult, error) {
 		w.res.Meta.Notes = append(w.res.Meta.Notes, "every side runs with "+name+"="+o.wanEnv[name])
 	}
 	err := w.run(ctx)
+	w.res.Targets = checkWANTargets(w.res)
 	w.res.Meta.LoadEnd = loadavg()
 	w.res.Meta.Seconds = time.Since(started).Seconds()
 	return w.res, err

@@ -123,6 +123,9 @@ func writeWANTable(w io.Writer, r *WANResult) {
 			fmt.Fprintln(w, "  "+e)
 		}
 	}
+	if len(r.Targets) > 0 {
+		writeTargets(w, r.Targets)
+	}
 	if len(r.Errors) > 0 {
 		fmt.Fprintf(w, "\n%d measurement(s) failed:\n", len(r.Errors))
 		for _, e := range r.Errors {

@@ -16,7 +16,9 @@ type WANResult struct {
 	Blackhole []BlackholeMode `json:"udp_blackhole,omitempty"`
 	// AutoStart is a dial side on auto started while UDP is blackholed.
 	AutoStart *AutoStart `json:"auto_start_udp_blackholed,omitempty"`
-	Errors    []string   `json:"errors"`
+	// Targets are the WAN goals checked against this run (checkWANTargets).
+	Targets []Target `json:"targets"`
+	Errors  []string `json:"errors"`
 }
 
 // WANMeta says how the WAN run was made.
