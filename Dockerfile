@@ -13,7 +13,9 @@
 FROM golang:1.27-bookworm AS build
 WORKDIR /src
 # Dependencies first, so that a source change does not download them again.
+# go.mod replaces quic-go with the patched copy in third_party/quic-go.
 COPY go.mod go.sum ./
+COPY third_party/ third_party/
 RUN go mod download
 COPY . .
 RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/pqtunnel ./cmd/pqtunnel

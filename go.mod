@@ -28,3 +28,5 @@ require (
 	golang.org/x/net v0.56.0 // indirect
 	google.golang.org/protobuf v1.36.8 // indirect
 )
+
+replace github.com/quic-go/quic-go => ./third_party/quic-go

@@ -38,7 +38,7 @@ func moduleRoot(t testing.TB) string {
 
 // SourceFiles returns the module's root and its non-test Go files, as
 // paths relative to it with forward slashes, leaving out hidden
-// directories and testdata. It fails t when it finds fewer than 20 files:
+// directories, testdata and modules of their own below it. It fails t when it finds fewer than 20 files:
 // the walk started in the wrong place.
 func SourceFiles(t testing.TB) (root string, files []string) {
 	t.Helper()
@@ -49,6 +49,12 @@ func SourceFiles(t testing.TB) (root string, files []string) {
 		}
 		if d.IsDir() && (strings.HasPrefix(d.Name(), ".") || d.Name() == "testdata") {
 			return filepath.SkipDir
+		}
+		if d.IsDir() && path != root {
+			// Another module (third_party/quic-go) is not this one's source.
+			if _, err := os.Stat(filepath.Join(path, "go.mod")); err == nil {
+				return filepath.SkipDir
+			}
 		}
 		if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
 			return nil

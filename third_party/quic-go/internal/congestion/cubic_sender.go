@@ -192,8 +192,15 @@ func (c *cubicSender) GetCongestionWindow() protocol.ByteCount {
 	return c.congestionWindow
 }
 
-func (c *cubicSender) MaybeExitSlowStart() {
-	if c.InSlowStart() &&
+// MaybeExitSlowStart is called on an ACK that updated the RTT, with the
+// bytes in flight before it. Hybrid slow start is only consulted while the
+// sender fills its window: an application-limited sender (one that has
+// only sent ACKs and flow-control updates, say, while the peer uploads)
+// sees the RTT grow from the queue the peer's own traffic builds, and
+// would otherwise leave slow start at its initial window, so that its
+// first bulk transfer ramps up at congestion avoidance's pace.
+func (c *cubicSender) MaybeExitSlowStart(priorInFlight protocol.ByteCount) {
+	if c.InSlowStart() && c.isCwndLimited(priorInFlight) &&
 		c.hybridSlowStart.ShouldExitSlowStart(c.rttStats.LatestRTT(), c.rttStats.MinRTT(), c.GetCongestionWindow()/c.maxDatagramSize) {
 		// exit slow start
 		c.slowStartThreshold = c.congestionWindow

@@ -71,7 +71,7 @@ func (s *testCubicSender) SendAvailableSendWindowLen(packetLength protocol.ByteC
 
 func (s *testCubicSender) AckNPackets(n int) {
 	s.rttStats.UpdateRTT(60*time.Millisecond, 0)
-	s.sender.MaybeExitSlowStart()
+	s.sender.MaybeExitSlowStart(s.bytesInFlight)
 	for range n {
 		s.ackedPacketNumber++
 		s.sender.OnPacketAcked(s.ackedPacketNumber, maxDatagramSize, s.bytesInFlight, s.clock.Now())
@@ -595,7 +595,7 @@ func TestCubicSenderSlowStartsUpToMaximumCongestionWindow(t *testing.T) {
 	)
 
 	for i := 1; i < protocol.MaxCongestionWindowPackets; i++ {
-		sender.MaybeExitSlowStart()
+		sender.MaybeExitSlowStart(sender.GetCongestionWindow())
 		sender.OnPacketAcked(protocol.PacketNumber(i), 1350, sender.GetCongestionWindow(), clock.Now())
 	}
 	require.Equal(t, initialMaxCongestionWindow, sender.GetCongestionWindow())
@@ -682,4 +682,30 @@ func TestCubicSenderLimitCwndIncreaseInCongestionAvoidance(t *testing.T) {
 	// Ack two packets.  The CWND should increase by only one packet.
 	testSender.AckNPackets(2)
 	require.Equal(t, savedCwnd+maxDatagramSize, sender.GetCongestionWindow())
+}
+
+// A sender that only sends ACKs and flow-control updates while its peer
+// fills the path sees RTT samples grow with the queue the peer's traffic
+// builds. Hybrid slow start must not end its slow start for that: only a
+// sender that fills its window leaves slow start on a growing RTT.
+func TestCubicSenderStaysInSlowStartWhileApplicationLimited(t *testing.T) {
+	for _, limited := range []bool{true, false} {
+		t.Run(fmt.Sprintf("application limited: %t", limited), func(t *testing.T) {
+			var clock mockClock
+			rttStats := utils.RTTStats{}
+			const window = 32 * maxDatagramSize
+			sender := newCubicSender(&clock, &rttStats, &utils.ConnectionStats{}, false,
+				protocol.InitialPacketSize, window, MaxCongestionWindow, nil)
+			rttStats.UpdateRTT(20*time.Millisecond, 0)
+			inFlight := protocol.ByteCount(window)
+			if limited {
+				inFlight = 2 * maxDatagramSize
+			}
+			for range 20 {
+				rttStats.UpdateRTT(60*time.Millisecond, 0)
+				sender.MaybeExitSlowStart(inFlight)
+			}
+			require.Equal(t, limited, sender.InSlowStart())
+		})
+	}
 }
