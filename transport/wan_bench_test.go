@@ -122,27 +122,8 @@ func wanTransport(b *testing.B, bed *wan.Bed, tr transport.Transport, link netem
 		short.Delay = 0
 		bed.Link.SetBoth(short)
 	}
-	stc, ctc := benchTLS(b)
-	var ln transport.Listener
-	if err := bed.B.Do(func() (err error) {
-		ln, err = tr.Listen(wan.AddrB+":0", &transport.Config{TLS: stc})
-		return err
-	}); err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	var client transport.Session
-	if err := bed.A.Do(func() (err error) {
-		client, err = tr.Dial(ctx, ln.Addr().String(), &transport.Config{TLS: ctc})
-		return err
-	}); err != nil {
-		b.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.Accept(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
+	client, server, closeDialled := wanSessions(ctx, b, bed, tr)
+	defer closeDialled()
 	var got atomic.Int64
 	var wg sync.WaitGroup
 	defer func() {
@@ -181,6 +162,37 @@ func wanTransport(b *testing.B, bed *wan.Bed, tr transport.Transport, link netem
 		b.Fatal(err)
 	}
 	return wanPush(b, st, st.Reset, &got, rtt)
+}
+
+// wanSessions is a session dialled in A and the one B accepts for it, and
+// a func that closes the dialled one and the listener.
+func wanSessions(ctx context.Context, b *testing.B, bed *wan.Bed, tr transport.Transport) (client, server transport.Session, closeDialled func()) {
+	b.Helper()
+	stc, ctc := benchTLS(b)
+	var ln transport.Listener
+	if err := bed.B.Do(func() (err error) {
+		ln, err = tr.Listen(wan.AddrB+":0", &transport.Config{TLS: stc})
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	if err := bed.A.Do(func() (err error) {
+		client, err = tr.Dial(ctx, ln.Addr().String(), &transport.Config{TLS: ctc})
+		return err
+	}); err != nil {
+		_ = ln.Close()
+		b.Fatal(err)
+	}
+	closeDialled = func() {
+		_ = client.Close()
+		_ = ln.Close()
+	}
+	server, err := ln.Accept(ctx)
+	if err != nil {
+		closeDialled()
+		b.Fatal(err)
+	}
+	return client, server, closeDialled
 }
 
 // wanSink reads r until it fails, adding what it read to got.
@@ -285,27 +297,8 @@ func wanDownload(b *testing.B, bed *wan.Bed, tr transport.Transport, rtt, upload
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	stc, ctc := benchTLS(b)
-	var ln transport.Listener
-	if err := bed.B.Do(func() (err error) {
-		ln, err = tr.Listen(wan.AddrB+":0", &transport.Config{TLS: stc})
-		return err
-	}); err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	var client transport.Session
-	if err := bed.A.Do(func() (err error) {
-		client, err = tr.Dial(ctx, ln.Addr().String(), &transport.Config{TLS: ctc})
-		return err
-	}); err != nil {
-		b.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.Accept(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
+	client, server, closeDialled := wanSessions(ctx, b, bed, tr)
+	defer closeDialled()
 	var wg sync.WaitGroup
 	defer func() {
 		_ = server.Close() // ends the accept loop and the streams
