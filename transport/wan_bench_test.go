@@ -34,20 +34,7 @@ const wanRate = 200e6
 //
 //	go test -run XXX -bench WANStream -benchtime 1x ./transport/
 func BenchmarkWANStream(b *testing.B) {
-	if err := wan.Available(); err != nil {
-		b.Skip(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	bed, err := wan.New(ctx, "tbench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		if err := bed.Close(); err != nil {
-			b.Error(err)
-		}
-	}()
+	bed := wanBenchBed(b, "tbench")
 	for _, rtt := range []time.Duration{20 * time.Millisecond, 80 * time.Millisecond} {
 		link := netem.Config{Delay: rtt / 2, RateBits: wanRate, QueueBytes: int(wanRate / 8 * 0.05)}
 		for _, grown := range []time.Duration{0, time.Nanosecond, wanSettle} {
@@ -164,6 +151,27 @@ func wanTransport(b *testing.B, bed *wan.Bed, tr transport.Transport, link netem
 	return wanPush(b, st, st.Reset, &got, rtt)
 }
 
+// wanBenchBed is a WAN bed named name for b, closed when b ends; b is
+// skipped where the bed cannot be made (not root, not Linux).
+func wanBenchBed(b *testing.B, name string) *wan.Bed {
+	b.Helper()
+	if err := wan.Available(); err != nil {
+		b.Skip(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	bed, err := wan.New(ctx, name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		if err := bed.Close(); err != nil {
+			b.Error(err)
+		}
+	})
+	return bed
+}
+
 // wanSessions is a session dialled in A and the one B accepts for it, and
 // a func that closes the dialled one and the listener.
 func wanSessions(ctx context.Context, b *testing.B, bed *wan.Bed, tr transport.Transport) (client, server transport.Session, closeDialled func()) {
@@ -252,20 +260,7 @@ func wanPush(b *testing.B, w io.Writer, abort func(), got *atomic.Int64, rtt tim
 //
 //	go test -run XXX -bench WANDownloadAfterUpload -benchtime 1x ./transport/
 func BenchmarkWANDownloadAfterUpload(b *testing.B) {
-	if err := wan.Available(); err != nil {
-		b.Skip(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	bed, err := wan.New(ctx, "tdown")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		if err := bed.Close(); err != nil {
-			b.Error(err)
-		}
-	}()
+	bed := wanBenchBed(b, "tdown")
 	for _, rtt := range []time.Duration{20 * time.Millisecond, 80 * time.Millisecond} {
 		bed.Link.SetBoth(netem.Config{Delay: rtt / 2, RateBits: wanRate, QueueBytes: int(wanRate / 8 * 0.05)})
 		for _, tr := range []transport.Transport{tlsmux.Transport{}, quic.Transport{}} {
