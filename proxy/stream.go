@@ -265,10 +265,16 @@ func (e *Engine) clientEnded(up, down int64, err error, label string, log *slog.
 }
 
 // openedStream reads the peer's response before the first payload byte.
+// A peer that refuses a stream answers and then stops reading it, so a
+// write racing the refusal fails: the write returns the refusal instead,
+// and a refused client is accounted as refused whichever direction ends
+// first.
 type openedStream struct {
 	transport.Stream
 	timeout time.Duration
-	read    bool
+	once    sync.Once
+	// respErr is nil once the peer accepted the stream; set under once.
+	respErr error
 }
 
 type refusedError struct{ resp wire.Response }
@@ -277,20 +283,40 @@ func (r *refusedError) Error() string {
 	return fmt.Sprintf("peer refused stream: %s: %s", r.resp.Status, r.resp.Message)
 }
 
-func (o *openedStream) Read(p []byte) (int, error) {
-	if !o.read {
-		o.read = true
+// response reads the peer's response once; a caller that comes while
+// another reads it waits for that read, which its deadline bounds.
+func (o *openedStream) response() error {
+	o.once.Do(func() {
 		_ = o.SetReadDeadline(time.Now().Add(o.timeout)) // failure shows as a read error
 		resp, err := wire.ReadResponse(o.Stream)
 		if err != nil {
-			return 0, fmt.Errorf("read stream response: %w", err)
+			o.respErr = fmt.Errorf("read stream response: %w", err)
+			return
 		}
 		_ = o.SetReadDeadline(time.Time{})
 		if resp.Status != wire.StatusOK {
-			return 0, &refusedError{resp}
+			o.respErr = &refusedError{resp}
 		}
+	})
+	return o.respErr
+}
+
+func (o *openedStream) Read(p []byte) (int, error) {
+	if err := o.response(); err != nil {
+		return 0, err
 	}
 	return o.Stream.Read(p)
+}
+
+func (o *openedStream) Write(p []byte) (int, error) {
+	n, err := o.Stream.Write(p)
+	if err != nil {
+		var refused *refusedError
+		if errors.As(o.response(), &refused) {
+			return n, refused
+		}
+	}
+	return n, err
 }
 
 func (e *Engine) dialTimeout() time.Duration { return e.cfg.DialTimeout }
