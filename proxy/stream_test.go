@@ -34,7 +34,7 @@ func (s *stoppedStream) Read(p []byte) (int, error) {
 	}
 	return s.resp.Read(p)
 }
-func (s *stoppedStream) Write([]byte) (int, error)        { return 0, errStopped }
+func (s *stoppedStream) Write([]byte) (int, error)       { return 0, errStopped }
 func (s *stoppedStream) SetReadDeadline(time.Time) error { return nil }
 
 // TestAWriteThatRacesARefusalReturnsTheRefusal checks that a write failing
